@@ -1,0 +1,111 @@
+//! The contract every dataplane backend (nftables, iptables, IPVS) implements, and the choice of
+//! backend by proxy mode.
+//!
+//! Contract: `sync_full` reconciles the kernel with the plans, adopting what kproxy programmed
+//! before (never flushing rules that are still right); `sync_partial` touches only the changed
+//! service ports and never lists the kernel; on any error the caller follows with a full sync.
+//! `render` is pure and prints the whole ruleset the backend would program (for --dry-run).
+//! `cleanup` removes everything kproxy ever created in this mode.
+
+pub mod fake;
+pub mod pending;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::model::ServicePortName;
+use crate::model::plan::Planned;
+use crate::node::NodeFacts;
+
+/// The plans of every service port, as the sync loop holds them.
+pub type Plans = BTreeMap<ServicePortName, Arc<Planned>>;
+
+/// What a backend is asked to program, besides the plans.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
+    pub masquerade_all: bool,
+    /// CIDRs, or empty for "every local address"; `primary` is resolved into CIDRs of the Node's
+    /// InternalIPs before it reaches a backend.
+    pub nodeport_addresses: Vec<ipnet::IpNet>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    Nftables,
+    Iptables,
+    Ipvs,
+}
+
+impl ProxyMode {
+    pub const ALL: [ProxyMode; 3] = [ProxyMode::Nftables, ProxyMode::Iptables, ProxyMode::Ipvs];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Nftables => "nftables",
+            ProxyMode::Iptables => "iptables",
+            ProxyMode::Ipvs => "ipvs",
+        }
+    }
+}
+
+impl fmt::Display for ProxyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ProxyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ProxyMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown proxy mode {s:?} (want nftables, iptables or ipvs)"))
+    }
+}
+
+/// Why a backend step failed. Every failure is followed by a full resync.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("applying the transaction: {0}")]
+    Apply(String),
+    #[error("reading the kernel's current state: {0}")]
+    Adopt(String),
+    #[error("cleaning up: {0}")]
+    Cleanup(String),
+}
+
+/// What one sync did, for logs and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Operations (rules, elements, messages) sent to the kernel.
+    pub operations: usize,
+}
+
+pub trait Backend: Send {
+    fn mode(&self) -> ProxyMode;
+    /// Reconcile everything with `plans`, adopting what is already programmed.
+    fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError>;
+    /// Apply only the service ports in `changed` (present in `plans`, or removed if absent).
+    fn sync_partial(
+        &mut self,
+        plans: &Plans,
+        changed: &BTreeSet<ServicePortName>,
+        node: &NodeFacts,
+    ) -> Result<SyncReport, BackendError>;
+    /// Remove everything kproxy created in this mode.
+    fn cleanup(&mut self) -> Result<(), BackendError>;
+    /// The full ruleset this backend would program for `plans`, as text. Pure.
+    fn render(&self, plans: &Plans, node: &NodeFacts) -> String;
+}
+
+/// The backend for a proxy mode.
+pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
+    // The kernel backends land in their own issues; until one does, its mode plans and renders
+    // but programs nothing (and says so at start-up).
+    Box::new(pending::Pending::new(mode, config))
+}

@@ -1,0 +1,12 @@
+//! kproxy: a kube-proxy dataplane. Sources (`watch`) feed a model (`model`); the sync loop
+//! (`sync`) plans every service port and hands the plans to a backend (`backends`).
+
+pub mod backends;
+pub mod config;
+pub mod conntrack;
+pub mod health;
+pub mod metrics;
+pub mod model;
+pub mod node;
+pub mod sync;
+pub mod watch;

@@ -1,0 +1,118 @@
+//! The in-memory model: validated Services, EndpointSlices and this node's Node, and the
+//! per-service-port view that `plan` and the backends consume.
+//!
+//! Invariants: every object stored here came through `validate`, so addresses parse, ports are in
+//! range and protocols are known. The model is pure data: no I/O, no clocks.
+
+pub mod plan;
+pub mod tracker;
+pub mod types;
+pub mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+
+pub use types::*;
+
+/// Everything kproxy currently believes about the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    services: BTreeMap<NamespacedName, Service>,
+    /// EndpointSlices grouped by the Service they belong to, then by slice name.
+    slices: BTreeMap<NamespacedName, BTreeMap<String, Slice>>,
+    /// Slice key (its own namespace/name) -> the Service it belongs to.
+    slice_owner: HashMap<NamespacedName, NamespacedName>,
+    node: Option<NodeInfo>,
+}
+
+impl Model {
+    pub fn service(&self, name: &NamespacedName) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    pub fn node(&self) -> Option<&NodeInfo> {
+        self.node.as_ref()
+    }
+
+    /// Every service port of every Service, in a stable order.
+    pub fn ports(&self) -> impl Iterator<Item = &ServicePort> {
+        self.services.values().flat_map(|s| s.ports.iter())
+    }
+
+    pub fn port(&self, name: &ServicePortName) -> Option<&ServicePort> {
+        self.services.get(&name.service)?.ports.iter().find(|p| p.name == *name)
+    }
+
+    /// The slices of one Service, by slice name.
+    pub fn slices_of(&self, service: &NamespacedName) -> impl Iterator<Item = &Slice> {
+        self.slices.get(service).into_iter().flat_map(|m| m.values())
+    }
+
+    /// Endpoints of one service port, merged from every slice of its Service: a slice port
+    /// matches when its name and protocol equal the service port's. An address that appears in
+    /// several slices is kept once, preferring a ready copy (as upstream's EndpointSliceCache).
+    pub fn endpoints(&self, port: &ServicePortName) -> Vec<Endpoint> {
+        let mut merged: BTreeMap<(std::net::IpAddr, u16), Endpoint> = BTreeMap::new();
+        for slice in self.slices_of(&port.service) {
+            let Some(sp) = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port.port && p.protocol == port.protocol)
+            else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let endpoint = ep.at_port(sp.port);
+                let key = (endpoint.ip, endpoint.port);
+                match merged.get(&key) {
+                    Some(existing) if existing.ready || !endpoint.ready => {}
+                    _ => {
+                        merged.insert(key, endpoint);
+                    }
+                }
+            }
+        }
+        merged.into_values().collect()
+    }
+
+    /// Replaces (or with `None` removes) a Service; returns what was there.
+    pub fn set_service(&mut self, name: &NamespacedName, svc: Option<Service>) -> Option<Service> {
+        match svc {
+            Some(s) => self.services.insert(name.clone(), s),
+            None => self.services.remove(name),
+        }
+    }
+
+    /// Replaces (or removes) a slice, keyed by its own namespace/name; returns what was there.
+    pub fn set_slice(&mut self, key: &NamespacedName, slice: Option<Slice>) -> Option<Slice> {
+        let previous = self.slice_owner.remove(key).and_then(|svc| {
+            let group = self.slices.get_mut(&svc)?;
+            let old = group.remove(&key.name);
+            if group.is_empty() {
+                self.slices.remove(&svc);
+            }
+            old
+        });
+        if let Some(s) = slice {
+            self.slice_owner.insert(key.clone(), s.service.clone());
+            self.slices.entry(s.service.clone()).or_default().insert(key.name.clone(), s);
+        }
+        previous
+    }
+
+    /// A slice by its own namespace/name.
+    pub fn slice(&self, key: &NamespacedName) -> Option<&Slice> {
+        let svc = self.slice_owner.get(key)?;
+        self.slices.get(svc)?.get(&key.name)
+    }
+
+    pub fn set_node(&mut self, node: Option<NodeInfo>) -> Option<NodeInfo> {
+        std::mem::replace(&mut self.node, node)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! The model's value types: what a validated Service, EndpointSlice, endpoint and Node look like
+//! once Kubernetes' optional fields are resolved to their defaults.
+//!
+//! Invariants: plain data with `Eq`, so "did this update change anything" is `==`; `Serialize` is
+//! for `/debug/state` only and its field names are part of that endpoint's contract.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+/// A namespaced object's key, displayed as `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct NamespacedName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl NamespacedName {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        NamespacedName { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = ();
+    /// Exactly the API server's spelling: `TCP`, `UDP`, `SCTP`.
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            _ => Err(()),
+        }
+    }
+}
+
+/// One port of one Service: `namespace/name:portname/PROTO`. The unit of change tracking,
+/// planning and partial sync.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ServicePortName {
+    pub service: NamespacedName,
+    /// The port's name; empty for a Service's single unnamed port.
+    pub port: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.service, self.port, self.protocol)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TrafficPolicy {
+    Cluster,
+    Local,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(ip: &IpAddr) -> IpFamily {
+        if ip.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+    }
+}
+
+/// Everything a backend needs to know about one service port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub name: ServicePortName,
+    pub service_type: ServiceType,
+    /// ClusterIPs of both families (primary first); empty never happens for a stored port.
+    pub cluster_ips: Vec<IpAddr>,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    /// ClientIP session affinity and its timeout in seconds (default 10800); None = no affinity.
+    pub affinity_timeout_seconds: Option<u32>,
+    pub external_traffic_policy: TrafficPolicy,
+    pub internal_traffic_policy: TrafficPolicy,
+    pub health_check_node_port: Option<u16>,
+    /// `spec.trafficDistribution` as written (PreferClose, PreferSameZone, PreferSameNode, ...).
+    pub traffic_distribution: Option<String>,
+}
+
+impl ServicePort {
+    /// Reachable from outside the cluster: a NodePort, externalIPs or LoadBalancer IPs.
+    pub fn externally_accessible(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+
+    /// externalTrafficPolicy Local, on a Service that has external traffic at all.
+    pub fn external_policy_local(&self) -> bool {
+        self.externally_accessible() && self.external_traffic_policy == TrafficPolicy::Local
+    }
+
+    pub fn internal_policy_local(&self) -> bool {
+        self.internal_traffic_policy == TrafficPolicy::Local
+    }
+}
+
+/// A validated Service: its ports, already expanded into service ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub name: NamespacedName,
+    pub ports: Vec<ServicePort>,
+    /// `spec.selector` is set; selector-less Services get their slices mirrored from v1 Endpoints.
+    pub has_selector: bool,
+}
+
+/// A validated EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Slice {
+    /// The Service it belongs to (label `kubernetes.io/service-name`, same namespace).
+    pub service: NamespacedName,
+    pub family: IpFamily,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<SliceEndpoint>,
+    /// Annotation `endpoints.kubernetes.io/last-change-trigger-time`.
+    #[serde(skip)]
+    pub trigger_time: Option<SystemTime>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SlicePort {
+    /// Empty when unnamed; matched against the service port's name.
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// One endpoint of a slice, conditions resolved as upstream: unset ready means ready, unset
+/// serving means the value of ready, unset terminating means false.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SliceEndpoint {
+    /// The first address (upstream uses only the first).
+    pub ip: IpAddr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+    pub zone_hints: BTreeSet<String>,
+    pub node_hints: BTreeSet<String>,
+}
+
+impl SliceEndpoint {
+    pub fn at_port(&self, port: u16) -> Endpoint {
+        Endpoint {
+            ip: self.ip,
+            port,
+            ready: self.ready,
+            serving: self.serving,
+            terminating: self.terminating,
+            node_name: self.node_name.clone(),
+            zone: self.zone.clone(),
+            zone_hints: self.zone_hints.clone(),
+            node_hints: self.node_hints.clone(),
+        }
+    }
+}
+
+/// An endpoint of one service port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+    pub zone_hints: BTreeSet<String>,
+    pub node_hints: BTreeSet<String>,
+}
+
+/// What kproxy knows of its own Node object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Label `topology.kubernetes.io/zone`.
+    pub zone: Option<String>,
+    /// `status.addresses` of type InternalIP (for `--nodeport-addresses primary`).
+    pub internal_ips: Vec<IpAddr>,
+    pub pod_cidrs: Vec<IpNet>,
+}
