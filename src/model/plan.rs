@@ -42,6 +42,8 @@ pub struct Plan {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Planned {
     pub port: ServicePort,
+    /// Every endpoint of the port as the slices list it (ready or not), for introspection.
+    pub endpoints: Vec<Endpoint>,
     pub plan: Plan,
 }
 
