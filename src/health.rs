@@ -1,0 +1,201 @@
+//! HTTP endpoints: `/healthz` and `/livez` on --healthz-bind-address (upstream's semantics), and
+//! `/metrics`, `/debug/state`, `/proxyMode` on --metrics-bind-address.
+//!
+//! Invariants: handlers only read `Shared`; they never block on the sync loop for longer than a
+//! lock held during one plan update. Unhealthy means an update was queued and not applied within
+//! 2 × sync-period, as upstream.
+
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::backends::ProxyMode;
+use crate::metrics::Metrics;
+use crate::sync::Shared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Upstream's ProxyHealthServer state: the oldest queued-but-unapplied update and the last
+/// successful sync.
+#[derive(Debug)]
+pub struct ProxyHealth {
+    timeout: Duration,
+    inner: Mutex<HealthInner>,
+}
+
+#[derive(Debug, Default)]
+struct HealthInner {
+    oldest_queued: Option<Instant>,
+    last_updated: Option<SystemTime>,
+}
+
+impl Default for ProxyHealth {
+    fn default() -> Self {
+        ProxyHealth::new(Duration::from_secs(60))
+    }
+}
+
+impl ProxyHealth {
+    /// `timeout` is 2 × sync-period.
+    pub fn new(timeout: Duration) -> Self {
+        ProxyHealth { timeout, inner: Mutex::new(HealthInner::default()) }
+    }
+
+    /// An update was queued (kept if one is already waiting: the oldest counts).
+    pub fn queued(&self) {
+        let mut i = self.inner.lock().expect("health lock");
+        i.oldest_queued.get_or_insert_with(Instant::now);
+    }
+
+    /// Every queued update has been applied.
+    pub fn updated(&self) {
+        let mut i = self.inner.lock().expect("health lock");
+        i.oldest_queued = None;
+        i.last_updated = Some(SystemTime::now());
+    }
+
+    /// Healthy, and the last successful sync.
+    pub fn status(&self) -> (bool, Option<SystemTime>) {
+        let i = self.inner.lock().expect("health lock");
+        let healthy = i.oldest_queued.is_none_or(|q| q.elapsed() < self.timeout);
+        (healthy, i.last_updated)
+    }
+}
+
+fn rfc3339(t: Option<SystemTime>) -> String {
+    t.and_then(|t| jiff::Timestamp::try_from(t).ok()).map(|t| t.to_string()).unwrap_or_default()
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    mode: ProxyMode,
+}
+
+fn health_response(state: &AppState, counter: &prometheus::IntCounterVec) -> Response {
+    let (healthy, last) = state.shared.health.status();
+    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    counter.with_label_values(&[code.as_str()]).inc();
+    let body = json!({
+        "lastUpdated": rfc3339(last),
+        "currentTime": rfc3339(Some(SystemTime::now())),
+        "nodeEligible": true,
+    });
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    health_response(&s, &s.metrics.healthz_total)
+}
+
+async fn livez(State(s): State<AppState>) -> Response {
+    health_response(&s, &s.metrics.livez_total)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], s.metrics.render()).into_response()
+}
+
+async fn proxy_mode(State(s): State<AppState>) -> String {
+    s.mode.to_string()
+}
+
+/// The model as kproxy sees it: node facts, every service port with its endpoints and plan.
+async fn debug_state(State(s): State<AppState>) -> Response {
+    let body = {
+        let plans = s.shared.plans.read().expect("plans lock");
+        let node = s.shared.node.read().expect("node lock");
+        let ports: serde_json::Map<String, serde_json::Value> = plans
+            .iter()
+            .map(|(name, p)| (name.to_string(), serde_json::to_value(&**p).unwrap_or_default()))
+            .collect();
+        json!({
+            "node": &*node,
+            "servicePorts": ports,
+            "syncs": {
+                "full": s.shared.full_syncs.load(Ordering::Relaxed),
+                "partial": s.shared.partial_syncs.load(Ordering::Relaxed),
+            },
+        })
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HealthError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| HealthError::Bind { addr, source })
+}
+
+/// Binds both servers now (so a bad address fails at start-up) and serves them in the background.
+pub async fn serve(
+    metrics_addr: SocketAddr,
+    healthz_addr: SocketAddr,
+    shared: Arc<Shared>,
+    metrics_reg: Arc<Metrics>,
+    mode: ProxyMode,
+) -> Result<(), HealthError> {
+    let state = AppState { shared, metrics: metrics_reg, mode };
+    let metrics_app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/debug/state", get(debug_state))
+        .route("/proxyMode", get(proxy_mode))
+        .route("/healthz", get(healthz))
+        .with_state(state.clone());
+    let health_app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .with_state(state);
+    let metrics_listener = bind(metrics_addr).await?;
+    let health_listener = bind(healthz_addr).await?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(metrics_listener, metrics_app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(health_listener, health_app).await {
+            tracing::error!(error = %e, "healthz server stopped");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn healthz_fails_only_when_a_queued_update_waits_longer_than_the_timeout() {
+        let h = ProxyHealth::new(Duration::from_secs(60));
+        assert!(h.status().0, "nothing queued is healthy");
+        h.queued();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(h.status().0);
+        h.queued(); // a later update does not reset the oldest one
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!h.status().0);
+        h.updated();
+        assert!(h.status().0);
+        assert!(h.status().1.is_some());
+    }
+}

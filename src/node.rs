@@ -10,6 +10,18 @@ use serde::Serialize;
 
 use crate::model::NodeInfo;
 
+/// --nodeport-addresses: which host addresses NodePorts answer on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Unset: every local address.
+    #[default]
+    All,
+    /// `primary`: the Node object's InternalIPs.
+    Primary,
+    /// Local addresses inside these CIDRs.
+    Cidrs(Vec<IpNet>),
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NodeFacts {
     /// This node's name (--hostname-override, else the host name).
@@ -21,6 +33,11 @@ pub struct NodeFacts {
     pub pod_cidrs: Vec<IpNet>,
     /// Addresses configured on this host's interfaces.
     pub local_addresses: Vec<IpAddr>,
+    /// Which addresses NodePorts answer on (--nodeport-addresses).
+    #[serde(skip)]
+    pub nodeport_addresses: NodePortAddresses,
+    /// The addresses NodePorts answer on, resolved from `nodeport_addresses`.
+    pub nodeport_ips: Vec<IpAddr>,
 }
 
 impl NodeFacts {
@@ -33,6 +50,16 @@ impl NodeFacts {
         self.zone = node.and_then(|n| n.zone.clone());
         self.internal_ips = node.map(|n| n.internal_ips.clone()).unwrap_or_default();
         self.pod_cidrs = node.map(|n| n.pod_cidrs.clone()).unwrap_or_default();
+        self.nodeport_ips = match &self.nodeport_addresses {
+            NodePortAddresses::All => self.local_addresses.clone(),
+            NodePortAddresses::Primary => self.internal_ips.clone(),
+            NodePortAddresses::Cidrs(cidrs) => self
+                .local_addresses
+                .iter()
+                .filter(|ip| cidrs.iter().any(|c| c.contains(*ip)))
+                .copied()
+                .collect(),
+        };
         self
     }
 }

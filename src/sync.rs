@@ -1,0 +1,357 @@
+//! The sync loop: drains source changes into the change tracker, and, when the bounded-frequency
+//! runner says so, runs `sync()`: take the pending changes, plan, backend sync, metrics, health
+//! checks, conntrack reconcile.
+//!
+//! Invariants: `Shared::plans` always holds the desired plan of every service port (also after a
+//! failed apply); the backend holds what was last applied; any failure makes the next sync full.
+//! No sync runs before Services and EndpointSlices have both finished their initial list.
+
+pub mod runner;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::backends::{Backend, Plans};
+use crate::conntrack::Reconciler;
+use crate::health::ProxyHealth;
+use crate::health::service::ServiceHealthServers;
+use crate::metrics::Metrics;
+use crate::model::plan::{Planned, Targets, plan};
+use crate::model::tracker::ChangeTracker;
+use crate::model::{NamespacedName, ServicePortName};
+use crate::node::NodeFacts;
+use crate::watch::{Change, ChangeRx, Kind};
+use runner::{Due, Runner};
+
+/// State the HTTP endpoints read: the plans, the node facts, sync counts, health.
+#[derive(Default)]
+pub struct Shared {
+    pub plans: RwLock<Plans>,
+    pub node: RwLock<NodeFacts>,
+    pub full_syncs: AtomicU64,
+    pub partial_syncs: AtomicU64,
+    pub health: ProxyHealth,
+}
+
+/// How a sync loop is set up.
+pub struct Syncer {
+    tracker: ChangeTracker,
+    backend: Box<dyn Backend>,
+    conntrack: Box<dyn Reconciler>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    health_checks: ServiceHealthServers,
+    /// Node name and host addresses; the Node object's facts are merged in at plan time.
+    base_node: NodeFacts,
+    listed: HashSet<Kind>,
+    /// Trigger times older than this were set before kproxy started: not our latency.
+    started: SystemTime,
+    /// Trigger times of changes not yet applied successfully.
+    trigger_times: Vec<SystemTime>,
+    /// Per-port contribution to the no-local-endpoints gauges: (internal, external).
+    no_local: BTreeMap<ServicePortName, (bool, bool)>,
+}
+
+impl Syncer {
+    pub fn new(
+        backend: Box<dyn Backend>,
+        conntrack: Box<dyn Reconciler>,
+        base_node: NodeFacts,
+        metrics: Arc<Metrics>,
+        shared: Arc<Shared>,
+        health_checks: ServiceHealthServers,
+    ) -> Syncer {
+        Syncer {
+            tracker: ChangeTracker::default(),
+            backend,
+            conntrack,
+            metrics,
+            shared,
+            health_checks,
+            base_node,
+            listed: HashSet::new(),
+            started: SystemTime::now(),
+            trigger_times: Vec::new(),
+            no_local: BTreeMap::new(),
+        }
+    }
+
+    /// Services and EndpointSlices have both finished their initial list.
+    pub fn ready(&self) -> bool {
+        self.listed.contains(&Kind::Services) && self.listed.contains(&Kind::EndpointSlices)
+    }
+
+    /// Feeds one change to the tracker; true when it changed the model.
+    pub fn apply(&mut self, change: Change) -> bool {
+        let changed = match change {
+            Change::Service(name, svc) => {
+                let c = self.tracker.update_service(&name, svc);
+                if c {
+                    self.metrics.service_changes_total.inc();
+                }
+                c
+            }
+            Change::Slice(key, slice) => {
+                let c = self.tracker.update_slice(&key, slice);
+                if c {
+                    self.metrics.endpoint_changes_total.inc();
+                }
+                c
+            }
+            Change::Node(node) => self.tracker.update_node(node),
+            Change::Listed(kind) => {
+                self.listed.insert(kind);
+                false
+            }
+        };
+        self.metrics.service_changes_pending.set(self.tracker.pending_service_changes() as i64);
+        self.metrics.endpoint_changes_pending.set(self.tracker.pending_endpoint_changes() as i64);
+        changed
+    }
+
+    /// --dry-run: plans every service port from what the sources sent and returns the ruleset
+    /// the backend would program. Touches nothing.
+    pub async fn render(&mut self) -> String {
+        let (_, changed) = self.take_changes(Due::Full);
+        self.refresh_node_facts().await;
+        self.plan(true, changed);
+        let plans = self.shared.plans.read().expect("plans lock");
+        let node = self.shared.node.read().expect("node lock");
+        self.backend.render(&plans, &node)
+    }
+
+    /// One sync, as a list of phases. Returns whether the backend applied it.
+    pub async fn sync(&mut self, due: Due) -> bool {
+        let started = std::time::Instant::now();
+        let (full, changed) = self.take_changes(due);
+        if full {
+            self.refresh_node_facts().await;
+        }
+        let changed = self.plan(full, changed);
+        let ok = self.backend_sync(full, &changed);
+        self.record_metrics(full, ok, started.elapsed());
+        if ok {
+            self.update_health_checks(full, &changed).await;
+            self.reconcile_conntrack();
+        }
+        ok
+    }
+
+    /// Phase 1: checkout the tracker; a node change upgrades the sync to full.
+    fn take_changes(&mut self, due: Due) -> (bool, BTreeSet<ServicePortName>) {
+        let checkout = self.tracker.checkout();
+        self.trigger_times
+            .extend(checkout.trigger_times.into_iter().filter(|t| *t >= self.started));
+        self.metrics.service_changes_pending.set(0);
+        self.metrics.endpoint_changes_pending.set(0);
+        (due == Due::Full || checkout.node_changed, checkout.changed)
+    }
+
+    /// Node facts for this sync: the Node object's, plus the host's addresses (full syncs only).
+    async fn refresh_node_facts(&mut self) {
+        match crate::node::local_addresses().await {
+            Ok(addrs) => self.base_node.local_addresses = addrs,
+            Err(e) => tracing::warn!(error = %e, "keeping the previous list of local addresses"),
+        }
+        let facts = self.base_node.clone().with_node(self.tracker.model().node());
+        *self.shared.node.write().expect("node lock") = facts;
+    }
+
+    /// Phase 2: plan the changed service ports (every port on a full sync). Returns the set the
+    /// backend must touch on a partial sync.
+    fn plan(&mut self, full: bool, changed: BTreeSet<ServicePortName>) -> BTreeSet<ServicePortName> {
+        let node = self.shared.node.read().expect("node lock").clone();
+        let model = self.tracker.model();
+        let mut plans = self.shared.plans.write().expect("plans lock");
+        let names: Vec<ServicePortName> = if full {
+            let mut all: BTreeSet<_> = plans.keys().cloned().collect();
+            all.extend(model.ports().map(|p| p.name.clone()));
+            all.into_iter().collect()
+        } else {
+            changed.iter().cloned().collect()
+        };
+        for name in &names {
+            let planned = model.port(name).map(|port| {
+                let endpoints = model.endpoints(name);
+                let plan = plan(port, &endpoints, &node);
+                Arc::new(Planned { port: port.clone(), endpoints, plan })
+            });
+            let no_local = planned.as_ref().map(|p| {
+                (p.plan.internal == Targets::Drop, p.plan.external == Some(Targets::Drop))
+            });
+            match planned {
+                Some(p) => plans.insert(name.clone(), p),
+                None => plans.remove(name),
+            };
+            match no_local {
+                Some(n) if n != (false, false) => self.no_local.insert(name.clone(), n),
+                _ => self.no_local.remove(name),
+            };
+        }
+        changed
+    }
+
+    /// Phase 3: hand the plans to the backend.
+    fn backend_sync(&mut self, full: bool, changed: &BTreeSet<ServicePortName>) -> bool {
+        let plans = self.shared.plans.read().expect("plans lock");
+        let node = self.shared.node.read().expect("node lock");
+        let result = if full {
+            self.backend.sync_full(&plans, &node)
+        } else {
+            self.backend.sync_partial(&plans, changed, &node)
+        };
+        match result {
+            Ok(report) => {
+                tracing::debug!(full, changed = changed.len(), operations = report.operations, "synced");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, full, "sync failed; retrying as a full resync");
+                false
+            }
+        }
+    }
+
+    /// Phase 4: durations, timestamps, latency, no-local-endpoint gauges, health.
+    fn record_metrics(&mut self, full: bool, ok: bool, took: Duration) {
+        let m = &self.metrics;
+        let secs = took.as_secs_f64();
+        m.sync_duration.observe(secs);
+        if full {
+            m.sync_full_duration.observe(secs);
+            self.shared.full_syncs.fetch_add(1, Ordering::Relaxed);
+        } else {
+            m.sync_partial_duration.observe(secs);
+            self.shared.partial_syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        if !ok {
+            m.sync_failures.inc();
+            return;
+        }
+        let now = SystemTime::now();
+        m.last_sync_timestamp.set(unix_seconds(now));
+        for t in self.trigger_times.drain(..) {
+            if let Ok(latency) = now.duration_since(t) {
+                m.network_programming_duration.observe(latency.as_secs_f64());
+            }
+        }
+        let internal = self.no_local.values().filter(|n| n.0).count();
+        let external = self.no_local.values().filter(|n| n.1).count();
+        m.no_local_endpoints.with_label_values(&["internal"]).set(internal as f64);
+        m.no_local_endpoints.with_label_values(&["external"]).set(external as f64);
+        self.shared.health.updated();
+    }
+
+    /// Phase 5: healthCheckNodePort servers of the Services whose ports changed.
+    async fn update_health_checks(&mut self, full: bool, changed: &BTreeSet<ServicePortName>) {
+        let services: BTreeSet<NamespacedName> = {
+            let plans = self.shared.plans.read().expect("plans lock");
+            if full {
+                plans.keys().map(|n| n.service.clone()).collect()
+            } else {
+                changed.iter().map(|n| n.service.clone()).collect()
+            }
+        };
+        let wanted: Vec<(NamespacedName, Option<(u16, usize)>)> = {
+            let plans = self.shared.plans.read().expect("plans lock");
+            services
+                .into_iter()
+                .map(|svc| {
+                    let hc = self.tracker.model().service(&svc).and_then(|s| {
+                        let port = s.ports.iter().find_map(|p| {
+                            p.health_check_node_port.filter(|_| p.external_policy_local())
+                        })?;
+                        let local = s
+                            .ports
+                            .iter()
+                            .filter_map(|p| plans.get(&p.name))
+                            .map(|p| p.plan.local_endpoints)
+                            .max()
+                            .unwrap_or(0);
+                        Some((port, local))
+                    });
+                    (svc, hc)
+                })
+                .collect()
+        };
+        if full {
+            self.health_checks.retain_only(wanted.iter().filter(|w| w.1.is_some()).map(|w| &w.0));
+        }
+        for (svc, hc) in wanted {
+            self.health_checks.set(&svc, hc).await;
+        }
+    }
+
+    /// Phase 6: delete conntrack flows that point at endpoints no longer serving.
+    fn reconcile_conntrack(&mut self) {
+        let plans = self.shared.plans.read().expect("plans lock");
+        if let Err(e) = self.conntrack.reconcile(&plans) {
+            tracing::warn!(error = %e, "conntrack reconcile failed");
+        }
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Timing of the loop.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub min_sync_period: Duration,
+    pub sync_period: Duration,
+}
+
+/// Runs the sync loop until `shutdown` resolves. Rules are left in place on exit.
+pub async fn run(mut syncer: Syncer, mut rx: ChangeRx, timing: Timing, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut runner = Runner::new(timing.min_sync_period, timing.sync_period, Instant::now());
+    let mut sources_open = true;
+    syncer.shared.health.queued();
+    syncer.metrics.last_queued_timestamp.set(unix_seconds(SystemTime::now()));
+    runner.request_full();
+    loop {
+        let wake = if syncer.ready() { runner.next_wakeup(Instant::now()) } else { far_future() };
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            change = rx.recv(), if sources_open => match change {
+                Some(c) => {
+                    let mut any = syncer.apply(c);
+                    while let Ok(c) = rx.try_recv() {
+                        any |= syncer.apply(c);
+                    }
+                    if any && runner.request() {
+                        syncer.shared.health.queued();
+                        syncer.metrics.last_queued_timestamp.set(unix_seconds(SystemTime::now()));
+                    }
+                }
+                None => {
+                    tracing::warn!("every source has stopped; serving the last known state");
+                    sources_open = false;
+                }
+            },
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        if !syncer.ready() {
+            continue;
+        }
+        if let Some(due) = runner.due(Instant::now()) {
+            let ok = syncer.sync(due).await;
+            runner.done(due, ok, Instant::now());
+        }
+    }
+    tracing::info!("sync loop stopped; rules left in place");
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+#[cfg(test)]
+mod tests;

@@ -27,9 +27,6 @@ pub type Plans = BTreeMap<ServicePortName, Arc<Planned>>;
 pub struct BackendConfig {
     pub cluster_cidrs: Vec<ipnet::IpNet>,
     pub masquerade_all: bool,
-    /// CIDRs, or empty for "every local address"; `primary` is resolved into CIDRs of the Node's
-    /// InternalIPs before it reaches a backend.
-    pub nodeport_addresses: Vec<ipnet::IpNet>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]

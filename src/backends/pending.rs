@@ -72,10 +72,10 @@ impl Backend for Pending {
         );
         let _ = writeln!(
             out,
-            "# cluster-cidr {:?} masquerade-all {} nodeport-addresses {:?}",
+            "# cluster-cidr {:?} masquerade-all {} nodeport-ips {:?}",
             self.config.cluster_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             self.config.masquerade_all,
-            self.config.nodeport_addresses.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            node.nodeport_ips.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
         );
         for (name, planned) in plans {
             let p = &planned.port;
