@@ -55,6 +55,8 @@ pub struct Syncer {
     trigger_times: Vec<SystemTime>,
     /// Per-port contribution to the no-local-endpoints gauges: (internal, external).
     no_local: BTreeMap<ServicePortName, (bool, bool)>,
+    /// List the host's addresses on full syncs (off in tests that fix them).
+    gather_addresses: bool,
 }
 
 impl Syncer {
@@ -78,7 +80,14 @@ impl Syncer {
             started: SystemTime::now(),
             trigger_times: Vec::new(),
             no_local: BTreeMap::new(),
+            gather_addresses: true,
         }
+    }
+
+    /// Uses `base_node.local_addresses` as given instead of listing the host's (for tests).
+    pub fn with_fixed_addresses(mut self) -> Syncer {
+        self.gather_addresses = false;
+        self
     }
 
     /// Services and EndpointSlices have both finished their initial list.
@@ -154,9 +163,11 @@ impl Syncer {
 
     /// Node facts for this sync: the Node object's, plus the host's addresses (full syncs only).
     async fn refresh_node_facts(&mut self) {
-        match crate::node::local_addresses().await {
-            Ok(addrs) => self.base_node.local_addresses = addrs,
-            Err(e) => tracing::warn!(error = %e, "keeping the previous list of local addresses"),
+        if self.gather_addresses {
+            match crate::node::local_addresses().await {
+                Ok(addrs) => self.base_node.local_addresses = addrs,
+                Err(e) => tracing::warn!(error = %e, "keeping the previous list of local addresses"),
+            }
         }
         let facts = self.base_node.clone().with_node(self.tracker.model().node());
         *self.shared.node.write().expect("node lock") = facts;
@@ -355,3 +366,5 @@ fn far_future() -> Instant {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod loop_tests;

@@ -1,0 +1,180 @@
+//! Tests of the sync loop with the recording fake backend: gating on initial lists, partial
+//! syncs of exactly the changed ports, full resync after failure and on node change, shutdown.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Shared, Syncer, Timing, run};
+use crate::backends::fake::{Call, FakeBackend};
+use crate::health::service::ServiceHealthServers;
+use crate::metrics::Metrics;
+use crate::model::*;
+use crate::node::NodeFacts;
+use crate::watch::{Change, Kind};
+
+fn nn(name: &str) -> NamespacedName {
+    NamespacedName::new("default", name)
+}
+
+fn spn(name: &str) -> ServicePortName {
+    ServicePortName { service: nn(name), port: "http".into(), protocol: Protocol::Tcp }
+}
+
+fn service(name: &str, port: u16) -> Change {
+    let sp = ServicePort {
+        name: spn(name),
+        service_type: ServiceType::ClusterIP,
+        cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+        port,
+        node_port: None,
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        affinity_timeout_seconds: None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        traffic_distribution: None,
+    };
+    Change::Service(nn(name), Some(Service { name: nn(name), ports: vec![sp], has_selector: true }))
+}
+
+struct Harness {
+    tx: mpsc::UnboundedSender<Change>,
+    fake: FakeBackend,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(min_sync: Duration) -> Harness {
+    let fake = FakeBackend::default();
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(Shared::default());
+    let syncer = Syncer::new(
+        Box::new(fake.clone()),
+        Box::new(crate::conntrack::Noop),
+        NodeFacts::new("node1"),
+        metrics.clone(),
+        shared.clone(),
+        ServiceHealthServers::default(),
+    )
+    .with_fixed_addresses();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let timing = Timing { min_sync_period: min_sync, sync_period: Duration::from_secs(30) };
+    let task = tokio::spawn(run(syncer, rx, timing, async {
+        let _ = stopped.await;
+    }));
+    Harness { tx, fake, shared, metrics, stop: Some(stop), task }
+}
+
+impl Harness {
+    /// Lets the loop run until it is idle (paused clock: no real time passes).
+    async fn settle(&self) {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn listed(&self) {
+        self.tx.send(Change::Listed(Kind::Services)).unwrap();
+        self.tx.send(Change::Listed(Kind::EndpointSlices)).unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_sync_runs_before_services_and_slices_are_both_listed() {
+    let h = start(Duration::ZERO);
+    h.tx.send(service("web", 80)).unwrap();
+    h.tx.send(Change::Listed(Kind::Services)).unwrap();
+    h.settle().await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    h.settle().await;
+    assert!(h.fake.calls().is_empty(), "{:?}", h.fake.calls());
+    h.tx.send(Change::Listed(Kind::EndpointSlices)).unwrap();
+    h.settle().await;
+    assert_eq!(h.fake.calls(), vec![Call::Full { ports: 1 }]);
+    assert!(h.shared.health.status().0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_sync_carries_exactly_the_changed_service_ports() {
+    let h = start(Duration::ZERO);
+    h.tx.send(service("web", 80)).unwrap();
+    h.tx.send(service("db", 5432)).unwrap();
+    h.listed();
+    h.settle().await;
+    h.tx.send(service("db", 5433)).unwrap();
+    h.settle().await;
+    assert_eq!(
+        h.fake.calls(),
+        vec![Call::Full { ports: 2 }, Call::Partial { changed: BTreeSet::from([spn("db")]) }]
+    );
+    assert_eq!(h.fake.recorded.lock().unwrap().state[&spn("db")].port.port, 5433);
+    assert_eq!(h.metrics.service_changes_total.get(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_no_op_update_triggers_no_sync() {
+    let h = start(Duration::ZERO);
+    h.tx.send(service("web", 80)).unwrap();
+    h.listed();
+    h.settle().await;
+    h.tx.send(service("web", 80)).unwrap();
+    h.settle().await;
+    assert_eq!(h.fake.calls(), vec![Call::Full { ports: 1 }]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_failed_sync_the_retry_is_a_full_resync_with_every_port() {
+    let h = start(Duration::ZERO);
+    h.tx.send(service("web", 80)).unwrap();
+    h.tx.send(service("db", 5432)).unwrap();
+    h.listed();
+    h.settle().await;
+    h.fake.recorded.lock().unwrap().fail_next = 1;
+    h.tx.send(service("db", 5433)).unwrap();
+    h.settle().await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.settle().await;
+    assert_eq!(
+        h.fake.calls(),
+        vec![
+            Call::Full { ports: 2 },
+            Call::Partial { changed: BTreeSet::from([spn("db")]) },
+            Call::Full { ports: 2 },
+        ]
+    );
+    assert_eq!(h.fake.recorded.lock().unwrap().state[&spn("db")].port.port, 5433);
+    assert_eq!(h.metrics.sync_failures.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_change_makes_the_next_sync_full() {
+    let h = start(Duration::ZERO);
+    h.tx.send(service("web", 80)).unwrap();
+    h.listed();
+    h.settle().await;
+    let node = NodeInfo { name: "node1".into(), zone: Some("zone-a".into()), ..Default::default() };
+    h.tx.send(Change::Node(Some(node))).unwrap();
+    h.settle().await;
+    assert_eq!(h.fake.calls(), vec![Call::Full { ports: 1 }, Call::Full { ports: 1 }]);
+    assert_eq!(h.shared.node.read().unwrap().zone.as_deref(), Some("zone-a"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_the_loop_and_leaves_the_rules_in_place() {
+    let mut h = start(Duration::ZERO);
+    h.tx.send(service("web", 80)).unwrap();
+    h.listed();
+    h.settle().await;
+    h.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), &mut h.task).await.unwrap().unwrap();
+    assert_eq!(h.fake.calls(), vec![Call::Full { ports: 1 }], "no cleanup on shutdown");
+    assert_eq!(h.fake.recorded.lock().unwrap().state.len(), 1);
+}
