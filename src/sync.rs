@@ -277,13 +277,17 @@ impl Syncer {
                         let port = s.ports.iter().find_map(|p| {
                             p.health_check_node_port.filter(|_| p.external_policy_local())
                         })?;
-                        let local = s
+                        // Upstream's LocalReadyEndpoints: distinct ready IPs on this node,
+                        // over every port of the Service.
+                        let local: BTreeSet<std::net::IpAddr> = s
                             .ports
                             .iter()
                             .filter_map(|p| plans.get(&p.name))
-                            .map(|p| p.plan.local_endpoints)
-                            .max()
-                            .unwrap_or(0);
+                            .flat_map(|p| p.endpoints.iter())
+                            .filter(|e| e.ready && e.node_name.as_deref() == Some(&self.base_node.name))
+                            .map(|e| e.ip)
+                            .collect();
+                        let local = local.len();
                         Some((port, local))
                     });
                     (svc, hc)

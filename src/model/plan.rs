@@ -1,19 +1,24 @@
 //! Traffic policy, decided once per service port for every backend: which endpoints cluster
 //! (internal) and external traffic may use, the terminating fallback, topology, and the verdict
-//! when nothing is usable.
+//! when nothing is usable. Mirrors upstream kube-proxy's `pkg/proxy/topology.go`
+//! (`CategorizeEndpoints`) and how its nftables/iptables proxiers turn that into chains.
 //!
 //! Invariants: `plan` is pure; backends never re-derive policy, they compile a `Plan`.
+//! `Targets::Endpoints` is never empty, holds each (ip, port) once, and is sorted by (ip, port).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::{Endpoint, ServicePort};
+use super::{Endpoint, ServicePort, TrafficPolicy};
 use crate::node::NodeFacts;
 
 /// Where one class of traffic goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "verdict", content = "endpoints")]
 pub enum Targets {
-    /// Load-balance over these endpoints (never empty).
+    /// Load-balance over these endpoints (never empty, sorted by (ip, port)).
     Endpoints(Vec<Endpoint>),
     /// The Service has no usable endpoints at all: reject ("connection refused").
     Reject,
@@ -29,12 +34,19 @@ pub struct Plan {
     /// Traffic to NodePorts, externalIPs and LoadBalancer IPs (externalTrafficPolicy); None when
     /// the service port is not externally accessible.
     pub external: Option<Targets>,
-    /// With externalTrafficPolicy Local, traffic to external destinations that comes from a pod or
-    /// from the node itself short-circuits to these (cluster-wide) targets, as upstream.
+    /// With externalTrafficPolicy Local (and external access), traffic to external destinations
+    /// that comes from a pod or from the node itself short-circuits to these cluster-wide
+    /// (topology-filtered) targets, whatever internalTrafficPolicy says, as upstream's EXT chain
+    /// does. Upstream masquerades the host-originated part of it (source address is local), not
+    /// the pod-originated part. None when externalTrafficPolicy is Cluster or there is no
+    /// external access.
     pub external_from_local: Option<Targets>,
-    /// External traffic must be masqueraded (externalTrafficPolicy Cluster).
+    /// External traffic must be masqueraded (externalTrafficPolicy Cluster with external access).
     pub masquerade_external: bool,
-    /// Ready (or serving-terminating fallback) endpoints on this node, for healthCheckNodePort.
+    /// Ready endpoints on this node, counted by distinct IP, as upstream's `LocalReadyEndpoints`
+    /// feeds `localEndpoints` of the healthCheckNodePort answer. Serving-terminating endpoints are
+    /// not counted even when the terminating fallback uses them, so the health check fails on a
+    /// node that is draining. Upstream counts distinct IPs over all ports of the Service.
     pub local_endpoints: usize,
 }
 
@@ -49,6 +61,147 @@ pub struct Planned {
 
 /// Decides the plan for one service port given its endpoints and this node's facts.
 pub fn plan(port: &ServicePort, endpoints: &[Endpoint], node: &NodeFacts) -> Plan {
-    let _ = (port, endpoints, node);
-    todo!("plan")
+    let endpoints = sorted_unique(endpoints);
+    let zone = node.zone.as_deref().unwrap_or("");
+    let c = categorize(&endpoints, &node.name, zone);
+
+    let local_policy = |policy| policy == TrafficPolicy::Local;
+    let internal = if local_policy(port.internal_traffic_policy) {
+        targets(c.has_any, &c.local, Targets::Drop)
+    } else {
+        targets(c.has_any, &c.cluster, Targets::Reject)
+    };
+    let external_access = port.externally_accessible();
+    let external_local = external_access && local_policy(port.external_traffic_policy);
+    let external = external_access.then(|| {
+        if external_local {
+            targets(c.has_any, &c.local, Targets::Drop)
+        } else {
+            targets(c.has_any, &c.cluster, Targets::Reject)
+        }
+    });
+    let external_from_local =
+        external_local.then(|| targets(c.has_any, &c.cluster, Targets::Reject));
+
+    Plan {
+        internal,
+        external,
+        external_from_local,
+        masquerade_external: external_access && !external_local,
+        local_endpoints: local_ready_ips(&endpoints, &node.name),
+    }
 }
+
+/// The topology filter chosen from the ready endpoints' hints (upstream `topologyModeFromHints`,
+/// with the PreferSameTrafficDistribution gate enabled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    /// No filtering.
+    Any,
+    /// Only endpoints hinted for this node.
+    SameNode,
+    /// Only endpoints hinted for this node's zone.
+    SameZone,
+}
+
+/// What upstream's `CategorizeEndpoints` returns, computed for both policies.
+struct Categories<'a> {
+    /// Usable endpoints for Cluster policy: ready ones that topology allows, else every
+    /// serving-terminating one (topology ignored).
+    cluster: Vec<&'a Endpoint>,
+    /// Usable endpoints for Local policy: local ready ones, else local serving-terminating ones.
+    /// Topology never applies.
+    local: Vec<&'a Endpoint>,
+    /// Some endpoint anywhere is ready or serving-terminating; without one, traffic is rejected.
+    has_any: bool,
+}
+
+fn categorize<'a>(endpoints: &'a [Endpoint], node: &str, zone: &str) -> Categories<'a> {
+    let mode = topology_mode(endpoints, node, zone);
+    let mut cluster = filter(endpoints, |e| e.ready && available(e, mode, node, zone));
+    if cluster.is_empty() {
+        // With a ready endpoint anywhere, `mode` would have kept one, so none is ready here.
+        cluster = filter(endpoints, serving_terminating);
+    }
+
+    let mut local = filter(endpoints, |e| is_local(e, node) && e.ready);
+    if local.is_empty() {
+        local = filter(endpoints, |e| is_local(e, node) && serving_terminating(e));
+    }
+
+    let has_any = endpoints.iter().any(|e| e.ready || serving_terminating(e));
+    Categories {
+        cluster,
+        local,
+        has_any,
+    }
+}
+
+fn topology_mode(endpoints: &[Endpoint], node: &str, zone: &str) -> Topology {
+    let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
+    if ready.is_empty() {
+        return Topology::Any;
+    }
+    let all_node_hinted = ready.iter().all(|e| !e.node_hints.is_empty());
+    if all_node_hinted && ready.iter().any(|e| e.node_hints.contains(node)) {
+        return Topology::SameNode;
+    }
+    let all_zone_hinted = ready.iter().all(|e| !e.zone_hints.is_empty());
+    if all_zone_hinted && ready.iter().any(|e| e.zone_hints.contains(zone)) {
+        return Topology::SameZone;
+    }
+    Topology::Any
+}
+
+fn available(e: &Endpoint, mode: Topology, node: &str, zone: &str) -> bool {
+    match mode {
+        Topology::Any => true,
+        Topology::SameNode => e.node_hints.contains(node),
+        Topology::SameZone => e.zone_hints.contains(zone),
+    }
+}
+
+/// Upstream: `endpoint.NodeName != nil && *endpoint.NodeName == nodeName`.
+fn is_local(e: &Endpoint, node: &str) -> bool {
+    e.node_name.as_deref() == Some(node)
+}
+
+fn serving_terminating(e: &Endpoint) -> bool {
+    e.serving && e.terminating
+}
+
+fn filter(endpoints: &[Endpoint], keep: impl Fn(&Endpoint) -> bool) -> Vec<&Endpoint> {
+    endpoints.iter().filter(|e| keep(e)).collect()
+}
+
+/// `chosen` when there is something to choose from; `when_empty` when the Service has usable
+/// endpoints elsewhere; Reject when it has none at all.
+fn targets(has_any: bool, chosen: &[&Endpoint], when_empty: Targets) -> Targets {
+    if !has_any {
+        Targets::Reject
+    } else if chosen.is_empty() {
+        when_empty
+    } else {
+        Targets::Endpoints(chosen.iter().map(|e| (*e).clone()).collect())
+    }
+}
+
+/// Sorted by (ip, port), one entry per (ip, port), a ready copy preferred over a not-ready one.
+fn sorted_unique(endpoints: &[Endpoint]) -> Vec<Endpoint> {
+    let mut out = endpoints.to_vec();
+    out.sort_by_key(|e| (e.ip, e.port, !e.ready));
+    out.dedup_by(|later, first| (later.ip, later.port) == (first.ip, first.port));
+    out
+}
+
+fn local_ready_ips(endpoints: &[Endpoint], node: &str) -> usize {
+    let ips: BTreeSet<IpAddr> = endpoints
+        .iter()
+        .filter(|e| e.ready && is_local(e, node))
+        .map(|e| e.ip)
+        .collect();
+    ips.len()
+}
+
+#[cfg(test)]
+mod tests;
