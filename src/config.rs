@@ -1,0 +1,353 @@
+//! kproxy's configuration: upstream kube-proxy's command line and `--config` file, resolved.
+//!
+//! Precedence, per setting: a flag given on the command line, then the config file, then the
+//! default (upstream's, except the mode: nftables). Upstream instead lets the file replace most
+//! flags when `--config` is given (only `--hostname-override`, `-v` and `--master` survive);
+//! kproxy lets every explicit flag win, which agrees with upstream for the flags real DaemonSets
+//! pass alongside `--config`.
+//!
+//! Sync periods and `masqueradeAll` come from the file's section for the mode, as upstream's
+//! v1alpha1 conversion reads them: `ipvs` (whose `masqueradeAll` lives in `iptables`), `nftables`,
+//! or, for `iptables` and for a file that leaves the mode empty, `iptables`. The upstream
+//! `--iptables-*sync-period` flags apply in every mode but ipvs, `--ipvs-*` only in ipvs;
+//! kproxy's own `--sync-period`/`--min-sync-period` beat both.
+//!
+//! Invariants of a resolved [`Config`]: `sync_period > 0`; `node_name` is non-empty, trimmed
+//! and lower-case; CIDRs are truncated to their networks; `cluster_cidrs` holds at most one
+//! CIDR per family. Parsing touches the file system only to read `--config` and, without
+//! `--hostname-override`, the host name.
+
+mod duration;
+mod file;
+mod flags;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::backends::{BackendConfig, ProxyMode};
+
+pub use duration::{DurationError, parse_go_duration};
+pub use flags::{IGNORED as IGNORED_FLAGS, Kind as FlagKind};
+
+const DEFAULT_METRICS_PORT: u16 = 10249;
+const DEFAULT_HEALTHZ_PORT: u16 = 10256;
+const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
+const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
+const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+pub use crate::node::NodePortAddresses;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub mode: ProxyMode,
+    pub kubeconfig: Option<PathBuf>,
+    /// The API server's URL, overriding the kubeconfig's.
+    pub master: Option<String>,
+    /// The Node's name: `--hostname-override`, `hostnameOverride`, or the host name.
+    pub node_name: String,
+    pub cluster_cidrs: Vec<IpNet>,
+    pub nodeport_addresses: NodePortAddresses,
+    pub masquerade_all: bool,
+    pub min_sync_period: Duration,
+    pub sync_period: Duration,
+    pub metrics_bind_address: SocketAddr,
+    pub healthz_bind_address: SocketAddr,
+    pub config_file: Option<PathBuf>,
+    pub cleanup: bool,
+    /// The klog level (`-v`).
+    pub verbosity: u8,
+    /// Read objects from YAML files in this directory instead of the API server.
+    pub manifests: Option<PathBuf>,
+    pub dry_run: bool,
+    pub log_format: LogFormat,
+    /// Things the operator should know but that do not stop kproxy (ignored flags, unknown file
+    /// fields); log each once logging is set up.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// What the backend needs from the configuration.
+    pub fn backend_config(&self) -> BackendConfig {
+        BackendConfig {
+            cluster_cidrs: self.cluster_cidrs.clone(),
+            masquerade_all: self.masquerade_all,
+        }
+    }
+}
+
+/// The outcome of reading the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "built once at start-up and matched at once; a Box would only add noise"
+)]
+pub enum Parsed {
+    Run(Config),
+    /// Print this to stdout and exit 0.
+    Help(String),
+    /// Print this to stdout and exit 0.
+    Version(String),
+}
+
+/// Why the configuration is unusable. `Display` is one line naming the flag or file field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown flag {0}")]
+    UnknownFlag(String),
+    #[error("unexpected argument {0:?} (kproxy takes only flags)")]
+    UnexpectedArgument(String),
+    /// Any other command-line syntax error, as clap words it (naming the flag).
+    #[error("{0}")]
+    Usage(String),
+    #[error("{flag}: {message}")]
+    Invalid { flag: String, message: String },
+    #[error("--config {}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("cannot determine the node name: {0} (set --hostname-override)")]
+    NodeName(String),
+}
+
+impl ConfigError {
+    /// The process exit status for this error: 2, a usage error.
+    pub fn exit_code(&self) -> i32 {
+        2
+    }
+}
+
+/// Reads the command line (`args[0]` is the program name) and the `--config` file it names.
+pub fn parse<I, T>(args: I) -> Result<Parsed, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    parse_with(args, &read_hostname)
+}
+
+/// `parse`, with the host name supplied by `hostname` (for tests).
+fn parse_with<I, T>(
+    args: I,
+    hostname: &dyn Fn() -> Result<String, String>,
+) -> Result<Parsed, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = args.into_iter().map(|a| flags::normalize(a.into()));
+    match flags::command().try_get_matches_from(args) {
+        Ok(m) => resolve(&m, hostname).map(Parsed::Run),
+        Err(err) => flags::convert(err),
+    }
+}
+
+fn read_hostname() -> Result<String, String> {
+    std::fs::read_to_string(HOSTNAME_FILE).map_err(|e| format!("reading {HOSTNAME_FILE}: {e}"))
+}
+
+/// Parses an explicit flag's value, naming the flag on error.
+fn flag<T>(
+    m: &clap::ArgMatches,
+    name: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    flags::explicit(m, name)
+        .map(|v| {
+            parse(v).map_err(|message| ConfigError::Invalid {
+                flag: format!("--{name}"),
+                message,
+            })
+        })
+        .transpose()
+}
+
+fn duration_flag(m: &clap::ArgMatches, name: &str) -> Result<Option<Duration>, ConfigError> {
+    flag(m, name, |v| parse_go_duration(v).map_err(|e| e.to_string()))
+}
+
+fn bool_flag(m: &clap::ArgMatches, name: &str) -> Result<Option<bool>, ConfigError> {
+    flag(m, name, values::parse_bool)
+}
+
+fn resolve(
+    m: &clap::ArgMatches,
+    hostname: &dyn Fn() -> Result<String, String>,
+) -> Result<Config, ConfigError> {
+    let mut warnings = flags::ignored_flags(m)?;
+    let config_file = flags::explicit(m, "config")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let file = match &config_file {
+        Some(path) => file::load(path)?,
+        None => file::FileConfig::default(),
+    };
+    warnings.extend(file.warnings.iter().cloned());
+
+    let flag_mode = flag(m, "proxy-mode", values::parse_mode)?.flatten();
+    let mode = flag_mode.or(file.mode).unwrap_or(ProxyMode::Nftables);
+    // The file section that applies: upstream reads an empty mode as iptables.
+    let section_mode = flag_mode.or(file.mode).unwrap_or(ProxyMode::Iptables);
+    let periods = match section_mode {
+        ProxyMode::Ipvs => &file.ipvs,
+        ProxyMode::Nftables => &file.nftables,
+        ProxyMode::Iptables => &file.iptables,
+    };
+    let masquerade_section = match section_mode {
+        ProxyMode::Nftables => &file.nftables,
+        _ => &file.iptables,
+    };
+    let (sync_flag, min_sync_flag, other_prefix) = match mode {
+        ProxyMode::Ipvs => ("ipvs-sync-period", "ipvs-min-sync-period", "iptables"),
+        _ => ("iptables-sync-period", "iptables-min-sync-period", "ipvs"),
+    };
+    for suffix in ["sync-period", "min-sync-period"] {
+        let name = format!("{other_prefix}-{suffix}");
+        if flags::explicit(m, &name).is_some() {
+            warnings.push(format!(
+                "--{name} does not apply in {mode} mode and is ignored"
+            ));
+        }
+    }
+
+    let sync = period_flag(m, &["sync-period", sync_flag])?;
+    if let Some((name, d)) = sync
+        && d.is_zero()
+    {
+        return Err(ConfigError::Invalid {
+            flag: format!("--{name}"),
+            message: "must be greater than 0".to_owned(),
+        });
+    }
+    let sync_period = sync
+        .map(|(_, d)| d)
+        .or(periods.sync_period)
+        .unwrap_or(DEFAULT_SYNC_PERIOD);
+    let min_sync_period = period_flag(m, &["min-sync-period", min_sync_flag])?
+        .map(|(_, d)| d)
+        .or(periods.min_sync_period)
+        .unwrap_or(DEFAULT_MIN_SYNC_PERIOD);
+
+    let bind_address = flag(m, "bind-address", values::parse_ip)?.or(file.bind_address);
+    let ipv6 = bind_address.is_some_and(|ip| ip.is_ipv6());
+    let (metrics_ip, healthz_ip) = if ipv6 {
+        (
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        )
+    } else {
+        (
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        )
+    };
+    let metrics_bind_address = flag(m, "metrics-bind-address", |v| {
+        values::parse_bind_address(v, DEFAULT_METRICS_PORT)
+    })?
+    .or(file.metrics_bind_address)
+    .unwrap_or(SocketAddr::new(metrics_ip, DEFAULT_METRICS_PORT));
+    let healthz_bind_address = flag(m, "healthz-bind-address", |v| {
+        values::parse_bind_address(v, DEFAULT_HEALTHZ_PORT)
+    })?
+    .or(file.healthz_bind_address)
+    .unwrap_or(SocketAddr::new(healthz_ip, DEFAULT_HEALTHZ_PORT));
+
+    let nodeport_addresses = match flags::explicit_list(m, "nodeport-addresses") {
+        Some(list) => {
+            values::parse_nodeport_addresses(&list).map_err(|message| ConfigError::Invalid {
+                flag: "--nodeport-addresses".to_owned(),
+                message,
+            })?
+        }
+        None => file.nodeport_addresses.clone().unwrap_or_default(),
+    };
+
+    Ok(Config {
+        mode,
+        kubeconfig: flags::explicit(m, "kubeconfig")
+            .map(|p| (!p.is_empty()).then(|| PathBuf::from(p)))
+            .unwrap_or(file.kubeconfig.clone()),
+        master: flags::explicit(m, "master")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        node_name: node_name(m, file.hostname_override.as_deref(), hostname)?,
+        cluster_cidrs: flag(m, "cluster-cidr", values::parse_cluster_cidrs)?
+            .or(file.cluster_cidrs.clone())
+            .unwrap_or_default(),
+        nodeport_addresses,
+        masquerade_all: bool_flag(m, "masquerade-all")?
+            .or(masquerade_section.masquerade_all)
+            .unwrap_or(false),
+        min_sync_period,
+        sync_period,
+        metrics_bind_address,
+        healthz_bind_address,
+        config_file,
+        cleanup: bool_flag(m, "cleanup")?.unwrap_or(false),
+        verbosity: flag(m, "v", values::parse_verbosity)?
+            .or(file.verbosity)
+            .unwrap_or(0),
+        manifests: flags::explicit(m, "manifests")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
+        dry_run: bool_flag(m, "dry-run")?.unwrap_or(false),
+        log_format: flag(m, "log-format", values::parse_log_format)?
+            .flatten()
+            .or(file.log_format)
+            .unwrap_or_default(),
+        warnings,
+    })
+}
+
+/// The first of `names` given on the command line, with its value.
+fn period_flag<'a>(
+    m: &clap::ArgMatches,
+    names: &[&'a str],
+) -> Result<Option<(&'a str, Duration)>, ConfigError> {
+    for name in names {
+        if let Some(d) = duration_flag(m, name)? {
+            return Ok(Some((*name, d)));
+        }
+    }
+    Ok(None)
+}
+
+/// `--hostname-override`, else the file's `hostnameOverride`, else the host name; trimmed and
+/// lower-cased, as upstream's `GetHostname`. An empty flag counts as unset, as upstream.
+fn node_name(
+    m: &clap::ArgMatches,
+    from_file: Option<&str>,
+    hostname: &dyn Fn() -> Result<String, String>,
+) -> Result<String, ConfigError> {
+    if let Some(v) = flags::explicit(m, "hostname-override").filter(|v| !v.is_empty()) {
+        let name = v.trim();
+        if name.is_empty() {
+            return Err(ConfigError::Invalid {
+                flag: "--hostname-override".to_owned(),
+                message: "empty hostname-override is invalid".to_owned(),
+            });
+        }
+        return Ok(name.to_lowercase());
+    }
+    let raw = match from_file {
+        Some(name) => name.to_owned(),
+        None => hostname().map_err(ConfigError::NodeName)?,
+    };
+    let name = raw.trim().to_lowercase();
+    if name.is_empty() {
+        return Err(ConfigError::NodeName("the host name is empty".to_owned()));
+    }
+    Ok(name)
+}

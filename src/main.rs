@@ -1,1 +1,145 @@
-fn main(){}
+//! The kproxy binary: parse flags, start a source, the HTTP endpoints and the sync loop; or
+//! clean up, or print the ruleset once (--dry-run).
+//!
+//! Exit codes: 0 on success and on SIGTERM/SIGINT (rules left in place), 2 on bad flags or
+//! configuration (one line on stderr), 1 on any other failure.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use kproxy::backends::{self, BackendConfig, ProxyMode};
+use kproxy::config::{self, Config, LogFormat, Parsed};
+use kproxy::health::{self, ProxyHealth, service::ServiceHealthServers};
+use kproxy::metrics::Metrics;
+use kproxy::node::NodeFacts;
+use kproxy::sync::{self, Shared, Syncer, Timing};
+use kproxy::watch::{self, ChangeTx};
+
+fn main() -> ExitCode {
+    let cfg = match config::parse(std::env::args_os()) {
+        Ok(Parsed::Run(cfg)) => cfg,
+        Ok(Parsed::Help(text)) | Ok(Parsed::Version(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("kproxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(cfg.log_format, cfg.verbosity);
+    for warning in &cfg.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kproxy: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kproxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// klog-style verbosity: 0-2 info, 3-4 debug, 5+ trace; RUST_LOG overrides.
+fn init_tracing(format: LogFormat, verbosity: u8) {
+    let level = match verbosity {
+        0..=2 => "info",
+        3..=4 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("kproxy={level},warn")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let backend_config = cfg.backend_config();
+    if cfg.cleanup {
+        return cleanup(&backend_config);
+    }
+    let metrics = Arc::new(Metrics::new());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    start_source(&cfg, tx, metrics.clone()).await?;
+
+    let mut base_node = NodeFacts::new(&cfg.node_name);
+    base_node.nodeport_addresses = cfg.nodeport_addresses.clone();
+    let shared = Arc::new(Shared {
+        health: ProxyHealth::new(cfg.sync_period * 2),
+        ..Shared::default()
+    });
+    let backend = backends::for_mode(cfg.mode, backend_config);
+    let mut syncer = Syncer::new(
+        backend,
+        Box::new(kproxy::conntrack::Noop),
+        base_node,
+        metrics.clone(),
+        shared.clone(),
+        ServiceHealthServers::default(),
+    );
+
+    if cfg.dry_run {
+        while !syncer.ready() {
+            let change = rx.recv().await.context("the source stopped before its initial list")?;
+            syncer.apply(change);
+        }
+        print!("{}", syncer.render().await);
+        return Ok(());
+    }
+
+    health::serve(cfg.metrics_bind_address, cfg.healthz_bind_address, shared, metrics, cfg.mode)
+        .await?;
+    tracing::info!(mode = %cfg.mode, node = %cfg.node_name, "kproxy started");
+    let timing = Timing { min_sync_period: cfg.min_sync_period, sync_period: cfg.sync_period };
+    sync::run(syncer, rx, timing, shutdown_signal()).await;
+    Ok(())
+}
+
+/// --cleanup: remove what kproxy created, in every mode.
+fn cleanup(config: &BackendConfig) -> anyhow::Result<()> {
+    for mode in ProxyMode::ALL {
+        backends::for_mode(mode, config.clone())
+            .cleanup()
+            .with_context(|| format!("cleaning up the {mode} backend"))?;
+    }
+    tracing::info!("cleanup done");
+    Ok(())
+}
+
+async fn start_source(cfg: &Config, tx: ChangeTx, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let node = cfg.node_name.clone();
+    if let Some(dir) = cfg.manifests.clone() {
+        anyhow::ensure!(dir.is_dir(), "--manifests {}: not a directory", dir.display());
+        tokio::spawn(watch::manifests::run(dir, tx, metrics, node));
+    } else {
+        let client = watch::kube::client(cfg.kubeconfig.as_deref(), cfg.master.as_deref())
+            .await
+            .context("connecting to the Kubernetes API")?;
+        tokio::spawn(watch::kube::run(client, node, tx, metrics));
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop kproxy with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+}

@@ -16,7 +16,7 @@ pub enum NodePortAddresses {
     /// Unset: every local address.
     #[default]
     All,
-    /// `primary`: the Node object's InternalIPs.
+    /// `primary`: the Node object's primary address of each family (its first InternalIP).
     Primary,
     /// Local addresses inside these CIDRs.
     Cidrs(Vec<IpNet>),
@@ -52,7 +52,11 @@ impl NodeFacts {
         self.pod_cidrs = node.map(|n| n.pod_cidrs.clone()).unwrap_or_default();
         self.nodeport_ips = match &self.nodeport_addresses {
             NodePortAddresses::All => self.local_addresses.clone(),
-            NodePortAddresses::Primary => self.internal_ips.clone(),
+            NodePortAddresses::Primary => {
+                let v4 = self.internal_ips.iter().find(|ip| ip.is_ipv4());
+                let v6 = self.internal_ips.iter().find(|ip| ip.is_ipv6());
+                v4.into_iter().chain(v6).copied().collect()
+            }
             NodePortAddresses::Cidrs(cidrs) => self
                 .local_addresses
                 .iter()

@@ -1,1 +1,207 @@
+//! The Kubernetes API source: kube-rs watchers for Services, EndpointSlices and this node's Node,
+//! each object passed through `model::validate`, relists turned into differences (`relist`).
+//!
+//! Invariants: only validated objects are sent. A rejected object is treated as absent: if it
+//! was valid before, a delete is sent, so the model is always what a freshly started kproxy would
+//! build from the API server's current contents (state never depends on history). Each rejection
+//! is logged and counted once per resourceVersion. Watcher errors are logged and retried with
+//! kube's default backoff; the streams never end. A relist keeps serving the previous state until
+//! it completes, then sends updates for what is present and deletes only for what vanished.
+//! Lists use kube's default `MostRecent` semantic (a consistent read), so a relist after a 410
+//! cannot briefly resurrect deleted objects from a stale watch cache.
 
+mod relist;
+#[cfg(test)]
+mod tests;
+
+use std::fmt::{Debug, Display};
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service as K8sService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Config, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{debug, warn};
+
+use super::{Change, ChangeTx, Kind};
+use crate::metrics::Metrics;
+use crate::model::{NamespacedName, NodeInfo, Service, Slice, validate};
+use relist::{Input, Relist, Seen};
+
+/// Upstream's selector for Services and EndpointSlices: skip objects owned by another proxy and
+/// headless Services' slices.
+pub const LABEL_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("reading kubeconfig {path}: {source}")]
+    ReadKubeconfig { path: PathBuf, source: KubeconfigError },
+    #[error("loading kubeconfig {path}: {source}")]
+    LoadKubeconfig { path: PathBuf, source: KubeconfigError },
+    #[error("parsing --master {url:?}: {source}")]
+    ParseMaster { url: String, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("loading in-cluster config (neither --kubeconfig nor --master given): {0}")]
+    InClusterConfig(#[source] InClusterError),
+    #[error("building the API client: {0}")]
+    BuildClient(#[source] kube::Error),
+}
+
+/// The API client, as upstream's `BuildConfigFromFlags`: `--kubeconfig` (its server replaced
+/// by `--master` when both are given), `--master` alone (that URL, no credentials), or the
+/// in-cluster config when neither is given.
+pub async fn client(kubeconfig: Option<&Path>, master: Option<&str>) -> Result<Client, KubeError> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|source| KubeError::ReadKubeconfig { path: path.into(), source })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeError::LoadKubeconfig { path: path.into(), source })?
+        }
+        None => match master {
+            Some(url) => Config::new(parse_master(url)?),
+            None => Config::incluster().map_err(KubeError::InClusterConfig)?,
+        },
+    };
+    if let (Some(_), Some(url)) = (kubeconfig, master) {
+        config.cluster_url = parse_master(url)?;
+    }
+    Client::try_from(config).map_err(KubeError::BuildClient)
+}
+
+/// Parses `--master` into whatever URI type the kube config wants (generic so that kproxy need
+/// not depend on the `http` crate to name it).
+fn parse_master<U>(url: &str) -> Result<U, KubeError>
+where
+    U: std::str::FromStr,
+    U::Err: std::error::Error + Send + Sync + 'static,
+{
+    url.parse().map_err(|e: U::Err| KubeError::ParseMaster { url: url.into(), source: Box::new(e) })
+}
+
+/// Watches Services, EndpointSlices and the Node `node_name` until the receiver of `tx` is gone.
+pub async fn run(client: Client, node_name: String, tx: ChangeTx, metrics: Arc<Metrics>) {
+    let labels = watcher::Config::default().labels(LABEL_SELECTOR);
+    let node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    tokio::join!(
+        watch::<K8sService>(Api::all(client.clone()), labels.clone(), &tx, &metrics),
+        watch::<EndpointSlice>(Api::all(client.clone()), labels, &tx, &metrics),
+        watch::<Node>(Api::all(client), node, &tx, &metrics),
+    );
+}
+
+/// How one watched kind maps onto model changes.
+trait Watched: Resource + Clone + DeserializeOwned + Debug + Send + 'static {
+    type Key: Ord + Clone + Display;
+    type Value;
+    const KIND: Kind;
+    fn key(&self) -> Self::Key;
+    fn convert(&self) -> Seen<Self::Value>;
+    fn change(key: Self::Key, value: Option<Self::Value>) -> Change;
+}
+
+fn namespaced_key<K: Resource>(obj: &K) -> NamespacedName {
+    NamespacedName::new(obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+fn seen<V>(result: Result<Option<V>, validate::Rejection>) -> Seen<V> {
+    match result {
+        Ok(Some(v)) => Seen::Valid(v),
+        Ok(None) => Seen::Ignored,
+        Err(why) => Seen::Rejected(why),
+    }
+}
+
+impl Watched for K8sService {
+    type Key = NamespacedName;
+    type Value = Service;
+    const KIND: Kind = Kind::Services;
+    fn key(&self) -> NamespacedName {
+        namespaced_key(self)
+    }
+    fn convert(&self) -> Seen<Service> {
+        seen(validate::service(self))
+    }
+    fn change(key: NamespacedName, value: Option<Service>) -> Change {
+        Change::Service(key, value)
+    }
+}
+
+impl Watched for EndpointSlice {
+    type Key = NamespacedName;
+    type Value = Slice;
+    const KIND: Kind = Kind::EndpointSlices;
+    fn key(&self) -> NamespacedName {
+        namespaced_key(self)
+    }
+    fn convert(&self) -> Seen<Slice> {
+        seen(validate::endpoint_slice(self).map(|found| found.map(|(_, slice)| slice)))
+    }
+    fn change(key: NamespacedName, value: Option<Slice>) -> Change {
+        Change::Slice(key, value)
+    }
+}
+
+impl Watched for Node {
+    type Key = String;
+    type Value = NodeInfo;
+    const KIND: Kind = Kind::Nodes;
+    fn key(&self) -> String {
+        self.name_any()
+    }
+    fn convert(&self) -> Seen<NodeInfo> {
+        seen(validate::node(self).map(Some))
+    }
+    fn change(_: String, value: Option<NodeInfo>) -> Change {
+        Change::Node(value)
+    }
+}
+
+fn input<K: Watched>(event: Event<K>) -> Input<K::Key, K::Value> {
+    match event {
+        Event::Init => Input::Init,
+        Event::InitApply(obj) => Input::InitApply(obj.key(), obj.resource_version(), obj.convert()),
+        Event::InitDone => Input::InitDone,
+        Event::Apply(obj) => Input::Apply(obj.key(), obj.resource_version(), obj.convert()),
+        Event::Delete(obj) => Input::Delete(obj.key()),
+    }
+}
+
+/// One kind's watch loop; returns only when the change receiver is gone.
+async fn watch<K: Watched>(api: Api<K>, config: watcher::Config, tx: &ChangeTx, metrics: &Metrics) {
+    let mut state = Relist::<K::Key, K::Value>::default();
+    let mut events = pin!(watcher::watcher(api, config).default_backoff());
+    while let Some(item) = events.next().await {
+        let event = match item {
+            Ok(event) => event,
+            Err(error) => {
+                warn!(kind = ?K::KIND, %error, "watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        if matches!(event, Event::Init) {
+            debug!(kind = ?K::KIND, "listing");
+        }
+        let out = state.step(input(event));
+        for (key, why) in out.rejected {
+            warn!(kind = ?K::KIND, object = %key, reason = why.reason.as_str(), detail = %why.detail,
+                "object rejected; treated as absent");
+            metrics.reject(why.reason);
+        }
+        for (key, value) in out.changes {
+            if tx.send(K::change(key, value)).is_err() {
+                return;
+            }
+        }
+        if out.listed && tx.send(Change::Listed(K::KIND)).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The command line, spelled as upstream kube-proxy's so kproxy can replace it in a DaemonSet.
+//!
+//! Clap only tokenises: every value arrives as a string and `resolve` parses it, so each error
+//! names its flag in one line. Syntax follows pflag: `--flag=value` and `--flag value`; boolean
+//! flags take `--flag` or `--flag=false`, never a separate word; `-v 2`, `-v=2`, `-v2`, `--v=2`;
+//! `_` and `-` are interchangeable in flag names; a repeated flag keeps its last value, except
+//! list flags, which accumulate. Defaults set here only show in `--help`; `resolve` decides.
+
+use std::ffi::OsString;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, ColorChoice, Command};
+
+use super::duration::parse_signed;
+use super::values::parse_bool;
+use super::{ConfigError, Parsed};
+
+/// What an upstream flag's value must look like, so an ignored flag still rejects garbage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Bool,
+    Int,
+    Float,
+    Duration,
+    Text,
+    /// A comma-separated list; the flag may repeat.
+    List,
+}
+
+/// Upstream flags kproxy accepts, checks for type, and ignores with a start-up warning.
+///
+/// Their effects are outside kproxy's scope (conntrack sysctls, OOM score, profiling, client
+/// tuning, IPVS scheduling, Windows) or not implemented yet (local-traffic detection other than
+/// the cluster CIDR, feature gates, logging knobs beyond `-v` and `--logging-format`). The
+/// deprecated `--healthz-port` and `--metrics-port` are here too: upstream uses them only to
+/// disable a server (port 0), which kproxy does not support.
+///
+/// Not accepted, because ignoring them would change what the process does: `--init-only` and
+/// `--write-config-to` (both exit early upstream). Flags removed from upstream before 1.26
+/// (`--resource-container`, `--udp-timeout`, the klog `--logtostderr` family) are unknown.
+pub const IGNORED: &[(&str, Kind)] = &[
+    ("bind-address-hard-fail", Kind::Bool),
+    ("config-sync-period", Kind::Duration),
+    ("conntrack-max-per-core", Kind::Int),
+    ("conntrack-min", Kind::Int),
+    ("conntrack-tcp-be-liberal", Kind::Bool),
+    ("conntrack-tcp-timeout-close-wait", Kind::Duration),
+    ("conntrack-tcp-timeout-established", Kind::Duration),
+    ("conntrack-udp-timeout", Kind::Duration),
+    ("conntrack-udp-timeout-stream", Kind::Duration),
+    ("detect-local-mode", Kind::Text),
+    ("feature-gates", Kind::List),
+    ("healthz-port", Kind::Int),
+    ("iptables-localhost-nodeports", Kind::Bool),
+    ("iptables-masquerade-bit", Kind::Int),
+    ("ipvs-exclude-cidrs", Kind::List),
+    ("ipvs-scheduler", Kind::Text),
+    ("ipvs-strict-arp", Kind::Bool),
+    ("ipvs-tcp-timeout", Kind::Duration),
+    ("ipvs-tcpfin-timeout", Kind::Duration),
+    ("ipvs-udp-timeout", Kind::Duration),
+    ("kube-api-burst", Kind::Int),
+    ("kube-api-content-type", Kind::Text),
+    ("kube-api-qps", Kind::Float),
+    ("log-flush-frequency", Kind::Duration),
+    ("log-json-info-buffer-size", Kind::Text),
+    ("log-json-split-stream", Kind::Bool),
+    ("log-text-info-buffer-size", Kind::Text),
+    ("log-text-split-stream", Kind::Bool),
+    ("metrics-port", Kind::Int),
+    ("oom-score-adj", Kind::Int),
+    ("pod-bridge-interface", Kind::Text),
+    ("pod-interface-name-prefix", Kind::Text),
+    ("profiling", Kind::Bool),
+    ("show-hidden-metrics-for-version", Kind::Text),
+    ("vmodule", Kind::Text),
+];
+
+/// Upstream flags kproxy rejects with a reason rather than as unknown (`--init-only=false` is
+/// harmless and accepted).
+pub const UNSUPPORTED: &[(&str, Kind, &str)] = &[
+    (
+        "init-only",
+        Kind::Bool,
+        "not supported (kproxy needs no privileged init step)",
+    ),
+    ("write-config-to", Kind::Text, "not supported"),
+];
+
+const UPSTREAM: &str = "Flags (as kube-proxy)";
+const OWN: &str = "kproxy's own flags";
+const COMPAT: &str = "Accepted for kube-proxy compatibility and ignored";
+
+/// The whole command line.
+pub fn command() -> Command {
+    let mut cmd = Command::new("kproxy")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("kproxy: a kube-proxy dataplane (nftables, iptables or IPVS)")
+        .color(ColorChoice::Never)
+        .args_override_self(true)
+        .max_term_width(100)
+        .next_help_heading(UPSTREAM)
+        .arg(value("proxy-mode", "MODE", "nftables, iptables or ipvs").default_value("nftables"))
+        .arg(value(
+            "config",
+            "FILE",
+            "a KubeProxyConfiguration (v1alpha1) file; explicit flags override it",
+        ))
+        .arg(value(
+            "kubeconfig",
+            "FILE",
+            "kubeconfig for the API server (default: in-cluster)",
+        ))
+        .arg(value(
+            "master",
+            "URL",
+            "the API server's address (overrides the kubeconfig)",
+        ))
+        .arg(value(
+            "hostname-override",
+            "NAME",
+            "the Node's name (default: the host name)",
+        ))
+        .arg(value(
+            "bind-address",
+            "IP",
+            "only its family matters: IPv6 makes the server defaults IPv6",
+        ))
+        .arg(value(
+            "cluster-cidr",
+            "CIDRS",
+            "the pods' CIDRs, comma-separated, at most one per family",
+        ))
+        .arg(list(
+            "nodeport-addresses",
+            "CIDRS",
+            "serve NodePorts only on these CIDRs, or 'primary' (default: all)",
+        ))
+        .arg(boolean(
+            "masquerade-all",
+            "SNAT all traffic sent to service cluster IPs",
+        ))
+        .arg(
+            value(
+                "iptables-sync-period",
+                "DURATION",
+                "full-resync interval, outside ipvs mode",
+            )
+            .default_value("30s"),
+        )
+        .arg(
+            value(
+                "iptables-min-sync-period",
+                "DURATION",
+                "minimum interval between syncs, outside ipvs mode",
+            )
+            .default_value("1s"),
+        )
+        .arg(
+            value(
+                "ipvs-sync-period",
+                "DURATION",
+                "full-resync interval in ipvs mode",
+            )
+            .default_value("30s"),
+        )
+        .arg(
+            value(
+                "ipvs-min-sync-period",
+                "DURATION",
+                "minimum interval between syncs in ipvs mode",
+            )
+            .default_value("1s"),
+        )
+        .arg(
+            value(
+                "metrics-bind-address",
+                "ADDR",
+                "metrics server address (IP, IP:port or [IPv6]:port)",
+            )
+            .default_value("127.0.0.1:10249"),
+        )
+        .arg(
+            value(
+                "healthz-bind-address",
+                "ADDR",
+                "health server address (IP, IP:port or [IPv6]:port)",
+            )
+            .default_value("0.0.0.0:10256"),
+        )
+        .arg(boolean(
+            "cleanup",
+            "remove every rule kproxy created in this mode, then exit",
+        ))
+        .arg(
+            value("v", "LEVEL", "log verbosity (klog level)")
+                .short('v')
+                .default_value("0"),
+        )
+        .next_help_heading(OWN)
+        .arg(value(
+            "sync-period",
+            "DURATION",
+            "full-resync interval in any mode (overrides the upstream flags)",
+        ))
+        .arg(value(
+            "min-sync-period",
+            "DURATION",
+            "minimum interval between syncs in any mode (0 allowed)",
+        ))
+        .arg(
+            value("log-format", "FORMAT", "text or json")
+                .alias("logging-format")
+                .default_value("text"),
+        )
+        .arg(value(
+            "manifests",
+            "DIR",
+            "read Services and EndpointSlices from YAML files in DIR, not the API",
+        ))
+        .arg(boolean(
+            "dry-run",
+            "print the rules that would be programmed; change nothing",
+        ))
+        .next_help_heading(COMPAT);
+    for (name, kind) in IGNORED {
+        let arg = match kind {
+            Kind::Bool => boolean(name, "ignored"),
+            Kind::List => list(name, "LIST", "ignored"),
+            _ => value(name, "VALUE", "ignored"),
+        };
+        cmd = cmd.arg(arg);
+    }
+    for (name, kind, _) in UNSUPPORTED {
+        let arg = match kind {
+            Kind::Bool => boolean(name, "not supported"),
+            _ => value(name, "VALUE", "not supported"),
+        };
+        cmd = cmd.arg(arg.hide(true));
+    }
+    cmd
+}
+
+/// A flag taking one value (`--name=v` or `--name v`; the value may start with `-`).
+fn value(name: &'static str, value_name: &'static str, help: &'static str) -> Arg {
+    Arg::new(name)
+        .long(name)
+        .value_name(value_name)
+        .help(help)
+        .num_args(1)
+        .action(ArgAction::Set)
+        .allow_hyphen_values(true)
+}
+
+/// A list flag: comma-separated, and repeating it appends, as a pflag string slice.
+fn list(name: &'static str, value_name: &'static str, help: &'static str) -> Arg {
+    value(name, value_name, help).action(ArgAction::Append)
+}
+
+/// A pflag-style boolean: `--name` means true, `--name=false` false; no separate value word.
+fn boolean(name: &'static str, help: &'static str) -> Arg {
+    Arg::new(name)
+        .long(name)
+        .value_name("BOOL")
+        .help(help)
+        .num_args(0..=1)
+        .require_equals(true)
+        .default_missing_value("true")
+        .action(ArgAction::Set)
+        .hide_default_value(true)
+}
+
+/// Rewrites `--a_b` as `--a-b` (upstream's word-separator normalisation); other words pass.
+pub fn normalize(arg: OsString) -> OsString {
+    let Some(text) = arg.to_str() else {
+        return arg;
+    };
+    let Some(flag) = text.strip_prefix("--") else {
+        return arg;
+    };
+    let (name, rest) = flag.split_at(flag.find('=').unwrap_or(flag.len()));
+    OsString::from(format!("--{}{rest}", name.replace('_', "-")))
+}
+
+/// Turns a clap outcome other than success into help text, version text or a one-line error.
+pub fn convert(err: clap::Error) -> Result<Parsed, ConfigError> {
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            Ok(Parsed::Help(err.render().to_string()))
+        }
+        ErrorKind::DisplayVersion => Ok(Parsed::Version(err.render().to_string())),
+        ErrorKind::UnknownArgument => match err.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) if arg.starts_with('-') => {
+                let name = arg.split('=').next().unwrap_or(arg);
+                Err(ConfigError::UnknownFlag(name.to_owned()))
+            }
+            Some(ContextValue::String(arg)) => Err(ConfigError::UnexpectedArgument(arg.clone())),
+            _ => Err(ConfigError::Usage(first_line(&err))),
+        },
+        _ => Err(ConfigError::Usage(first_line(&err))),
+    }
+}
+
+/// Clap's message without its `error: ` prefix, usage and tips: the line naming the flag.
+fn first_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let line = rendered.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+/// The flag's value if it was given on the command line (not a help-only default).
+pub fn explicit<'a>(m: &'a ArgMatches, name: &str) -> Option<&'a str> {
+    if m.value_source(name) != Some(ValueSource::CommandLine) {
+        return None;
+    }
+    m.get_one::<String>(name).map(String::as_str)
+}
+
+/// Every value of a list flag given on the command line; `None` if it was not given.
+pub fn explicit_list<'a>(m: &'a ArgMatches, name: &str) -> Option<Vec<&'a str>> {
+    if m.value_source(name) != Some(ValueSource::CommandLine) {
+        return None;
+    }
+    Some(m.get_many::<String>(name)?.map(String::as_str).collect())
+}
+
+/// Warnings for the ignored flags that were given; an error if one's value is malformed.
+pub fn ignored_flags(m: &ArgMatches) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    for (name, kind) in IGNORED {
+        let Some(values) = explicit_list(m, name) else {
+            continue;
+        };
+        for v in &values {
+            check_kind(*kind, v).map_err(|message| ConfigError::Invalid {
+                flag: format!("--{name}"),
+                message,
+            })?;
+        }
+        warnings.push(format!(
+            "--{name}={} is accepted for kube-proxy compatibility and ignored",
+            values.join(",")
+        ));
+    }
+    for (name, kind, reason) in UNSUPPORTED {
+        let Some(v) = explicit(m, name) else {
+            continue;
+        };
+        let flag = format!("--{name}");
+        if *kind == Kind::Bool {
+            let on = parse_bool(v).map_err(|message| ConfigError::Invalid {
+                flag: flag.clone(),
+                message,
+            })?;
+            if !on {
+                continue;
+            }
+        }
+        return Err(ConfigError::Invalid {
+            flag,
+            message: (*reason).to_owned(),
+        });
+    }
+    Ok(warnings)
+}
+
+fn check_kind(kind: Kind, v: &str) -> Result<(), String> {
+    match kind {
+        Kind::Bool => parse_bool(v).map(drop),
+        Kind::Int => v
+            .parse::<i32>()
+            .map(drop)
+            .map_err(|_| format!("invalid integer {v:?}")),
+        Kind::Float => v
+            .parse::<f32>()
+            .map(drop)
+            .map_err(|_| format!("invalid number {v:?}")),
+        // Upstream accepts any sign here; only the syntax matters for an ignored flag.
+        Kind::Duration => parse_signed(v).map(drop).map_err(|e| e.to_string()),
+        Kind::Text | Kind::List => Ok(()),
+    }
+}

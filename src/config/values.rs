@@ -1,0 +1,129 @@
+//! Parsers for the values flags and config-file fields share, with upstream's syntax.
+//!
+//! Each returns a one-line reason that quotes the bad input but does not name the flag or field;
+//! the caller prefixes that (`--cluster-cidr: ...`, `clusterCIDR: ...`). CIDRs come back
+//! truncated to their network address (`10.0.0.1/8` is `10.0.0.0/8`), as Go's `ParseCIDR` does.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+use super::{LogFormat, NodePortAddresses};
+use crate::backends::ProxyMode;
+
+/// Go's `strconv.ParseBool`, which pflag uses for boolean flags.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean {s:?} (want true or false)")),
+    }
+}
+
+/// A proxy mode; empty means "the default" (`None`), as upstream's `--proxy-mode=""`.
+pub fn parse_mode(s: &str) -> Result<Option<ProxyMode>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    ProxyMode::from_str(s)
+        .map(Some)
+        .map_err(|_| format!("unknown value {s:?} (want nftables, iptables or ipvs)"))
+}
+
+/// `text` or `json`; empty means the default.
+pub fn parse_log_format(s: &str) -> Result<Option<LogFormat>, String> {
+    match s {
+        "" => Ok(None),
+        "text" => Ok(Some(LogFormat::Text)),
+        "json" => Ok(Some(LogFormat::Json)),
+        _ => Err(format!("unknown value {s:?} (want text or json)")),
+    }
+}
+
+/// A klog verbosity level.
+pub fn parse_verbosity(s: &str) -> Result<u8, String> {
+    s.parse()
+        .map_err(|_| format!("invalid level {s:?} (want 0 to 255)"))
+}
+
+/// `ip:port`, `[v6]:port`, or a bare IP (`v4`, `v6` or `[v6]`), which gets `default_port`.
+pub fn parse_bind_address(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(s);
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, default_port)),
+        Err(_) if s.is_empty() => {
+            Err("empty address (disabling the server is not supported)".to_owned())
+        }
+        Err(_) => Err(format!(
+            "invalid address {s:?} (want IP, IP:port or [IPv6]:port)"
+        )),
+    }
+}
+
+/// A bare IP address, as upstream's `--bind-address`.
+pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|_| format!("invalid IP address {s:?}"))
+}
+
+/// One CIDR, truncated to its network.
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    IpNet::from_str(s)
+        .map(|net| net.trunc())
+        .map_err(|_| format!("invalid CIDR {s:?}"))
+}
+
+/// Upstream's cluster CIDR: comma-separated, at most one per family. Empty means none.
+pub fn parse_cluster_cidrs(s: &str) -> Result<Vec<IpNet>, String> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let cidrs = s
+        .split(',')
+        .map(|part| parse_cidr(part.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    match cidrs.as_slice() {
+        [_] => Ok(cidrs),
+        [a, b] if a.addr().is_ipv4() != b.addr().is_ipv4() => Ok(cidrs),
+        [_, _] => Err(format!(
+            "{s:?} holds two CIDRs of one family (want at most one IPv4 and one IPv6)"
+        )),
+        _ => Err(format!(
+            "{s:?} holds more than two CIDRs (want at most one IPv4 and one IPv6)"
+        )),
+    }
+}
+
+/// Upstream's NodePort addresses: a list of CIDRs, or `primary` alone; `all` (or nothing) means
+/// every local address. Each item may itself be comma-separated, as a pflag string slice is.
+pub fn parse_nodeport_addresses<S: AsRef<str>>(items: &[S]) -> Result<NodePortAddresses, String> {
+    let words: Vec<&str> = items
+        .iter()
+        .flat_map(|item| item.as_ref().split(','))
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.is_empty() || words.contains(&"all") {
+        return Ok(NodePortAddresses::All);
+    }
+    if words.contains(&"primary") {
+        return match words.as_slice() {
+            ["primary"] => Ok(NodePortAddresses::Primary),
+            _ => Err("\"primary\" cannot be combined with CIDRs".to_owned()),
+        };
+    }
+    if words.contains(&"localhost") {
+        return Err("\"localhost\" is not supported (NodePorts are not served on loopback)".into());
+    }
+    let cidrs = words
+        .into_iter()
+        .map(parse_cidr)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NodePortAddresses::Cidrs(cidrs))
+}

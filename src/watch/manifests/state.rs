@@ -1,0 +1,200 @@
+//! The merged object set of a manifests directory: which file's definition of each object wins,
+//! which Endpoints are mirrored, and what has been sent, so that a change to some files sends
+//! only the objects whose served value changed.
+//!
+//! Invariants: when several files define the same object, the lexically last file name wins (and
+//! within one file, the last document). `sent_*` is exactly what the receiver has been told.
+//! Work per `changes()` is proportional to the objects of the files replaced since the last call,
+//! never to the size of the directory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::mem;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::parse::{Key, Object};
+use crate::model::{NamespacedName, NodeInfo, Service, Slice};
+use crate::watch::Change;
+
+/// An object as the receiver sees it (Endpoints are never sent, only their mirrored slices).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Out {
+    Service(NamespacedName),
+    Slice(NamespacedName),
+    Node,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    /// Every definition of every object, by defining file (sorted: the last one wins).
+    claims: HashMap<Key, BTreeMap<Arc<str>, Object>>,
+    /// The keys each file defines, to withdraw them when the file changes.
+    by_file: HashMap<Arc<str>, Vec<Key>>,
+    /// Mirrored slices by their own key, and the mirrored slice keys of each Endpoints.
+    mirrored: HashMap<NamespacedName, Slice>,
+    mirrors_of: HashMap<NamespacedName, Vec<NamespacedName>>,
+    sent_services: HashMap<NamespacedName, Service>,
+    sent_slices: HashMap<NamespacedName, Slice>,
+    sent_node: Option<NodeInfo>,
+    /// Keys whose definitions changed since the last `changes()`.
+    touched: BTreeSet<Key>,
+}
+
+impl State {
+    /// Replaces everything `file` defines with `objects` (empty when the file is gone).
+    pub(super) fn set_file(&mut self, file: &Arc<str>, objects: Vec<(Key, Object)>) {
+        for key in self.by_file.remove(file).unwrap_or_default() {
+            if let Some(defs) = self.claims.get_mut(&key) {
+                defs.remove(file);
+                if defs.is_empty() {
+                    self.claims.remove(&key);
+                }
+            }
+            self.touched.insert(key);
+        }
+        let mut keys = Vec::with_capacity(objects.len());
+        for (key, object) in objects {
+            if self
+                .claims
+                .entry(key.clone())
+                .or_default()
+                .insert(file.clone(), object)
+                .is_some()
+            {
+                warn!(file = %file, object = %key, "object defined twice in one file; the later document wins");
+            } else {
+                keys.push(key.clone());
+            }
+            self.touched.insert(key);
+        }
+        if !keys.is_empty() {
+            self.by_file.insert(file.clone(), keys);
+        }
+    }
+
+    /// The changes to send for everything touched since the last call, Services first, then
+    /// slices, then the Node; each key at most once.
+    pub(super) fn changes(&mut self) -> Vec<Change> {
+        let touched = mem::take(&mut self.touched);
+        let mut out = BTreeSet::new();
+        let mut remirror = BTreeSet::new();
+        for key in &touched {
+            self.warn_if_contested(key);
+            match key {
+                Key::Service(n) => {
+                    out.insert(Out::Service(n.clone()));
+                    remirror.insert(n);
+                }
+                Key::Endpoints(n) => {
+                    remirror.insert(n);
+                }
+                Key::Slice(n) => {
+                    out.insert(Out::Slice(n.clone()));
+                }
+                Key::Node => {
+                    out.insert(Out::Node);
+                }
+            }
+        }
+        for name in remirror {
+            self.remirror(name, &mut out);
+        }
+        out.into_iter().filter_map(|o| self.diff(o)).collect()
+    }
+
+    fn warn_if_contested(&self, key: &Key) {
+        if let Some(defs) = self.claims.get(key).filter(|d| d.len() > 1) {
+            let files: Vec<&str> = defs.keys().map(|f| &**f).collect();
+            let winner = files.last().copied().unwrap_or_default();
+            warn!(object = %key, ?files, winner, "object defined in several files; the lexically last file wins");
+        }
+    }
+
+    /// Recomputes the mirrored slices of the Endpoints `name`, marking old and new ones in `out`.
+    fn remirror(&mut self, name: &NamespacedName, out: &mut BTreeSet<Out>) {
+        for old in self.mirrors_of.remove(name).unwrap_or_default() {
+            self.mirrored.remove(&old);
+            out.insert(Out::Slice(old));
+        }
+        let selectorless = matches!(
+            winner(&self.claims, &Key::Service(name.clone())),
+            Some(Object::Service {
+                has_selector: false,
+                ..
+            })
+        );
+        let Some(Object::Endpoints(mirror)) = winner(&self.claims, &Key::Endpoints(name.clone()))
+        else {
+            return;
+        };
+        if !selectorless || !mirror.enabled {
+            return;
+        }
+        let mut keys = Vec::with_capacity(mirror.slices.len());
+        for (key, slice) in &mirror.slices {
+            self.mirrored.insert(key.clone(), slice.clone());
+            out.insert(Out::Slice(key.clone()));
+            keys.push(key.clone());
+        }
+        self.mirrors_of.insert(name.clone(), keys);
+    }
+
+    /// The change that brings the receiver's copy of `o` up to date, if any.
+    fn diff(&mut self, o: Out) -> Option<Change> {
+        match o {
+            Out::Service(name) => {
+                let want = match winner(&self.claims, &Key::Service(name.clone())) {
+                    Some(Object::Service { service, .. }) => service.as_ref(),
+                    _ => None,
+                };
+                let change = update(&mut self.sent_services, &name, want)?;
+                Some(Change::Service(name, change))
+            }
+            Out::Slice(name) => {
+                // A slice written in the directory wins over a mirrored one of the same name.
+                let want = match winner(&self.claims, &Key::Slice(name.clone())) {
+                    Some(Object::Slice(slice)) => Some(slice),
+                    _ => self.mirrored.get(&name),
+                };
+                let change = update(&mut self.sent_slices, &name, want)?;
+                Some(Change::Slice(name, change))
+            }
+            Out::Node => {
+                let want = match winner(&self.claims, &Key::Node) {
+                    Some(Object::Node(node)) => Some(node),
+                    _ => None,
+                };
+                if self.sent_node.as_ref() == want {
+                    return None;
+                }
+                self.sent_node = want.cloned();
+                Some(Change::Node(want.cloned()))
+            }
+        }
+    }
+}
+
+/// The definition of `key` that wins: the one from the lexically last file.
+fn winner<'a>(
+    claims: &'a HashMap<Key, BTreeMap<Arc<str>, Object>>,
+    key: &Key,
+) -> Option<&'a Object> {
+    claims.get(key)?.values().next_back()
+}
+
+/// Records `want` as sent for `name`; returns it when it differs from what was sent before.
+fn update<V: Clone + PartialEq>(
+    sent: &mut HashMap<NamespacedName, V>,
+    name: &NamespacedName,
+    want: Option<&V>,
+) -> Option<Option<V>> {
+    if sent.get(name) == want {
+        return None;
+    }
+    match want {
+        Some(v) => sent.insert(name.clone(), v.clone()),
+        None => sent.remove(name),
+    };
+    Some(want.cloned())
+}

@@ -1,0 +1,439 @@
+//! Tests of the manifests source: a `Scanner` driven scan by scan over a temporary directory,
+//! and `run` observed through its channel with a deadline on every change.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::model::validate::RejectReason;
+use crate::model::{NamespacedName, Service};
+use crate::watch::ChangeRx;
+
+/// Generous for a loaded 2-core machine; the source itself reacts within ~100-200 ms.
+const DEADLINE: Duration = Duration::from_secs(3);
+
+fn service(name: &str, selector: bool, port: u16) -> String {
+    let selector = if selector {
+        "  selector: {app: x}\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n{selector}  clusterIP: 10.96.0.10\n  ports: [{{name: p, port: {port}}}]\n"
+    )
+}
+
+fn endpoints(name: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n\
+         subsets: [{{addresses: [{{ip: 192.0.2.1}}], ports: [{{name: p, port: 5432}}]}}]\n"
+    )
+}
+
+fn nn(name: &str) -> NamespacedName {
+    NamespacedName::new("default", name)
+}
+
+fn write(dir: &Path, name: &str, content: &str) {
+    fs::write(dir.join(name), content).unwrap();
+}
+
+fn scanner(dir: &Path) -> Scanner {
+    Scanner::new(dir.to_path_buf(), "node1".into(), Arc::new(Metrics::new()))
+}
+
+fn rejections(m: &Metrics, reason: RejectReason) -> u64 {
+    m.rejected_objects
+        .with_label_values(&[reason.as_str()])
+        .get()
+}
+
+/// The Services a batch of changes sets (`Some`) or deletes (`None`), by name.
+fn services(changes: &[Change]) -> Vec<(String, Option<Service>)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Service(n, s) => Some((n.name.clone(), s.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn slice_names(changes: &[Change]) -> Vec<(String, bool)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Slice(n, s) => Some((n.name.clone(), s.is_some())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn port_of(s: &Option<Service>) -> Option<u16> {
+    s.as_ref().map(|s| s.ports[0].port)
+}
+
+#[test]
+fn each_kind_of_bad_document_is_counted_and_the_good_ones_in_its_file_still_served() {
+    let tmp = TempDir::new().unwrap();
+    let docs = [
+        service("good-a", true, 80),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: [unclosed\n".into(),
+        service("wrong-type", true, 80).replace("port: 80", "port: eighty"),
+        service("bad-ip", true, 80).replace("10.96.0.10", "10.96.0.300"),
+        service("bad-port", true, 80).replace("port: 80", "port: 65536"),
+        service("bad-proto", true, 80).replace("port: 80", "port: 80, protocol: ICMP"),
+        service("nameless", true, 80).replace("name: nameless, ", ""),
+        service("good-b", true, 81),
+    ];
+    write(tmp.path(), "mixed.yaml", &docs.join("---\n"));
+    let mut s = scanner(tmp.path());
+    let changes = s.scan().unwrap();
+    let served: Vec<String> = services(&changes).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(served, ["good-a", "good-b"]);
+    for reason in [
+        RejectReason::Parse,
+        RejectReason::WrongType,
+        RejectReason::BadIp,
+        RejectReason::BadPort,
+        RejectReason::BadProtocol,
+        RejectReason::MissingName,
+    ] {
+        assert_eq!(rejections(&s.metrics, reason), 1, "{reason:?}");
+    }
+    assert_eq!(rejections(&s.metrics, RejectReason::Invalid), 0);
+    // An unchanged file is not parsed (nor counted) again.
+    assert_eq!(s.scan().unwrap(), vec![]);
+    assert_eq!(rejections(&s.metrics, RejectReason::Parse), 1);
+}
+
+#[test]
+fn a_broken_file_takes_effect_once_fixed() {
+    let tmp = TempDir::new().unwrap();
+    write(
+        tmp.path(),
+        "web.yaml",
+        &service("web", true, 80).replace("port: 80", "port: 0"),
+    );
+    let mut s = scanner(tmp.path());
+    assert_eq!(s.scan().unwrap(), vec![]);
+    write(tmp.path(), "web.yaml", &service("web", true, 80));
+    assert_eq!(port_of(&services(&s.scan().unwrap())[0].1), Some(80));
+}
+
+#[test]
+fn endpoints_are_mirrored_only_for_a_selectorless_service_that_allows_it() {
+    let tmp = TempDir::new().unwrap();
+    write(
+        tmp.path(),
+        "db.yaml",
+        &[service("db", false, 5432), endpoints("db", "")].join("---\n"),
+    );
+    write(
+        tmp.path(),
+        "app.yaml",
+        &[service("app", true, 80), endpoints("app", "")].join("---\n"),
+    );
+    let skip = endpoints("opt", "endpointslice.kubernetes.io/skip-mirror: 'true'");
+    write(
+        tmp.path(),
+        "opt.yaml",
+        &[service("opt", false, 80), skip].join("---\n"),
+    );
+    write(tmp.path(), "orphan.yaml", &endpoints("orphan", ""));
+    let mut s = scanner(tmp.path());
+    let changes = s.scan().unwrap();
+    assert_eq!(slice_names(&changes), [("db-mirror-0".to_string(), true)]);
+    let Some(Change::Slice(_, Some(slice))) =
+        changes.iter().find(|c| matches!(c, Change::Slice(..)))
+    else {
+        unreachable!()
+    };
+    assert_eq!(slice.service, nn("db"));
+    assert_eq!(slice.endpoints[0].ip.to_string(), "192.0.2.1");
+
+    // The Service gaining a selector ends the mirroring.
+    write(
+        tmp.path(),
+        "db.yaml",
+        &[service("db", true, 5432), endpoints("db", "")].join("---\n"),
+    );
+    assert_eq!(
+        slice_names(&s.scan().unwrap()),
+        [("db-mirror-0".to_string(), false)]
+    );
+}
+
+#[test]
+fn the_lexically_later_file_wins_and_the_earlier_one_returns_when_it_goes() {
+    let tmp = TempDir::new().unwrap();
+    write(tmp.path(), "a.yaml", &service("web", true, 80));
+    write(tmp.path(), "b.yaml", &service("web", true, 8080));
+    let mut s = scanner(tmp.path());
+    let first = services(&s.scan().unwrap());
+    assert_eq!(first.len(), 1);
+    assert_eq!(port_of(&first[0].1), Some(8080));
+    fs::remove_file(tmp.path().join("b.yaml")).unwrap();
+    assert_eq!(port_of(&services(&s.scan().unwrap())[0].1), Some(80));
+    fs::remove_file(tmp.path().join("a.yaml")).unwrap();
+    assert_eq!(s.scan().unwrap(), vec![Change::Service(nn("web"), None)]);
+}
+
+#[test]
+fn hidden_backup_foreign_and_nested_files_are_not_read() {
+    let tmp = TempDir::new().unwrap();
+    for name in [
+        ".web.yaml",
+        "web.yaml~",
+        ".web.yaml.swp",
+        "web.txt",
+        "web.yaml.bak",
+    ] {
+        write(tmp.path(), name, &service("web", true, 80));
+    }
+    fs::create_dir(tmp.path().join("sub.yaml")).unwrap();
+    write(
+        &tmp.path().join("sub.yaml"),
+        "web.yaml",
+        &service("web", true, 80),
+    );
+    assert_eq!(scanner(tmp.path()).scan().unwrap(), vec![]);
+}
+
+#[test]
+fn an_unreadable_directory_withdraws_nothing() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("manifests");
+    fs::create_dir(&dir).unwrap();
+    write(&dir, "web.yaml", &service("web", true, 80));
+    let mut s = scanner(&dir);
+    assert_eq!(services(&s.scan().unwrap()).len(), 1);
+    fs::rename(&dir, tmp.path().join("elsewhere")).unwrap();
+    assert_eq!(s.scan(), None);
+    fs::rename(tmp.path().join("elsewhere"), &dir).unwrap();
+    assert_eq!(s.scan(), Some(vec![]));
+}
+
+#[test]
+fn a_change_to_one_file_among_many_sends_only_its_objects() {
+    let tmp = TempDir::new().unwrap();
+    for f in 0..100 {
+        let docs: Vec<String> = (0..20)
+            .map(|i| service(&format!("s{f}-{i}"), true, 80))
+            .collect();
+        write(tmp.path(), &format!("f{f:03}.yaml"), &docs.join("---\n"));
+    }
+    let mut s = scanner(tmp.path());
+    assert_eq!(services(&s.scan().unwrap()).len(), 2000);
+    let docs: Vec<String> = (0..20)
+        .map(|i| service(&format!("s7-{i}"), true, 80 + i))
+        .collect();
+    write(tmp.path(), "f007.yaml", &docs.join("---\n"));
+    let changed: Vec<String> = services(&s.scan().unwrap())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(changed.len(), 19, "{changed:?}"); // s7-0 keeps port 80
+    assert!(changed.iter().all(|n| n.starts_with("s7-")));
+}
+
+#[test]
+fn this_nodes_node_is_sent_and_withdrawn() {
+    let tmp = TempDir::new().unwrap();
+    write(
+        tmp.path(),
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node1}\n",
+    );
+    let mut s = scanner(tmp.path());
+    let changes = s.scan().unwrap();
+    assert!(
+        matches!(&changes[..], [Change::Node(Some(n))] if n.name == "node1"),
+        "{changes:?}"
+    );
+    fs::remove_file(tmp.path().join("node.yaml")).unwrap();
+    assert_eq!(s.scan().unwrap(), vec![Change::Node(None)]);
+}
+
+#[test]
+fn the_example_cluster_loads_without_rejections() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster");
+    let mut s = scanner(&dir);
+    let changes = s.scan().unwrap();
+    for reason in RejectReason::ALL {
+        assert_eq!(rejections(&s.metrics, reason), 0, "{reason:?}");
+    }
+    let served = services(&changes);
+    assert_eq!(served.len(), 10, "{served:?}");
+    assert!(served.iter().all(|(_, s)| s.is_some()));
+    assert_eq!(slice_names(&changes).len(), 11);
+    assert!(slice_names(&changes).contains(&("external-db-mirror-0".to_string(), true)));
+    assert!(
+        changes
+            .iter()
+            .any(|c| matches!(c, Change::Node(Some(n)) if n.name == "node1"))
+    );
+}
+
+/// Starts `run` on `dir` and checks the initial list: `initial` changes, then the three `Listed`.
+async fn start(dir: &Path, initial: usize) -> ChangeRx {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(
+        dir.to_path_buf(),
+        tx,
+        Arc::new(Metrics::new()),
+        "node1".into(),
+    ));
+    for _ in 0..initial {
+        assert!(!matches!(next(&mut rx).await, Change::Listed(_)));
+    }
+    for kind in [Kind::Services, Kind::EndpointSlices, Kind::Nodes] {
+        assert_eq!(next(&mut rx).await, Change::Listed(kind));
+    }
+    rx
+}
+
+async fn next(rx: &mut ChangeRx) -> Change {
+    tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .expect("a change before the deadline")
+        .expect("the source is running")
+}
+
+/// The next change to Service `name` with a value satisfying `want`. A plain write can be seen
+/// half-done (truncated), so intermediate values of the same Service are let through.
+async fn next_service(rx: &mut ChangeRx, name: &str, want: impl Fn(&Option<Service>) -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let change = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("the change before the deadline")
+            .expect("the source is running");
+        match change {
+            Change::Service(n, s) if n == nn(name) && want(&s) => return,
+            Change::Service(n, _) if n == nn(name) => {}
+            other => panic!("unexpected change {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_sends_every_object_then_listed_for_each_kind() {
+    let tmp = TempDir::new().unwrap();
+    write(tmp.path(), "a.yaml", &service("a", true, 80));
+    write(tmp.path(), "b.yml", &service("b", true, 80));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(
+        tmp.path().to_path_buf(),
+        tx,
+        Arc::new(Metrics::new()),
+        "node1".into(),
+    ));
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let Change::Service(n, Some(_)) = next(&mut rx).await else {
+            panic!("a Service first")
+        };
+        names.push(n.name);
+    }
+    assert_eq!(names, ["a", "b"]);
+    for kind in [Kind::Services, Kind::EndpointSlices, Kind::Nodes] {
+        assert_eq!(next(&mut rx).await, Change::Listed(kind));
+    }
+}
+
+#[tokio::test]
+async fn a_created_file_is_served() {
+    let tmp = TempDir::new().unwrap();
+    let mut rx = start(tmp.path(), 0).await;
+    write(tmp.path(), "web.yaml", &service("web", true, 80));
+    next_service(&mut rx, "web", |s| port_of(s) == Some(80)).await;
+}
+
+#[tokio::test]
+async fn a_file_modified_in_place_is_served_anew() {
+    let tmp = TempDir::new().unwrap();
+    write(tmp.path(), "web.yaml", &service("web", true, 80));
+    let mut rx = start(tmp.path(), 1).await;
+    write(tmp.path(), "web.yaml", &service("web", true, 8080));
+    next_service(&mut rx, "web", |s| port_of(s) == Some(8080)).await;
+}
+
+#[tokio::test]
+async fn a_file_replaced_by_rename_is_served_anew() {
+    let tmp = TempDir::new().unwrap();
+    write(tmp.path(), "web.yaml", &service("web", true, 80));
+    let mut rx = start(tmp.path(), 1).await;
+    // As editors and `kubectl`-style tools save: write a hidden temp file, rename it over.
+    write(tmp.path(), ".web.yaml.tmp", &service("web", true, 81));
+    fs::rename(
+        tmp.path().join(".web.yaml.tmp"),
+        tmp.path().join("web.yaml"),
+    )
+    .unwrap();
+    assert_eq!(
+        next(&mut rx).await,
+        Change::Service(nn("web"), services_of(&service("web", true, 81)))
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_file_withdraws_its_objects() {
+    let tmp = TempDir::new().unwrap();
+    write(tmp.path(), "web.yaml", &service("web", true, 80));
+    let mut rx = start(tmp.path(), 1).await;
+    fs::remove_file(tmp.path().join("web.yaml")).unwrap();
+    assert_eq!(next(&mut rx).await, Change::Service(nn("web"), None));
+}
+
+/// The model Service one manifest document yields.
+fn services_of(yaml: &str) -> Option<Service> {
+    match parse::parse_file("x.yaml", yaml.as_bytes(), "node1")
+        .objects
+        .pop()
+    {
+        Some((_, parse::Object::Service { service, .. })) => service,
+        other => panic!("not a Service: {other:?}"),
+    }
+}
+
+#[test]
+#[ignore]
+fn tmp_scale_timing() {
+    use std::time::Instant;
+    let tmp = TempDir::new().unwrap();
+    for f in 0..1000 {
+        let docs: Vec<String> = (0..10).map(|i| service(&format!("s{f}-{i}"), true, 80)).collect();
+        write(tmp.path(), &format!("f{f:04}.yaml"), &docs.join("---\n"));
+    }
+    let one = TempDir::new().unwrap();
+    let docs: Vec<String> = (0..10000).map(|i| service(&format!("s{i}"), true, 80)).collect();
+    write(one.path(), "all.yaml", &docs.join("---\n"));
+    for (label, dir) in [("1000 files", tmp.path()), ("1 file", one.path())] {
+        let mut s = scanner(dir);
+        let t = Instant::now();
+        let n = s.scan().unwrap().len();
+        eprintln!("{label}: initial {n} changes in {:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(150));
+        let t = Instant::now();
+        s.scan().unwrap();
+        eprintln!("{label}: racy rescan {:?}", t.elapsed());
+        let t = Instant::now();
+        let n = s.scan().unwrap().len();
+        eprintln!("{label}: idle rescan {n} in {:?}", t.elapsed());
+    }
+    let mut s = scanner(tmp.path());
+    s.scan().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    s.scan().unwrap();
+    let docs: Vec<String> = (0..10).map(|i| service(&format!("s7-{i}"), true, 81)).collect();
+    write(tmp.path(), "f0007.yaml", &docs.join("---\n"));
+    let t = Instant::now();
+    let n = s.scan().unwrap().len();
+    eprintln!("one file changed: {n} changes in {:?}", t.elapsed());
+}

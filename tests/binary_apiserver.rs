@@ -1,0 +1,220 @@
+//! The real kproxy binary against the test API server (`--master`), observed through
+//! `/debug/state`, `/metrics` and `/healthz`: initial list, add, modify, delete, a 410 relist that
+//! must not disturb what is still there, and the API server going away and coming back.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kproxy::watch::Kind;
+use serde_json::Value;
+use support::apiserver::ApiServer;
+use support::objects::{node, service, slice};
+use support::{Kproxy, endpoint_ips, eventually, expect_eq, http_get, service_ports};
+
+const WAIT: Duration = Duration::from_secs(20);
+const SERVICE_CHANGES: &str = "kubeproxy_sync_proxy_rules_service_changes_total";
+const ENDPOINT_CHANGES: &str = "kubeproxy_sync_proxy_rules_endpoint_changes_total";
+const FULL_SYNCS: &str = "kubeproxy_sync_full_proxy_rules_duration_seconds_count";
+
+fn port(name: &str) -> String {
+    format!("default/{name}:http/TCP")
+}
+
+fn verdict(state: &Value, name: &str) -> String {
+    state["servicePorts"][port(name)]["plan"]["internal"]["verdict"]
+        .as_str()
+        .unwrap_or("<none>")
+        .to_string()
+}
+
+/// Waits until `/debug/state` satisfies `check`; returns the state and how long it took.
+async fn state_where(
+    kproxy: &mut Kproxy,
+    what: &str,
+    check: impl Fn(&Value) -> Result<(), String>,
+) -> (Value, Duration) {
+    kproxy.until(what, WAIT, |state, _| check(state)).await
+}
+
+fn ports_are(names: &[&str]) -> impl Fn(&Value) -> Result<(), String> {
+    let mut want: Vec<String> = names.iter().map(|n| port(n)).collect();
+    want.sort();
+    move |s| expect_eq(service_ports(s), want.clone()).map(|_| ())
+}
+
+fn endpoints_are(name: &str, ips: &[&str]) -> impl Fn(&Value) -> Result<(), String> {
+    let (p, want): (String, Vec<String>) =
+        (port(name), ips.iter().map(|s| s.to_string()).collect());
+    move |s| expect_eq(endpoint_ips(s, &p), want.clone()).map(|_| ())
+}
+
+fn lists_of(server: &ApiServer, kind: Kind) -> usize {
+    server.requests_for(kind).iter().filter(|r| !r.is_watch()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
+    let server = ApiServer::start().await;
+    server.apply(service("default", "a", "10.96.0.1", 80));
+    server.apply(slice("default", "a-1", "a", &["10.0.1.1", "10.0.1.2"], 8080));
+    server.apply(service("default", "b", "10.96.0.2", 80));
+    server.apply(slice("default", "b-1", "b", &["10.0.2.1"], 8080));
+    server.apply(service("default", "c", "10.96.0.3", 80));
+    server.apply(node("node1", "192.168.0.1"));
+
+    let started = Instant::now();
+    let mut kproxy = Kproxy::spawn(&["--master", &server.url()]);
+    let (state, _) =
+        state_where(&mut kproxy, "the initial list", ports_are(&["a", "b", "c"])).await;
+    println!("spawn -> initial list served: {:?}", started.elapsed());
+    assert_eq!(endpoint_ips(&state, &port("a")), ["10.0.1.1", "10.0.1.2"]);
+    assert_eq!(state["servicePorts"][port("a")]["endpoints"][0]["port"], 8080);
+    assert_eq!(verdict(&state, "a"), "endpoints");
+    assert_eq!(verdict(&state, "c"), "reject", "no endpoints: reject");
+    let healthz = kproxy.healthz;
+    let (health, _) = eventually("/healthz 200 after a sync", WAIT, || async move {
+        let (code, body) = http_get(healthz, "/healthz").await.map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        if code == 200 && v["lastUpdated"].as_str().is_some_and(|s| !s.is_empty()) {
+            Ok(v)
+        } else {
+            Err(format!("{code} {body}"))
+        }
+    })
+    .await;
+    assert_eq!(health["nodeEligible"], true);
+    assert!(kproxy.metric(FULL_SYNCS).await.unwrap() >= 1.0);
+
+    // Add.
+    let t = Instant::now();
+    server.apply(service("default", "d", "10.96.0.4", 80));
+    server.apply(slice("default", "d-1", "d", &["10.0.4.1"], 8080));
+    state_where(&mut kproxy, "d with its endpoint", endpoints_are("d", &["10.0.4.1"])).await;
+    println!("add -> served: {:?}", t.elapsed());
+
+    // Modify: endpoints, then the Service's port.
+    let t = Instant::now();
+    server.apply(slice("default", "a-1", "a", &["10.0.1.3"], 8080));
+    state_where(&mut kproxy, "a's new endpoints", endpoints_are("a", &["10.0.1.3"])).await;
+    println!("endpoint change -> served: {:?}", t.elapsed());
+    server.apply(service("default", "d", "10.96.0.4", 81));
+    state_where(&mut kproxy, "d on port 81", |s| {
+        expect_eq(s["servicePorts"][port("d")]["port"]["port"].clone(), Value::from(81)).map(|_| ())
+    })
+    .await;
+
+    // Delete.
+    let t = Instant::now();
+    server.delete(Kind::Services, "default", "b");
+    server.delete(Kind::EndpointSlices, "default", "b-1");
+    state_where(&mut kproxy, "b gone", ports_are(&["a", "c", "d"])).await;
+    println!("delete -> served: {:?}", t.elapsed());
+
+    // 410: both watches miss changes (c deleted), then relist.
+    let services_before = kproxy.metric(SERVICE_CHANGES).await.unwrap();
+    let endpoints_before = kproxy.metric(ENDPOINT_CHANGES).await.unwrap();
+    eventually("open watches", WAIT, || async {
+        expect_eq(
+            (server.open_watches(Kind::Services), server.open_watches(Kind::EndpointSlices)),
+            (1, 1),
+        )
+    })
+    .await;
+    server.hold_watches(true);
+    server.delete(Kind::Services, "default", "c");
+    let t = Instant::now();
+    server.expire_watches(Kind::Services);
+    server.expire_watches(Kind::EndpointSlices);
+    server.hold_watches(false);
+    let (state, _) =
+        state_where(&mut kproxy, "c gone after the relist", ports_are(&["a", "d"])).await;
+    println!("410 -> relist served: {:?}", t.elapsed());
+    assert_eq!(endpoint_ips(&state, &port("a")), ["10.0.1.3"]);
+    assert_eq!(lists_of(&server, Kind::Services), 2);
+    // The slices relist changed nothing; a marker slice sent after it proves it was processed.
+    eventually("the slices re-watch", WAIT, || async {
+        expect_eq(server.open_watches(Kind::EndpointSlices), 1)
+    })
+    .await;
+    assert_eq!(lists_of(&server, Kind::EndpointSlices), 2);
+    server.apply(slice("default", "d-2", "d", &["10.0.4.2"], 8080));
+    state_where(&mut kproxy, "the marker", endpoints_are("d", &["10.0.4.1", "10.0.4.2"])).await;
+    assert_eq!(
+        kproxy.metric(SERVICE_CHANGES).await.unwrap(),
+        services_before + 1.0,
+        "only c's delete changed a Service: nothing was flushed and re-added"
+    );
+    assert_eq!(
+        kproxy.metric(ENDPOINT_CHANGES).await.unwrap(),
+        endpoints_before + 1.0,
+        "only the marker slice changed endpoints"
+    );
+    assert_eq!(
+        kproxy.metric("kproxy_rejected_objects_total{reason=\"bad_ip\"}").await.unwrap(),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_keeps_serving_while_the_api_server_is_down_and_catches_up_when_it_returns() {
+    let mut server = ApiServer::start().await;
+    server.apply(service("default", "a", "10.96.0.1", 80));
+    server.apply(slice("default", "a-1", "a", &["10.0.1.1"], 8080));
+    server.apply(node("node1", "192.168.0.1"));
+    let mut kproxy = Kproxy::spawn(&["--master", &server.url()]);
+    state_where(&mut kproxy, "the initial list", endpoints_are("a", &["10.0.1.1"])).await;
+    eventually("open watches", WAIT, || async {
+        expect_eq(
+            (server.open_watches(Kind::Services), server.open_watches(Kind::EndpointSlices)),
+            (1, 1),
+        )
+    })
+    .await;
+
+    // Down: changes made meanwhile; rules stay as they were.
+    server.stop().await;
+    server.apply(service("default", "e", "10.96.0.5", 80));
+    server.apply(slice("default", "e-1", "e", &["10.0.5.1"], 8080));
+    server.apply(slice("default", "a-1", "a", &["10.0.1.9"], 8080));
+    let (state, _) =
+        state_where(&mut kproxy, "a still served", endpoints_are("a", &["10.0.1.1"])).await;
+    assert_eq!(service_ports(&state), [port("a")]);
+    let (code, _) = kproxy.get("/healthz").await.unwrap();
+    assert_eq!(code, 200, "nothing queued while the API server is away: still healthy");
+
+    let t = Instant::now();
+    server.resume().await;
+    state_where(&mut kproxy, "changes made while down", |s| {
+        ports_are(&["a", "e"])(s)?;
+        endpoints_are("a", &["10.0.1.9"])(s)?;
+        endpoints_are("e", &["10.0.5.1"])(s)
+    })
+    .await;
+    println!(
+        "API server back -> caught up (watch resumed from its resourceVersion): {:?}",
+        t.elapsed()
+    );
+    assert_eq!(lists_of(&server, Kind::Services), 1, "resumed without a relist");
+
+    // Down again, with the history compacted meanwhile: the watcher relists on 410.
+    eventually("open watches", WAIT, || async {
+        expect_eq(
+            (server.open_watches(Kind::Services), server.open_watches(Kind::EndpointSlices)),
+            (1, 1),
+        )
+    })
+    .await;
+    server.stop().await;
+    server.delete(Kind::Services, "default", "e");
+    server.delete(Kind::EndpointSlices, "default", "e-1");
+    server.compact();
+    let t = Instant::now();
+    server.resume().await;
+    let (state, _) = state_where(&mut kproxy, "e gone after the relist", ports_are(&["a"])).await;
+    println!("API server back with compacted history -> relisted and caught up: {:?}", t.elapsed());
+    assert_eq!(endpoint_ips(&state, &port("a")), ["10.0.1.9"]);
+    assert_eq!(lists_of(&server, Kind::Services), 2);
+    let (code, _) = kproxy.get("/healthz").await.unwrap();
+    assert_eq!(code, 200);
+}

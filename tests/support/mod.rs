@@ -1,0 +1,226 @@
+//! Helpers shared by integration tests: the test API server, objects, the kproxy binary as a
+//! child process (killed on drop), free ports, a tiny HTTP/1.1 GET client, and polling with a
+//! deadline (never sleeps as synchronisation).
+//!
+//! Each test binary uses a different subset, hence `dead_code` is allowed here.
+#![allow(dead_code)]
+
+pub mod apiserver;
+pub mod objects;
+pub mod selector;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A port nobody listens on right now (bound then released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// `GET path` over a fresh connection; returns (status, body). Understands Content-Length,
+/// chunked and read-to-close bodies.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked { dechunk(body).ok_or_else(bad)? } else { body.to_string() };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size + 2..)?;
+    }
+}
+
+/// Polls `probe` every 20 ms until it returns `Ok`, or panics after `timeout` with the last
+/// `Err` (what was observed instead). Returns the value and how long it took.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match probe().await {
+            Ok(v) => return (v, start.elapsed()),
+            Err(e) => e,
+        };
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; last observed: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of a sample in Prometheus text, e.g. `name{label="x"}` or `name`.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The kproxy binary, running; killed (and its log shown if the test failed) on drop.
+pub struct Kproxy {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    pub metrics: SocketAddr,
+    pub healthz: SocketAddr,
+}
+
+impl Kproxy {
+    /// Starts kproxy as node `node1` with free metrics and healthz addresses, a 0 s minimum
+    /// sync period, and `args`.
+    pub fn spawn(args: &[&str]) -> Kproxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("kproxy.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let (metrics, healthz) = (free_addr(), free_addr());
+        let child = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+            .args(["--hostname-override", "node1"])
+            .args(["--metrics-bind-address", &metrics.to_string()])
+            .args(["--healthz-bind-address", &healthz.to_string()])
+            .args(["--min-sync-period", "0s"])
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn kproxy");
+        Kproxy { child, log, _dir: dir, metrics, healthz }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with the log) if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("kproxy exited with {status}; log:\n{}", self.log());
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        self.assert_running();
+        let addr = if path.starts_with("/healthz") || path.starts_with("/livez") {
+            self.healthz
+        } else {
+            self.metrics
+        };
+        http_get(addr, path).await.map_err(|e| format!("GET {path}: {e}"))
+    }
+
+    /// `/debug/state` as JSON.
+    pub async fn state(&mut self) -> Result<Value, String> {
+        let (code, body) = self.get("/debug/state").await?;
+        if code != 200 {
+            return Err(format!("/debug/state answered {code}: {body}"));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("/debug/state is not JSON ({e}): {body}"))
+    }
+
+    pub async fn metrics_text(&mut self) -> Result<String, String> {
+        let (code, body) = self.get("/metrics").await?;
+        if code != 200 {
+            return Err(format!("/metrics answered {code}"));
+        }
+        Ok(body)
+    }
+
+    /// Polls `/debug/state` and `/metrics` until `check(state, metrics)` passes; panics after
+    /// `timeout` with what `check` last said. Returns the state and how long it took.
+    pub async fn until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value, &str) -> Result<(), String>,
+    ) -> (Value, Duration) {
+        let start = Instant::now();
+        loop {
+            let observed = match (self.state().await, self.metrics_text().await) {
+                (Ok(state), Ok(metrics)) => match check(&state, &metrics) {
+                    Ok(()) => return (state, start.elapsed()),
+                    Err(e) => e,
+                },
+                (Err(e), _) | (_, Err(e)) => e,
+            };
+            if start.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for {what}; last observed: {observed}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A metric sample's value (0 when absent is the caller's call: this returns an error).
+    pub async fn metric(&mut self, sample: &str) -> Result<f64, String> {
+        let text = self.metrics_text().await?;
+        metric(&text, sample).ok_or_else(|| format!("no sample {sample} in /metrics"))
+    }
+}
+
+impl Drop for Kproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- kproxy log ----\n{}\n---- end of kproxy log ----", self.log());
+        }
+    }
+}
+
+/// Service port keys in `/debug/state`, sorted.
+pub fn service_ports(state: &Value) -> Vec<String> {
+    let mut keys: Vec<String> =
+        state["servicePorts"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+/// The endpoint IPs of one service port in `/debug/state`, sorted.
+pub fn endpoint_ips(state: &Value, port: &str) -> Vec<String> {
+    let mut ips: Vec<String> = state["servicePorts"][port]["endpoints"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["ip"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    ips.sort();
+    ips
+}
+
+/// `Ok(v)` when `actual == expected`, else an error naming both (for `eventually`).
+pub fn expect_eq<T: PartialEq + Debug>(actual: T, expected: T) -> Result<T, String> {
+    if actual == expected { Ok(actual) } else { Err(format!("{actual:?} (want {expected:?})")) }
+}
