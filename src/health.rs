@@ -27,7 +27,10 @@ use crate::sync::Shared;
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Upstream's ProxyHealthServer state: the oldest queued-but-unapplied update and the last
@@ -53,7 +56,10 @@ impl Default for ProxyHealth {
 impl ProxyHealth {
     /// `timeout` is 2 × sync-period.
     pub fn new(timeout: Duration) -> Self {
-        ProxyHealth { timeout, inner: Mutex::new(HealthInner::default()) }
+        ProxyHealth {
+            timeout,
+            inner: Mutex::new(HealthInner::default()),
+        }
     }
 
     /// An update was queued (kept if one is already waiting: the oldest counts).
@@ -78,7 +84,9 @@ impl ProxyHealth {
 }
 
 fn rfc3339(t: Option<SystemTime>) -> String {
-    t.and_then(|t| jiff::Timestamp::try_from(t).ok()).map(|t| t.to_string()).unwrap_or_default()
+    t.and_then(|t| jiff::Timestamp::try_from(t).ok())
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 #[derive(Clone)]
@@ -90,7 +98,11 @@ struct AppState {
 
 fn health_response(state: &AppState, counter: &prometheus::IntCounterVec) -> Response {
     let (healthy, last) = state.shared.health.status();
-    let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     counter.with_label_values(&[code.as_str()]).inc();
     let body = json!({
         "lastUpdated": rfc3339(last),
@@ -99,7 +111,10 @@ fn health_response(state: &AppState, counter: &prometheus::IntCounterVec) -> Res
     });
     (
         code,
-        [(header::CONTENT_TYPE, "application/json"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         body.to_string(),
     )
         .into_response()
@@ -114,7 +129,11 @@ async fn livez(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], s.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn proxy_mode(State(s): State<AppState>) -> String {
@@ -128,7 +147,12 @@ async fn debug_state(State(s): State<AppState>) -> Response {
         let node = s.shared.node.read().expect("node lock");
         let ports: serde_json::Map<String, serde_json::Value> = plans
             .iter()
-            .map(|(name, p)| (name.to_string(), serde_json::to_value(&**p).unwrap_or_default()))
+            .map(|(name, p)| {
+                (
+                    name.to_string(),
+                    serde_json::to_value(&**p).unwrap_or_default(),
+                )
+            })
             .collect();
         json!({
             "node": &*node,
@@ -139,11 +163,17 @@ async fn debug_state(State(s): State<AppState>) -> Response {
             },
         })
     };
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HealthError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| HealthError::Bind { addr, source })
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HealthError::Bind { addr, source })
 }
 
 /// Binds both servers now (so a bad address fails at start-up) and serves them in the background.
@@ -154,7 +184,11 @@ pub async fn serve(
     metrics_reg: Arc<Metrics>,
     mode: ProxyMode,
 ) -> Result<(), HealthError> {
-    let state = AppState { shared, metrics: metrics_reg, mode };
+    let state = AppState {
+        shared,
+        metrics: metrics_reg,
+        mode,
+    };
     let metrics_app = Router::new()
         .route("/metrics", get(metrics))
         .route("/debug/state", get(debug_state))

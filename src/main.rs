@@ -32,7 +32,10 @@ fn main() -> ExitCode {
     for warning in &cfg.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kproxy: starting the async runtime: {e}");
@@ -57,7 +60,9 @@ fn init_tracing(format: LogFormat, verbosity: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("kproxy={level},warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -91,17 +96,29 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
     if cfg.dry_run {
         while !syncer.ready() {
-            let change = rx.recv().await.context("the source stopped before its initial list")?;
+            let change = rx
+                .recv()
+                .await
+                .context("the source stopped before its initial list")?;
             syncer.apply(change);
         }
         print!("{}", syncer.render().await);
         return Ok(());
     }
 
-    health::serve(cfg.metrics_bind_address, cfg.healthz_bind_address, shared, metrics, cfg.mode)
-        .await?;
+    health::serve(
+        cfg.metrics_bind_address,
+        cfg.healthz_bind_address,
+        shared,
+        metrics,
+        cfg.mode,
+    )
+    .await?;
     tracing::info!(mode = %cfg.mode, node = %cfg.node_name, "kproxy started");
-    let timing = Timing { min_sync_period: cfg.min_sync_period, sync_period: cfg.sync_period };
+    let timing = Timing {
+        min_sync_period: cfg.min_sync_period,
+        sync_period: cfg.sync_period,
+    };
     sync::run(syncer, rx, timing, shutdown_signal()).await;
     Ok(())
 }
@@ -120,7 +137,11 @@ fn cleanup(config: &BackendConfig) -> anyhow::Result<()> {
 async fn start_source(cfg: &Config, tx: ChangeTx, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let node = cfg.node_name.clone();
     if let Some(dir) = cfg.manifests.clone() {
-        anyhow::ensure!(dir.is_dir(), "--manifests {}: not a directory", dir.display());
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--manifests {}: not a directory",
+            dir.display()
+        );
         tokio::spawn(watch::manifests::run(dir, tx, metrics, node));
     } else {
         let client = watch::kube::client(cfg.kubeconfig.as_deref(), cfg.master.as_deref())
@@ -133,8 +154,10 @@ async fn start_source(cfg: &Config, tx: ChangeTx, metrics: Arc<Metrics>) -> anyh
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop kproxy with SIGKILL");
         return std::future::pending().await;
     };

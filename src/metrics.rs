@@ -5,8 +5,8 @@
 //! types and histogram buckets match upstream's pkg/proxy/metrics.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::model::validate::RejectReason;
@@ -50,7 +50,9 @@ impl Metrics {
         let hist = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("valid histogram");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
         let sync_duration = hist(
@@ -75,7 +77,9 @@ impl Metrics {
         );
         let gauge = |name: &str, help: &str| {
             let g = Gauge::new(name, help).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let last_sync_timestamp = gauge(
@@ -88,17 +92,23 @@ impl Metrics {
         );
         let int_gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let no_local_endpoints = GaugeVec::new(
@@ -109,7 +119,9 @@ impl Metrics {
             &["traffic_policy"],
         )
         .expect("valid gauge");
-        registry.register(Box::new(no_local_endpoints.clone())).expect("unique metric");
+        registry
+            .register(Box::new(no_local_endpoints.clone()))
+            .expect("unique metric");
         let rejected_objects = counter_vec(
             "kproxy_rejected_objects_total",
             "Objects skipped because the API server would have rejected them, by reason",
@@ -163,7 +175,9 @@ impl Metrics {
 
     /// Counts one object skipped by validation.
     pub fn reject(&self, reason: RejectReason) {
-        self.rejected_objects.with_label_values(&[reason.as_str()]).inc();
+        self.rejected_objects
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// The Prometheus text exposition of every registered metric.
@@ -191,7 +205,9 @@ mod tests {
         let m = Metrics::new();
         m.sync_duration.observe(0.002);
         m.network_programming_duration.observe(1.0);
-        m.no_local_endpoints.with_label_values(&["internal"]).set(0.0);
+        m.no_local_endpoints
+            .with_label_values(&["internal"])
+            .set(0.0);
         let text = m.render();
         for name in [
             "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"}",

@@ -42,7 +42,10 @@ pub struct NodeFacts {
 
 impl NodeFacts {
     pub fn new(name: impl Into<String>) -> Self {
-        NodeFacts { name: name.into(), ..Default::default() }
+        NodeFacts {
+            name: name.into(),
+            ..Default::default()
+        }
     }
 
     /// Takes what the Node object says (zone, InternalIPs, podCIDRs).
@@ -83,7 +86,11 @@ pub async fn local_addresses() -> Result<Vec<IpAddr>, NodeError> {
     let task = tokio::spawn(conn);
     let mut out = Vec::new();
     let mut stream = handle.address().get().execute();
-    while let Some(msg) = stream.try_next().await.map_err(|e| NodeError::ListAddresses(e.to_string()))? {
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(|e| NodeError::ListAddresses(e.to_string()))?
+    {
         for attr in msg.attributes {
             if let AddressAttribute::Address(ip) = attr {
                 out.push(ip);

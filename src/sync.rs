@@ -118,8 +118,12 @@ impl Syncer {
                 false
             }
         };
-        self.metrics.service_changes_pending.set(self.tracker.pending_service_changes() as i64);
-        self.metrics.endpoint_changes_pending.set(self.tracker.pending_endpoint_changes() as i64);
+        self.metrics
+            .service_changes_pending
+            .set(self.tracker.pending_service_changes() as i64);
+        self.metrics
+            .endpoint_changes_pending
+            .set(self.tracker.pending_endpoint_changes() as i64);
         changed
     }
 
@@ -154,8 +158,12 @@ impl Syncer {
     /// Phase 1: checkout the tracker; a node change upgrades the sync to full.
     fn take_changes(&mut self, due: Due) -> (bool, BTreeSet<ServicePortName>) {
         let checkout = self.tracker.checkout();
-        self.trigger_times
-            .extend(checkout.trigger_times.into_iter().filter(|t| *t >= self.started));
+        self.trigger_times.extend(
+            checkout
+                .trigger_times
+                .into_iter()
+                .filter(|t| *t >= self.started),
+        );
         self.metrics.service_changes_pending.set(0);
         self.metrics.endpoint_changes_pending.set(0);
         (due == Due::Full || checkout.node_changed, checkout.changed)
@@ -166,16 +174,25 @@ impl Syncer {
         if self.gather_addresses {
             match crate::node::local_addresses().await {
                 Ok(addrs) => self.base_node.local_addresses = addrs,
-                Err(e) => tracing::warn!(error = %e, "keeping the previous list of local addresses"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "keeping the previous list of local addresses")
+                }
             }
         }
-        let facts = self.base_node.clone().with_node(self.tracker.model().node());
+        let facts = self
+            .base_node
+            .clone()
+            .with_node(self.tracker.model().node());
         *self.shared.node.write().expect("node lock") = facts;
     }
 
     /// Phase 2: plan the changed service ports (every port on a full sync). Returns the set the
     /// backend must touch on a partial sync.
-    fn plan(&mut self, full: bool, changed: BTreeSet<ServicePortName>) -> BTreeSet<ServicePortName> {
+    fn plan(
+        &mut self,
+        full: bool,
+        changed: BTreeSet<ServicePortName>,
+    ) -> BTreeSet<ServicePortName> {
         let node = self.shared.node.read().expect("node lock").clone();
         let model = self.tracker.model();
         let mut plans = self.shared.plans.write().expect("plans lock");
@@ -190,10 +207,17 @@ impl Syncer {
             let planned = model.port(name).map(|port| {
                 let endpoints = model.endpoints(name);
                 let plan = plan(port, &endpoints, &node);
-                Arc::new(Planned { port: port.clone(), endpoints, plan })
+                Arc::new(Planned {
+                    port: port.clone(),
+                    endpoints,
+                    plan,
+                })
             });
             let no_local = planned.as_ref().map(|p| {
-                (p.plan.internal == Targets::Drop, p.plan.external == Some(Targets::Drop))
+                (
+                    p.plan.internal == Targets::Drop,
+                    p.plan.external == Some(Targets::Drop),
+                )
             });
             match planned {
                 Some(p) => plans.insert(name.clone(), p),
@@ -218,7 +242,12 @@ impl Syncer {
         };
         match result {
             Ok(report) => {
-                tracing::debug!(full, changed = changed.len(), operations = report.operations, "synced");
+                tracing::debug!(
+                    full,
+                    changed = changed.len(),
+                    operations = report.operations,
+                    "synced"
+                );
                 true
             }
             Err(e) => {
@@ -248,13 +277,18 @@ impl Syncer {
         m.last_sync_timestamp.set(unix_seconds(now));
         for t in self.trigger_times.drain(..) {
             if let Ok(latency) = now.duration_since(t) {
-                m.network_programming_duration.observe(latency.as_secs_f64());
+                m.network_programming_duration
+                    .observe(latency.as_secs_f64());
             }
         }
         let internal = self.no_local.values().filter(|n| n.0).count();
         let external = self.no_local.values().filter(|n| n.1).count();
-        m.no_local_endpoints.with_label_values(&["internal"]).set(internal as f64);
-        m.no_local_endpoints.with_label_values(&["external"]).set(external as f64);
+        m.no_local_endpoints
+            .with_label_values(&["internal"])
+            .set(internal as f64);
+        m.no_local_endpoints
+            .with_label_values(&["external"])
+            .set(external as f64);
         self.shared.health.updated();
     }
 
@@ -275,7 +309,8 @@ impl Syncer {
                 .map(|svc| {
                     let hc = self.tracker.model().service(&svc).and_then(|s| {
                         let port = s.ports.iter().find_map(|p| {
-                            p.health_check_node_port.filter(|_| p.external_policy_local())
+                            p.health_check_node_port
+                                .filter(|_| p.external_policy_local())
                         })?;
                         // Upstream's LocalReadyEndpoints: distinct ready IPs on this node,
                         // over every port of the Service.
@@ -284,7 +319,9 @@ impl Syncer {
                             .iter()
                             .filter_map(|p| plans.get(&p.name))
                             .flat_map(|p| p.endpoints.iter())
-                            .filter(|e| e.ready && e.node_name.as_deref() == Some(&self.base_node.name))
+                            .filter(|e| {
+                                e.ready && e.node_name.as_deref() == Some(&self.base_node.name)
+                            })
                             .map(|e| e.ip)
                             .collect();
                         let local = local.len();
@@ -295,7 +332,8 @@ impl Syncer {
                 .collect()
         };
         if full {
-            self.health_checks.retain_only(wanted.iter().filter(|w| w.1.is_some()).map(|w| &w.0));
+            self.health_checks
+                .retain_only(wanted.iter().filter(|w| w.1.is_some()).map(|w| &w.0));
         }
         for (svc, hc) in wanted {
             self.health_checks.set(&svc, hc).await;
@@ -312,7 +350,9 @@ impl Syncer {
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Timing of the loop.
@@ -323,15 +363,27 @@ pub struct Timing {
 }
 
 /// Runs the sync loop until `shutdown` resolves. Rules are left in place on exit.
-pub async fn run(mut syncer: Syncer, mut rx: ChangeRx, timing: Timing, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    mut syncer: Syncer,
+    mut rx: ChangeRx,
+    timing: Timing,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut runner = Runner::new(timing.min_sync_period, timing.sync_period, Instant::now());
     let mut sources_open = true;
     syncer.shared.health.queued();
-    syncer.metrics.last_queued_timestamp.set(unix_seconds(SystemTime::now()));
+    syncer
+        .metrics
+        .last_queued_timestamp
+        .set(unix_seconds(SystemTime::now()));
     runner.request_full();
     loop {
-        let wake = if syncer.ready() { runner.next_wakeup(Instant::now()) } else { far_future() };
+        let wake = if syncer.ready() {
+            runner.next_wakeup(Instant::now())
+        } else {
+            far_future()
+        };
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -369,6 +421,6 @@ fn far_future() -> Instant {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod loop_tests;
+#[cfg(test)]
+mod tests;

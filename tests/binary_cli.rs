@@ -10,7 +10,11 @@ fn kproxy() -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -21,7 +25,10 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
         (vec!["--sync-period=forever"], "--sync-period"),
         (vec!["--min-sync-period", "-1s"], "--min-sync-period"),
         (vec!["--cluster-cidr", "10.0.0.0/33"], "--cluster-cidr"),
-        (vec!["--metrics-bind-address", "nowhere:x"], "--metrics-bind-address"),
+        (
+            vec!["--metrics-bind-address", "nowhere:x"],
+            "--metrics-bind-address",
+        ),
         (vec!["--config", "/nonexistent/kproxy.yaml"], "--config"),
     ] {
         let out = kproxy().args(&args).output().unwrap();
@@ -42,7 +49,11 @@ fn dry_run_on_the_example_cluster_prints_every_service_port_and_exits_0() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for line in [
         "kube-system/kube-dns:dns/UDP ClusterIP clusterIPs 10.96.0.10 port 53",
         "default/shop:http/TCP NodePort clusterIPs 10.96.10.30 port 80 nodePort 30080 affinity ClientIP 600s",
@@ -53,33 +64,52 @@ fn dry_run_on_the_example_cluster_prints_every_service_port_and_exits_0() {
     // eTP=Local without an endpoint on node1 drops external traffic.
     assert!(stdout.contains("default/api:https/TCP"), "{stdout}");
     let api = stdout.split("default/api:https/TCP").nth(1).unwrap();
-    assert!(api.lines().nth(2).unwrap().contains("external: drop"), "{api}");
+    assert!(
+        api.lines().nth(2).unwrap().contains("external: drop"),
+        "{api}"
+    );
 }
 
 #[test]
 fn cleanup_exits_0() {
     let out = kproxy().args(["--cleanup"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn run_until_synced_then_signal(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let metrics = free_port();
     let mut child = kproxy()
-        .args(["--manifests", dir.path().to_str().unwrap(), "--hostname-override", "node1"])
+        .args([
+            "--manifests",
+            dir.path().to_str().unwrap(),
+            "--hostname-override",
+            "node1",
+        ])
         .args(["--metrics-bind-address", &format!("127.0.0.1:{metrics}")])
-        .args(["--healthz-bind-address", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--healthz-bind-address",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
-    let lines = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
+    let lines =
+        std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", metrics)).is_err() {
         assert!(Instant::now() < deadline, "kproxy never listened");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {

@@ -58,7 +58,9 @@ impl Backend for FakeBackend {
         r.calls.push(Call::Full { ports: plans.len() });
         Self::fail_if_asked(&mut r)?;
         r.state = plans.clone();
-        Ok(SyncReport { operations: plans.len() })
+        Ok(SyncReport {
+            operations: plans.len(),
+        })
     }
 
     fn sync_partial(
@@ -68,7 +70,9 @@ impl Backend for FakeBackend {
         _node: &NodeFacts,
     ) -> Result<SyncReport, BackendError> {
         let mut r = self.recorded.lock().unwrap();
-        r.calls.push(Call::Partial { changed: changed.clone() });
+        r.calls.push(Call::Partial {
+            changed: changed.clone(),
+        });
         Self::fail_if_asked(&mut r)?;
         for name in changed {
             match plans.get(name) {
@@ -76,7 +80,9 @@ impl Backend for FakeBackend {
                 None => r.state.remove(name),
             };
         }
-        Ok(SyncReport { operations: changed.len() })
+        Ok(SyncReport {
+            operations: changed.len(),
+        })
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {

@@ -47,7 +47,9 @@ impl Backend for Pending {
     }
 
     fn sync_full(&mut self, plans: &Plans, _node: &NodeFacts) -> Result<SyncReport, BackendError> {
-        Ok(SyncReport { operations: plans.len() })
+        Ok(SyncReport {
+            operations: plans.len(),
+        })
     }
 
     fn sync_partial(
@@ -56,7 +58,9 @@ impl Backend for Pending {
         changed: &BTreeSet<ServicePortName>,
         _node: &NodeFacts,
     ) -> Result<SyncReport, BackendError> {
-        Ok(SyncReport { operations: changed.len() })
+        Ok(SyncReport {
+            operations: changed.len(),
+        })
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
@@ -73,14 +77,27 @@ impl Backend for Pending {
         let _ = writeln!(
             out,
             "# cluster-cidr {:?} masquerade-all {} nodeport-ips {:?}",
-            self.config.cluster_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            self.config
+                .cluster_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>(),
             self.config.masquerade_all,
-            node.nodeport_ips.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            node.nodeport_ips
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>(),
         );
         for (name, planned) in plans {
             let p = &planned.port;
             let ips: Vec<String> = p.cluster_ips.iter().map(|ip| ip.to_string()).collect();
-            let _ = write!(out, "{name} {:?} clusterIPs {} port {}", p.service_type, ips.join(","), p.port);
+            let _ = write!(
+                out,
+                "{name} {:?} clusterIPs {} port {}",
+                p.service_type,
+                ips.join(","),
+                p.port
+            );
             if let Some(np) = p.node_port {
                 let _ = write!(out, " nodePort {np}");
             }

@@ -40,7 +40,11 @@ struct HcState {
 
 async fn answer(State(s): State<HcState>) -> Response {
     let n = s.local.load(Ordering::Relaxed);
-    let code = if n > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if n > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "service": {"namespace": s.service.namespace, "name": s.service.name},
         "localEndpoints": n,
@@ -49,8 +53,14 @@ async fn answer(State(s): State<HcState>) -> Response {
     (
         code,
         [
-            (header::CONTENT_TYPE.as_str(), "application/json".to_string()),
-            (header::X_CONTENT_TYPE_OPTIONS.as_str(), "nosniff".to_string()),
+            (
+                header::CONTENT_TYPE.as_str(),
+                "application/json".to_string(),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS.as_str(),
+                "nosniff".to_string(),
+            ),
             ("X-Load-Balancing-Endpoint-Weight", n.to_string()),
         ],
         body.to_string(),
@@ -62,7 +72,9 @@ async fn answer(State(s): State<HcState>) -> Response {
 async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
     match tokio::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
         Ok(l) => Ok(l),
-        Err(_) => tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await,
+        Err(_) => {
+            tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await
+        }
     }
 }
 
@@ -109,7 +121,10 @@ impl ServiceHealthServers {
             }
         };
         let local_count = Arc::new(AtomicUsize::new(local));
-        let state = HcState { service: service.clone(), local: local_count.clone() };
+        let state = HcState {
+            service: service.clone(),
+            local: local_count.clone(),
+        };
         let app = Router::new().fallback(answer).with_state(state);
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -118,7 +133,12 @@ impl ServiceHealthServers {
         });
         self.by_service.insert(
             service.clone(),
-            Served { service: service.clone(), port, local: local_count, task },
+            Served {
+                service: service.clone(),
+                port,
+                local: local_count,
+                task,
+            },
         );
     }
 }
@@ -133,7 +153,9 @@ impl Drop for ServiceHealthServers {
 
 impl std::fmt::Debug for ServiceHealthServers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.by_service.values().map(|s| (&s.service, s.port))).finish()
+        f.debug_map()
+            .entries(self.by_service.values().map(|s| (&s.service, s.port)))
+            .finish()
     }
 }
 
@@ -143,15 +165,23 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(port: u16) -> String {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     #[tokio::test]
@@ -168,7 +198,11 @@ mod tests {
             body,
             json!({"service": {"namespace": "default", "name": "web"}, "localEndpoints": 2, "serviceProxyHealthy": true})
         );
-        assert!(ok.to_ascii_lowercase().contains("x-load-balancing-endpoint-weight: 2"), "{ok}");
+        assert!(
+            ok.to_ascii_lowercase()
+                .contains("x-load-balancing-endpoint-weight: 2"),
+            "{ok}"
+        );
         hc.set(&svc, Some((port, 0))).await;
         let down = get(port).await;
         assert!(down.starts_with("HTTP/1.1 503"), "{down}");

@@ -43,12 +43,19 @@ impl Model {
     }
 
     pub fn port(&self, name: &ServicePortName) -> Option<&ServicePort> {
-        self.services.get(&name.service)?.ports.iter().find(|p| p.name == *name)
+        self.services
+            .get(&name.service)?
+            .ports
+            .iter()
+            .find(|p| p.name == *name)
     }
 
     /// The slices of one Service, by slice name.
     pub fn slices_of(&self, service: &NamespacedName) -> impl Iterator<Item = &Slice> {
-        self.slices.get(service).into_iter().flat_map(|m| m.values())
+        self.slices
+            .get(service)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 
     /// Endpoints of one service port, merged from every slice of its Service: a slice port
@@ -98,7 +105,10 @@ impl Model {
         });
         if let Some(s) = slice {
             self.slice_owner.insert(key.clone(), s.service.clone());
-            self.slices.entry(s.service.clone()).or_default().insert(key.name.clone(), s);
+            self.slices
+                .entry(s.service.clone())
+                .or_default()
+                .insert(key.name.clone(), s);
         }
         previous
     }

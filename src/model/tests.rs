@@ -11,7 +11,11 @@ fn nn(name: &str) -> NamespacedName {
 }
 
 fn port_name(svc: &str, port: &str) -> ServicePortName {
-    ServicePortName { service: nn(svc), port: port.into(), protocol: Protocol::Tcp }
+    ServicePortName {
+        service: nn(svc),
+        port: port.into(),
+        protocol: Protocol::Tcp,
+    }
 }
 
 fn service(name: &str, ports: &[(&str, u16)]) -> Service {
@@ -58,7 +62,11 @@ fn slice(svc: &str, ports: &[(&str, u16)], eps: Vec<SliceEndpoint>) -> Slice {
         family: IpFamily::V4,
         ports: ports
             .iter()
-            .map(|(n, p)| SlicePort { name: n.to_string(), port: *p, protocol: Protocol::Tcp })
+            .map(|(n, p)| SlicePort {
+                name: n.to_string(),
+                port: *p,
+                protocol: Protocol::Tcp,
+            })
             .collect(),
         endpoints: eps,
         trigger_time: None,
@@ -72,14 +80,34 @@ fn ips(eps: &[Endpoint]) -> Vec<IpAddr> {
 #[test]
 fn endpoints_are_merged_from_every_slice_of_the_service_by_port_name() {
     let mut m = Model::default();
-    m.set_service(&nn("web"), Some(service("web", &[("http", 80), ("metrics", 9090)])));
-    m.set_slice(&nn("web-a"), Some(slice("web", &[("http", 8080)], vec![endpoint("10.0.0.1", true)])));
+    m.set_service(
+        &nn("web"),
+        Some(service("web", &[("http", 80), ("metrics", 9090)])),
+    );
+    m.set_slice(
+        &nn("web-a"),
+        Some(slice(
+            "web",
+            &[("http", 8080)],
+            vec![endpoint("10.0.0.1", true)],
+        )),
+    );
     m.set_slice(
         &nn("web-b"),
-        Some(slice("web", &[("http", 8080), ("metrics", 9100)], vec![endpoint("10.0.0.2", true)])),
+        Some(slice(
+            "web",
+            &[("http", 8080), ("metrics", 9100)],
+            vec![endpoint("10.0.0.2", true)],
+        )),
     );
     let http = m.endpoints(&port_name("web", "http"));
-    assert_eq!(ips(&http), vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "10.0.0.2".parse().unwrap()]);
+    assert_eq!(
+        ips(&http),
+        vec![
+            "10.0.0.1".parse::<IpAddr>().unwrap(),
+            "10.0.0.2".parse().unwrap()
+        ]
+    );
     assert!(http.iter().all(|e| e.port == 8080));
     let metrics = m.endpoints(&port_name("web", "metrics"));
     assert_eq!(ips(&metrics), vec!["10.0.0.2".parse::<IpAddr>().unwrap()]);
@@ -89,8 +117,14 @@ fn endpoints_are_merged_from_every_slice_of_the_service_by_port_name() {
 #[test]
 fn an_address_in_two_slices_is_kept_once_preferring_the_ready_copy() {
     let mut m = Model::default();
-    m.set_slice(&nn("a"), Some(slice("web", &[("", 80)], vec![endpoint("10.0.0.1", false)])));
-    m.set_slice(&nn("b"), Some(slice("web", &[("", 80)], vec![endpoint("10.0.0.1", true)])));
+    m.set_slice(
+        &nn("a"),
+        Some(slice("web", &[("", 80)], vec![endpoint("10.0.0.1", false)])),
+    );
+    m.set_slice(
+        &nn("b"),
+        Some(slice("web", &[("", 80)], vec![endpoint("10.0.0.1", true)])),
+    );
     let eps = m.endpoints(&port_name("web", ""));
     assert_eq!(eps.len(), 1);
     assert!(eps[0].ready);
@@ -99,8 +133,14 @@ fn an_address_in_two_slices_is_kept_once_preferring_the_ready_copy() {
 #[test]
 fn a_slice_that_moves_to_another_service_leaves_the_first() {
     let mut m = Model::default();
-    m.set_slice(&nn("s"), Some(slice("one", &[("", 80)], vec![endpoint("10.0.0.1", true)])));
-    m.set_slice(&nn("s"), Some(slice("two", &[("", 80)], vec![endpoint("10.0.0.1", true)])));
+    m.set_slice(
+        &nn("s"),
+        Some(slice("one", &[("", 80)], vec![endpoint("10.0.0.1", true)])),
+    );
+    m.set_slice(
+        &nn("s"),
+        Some(slice("two", &[("", 80)], vec![endpoint("10.0.0.1", true)])),
+    );
     assert!(m.endpoints(&port_name("one", "")).is_empty());
     assert_eq!(m.endpoints(&port_name("two", "")).len(), 1);
     assert_eq!(m.slice(&nn("s")).unwrap().service, nn("two"));
@@ -119,25 +159,54 @@ fn a_no_op_service_update_is_dropped() {
 #[test]
 fn a_changed_port_reports_only_that_service_port() {
     let mut t = ChangeTracker::default();
-    t.update_service(&nn("web"), Some(service("web", &[("http", 80), ("https", 443)])));
+    t.update_service(
+        &nn("web"),
+        Some(service("web", &[("http", 80), ("https", 443)])),
+    );
     assert_eq!(
         t.checkout().changed,
         BTreeSet::from([port_name("web", "http"), port_name("web", "https")])
     );
-    t.update_service(&nn("web"), Some(service("web", &[("http", 8000), ("https", 443)])));
+    t.update_service(
+        &nn("web"),
+        Some(service("web", &[("http", 8000), ("https", 443)])),
+    );
     assert_eq!(t.pending_service_changes(), 1);
-    assert_eq!(t.checkout().changed, BTreeSet::from([port_name("web", "http")]));
+    assert_eq!(
+        t.checkout().changed,
+        BTreeSet::from([port_name("web", "http")])
+    );
 }
 
 #[test]
 fn an_endpoint_change_reports_the_ports_whose_endpoints_changed() {
     let mut t = ChangeTracker::default();
-    t.update_service(&nn("web"), Some(service("web", &[("http", 80), ("metrics", 9090)])));
-    t.update_slice(&nn("web-a"), Some(slice("web", &[("http", 8080)], vec![endpoint("10.0.0.1", true)])));
+    t.update_service(
+        &nn("web"),
+        Some(service("web", &[("http", 80), ("metrics", 9090)])),
+    );
+    t.update_slice(
+        &nn("web-a"),
+        Some(slice(
+            "web",
+            &[("http", 8080)],
+            vec![endpoint("10.0.0.1", true)],
+        )),
+    );
     t.checkout();
-    t.update_slice(&nn("web-a"), Some(slice("web", &[("http", 8080)], vec![endpoint("10.0.0.2", true)])));
+    t.update_slice(
+        &nn("web-a"),
+        Some(slice(
+            "web",
+            &[("http", 8080)],
+            vec![endpoint("10.0.0.2", true)],
+        )),
+    );
     assert_eq!(t.pending_endpoint_changes(), 1);
-    assert_eq!(t.checkout().changed, BTreeSet::from([port_name("web", "http")]));
+    assert_eq!(
+        t.checkout().changed,
+        BTreeSet::from([port_name("web", "http")])
+    );
 }
 
 #[test]
@@ -156,9 +225,15 @@ fn deleting_a_service_reports_its_ports_and_removes_them() {
     t.update_service(&nn("web"), Some(service("web", &[("http", 80)])));
     t.checkout();
     assert!(t.update_service(&nn("web"), None));
-    assert_eq!(t.checkout().changed, BTreeSet::from([port_name("web", "http")]));
+    assert_eq!(
+        t.checkout().changed,
+        BTreeSet::from([port_name("web", "http")])
+    );
     assert_eq!(t.model().ports().count(), 0);
-    assert!(!t.update_service(&nn("web"), None), "deleting what is gone is a no-op");
+    assert!(
+        !t.update_service(&nn("web"), None),
+        "deleting what is gone is a no-op"
+    );
 }
 
 #[test]
@@ -175,7 +250,11 @@ fn slice_trigger_times_are_collected_until_checkout() {
 #[test]
 fn a_node_change_is_reported_once() {
     let mut t = ChangeTracker::default();
-    let node = NodeInfo { name: "node1".into(), zone: Some("a".into()), ..Default::default() };
+    let node = NodeInfo {
+        name: "node1".into(),
+        zone: Some("a".into()),
+        ..Default::default()
+    };
     assert!(t.update_node(Some(node.clone())));
     assert!(!t.update_node(Some(node)));
     assert!(t.checkout().node_changed);

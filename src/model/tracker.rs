@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
 
-use super::{Endpoint, Model, NamespacedName, NodeInfo, Service, ServicePort, ServicePortName, Slice};
+use super::{
+    Endpoint, Model, NamespacedName, NodeInfo, Service, ServicePort, ServicePortName, Slice,
+};
 
 /// A Service's derived view: its service ports and their endpoints.
 type Derived = BTreeMap<ServicePortName, (ServicePort, Vec<Endpoint>)>;
@@ -84,8 +86,11 @@ impl ChangeTracker {
         if old == slice.as_ref() {
             return false;
         }
-        let owners: Vec<NamespacedName> =
-            old.into_iter().chain(slice.as_ref()).map(|s| s.service.clone()).collect();
+        let owners: Vec<NamespacedName> = old
+            .into_iter()
+            .chain(slice.as_ref())
+            .map(|s| s.service.clone())
+            .collect();
         for owner in &owners {
             self.remember(owner);
         }

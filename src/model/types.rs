@@ -22,7 +22,10 @@ pub struct NamespacedName {
 
 impl NamespacedName {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        NamespacedName { namespace: namespace.into(), name: name.into() }
+        NamespacedName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -106,7 +109,11 @@ pub enum IpFamily {
 
 impl IpFamily {
     pub fn of(ip: &IpAddr) -> IpFamily {
-        if ip.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
     }
 }
 

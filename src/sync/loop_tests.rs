@@ -20,7 +20,11 @@ fn nn(name: &str) -> NamespacedName {
 }
 
 fn spn(name: &str) -> ServicePortName {
-    ServicePortName { service: nn(name), port: "http".into(), protocol: Protocol::Tcp }
+    ServicePortName {
+        service: nn(name),
+        port: "http".into(),
+        protocol: Protocol::Tcp,
+    }
 }
 
 fn service(name: &str, port: u16) -> Change {
@@ -39,7 +43,14 @@ fn service(name: &str, port: u16) -> Change {
         health_check_node_port: None,
         traffic_distribution: None,
     };
-    Change::Service(nn(name), Some(Service { name: nn(name), ports: vec![sp], has_selector: true }))
+    Change::Service(
+        nn(name),
+        Some(Service {
+            name: nn(name),
+            ports: vec![sp],
+            has_selector: true,
+        }),
+    )
 }
 
 struct Harness {
@@ -66,11 +77,21 @@ fn start(min_sync: Duration) -> Harness {
     .with_fixed_addresses();
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop, stopped) = oneshot::channel::<()>();
-    let timing = Timing { min_sync_period: min_sync, sync_period: Duration::from_secs(30) };
+    let timing = Timing {
+        min_sync_period: min_sync,
+        sync_period: Duration::from_secs(30),
+    };
     let task = tokio::spawn(run(syncer, rx, timing, async {
         let _ = stopped.await;
     }));
-    Harness { tx, fake, shared, metrics, stop: Some(stop), task }
+    Harness {
+        tx,
+        fake,
+        shared,
+        metrics,
+        stop: Some(stop),
+        task,
+    }
 }
 
 impl Harness {
@@ -113,9 +134,17 @@ async fn a_partial_sync_carries_exactly_the_changed_service_ports() {
     h.settle().await;
     assert_eq!(
         h.fake.calls(),
-        vec![Call::Full { ports: 2 }, Call::Partial { changed: BTreeSet::from([spn("db")]) }]
+        vec![
+            Call::Full { ports: 2 },
+            Call::Partial {
+                changed: BTreeSet::from([spn("db")])
+            }
+        ]
     );
-    assert_eq!(h.fake.recorded.lock().unwrap().state[&spn("db")].port.port, 5433);
+    assert_eq!(
+        h.fake.recorded.lock().unwrap().state[&spn("db")].port.port,
+        5433
+    );
     assert_eq!(h.metrics.service_changes_total.get(), 3);
 }
 
@@ -146,11 +175,16 @@ async fn after_a_failed_sync_the_retry_is_a_full_resync_with_every_port() {
         h.fake.calls(),
         vec![
             Call::Full { ports: 2 },
-            Call::Partial { changed: BTreeSet::from([spn("db")]) },
+            Call::Partial {
+                changed: BTreeSet::from([spn("db")])
+            },
             Call::Full { ports: 2 },
         ]
     );
-    assert_eq!(h.fake.recorded.lock().unwrap().state[&spn("db")].port.port, 5433);
+    assert_eq!(
+        h.fake.recorded.lock().unwrap().state[&spn("db")].port.port,
+        5433
+    );
     assert_eq!(h.metrics.sync_failures.get(), 1);
 }
 
@@ -160,11 +194,21 @@ async fn a_node_change_makes_the_next_sync_full() {
     h.tx.send(service("web", 80)).unwrap();
     h.listed();
     h.settle().await;
-    let node = NodeInfo { name: "node1".into(), zone: Some("zone-a".into()), ..Default::default() };
+    let node = NodeInfo {
+        name: "node1".into(),
+        zone: Some("zone-a".into()),
+        ..Default::default()
+    };
     h.tx.send(Change::Node(Some(node))).unwrap();
     h.settle().await;
-    assert_eq!(h.fake.calls(), vec![Call::Full { ports: 1 }, Call::Full { ports: 1 }]);
-    assert_eq!(h.shared.node.read().unwrap().zone.as_deref(), Some("zone-a"));
+    assert_eq!(
+        h.fake.calls(),
+        vec![Call::Full { ports: 1 }, Call::Full { ports: 1 }]
+    );
+    assert_eq!(
+        h.shared.node.read().unwrap().zone.as_deref(),
+        Some("zone-a")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -174,7 +218,14 @@ async fn shutdown_stops_the_loop_and_leaves_the_rules_in_place() {
     h.listed();
     h.settle().await;
     h.stop.take().unwrap().send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), &mut h.task).await.unwrap().unwrap();
-    assert_eq!(h.fake.calls(), vec![Call::Full { ports: 1 }], "no cleanup on shutdown");
+    tokio::time::timeout(Duration::from_secs(5), &mut h.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        h.fake.calls(),
+        vec![Call::Full { ports: 1 }],
+        "no cleanup on shutdown"
+    );
     assert_eq!(h.fake.recorded.lock().unwrap().state.len(), 1);
 }

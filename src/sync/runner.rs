@@ -80,7 +80,11 @@ impl Runner {
         if self.next_wakeup(now) > now {
             return None;
         }
-        Some(if self.full_needed || now >= self.next_full { Due::Full } else { Due::Partial })
+        Some(if self.full_needed || now >= self.next_full {
+            Due::Full
+        } else {
+            Due::Partial
+        })
     }
 
     /// Records the end of a sync of `kind` started by `due`.
@@ -104,4 +108,3 @@ impl Runner {
         }
     }
 }
-

@@ -70,7 +70,15 @@ async fn at_most_one_sync_starts_per_min_sync_period() {
 #[tokio::test(start_paused = true)]
 async fn a_full_resync_runs_every_sync_period_without_changes() {
     let syncs = drive(&[0], 95_000, Duration::ZERO, &[]).await;
-    assert_eq!(syncs, vec![(0, Due::Full), (30_000, Due::Full), (60_000, Due::Full), (90_000, Due::Full)]);
+    assert_eq!(
+        syncs,
+        vec![
+            (0, Due::Full),
+            (30_000, Due::Full),
+            (60_000, Due::Full),
+            (90_000, Due::Full)
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,15 +10,17 @@
 //!   `kproxy_rejected_objects_total`; the rest of its file and every other file keep being
 //!   served, and fixing the file takes effect on the next scan.
 //! - The same object in two files: the lexically last file name wins (see `state`).
-//! - An unreadable directory keeps everything served as it was, and is retried.
+//! - An unreadable directory keeps everything served as it was, and is retried every poll
+//!   (one warn line per outage); nothing, not even `Listed`, is sent before the first listing.
+//! - A file that cannot be read (permissions) keeps serving what it held, until its stat changes.
 //!
 //! Change detection polls `(name, mtime, size, inode, device)` of every file every 100 ms
 //! instead of using inotify. Polling sees every way a file can change: editors that write a temp
 //! file and rename it over the original (a new inode), Kubernetes ConfigMap volumes that swap a
 //! `..data` symlink (stat follows symlinks), network filesystems that send no events, and events
 //! that would be lost when an inotify queue overflows. A stat per file per poll is cheap, even
-//! for 10,000 files, and only files whose stat changed are read again; a file whose content hash
-//! is unchanged is not even re-parsed. A file modified within the last 100 ms is read again on the
+//! for 10,000 files (about 2 ms per idle poll of 1,000 files in a release build), and only files
+//! whose stat changed are read again; a file whose content hash is unchanged is not re-parsed. A file modified within the last 100 ms is read again on the
 //! next poll too, since a second write within the filesystem's timestamp granularity could leave
 //! the stat unchanged.
 

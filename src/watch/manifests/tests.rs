@@ -401,39 +401,3 @@ fn services_of(yaml: &str) -> Option<Service> {
         other => panic!("not a Service: {other:?}"),
     }
 }
-
-#[test]
-#[ignore]
-fn tmp_scale_timing() {
-    use std::time::Instant;
-    let tmp = TempDir::new().unwrap();
-    for f in 0..1000 {
-        let docs: Vec<String> = (0..10).map(|i| service(&format!("s{f}-{i}"), true, 80)).collect();
-        write(tmp.path(), &format!("f{f:04}.yaml"), &docs.join("---\n"));
-    }
-    let one = TempDir::new().unwrap();
-    let docs: Vec<String> = (0..10000).map(|i| service(&format!("s{i}"), true, 80)).collect();
-    write(one.path(), "all.yaml", &docs.join("---\n"));
-    for (label, dir) in [("1000 files", tmp.path()), ("1 file", one.path())] {
-        let mut s = scanner(dir);
-        let t = Instant::now();
-        let n = s.scan().unwrap().len();
-        eprintln!("{label}: initial {n} changes in {:?}", t.elapsed());
-        std::thread::sleep(Duration::from_millis(150));
-        let t = Instant::now();
-        s.scan().unwrap();
-        eprintln!("{label}: racy rescan {:?}", t.elapsed());
-        let t = Instant::now();
-        let n = s.scan().unwrap().len();
-        eprintln!("{label}: idle rescan {n} in {:?}", t.elapsed());
-    }
-    let mut s = scanner(tmp.path());
-    s.scan().unwrap();
-    std::thread::sleep(Duration::from_millis(150));
-    s.scan().unwrap();
-    let docs: Vec<String> = (0..10).map(|i| service(&format!("s7-{i}"), true, 81)).collect();
-    write(tmp.path(), "f0007.yaml", &docs.join("---\n"));
-    let t = Instant::now();
-    let n = s.scan().unwrap().len();
-    eprintln!("one file changed: {n} changes in {:?}", t.elapsed());
-}
