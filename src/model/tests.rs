@@ -24,20 +24,12 @@ fn service(name: &str, ports: &[(&str, u16)]) -> Service {
         has_selector: true,
         ports: ports
             .iter()
-            .map(|(pname, port)| ServicePort {
-                name: port_name(name, pname),
-                service_type: ServiceType::ClusterIP,
-                cluster_ips: vec!["10.96.0.10".parse().unwrap()],
-                port: *port,
-                node_port: None,
-                external_ips: vec![],
-                load_balancer_ips: vec![],
-                load_balancer_source_ranges: vec![],
-                affinity_timeout_seconds: None,
-                external_traffic_policy: TrafficPolicy::Cluster,
-                internal_traffic_policy: TrafficPolicy::Cluster,
-                health_check_node_port: None,
-                traffic_distribution: None,
+            .map(|(pname, port)| {
+                ServicePort::cluster_ip(
+                    port_name(name, pname),
+                    "10.96.0.10".parse().unwrap(),
+                    *port,
+                )
             })
             .collect(),
     }

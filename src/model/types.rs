@@ -140,6 +140,26 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// A plain ClusterIP service port with upstream's defaults (Cluster policies, no affinity);
+    /// tests and benches start from it and set what they need.
+    pub fn cluster_ip(name: ServicePortName, cluster_ip: IpAddr, port: u16) -> ServicePort {
+        ServicePort {
+            name,
+            service_type: ServiceType::ClusterIP,
+            cluster_ips: vec![cluster_ip],
+            port,
+            node_port: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
+            affinity_timeout_seconds: None,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            traffic_distribution: None,
+        }
+    }
+
     /// Reachable from outside the cluster: a NodePort, externalIPs or LoadBalancer IPs.
     pub fn externally_accessible(&self) -> bool {
         self.node_port.is_some()

@@ -28,21 +28,7 @@ fn spn(name: &str) -> ServicePortName {
 }
 
 fn service(name: &str, port: u16) -> Change {
-    let sp = ServicePort {
-        name: spn(name),
-        service_type: ServiceType::ClusterIP,
-        cluster_ips: vec!["10.96.0.10".parse().unwrap()],
-        port,
-        node_port: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        affinity_timeout_seconds: None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        traffic_distribution: None,
-    };
+    let sp = ServicePort::cluster_ip(spn(name), "10.96.0.10".parse().unwrap(), port);
     Change::Service(
         nn(name),
         Some(Service {

@@ -17,25 +17,12 @@ const NODE: &str = "node-a";
 const ZONE: &str = "zone-a";
 
 fn svc() -> ServicePort {
-    ServicePort {
-        name: ServicePortName {
-            service: NamespacedName::new("default", "web"),
-            port: "http".into(),
-            protocol: Protocol::Tcp,
-        },
-        service_type: ServiceType::ClusterIP,
-        cluster_ips: vec!["10.96.0.10".parse().unwrap()],
-        port: 80,
-        node_port: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        affinity_timeout_seconds: None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        traffic_distribution: None,
-    }
+    let name = ServicePortName {
+        service: NamespacedName::new("default", "web"),
+        port: "http".into(),
+        protocol: Protocol::Tcp,
+    };
+    ServicePort::cluster_ip(name, "10.96.0.10".parse().unwrap(), 80)
 }
 
 /// Builders for the service port of a row.
