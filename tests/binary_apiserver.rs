@@ -50,14 +50,24 @@ fn endpoints_are(name: &str, ips: &[&str]) -> impl Fn(&Value) -> Result<(), Stri
 }
 
 fn lists_of(server: &ApiServer, kind: Kind) -> usize {
-    server.requests_for(kind).iter().filter(|r| !r.is_watch()).count()
+    server
+        .requests_for(kind)
+        .iter()
+        .filter(|r| !r.is_watch())
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
     let server = ApiServer::start().await;
     server.apply(service("default", "a", "10.96.0.1", 80));
-    server.apply(slice("default", "a-1", "a", &["10.0.1.1", "10.0.1.2"], 8080));
+    server.apply(slice(
+        "default",
+        "a-1",
+        "a",
+        &["10.0.1.1", "10.0.1.2"],
+        8080,
+    ));
     server.apply(service("default", "b", "10.96.0.2", 80));
     server.apply(slice("default", "b-1", "b", &["10.0.2.1"], 8080));
     server.apply(service("default", "c", "10.96.0.3", 80));
@@ -69,12 +79,17 @@ async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
         state_where(&mut kproxy, "the initial list", ports_are(&["a", "b", "c"])).await;
     println!("spawn -> initial list served: {:?}", started.elapsed());
     assert_eq!(endpoint_ips(&state, &port("a")), ["10.0.1.1", "10.0.1.2"]);
-    assert_eq!(state["servicePorts"][port("a")]["endpoints"][0]["port"], 8080);
+    assert_eq!(
+        state["servicePorts"][port("a")]["endpoints"][0]["port"],
+        8080
+    );
     assert_eq!(verdict(&state, "a"), "endpoints");
     assert_eq!(verdict(&state, "c"), "reject", "no endpoints: reject");
     let healthz = kproxy.healthz;
     let (health, _) = eventually("/healthz 200 after a sync", WAIT, || async move {
-        let (code, body) = http_get(healthz, "/healthz").await.map_err(|e| e.to_string())?;
+        let (code, body) = http_get(healthz, "/healthz")
+            .await
+            .map_err(|e| e.to_string())?;
         let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         if code == 200 && v["lastUpdated"].as_str().is_some_and(|s| !s.is_empty()) {
             Ok(v)
@@ -90,17 +105,31 @@ async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
     let t = Instant::now();
     server.apply(service("default", "d", "10.96.0.4", 80));
     server.apply(slice("default", "d-1", "d", &["10.0.4.1"], 8080));
-    state_where(&mut kproxy, "d with its endpoint", endpoints_are("d", &["10.0.4.1"])).await;
+    state_where(
+        &mut kproxy,
+        "d with its endpoint",
+        endpoints_are("d", &["10.0.4.1"]),
+    )
+    .await;
     println!("add -> served: {:?}", t.elapsed());
 
     // Modify: endpoints, then the Service's port.
     let t = Instant::now();
     server.apply(slice("default", "a-1", "a", &["10.0.1.3"], 8080));
-    state_where(&mut kproxy, "a's new endpoints", endpoints_are("a", &["10.0.1.3"])).await;
+    state_where(
+        &mut kproxy,
+        "a's new endpoints",
+        endpoints_are("a", &["10.0.1.3"]),
+    )
+    .await;
     println!("endpoint change -> served: {:?}", t.elapsed());
     server.apply(service("default", "d", "10.96.0.4", 81));
     state_where(&mut kproxy, "d on port 81", |s| {
-        expect_eq(s["servicePorts"][port("d")]["port"]["port"].clone(), Value::from(81)).map(|_| ())
+        expect_eq(
+            s["servicePorts"][port("d")]["port"]["port"].clone(),
+            Value::from(81),
+        )
+        .map(|_| ())
     })
     .await;
 
@@ -116,7 +145,10 @@ async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
     let endpoints_before = kproxy.metric(ENDPOINT_CHANGES).await.unwrap();
     eventually("open watches", WAIT, || async {
         expect_eq(
-            (server.open_watches(Kind::Services), server.open_watches(Kind::EndpointSlices)),
+            (
+                server.open_watches(Kind::Services),
+                server.open_watches(Kind::EndpointSlices),
+            ),
             (1, 1),
         )
     })
@@ -127,8 +159,12 @@ async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
     server.expire_watches(Kind::Services);
     server.expire_watches(Kind::EndpointSlices);
     server.hold_watches(false);
-    let (state, _) =
-        state_where(&mut kproxy, "c gone after the relist", ports_are(&["a", "d"])).await;
+    let (state, _) = state_where(
+        &mut kproxy,
+        "c gone after the relist",
+        ports_are(&["a", "d"]),
+    )
+    .await;
     println!("410 -> relist served: {:?}", t.elapsed());
     assert_eq!(endpoint_ips(&state, &port("a")), ["10.0.1.3"]);
     assert_eq!(lists_of(&server, Kind::Services), 2);
@@ -139,7 +175,12 @@ async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
     .await;
     assert_eq!(lists_of(&server, Kind::EndpointSlices), 2);
     server.apply(slice("default", "d-2", "d", &["10.0.4.2"], 8080));
-    state_where(&mut kproxy, "the marker", endpoints_are("d", &["10.0.4.1", "10.0.4.2"])).await;
+    state_where(
+        &mut kproxy,
+        "the marker",
+        endpoints_are("d", &["10.0.4.1", "10.0.4.2"]),
+    )
+    .await;
     assert_eq!(
         kproxy.metric(SERVICE_CHANGES).await.unwrap(),
         services_before + 1.0,
@@ -151,7 +192,10 @@ async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
         "only the marker slice changed endpoints"
     );
     assert_eq!(
-        kproxy.metric("kproxy_rejected_objects_total{reason=\"bad_ip\"}").await.unwrap(),
+        kproxy
+            .metric("kproxy_rejected_objects_total{reason=\"bad_ip\"}")
+            .await
+            .unwrap(),
         0.0
     );
 }
@@ -163,10 +207,18 @@ async fn binary_keeps_serving_while_the_api_server_is_down_and_catches_up_when_i
     server.apply(slice("default", "a-1", "a", &["10.0.1.1"], 8080));
     server.apply(node("node1", "192.168.0.1"));
     let mut kproxy = Kproxy::spawn(&["--master", &server.url()]);
-    state_where(&mut kproxy, "the initial list", endpoints_are("a", &["10.0.1.1"])).await;
+    state_where(
+        &mut kproxy,
+        "the initial list",
+        endpoints_are("a", &["10.0.1.1"]),
+    )
+    .await;
     eventually("open watches", WAIT, || async {
         expect_eq(
-            (server.open_watches(Kind::Services), server.open_watches(Kind::EndpointSlices)),
+            (
+                server.open_watches(Kind::Services),
+                server.open_watches(Kind::EndpointSlices),
+            ),
             (1, 1),
         )
     })
@@ -177,11 +229,18 @@ async fn binary_keeps_serving_while_the_api_server_is_down_and_catches_up_when_i
     server.apply(service("default", "e", "10.96.0.5", 80));
     server.apply(slice("default", "e-1", "e", &["10.0.5.1"], 8080));
     server.apply(slice("default", "a-1", "a", &["10.0.1.9"], 8080));
-    let (state, _) =
-        state_where(&mut kproxy, "a still served", endpoints_are("a", &["10.0.1.1"])).await;
+    let (state, _) = state_where(
+        &mut kproxy,
+        "a still served",
+        endpoints_are("a", &["10.0.1.1"]),
+    )
+    .await;
     assert_eq!(service_ports(&state), [port("a")]);
     let (code, _) = kproxy.get("/healthz").await.unwrap();
-    assert_eq!(code, 200, "nothing queued while the API server is away: still healthy");
+    assert_eq!(
+        code, 200,
+        "nothing queued while the API server is away: still healthy"
+    );
 
     let t = Instant::now();
     server.resume().await;
@@ -195,12 +254,19 @@ async fn binary_keeps_serving_while_the_api_server_is_down_and_catches_up_when_i
         "API server back -> caught up (watch resumed from its resourceVersion): {:?}",
         t.elapsed()
     );
-    assert_eq!(lists_of(&server, Kind::Services), 1, "resumed without a relist");
+    assert_eq!(
+        lists_of(&server, Kind::Services),
+        1,
+        "resumed without a relist"
+    );
 
     // Down again, with the history compacted meanwhile: the watcher relists on 410.
     eventually("open watches", WAIT, || async {
         expect_eq(
-            (server.open_watches(Kind::Services), server.open_watches(Kind::EndpointSlices)),
+            (
+                server.open_watches(Kind::Services),
+                server.open_watches(Kind::EndpointSlices),
+            ),
             (1, 1),
         )
     })
@@ -212,7 +278,10 @@ async fn binary_keeps_serving_while_the_api_server_is_down_and_catches_up_when_i
     let t = Instant::now();
     server.resume().await;
     let (state, _) = state_where(&mut kproxy, "e gone after the relist", ports_are(&["a"])).await;
-    println!("API server back with compacted history -> relisted and caught up: {:?}", t.elapsed());
+    println!(
+        "API server back with compacted history -> relisted and caught up: {:?}",
+        t.elapsed()
+    );
     assert_eq!(endpoint_ips(&state, &port("a")), ["10.0.1.9"]);
     assert_eq!(lists_of(&server, Kind::Services), 2);
     let (code, _) = kproxy.get("/healthz").await.unwrap();

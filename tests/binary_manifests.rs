@@ -26,7 +26,11 @@ fn write(dir: &Path, name: &str, content: &str) {
 
 /// YAML documents (JSON is YAML) separated by `---`.
 fn docs(objects: &[Value]) -> String {
-    objects.iter().map(Value::to_string).collect::<Vec<_>>().join("\n---\n")
+    objects
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
 
 /// A Service and its slice, in one file.
@@ -52,13 +56,19 @@ fn ports_are(state: &Value, names: &[&str]) -> Result<(), String> {
 }
 
 fn endpoints_are(state: &Value, name: &str, ips: &[&str]) -> Result<(), String> {
-    expect_eq(endpoint_ips(state, &port(name)), ips.iter().map(|s| s.to_string()).collect())
-        .map(|_| ())
+    expect_eq(
+        endpoint_ips(state, &port(name)),
+        ips.iter().map(|s| s.to_string()).collect(),
+    )
+    .map(|_| ())
 }
 
 fn rejected(metrics: &str, reason: &str) -> f64 {
-    support::metric(metrics, &format!("kproxy_rejected_objects_total{{reason=\"{reason}\"}}"))
-        .unwrap_or(-1.0)
+    support::metric(
+        metrics,
+        &format!("kproxy_rejected_objects_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(-1.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +76,11 @@ async fn binary_serves_a_manifests_directory_through_changes_breakage_and_delete
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(d, "node.yaml", &docs(&[node("node1", "192.168.0.1")]));
-    write(d, "web.yaml", &service_file("web", "10.96.0.10", 80, &["10.0.0.1", "10.0.0.2"]));
+    write(
+        d,
+        "web.yaml",
+        &service_file("web", "10.96.0.10", 80, &["10.0.0.1", "10.0.0.2"]),
+    );
 
     let started = Instant::now();
     let mut kproxy = Kproxy::spawn(&["--manifests", d.to_str().unwrap()]);
@@ -78,17 +92,28 @@ async fn binary_serves_a_manifests_directory_through_changes_breakage_and_delete
     println!("spawn -> manifests served: {:?}", started.elapsed());
 
     // Change the file: endpoints and the Service's port.
-    write(d, "web.yaml", &service_file("web", "10.96.0.10", 81, &["10.0.0.3"]));
+    write(
+        d,
+        "web.yaml",
+        &service_file("web", "10.96.0.10", 81, &["10.0.0.3"]),
+    );
     let took = until(&mut kproxy, "web's change", |s, _| {
         endpoints_are(s, "web", &["10.0.0.3"])?;
-        expect_eq(s["servicePorts"][port("web")]["port"]["port"].clone(), Value::from(81))
-            .map(|_| ())
+        expect_eq(
+            s["servicePorts"][port("web")]["port"]["port"].clone(),
+            Value::from(81),
+        )
+        .map(|_| ())
     })
     .await;
     println!("file changed -> served: {took:?}");
 
     // A second file.
-    write(d, "api.yaml", &service_file("api", "10.96.0.11", 80, &["10.0.1.1"]));
+    write(
+        d,
+        "api.yaml",
+        &service_file("api", "10.96.0.11", 80, &["10.0.1.1"]),
+    );
     let took = until(&mut kproxy, "api served", |s, _| {
         ports_are(s, &["api", "web"])?;
         endpoints_are(s, "api", &["10.0.1.1"])
@@ -97,8 +122,16 @@ async fn binary_serves_a_manifests_directory_through_changes_breakage_and_delete
     println!("file added -> served: {took:?}");
 
     // Broken files: one that is not YAML, one whose Service has a bad IP. The rest stays.
-    write(d, "broken.yaml", "kind: Service\nmetadata: {name: [unclosed\n");
-    write(d, "bad-ip.yaml", &docs(&[service("default", "badip", "10.96.0.300", 80)]));
+    write(
+        d,
+        "broken.yaml",
+        "kind: Service\nmetadata: {name: [unclosed\n",
+    );
+    write(
+        d,
+        "bad-ip.yaml",
+        &docs(&[service("default", "badip", "10.96.0.300", 80)]),
+    );
     let took = until(&mut kproxy, "both rejections counted", |s, m| {
         expect_eq((rejected(m, "parse"), rejected(m, "bad_ip")), (1.0, 1.0))?;
         ports_are(s, &["api", "web"])
@@ -107,7 +140,11 @@ async fn binary_serves_a_manifests_directory_through_changes_breakage_and_delete
     println!("broken files -> counted: {took:?}");
 
     // Fix the broken file.
-    write(d, "broken.yaml", &service_file("fixed", "10.96.0.12", 80, &["10.0.2.1"]));
+    write(
+        d,
+        "broken.yaml",
+        &service_file("fixed", "10.96.0.12", 80, &["10.0.2.1"]),
+    );
     let took = until(&mut kproxy, "the fixed file served", |s, _| {
         ports_are(s, &["api", "fixed", "web"])?;
         endpoints_are(s, "fixed", &["10.0.2.1"])
@@ -117,14 +154,30 @@ async fn binary_serves_a_manifests_directory_through_changes_breakage_and_delete
 
     // Delete a file: its objects go, the others stay.
     std::fs::remove_file(d.join("web.yaml")).unwrap();
-    let took = until(&mut kproxy, "web gone", |s, _| ports_are(s, &["api", "fixed"])).await;
+    let took = until(&mut kproxy, "web gone", |s, _| {
+        ports_are(s, &["api", "fixed"])
+    })
+    .await;
     println!("file deleted -> served: {took:?}");
 
     let metrics = kproxy.metrics_text().await.unwrap();
-    assert_eq!(rejected(&metrics, "parse"), 1.0, "each rejection counted once, not per poll");
+    assert_eq!(
+        rejected(&metrics, "parse"),
+        1.0,
+        "each rejection counted once, not per poll"
+    );
     assert_eq!(rejected(&metrics, "bad_ip"), 1.0);
     let state = kproxy.state().await.unwrap();
-    assert_eq!(state["servicePorts"][port("api")]["plan"]["internal"]["verdict"], "endpoints");
-    let full = support::metric(&metrics, "kubeproxy_sync_full_proxy_rules_duration_seconds_count");
-    assert!(full.is_some_and(|n| n >= 1.0), "at least the initial full sync: {full:?}");
+    assert_eq!(
+        state["servicePorts"][port("api")]["plan"]["internal"]["verdict"],
+        "endpoints"
+    );
+    let full = support::metric(
+        &metrics,
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
+    );
+    assert!(
+        full.is_some_and(|n| n >= 1.0),
+        "at least the initial full sync: {full:?}"
+    );
 }

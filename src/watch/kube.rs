@@ -42,11 +42,20 @@ pub const LABEL_SELECTOR: &str =
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     #[error("reading kubeconfig {path}: {source}")]
-    ReadKubeconfig { path: PathBuf, source: KubeconfigError },
+    ReadKubeconfig {
+        path: PathBuf,
+        source: KubeconfigError,
+    },
     #[error("loading kubeconfig {path}: {source}")]
-    LoadKubeconfig { path: PathBuf, source: KubeconfigError },
+    LoadKubeconfig {
+        path: PathBuf,
+        source: KubeconfigError,
+    },
     #[error("parsing --master {url:?}: {source}")]
-    ParseMaster { url: String, source: Box<dyn std::error::Error + Send + Sync> },
+    ParseMaster {
+        url: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("loading in-cluster config (neither --kubeconfig nor --master given): {0}")]
     InClusterConfig(#[source] InClusterError),
     #[error("building the API client: {0}")]
@@ -59,11 +68,16 @@ pub enum KubeError {
 pub async fn client(kubeconfig: Option<&Path>, master: Option<&str>) -> Result<Client, KubeError> {
     let mut config = match kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .map_err(|source| KubeError::ReadKubeconfig { path: path.into(), source })?;
+            let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::ReadKubeconfig {
+                path: path.into(),
+                source,
+            })?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
-                .map_err(|source| KubeError::LoadKubeconfig { path: path.into(), source })?
+                .map_err(|source| KubeError::LoadKubeconfig {
+                    path: path.into(),
+                    source,
+                })?
         }
         None => match master {
             Some(url) => Config::new(parse_master(url)?),
@@ -83,7 +97,10 @@ where
     U: std::str::FromStr,
     U::Err: std::error::Error + Send + Sync + 'static,
 {
-    url.parse().map_err(|e: U::Err| KubeError::ParseMaster { url: url.into(), source: Box::new(e) })
+    url.parse().map_err(|e: U::Err| KubeError::ParseMaster {
+        url: url.into(),
+        source: Box::new(e),
+    })
 }
 
 /// Watches Services, EndpointSlices and the Node `node_name` until the receiver of `tx` is gone.

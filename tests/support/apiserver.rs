@@ -42,7 +42,10 @@ impl Request {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn is_watch(&self) -> bool {
@@ -96,9 +99,12 @@ fn info(kind: Kind) -> KindInfo {
             api_version: "discovery.k8s.io/v1",
             namespaced: true,
         },
-        Kind::Nodes => {
-            KindInfo { path: "/api/v1/nodes", kind: "Node", api_version: "v1", namespaced: false }
-        }
+        Kind::Nodes => KindInfo {
+            path: "/api/v1/nodes",
+            kind: "Node",
+            api_version: "v1",
+            namespaced: false,
+        },
     }
 }
 
@@ -172,10 +178,17 @@ impl ApiServer {
     /// Starts an empty server on a random port of 127.0.0.1.
     pub async fn start() -> ApiServer {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { rv: 1, ..State::default() }),
+            state: Mutex::new(State {
+                rv: 1,
+                ..State::default()
+            }),
             changed: watch::Sender::new(0),
         });
-        let mut server = ApiServer { addr: "127.0.0.1:0".parse().unwrap(), shared, running: None };
+        let mut server = ApiServer {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            shared,
+            running: None,
+        };
         server.resume().await;
         server
     }
@@ -240,8 +253,18 @@ impl ApiServer {
             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
             obj["metadata"]["uid"] = json!(format!("uid-{}-{}", key.0, key.1));
             let old = s.objects.entry(kind).or_default().insert(key, obj.clone());
-            let event = if old.is_some() { EventType::Modified } else { EventType::Added };
-            s.history.push(Entry { kind, rv, event, object: obj, old });
+            let event = if old.is_some() {
+                EventType::Modified
+            } else {
+                EventType::Added
+            };
+            s.history.push(Entry {
+                kind,
+                rv,
+                event,
+                object: obj,
+                old,
+            });
             rv
         })
     }
@@ -259,7 +282,13 @@ impl ApiServer {
             s.rv += 1;
             obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
             let rv = s.rv;
-            s.history.push(Entry { kind, rv, event: EventType::Deleted, object: obj, old: None });
+            s.history.push(Entry {
+                kind,
+                rv,
+                event: EventType::Deleted,
+                object: obj,
+                old: None,
+            });
             rv
         })
     }
@@ -271,7 +300,13 @@ impl ApiServer {
             let object = json!({"kind": ki.kind, "apiVersion": ki.api_version,
                 "metadata": {"resourceVersion": s.rv.to_string()}});
             let rv = s.rv;
-            s.history.push(Entry { kind, rv, event: EventType::Bookmark, object, old: None });
+            s.history.push(Entry {
+                kind,
+                rv,
+                event: EventType::Bookmark,
+                object,
+                old: None,
+            });
         });
     }
 
@@ -288,11 +323,17 @@ impl ApiServer {
 
     /// Every open watch of `kind` gets an ERROR 410 Expired event and ends.
     pub fn expire_watches(&self, kind: Kind) {
-        self.shared.mutate(|s| *s.epochs.entry(kind).or_default() += 1);
+        self.shared
+            .mutate(|s| *s.epochs.entry(kind).or_default() += 1);
     }
 
     pub fn open_watches(&self, kind: Kind) -> usize {
-        self.shared.lock().open_watches.get(&kind).copied().unwrap_or(0)
+        self.shared
+            .lock()
+            .open_watches
+            .get(&kind)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn resource_version(&self) -> u64 {
@@ -306,13 +347,19 @@ impl ApiServer {
     /// Recorded requests for `kind`'s collection path.
     pub fn requests_for(&self, kind: Kind) -> Vec<Request> {
         let path = info(kind).path;
-        self.requests().into_iter().filter(|r| r.path == path).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
     }
 }
 
 fn key_of(obj: &Value) -> Key {
     let meta = &obj["metadata"];
     let ns = meta["namespace"].as_str().unwrap_or_default().to_string();
-    let name = meta["name"].as_str().expect("test object without metadata.name").to_string();
+    let name = meta["name"]
+        .as_str()
+        .expect("test object without metadata.name")
+        .to_string();
     (ns, name)
 }

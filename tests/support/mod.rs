@@ -41,12 +41,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     let text = String::from_utf8_lossy(&raw);
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(bad)?;
     let chunked = head.lines().any(|l| {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked { dechunk(body).ok_or_else(bad)? } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body).ok_or_else(bad)?
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
 }
 
@@ -85,9 +93,13 @@ where
 
 /// The value of a sample in Prometheus text, e.g. `name{label="x"}` or `name`.
 pub fn metric(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// The kproxy binary, running; killed (and its log shown if the test failed) on drop.
@@ -114,13 +126,22 @@ impl Kproxy {
             .args(["--healthz-bind-address", &healthz.to_string()])
             .args(["--min-sync-period", "0s"])
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .expect("spawn kproxy");
-        Kproxy { child, log, _dir: dir, metrics, healthz }
+        Kproxy {
+            child,
+            log,
+            _dir: dir,
+            metrics,
+            healthz,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -141,7 +162,9 @@ impl Kproxy {
         } else {
             self.metrics
         };
-        http_get(addr, path).await.map_err(|e| format!("GET {path}: {e}"))
+        http_get(addr, path)
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))
     }
 
     /// `/debug/state` as JSON.
@@ -197,15 +220,20 @@ impl Drop for Kproxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- kproxy log ----\n{}\n---- end of kproxy log ----", self.log());
+            eprintln!(
+                "---- kproxy log ----\n{}\n---- end of kproxy log ----",
+                self.log()
+            );
         }
     }
 }
 
 /// Service port keys in `/debug/state`, sorted.
 pub fn service_ports(state: &Value) -> Vec<String> {
-    let mut keys: Vec<String> =
-        state["servicePorts"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let mut keys: Vec<String> = state["servicePorts"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
     keys.sort();
     keys
 }
@@ -214,7 +242,11 @@ pub fn service_ports(state: &Value) -> Vec<String> {
 pub fn endpoint_ips(state: &Value, port: &str) -> Vec<String> {
     let mut ips: Vec<String> = state["servicePorts"][port]["endpoints"]
         .as_array()
-        .map(|a| a.iter().filter_map(|e| e["ip"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["ip"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     ips.sort();
     ips
@@ -222,5 +254,9 @@ pub fn endpoint_ips(state: &Value, port: &str) -> Vec<String> {
 
 /// `Ok(v)` when `actual == expected`, else an error naming both (for `eventually`).
 pub fn expect_eq<T: PartialEq + Debug>(actual: T, expected: T) -> Result<T, String> {
-    if actual == expected { Ok(actual) } else { Err(format!("{actual:?} (want {expected:?})")) }
+    if actual == expected {
+        Ok(actual)
+    } else {
+        Err(format!("{actual:?} (want {expected:?})"))
+    }
 }

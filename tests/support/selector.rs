@@ -14,17 +14,21 @@ pub struct Selector(Vec<Term>);
 
 impl Selector {
     pub fn parse(s: &str) -> Selector {
-        let terms = s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| {
-            if let Some((k, v)) = t.split_once("!=") {
-                Term::Differs(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
-                Term::Equals(k.trim().into(), v.trim().into())
-            } else if let Some(k) = t.strip_prefix('!') {
-                Term::Absent(k.trim().into())
-            } else {
-                Term::Exists(t.into())
-            }
-        });
+        let terms = s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                if let Some((k, v)) = t.split_once("!=") {
+                    Term::Differs(k.trim().into(), v.trim().into())
+                } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+                    Term::Equals(k.trim().into(), v.trim().into())
+                } else if let Some(k) = t.strip_prefix('!') {
+                    Term::Absent(k.trim().into())
+                } else {
+                    Term::Exists(t.into())
+                }
+            });
         Selector(terms.collect())
     }
 

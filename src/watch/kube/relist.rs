@@ -44,7 +44,11 @@ pub struct Output<K, V> {
 
 impl<K, V> Default for Output<K, V> {
     fn default() -> Self {
-        Output { changes: Vec::new(), rejected: Vec::new(), listed: false }
+        Output {
+            changes: Vec::new(),
+            rejected: Vec::new(),
+            listed: false,
+        }
     }
 }
 
@@ -66,7 +70,11 @@ pub struct Relist<K, V> {
 
 impl<K, V> Default for Relist<K, V> {
     fn default() -> Self {
-        Relist { sent: BTreeSet::new(), pending: None, rejected: BTreeMap::new() }
+        Relist {
+            sent: BTreeSet::new(),
+            pending: None,
+            rejected: BTreeMap::new(),
+        }
     }
 }
 
@@ -75,7 +83,10 @@ impl<K: Ord + Clone, V> Relist<K, V> {
         let mut out = Output::default();
         match input {
             Input::Init => {
-                self.pending = Some(Pending { valid: BTreeMap::new(), rejected: BTreeSet::new() });
+                self.pending = Some(Pending {
+                    valid: BTreeMap::new(),
+                    rejected: BTreeSet::new(),
+                });
             }
             Input::InitApply(key, version, seen) => {
                 let pending = self.pending.get_or_insert_with(|| Pending {
@@ -99,19 +110,24 @@ impl<K: Ord + Clone, V> Relist<K, V> {
                 }
             }
             Input::InitDone => {
-                let Pending { valid, rejected } = self
-                    .pending
-                    .take()
-                    .unwrap_or(Pending { valid: BTreeMap::new(), rejected: BTreeSet::new() });
+                let Pending { valid, rejected } = self.pending.take().unwrap_or(Pending {
+                    valid: BTreeMap::new(),
+                    rejected: BTreeSet::new(),
+                });
                 // Forget rejections of objects that are gone or valid now, so that they are
                 // reported again if they come back broken.
                 self.rejected.retain(|k, _| rejected.contains(k));
-                let vanished: Vec<K> =
-                    self.sent.iter().filter(|k| !valid.contains_key(*k)).cloned().collect();
+                let vanished: Vec<K> = self
+                    .sent
+                    .iter()
+                    .filter(|k| !valid.contains_key(*k))
+                    .cloned()
+                    .collect();
                 self.sent = valid.keys().cloned().collect();
                 // Updates before deletes: an endpoint moving between two slices is never
                 // transiently absent.
-                out.changes.extend(valid.into_iter().map(|(k, v)| (k, Some(v))));
+                out.changes
+                    .extend(valid.into_iter().map(|(k, v)| (k, Some(v))));
                 out.changes.extend(vanished.into_iter().map(|k| (k, None)));
                 out.listed = true;
             }

@@ -15,15 +15,25 @@ fn apply(k: &'static str, v: u32) -> Input<&'static str, u32> {
 
 /// A rejection whose detail names the version, so tests can tell reports apart.
 fn rejected(rv: &str) -> Seen<u32> {
-    Seen::Rejected(Rejection::new(RejectReason::BadIp, format!("clusterIP: not an IP ({rv})")))
+    Seen::Rejected(Rejection::new(
+        RejectReason::BadIp,
+        format!("clusterIP: not an IP ({rv})"),
+    ))
 }
 
 /// Runs a full relist of `objects` and returns what the last step produced.
 fn relist(state: &mut R, objects: &[(&'static str, u32)]) -> Output<&'static str, u32> {
-    assert_eq!(state.step(Input::Init), Output::default(), "Init alone emits nothing");
+    assert_eq!(
+        state.step(Input::Init),
+        Output::default(),
+        "Init alone emits nothing"
+    );
     for &(k, v) in objects {
         let out = state.step(init_apply(k, v));
-        assert!(out.changes.is_empty() && !out.listed, "InitApply is buffered until InitDone");
+        assert!(
+            out.changes.is_empty() && !out.listed,
+            "InitApply is buffered until InitDone"
+        );
     }
     state.step(Input::InitDone)
 }
@@ -126,16 +136,29 @@ fn rejection_is_reported_once_per_resource_version_across_relists() {
     state.step(Input::Init);
     let first = state.step(Input::InitApply("bad", Some("rv1".into()), rejected("rv1")));
     assert_eq!(first.rejected.len(), 1);
-    assert!(state.step(Input::InitDone).changes.is_empty(), "a rejected object is absent");
+    assert!(
+        state.step(Input::InitDone).changes.is_empty(),
+        "a rejected object is absent"
+    );
 
     state.step(Input::Init);
     let again = state.step(Input::InitApply("bad", Some("rv1".into()), rejected("rv1")));
-    assert!(again.rejected.is_empty(), "same version seen on relist: not reported again");
+    assert!(
+        again.rejected.is_empty(),
+        "same version seen on relist: not reported again"
+    );
     state.step(Input::InitDone);
 
     let changed = state.step(Input::Apply("bad", Some("rv7".into()), rejected("rv7")));
-    assert_eq!(changed.rejected.len(), 1, "a new version that is still broken is reported");
-    assert!(changed.changes.is_empty(), "it was never sent, so there is nothing to delete");
+    assert_eq!(
+        changed.rejected.len(),
+        1,
+        "a new version that is still broken is reported"
+    );
+    assert!(
+        changed.changes.is_empty(),
+        "it was never sent, so there is nothing to delete"
+    );
 }
 
 #[test]
@@ -176,14 +199,24 @@ fn later_duplicate_in_a_list_wins() {
 #[tokio::test]
 async fn missing_kubeconfig_fails_at_the_read_step() {
     let path = std::path::Path::new("/nonexistent/kubeconfig");
-    let Err(err) = super::client(Some(path), None).await else { panic!("no such file") };
-    assert!(matches!(err, super::KubeError::ReadKubeconfig { .. }), "{err}");
+    let Err(err) = super::client(Some(path), None).await else {
+        panic!("no such file")
+    };
+    assert!(
+        matches!(err, super::KubeError::ReadKubeconfig { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("/nonexistent/kubeconfig"), "{err}");
 }
 
 #[tokio::test]
 async fn unparsable_master_url_is_named_in_the_error() {
-    let Err(err) = super::client(None, Some("http://bad host")).await else { panic!("not a URI") };
+    let Err(err) = super::client(None, Some("http://bad host")).await else {
+        panic!("not a URI")
+    };
     assert!(matches!(err, super::KubeError::ParseMaster { .. }), "{err}");
-    assert!(err.to_string().contains("--master \"http://bad host\""), "{err}");
+    assert!(
+        err.to_string().contains("--master \"http://bad host\""),
+        "{err}"
+    );
 }

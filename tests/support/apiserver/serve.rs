@@ -44,7 +44,12 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         let method = parts.next().unwrap_or_default().to_string();
         let target = parts.next().unwrap_or_default();
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let req = Request { method, path: path.to_string(), query: query.to_string(), headers };
+        let req = Request {
+            method,
+            path: path.to_string(),
+            query: query.to_string(),
+            headers,
+        };
         shared.lock().requests.push(req.clone());
         let kind = KINDS.into_iter().find(|&k| info(k).path == req.path);
         let result = match kind {
@@ -152,7 +157,8 @@ fn event_for(entry: &Entry, filter: &Filter, bookmarks: bool) -> Option<Value> {
 
 async fn chunk(wr: &mut OwnedWriteHalf, line: &str) -> std::io::Result<()> {
     let data = format!("{line}\n");
-    wr.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes()).await
+    wr.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())
+        .await
 }
 
 /// Decrements the open-watch count when a watch ends (or its task is aborted).
@@ -160,7 +166,8 @@ struct OpenWatch(Arc<Shared>, Kind);
 
 impl Drop for OpenWatch {
     fn drop(&mut self) {
-        self.0.mutate(|s| *s.open_watches.entry(self.1).or_default() -= 1);
+        self.0
+            .mutate(|s| *s.open_watches.entry(self.1).or_default() -= 1);
     }
 }
 
@@ -172,10 +179,15 @@ async fn watch_kind(
 ) -> std::io::Result<()> {
     let filter = Filter::of(req);
     let bookmarks = req.param("allowWatchBookmarks").as_deref() == Some("true");
-    let timeout = req.param("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(1800);
+    let timeout = req
+        .param("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1800);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
-    let since: Option<u64> =
-        req.param("resourceVersion").and_then(|v| v.parse().ok()).filter(|&v| v > 0);
+    let since: Option<u64> = req
+        .param("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0);
     wr.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
     )
@@ -186,7 +198,11 @@ async fn watch_kind(
         let epoch = s.epochs.get(&kind).copied().unwrap_or(0);
         match since {
             Some(rv) if rv < s.compacted => (0, epoch, Err(())),
-            Some(rv) => (s.history.partition_point(|e| e.rv <= rv), epoch, Ok(Vec::new())),
+            Some(rv) => (
+                s.history.partition_point(|e| e.rv <= rv),
+                epoch,
+                Ok(Vec::new()),
+            ),
             // No resourceVersion (or 0): the current state as ADDED, then what follows.
             None => {
                 let added = s.objects.get(&kind).into_iter().flat_map(|m| m.values());
