@@ -354,7 +354,10 @@ async fn a_created_file_is_served() {
     let t = std::time::Instant::now();
     write(tmp.path(), "web.yaml", &service("web", true, 80));
     next_service(&mut rx, "web", |s| port_of(s) == Some(80)).await;
-    println!("manifests: a created file was served after {:?}", t.elapsed());
+    println!(
+        "manifests: a created file was served after {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -365,7 +368,10 @@ async fn a_file_modified_in_place_is_served_anew() {
     let t = std::time::Instant::now();
     write(tmp.path(), "web.yaml", &service("web", true, 8080));
     next_service(&mut rx, "web", |s| port_of(s) == Some(8080)).await;
-    println!("manifests: a modified file was served after {:?}", t.elapsed());
+    println!(
+        "manifests: a modified file was served after {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -385,7 +391,10 @@ async fn a_file_replaced_by_rename_is_served_anew() {
         next(&mut rx).await,
         Change::Service(nn("web"), services_of(&service("web", true, 81)))
     );
-    println!("manifests: a renamed-over file was served after {:?}", t.elapsed());
+    println!(
+        "manifests: a renamed-over file was served after {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -396,7 +405,10 @@ async fn a_deleted_file_withdraws_its_objects() {
     let t = std::time::Instant::now();
     fs::remove_file(tmp.path().join("web.yaml")).unwrap();
     assert_eq!(next(&mut rx).await, Change::Service(nn("web"), None));
-    println!("manifests: a deleted file was withdrawn after {:?}", t.elapsed());
+    println!(
+        "manifests: a deleted file was withdrawn after {:?}",
+        t.elapsed()
+    );
 }
 
 /// The model Service one manifest document yields.
