@@ -8,6 +8,7 @@
 //! `cleanup` removes everything kproxy ever created in this mode.
 
 pub mod fake;
+pub mod nft;
 pub mod pending;
 
 use std::collections::{BTreeMap, BTreeSet};

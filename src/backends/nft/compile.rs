@@ -1,0 +1,361 @@
+//! Compiles the plans into the desired nftables state: for each family, the elements of every
+//! named set and map, plus the per-count and per-timeout chains the elements point to.
+//!
+//! Invariants: pure (no I/O); the skeleton never depends on the Services, so a change to one
+//! service port changes only elements (and, rarely, adds an `lb-N` / `affinity-T` chain when a
+//! count or timeout appears for the first time); `render` is deterministic (everything is kept in
+//! ordered maps) and its output is accepted by `nft -c -f`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use super::skeleton::{self, fill};
+use crate::backends::{BackendConfig, Plans};
+use crate::model::plan::{Planned, Targets};
+use crate::model::{Endpoint, IpFamily, Protocol};
+use crate::node::NodeFacts;
+
+/// Element text of one set or map: key -> value ("" for a plain set).
+pub type Elements = BTreeMap<String, String>;
+
+/// The desired state of one family's table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FamilyState {
+    /// Set or map name (from `skeleton::SETS`) -> its elements.
+    pub sets: BTreeMap<&'static str, Elements>,
+    /// `(family prefix, N)` for every `<prefix>-N` chain some element jumps to.
+    pub lb_chains: BTreeSet<(&'static str, usize)>,
+    /// Affinity timeouts in seconds, one `affinity-<T>` chain each.
+    pub affinity_timeouts: BTreeSet<u32>,
+}
+
+/// Everything kproxy wants in the kernel, per family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub v4: FamilyState,
+    pub v6: FamilyState,
+    pub masquerade_all: bool,
+}
+
+impl FamilyState {
+    fn add(&mut self, set: &'static str, key: String, value: String) {
+        self.sets.entry(set).or_default().insert(key, value);
+    }
+}
+
+impl Desired {
+    pub fn family(&self, family: IpFamily) -> &FamilyState {
+        match family {
+            IpFamily::V4 => &self.v4,
+            IpFamily::V6 => &self.v6,
+        }
+    }
+
+    fn family_mut(&mut self, family: IpFamily) -> &mut FamilyState {
+        match family {
+            IpFamily::V4 => &mut self.v4,
+            IpFamily::V6 => &mut self.v6,
+        }
+    }
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// Which pair of maps a class of traffic uses.
+#[derive(Clone, Copy)]
+struct Route {
+    dispatch: &'static str,
+    endpoints: &'static str,
+    chain_prefix: &'static str,
+}
+
+const CLUSTER: Route = Route {
+    dispatch: "services",
+    endpoints: "endpoints",
+    chain_prefix: "lb",
+};
+const FROM_LOCAL: Route = Route {
+    dispatch: "services-from-local",
+    endpoints: "endpoints-from-local",
+    chain_prefix: "lb-from-local",
+};
+const NODEPORT: Route = Route {
+    dispatch: "nodeports",
+    endpoints: "nodeport-endpoints",
+    chain_prefix: "np-lb",
+};
+const NODEPORT_FROM_LOCAL: Route = Route {
+    dispatch: "nodeports-from-local",
+    endpoints: "nodeport-endpoints-from-local",
+    chain_prefix: "np-lb-from-local",
+};
+
+/// Writes the dispatch element for `key` and, for endpoints, one endpoint element per slot.
+/// Endpoints of the other family are skipped (a dual-stack Service has one plan per port).
+fn route(fam: &mut FamilyState, r: Route, family: IpFamily, key: &str, targets: &Targets) {
+    let verdict = match targets {
+        Targets::Reject => "goto reject-chain".to_string(),
+        Targets::Drop => "drop".to_string(),
+        Targets::Endpoints(eps) => {
+            let eps: Vec<&Endpoint> = eps
+                .iter()
+                .filter(|e| IpFamily::of(&e.ip) == family)
+                .collect();
+            if eps.is_empty() {
+                "goto reject-chain".to_string()
+            } else {
+                for (slot, e) in eps.iter().enumerate() {
+                    fam.add(
+                        r.endpoints,
+                        format!("{key} . {slot}"),
+                        format!("{} . {}", e.ip, e.port),
+                    );
+                }
+                fam.lb_chains.insert((r.chain_prefix, eps.len()));
+                format!("goto {}-{}", r.chain_prefix, eps.len())
+            }
+        }
+    };
+    fam.add(r.dispatch, key.to_string(), verdict);
+}
+
+/// The single target port of `targets`, when every endpoint uses the same one.
+fn single_port(targets: &Targets) -> Option<u16> {
+    let Targets::Endpoints(eps) = targets else {
+        return None;
+    };
+    let first = eps.first()?.port;
+    eps.iter().all(|e| e.port == first).then_some(first)
+}
+
+fn compile_port(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
+    let p = &planned.port;
+    let plan = &planned.plan;
+    let pr = proto(p.name.protocol);
+    let external: Vec<&IpAddr> = p.external_ips.iter().chain(&p.load_balancer_ips).collect();
+
+    for vip in &p.cluster_ips {
+        let family = IpFamily::of(vip);
+        let fam = d.family_mut(family);
+        let key = format!("{vip} . {pr} . {}", p.port);
+        route(fam, CLUSTER, family, &key, &plan.internal);
+        fam.add("cluster-ports", key.clone(), String::new());
+        affinity(fam, planned, vip, &key, &plan.internal);
+    }
+    let Some(ext) = &plan.external else { return };
+    for vip in external {
+        let family = IpFamily::of(vip);
+        let fam = d.family_mut(family);
+        let key = format!("{vip} . {pr} . {}", p.port);
+        route(fam, CLUSTER, family, &key, ext);
+        affinity(fam, planned, vip, &key, ext);
+        if plan.masquerade_external {
+            fam.add("external-masq", key.clone(), String::new());
+        }
+        if let Some(local) = &plan.external_from_local {
+            route(fam, FROM_LOCAL, family, &key, local);
+            fam.add("external-local", key.clone(), String::new());
+        }
+        if p.load_balancer_ips.contains(vip) && !p.load_balancer_source_ranges.is_empty() {
+            fam.add("firewall-ports", key.clone(), String::new());
+            for range in &p.load_balancer_source_ranges {
+                if IpFamily::of(&range.addr()) == family {
+                    fam.add("firewall-allow", format!("{key} . {range}"), String::new());
+                }
+            }
+        }
+    }
+    let Some(node_port) = p.node_port else { return };
+    for family in [IpFamily::V4, IpFamily::V6] {
+        // A NodePort exists in a family when the Service has a ClusterIP there.
+        if !p.cluster_ips.iter().any(|ip| IpFamily::of(ip) == family)
+            || !node
+                .nodeport_ips
+                .iter()
+                .any(|ip| IpFamily::of(ip) == family)
+        {
+            continue;
+        }
+        let fam = d.family_mut(family);
+        let key = format!("{pr} . {node_port}");
+        route(fam, NODEPORT, family, &key, ext);
+        if plan.masquerade_external {
+            fam.add("nodeport-masq", key.clone(), String::new());
+        }
+        if let Some(local) = &plan.external_from_local {
+            route(fam, NODEPORT_FROM_LOCAL, family, &key, local);
+            fam.add("nodeport-local", key.clone(), String::new());
+        }
+    }
+}
+
+/// ClientIP affinity for one VIP port: the target port the @affinity hit is sent to, the
+/// timeout chain that remembers the client, and the live (vip . endpoint) pairs.
+fn affinity(fam: &mut FamilyState, planned: &Planned, vip: &IpAddr, key: &str, targets: &Targets) {
+    let Some(timeout) = planned.port.affinity_timeout_seconds else {
+        return;
+    };
+    // Endpoints with different target ports (a named port resolving differently per pod) fall
+    // back to plain load balancing: the affinity lookup needs one port per VIP port.
+    let Some(port) = single_port(targets) else {
+        return;
+    };
+    let Targets::Endpoints(eps) = targets else {
+        return;
+    };
+    fam.add("affinity-ports", key.to_string(), port.to_string());
+    fam.add(
+        "affinity-timeouts",
+        key.to_string(),
+        format!("goto affinity-{timeout}"),
+    );
+    fam.affinity_timeouts.insert(timeout);
+    for e in eps
+        .iter()
+        .filter(|e| IpFamily::of(&e.ip) == IpFamily::of(vip))
+    {
+        fam.add("affinity-live", format!("{vip} . {}", e.ip), String::new());
+    }
+}
+
+/// The desired state for `plans` on this node. Pure.
+pub fn compile(plans: &Plans, node: &NodeFacts, config: &BackendConfig) -> Desired {
+    let mut d = Desired {
+        masquerade_all: config.masquerade_all,
+        ..Desired::default()
+    };
+    for planned in plans.values() {
+        compile_port(&mut d, planned, node);
+        for targets in [Some(&planned.plan.internal), planned.plan.external.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Targets::Endpoints(eps) = targets {
+                for e in eps {
+                    let fam = d.family_mut(IpFamily::of(&e.ip));
+                    fam.add("hairpin", format!("{0} . {0}", e.ip), String::new());
+                }
+            }
+        }
+    }
+    for ip in &node.nodeport_ips {
+        d.family_mut(IpFamily::of(ip))
+            .add("nodeport-ips", ip.to_string(), String::new());
+    }
+    for cidr in &config.cluster_cidrs {
+        d.family_mut(IpFamily::of(&cidr.addr())).add(
+            "cluster-cidrs",
+            cidr.trunc().to_string(),
+            String::new(),
+        );
+    }
+    d
+}
+
+/// The whole ruleset of both families in `nft -f` syntax: deletes and recreates kproxy's
+/// tables (for --dry-run and `nft -c -f`; the backend applies element diffs instead).
+pub fn render(d: &Desired) -> String {
+    let mut out = String::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        render_family(&mut out, d, family);
+    }
+    out
+}
+
+fn render_family(out: &mut String, d: &Desired, family: IpFamily) {
+    let fam = d.family(family);
+    let name = match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    };
+    let t = skeleton::TABLE;
+    let _ = writeln!(
+        out,
+        "table {name} {t} {{}}\ndelete table {name} {t}\ntable {name} {t} {{"
+    );
+    for set in skeleton::SETS {
+        let kind = if set.decl.contains(" : ") {
+            "map"
+        } else {
+            "set"
+        };
+        let _ = writeln!(
+            out,
+            "\t{kind} {} {{\n\t\t{}",
+            set.name,
+            fill(set.decl, family)
+        );
+        if let Some(elements) = fam.sets.get(set.name).filter(|e| !e.is_empty()) {
+            let items: Vec<String> = elements
+                .iter()
+                .map(|(k, v)| {
+                    if v.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{k} : {v}")
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "\t\telements = {{ {} }}", items.join(",\n\t\t\t     "));
+        }
+        let _ = writeln!(out, "\t}}");
+    }
+    for c in skeleton::CHAINS {
+        let mut rules: Vec<String> = Vec::new();
+        if c.name == "services" {
+            if d.masquerade_all {
+                rules.push(skeleton::MASQUERADE_ALL_RULE.to_string());
+            } else if fam.sets.get("cluster-cidrs").is_some_and(|s| !s.is_empty()) {
+                rules.push(skeleton::OUTSIDE_CLUSTER_CIDR_RULE.to_string());
+            }
+        }
+        rules.extend(c.rules.iter().map(|r| r.to_string()));
+        chain(out, c.name, None, &rules, family);
+    }
+    for (prefix, n) in &fam.lb_chains {
+        let rules = skeleton::LB_FAMILIES
+            .iter()
+            .find(|(p, _)| p == prefix)
+            .map(|(_, r)| {
+                r.iter()
+                    .map(|r| r.replace("{n}", &n.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        chain(out, &format!("{prefix}-{n}"), None, &rules, family);
+    }
+    for timeout in &fam.affinity_timeouts {
+        let rules: Vec<String> = skeleton::AFFINITY_RULES
+            .iter()
+            .map(|r| r.replace("{t}", &timeout.to_string()))
+            .collect();
+        chain(out, &format!("affinity-{timeout}"), None, &rules, family);
+    }
+    for b in skeleton::BASE_CHAINS {
+        let head = format!(
+            "type {} hook {} priority {}; policy accept; # {}",
+            b.kind, b.hook, b.priority, b.comment
+        );
+        let rules: Vec<String> = b.rules.iter().map(|r| r.to_string()).collect();
+        chain(out, b.name, Some(&head), &rules, family);
+    }
+    let _ = writeln!(out, "}}");
+}
+
+fn chain(out: &mut String, name: &str, head: Option<&str>, rules: &[String], family: IpFamily) {
+    let _ = writeln!(out, "\tchain {name} {{");
+    if let Some(head) = head {
+        let _ = writeln!(out, "\t\t{head}");
+    }
+    for r in rules {
+        let _ = writeln!(out, "\t\t{}", fill(r, family));
+    }
+    let _ = writeln!(out, "\t}}");
+}

@@ -1,0 +1,12 @@
+//! The nftables backend (work in progress, not yet wired into `backends::for_mode`): kproxy's
+//! own `ip kproxy` and `ip6 kproxy` tables, a fixed skeleton of chains and rules, and all
+//! per-Service data in named sets and maps. See README.md for the design.
+//!
+//! Invariants: `skeleton` is static data; `compile` is pure; nothing here touches any table but
+//! kproxy's own.
+
+pub mod compile;
+pub mod skeleton;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,283 @@
+//! The static part of kproxy's nftables ruleset, as data: the named sets and maps, the base
+//! chains with upstream's hooks and priorities, and the fixed rules. Nothing here depends on the
+//! Services; per-Service data lives only in the elements of `SETS` (see README.md).
+//!
+//! Invariants: rule templates use `{ip}` (`ip`/`ip6`) and `{addr}` (`ipv4_addr`/`ipv6_addr`)
+//! only; every set a rule names is declared in `SETS`; the order of every table is the render
+//! order, so rendering is deterministic.
+
+use crate::model::IpFamily;
+
+/// kproxy's table name in both the `ip` and `ip6` families (upstream's is `kube-proxy`).
+pub const TABLE: &str = "kproxy";
+
+/// The bit of `meta mark` that asks postrouting to masquerade (upstream's 0x4000).
+pub const MASQ_MARK: &str = "0x00004000";
+
+/// One named set or map: name, declaration body (`{addr}` is the family's address type).
+pub struct SetDecl {
+    pub name: &'static str,
+    pub decl: &'static str,
+}
+
+/// Every named set and map; the only objects whose contents depend on the Services.
+pub const SETS: &[SetDecl] = &[
+    // (vip . proto . port) -> `goto lb-N` (N = endpoint count), `goto reject-chain` or `drop`.
+    SetDecl {
+        name: "services",
+        decl: "type {addr} . inet_proto . inet_service : verdict;",
+    },
+    // (vip . proto . port . slot) -> endpoint, slot in 0..N.
+    SetDecl {
+        name: "endpoints",
+        decl: "typeof {ip} daddr . meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;",
+    },
+    // The same pair for eTP=Local external VIPs reached from a pod or from the node.
+    SetDecl {
+        name: "services-from-local",
+        decl: "type {addr} . inet_proto . inet_service : verdict;",
+    },
+    SetDecl {
+        name: "endpoints-from-local",
+        decl: "typeof {ip} daddr . meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;",
+    },
+    // NodePorts: keyed by (proto . port) only; the address is checked against @nodeport-ips.
+    SetDecl {
+        name: "nodeports",
+        decl: "type inet_proto . inet_service : verdict;",
+    },
+    SetDecl {
+        name: "nodeport-endpoints",
+        decl: "typeof meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;",
+    },
+    SetDecl {
+        name: "nodeports-from-local",
+        decl: "type inet_proto . inet_service : verdict;",
+    },
+    SetDecl {
+        name: "nodeport-endpoints-from-local",
+        decl: "typeof meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;",
+    },
+    SetDecl {
+        name: "nodeport-ips",
+        decl: "type {addr};",
+    },
+    // ClusterIP ports (for --masquerade-all and the cluster-CIDR rule).
+    SetDecl {
+        name: "cluster-ports",
+        decl: "type {addr} . inet_proto . inet_service;",
+    },
+    SetDecl {
+        name: "cluster-cidrs",
+        decl: "type {addr}; flags interval;",
+    },
+    // External VIP ports under eTP=Cluster (masquerade) and eTP=Local (short-circuit).
+    SetDecl {
+        name: "external-masq",
+        decl: "type {addr} . inet_proto . inet_service;",
+    },
+    SetDecl {
+        name: "external-local",
+        decl: "type {addr} . inet_proto . inet_service;",
+    },
+    SetDecl {
+        name: "nodeport-masq",
+        decl: "type inet_proto . inet_service;",
+    },
+    SetDecl {
+        name: "nodeport-local",
+        decl: "type inet_proto . inet_service;",
+    },
+    // loadBalancerSourceRanges: firewalled LB ports and the (port . source range) they allow.
+    SetDecl {
+        name: "firewall-ports",
+        decl: "type {addr} . inet_proto . inet_service;",
+    },
+    SetDecl {
+        name: "firewall-allow",
+        decl: "type {addr} . inet_proto . inet_service . {addr}; flags interval;",
+    },
+    // ClientIP affinity: (client . vip) -> endpoint IP, written by the packet path.
+    SetDecl {
+        name: "affinity",
+        decl: "type {addr} . {addr} : {addr}; flags dynamic,timeout; timeout 3h;",
+    },
+    // Affinity ports: their single target port, their timeout chain, and the live (vip . ep).
+    SetDecl {
+        name: "affinity-ports",
+        decl: "type {addr} . inet_proto . inet_service : inet_service;",
+    },
+    SetDecl {
+        name: "affinity-timeouts",
+        decl: "type {addr} . inet_proto . inet_service : verdict;",
+    },
+    SetDecl {
+        name: "affinity-live",
+        decl: "type {addr} . {addr};",
+    },
+    // Hairpin: (ep . ep) for every endpoint IP, so `saddr . daddr` matches a pod reaching itself.
+    SetDecl {
+        name: "hairpin",
+        decl: "type {addr} . {addr};",
+    },
+];
+
+/// A base chain: name, type, hook, numeric priority (upstream's named priority in the comment).
+pub struct BaseChain {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub hook: &'static str,
+    pub priority: i32,
+    pub comment: &'static str,
+    pub rules: &'static [&'static str],
+}
+
+/// Base chains at upstream's hooks and priorities (numeric, because nft 1.0.6 refuses
+/// `dstnat - 10` on the input hook), plus the post-DNAT prerouting chain affinity needs.
+pub const BASE_CHAINS: &[BaseChain] = &[
+    BaseChain {
+        name: "nat-prerouting",
+        kind: "nat",
+        hook: "prerouting",
+        priority: -100,
+        comment: "dstnat",
+        rules: &["jump services"],
+    },
+    BaseChain {
+        name: "nat-output",
+        kind: "nat",
+        hook: "output",
+        priority: -100,
+        comment: "dstnat",
+        rules: &["jump services"],
+    },
+    BaseChain {
+        name: "filter-prerouting-post-dnat",
+        kind: "filter",
+        hook: "prerouting",
+        priority: -90,
+        comment: "dstnat + 10",
+        rules: &["ct state new ct status dnat jump affinity-remember"],
+    },
+    BaseChain {
+        name: "filter-output-post-dnat",
+        kind: "filter",
+        hook: "output",
+        priority: -90,
+        comment: "dstnat + 10",
+        rules: &["ct state new ct status dnat jump affinity-remember"],
+    },
+    BaseChain {
+        name: "nat-postrouting",
+        kind: "nat",
+        hook: "postrouting",
+        priority: 100,
+        comment: "srcnat",
+        rules: &["jump masquerading"],
+    },
+];
+
+/// A regular chain with fixed rules.
+pub struct Chain {
+    pub name: &'static str,
+    pub rules: &'static [&'static str],
+}
+
+/// The fixed regular chains. `services` is the single dispatch point; the order of its rules
+/// is the order of the packet path described in README.md.
+pub const CHAINS: &[Chain] = &[
+    Chain {
+        name: "reject-chain",
+        rules: &["reject"],
+    },
+    Chain {
+        name: "mark-for-masquerade",
+        rules: &["meta mark set meta mark | 0x00004000"],
+    },
+    Chain {
+        name: "services",
+        rules: &[
+            "{ip} daddr . meta l4proto . th dport @firewall-ports {ip} daddr . meta l4proto . th dport . {ip} saddr != @firewall-allow drop",
+            "{ip} daddr . meta l4proto . th dport @external-masq jump mark-for-masquerade",
+            "{ip} daddr . meta l4proto . th dport @external-local {ip} saddr @cluster-cidrs {ip} daddr . meta l4proto . th dport vmap @services-from-local",
+            "{ip} daddr . meta l4proto . th dport @external-local fib saddr type local meta mark set meta mark | 0x00004000 {ip} daddr . meta l4proto . th dport vmap @services-from-local",
+            "{ip} daddr . meta l4proto . th dport vmap @services",
+            "{ip} daddr @nodeport-ips jump nodeports",
+        ],
+    },
+    Chain {
+        name: "nodeports",
+        rules: &[
+            "meta l4proto . th dport @nodeport-masq jump mark-for-masquerade",
+            "meta l4proto . th dport @nodeport-local {ip} saddr @cluster-cidrs meta l4proto . th dport vmap @nodeports-from-local",
+            "meta l4proto . th dport @nodeport-local fib saddr type local meta mark set meta mark | 0x00004000 meta l4proto . th dport vmap @nodeports-from-local",
+            "meta l4proto . th dport vmap @nodeports",
+        ],
+    },
+    Chain {
+        name: "affinity-remember",
+        rules: &[
+            "meta l4proto { tcp, udp, sctp } ct original {ip} daddr . meta l4proto . ct original proto-dst vmap @affinity-timeouts",
+        ],
+    },
+    Chain {
+        name: "masquerading",
+        rules: &[
+            "ct status dnat {ip} saddr . {ip} daddr @hairpin masquerade fully-random",
+            "meta mark & 0x00004000 == 0x00000000 return",
+            "meta mark set meta mark ^ 0x00004000",
+            "masquerade fully-random",
+        ],
+    },
+];
+
+/// Rules that exist only under some --masquerade-all / --cluster-cidr setting (prepended to
+/// `services`): still independent of the Services.
+pub const MASQUERADE_ALL_RULE: &str =
+    "{ip} daddr . meta l4proto . th dport @cluster-ports jump mark-for-masquerade";
+pub const OUTSIDE_CLUSTER_CIDR_RULE: &str = "{ip} daddr . meta l4proto . th dport @cluster-ports {ip} saddr != @cluster-cidrs jump mark-for-masquerade";
+
+/// The per-count chain families: prefix, and the DNAT rules of `<prefix>-N`. `{n}` is N.
+/// Affinity comes first: a hit on @affinity with a known target port wins; else numgen.
+pub const LB_FAMILIES: &[(&str, &[&str])] = &[
+    (
+        "lb",
+        &[
+            "meta l4proto { tcp, udp, sctp } dnat {ip} to {ip} saddr . {ip} daddr map @affinity : {ip} daddr . meta l4proto . th dport map @affinity-ports",
+            "dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints",
+        ],
+    ),
+    (
+        "lb-from-local",
+        &[
+            "dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints-from-local",
+        ],
+    ),
+    (
+        "np-lb",
+        &["dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints"],
+    ),
+    (
+        "np-lb-from-local",
+        &[
+            "dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-from-local",
+        ],
+    ),
+];
+
+/// The rules of `affinity-<T>`: forget a client whose remembered endpoint left the Service
+/// (expire it now and drop this first packet; the client's retransmission picks afresh), else
+/// refresh the client's entry with the Service's timeout.
+pub const AFFINITY_RULES: &[&str] = &[
+    "ct original {ip} daddr . {ip} daddr != @affinity-live update @affinity { {ip} saddr . ct original {ip} daddr timeout 1ms : {ip} daddr } drop",
+    "update @affinity { {ip} saddr . ct original {ip} daddr timeout {t}s : {ip} daddr }",
+];
+
+/// Fills a template for one family.
+pub fn fill(template: &str, family: IpFamily) -> String {
+    let (ip, addr) = match family {
+        IpFamily::V4 => ("ip", "ipv4_addr"),
+        IpFamily::V6 => ("ip6", "ipv6_addr"),
+    };
+    template.replace("{ip}", ip).replace("{addr}", addr)
+}

@@ -1,0 +1,248 @@
+//! Golden tests of the nftables compile and render step, and a check that `nft -c -f` accepts
+//! the rendered ruleset.
+//!
+//! Invariants: the node is `node-a` with node address 192.168.0.2 / fd00::2; golden files live in
+//! `golden/` and are rewritten when KPROXY_BLESS=1; the `nft -c` test skips without root or
+//! without `nft`, except under CI=true, where a skip is a failure.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::compile::{compile, render};
+use crate::backends::{BackendConfig, Plans};
+use crate::model::plan::{Planned, plan};
+use crate::model::{
+    Endpoint, NamespacedName, Protocol, ServicePort, ServicePortName, ServiceType, TrafficPolicy,
+};
+use crate::node::NodeFacts;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn name(svc: &str, port: &str, protocol: Protocol) -> ServicePortName {
+    ServicePortName {
+        service: NamespacedName::new("default", svc),
+        port: port.into(),
+        protocol,
+    }
+}
+
+fn ep(addr: &str, port: u16, node: &str) -> Endpoint {
+    Endpoint {
+        ip: ip(addr),
+        port,
+        ready: true,
+        serving: true,
+        terminating: false,
+        node_name: Some(node.into()),
+        zone: None,
+        zone_hints: Default::default(),
+        node_hints: Default::default(),
+    }
+}
+
+fn node() -> NodeFacts {
+    let mut n = NodeFacts::new("node-a");
+    n.local_addresses = vec![ip("192.168.0.2"), ip("fd00::2")];
+    n.nodeport_ips = n.local_addresses.clone();
+    n
+}
+
+fn add(plans: &mut Plans, port: ServicePort, endpoints: Vec<Endpoint>) {
+    let p = plan(&port, &endpoints, &node());
+    plans.insert(
+        port.name.clone(),
+        Arc::new(Planned {
+            port,
+            endpoints,
+            plan: p,
+        }),
+    );
+}
+
+/// ClusterIPs: three endpoints over TCP, a UDP port without endpoints, an IPv6 Service.
+fn cluster_ips() -> Plans {
+    let mut plans = Plans::new();
+    let eps = vec![
+        ep("10.0.1.1", 8080, "node-a"),
+        ep("10.0.2.1", 8080, "node-b"),
+        ep("10.0.3.1", 8080, "node-c"),
+    ];
+    add(
+        &mut plans,
+        ServicePort::cluster_ip(name("web", "http", Protocol::Tcp), ip("10.96.0.10"), 80),
+        eps,
+    );
+    add(
+        &mut plans,
+        ServicePort::cluster_ip(name("dns", "dns", Protocol::Udp), ip("10.96.0.53"), 53),
+        vec![],
+    );
+    let v6 = vec![ep("fd10::1", 8080, "node-a"), ep("fd10::2", 8080, "node-b")];
+    add(
+        &mut plans,
+        ServicePort::cluster_ip(name("web6", "http", Protocol::Tcp), ip("fd96::10"), 80),
+        v6,
+    );
+    plans
+}
+
+/// External traffic: a LoadBalancer with source ranges under eTP=Local (one local endpoint), a
+/// NodePort under eTP=Cluster, and a ClientIP-affinity Service with two ports.
+fn external() -> Plans {
+    let mut plans = Plans::new();
+    let eps = vec![
+        ep("10.0.1.1", 8443, "node-a"),
+        ep("10.0.2.1", 8443, "node-b"),
+    ];
+    let mut lb = ServicePort::cluster_ip(name("lb", "https", Protocol::Tcp), ip("10.96.1.1"), 443);
+    lb.service_type = ServiceType::LoadBalancer;
+    lb.node_port = Some(30443);
+    lb.load_balancer_ips = vec![ip("198.51.100.7")];
+    lb.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+    lb.external_traffic_policy = TrafficPolicy::Local;
+    add(&mut plans, lb, eps.clone());
+    let mut np = ServicePort::cluster_ip(name("np", "", Protocol::Sctp), ip("10.96.1.2"), 9000);
+    np.service_type = ServiceType::NodePort;
+    np.node_port = Some(30900);
+    np.external_ips = vec![ip("192.0.2.10")];
+    add(&mut plans, np, vec![ep("10.0.2.5", 9000, "node-b")]);
+    for (port, target) in [("a", 1000), ("b", 2000)] {
+        let mut s =
+            ServicePort::cluster_ip(name("sticky", port, Protocol::Tcp), ip("10.96.1.3"), target);
+        s.affinity_timeout_seconds = Some(10800);
+        add(
+            &mut plans,
+            s,
+            vec![
+                ep("10.0.1.7", target, "node-a"),
+                ep("10.0.2.7", target, "node-b"),
+            ],
+        );
+    }
+    plans
+}
+
+fn config() -> BackendConfig {
+    BackendConfig {
+        cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+        masquerade_all: false,
+    }
+}
+
+fn golden(file: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/backends/nft/golden")
+        .join(file);
+    if std::env::var("KPROXY_BLESS").as_deref() == Ok("1") {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == actual,
+        "{} differs from the rendered ruleset:\n{actual}",
+        path.display()
+    );
+}
+
+#[test]
+fn cluster_ips_render_as_the_golden_file() {
+    golden(
+        "cluster_ips.nft",
+        &render(&compile(&cluster_ips(), &node(), &config())),
+    );
+}
+
+#[test]
+fn external_traffic_renders_as_the_golden_file() {
+    golden(
+        "external.nft",
+        &render(&compile(&external(), &node(), &config())),
+    );
+}
+
+#[test]
+fn the_skeleton_does_not_grow_with_the_number_of_services() {
+    let mut plans = Plans::new();
+    for i in 0..1000u32 {
+        let vip = IpAddr::from([10, 96, (i / 250) as u8, (i % 250) as u8 + 1]);
+        let eps = (0..3)
+            .map(|k| ep(&format!("10.1.{}.{k}", i % 250), 80, "node-b"))
+            .collect();
+        add(
+            &mut plans,
+            ServicePort::cluster_ip(name(&format!("s{i}"), "", Protocol::Tcp), vip, 80),
+            eps,
+        );
+    }
+    let d = compile(&plans, &node(), &config());
+    assert_eq!(
+        d.v4.lb_chains.len(),
+        1,
+        "one lb-3 chain for 1000 Services of 3 endpoints"
+    );
+    assert_eq!(d.v4.sets["services"].len(), 1000);
+    assert_eq!(d.v4.sets["endpoints"].len(), 3000);
+    let rendered = render(&d);
+    assert_eq!(
+        rendered.matches("\tchain ").count(),
+        render(&compile(&cluster_ips(), &node(), &config()))
+            .matches("\tchain ")
+            .count()
+            - 1
+    );
+}
+
+#[test]
+fn a_service_with_affinity_keeps_one_target_port_per_vip_port() {
+    let d = compile(&external(), &node(), &config());
+    let ports = &d.v4.sets["affinity-ports"];
+    assert_eq!(
+        ports.get("10.96.1.3 . tcp . 1000").map(String::as_str),
+        Some("1000")
+    );
+    assert_eq!(
+        ports.get("10.96.1.3 . tcp . 2000").map(String::as_str),
+        Some("2000")
+    );
+    assert!(d.v4.sets["affinity-live"].contains_key("10.96.1.3 . 10.0.2.7"));
+}
+
+#[test]
+fn nft_accepts_the_rendered_ruleset() {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let Some(nft) = nft.filter(|_| root) else {
+        assert!(
+            !ci,
+            "CI=true but nft is missing or we are not root: cannot check the ruleset"
+        );
+        eprintln!("skipped: needs nft and root");
+        return;
+    };
+    for plans in [cluster_ips(), external()] {
+        let text = render(&compile(&plans, &node(), &config()));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &text).unwrap();
+        let out = std::process::Command::new(nft)
+            .arg("-c")
+            .arg("-f")
+            .arg(file.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nft -c -f refused:\n{}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
