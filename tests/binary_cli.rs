@@ -1,20 +1,16 @@
 //! The kproxy binary's command-line contract: exit 2 with one line on bad flags, --dry-run on
 //! the bundled example cluster, --cleanup, and a clean exit 0 on SIGTERM/SIGINT.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::free_port;
+
 fn kproxy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kproxy"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
