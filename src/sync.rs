@@ -21,7 +21,7 @@ use crate::conntrack::Reconciler;
 use crate::health::ProxyHealth;
 use crate::health::service::ServiceHealthServers;
 use crate::metrics::Metrics;
-use crate::model::plan::{Planned, Targets, plan};
+use crate::model::plan::{Planned, Targets, local_ready, plan};
 use crate::model::tracker::ChangeTracker;
 use crate::model::{NamespacedName, ServicePortName};
 use crate::node::NodeFacts;
@@ -294,40 +294,30 @@ impl Syncer {
 
     /// Phase 5: healthCheckNodePort servers of the Services whose ports changed.
     async fn update_health_checks(&mut self, full: bool, changed: &BTreeSet<ServicePortName>) {
-        let services: BTreeSet<NamespacedName> = {
-            let plans = self.shared.plans.read().expect("plans lock");
-            if full {
-                plans.keys().map(|n| n.service.clone()).collect()
-            } else {
-                changed.iter().map(|n| n.service.clone()).collect()
-            }
-        };
         let wanted: Vec<(NamespacedName, Option<(u16, usize)>)> = {
             let plans = self.shared.plans.read().expect("plans lock");
+            let services: BTreeSet<&NamespacedName> = if full {
+                plans.keys().map(|n| &n.service).collect()
+            } else {
+                changed.iter().map(|n| &n.service).collect()
+            };
+            let model = self.tracker.model();
             services
                 .into_iter()
                 .map(|svc| {
-                    let hc = self.tracker.model().service(&svc).and_then(|s| {
+                    let hc = model.service(svc).and_then(|s| {
                         let port = s.ports.iter().find_map(|p| {
                             p.health_check_node_port
                                 .filter(|_| p.external_policy_local())
                         })?;
-                        // Upstream's LocalReadyEndpoints: distinct ready IPs on this node,
-                        // over every port of the Service.
-                        let local: BTreeSet<std::net::IpAddr> = s
+                        let endpoints = s
                             .ports
                             .iter()
                             .filter_map(|p| plans.get(&p.name))
-                            .flat_map(|p| p.endpoints.iter())
-                            .filter(|e| {
-                                e.ready && e.node_name.as_deref() == Some(&self.base_node.name)
-                            })
-                            .map(|e| e.ip)
-                            .collect();
-                        let local = local.len();
-                        Some((port, local))
+                            .flat_map(|p| p.endpoints.iter());
+                        Some((port, local_ready(endpoints, &self.base_node.name).len()))
                     });
-                    (svc, hc)
+                    (svc.clone(), hc)
                 })
                 .collect()
         };

@@ -195,12 +195,19 @@ fn sorted_unique(endpoints: &[Endpoint]) -> Vec<Endpoint> {
 }
 
 fn local_ready_ips(endpoints: &[Endpoint], node: &str) -> usize {
-    let ips: BTreeSet<IpAddr> = endpoints
-        .iter()
+    local_ready(endpoints.iter(), node).len()
+}
+
+/// The distinct IPs of ready endpoints on `node` (upstream's `LocalReadyEndpoints`); pass the
+/// endpoints of every port of a Service to get the count its healthCheckNodePort reports.
+pub fn local_ready<'a>(
+    endpoints: impl Iterator<Item = &'a Endpoint>,
+    node: &str,
+) -> BTreeSet<IpAddr> {
+    endpoints
         .filter(|e| e.ready && is_local(e, node))
         .map(|e| e.ip)
-        .collect();
-    ips.len()
+        .collect()
 }
 
 #[cfg(test)]

@@ -215,3 +215,87 @@ async fn shutdown_stops_the_loop_and_leaves_the_rules_in_place() {
     );
     assert_eq!(h.fake.recorded.lock().unwrap().state.len(), 1);
 }
+
+/// GET / on 127.0.0.1:port; (status line, body) or None while nothing listens.
+async fn hc_get(port: u16) -> Option<(String, serde_json::Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    Some((
+        head.lines().next()?.to_string(),
+        serde_json::from_str(body).ok()?,
+    ))
+}
+
+#[tokio::test]
+async fn a_local_policy_service_gets_a_health_check_server_that_follows_its_local_endpoints() {
+    let hc_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let h = start(Duration::ZERO);
+    let mut sp = ServicePort::cluster_ip(spn("web"), "10.96.0.20".parse().unwrap(), 80);
+    sp.service_type = ServiceType::LoadBalancer;
+    sp.node_port = Some(30080);
+    sp.external_traffic_policy = TrafficPolicy::Local;
+    sp.health_check_node_port = Some(hc_port);
+    let svc = Service {
+        name: nn("web"),
+        ports: vec![sp],
+        has_selector: true,
+    };
+    h.tx.send(Change::Service(nn("web"), Some(svc))).unwrap();
+    let slice = |node: &str| Slice {
+        service: nn("web"),
+        family: IpFamily::V4,
+        ports: vec![SlicePort {
+            name: "http".into(),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        }],
+        endpoints: vec![SliceEndpoint {
+            ip: "10.244.1.5".parse().unwrap(),
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: Some(node.into()),
+            zone: None,
+            zone_hints: BTreeSet::new(),
+            node_hints: BTreeSet::new(),
+        }],
+        trigger_time: None,
+    };
+    h.tx.send(Change::Slice(nn("web-1"), Some(slice("node1"))))
+        .unwrap();
+    h.listed();
+    let until = |want: &'static str| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((status, body)) = hc_get(hc_port).await
+                && status.contains(want)
+            {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {want} on the health check port"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let body = until("200").await;
+    assert_eq!(body["localEndpoints"], 1);
+    assert_eq!(body["service"]["name"], "web");
+    // The endpoint moves to another node: this node has none left.
+    h.tx.send(Change::Slice(nn("web-1"), Some(slice("node2"))))
+        .unwrap();
+    assert_eq!(until("503").await["localEndpoints"], 0);
+}
