@@ -299,3 +299,30 @@ async fn a_local_policy_service_gets_a_health_check_server_that_follows_its_loca
         .unwrap();
     assert_eq!(until("503").await["localEndpoints"], 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn network_programming_latency_counts_only_trigger_times_after_start() {
+    let h = start(Duration::ZERO);
+    let slice = |name: &str, trigger: std::time::SystemTime| {
+        let s = Slice {
+            service: nn("web"),
+            family: IpFamily::V4,
+            ports: vec![],
+            endpoints: vec![],
+            trigger_time: Some(trigger),
+        };
+        Change::Slice(nn(name), Some(s))
+    };
+    let before_start = std::time::SystemTime::now() - Duration::from_secs(3600);
+    h.tx.send(service("web", 80)).unwrap();
+    h.tx.send(slice("old", before_start)).unwrap();
+    h.listed();
+    h.settle().await;
+    assert_eq!(h.metrics.network_programming_duration.get_sample_count(), 0);
+    h.tx.send(slice("new", std::time::SystemTime::now()))
+        .unwrap();
+    h.settle().await;
+    assert_eq!(h.fake.calls().len(), 2, "{:?}", h.fake.calls());
+    assert_eq!(h.metrics.network_programming_duration.get_sample_count(), 1);
+    assert_eq!(h.metrics.endpoint_changes_total.get(), 2);
+}
