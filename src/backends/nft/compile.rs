@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use super::skeleton::{self, fill};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::{Planned, Targets};
-use crate::model::{Endpoint, IpFamily, Protocol};
+use crate::model::{Endpoint, IpFamily, Protocol, ServicePortName};
 use crate::node::NodeFacts;
 
 /// Element text of one set or map: key -> value ("" for a plain set).
@@ -135,7 +135,24 @@ fn single_port(targets: &Targets) -> Option<u16> {
     eps.iter().all(|e| e.port == first).then_some(first)
 }
 
+/// Everything one service port contributes: its VIP ports, NodePorts, affinity and hairpin
+/// elements, and the `lb-N` / `affinity-T` chains they point to.
 fn compile_port(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
+    compile_vips(d, planned, node);
+    for targets in [Some(&planned.plan.internal), planned.plan.external.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if let Targets::Endpoints(eps) = targets {
+            for e in eps {
+                let fam = d.family_mut(IpFamily::of(&e.ip));
+                fam.add("hairpin", format!("{0} . {0}", e.ip), String::new());
+            }
+        }
+    }
+}
+
+fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
     let p = &planned.port;
     let plan = &planned.plan;
     let pr = proto(p.name.protocol);
@@ -233,18 +250,43 @@ pub fn compile(plans: &Plans, node: &NodeFacts, config: &BackendConfig) -> Desir
     };
     for planned in plans.values() {
         compile_port(&mut d, planned, node);
-        for targets in [Some(&planned.plan.internal), planned.plan.external.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            if let Targets::Endpoints(eps) = targets {
-                for e in eps {
-                    let fam = d.family_mut(IpFamily::of(&e.ip));
-                    fam.add("hairpin", format!("{0} . {0}", e.ip), String::new());
-                }
-            }
-        }
     }
+    node_elements(&mut d, node, config);
+    d
+}
+
+/// What one service port contributes, on its own (the unit of a partial sync). Pure.
+pub fn compile_one(planned: &Planned, node: &NodeFacts) -> Desired {
+    let mut d = Desired::default();
+    compile_port(&mut d, planned, node);
+    d
+}
+
+/// The contributions of the `changed` ports only (`None`: the port is gone). Costs
+/// O(changed), whatever the number of Services. Pure.
+pub fn compile_ports(
+    plans: &Plans,
+    changed: &BTreeSet<ServicePortName>,
+    node: &NodeFacts,
+) -> BTreeMap<ServicePortName, Option<Desired>> {
+    changed
+        .iter()
+        .map(|name| (name.clone(), plans.get(name).map(|p| compile_one(p, node))))
+        .collect()
+}
+
+/// The elements owned by the node and the configuration rather than by a service port
+/// (`nodeport-ips`, `cluster-cidrs`), and the --masquerade-all switch. Pure.
+pub fn compile_node(node: &NodeFacts, config: &BackendConfig) -> Desired {
+    let mut d = Desired {
+        masquerade_all: config.masquerade_all,
+        ..Desired::default()
+    };
+    node_elements(&mut d, node, config);
+    d
+}
+
+fn node_elements(d: &mut Desired, node: &NodeFacts, config: &BackendConfig) {
     for ip in &node.nodeport_ips {
         d.family_mut(IpFamily::of(ip))
             .add("nodeport-ips", ip.to_string(), String::new());
@@ -256,7 +298,6 @@ pub fn compile(plans: &Plans, node: &NodeFacts, config: &BackendConfig) -> Desir
             String::new(),
         );
     }
-    d
 }
 
 /// The whole ruleset of both families in `nft -f` syntax: deletes and recreates kproxy's
@@ -308,34 +349,20 @@ fn render_family(out: &mut String, d: &Desired, family: IpFamily) {
         let _ = writeln!(out, "\t}}");
     }
     for c in skeleton::CHAINS {
-        let mut rules: Vec<String> = Vec::new();
-        if c.name == "services" {
-            if d.masquerade_all {
-                rules.push(skeleton::MASQUERADE_ALL_RULE.to_string());
-            } else if fam.sets.get("cluster-cidrs").is_some_and(|s| !s.is_empty()) {
-                rules.push(skeleton::OUTSIDE_CLUSTER_CIDR_RULE.to_string());
-            }
-        }
-        rules.extend(c.rules.iter().map(|r| r.to_string()));
+        let rules = static_rules(c, d.masquerade_all, has_cluster_cidrs(fam));
         chain(out, c.name, None, &rules, family);
     }
     for (prefix, n) in &fam.lb_chains {
-        let rules = skeleton::LB_FAMILIES
-            .iter()
-            .find(|(p, _)| p == prefix)
-            .map(|(_, r)| {
-                r.iter()
-                    .map(|r| r.replace("{n}", &n.to_string()))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        chain(out, &format!("{prefix}-{n}"), None, &rules, family);
+        chain(
+            out,
+            &format!("{prefix}-{n}"),
+            None,
+            &lb_rules(prefix, *n),
+            family,
+        );
     }
     for timeout in &fam.affinity_timeouts {
-        let rules: Vec<String> = skeleton::AFFINITY_RULES
-            .iter()
-            .map(|r| r.replace("{t}", &timeout.to_string()))
-            .collect();
+        let rules = affinity_rules(*timeout);
         chain(out, &format!("affinity-{timeout}"), None, &rules, family);
     }
     for b in skeleton::BASE_CHAINS {
@@ -347,6 +374,42 @@ fn render_family(out: &mut String, d: &Desired, family: IpFamily) {
         chain(out, b.name, Some(&head), &rules, family);
     }
     let _ = writeln!(out, "}}");
+}
+
+/// Whether this family's `cluster-cidrs` set has elements (selects the cluster-CIDR rule).
+pub fn has_cluster_cidrs(fam: &FamilyState) -> bool {
+    fam.sets.get("cluster-cidrs").is_some_and(|s| !s.is_empty())
+}
+
+/// The rule templates of a fixed chain; `services` depends only on the configuration.
+pub fn static_rules(c: &skeleton::Chain, masquerade_all: bool, cluster_cidrs: bool) -> Vec<String> {
+    let mut rules: Vec<String> = Vec::new();
+    if c.name == "services" {
+        if masquerade_all {
+            rules.push(skeleton::MASQUERADE_ALL_RULE.to_string());
+        } else if cluster_cidrs {
+            rules.push(skeleton::OUTSIDE_CLUSTER_CIDR_RULE.to_string());
+        }
+    }
+    rules.extend(c.rules.iter().map(|r| r.to_string()));
+    rules
+}
+
+/// The rule templates of `<prefix>-<n>`.
+pub fn lb_rules(prefix: &str, n: usize) -> Vec<String> {
+    skeleton::LB_FAMILIES
+        .iter()
+        .find(|(p, _)| *p == prefix)
+        .map(|(_, r)| r.iter().map(|r| r.replace("{n}", &n.to_string())).collect())
+        .unwrap_or_default()
+}
+
+/// The rule templates of `affinity-<timeout>`.
+pub fn affinity_rules(timeout: u32) -> Vec<String> {
+    skeleton::AFFINITY_RULES
+        .iter()
+        .map(|r| r.replace("{t}", &timeout.to_string()))
+        .collect()
 }
 
 fn chain(out: &mut String, name: &str, head: Option<&str>, rules: &[String], family: IpFamily) {

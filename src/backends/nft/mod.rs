@@ -2,11 +2,17 @@
 //! own `ip kproxy` and `ip6 kproxy` tables, a fixed skeleton of chains and rules, and all
 //! per-Service data in named sets and maps. See README.md for the design.
 //!
-//! Invariants: `skeleton` is static data; `compile` is pure; nothing here touches any table but
-//! kproxy's own.
+//! Invariants: `skeleton` is static data; `compile` and `diff` are pure; only `transport` does
+//! I/O; nothing here touches any table but kproxy's own.
 
+pub mod backend;
 pub mod compile;
+pub mod diff;
 pub mod skeleton;
+pub mod transaction;
+pub mod transport;
 
+#[cfg(test)]
+mod diff_tests;
 #[cfg(test)]
 mod tests;

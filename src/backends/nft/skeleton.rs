@@ -27,10 +27,13 @@ pub const SETS: &[SetDecl] = &[
         name: "services",
         decl: "type {addr} . inet_proto . inet_service : verdict;",
     },
-    // (vip . proto . port . slot) -> endpoint, slot in 0..N.
+    // (vip . proto . port . slot) -> endpoint, slot in 0..N. `udp dport`, not `th dport`, in
+    // the typeof: same type and offset, but nft 1.0.6 cannot read a `{ip} … th` typeof back from
+    // the kernel ("conflicting protocols specified: ip vs. th"), so every later `add rule` that
+    // names the map would fail. Rules still match with `th dport` (any protocol).
     SetDecl {
         name: "endpoints",
-        decl: "typeof {ip} daddr . meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;",
+        decl: "typeof {ip} daddr . meta l4proto . udp dport . numgen random mod 1 : {ip} daddr . udp dport;",
     },
     // The same pair for eTP=Local external VIPs reached from a pod or from the node.
     SetDecl {
@@ -39,7 +42,7 @@ pub const SETS: &[SetDecl] = &[
     },
     SetDecl {
         name: "endpoints-from-local",
-        decl: "typeof {ip} daddr . meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;",
+        decl: "typeof {ip} daddr . meta l4proto . udp dport . numgen random mod 1 : {ip} daddr . udp dport;",
     },
     // NodePorts: keyed by (proto . port) only; the address is checked against @nodeport-ips.
     SetDecl {
@@ -48,7 +51,7 @@ pub const SETS: &[SetDecl] = &[
     },
     SetDecl {
         name: "nodeport-endpoints",
-        decl: "typeof meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;",
+        decl: "typeof meta l4proto . udp dport . numgen random mod 1 : {ip} daddr . udp dport;",
     },
     SetDecl {
         name: "nodeports-from-local",
@@ -56,7 +59,7 @@ pub const SETS: &[SetDecl] = &[
     },
     SetDecl {
         name: "nodeport-endpoints-from-local",
-        decl: "typeof meta l4proto . th dport . numgen random mod 1 : {ip} daddr . th dport;",
+        decl: "typeof meta l4proto . udp dport . numgen random mod 1 : {ip} daddr . udp dport;",
     },
     SetDecl {
         name: "nodeport-ips",

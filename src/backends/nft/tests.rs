@@ -17,11 +17,11 @@ use crate::model::{
 };
 use crate::node::NodeFacts;
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn name(svc: &str, port: &str, protocol: Protocol) -> ServicePortName {
+pub(super) fn name(svc: &str, port: &str, protocol: Protocol) -> ServicePortName {
     ServicePortName {
         service: NamespacedName::new("default", svc),
         port: port.into(),
@@ -29,7 +29,7 @@ fn name(svc: &str, port: &str, protocol: Protocol) -> ServicePortName {
     }
 }
 
-fn ep(addr: &str, port: u16, node: &str) -> Endpoint {
+pub(super) fn ep(addr: &str, port: u16, node: &str) -> Endpoint {
     Endpoint {
         ip: ip(addr),
         port,
@@ -43,14 +43,14 @@ fn ep(addr: &str, port: u16, node: &str) -> Endpoint {
     }
 }
 
-fn node() -> NodeFacts {
+pub(super) fn node() -> NodeFacts {
     let mut n = NodeFacts::new("node-a");
     n.local_addresses = vec![ip("192.168.0.2"), ip("fd00::2")];
     n.nodeport_ips = n.local_addresses.clone();
     n
 }
 
-fn add(plans: &mut Plans, port: ServicePort, endpoints: Vec<Endpoint>) {
+pub(super) fn add(plans: &mut Plans, port: ServicePort, endpoints: Vec<Endpoint>) {
     let p = plan(&port, &endpoints, &node());
     plans.insert(
         port.name.clone(),
@@ -63,7 +63,7 @@ fn add(plans: &mut Plans, port: ServicePort, endpoints: Vec<Endpoint>) {
 }
 
 /// ClusterIPs: three endpoints over TCP, a UDP port without endpoints, an IPv6 Service.
-fn cluster_ips() -> Plans {
+pub(super) fn cluster_ips() -> Plans {
     let mut plans = Plans::new();
     let eps = vec![
         ep("10.0.1.1", 8080, "node-a"),
@@ -91,7 +91,7 @@ fn cluster_ips() -> Plans {
 
 /// External traffic: a LoadBalancer with source ranges under eTP=Local (one local endpoint), a
 /// NodePort under eTP=Cluster, and a ClientIP-affinity Service with two ports.
-fn external() -> Plans {
+pub(super) fn external() -> Plans {
     let mut plans = Plans::new();
     let eps = vec![
         ep("10.0.1.1", 8443, "node-a"),
@@ -125,7 +125,7 @@ fn external() -> Plans {
     plans
 }
 
-fn config() -> BackendConfig {
+pub(super) fn config() -> BackendConfig {
     BackendConfig {
         cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
         masquerade_all: false,

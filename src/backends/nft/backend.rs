@@ -1,0 +1,148 @@
+//! `NftBackend`: the `Backend` contract on top of compile, diff and a `Transport`.
+//!
+//! Invariants: the mirror changes only after the transport accepted a transaction. The first full
+//! sync (and the first after any failure, or after cleanup) adopts: it lists kproxy's tables and,
+//! in ONE atomic transaction, empties their chains and sets (all but the packet-written
+//! `affinity` map, so clients keep their endpoint), reloads everything and deletes leftover
+//! chains and sets; the tables are never deleted, so packets keep flowing across a restart. Later
+//! full syncs diff against the mirror; partial syncs diff only the changed ports and never list
+//! the kernel. A failure is logged with nft's message, counted (`failures()`; the sync loop is to
+//! export it as kubeproxy_sync_proxy_rules_nftables_sync_failures_total when the backend is wired
+//! in) and makes the next full sync adopt again, which repairs any drift. Large loads are applied
+//! in one transaction for now; bounded chunks are a later step (issue 3).
+
+use std::collections::BTreeSet;
+
+use super::compile::{compile, render};
+use super::diff::{self, Diff, Mirror, Parts, Scope};
+use super::transaction::{Transaction, adopt};
+use super::transport::Transport;
+use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
+use crate::model::{IpFamily, ServicePortName};
+use crate::node::NodeFacts;
+
+pub struct NftBackend<T: Transport> {
+    config: BackendConfig,
+    transport: T,
+    mirror: Mirror,
+    /// The next full sync lists the kernel and replaces the tables' contents.
+    adopt: bool,
+    failures: u64,
+}
+
+impl<T: Transport> NftBackend<T> {
+    pub fn new(config: BackendConfig, transport: T) -> Self {
+        NftBackend {
+            config,
+            transport,
+            mirror: Mirror::default(),
+            adopt: true,
+            failures: 0,
+        }
+    }
+
+    /// Failed applies so far (the nftables sync-failure metric).
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
+    /// Sends a transaction; a failure is logged, counted, and makes the next full sync adopt.
+    fn send(&mut self, tx: &Transaction) -> Result<SyncReport, BackendError> {
+        let operations = tx.len();
+        if !tx.is_empty() {
+            self.transport.apply(&tx.to_string()).map_err(|e| {
+                self.failures += 1;
+                self.adopt = true;
+                tracing::warn!(error = %e, operations, "nftables transaction failed");
+                BackendError::Apply(e.to_string())
+            })?;
+        }
+        Ok(SyncReport { operations })
+    }
+
+    /// The adoption transaction: empty what exists, load everything, delete leftovers.
+    fn adoption(&mut self, parts: &Parts) -> Result<Diff, BackendError> {
+        let mut d = diff::diff(&Mirror::default(), parts, Scope::Full);
+        let (mut tx, mut last) = (Transaction::default(), Vec::new());
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let listing = self
+                .transport
+                .list_table(family)
+                .map_err(|e| BackendError::Adopt(e.to_string()))?;
+            if let Some(listing) = listing {
+                let (first, leftovers) =
+                    adopt(family, &listing, &diff::wanted_chains(parts, family));
+                tx.extend(first);
+                last.extend(leftovers);
+            }
+        }
+        tx.extend(std::mem::take(&mut d.tx).ops().iter().cloned());
+        tx.extend(last);
+        d.tx = tx;
+        Ok(d)
+    }
+}
+
+impl<T: Transport> Backend for NftBackend<T> {
+    fn mode(&self) -> ProxyMode {
+        ProxyMode::Nftables
+    }
+
+    fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
+        let parts = Parts::full(plans, node, &self.config);
+        if self.adopt {
+            let d = self.adoption(&parts)?;
+            let report = self.send(&d.tx)?;
+            self.mirror = Mirror::default();
+            self.mirror.commit(d);
+            self.adopt = false;
+            return Ok(report);
+        }
+        let d = diff::diff(&self.mirror, &parts, Scope::Full);
+        let report = self.send(&d.tx)?;
+        self.mirror.commit(d);
+        Ok(report)
+    }
+
+    fn sync_partial(
+        &mut self,
+        plans: &Plans,
+        changed: &BTreeSet<ServicePortName>,
+        node: &NodeFacts,
+    ) -> Result<SyncReport, BackendError> {
+        if self.adopt || !self.mirror.is_loaded() {
+            return Err(BackendError::Apply(
+                "kproxy's tables are not loaded yet: a full sync must come first".into(),
+            ));
+        }
+        let parts = Parts::partial(plans, changed, node, &self.config);
+        let d = diff::diff(&self.mirror, &parts, Scope::Ports(changed));
+        let report = self.send(&d.tx)?;
+        self.mirror.commit(d);
+        Ok(report)
+    }
+
+    fn cleanup(&mut self) -> Result<(), BackendError> {
+        // `add` first makes the delete succeed when a table is already gone.
+        let script = "add table ip kproxy\ndelete table ip kproxy\n\
+                      add table ip6 kproxy\ndelete table ip6 kproxy\n";
+        self.transport
+            .apply(script)
+            .map_err(|e| BackendError::Cleanup(e.to_string()))?;
+        self.mirror = Mirror::default();
+        self.adopt = true;
+        Ok(())
+    }
+
+    fn render(&self, plans: &Plans, node: &NodeFacts) -> String {
+        render(&compile(plans, node, &self.config))
+    }
+}
+
+#[cfg(test)]
+#[path = "backend_tests.rs"]
+mod tests;

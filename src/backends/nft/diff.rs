@@ -1,0 +1,345 @@
+//! The mirror of what kproxy applied to its nftables tables, and the diff from the mirror to the
+//! desired state as a `Transaction` (see `transaction.rs`).
+//!
+//! Invariants: the mirror holds, per owner (the node, or one service port), what that owner
+//! contributed, and per family every element with the number of owners that want it, and every
+//! `lb-N` / `affinity-T` chain with the number of owners that use it. A partial diff touches only
+//! the changed owners, so it costs O(changed), whatever the number of Services. Chains are added
+//! before, and deleted after, the elements that jump to them. The mirror changes only through
+//! `Mirror::commit`, which the caller runs after the kernel accepted the transaction; a failed
+//! apply leaves it as it was. Two owners wanting one key with different values (two Services
+//! claiming one VIP port) is resolved in favour of the later writer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::compile::{self, Desired, FamilyState};
+use super::transaction::{DynChain, Op, Transaction};
+use crate::backends::{BackendConfig, Plans};
+use crate::model::{IpFamily, ServicePortName};
+use crate::node::NodeFacts;
+
+const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
+
+/// What a diff covers.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// Everything: the node's elements and every service port.
+    Full,
+    /// Only these service ports (the node's elements are left alone).
+    Ports(&'a BTreeSet<ServicePortName>),
+}
+
+/// The desired state split by owner. For a partial diff `ports` holds only the changed ports,
+/// `None` for a port that is gone.
+#[derive(Clone, Debug, Default)]
+pub struct Parts {
+    pub node: Desired,
+    pub ports: BTreeMap<ServicePortName, Option<Desired>>,
+}
+
+impl Parts {
+    /// Every port and the node. O(all).
+    pub fn full(plans: &Plans, node: &NodeFacts, config: &BackendConfig) -> Parts {
+        Parts {
+            node: compile::compile_node(node, config),
+            ports: plans
+                .iter()
+                .map(|(name, p)| (name.clone(), Some(compile::compile_one(p, node))))
+                .collect(),
+        }
+    }
+
+    /// Only the `changed` ports. O(changed).
+    pub fn partial(
+        plans: &Plans,
+        changed: &BTreeSet<ServicePortName>,
+        node: &NodeFacts,
+        config: &BackendConfig,
+    ) -> Parts {
+        Parts {
+            node: compile::compile_node(node, config),
+            ports: compile::compile_ports(plans, changed, node),
+        }
+    }
+}
+
+/// One element as the kernel holds it, and how many owners want it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    value: String,
+    refs: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct FamilyMirror {
+    sets: BTreeMap<&'static str, BTreeMap<String, Entry>>,
+    chains: BTreeMap<DynChain, usize>,
+}
+
+/// What kproxy applied, as far as it knows. `Mirror::default()` is "nothing applied".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mirror {
+    /// The tables, sets and fixed chains exist.
+    loaded: bool,
+    node: Desired,
+    ports: BTreeMap<ServicePortName, Desired>,
+    v4: FamilyMirror,
+    v6: FamilyMirror,
+}
+
+type ElemKey = (IpFamily, &'static str, String);
+
+/// A diff: the transaction to apply, and the mirror update to commit once it is applied.
+#[derive(Clone, Debug)]
+pub struct Diff {
+    pub tx: Transaction,
+    update: Update,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Update {
+    loaded: bool,
+    node: Option<Desired>,
+    ports: Vec<(ServicePortName, Option<Desired>)>,
+    entries: BTreeMap<ElemKey, Option<Entry>>,
+    chains: BTreeMap<(IpFamily, DynChain), usize>,
+}
+
+impl Mirror {
+    fn family(&self, family: IpFamily) -> &FamilyMirror {
+        match family {
+            IpFamily::V4 => &self.v4,
+            IpFamily::V6 => &self.v6,
+        }
+    }
+
+    fn family_mut(&mut self, family: IpFamily) -> &mut FamilyMirror {
+        match family {
+            IpFamily::V4 => &mut self.v4,
+            IpFamily::V6 => &mut self.v6,
+        }
+    }
+
+    fn entry(&self, (family, set, key): &ElemKey) -> Option<&Entry> {
+        self.family(*family).sets.get(set)?.get(key)
+    }
+
+    /// Whether kproxy's tables were created (or adopted) by a committed transaction.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
+    /// Number of elements held, over both families.
+    pub fn elements(&self) -> usize {
+        FAMILIES
+            .iter()
+            .flat_map(|f| self.family(*f).sets.values())
+            .map(BTreeMap::len)
+            .sum()
+    }
+
+    /// Records a transaction the kernel accepted. Costs O(size of the diff).
+    pub fn commit(&mut self, diff: Diff) {
+        let u = diff.update;
+        self.loaded |= u.loaded;
+        if let Some(node) = u.node {
+            self.node = node;
+        }
+        for (name, d) in u.ports {
+            match d {
+                Some(d) => self.ports.insert(name, d),
+                None => self.ports.remove(&name),
+            };
+        }
+        for ((family, set, key), entry) in u.entries {
+            let sets = &mut self.family_mut(family).sets;
+            match entry {
+                Some(e) => {
+                    sets.entry(set).or_default().insert(key, e);
+                }
+                None => {
+                    if let Some(s) = sets.get_mut(set) {
+                        s.remove(&key);
+                    }
+                }
+            }
+        }
+        for ((family, chain), refs) in u.chains {
+            let chains = &mut self.family_mut(family).chains;
+            if refs == 0 {
+                chains.remove(&chain);
+            } else {
+                chains.insert(chain, refs);
+            }
+        }
+    }
+}
+
+/// The dynamic chains one family of a contribution uses.
+fn chains_of(fam: &FamilyState) -> impl Iterator<Item = DynChain> + '_ {
+    let lb = fam.lb_chains.iter().map(|(p, n)| DynChain::Lb(p, *n));
+    lb.chain(fam.affinity_timeouts.iter().map(|t| DynChain::Affinity(*t)))
+}
+
+/// Accumulates the changes of several owners on top of the mirror.
+struct Overlay<'m> {
+    mirror: &'m Mirror,
+    entries: BTreeMap<ElemKey, Option<Entry>>,
+    chains: BTreeMap<(IpFamily, DynChain), usize>,
+}
+
+impl Overlay<'_> {
+    fn withdraw(&mut self, d: &Desired) {
+        for family in FAMILIES {
+            let fam = d.family(family);
+            for (set, elements) in &fam.sets {
+                for key in elements.keys() {
+                    let k = (family, *set, key.clone());
+                    let m = self.mirror;
+                    let e = self
+                        .entries
+                        .entry(k)
+                        .or_insert_with_key(|k| m.entry(k).cloned());
+                    if let Some(entry) = e {
+                        entry.refs = entry.refs.saturating_sub(1);
+                        if entry.refs == 0 {
+                            *e = None;
+                        }
+                    }
+                }
+            }
+            for c in chains_of(fam) {
+                let m = self.mirror.family(family);
+                let refs = self
+                    .chains
+                    .entry((family, c))
+                    .or_insert_with(|| m.chains.get(&c).copied().unwrap_or(0));
+                *refs = refs.saturating_sub(1);
+            }
+        }
+    }
+
+    fn contribute(&mut self, d: &Desired) {
+        for family in FAMILIES {
+            let fam = d.family(family);
+            for (set, elements) in &fam.sets {
+                for (key, value) in elements {
+                    let k = (family, *set, key.clone());
+                    let m = self.mirror;
+                    let e = self
+                        .entries
+                        .entry(k)
+                        .or_insert_with_key(|k| m.entry(k).cloned());
+                    match e {
+                        Some(entry) => {
+                            entry.refs += 1;
+                            entry.value.clone_from(value);
+                        }
+                        None => {
+                            *e = Some(Entry {
+                                value: value.clone(),
+                                refs: 1,
+                            })
+                        }
+                    }
+                }
+            }
+            for c in chains_of(fam) {
+                let m = self.mirror.family(family);
+                *self
+                    .chains
+                    .entry((family, c))
+                    .or_insert_with(|| m.chains.get(&c).copied().unwrap_or(0)) += 1;
+            }
+        }
+    }
+}
+
+/// The diff from `mirror` to `desired` within `scope`.
+pub fn diff(mirror: &Mirror, desired: &Parts, scope: Scope<'_>) -> Diff {
+    let mut o = Overlay {
+        mirror,
+        entries: BTreeMap::new(),
+        chains: BTreeMap::new(),
+    };
+    let mut update = Update::default();
+    let names: BTreeSet<&ServicePortName> = match scope {
+        Scope::Full => mirror.ports.keys().chain(desired.ports.keys()).collect(),
+        Scope::Ports(changed) => changed.iter().collect(),
+    };
+    for name in names {
+        let old = mirror.ports.get(name);
+        let new = desired.ports.get(name).and_then(Option::as_ref);
+        if old == new {
+            continue;
+        }
+        if let Some(old) = old {
+            o.withdraw(old);
+        }
+        if let Some(new) = new {
+            o.contribute(new);
+        }
+        update.ports.push((name.clone(), new.cloned()));
+    }
+    if matches!(scope, Scope::Full) && (mirror.node != desired.node || !mirror.loaded) {
+        o.withdraw(&mirror.node);
+        o.contribute(&desired.node);
+        update.node = Some(desired.node.clone());
+    }
+
+    let mut tx = Transaction::default();
+    if !mirror.loaded {
+        tx.extend(super::transaction::skeleton(&desired.node));
+        update.loaded = true;
+    }
+    for ((family, chain), refs) in &o.chains {
+        if *refs > 0 && !mirror.family(*family).chains.contains_key(chain) {
+            tx.extend(chain.create(*family));
+        }
+    }
+    for (key, new) in &o.entries {
+        let old = mirror.entry(key);
+        if old.is_some() && new.as_ref().map(|e| &e.value) != old.map(|e| &e.value) {
+            tx.push(Op::DeleteElement(key.0, key.1, key.2.clone()));
+        }
+    }
+    for (key, new) in &o.entries {
+        let old = mirror.entry(key);
+        if let Some(new) = new
+            && old.map(|e| &e.value) != Some(&new.value)
+        {
+            tx.push(Op::AddElement(
+                key.0,
+                key.1,
+                key.2.clone(),
+                new.value.clone(),
+            ));
+        }
+    }
+    for ((family, chain), refs) in &o.chains {
+        if *refs == 0 && mirror.family(*family).chains.contains_key(chain) {
+            tx.push(Op::DeleteChain(*family, chain.name()));
+        }
+    }
+    update.entries = o.entries;
+    update.chains = o.chains;
+    Diff { tx, update }
+}
+
+/// The transaction from `mirror` to `desired` within `scope` (the diff without its update).
+pub fn transaction(mirror: &Mirror, desired: &Parts, scope: Scope<'_>) -> Transaction {
+    diff(mirror, desired, scope).tx
+}
+
+/// Every chain the state in `parts` uses in `family` (fixed and dynamic), for adoption.
+pub fn wanted_chains(parts: &Parts, family: IpFamily) -> BTreeSet<String> {
+    let fixed = super::transaction::static_chain_names()
+        .into_iter()
+        .map(str::to_string);
+    let dynamic = parts
+        .ports
+        .values()
+        .flatten()
+        .flat_map(|d| chains_of(d.family(family)).map(|c| c.name()));
+    fixed.chain(dynamic).collect()
+}

@@ -1,0 +1,197 @@
+//! How transactions reach the kernel: a narrow `Transport` trait, `NftCli` (runs `nft -f -` with
+//! the script on stdin and nft's stderr captured into the error), and `FakeTransport` for tests.
+//!
+//! Invariants: a transport applies a script atomically or not at all (nft's `-f` is one
+//! transaction); `list_table` is for adoption at start-up only, never for incremental syncs; only
+//! kproxy's tables are ever listed. Every error carries nft's own message.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+use super::skeleton::TABLE;
+use super::transaction::family_name;
+use crate::model::IpFamily;
+
+/// Why talking to nft failed, named after the failing step.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("starting {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("writing the script to nft's stdin: {0}")]
+    WriteScript(std::io::Error),
+    #[error("waiting for nft: {0}")]
+    Wait(std::io::Error),
+    #[error("nft -f refused the transaction ({status}): {stderr}")]
+    ApplyRefused { status: String, stderr: String },
+    #[error("nft list table {family} {TABLE} failed ({status}): {stderr}")]
+    ListFailed {
+        family: &'static str,
+        status: String,
+        stderr: String,
+    },
+    #[error("injected failure: {0}")]
+    Injected(String),
+}
+
+/// The narrow interface the backend applies through (so another transport, e.g. the
+/// libnftables FFI, can be measured against this one later).
+pub trait Transport: Send {
+    /// Applies `script` (nft -f syntax) as one atomic transaction.
+    fn apply(&mut self, script: &str) -> Result<(), NftError>;
+    /// The text of kproxy's table in `family`, or `None` when it does not exist. For adoption
+    /// at start-up only.
+    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError>;
+}
+
+/// Runs the `nft` command, optionally inside a network namespace (`ip netns exec NAME nft …`,
+/// for tests).
+#[derive(Clone, Debug)]
+pub struct NftCli {
+    pub program: String,
+    pub netns: Option<String>,
+}
+
+impl Default for NftCli {
+    fn default() -> Self {
+        NftCli {
+            program: "nft".into(),
+            netns: None,
+        }
+    }
+}
+
+impl NftCli {
+    /// `nft` inside the named network namespace.
+    pub fn in_netns(name: &str) -> NftCli {
+        NftCli {
+            netns: Some(name.into()),
+            ..NftCli::default()
+        }
+    }
+
+    fn command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, &self.program]);
+                c
+            }
+            None => Command::new(&self.program),
+        }
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<Output, NftError> {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| NftError::Spawn {
+                program: self.program.clone(),
+                source,
+            })?;
+        if let (Some(script), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // nft reads its whole input before it writes anything, so writing first cannot
+            // deadlock on a full stderr pipe.
+            pipe.write_all(script.as_bytes())
+                .map_err(NftError::WriteScript)?;
+        }
+        child.wait_with_output().map_err(NftError::Wait)
+    }
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+impl Transport for NftCli {
+    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+        let out = self.run(&["-f", "-"], Some(script))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(NftError::ApplyRefused {
+            status: out.status.to_string(),
+            stderr: stderr_of(&out),
+        })
+    }
+
+    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError> {
+        let fam = family_name(family);
+        let out = self.run(&["list", "table", fam, TABLE], None)?;
+        if out.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+        }
+        let stderr = stderr_of(&out);
+        if stderr.contains("No such file or directory") {
+            return Ok(None);
+        }
+        Err(NftError::ListFailed {
+            family: fam,
+            status: out.status.to_string(),
+            stderr,
+        })
+    }
+}
+
+/// What a `FakeTransport` saw and holds.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    /// Every script applied successfully, in order.
+    pub applied: Vec<String>,
+    /// Fail this many upcoming applies (the script is not recorded).
+    pub fail_next: usize,
+    /// What `list_table` returns for (ip, ip6).
+    pub tables: (Option<String>, Option<String>),
+    /// How many times `list_table` was called.
+    pub lists: usize,
+}
+
+/// A recording transport; clone it to keep a handle in the test.
+#[derive(Clone, Debug, Default)]
+pub struct FakeTransport {
+    pub state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeTransport {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, FakeState>, NftError> {
+        self.state
+            .lock()
+            .map_err(|_| NftError::Injected("poisoned fake transport".into()))
+    }
+}
+
+impl Transport for FakeTransport {
+    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+        let mut s = self.lock()?;
+        if s.fail_next > 0 {
+            s.fail_next -= 1;
+            return Err(NftError::Injected("apply refused".into()));
+        }
+        s.applied.push(script.to_string());
+        Ok(())
+    }
+
+    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError> {
+        let mut s = self.lock()?;
+        s.lists += 1;
+        Ok(match family {
+            IpFamily::V4 => s.tables.0.clone(),
+            IpFamily::V6 => s.tables.1.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+pub(super) mod tests;
