@@ -65,9 +65,9 @@ fn a_partial_sync_sends_only_the_changed_elements_and_lists_nothing() {
     let script = &s.applied[1];
     assert_eq!(
         script,
-        "delete element ip kproxy endpoints { 10.96.0.10 . tcp . 80 . 2 }\n\
+        "delete element ip kproxy endpoints-tcp { 10.96.0.10 . tcp . 80 . 2 }\n\
          delete element ip kproxy hairpin { 10.0.3.1 . 10.0.3.1 }\n\
-         add element ip kproxy endpoints { 10.96.0.10 . tcp . 80 . 2 : 10.0.4.1 . 8080 }\n\
+         add element ip kproxy endpoints-tcp { 10.96.0.10 . tcp . 80 . 2 : 10.0.4.1 . 8080 }\n\
          add element ip kproxy hairpin { 10.0.4.1 . 10.0.4.1 }\n"
     );
     assert_eq!(report.operations, 4);

@@ -72,34 +72,59 @@ fn proto(p: Protocol) -> &'static str {
 #[derive(Clone, Copy)]
 struct Route {
     dispatch: &'static str,
-    endpoints: &'static str,
+    /// One endpoint map per protocol (TCP, UDP, SCTP): see `skeleton::SETS` for why.
+    endpoints: [&'static str; 3],
     chain_prefix: &'static str,
 }
 
 const CLUSTER: Route = Route {
     dispatch: "services",
-    endpoints: "endpoints",
+    endpoints: ["endpoints-tcp", "endpoints-udp", "endpoints-sctp"],
     chain_prefix: "lb",
 };
 const FROM_LOCAL: Route = Route {
     dispatch: "services-from-local",
-    endpoints: "endpoints-from-local",
+    endpoints: [
+        "endpoints-from-local-tcp",
+        "endpoints-from-local-udp",
+        "endpoints-from-local-sctp",
+    ],
     chain_prefix: "lb-from-local",
 };
 const NODEPORT: Route = Route {
     dispatch: "nodeports",
-    endpoints: "nodeport-endpoints",
+    endpoints: [
+        "nodeport-endpoints-tcp",
+        "nodeport-endpoints-udp",
+        "nodeport-endpoints-sctp",
+    ],
     chain_prefix: "np-lb",
 };
 const NODEPORT_FROM_LOCAL: Route = Route {
     dispatch: "nodeports-from-local",
-    endpoints: "nodeport-endpoints-from-local",
+    endpoints: [
+        "nodeport-endpoints-from-local-tcp",
+        "nodeport-endpoints-from-local-udp",
+        "nodeport-endpoints-from-local-sctp",
+    ],
     chain_prefix: "np-lb-from-local",
 };
 
 /// Writes the dispatch element for `key` and, for endpoints, one endpoint element per slot.
 /// Endpoints of the other family are skipped (a dual-stack Service has one plan per port).
-fn route(fam: &mut FamilyState, r: Route, family: IpFamily, key: &str, targets: &Targets) {
+fn route(
+    fam: &mut FamilyState,
+    r: Route,
+    family: IpFamily,
+    protocol: Protocol,
+    key: &str,
+    targets: &Targets,
+) {
+    let endpoint_map = r.endpoints[match protocol {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+        Protocol::Sctp => 2,
+    }];
     let verdict = match targets {
         Targets::Reject => "goto reject-chain".to_string(),
         Targets::Drop => "drop".to_string(),
@@ -113,7 +138,7 @@ fn route(fam: &mut FamilyState, r: Route, family: IpFamily, key: &str, targets: 
             } else {
                 for (slot, e) in eps.iter().enumerate() {
                     fam.add(
-                        r.endpoints,
+                        endpoint_map,
                         format!("{key} . {slot}"),
                         format!("{} . {}", e.ip, e.port),
                     );
@@ -162,7 +187,7 @@ fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
         let family = IpFamily::of(vip);
         let fam = d.family_mut(family);
         let key = format!("{vip} . {pr} . {}", p.port);
-        route(fam, CLUSTER, family, &key, &plan.internal);
+        route(fam, CLUSTER, family, p.name.protocol, &key, &plan.internal);
         fam.add("cluster-ports", key.clone(), String::new());
         affinity(fam, planned, vip, &key, &plan.internal);
     }
@@ -171,13 +196,13 @@ fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
         let family = IpFamily::of(vip);
         let fam = d.family_mut(family);
         let key = format!("{vip} . {pr} . {}", p.port);
-        route(fam, CLUSTER, family, &key, ext);
+        route(fam, CLUSTER, family, p.name.protocol, &key, ext);
         affinity(fam, planned, vip, &key, ext);
         if plan.masquerade_external {
             fam.add("external-masq", key.clone(), String::new());
         }
         if let Some(local) = &plan.external_from_local {
-            route(fam, FROM_LOCAL, family, &key, local);
+            route(fam, FROM_LOCAL, family, p.name.protocol, &key, local);
             fam.add("external-local", key.clone(), String::new());
         }
         if p.load_balancer_ips.contains(vip) && !p.load_balancer_source_ranges.is_empty() {
@@ -202,12 +227,19 @@ fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
         }
         let fam = d.family_mut(family);
         let key = format!("{pr} . {node_port}");
-        route(fam, NODEPORT, family, &key, ext);
+        route(fam, NODEPORT, family, p.name.protocol, &key, ext);
         if plan.masquerade_external {
             fam.add("nodeport-masq", key.clone(), String::new());
         }
         if let Some(local) = &plan.external_from_local {
-            route(fam, NODEPORT_FROM_LOCAL, family, &key, local);
+            route(
+                fam,
+                NODEPORT_FROM_LOCAL,
+                family,
+                p.name.protocol,
+                &key,
+                local,
+            );
             fam.add("nodeport-local", key.clone(), String::new());
         }
     }

@@ -16,3 +16,5 @@ pub mod transport;
 mod diff_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod traffic_tests;

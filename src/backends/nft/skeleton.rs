@@ -27,13 +27,23 @@ pub const SETS: &[SetDecl] = &[
         name: "services",
         decl: "type {addr} . inet_proto . inet_service : verdict;",
     },
-    // (vip . proto . port . slot) -> endpoint, slot in 0..N. `udp dport`, not `th dport`, in
-    // the typeof: same type and offset, but nft 1.0.6 cannot read a `{ip} … th` typeof back from
-    // the kernel ("conflicting protocols specified: ip vs. th"), so every later `add rule` that
-    // names the map would fail. Rules still match with `th dport` (any protocol).
+    // (vip . proto . port . slot) -> endpoint, slot in 0..N, one map per protocol. The value's
+    // port must be typed `tcp dport` / `udp dport` / `sctp dport`: nft 1.0.6 cannot read a
+    // `{ip} … th dport` typeof back from the kernel ("conflicting protocols specified: ip vs.
+    // th"), so later element updates would fail; and a `udp dport` value makes nft add a hidden
+    // `meta l4proto udp` to every rule that DNATs through the map, so TCP would never be DNATed.
+    // Hence one map per protocol, each used by a rule guarded by that protocol.
     SetDecl {
-        name: "endpoints",
+        name: "endpoints-tcp",
+        decl: "typeof {ip} daddr . meta l4proto . tcp dport . numgen random mod 1 : {ip} daddr . tcp dport;",
+    },
+    SetDecl {
+        name: "endpoints-udp",
         decl: "typeof {ip} daddr . meta l4proto . udp dport . numgen random mod 1 : {ip} daddr . udp dport;",
+    },
+    SetDecl {
+        name: "endpoints-sctp",
+        decl: "typeof {ip} daddr . meta l4proto . sctp dport . numgen random mod 1 : {ip} daddr . sctp dport;",
     },
     // The same pair for eTP=Local external VIPs reached from a pod or from the node.
     SetDecl {
@@ -41,8 +51,16 @@ pub const SETS: &[SetDecl] = &[
         decl: "type {addr} . inet_proto . inet_service : verdict;",
     },
     SetDecl {
-        name: "endpoints-from-local",
+        name: "endpoints-from-local-tcp",
+        decl: "typeof {ip} daddr . meta l4proto . tcp dport . numgen random mod 1 : {ip} daddr . tcp dport;",
+    },
+    SetDecl {
+        name: "endpoints-from-local-udp",
         decl: "typeof {ip} daddr . meta l4proto . udp dport . numgen random mod 1 : {ip} daddr . udp dport;",
+    },
+    SetDecl {
+        name: "endpoints-from-local-sctp",
+        decl: "typeof {ip} daddr . meta l4proto . sctp dport . numgen random mod 1 : {ip} daddr . sctp dport;",
     },
     // NodePorts: keyed by (proto . port) only; the address is checked against @nodeport-ips.
     SetDecl {
@@ -50,16 +68,32 @@ pub const SETS: &[SetDecl] = &[
         decl: "type inet_proto . inet_service : verdict;",
     },
     SetDecl {
-        name: "nodeport-endpoints",
+        name: "nodeport-endpoints-tcp",
+        decl: "typeof meta l4proto . tcp dport . numgen random mod 1 : {ip} daddr . tcp dport;",
+    },
+    SetDecl {
+        name: "nodeport-endpoints-udp",
         decl: "typeof meta l4proto . udp dport . numgen random mod 1 : {ip} daddr . udp dport;",
+    },
+    SetDecl {
+        name: "nodeport-endpoints-sctp",
+        decl: "typeof meta l4proto . sctp dport . numgen random mod 1 : {ip} daddr . sctp dport;",
     },
     SetDecl {
         name: "nodeports-from-local",
         decl: "type inet_proto . inet_service : verdict;",
     },
     SetDecl {
-        name: "nodeport-endpoints-from-local",
+        name: "nodeport-endpoints-from-local-tcp",
+        decl: "typeof meta l4proto . tcp dport . numgen random mod 1 : {ip} daddr . tcp dport;",
+    },
+    SetDecl {
+        name: "nodeport-endpoints-from-local-udp",
         decl: "typeof meta l4proto . udp dport . numgen random mod 1 : {ip} daddr . udp dport;",
+    },
+    SetDecl {
+        name: "nodeport-endpoints-from-local-sctp",
+        decl: "typeof meta l4proto . sctp dport . numgen random mod 1 : {ip} daddr . sctp dport;",
     },
     SetDecl {
         name: "nodeport-ips",
@@ -247,23 +281,33 @@ pub const LB_FAMILIES: &[(&str, &[&str])] = &[
         "lb",
         &[
             "meta l4proto { tcp, udp, sctp } dnat {ip} to {ip} saddr . {ip} daddr map @affinity : {ip} daddr . meta l4proto . th dport map @affinity-ports",
-            "dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints",
+            "meta l4proto tcp dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints-tcp",
+            "meta l4proto udp dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints-udp",
+            "meta l4proto sctp dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints-sctp",
         ],
     ),
     (
         "lb-from-local",
         &[
-            "dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints-from-local",
+            "meta l4proto tcp dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints-from-local-tcp",
+            "meta l4proto udp dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints-from-local-udp",
+            "meta l4proto sctp dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints-from-local-sctp",
         ],
     ),
     (
         "np-lb",
-        &["dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints"],
+        &[
+            "meta l4proto tcp dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-tcp",
+            "meta l4proto udp dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-udp",
+            "meta l4proto sctp dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-sctp",
+        ],
     ),
     (
         "np-lb-from-local",
         &[
-            "dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-from-local",
+            "meta l4proto tcp dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-from-local-tcp",
+            "meta l4proto udp dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-from-local-udp",
+            "meta l4proto sctp dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-from-local-sctp",
         ],
     ),
 ];

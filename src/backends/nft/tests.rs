@@ -184,7 +184,7 @@ fn the_skeleton_does_not_grow_with_the_number_of_services() {
         "one lb-3 chain for 1000 Services of 3 endpoints"
     );
     assert_eq!(d.v4.sets["services"].len(), 1000);
-    assert_eq!(d.v4.sets["endpoints"].len(), 3000);
+    assert_eq!(d.v4.sets["endpoints-tcp"].len(), 3000);
     let rendered = render(&d);
     assert_eq!(
         rendered.matches("\tchain ").count(),
