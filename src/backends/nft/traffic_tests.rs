@@ -10,15 +10,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 
 use super::backend::NftBackend;
-use super::tests::{ep, ip, name, node};
+use super::tests::{add, ep, ip, name, node};
 use super::transport::NftCli;
 use super::transport::tests::Netns;
 use crate::backends::{Backend, BackendConfig, Plans};
-use crate::model::plan::{Planned, plan};
-use crate::model::{Endpoint, Protocol, ServicePort};
+use crate::model::{Protocol, ServicePort};
 
 const SERVER: &str = r#"
 import socket, sys, threading
@@ -183,18 +181,6 @@ fn tally(results: &[(bool, String, f64)]) -> BTreeMap<String, usize> {
     t
 }
 
-fn insert(plans: &mut Plans, port: ServicePort, endpoints: Vec<Endpoint>) {
-    let p = plan(&port, &endpoints, &node());
-    plans.insert(
-        port.name.clone(),
-        Arc::new(Planned {
-            port,
-            endpoints,
-            plan: p,
-        }),
-    );
-}
-
 /// web: 10.96.0.10 port 80/TCP → :8080 and 53/UDP → :5353 on both pods; empty: 10.96.0.20
 /// port 80/TCP without endpoints (plan Reject).
 fn plans(http_eps: &[&str]) -> Plans {
@@ -207,17 +193,17 @@ fn plans(http_eps: &[&str]) -> Plans {
             .map(|(i, a)| ep(a, port, if i == 0 { "node-a" } else { "node-b" }))
             .collect::<Vec<_>>()
     };
-    insert(
+    add(
         &mut plans,
         ServicePort::cluster_ip(name("web", "http", Protocol::Tcp), vip, 80),
         eps(8080, http_eps),
     );
-    insert(
+    add(
         &mut plans,
         ServicePort::cluster_ip(name("web", "dns", Protocol::Udp), vip, 53),
         eps(5353, &["10.244.1.2", "10.244.2.2"]),
     );
-    insert(
+    add(
         &mut plans,
         ServicePort::cluster_ip(name("empty", "http", Protocol::Tcp), ip("10.96.0.20"), 80),
         vec![],
