@@ -36,20 +36,25 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
     }
 }
 
-#[test]
-fn dry_run_on_the_example_cluster_prints_every_service_port_and_exits_0() {
+fn dry_run(mode: &str) -> String {
     let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster");
     let out = kproxy()
-        .args(["--proxy-mode", "nftables", "--manifests", manifests])
+        .args(["--proxy-mode", mode, "--manifests", manifests])
         .args(["--hostname-override", "node1", "--dry-run"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn dry_run_on_the_example_cluster_prints_every_service_port_and_exits_0() {
+    // iptables mode has no compiler yet: it prints the plans.
+    let stdout = dry_run("iptables");
     for line in [
         "kube-system/kube-dns:dns/UDP ClusterIP clusterIPs 10.96.0.10 port 53",
         "default/shop:http/TCP NodePort clusterIPs 10.96.10.30 port 80 nodePort 30080 affinity ClientIP 600s",
@@ -64,6 +69,22 @@ fn dry_run_on_the_example_cluster_prints_every_service_port_and_exits_0() {
         api.lines().nth(2).unwrap().contains("external: drop"),
         "{api}"
     );
+}
+
+#[test]
+fn nftables_dry_run_prints_the_ruleset_for_the_example_cluster() {
+    let stdout = dry_run("nftables");
+    for needle in [
+        "table ip kproxy {",
+        "table ip6 kproxy {",
+        // kube-dns: two ready endpoints, over UDP and TCP.
+        "10.96.0.10 . udp . 53 : goto lb-2",
+        "10.96.0.10 . udp . 53 . 1 : 10.244.2.2 . 53",
+        // The LoadBalancer with eTP=Local and no endpoint on node1: external traffic dropped.
+        "203.0.113.11 . tcp . 443 : drop",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
+    }
 }
 
 #[test]
@@ -128,4 +149,58 @@ fn sigterm_stops_kproxy_with_exit_0_leaving_rules_in_place() {
 #[test]
 fn sigint_stops_kproxy_with_exit_0() {
     run_until_synced_then_signal("-INT");
+}
+
+/// Root-only: `nft -c -f -` (check, do not apply) accepts the nftables --dry-run output, inside
+/// a throwaway network namespace. Without root or nft it skips, except under CI=true.
+#[test]
+fn nftables_dry_run_output_is_accepted_by_nft_check() {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let has_nft = Command::new("nft").arg("--version").output().is_ok();
+    if !is_root || !has_nft {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: this test needs root and nft"
+        );
+        eprintln!("skipped: needs root and nft");
+        return;
+    }
+    let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster");
+    let out = kproxy()
+        .args(["--proxy-mode", "nftables", "--manifests", manifests])
+        .args(["--hostname-override", "node1", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let ns = Netns(format!("kp-cli-{}", std::process::id()));
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut check = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nft", "-c", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let result = check.wait_with_output().unwrap();
+    assert!(
+        result.status.success(),
+        "nft -c rejected the dry-run output: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
 }
