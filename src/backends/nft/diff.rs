@@ -189,17 +189,28 @@ struct Overlay<'m> {
 }
 
 impl Overlay<'_> {
+    /// The element as the overlay sees it: its pending state, else the mirror's.
+    fn entry(&mut self, k: ElemKey) -> &mut Option<Entry> {
+        let m = self.mirror;
+        self.entries
+            .entry(k)
+            .or_insert_with_key(|k| m.entry(k).cloned())
+    }
+
+    /// How many owners want chain `c`: the pending count, else the mirror's.
+    fn chain_refs(&mut self, family: IpFamily, c: DynChain) -> &mut usize {
+        let m = self.mirror.family(family);
+        self.chains
+            .entry((family, c))
+            .or_insert_with(|| m.chains.get(&c).copied().unwrap_or(0))
+    }
+
     fn withdraw(&mut self, d: &Desired) {
         for family in FAMILIES {
             let fam = d.family(family);
             for (set, elements) in &fam.sets {
                 for key in elements.keys() {
-                    let k = (family, *set, key.clone());
-                    let m = self.mirror;
-                    let e = self
-                        .entries
-                        .entry(k)
-                        .or_insert_with_key(|k| m.entry(k).cloned());
+                    let e = self.entry((family, *set, key.clone()));
                     if let Some(entry) = e {
                         entry.refs = entry.refs.saturating_sub(1);
                         if entry.refs == 0 {
@@ -209,11 +220,7 @@ impl Overlay<'_> {
                 }
             }
             for c in chains_of(fam) {
-                let m = self.mirror.family(family);
-                let refs = self
-                    .chains
-                    .entry((family, c))
-                    .or_insert_with(|| m.chains.get(&c).copied().unwrap_or(0));
+                let refs = self.chain_refs(family, c);
                 *refs = refs.saturating_sub(1);
             }
         }
@@ -224,12 +231,7 @@ impl Overlay<'_> {
             let fam = d.family(family);
             for (set, elements) in &fam.sets {
                 for (key, value) in elements {
-                    let k = (family, *set, key.clone());
-                    let m = self.mirror;
-                    let e = self
-                        .entries
-                        .entry(k)
-                        .or_insert_with_key(|k| m.entry(k).cloned());
+                    let e = self.entry((family, *set, key.clone()));
                     match e {
                         Some(entry) => {
                             entry.refs += 1;
@@ -245,11 +247,7 @@ impl Overlay<'_> {
                 }
             }
             for c in chains_of(fam) {
-                let m = self.mirror.family(family);
-                *self
-                    .chains
-                    .entry((family, c))
-                    .or_insert_with(|| m.chains.get(&c).copied().unwrap_or(0)) += 1;
+                *self.chain_refs(family, c) += 1;
             }
         }
     }
