@@ -27,6 +27,10 @@ pub struct Metrics {
     pub healthz_total: IntCounterVec,
     pub livez_total: IntCounterVec,
     pub sync_failures: IntCounter,
+    pub nftables_sync_failures: IntCounter,
+    pub nftables_cleanup_failures: IntCounter,
+    /// Full resyncs forced because kproxy's rules were changed by someone else.
+    pub drift_repairs: IntCounter,
     pub rejected_objects: IntCounterVec,
 }
 
@@ -167,6 +171,18 @@ impl Metrics {
             sync_failures: counter(
                 "kproxy_sync_failures_total",
                 "Backend syncs that failed and were retried as full resyncs",
+            ),
+            nftables_sync_failures: counter(
+                "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+                "Cumulative proxy nftables sync failures",
+            ),
+            nftables_cleanup_failures: counter(
+                "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+                "Cumulative proxy nftables cleanup failures",
+            ),
+            drift_repairs: counter(
+                "kproxy_rules_drift_repairs_total",
+                "Full resyncs forced because kproxy's rules in the kernel were changed by someone else",
             ),
             rejected_objects,
             registry,

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::backends::{Backend, Plans};
+use crate::backends::{Backend, Plans, ProxyMode};
 use crate::conntrack::Reconciler;
 use crate::health::ProxyHealth;
 use crate::health::service::ServiceHealthServers;
@@ -252,6 +252,9 @@ impl Syncer {
             }
             Err(e) => {
                 tracing::error!(error = %e, full, "sync failed; retrying as a full resync");
+                if self.backend.mode() == ProxyMode::Nftables {
+                    self.metrics.nftables_sync_failures.inc();
+                }
                 false
             }
         }

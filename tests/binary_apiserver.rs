@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use kproxy::watch::Kind;
 use serde_json::Value;
 use support::apiserver::ApiServer;
+use support::netns::{self, Netns};
 use support::objects::{node, service, slice};
-use support::{Kproxy, endpoint_ips, eventually, expect_eq, http_get, service_ports};
+use support::{Kproxy, endpoint_ips, eventually, expect_eq, http_get_in, service_ports};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SERVICE_CHANGES: &str = "kubeproxy_sync_proxy_rules_service_changes_total";
@@ -59,7 +60,11 @@ fn lists_of(server: &ApiServer, kind: Kind) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
-    let server = ApiServer::start().await;
+    if !netns::can_run("binary_follows_list_add_modify_delete_and_a_410_relist") {
+        return;
+    }
+    let ns = Netns::new("api");
+    let server = ApiServer::start_in(Some(&ns.name)).await;
     server.apply(service("default", "a", "10.96.0.1", 80));
     server.apply(slice(
         "default",
@@ -74,7 +79,7 @@ async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
     server.apply(node("node1", "192.168.0.1"));
 
     let started = Instant::now();
-    let mut kproxy = Kproxy::spawn(&["--master", &server.url()]);
+    let mut kproxy = Kproxy::spawn(&ns, &["--master", &server.url()]);
     let (state, _) =
         state_where(&mut kproxy, "the initial list", ports_are(&["a", "b", "c"])).await;
     println!("spawn -> initial list served: {:?}", started.elapsed());
@@ -85,9 +90,9 @@ async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
     );
     assert_eq!(verdict(&state, "a"), "endpoints");
     assert_eq!(verdict(&state, "c"), "reject", "no endpoints: reject");
-    let healthz = kproxy.healthz;
-    let (health, _) = eventually("/healthz 200 after a sync", WAIT, || async move {
-        let (code, body) = http_get(healthz, "/healthz")
+    let (healthz, netns) = (kproxy.healthz, ns.name.clone());
+    let (health, _) = eventually("/healthz 200 after a sync", WAIT, || async {
+        let (code, body) = http_get_in(Some(&netns), healthz, "/healthz")
             .await
             .map_err(|e| e.to_string())?;
         let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
@@ -202,11 +207,15 @@ async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_keeps_serving_while_the_api_server_is_down_and_catches_up_when_it_returns() {
-    let mut server = ApiServer::start().await;
+    if !netns::can_run("binary_keeps_serving_while_the_api_server_is_down") {
+        return;
+    }
+    let ns = Netns::new("api");
+    let mut server = ApiServer::start_in(Some(&ns.name)).await;
     server.apply(service("default", "a", "10.96.0.1", 80));
     server.apply(slice("default", "a-1", "a", &["10.0.1.1"], 8080));
     server.apply(node("node1", "192.168.0.1"));
-    let mut kproxy = Kproxy::spawn(&["--master", &server.url()]);
+    let mut kproxy = Kproxy::spawn(&ns, &["--master", &server.url()]);
     state_where(
         &mut kproxy,
         "the initial list",

@@ -1,13 +1,15 @@
 //! The kproxy binary's command-line contract: exit 2 with one line on bad flags, --dry-run on
-//! the bundled example cluster, --cleanup, and a clean exit 0 on SIGTERM/SIGINT.
+//! the bundled example cluster, --cleanup, and a clean exit 0 on SIGTERM/SIGINT. Every run that
+//! could program a kernel happens inside a throwaway network namespace.
 
 mod support;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::free_port;
+use support::netns::{self, Netns};
 
 fn kproxy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kproxy"))
@@ -87,20 +89,53 @@ fn nftables_dry_run_prints_the_ruleset_for_the_example_cluster() {
     }
 }
 
+/// Root-only: in a throwaway namespace holding kproxy's tables and someone else's, `--cleanup`
+/// exits 0, removes kproxy's tables in both families and leaves the other table alone.
 #[test]
-fn cleanup_exits_0() {
-    let out = kproxy().args(["--cleanup"]).output().unwrap();
+fn cleanup_removes_kproxys_tables_and_nothing_else() {
+    if !netns::can_run("cleanup_removes_kproxys_tables_and_nothing_else") {
+        return;
+    }
+    let ns = Netns::new("cleanup");
+    let mut load = ns
+        .cmd("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    load.stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"table ip kproxy { chain c { type nat hook output priority -100; }; }\n\
+              table ip6 kproxy { set s { type ipv6_addr; }; }\n\
+              table inet other { chain c { type filter hook input priority 0; }; }\n",
+        )
+        .unwrap();
+    assert!(load.wait().unwrap().success());
+    let out = ns
+        .cmd(env!("CARGO_BIN_EXE_kproxy"))
+        .args(["--cleanup"])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let tables = ns.exec("nft", &["list", "tables"]);
+    assert_eq!(tables.trim(), "table inet other", "after --cleanup");
 }
 
 fn run_until_synced_then_signal(signal: &str) {
+    if !netns::can_run("run_until_synced_then_signal") {
+        return;
+    }
+    let ns = Netns::new("signal");
     let dir = tempfile::tempdir().unwrap();
     let metrics = free_port();
-    let mut child = kproxy()
+    let mut child = ns
+        .cmd(env!("CARGO_BIN_EXE_kproxy"))
         .args([
             "--manifests",
             dir.path().to_str().unwrap(),
@@ -119,7 +154,9 @@ fn run_until_synced_then_signal(signal: &str) {
     let lines =
         std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", metrics)).is_err() {
+    let listening =
+        |ns: &Netns| ns.run(move || std::net::TcpStream::connect(("127.0.0.1", metrics)));
+    while listening(&ns).is_err() {
         assert!(Instant::now() < deadline, "kproxy never listened");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -155,17 +192,7 @@ fn sigint_stops_kproxy_with_exit_0() {
 /// a throwaway network namespace. Without root or nft it skips, except under CI=true.
 #[test]
 fn nftables_dry_run_output_is_accepted_by_nft_check() {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    let has_nft = Command::new("nft").arg("--version").output().is_ok();
-    if !is_root || !has_nft {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: this test needs root and nft"
-        );
-        eprintln!("skipped: needs root and nft");
+    if !netns::can_run("nftables_dry_run_output_is_accepted_by_nft_check") {
         return;
     }
     let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster");
@@ -175,27 +202,14 @@ fn nftables_dry_run_output_is_accepted_by_nft_check() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    struct Netns(String);
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let ns = Netns(format!("kp-cli-{}", std::process::id()));
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns.0])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let mut check = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "nft", "-c", "-f", "-"])
+    let ns = Netns::new("cli");
+    let mut check = ns
+        .cmd("nft")
+        .args(["-c", "-f", "-"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::Write;
     check.stdin.take().unwrap().write_all(&out.stdout).unwrap();
     let result = check.wait_with_output().unwrap();
     assert!(

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::netns::{self, Netns};
 use support::objects::{node, service, slice};
 use support::{Kproxy, endpoint_ips, expect_eq, service_ports};
 
@@ -73,6 +74,10 @@ fn rejected(metrics: &str, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_a_manifests_directory_through_changes_breakage_and_deletes() {
+    if !netns::can_run("binary_serves_a_manifests_directory") {
+        return;
+    }
+    let ns = Netns::new("mf");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(d, "node.yaml", &docs(&[node("node1", "192.168.0.1")]));
@@ -83,7 +88,7 @@ async fn binary_serves_a_manifests_directory_through_changes_breakage_and_delete
     );
 
     let started = Instant::now();
-    let mut kproxy = Kproxy::spawn(&["--manifests", d.to_str().unwrap()]);
+    let mut kproxy = Kproxy::spawn(&ns, &["--manifests", d.to_str().unwrap()]);
     until(&mut kproxy, "web served", |s, _| {
         ports_are(s, &["web"])?;
         endpoints_are(s, "web", &["10.0.0.1", "10.0.0.2"])

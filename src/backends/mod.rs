@@ -103,7 +103,10 @@ pub trait Backend: Send {
 
 /// The backend for a proxy mode.
 pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
-    // The kernel backends land in their own issues; until one does, its mode plans and renders
-    // but programs nothing (and says so at start-up).
-    Box::new(pending::Pending::new(mode, config))
+    match mode {
+        ProxyMode::Nftables => Box::new(nft::NftBackend::new(config, nft::NftCli::default())),
+        // These kernel backends land in their own issues; until one does, its mode plans and
+        // renders but programs nothing (and says so at start-up).
+        ProxyMode::Iptables | ProxyMode::Ipvs => Box::new(pending::Pending::new(mode, config)),
+    }
 }

@@ -1,6 +1,5 @@
 //! The stand-in for a proxy mode whose kernel backend has not landed yet: it accepts every sync
-//! without touching the kernel. It renders the nftables ruleset (that compiler exists) or, for
-//! the other modes, the plans as readable text.
+//! without touching the kernel. It renders the plans as readable text.
 //!
 //! Invariants: never performs I/O; `render` is deterministic (plans are ordered by name).
 
@@ -69,18 +68,6 @@ impl Backend for Pending {
     }
 
     fn render(&self, plans: &Plans, node: &NodeFacts) -> String {
-        if self.mode == ProxyMode::Nftables {
-            // The nftables compiler exists (pure); only its wiring into the sync loop is pending.
-            let ruleset = super::nft::compile::render(&super::nft::compile::compile(
-                plans,
-                node,
-                &self.config,
-            ));
-            return format!(
-                "# kproxy nftables ruleset for node {:?} (--dry-run; `nft -f` syntax)\n{ruleset}",
-                node.name
-            );
-        }
         let mut out = String::new();
         let _ = writeln!(
             out,

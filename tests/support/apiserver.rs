@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use kproxy::watch::Kind;
 use serde_json::{Value, json};
-use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -170,6 +169,8 @@ impl Shared {
 
 pub struct ApiServer {
     addr: SocketAddr,
+    /// The network namespace it listens in (`None`: the test's own).
+    netns: Option<String>,
     shared: Arc<Shared>,
     running: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
@@ -177,6 +178,12 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts an empty server on a random port of 127.0.0.1.
     pub async fn start() -> ApiServer {
+        Self::start_in(None).await
+    }
+
+    /// Starts an empty server on a random port of 127.0.0.1 inside the named network namespace
+    /// (where a kproxy under test runs).
+    pub async fn start_in(netns: Option<&str>) -> ApiServer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 rv: 1,
@@ -186,6 +193,7 @@ impl ApiServer {
         });
         let mut server = ApiServer {
             addr: "127.0.0.1:0".parse().unwrap(),
+            netns: netns.map(str::to_string),
             shared,
             running: None,
         };
@@ -212,10 +220,18 @@ impl ApiServer {
     /// Listens again on the same port.
     pub async fn resume(&mut self) {
         assert!(self.running.is_none(), "already running");
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(self.addr).unwrap();
-        let listener = socket.listen(128).unwrap();
+        let addr = self.addr;
+        // std's bind sets SO_REUSEADDR, so the same port can be bound again after `stop`.
+        let bind = move || {
+            let l = std::net::TcpListener::bind(addr).expect("bind the test API server");
+            l.set_nonblocking(true).expect("nonblocking listener");
+            l
+        };
+        let std_listener = match &self.netns {
+            Some(ns) => super::netns::run_in(ns, bind),
+            None => bind(),
+        };
+        let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
         self.addr = listener.local_addr().unwrap();
         let (shutdown, mut stopped) = watch::channel(false);
         let shared = self.shared.clone();

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod netns;
 pub mod objects;
 pub mod selector;
 
@@ -13,7 +14,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -33,7 +34,26 @@ pub fn free_addr() -> SocketAddr {
 /// `GET path` over a fresh connection; returns (status, body). Understands Content-Length,
 /// chunked and read-to-close bodies.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).await?;
+    http_get_in(None, addr, path).await
+}
+
+/// `http_get` from inside the named network namespace (`None`: the test's own).
+pub async fn http_get_in(
+    netns: Option<&str>,
+    addr: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut s = match netns {
+        None => TcpStream::connect(addr).await?,
+        Some(ns) => {
+            let connect = move || {
+                let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                s.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(s)
+            };
+            TcpStream::from_std(netns::run_in(ns, connect)?)?
+        }
+    };
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
@@ -109,18 +129,22 @@ pub struct Kproxy {
     _dir: tempfile::TempDir,
     pub metrics: SocketAddr,
     pub healthz: SocketAddr,
+    /// The network namespace kproxy runs in (`None`: the test's own).
+    pub netns: Option<String>,
 }
 
 impl Kproxy {
-    /// Starts kproxy as node `node1` with free metrics and healthz addresses, a 0 s minimum
-    /// sync period, and `args`.
-    pub fn spawn(args: &[&str]) -> Kproxy {
+    /// Starts kproxy inside `netns` (so it programs that namespace's kernel, never the host's)
+    /// as node `node1` with free metrics and healthz addresses, a 0 s minimum sync period, and
+    /// `args`.
+    pub fn spawn(netns: &netns::Netns, args: &[&str]) -> Kproxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("kproxy.log");
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let (metrics, healthz) = (free_addr(), free_addr());
-        let child = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+        let child = netns
+            .cmd(env!("CARGO_BIN_EXE_kproxy"))
             .args(["--hostname-override", "node1"])
             .args(["--metrics-bind-address", &metrics.to_string()])
             .args(["--healthz-bind-address", &healthz.to_string()])
@@ -141,6 +165,7 @@ impl Kproxy {
             _dir: dir,
             metrics,
             healthz,
+            netns: Some(netns.name.clone()),
         }
     }
 
@@ -162,7 +187,7 @@ impl Kproxy {
         } else {
             self.metrics
         };
-        http_get(addr, path)
+        http_get_in(self.netns.as_deref(), addr, path)
             .await
             .map_err(|e| format!("GET {path}: {e}"))
     }

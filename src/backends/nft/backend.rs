@@ -139,7 +139,11 @@ impl<T: Transport> Backend for NftBackend<T> {
     }
 
     fn render(&self, plans: &Plans, node: &NodeFacts) -> String {
-        render(&compile(plans, node, &self.config))
+        format!(
+            "# kproxy nftables ruleset for node {:?} (--dry-run; `nft -f` syntax)\n{}",
+            node.name,
+            render(&compile(plans, node, &self.config))
+        )
     }
 }
 

@@ -1,5 +1,4 @@
-//! The nftables backend (work in progress, not yet wired into `backends::for_mode`): kproxy's
-//! own `ip kproxy` and `ip6 kproxy` tables, a fixed skeleton of chains and rules, and all
+//! The nftables backend (`--proxy-mode nftables`, the default): kproxy's own `ip kproxy` and `ip6 kproxy` tables, a fixed skeleton of chains and rules, and all
 //! per-Service data in named sets and maps. See README.md for the design.
 //!
 //! Invariants: `skeleton` is static data; `compile` and `diff` are pure; only `transport` does
@@ -11,6 +10,9 @@ pub mod diff;
 pub mod skeleton;
 pub mod transaction;
 pub mod transport;
+
+pub use backend::NftBackend;
+pub use transport::NftCli;
 
 #[cfg(test)]
 mod diff_tests;
