@@ -260,6 +260,23 @@ impl Syncer {
         }
     }
 
+    /// Between syncs: whether the backend's rules were changed by someone else. Counted, logged
+    /// and answered by the caller with a full resync.
+    pub fn drifted(&mut self) -> bool {
+        match self.backend.drift() {
+            Ok(None) => false,
+            Ok(Some(what)) => {
+                tracing::warn!(drift = %what, "kproxy's rules were changed by someone else; repairing with a full resync");
+                self.metrics.drift_repairs.inc();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check kproxy's rules for drift");
+                false
+            }
+        }
+    }
+
     /// Phase 4: durations, timestamps, latency, no-local-endpoint gauges, health.
     fn record_metrics(&mut self, full: bool, ok: bool, took: Duration) {
         let m = &self.metrics;
@@ -371,6 +388,8 @@ pub async fn run(
         .last_queued_timestamp
         .set(unix_seconds(SystemTime::now()));
     runner.request_full();
+    let mut drift_check = tokio::time::interval(DRIFT_CHECK_PERIOD);
+    drift_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let wake = if syncer.ready() {
             runner.next_wakeup(Instant::now())
@@ -397,6 +416,11 @@ pub async fn run(
                 }
             },
             _ = tokio::time::sleep_until(wake) => {}
+            _ = drift_check.tick(), if syncer.ready() => {
+                if syncer.drifted() {
+                    runner.request_full();
+                }
+            }
         }
         if !syncer.ready() {
             continue;
@@ -408,6 +432,10 @@ pub async fn run(
     }
     tracing::info!("sync loop stopped; rules left in place");
 }
+
+/// How often the loop asks the backend whether someone else changed kproxy's rules (the
+/// nftables backend answers with one small netlink dump per family).
+pub const DRIFT_CHECK_PERIOD: Duration = Duration::from_millis(400);
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)

@@ -26,6 +26,8 @@ pub struct Recorded {
     pub state: BTreeMap<ServicePortName, Arc<Planned>>,
     /// Fail this many upcoming syncs.
     pub fail_next: usize,
+    /// What the next `drift` call reports (taken, so it is reported once).
+    pub drift: Option<String>,
 }
 
 /// Cloneable handle: the test keeps one, the sync loop owns the other.
@@ -83,6 +85,10 @@ impl Backend for FakeBackend {
         Ok(SyncReport {
             operations: changed.len(),
         })
+    }
+
+    fn drift(&mut self) -> Result<Option<String>, BackendError> {
+        Ok(self.recorded.lock().unwrap().drift.take())
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {

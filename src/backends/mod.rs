@@ -73,6 +73,8 @@ pub enum BackendError {
     Apply(String),
     #[error("reading the kernel's current state: {0}")]
     Adopt(String),
+    #[error("checking the kernel's rules for drift: {0}")]
+    Probe(String),
     #[error("cleaning up: {0}")]
     Cleanup(String),
 }
@@ -95,6 +97,12 @@ pub trait Backend: Send {
         changed: &BTreeSet<ServicePortName>,
         node: &NodeFacts,
     ) -> Result<SyncReport, BackendError>;
+    /// Whether someone else changed kproxy's rules since the last sync: `Some(what)` when they
+    /// did (the backend then expects a full sync). Cheap enough to run several times a second;
+    /// never lists set elements. Backends without a check say `None`.
+    fn drift(&mut self) -> Result<Option<String>, BackendError> {
+        Ok(None)
+    }
     /// Remove everything kproxy created in this mode.
     fn cleanup(&mut self) -> Result<(), BackendError>;
     /// The full ruleset this backend would program for `plans`, as text. Pure.

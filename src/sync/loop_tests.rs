@@ -326,3 +326,26 @@ async fn network_programming_latency_counts_only_trigger_times_after_start() {
     assert_eq!(h.metrics.network_programming_duration.get_sample_count(), 1);
     assert_eq!(h.metrics.endpoint_changes_total.get(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn drift_reported_by_the_backend_is_counted_and_repaired_by_a_full_resync() {
+    let h = start(Duration::ZERO);
+    h.tx.send(service("web", 80)).unwrap();
+    h.listed();
+    h.settle().await;
+    tokio::time::advance(super::DRIFT_CHECK_PERIOD * 3).await;
+    h.settle().await;
+    assert_eq!(
+        h.fake.calls(),
+        vec![Call::Full { ports: 1 }],
+        "no drift, no sync"
+    );
+    h.fake.recorded.lock().unwrap().drift = Some("chain services has 0 rules, want 9".into());
+    tokio::time::advance(super::DRIFT_CHECK_PERIOD).await;
+    h.settle().await;
+    assert_eq!(
+        h.fake.calls(),
+        vec![Call::Full { ports: 1 }, Call::Full { ports: 1 }]
+    );
+    assert_eq!(h.metrics.drift_repairs.get(), 1);
+}

@@ -9,7 +9,9 @@
 //! the kernel. A failure is logged with nft's message, counted (`failures()`; the sync loop is to
 //! export it as kubeproxy_sync_proxy_rules_nftables_sync_failures_total when the backend is wired
 //! in) and makes the next full sync adopt again, which repairs any drift. Large loads are applied
-//! in one transaction for now; bounded chunks are a later step (issue 3).
+//! in one transaction for now; bounded chunks are a later step (issue 3). `drift` compares the
+//! kernel's rule count per chain (one small netlink dump, no elements) with the mirror's; a
+//! difference makes the next full sync adopt, which rewrites everything.
 
 use std::collections::BTreeSet;
 
@@ -126,6 +128,24 @@ impl<T: Transport> Backend for NftBackend<T> {
         Ok(report)
     }
 
+    fn drift(&mut self) -> Result<Option<String>, BackendError> {
+        if self.adopt || !self.mirror.is_loaded() {
+            return Ok(None);
+        }
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let found = self
+                .transport
+                .rule_counts(family)
+                .map_err(|e| BackendError::Probe(e.to_string()))?;
+            let want = self.mirror.expected_rule_counts(family);
+            if found != want {
+                self.adopt = true;
+                return Ok(Some(describe_drift(family, &want, &found)));
+            }
+        }
+        Ok(None)
+    }
+
     fn cleanup(&mut self) -> Result<(), BackendError> {
         // `add` first makes the delete succeed when a table is already gone.
         let script = "add table ip kproxy\ndelete table ip kproxy\n\
@@ -145,6 +165,33 @@ impl<T: Transport> Backend for NftBackend<T> {
             render(&compile(plans, node, &self.config))
         )
     }
+}
+
+/// One line naming the first chains whose rule counts differ, e.g. `ip kproxy: chain services
+/// has 0 rules, want 9`.
+fn describe_drift(
+    family: IpFamily,
+    want: &std::collections::BTreeMap<String, usize>,
+    found: &std::collections::BTreeMap<String, usize>,
+) -> String {
+    let names: BTreeSet<&String> = want.keys().chain(found.keys()).collect();
+    let diffs: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| {
+            let (w, f) = (
+                want.get(name).copied().unwrap_or(0),
+                found.get(name).copied().unwrap_or(0),
+            );
+            (w != f).then(|| format!("chain {name} has {f} rules, want {w}"))
+        })
+        .take(3)
+        .collect();
+    format!(
+        "{} {}: {}",
+        super::transaction::family_name(family),
+        super::skeleton::TABLE,
+        diffs.join("; ")
+    )
 }
 
 #[cfg(test)]

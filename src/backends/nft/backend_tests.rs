@@ -13,7 +13,7 @@ use crate::backends::nft::tests::{add, cluster_ips, config, ep, name, node};
 use crate::backends::nft::transport::tests::Netns;
 use crate::backends::nft::transport::{FakeTransport, NftCli};
 use crate::backends::{Backend, Plans};
-use crate::model::{Protocol, ServicePortName};
+use crate::model::{IpFamily, Protocol, ServicePortName};
 
 fn web() -> ServicePortName {
     name("web", "http", Protocol::Tcp)
@@ -117,6 +117,34 @@ fn adopting_an_existing_table_empties_and_reloads_it_in_one_transaction() {
 }
 
 #[test]
+fn drift_is_a_rule_count_that_differs_from_the_mirror_and_makes_the_next_full_sync_adopt() {
+    let (mut b, fake) = backend();
+    assert_eq!(b.drift().unwrap(), None, "nothing loaded: nothing to check");
+    b.sync_full(&cluster_ips(), &node()).unwrap();
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.rule_counts = (
+            b.mirror().expected_rule_counts(IpFamily::V4),
+            b.mirror().expected_rule_counts(IpFamily::V6),
+        );
+    }
+    assert_eq!(b.drift().unwrap(), None);
+    fake.state.lock().unwrap().rule_counts.0.remove("services");
+    let what = b.drift().unwrap().expect("a flushed chain is drift");
+    assert!(
+        what.starts_with("ip kproxy: chain services has 0 rules"),
+        "{what}"
+    );
+    let lists = fake.state.lock().unwrap().lists;
+    b.sync_full(&cluster_ips(), &node()).unwrap();
+    assert_eq!(
+        fake.state.lock().unwrap().lists,
+        lists + 2,
+        "the repair adopts"
+    );
+}
+
+#[test]
 fn cleanup_deletes_both_tables_even_when_absent() {
     let (mut b, fake) = backend();
     b.cleanup().unwrap();
@@ -159,6 +187,23 @@ fn live_full_then_partial_sync_moves_the_endpoint_in_a_netns() {
         start.elapsed()
     );
     assert_eq!(ns.run(&["nft", "list", "table", "ip", "kproxy"]), listed);
+
+    // The drift probe agrees with the kernel, then sees someone else's flush.
+    let start = Instant::now();
+    assert_eq!(
+        again.drift().unwrap(),
+        None,
+        "the mirror's rule counts match"
+    );
+    eprintln!(
+        "drift probe (both families, via a netns thread): {:?}",
+        start.elapsed()
+    );
+    ns.run(&["nft", "flush", "table", "ip6", "kproxy"]);
+    let what = again.drift().unwrap().expect("a flushed table is drift");
+    assert!(what.starts_with("ip6 kproxy: "), "{what}");
+    again.sync_full(&new, &node()).unwrap();
+    assert_eq!(again.drift().unwrap(), None, "repaired");
 
     again.cleanup().unwrap();
     again.cleanup().unwrap();

@@ -138,6 +138,30 @@ impl Mirror {
             .sum()
     }
 
+    /// How many rules each chain of `family`'s table holds when the kernel matches the mirror:
+    /// the fixed chains' rules (the configuration decides one of them) and every dynamic chain
+    /// in use. Chains without rules are absent. O(chains), independent of the Services.
+    pub fn expected_rule_counts(&self, family: IpFamily) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        let cidrs = compile::has_cluster_cidrs(self.node.family(family));
+        for c in super::skeleton::CHAINS {
+            let n = compile::static_rules(c, self.node.masquerade_all, cidrs).len();
+            counts.insert(c.name.to_string(), n);
+        }
+        for b in super::skeleton::BASE_CHAINS {
+            counts.insert(b.name.to_string(), b.rules.len());
+        }
+        for chain in self.family(family).chains.keys() {
+            let n = match chain {
+                DynChain::Lb(prefix, n) => compile::lb_rules(prefix, *n).len(),
+                DynChain::Affinity(t) => compile::affinity_rules(*t).len(),
+            };
+            counts.insert(chain.name(), n);
+        }
+        counts.retain(|_, n| *n > 0);
+        counts
+    }
+
     /// Records a transaction the kernel accepted. Costs O(size of the diff).
     pub fn commit(&mut self, diff: Diff) {
         let u = diff.update;

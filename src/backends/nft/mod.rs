@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod compile;
 pub mod diff;
+pub mod netlink;
 pub mod skeleton;
 pub mod transaction;
 pub mod transport;

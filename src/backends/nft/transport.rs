@@ -5,7 +5,9 @@
 //! transaction); `list_table` is for adoption at start-up only, never for incremental syncs; only
 //! kproxy's tables are ever listed. Every error carries nft's own message.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +35,10 @@ pub enum NftError {
         status: String,
         stderr: String,
     },
+    #[error("probing kproxy's rules over netlink: {0}")]
+    Probe(#[from] super::netlink::ProbeError),
+    #[error("entering network namespace {0}: {1}")]
+    Netns(String, std::io::Error),
     #[error("injected failure: {0}")]
     Injected(String),
 }
@@ -45,6 +51,9 @@ pub trait Transport: Send {
     /// The text of kproxy's table in `family`, or `None` when it does not exist. For adoption
     /// at start-up only.
     fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError>;
+    /// Rule count per chain of kproxy's table in `family` (empty when the table is gone). Cheap
+    /// (no elements are read): the drift check runs it several times a second.
+    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError>;
 }
 
 /// Runs the `nft` command, optionally inside a network namespace (`ip netns exec NAME nft …`,
@@ -142,6 +151,25 @@ impl Transport for NftCli {
             stderr,
         })
     }
+
+    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError> {
+        let Some(ns) = self.netns.clone() else {
+            return Ok(super::netlink::rule_counts(family)?);
+        };
+        // The probe's socket must be made inside the namespace: on a thread that enters it.
+        let path = format!("/var/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).map_err(|e| NftError::Netns(ns.clone(), e))?;
+            // SAFETY: setns with a valid namespace fd changes only this short-lived thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(NftError::Netns(ns, std::io::Error::last_os_error()));
+            }
+            Ok(super::netlink::rule_counts(family)?)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(NftError::Injected("the netns probe thread panicked".into())))
+    }
 }
 
 /// What a `FakeTransport` saw and holds.
@@ -155,6 +183,8 @@ pub struct FakeState {
     pub tables: (Option<String>, Option<String>),
     /// How many times `list_table` was called.
     pub lists: usize,
+    /// What `rule_counts` returns for (ip, ip6); tests set it to simulate the kernel.
+    pub rule_counts: (BTreeMap<String, usize>, BTreeMap<String, usize>),
 }
 
 /// A recording transport; clone it to keep a handle in the test.
@@ -188,6 +218,14 @@ impl Transport for FakeTransport {
         Ok(match family {
             IpFamily::V4 => s.tables.0.clone(),
             IpFamily::V6 => s.tables.1.clone(),
+        })
+    }
+
+    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError> {
+        let s = self.lock()?;
+        Ok(match family {
+            IpFamily::V4 => s.rule_counts.0.clone(),
+            IpFamily::V6 => s.rule_counts.1.clone(),
         })
     }
 }

@@ -1,0 +1,205 @@
+//! A read-only nf_tables netlink probe: the number of rules in each chain of kproxy's table in
+//! one family, from one `NFT_MSG_GETRULE` dump filtered by table in the kernel. It is how drift
+//! (someone else flushing, deleting or editing kproxy's tables) is noticed cheaply: the dump
+//! covers the fixed, small number of rules kproxy programs (never the sets' elements) and costs
+//! well under a millisecond, so it can run several times a second.
+//!
+//! Invariants: never writes; only kproxy's table is dumped; a missing table is an empty map (no
+//! error), because the kernel's filtered dump simply matches nothing.
+
+use std::collections::BTreeMap;
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use super::skeleton::TABLE;
+use crate::model::IpFamily;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// Why the probe failed, named after the failing step.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("opening a netfilter netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error("sending the rule dump request: {0}")]
+    Send(std::io::Error),
+    #[error("receiving the rule dump: {0}")]
+    Receive(std::io::Error),
+    #[error("the kernel refused the rule dump: {0}")]
+    Refused(std::io::Error),
+    #[error("malformed netlink message at byte {0}")]
+    Malformed(usize),
+}
+
+/// Rule count per chain of kproxy's table in `family` (chains without rules are absent).
+pub fn rule_counts(family: IpFamily) -> Result<BTreeMap<String, usize>, ProbeError> {
+    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(ProbeError::Socket)?;
+    socket.bind_auto().map_err(ProbeError::Socket)?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(ProbeError::Socket)?;
+    socket.send(&request(family), 0).map_err(ProbeError::Send)?;
+    let mut counts = BTreeMap::new();
+    loop {
+        let (buf, _) = socket.recv_from_full().map_err(ProbeError::Receive)?;
+        if parse(&buf, &mut counts)? {
+            return Ok(counts);
+        }
+    }
+}
+
+/// The dump request: nlmsghdr, nfgenmsg, NFTA_RULE_TABLE.
+fn request(family: IpFamily) -> Vec<u8> {
+    let nfproto: u8 = match family {
+        IpFamily::V4 => 2,
+        IpFamily::V6 => 10,
+    };
+    let mut table = TABLE.as_bytes().to_vec();
+    table.push(0);
+    let attr_len = 4 + table.len();
+    let padded = attr_len.div_ceil(4) * 4;
+    let len = 16 + 4 + padded;
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE).to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+    m.extend_from_slice(&[nfproto, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
+    m.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+    m.extend_from_slice(&NFTA_RULE_TABLE.to_ne_bytes());
+    m.extend_from_slice(&table);
+    m.resize(len, 0);
+    m
+}
+
+fn u16_at(b: &[u8], at: usize) -> Result<u16, ProbeError> {
+    b.get(at..at + 2)
+        .map(|s| u16::from_ne_bytes([s[0], s[1]]))
+        .ok_or(ProbeError::Malformed(at))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Result<u32, ProbeError> {
+    b.get(at..at + 4)
+        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or(ProbeError::Malformed(at))
+}
+
+/// Counts the rules in one receive buffer; true once the dump is done.
+fn parse(buf: &[u8], counts: &mut BTreeMap<String, usize>) -> Result<bool, ProbeError> {
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let len = u32_at(buf, at)? as usize;
+        if len < 16 || at + len > buf.len() {
+            return Err(ProbeError::Malformed(at));
+        }
+        match u16_at(buf, at + 4)? {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let errno = u32_at(buf, at + 16)? as i32;
+                if errno != 0 {
+                    return Err(ProbeError::Refused(std::io::Error::from_raw_os_error(
+                        -errno,
+                    )));
+                }
+            }
+            t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE => {
+                if let Some(chain) = chain_of(&buf[at + 20..at + len])? {
+                    *counts.entry(chain).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+        at += len.div_ceil(4) * 4;
+    }
+    Ok(false)
+}
+
+/// The NFTA_RULE_CHAIN attribute of one rule message's attributes.
+fn chain_of(attrs: &[u8]) -> Result<Option<String>, ProbeError> {
+    let mut at = 0;
+    while at + 4 <= attrs.len() {
+        let len = u16_at(attrs, at)? as usize;
+        if len < 4 || at + len > attrs.len() {
+            return Err(ProbeError::Malformed(at));
+        }
+        if u16_at(attrs, at + 2)? & NLA_TYPE_MASK == NFTA_RULE_CHAIN {
+            let raw = &attrs[at + 4..at + len];
+            let name = raw.split(|&b| b == 0).next().unwrap_or_default();
+            return Ok(Some(String::from_utf8_lossy(name).into_owned()));
+        }
+        at += len.div_ceil(4) * 4;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule_message(chain: &str) -> Vec<u8> {
+        let mut attrs = Vec::new();
+        for (t, v) in [(NFTA_RULE_TABLE, TABLE), (NFTA_RULE_CHAIN, chain)] {
+            let mut v = v.as_bytes().to_vec();
+            v.push(0);
+            let len = 4 + v.len();
+            attrs.extend_from_slice(&(len as u16).to_ne_bytes());
+            attrs.extend_from_slice(&t.to_ne_bytes());
+            attrs.extend_from_slice(&v);
+            attrs.resize(attrs.len().div_ceil(4) * 4, 0);
+        }
+        let len = 20 + attrs.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE).to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(&[2, 0, 0, 0]);
+        m.extend_from_slice(&attrs);
+        m
+    }
+
+    fn done() -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&20u32.to_ne_bytes());
+        m.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+        m.extend_from_slice(&[0; 14]);
+        m
+    }
+
+    #[test]
+    fn rule_messages_are_counted_per_chain_until_done() {
+        let mut buf = rule_message("services");
+        buf.extend(rule_message("nat-output"));
+        buf.extend(rule_message("services"));
+        let mut counts = BTreeMap::new();
+        assert!(!parse(&buf, &mut counts).unwrap(), "no DONE yet");
+        assert!(parse(&done(), &mut counts).unwrap());
+        assert_eq!(counts["services"], 2);
+        assert_eq!(counts["nat-output"], 1);
+    }
+
+    #[test]
+    fn a_truncated_message_is_an_error_not_a_count() {
+        let buf = rule_message("services");
+        let mut counts = BTreeMap::new();
+        assert!(parse(&buf[..buf.len() - 8], &mut counts).is_err());
+    }
+
+    #[test]
+    fn the_request_asks_for_a_dump_of_kproxys_table_in_the_family() {
+        let r = request(IpFamily::V6);
+        assert_eq!(u32_at(&r, 0).unwrap() as usize, r.len());
+        assert_eq!(u16_at(&r, 6).unwrap(), NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(r[16], 10, "NFPROTO_IPV6");
+        assert_eq!(&r[24..30], TABLE.as_bytes());
+    }
+}
