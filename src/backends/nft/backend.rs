@@ -1,23 +1,22 @@
 //! `NftBackend`: the `Backend` contract on top of compile, diff and a `Transport`.
 //!
 //! Invariants: the mirror changes only after the transport accepted a transaction. The first full
-//! sync (and the first after any failure, or after cleanup) adopts: it lists kproxy's tables and,
-//! in ONE atomic transaction, empties their chains and sets (all but the packet-written
-//! `affinity` map, so clients keep their endpoint), reloads everything and deletes leftover
-//! chains and sets; the tables are never deleted, so packets keep flowing across a restart. Later
-//! full syncs diff against the mirror; partial syncs diff only the changed ports and never list
-//! the kernel. A failure is logged with nft's message, counted (`failures()`; the sync loop is to
-//! export it as kubeproxy_sync_proxy_rules_nftables_sync_failures_total when the backend is wired
-//! in) and makes the next full sync adopt again, which repairs any drift. Large loads are applied
-//! in one transaction for now; bounded chunks are a later step (issue 3). `drift` compares the
-//! kernel's rule count per chain (one small netlink dump, no elements) with the mirror's; a
-//! difference makes the next full sync adopt, which rewrites everything.
+//! sync (and the first after any failure, drift or cleanup) adopts: it lists kproxy's tables and
+//! reconciles them element by element in bounded transactions (`reconcile.rs`, at most
+//! `CHUNK_OPS` element operations each); the tables and the elements that are still right are
+//! never removed, so packets keep flowing across a restart. Later full syncs diff against the
+//! mirror; partial syncs diff only the changed ports and never list the kernel. A failure is
+//! logged with nft's message, counted (`failures()`; the sync loop exports
+//! kubeproxy_sync_proxy_rules_nftables_sync_failures_total) and makes the next full sync adopt
+//! again. `drift` compares the kernel's rule count per chain (one small netlink dump, no
+//! elements) with the mirror's; a difference makes the next full sync adopt, which repairs it.
 
 use std::collections::BTreeSet;
 
 use super::compile::{compile, render};
-use super::diff::{self, Diff, Mirror, Parts, Scope};
-use super::transaction::{Transaction, adopt};
+use super::diff::{self, Mirror, Parts, Scope};
+use super::reconcile;
+use super::transaction::Transaction;
 use super::transport::Transport;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
@@ -66,26 +65,27 @@ impl<T: Transport> NftBackend<T> {
         Ok(SyncReport { operations })
     }
 
-    /// The adoption transaction: empty what exists, load everything, delete leftovers.
-    fn adoption(&mut self, parts: &Parts) -> Result<Diff, BackendError> {
-        let mut d = diff::diff(&Mirror::default(), parts, Scope::Full);
-        let (mut tx, mut last) = (Transaction::default(), Vec::new());
+    /// Adoption: lists kproxy's tables, then reconciles them with `parts` in bounded
+    /// transactions (see `reconcile.rs`). The mirror is replaced only when every transaction
+    /// went through; a failure part-way leaves `adopt` set, so the next full sync lists again.
+    fn adopt_and_load(&mut self, parts: &Parts) -> Result<SyncReport, BackendError> {
+        let load = diff::diff(&Mirror::default(), parts, Scope::Full);
+        let mut listed = Vec::new();
         for family in [IpFamily::V4, IpFamily::V6] {
             let listing = self
                 .transport
                 .list_table(family)
                 .map_err(|e| BackendError::Adopt(e.to_string()))?;
-            if let Some(listing) = listing {
-                let (first, leftovers) =
-                    adopt(family, &listing, &diff::wanted_chains(parts, family));
-                tx.extend(first);
-                last.extend(leftovers);
-            }
+            listed.push((family, listing.as_deref().map(reconcile::parse_listing)));
         }
-        tx.extend(std::mem::take(&mut d.tx).ops().iter().cloned());
-        tx.extend(last);
-        d.tx = tx;
-        Ok(d)
+        let mut report = SyncReport::default();
+        for tx in reconcile::plan(&load.tx, &listed) {
+            report.operations += self.send(&tx)?.operations;
+        }
+        self.mirror = Mirror::default();
+        self.mirror.commit(load);
+        self.adopt = false;
+        Ok(report)
     }
 }
 
@@ -97,12 +97,7 @@ impl<T: Transport> Backend for NftBackend<T> {
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
         let parts = Parts::full(plans, node, &self.config);
         if self.adopt {
-            let d = self.adoption(&parts)?;
-            let report = self.send(&d.tx)?;
-            self.mirror = Mirror::default();
-            self.mirror.commit(d);
-            self.adopt = false;
-            return Ok(report);
+            return self.adopt_and_load(&parts);
         }
         let d = diff::diff(&self.mirror, &parts, Scope::Full);
         let report = self.send(&d.tx)?;

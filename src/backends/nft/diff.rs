@@ -352,16 +352,3 @@ pub fn diff(mirror: &Mirror, desired: &Parts, scope: Scope<'_>) -> Diff {
 pub fn transaction(mirror: &Mirror, desired: &Parts, scope: Scope<'_>) -> Transaction {
     diff(mirror, desired, scope).tx
 }
-
-/// Every chain the state in `parts` uses in `family` (fixed and dynamic), for adoption.
-pub fn wanted_chains(parts: &Parts, family: IpFamily) -> BTreeSet<String> {
-    let fixed = super::transaction::static_chain_names()
-        .into_iter()
-        .map(str::to_string);
-    let dynamic = parts
-        .ports
-        .values()
-        .flatten()
-        .flat_map(|d| chains_of(d.family(family)).map(|c| c.name()));
-    fixed.chain(dynamic).collect()
-}

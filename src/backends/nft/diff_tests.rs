@@ -14,7 +14,7 @@ use crate::backends::Plans;
 use crate::model::{IpFamily, Protocol, ServicePort, ServicePortName};
 
 /// `n` ClusterIP Services with `eps` endpoints each.
-fn many(n: u32, eps: u32) -> Plans {
+pub(super) fn many(n: u32, eps: u32) -> Plans {
     let mut plans = Plans::new();
     for i in 0..n {
         let vip = IpAddr::from([10, 96, (i / 250) as u8, (i % 250) as u8 + 1]);
@@ -33,7 +33,7 @@ fn many(n: u32, eps: u32) -> Plans {
     plans
 }
 
-fn svc(i: u32) -> ServicePortName {
+pub(super) fn svc(i: u32) -> ServicePortName {
     name(&format!("s{i}"), "http", Protocol::Tcp)
 }
 
@@ -49,7 +49,7 @@ fn applied(plans: &Plans) -> Mirror {
 }
 
 /// Replaces the endpoints of Service `i` in `plans`.
-fn set_endpoints(plans: &mut Plans, i: u32, endpoints: &[&str]) {
+pub(super) fn set_endpoints(plans: &mut Plans, i: u32, endpoints: &[&str]) {
     let port = plans[&svc(i)].port.clone();
     add(
         plans,

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod compile;
 pub mod diff;
 pub mod netlink;
+pub mod reconcile;
 pub mod skeleton;
 pub mod transaction;
 pub mod transport;
@@ -16,8 +17,8 @@ pub use backend::NftBackend;
 pub use transport::NftCli;
 
 #[cfg(test)]
-mod diff_tests;
+pub(crate) mod diff_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod traffic_tests;

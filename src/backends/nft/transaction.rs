@@ -169,45 +169,6 @@ pub fn static_chain_names() -> BTreeSet<&'static str> {
         .collect()
 }
 
-/// Adopting an existing table (its `nft list table` text): operations to run first (empty every
-/// chain and every set but the packet-written `affinity`, so clients keep their endpoint) and
-/// last (delete chains and sets kproxy no longer declares). `wanted` holds every chain the new
-/// state uses. Runs in the same transaction as the full load, so packets never see an empty
-/// table.
-pub fn adopt(family: IpFamily, listing: &str, wanted: &BTreeSet<String>) -> (Vec<Op>, Vec<Op>) {
-    let (mut first, mut last) = (Vec::new(), Vec::new());
-    for line in listing.lines() {
-        let mut words = line.split_whitespace();
-        let (Some(kind), Some(name), Some("{")) = (words.next(), words.next(), words.next()) else {
-            continue;
-        };
-        let name = name.to_string();
-        match kind {
-            "chain" => {
-                first.push(Op::FlushChain(family, name.clone()));
-                if !wanted.contains(&name) {
-                    last.push(Op::DeleteChain(family, name));
-                }
-            }
-            "set" | "map" => {
-                let kind = if kind == "set" {
-                    SetKind::Set
-                } else {
-                    SetKind::Map
-                };
-                let known = skeleton::SETS.iter().any(|s| s.name == name);
-                if !known {
-                    last.push(Op::DeleteSet(family, kind, name));
-                } else if name != "affinity" {
-                    first.push(Op::FlushSet(family, kind, name));
-                }
-            }
-            _ => {}
-        }
-    }
-    (first, last)
-}
-
 fn element(key: &str, value: &str) -> String {
     if value.is_empty() {
         key.to_string()
