@@ -84,6 +84,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         health: ProxyHealth::new(cfg.sync_period * 2),
         ..Shared::default()
     });
+    if !cfg.dry_run {
+        backends::remove_other_modes_leftovers(cfg.mode);
+    }
     let backend = backends::for_mode(cfg.mode, backend_config);
     let mut syncer = Syncer::new(
         backend,

@@ -8,6 +8,7 @@
 //! `cleanup` removes everything kproxy ever created in this mode.
 
 pub mod fake;
+pub mod leftovers;
 pub mod nft;
 pub mod pending;
 
@@ -116,5 +117,26 @@ pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
         // These kernel backends land in their own issues; until one does, its mode plans and
         // renders but programs nothing (and says so at start-up).
         ProxyMode::Iptables | ProxyMode::Ipvs => Box::new(pending::Pending::new(mode, config)),
+    }
+}
+
+/// Removes what kproxy's other modes left behind (at start-up; never in --dry-run). Failures are
+/// logged, not fatal: the chosen mode works regardless.
+pub fn remove_other_modes_leftovers(mode: ProxyMode) {
+    for other in ProxyMode::ALL.into_iter().filter(|m| *m != mode) {
+        let result = match other {
+            ProxyMode::Nftables => {
+                nft::NftBackend::new(BackendConfig::default(), nft::NftCli::default())
+                    .cleanup()
+                    .map_err(|e| e.to_string())
+            }
+            ProxyMode::Iptables => leftovers::remove_iptables()
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            ProxyMode::Ipvs => leftovers::remove_ipvs().map_err(|e| e.to_string()),
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, mode = %other, "cannot remove kproxy's leftovers of another mode");
+        }
     }
 }

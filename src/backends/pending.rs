@@ -1,5 +1,6 @@
 //! The stand-in for a proxy mode whose kernel backend has not landed yet: it accepts every sync
-//! without touching the kernel. It renders the plans as readable text.
+//! without touching the kernel. It renders the plans as readable text; its cleanup removes the
+//! mode's kproxy objects (`leftovers.rs`), so --cleanup is already complete.
 //!
 //! Invariants: never performs I/O; `render` is deterministic (plans are ordered by name).
 
@@ -64,7 +65,12 @@ impl Backend for Pending {
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
-        Ok(())
+        let result = match self.mode {
+            ProxyMode::Iptables => super::leftovers::remove_iptables().map(|_| ()),
+            ProxyMode::Ipvs => super::leftovers::remove_ipvs(),
+            ProxyMode::Nftables => Ok(()),
+        };
+        result.map_err(|e| BackendError::Cleanup(e.to_string()))
     }
 
     fn render(&self, plans: &Plans, node: &NodeFacts) -> String {

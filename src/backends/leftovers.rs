@@ -1,0 +1,212 @@
+//! Removal of what kproxy's other modes leave behind: `KPROXY-*` iptables chains (with the rules
+//! that jump to them from other chains) in every table, for IPv4 and IPv6, in both iptables-nft
+//! and iptables-legacy; `KPROXY-*` ipsets; the IPVS dummy interface `kproxy-ipvs0`. Run when a
+//! mode starts (for the other modes) and by --cleanup.
+//!
+//! Invariants: only objects whose names start with kproxy's prefixes are touched (never
+//! upstream's `KUBE-*`, never the kubelet's); a missing tool or an absent table is not an error;
+//! each iptables variant is edited with one `-restore --noflush` transaction per family, so
+//! the other rules of those tables are never rewritten. Planning is pure (`plan_iptables`).
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// kproxy's iptables chain and ipset prefix.
+pub const PREFIX: &str = "KPROXY-";
+/// The dummy interface the IPVS mode binds service IPs to.
+pub const IPVS_LINK: &str = "kproxy-ipvs0";
+
+/// Why removing leftovers failed, named after the failing step.
+#[derive(Debug, thiserror::Error)]
+pub enum LeftoverError {
+    #[error("{program} refused to remove kproxy's chains: {stderr}")]
+    Restore { program: String, stderr: String },
+    #[error("running {program}: {source}")]
+    Run {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+/// The `-restore --noflush` input that removes every `KPROXY-*` chain in `save` (the output of
+/// `iptables-save`) and every rule elsewhere that jumps or goes to one; `None` when there is
+/// nothing to remove.
+pub fn plan_iptables(save: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut table: Option<&str> = None;
+    let (mut deletes, mut chains): (Vec<String>, BTreeSet<&str>) = (Vec::new(), BTreeSet::new());
+    let flush_table = |out: &mut String,
+                       table: Option<&str>,
+                       deletes: &mut Vec<String>,
+                       chains: &mut BTreeSet<&str>| {
+        if let Some(t) = table.filter(|_| !chains.is_empty() || !deletes.is_empty()) {
+            out.push_str(&format!("*{t}\n"));
+            for d in deletes.drain(..) {
+                out.push_str(&d);
+                out.push('\n');
+            }
+            for c in chains.iter() {
+                out.push_str(&format!("-F {c}\n"));
+            }
+            for c in std::mem::take(chains) {
+                out.push_str(&format!("-X {c}\n"));
+            }
+            out.push_str("COMMIT\n");
+        }
+        deletes.clear();
+        chains.clear();
+    };
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = Some(t.trim());
+        } else if line.starts_with("COMMIT") {
+            flush_table(&mut out, table, &mut deletes, &mut chains);
+            table = None;
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or_default();
+            if name.starts_with(PREFIX) {
+                chains.insert(name);
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let chain = rule.split_whitespace().next().unwrap_or_default();
+            let targets_ours = rule
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| matches!(w[0], "-j" | "-g") && w[1].starts_with(PREFIX));
+            if !chain.starts_with(PREFIX) && targets_ours {
+                deletes.push(format!("-D {rule}"));
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The iptables variants present on this host, as (save, restore) program pairs.
+fn iptables_variants() -> Vec<(&'static str, &'static str)> {
+    [
+        ("iptables-nft-save", "iptables-nft-restore"),
+        ("ip6tables-nft-save", "ip6tables-nft-restore"),
+        ("iptables-legacy-save", "iptables-legacy-restore"),
+        ("ip6tables-legacy-save", "ip6tables-legacy-restore"),
+    ]
+    .into_iter()
+    .filter(|(save, _)| {
+        Command::new(save)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .collect()
+}
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, LeftoverError> {
+    let err = |source| LeftoverError::Run {
+        program: program.to_string(),
+        source,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(err)?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).map_err(err)?;
+    }
+    let out = child.wait_with_output().map_err(err)?;
+    if !out.status.success() {
+        return Err(LeftoverError::Restore {
+            program: program.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Removes kproxy's iptables chains in every variant and family present. Returns how many
+/// restore transactions were applied.
+pub fn remove_iptables() -> Result<usize, LeftoverError> {
+    let mut applied = 0;
+    for (save, restore) in iptables_variants() {
+        let Ok(text) = run(save, &[], None) else {
+            continue;
+        };
+        if let Some(script) = plan_iptables(&text) {
+            run(restore, &["--noflush"], Some(&script))?;
+            applied += 1;
+        }
+    }
+    Ok(applied)
+}
+
+/// Removes kproxy's ipsets and the IPVS dummy interface, where present. IPVS virtual servers
+/// are the IPVS backend's own cleanup (they need the ip_vs netlink family).
+pub fn remove_ipvs() -> Result<(), LeftoverError> {
+    if let Ok(names) = run("ipset", &["list", "-n"], None) {
+        for name in names.lines().filter(|n| n.starts_with(PREFIX)) {
+            run("ipset", &["destroy", name], None)?;
+        }
+    }
+    let present = Command::new("ip")
+        .args(["link", "show", IPVS_LINK])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        run("ip", &["link", "del", IPVS_LINK], None)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAVE: &str = "# Generated by iptables-nft-save v1.8.9
+*mangle
+:PREROUTING ACCEPT [0:0]
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KPROXY-SERVICES - [0:0]
+:KPROXY-SVC-ABC - [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES
+-A PREROUTING -j KUBE-SERVICES
+-A OUTPUT -j KPROXY-SERVICES
+-A KPROXY-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j KPROXY-SVC-ABC
+-A KPROXY-SVC-ABC -j DNAT --to-destination 10.0.0.1:6443
+COMMIT
+";
+
+    #[test]
+    fn only_kproxy_chains_and_the_rules_jumping_to_them_are_removed() {
+        let script = plan_iptables(SAVE).unwrap();
+        assert_eq!(
+            script,
+            "*nat\n\
+             -D PREROUTING -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES\n\
+             -D OUTPUT -j KPROXY-SERVICES\n\
+             -F KPROXY-SERVICES\n-F KPROXY-SVC-ABC\n\
+             -X KPROXY-SERVICES\n-X KPROXY-SVC-ABC\n\
+             COMMIT\n"
+        );
+    }
+
+    #[test]
+    fn a_host_without_kproxy_chains_needs_no_restore() {
+        let save = SAVE
+            .lines()
+            .filter(|l| !l.contains("KPROXY"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(plan_iptables(&save), None);
+    }
+}

@@ -1,0 +1,138 @@
+//! kproxy removes its other modes' leftovers and nothing else: at start-up in nftables mode
+//! (`KPROXY-*` iptables chains in iptables-nft and iptables-legacy, IPv4 and IPv6, `KPROXY-*`
+//! ipsets) and with --cleanup (also its nftables tables). Root only, inside a throwaway network
+//! namespace; upstream's `KUBE-*` chains and another table stay.
+
+mod support;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::netns::{self, Netns};
+
+const RULES: &str = "*nat
+:KPROXY-SERVICES - [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -j KPROXY-SERVICES
+-A OUTPUT -j KUBE-SERVICES
+-A KPROXY-SERVICES -p tcp -d 10.96.0.1 --dport 443 -j DNAT --to-destination 10.0.0.1:6443
+COMMIT
+";
+
+const RULES6: &str = "*filter
+:KPROXY-FIREWALL - [0:0]
+-A INPUT -j KPROXY-FIREWALL
+COMMIT
+";
+
+fn restore(ns: &Netns, program: &str, input: &str) {
+    let mut child = ns
+        .cmd(program)
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{program}");
+}
+
+/// Plants kproxy leftovers of every kind, plus upstream's chain, in `ns`.
+fn plant(ns: &Netns) {
+    restore(ns, "iptables-nft-restore", RULES);
+    restore(ns, "iptables-legacy-restore", RULES);
+    restore(ns, "ip6tables-nft-restore", RULES6);
+    ns.exec(
+        "ipset",
+        &["create", "KPROXY-LB-SOURCES", "hash:ip,port,net"],
+    );
+    ns.exec("ipset", &["create", "KUBE-LOOP-BACK", "hash:ip,port,ip"]);
+}
+
+/// Every iptables chain name in every variant and family, one list.
+fn chains(ns: &Netns) -> String {
+    [
+        "iptables-nft-save",
+        "iptables-legacy-save",
+        "ip6tables-nft-save",
+    ]
+    .iter()
+    .map(|p| ns.exec(p, &[]))
+    .flat_map(|s| {
+        s.lines()
+            .filter(|l| l.starts_with(':'))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    })
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+fn assert_only_upstream_left(ns: &Netns) {
+    let chains = chains(ns);
+    assert!(!chains.contains("KPROXY"), "{chains}");
+    assert!(
+        chains.contains("KUBE-SERVICES"),
+        "upstream's chain must stay: {chains}"
+    );
+    let sets = ns.exec("ipset", &["list", "-n"]);
+    assert_eq!(sets.trim(), "KUBE-LOOP-BACK");
+}
+
+#[test]
+fn starting_in_nftables_mode_removes_kproxys_iptables_and_ipset_leftovers_only() {
+    if !netns::can_run(
+        "starting_in_nftables_mode_removes_kproxys_iptables_and_ipset_leftovers_only",
+    ) {
+        return;
+    }
+    let ns = Netns::new("leftovers");
+    plant(&ns);
+    assert!(chains(&ns).contains("KPROXY-SERVICES"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut kproxy = support::Kproxy::spawn(&ns, &["--manifests", dir.path().to_str().unwrap()]);
+    let start = Instant::now();
+    loop {
+        kproxy.assert_running();
+        let tables = ns.exec("nft", &["list", "tables"]);
+        if tables.contains("table ip kproxy") && !chains(&ns).contains("KPROXY") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "leftovers still there: {}",
+            chains(&ns)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "start -> leftovers removed and kproxy's tables loaded: {:?}",
+        start.elapsed()
+    );
+    assert_only_upstream_left(&ns);
+}
+
+#[test]
+fn cleanup_removes_every_mode_s_objects_and_leaves_upstream_s() {
+    if !netns::can_run("cleanup_removes_every_mode_s_objects_and_leaves_upstream_s") {
+        return;
+    }
+    let ns = Netns::new("cleanup-all");
+    plant(&ns);
+    let out = ns
+        .cmd(env!("CARGO_BIN_EXE_kproxy"))
+        .arg("--cleanup")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_only_upstream_left(&ns);
+}
