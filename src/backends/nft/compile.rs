@@ -207,8 +207,17 @@ fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
         }
         if p.load_balancer_ips.contains(vip) && !p.load_balancer_source_ranges.is_empty() {
             fam.add("firewall-ports", key.clone(), String::new());
-            for range in &p.load_balancer_source_ranges {
-                if IpFamily::of(&range.addr()) == family {
+            // An interval set refuses overlapping elements, and prefixes either nest or are
+            // disjoint: keep only the ranges no other range of the list contains.
+            let ranges: Vec<_> = p
+                .load_balancer_source_ranges
+                .iter()
+                .filter(|r| IpFamily::of(&r.addr()) == family)
+                .map(|r| r.trunc())
+                .collect();
+            for range in &ranges {
+                let covered = ranges.iter().any(|o| o != range && o.contains(range));
+                if !covered {
                     fam.add("firewall-allow", format!("{key} . {range}"), String::new());
                 }
             }
@@ -308,7 +317,7 @@ pub fn compile_ports(
 }
 
 /// The elements owned by the node and the configuration rather than by a service port
-/// (`nodeport-ips`, `cluster-cidrs`), and the --masquerade-all switch. Pure.
+/// (`nodeport-ips` without loopback, `cluster-cidrs`), and the --masquerade-all switch. Pure.
 pub fn compile_node(node: &NodeFacts, config: &BackendConfig) -> Desired {
     let mut d = Desired {
         masquerade_all: config.masquerade_all,
@@ -319,7 +328,9 @@ pub fn compile_node(node: &NodeFacts, config: &BackendConfig) -> Desired {
 }
 
 fn node_elements(d: &mut Desired, node: &NodeFacts, config: &BackendConfig) {
-    for ip in &node.nodeport_ips {
+    // Loopback is left out, as upstream's nftables mode does: a packet from 127.0.0.1 DNATed
+    // to a pod is a martian without route_localnet, so localhost NodePorts would only hang.
+    for ip in node.nodeport_ips.iter().filter(|ip| !ip.is_loopback()) {
         d.family_mut(IpFamily::of(ip))
             .add("nodeport-ips", ip.to_string(), String::new());
     }

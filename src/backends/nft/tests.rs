@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::compile::{compile, render};
+use super::compile::{FamilyState, compile, compile_node, render};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::{Planned, plan};
 use crate::model::{
@@ -208,6 +208,16 @@ fn a_service_with_affinity_keeps_one_target_port_per_vip_port() {
         Some("2000")
     );
     assert!(d.v4.sets["affinity-live"].contains_key("10.96.1.3 . 10.0.2.7"));
+}
+
+#[test]
+fn loopback_addresses_never_become_nodeport_addresses() {
+    let mut n = node();
+    n.nodeport_ips = vec![ip("127.0.0.1"), ip("192.168.0.2"), ip("::1"), ip("fd00::2")];
+    let d = compile_node(&n, &config());
+    let ips = |f: &FamilyState| f.sets["nodeport-ips"].keys().cloned().collect::<Vec<_>>();
+    assert_eq!(ips(&d.v4), ["192.168.0.2"]);
+    assert_eq!(ips(&d.v6), ["fd00::2"]);
 }
 
 #[test]
