@@ -63,11 +63,61 @@ impl Parts {
     }
 }
 
-/// One element as the kernel holds it, and how many owners want it.
+/// One element as the kernel holds it, and who wants it: `refs` owners want exactly `value`;
+/// `others` holds the values of owners that want the same key with another value (two Services
+/// claiming one VIP port: the later writer wins, and when it leaves, an earlier one's value
+/// comes back). `others` is empty, and allocates nothing, in every non-conflicting case.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
     value: String,
     refs: usize,
+    others: Vec<String>,
+}
+
+impl Entry {
+    fn new(value: &str) -> Entry {
+        Entry {
+            value: value.to_string(),
+            refs: 1,
+            others: Vec::new(),
+        }
+    }
+
+    /// One more owner wants `v` (and becomes the writer when `v` differs).
+    fn want(&mut self, v: &str) {
+        if v == self.value {
+            self.refs += 1;
+            return;
+        }
+        let old = std::mem::replace(&mut self.value, v.to_string());
+        self.others.extend(std::iter::repeat_n(old, self.refs));
+        self.refs = 1;
+        let before = self.others.len();
+        self.others.retain(|o| o != v);
+        self.refs += before - self.others.len();
+    }
+
+    /// One owner of `v` is gone; false when nobody wants the key any more.
+    fn unwant(&mut self, v: &str) -> bool {
+        if v != self.value {
+            if let Some(i) = self.others.iter().position(|o| o == v) {
+                self.others.swap_remove(i);
+            }
+            return true;
+        }
+        self.refs = self.refs.saturating_sub(1);
+        if self.refs > 0 {
+            return true;
+        }
+        let Some(next) = self.others.last().cloned() else {
+            return false;
+        };
+        let before = self.others.len();
+        self.others.retain(|o| *o != next);
+        self.refs = before - self.others.len();
+        self.value = next;
+        true
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -233,13 +283,12 @@ impl Overlay<'_> {
         for family in FAMILIES {
             let fam = d.family(family);
             for (set, elements) in &fam.sets {
-                for key in elements.keys() {
+                for (key, value) in elements {
                     let e = self.entry((family, *set, key.clone()));
-                    if let Some(entry) = e {
-                        entry.refs = entry.refs.saturating_sub(1);
-                        if entry.refs == 0 {
-                            *e = None;
-                        }
+                    if let Some(entry) = e
+                        && !entry.unwant(value)
+                    {
+                        *e = None;
                     }
                 }
             }
@@ -257,16 +306,8 @@ impl Overlay<'_> {
                 for (key, value) in elements {
                     let e = self.entry((family, *set, key.clone()));
                     match e {
-                        Some(entry) => {
-                            entry.refs += 1;
-                            entry.value.clone_from(value);
-                        }
-                        None => {
-                            *e = Some(Entry {
-                                value: value.clone(),
-                                refs: 1,
-                            })
-                        }
+                        Some(entry) => entry.want(value),
+                        None => *e = Some(Entry::new(value)),
                     }
                 }
             }

@@ -215,3 +215,57 @@ fn an_uncommitted_diff_leaves_the_mirror_as_it_was() {
     );
     assert_eq!(mirror, before);
 }
+
+#[test]
+fn when_one_of_two_services_claiming_one_vip_port_leaves_the_other_gets_its_elements_back() {
+    let vip = IpAddr::from([10, 96, 7, 7]);
+    let (a, b) = (
+        name("a", "http", Protocol::Tcp),
+        name("b", "http", Protocol::Tcp),
+    );
+    let mut plans = Plans::new();
+    let three = vec![
+        ep("10.1.0.1", 80, "node-b"),
+        ep("10.1.0.2", 80, "node-b"),
+        ep("10.1.0.3", 80, "node-b"),
+    ];
+    add(
+        &mut plans,
+        ServicePort::cluster_ip(a.clone(), vip, 80),
+        vec![ep("10.2.0.1", 80, "node-b")],
+    );
+    add(
+        &mut plans,
+        ServicePort::cluster_ip(b.clone(), vip, 80),
+        three,
+    );
+    let mut mirror = applied(&plans);
+    // The later writer (b, by name order) holds the key: three slots.
+    assert!(format!("{mirror:?}").contains("goto lb-3"));
+    plans.remove(&b);
+    let tx = partial(&mirror, &plans, std::slice::from_ref(&b));
+    let t = tx.to_string();
+    assert!(
+        t.contains("add element ip kproxy services { 10.96.7.7 . tcp . 80 : goto lb-1 }"),
+        "{t}"
+    );
+    assert!(
+        t.contains("10.96.7.7 . tcp . 80 . 0 : 10.2.0.1 . 80"),
+        "{t}"
+    );
+    assert!(
+        !t.contains(". 80 . 1 :") && !t.contains(". 80 . 2 :"),
+        "slots 1 and 2 go: {t}"
+    );
+    assert!(t.ends_with("delete chain ip kproxy lb-3\n"), "{t}");
+    mirror.commit(diff(
+        &mirror,
+        &Parts::partial(&plans, &BTreeSet::from([b.clone()]), &node(), &config()),
+        Scope::Ports(&BTreeSet::from([b])),
+    ));
+    assert_eq!(
+        mirror,
+        applied(&plans),
+        "the same as if b had never been there"
+    );
+}
