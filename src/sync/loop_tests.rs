@@ -172,6 +172,11 @@ async fn after_a_failed_sync_the_retry_is_a_full_resync_with_every_port() {
         5433
     );
     assert_eq!(h.metrics.sync_failures.get(), 1);
+    assert_eq!(
+        h.metrics.nftables_sync_failures.get(),
+        1,
+        "the fake is an nftables backend"
+    );
 }
 
 #[tokio::test(start_paused = true)]
