@@ -223,9 +223,12 @@ pub struct Chain {
 /// The fixed regular chains. `services` is the single dispatch point; the order of its rules
 /// is the order of the packet path described in README.md.
 pub const CHAINS: &[Chain] = &[
+    // TCP gets a reset: a plain `reject` in an ip/ip6 table answers TCP with ICMP port
+    // unreachable, which the kernel rate-limits per client (a burst of 6, then 1/s), so a
+    // client connecting in a loop saw timeouts. UDP and SCTP can only get the ICMP error.
     Chain {
         name: "reject-chain",
-        rules: &["reject"],
+        rules: &["meta l4proto tcp reject with tcp reset", "reject"],
     },
     Chain {
         name: "mark-for-masquerade",

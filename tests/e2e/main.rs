@@ -1,0 +1,105 @@
+//! End-to-end scenarios: the real kproxy binary in a node network namespace, pods and an
+//! external host wired to it by veth pairs, real TCP and UDP traffic checked by where it lands
+//! and what source address the server saw.
+//!
+//! Invariants: every scenario is written once, as `fn(&mut Cluster)` in a `scenarios_*` module,
+//! and `scenarios!(mode)` instantiates all of them as one `#[test]` each for a proxy mode;
+//! adding a mode is one `mod <mode> { scenarios!("<mode>"); }` line. Root only: without root,
+//! `ip` or `python3` a test skips with a message, and under CI=true a skip is a failure. Traffic
+//! goes only to addresses inside the namespaces a test created; waiting is polling with a
+//! deadline, never a sleep; each scenario prints the latency of every change it waits for.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod client;
+mod cluster;
+mod manifests;
+mod mode;
+mod scenarios_changes;
+mod scenarios_clusterip;
+mod scenarios_external;
+mod scenarios_lifecycle;
+mod scenarios_policy;
+mod topology;
+
+use std::process::Command;
+
+use cluster::Cluster;
+use mode::Mode;
+
+/// Runs `scenario` against a fresh cluster in `mode`, or skips (see the module invariants).
+pub fn run(mode: &'static str, test: &str, scenario: fn(&mut Cluster)) {
+    if !support::netns::can_run(test) {
+        return;
+    }
+    let python = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {test} cannot run: no python3"
+        );
+        eprintln!("skipped {test}: no python3");
+        return;
+    }
+    let mut cluster = Cluster::start(Mode::named(mode));
+    scenario(&mut cluster);
+}
+
+/// One `#[test]` per scenario for proxy mode `$mode`.
+macro_rules! scenarios {
+    ($mode:literal) => {
+        scenarios!(@tests $mode;
+            scenarios_clusterip::clusterip_tcp_from_a_pod_reaches_every_endpoint,
+            scenarios_clusterip::clusterip_tcp_from_the_node_itself_is_answered,
+            scenarios_clusterip::clusterip_udp_from_a_pod_is_answered,
+            scenarios_clusterip::clusterip_udp_from_the_node_itself_is_answered,
+            scenarios_clusterip::a_service_with_a_tcp_and_a_udp_port_serves_both,
+            scenarios_clusterip::load_balancing_spreads_300_connections_over_all_three_endpoints,
+            scenarios_clusterip::a_service_without_endpoints_refuses_connections_at_once,
+            scenarios_clusterip::a_pod_reaching_itself_through_its_service_is_answered_by_itself,
+            scenarios_clusterip::a_selectorless_service_is_served_from_its_v1_endpoints,
+            scenarios_clusterip::an_ipv6_clusterip_is_reached_over_tcp_from_a_pod,
+            scenarios_external::nodeport_from_an_external_host_is_masqueraded_under_cluster_policy,
+            scenarios_external::nodeport_under_local_policy_keeps_the_source_and_uses_only_local_endpoints,
+            scenarios_external::nodeport_under_local_policy_without_local_endpoints_drops,
+            scenarios_external::external_ips_are_reachable_from_an_external_host,
+            scenarios_external::a_load_balancer_ingress_ip_is_reachable_from_an_external_host,
+            scenarios_external::load_balancer_source_ranges_admit_listed_clients_and_drop_others,
+            scenarios_external::health_check_node_port_reports_whether_there_are_local_endpoints,
+            scenarios_policy::client_ip_affinity_keeps_a_client_on_one_endpoint_across_ports,
+            scenarios_policy::a_not_ready_endpoint_gets_no_traffic,
+            scenarios_policy::terminating_serving_endpoints_serve_when_nothing_else_is_left,
+            scenarios_policy::internal_traffic_policy_local_uses_only_local_endpoints,
+            scenarios_policy::internal_traffic_policy_local_without_local_endpoints_drops,
+            scenarios_policy::services_for_another_proxy_and_headless_services_get_no_rules,
+            scenarios_changes::an_added_endpoint_starts_receiving_traffic,
+            scenarios_changes::a_removed_endpoint_stops_receiving_traffic,
+            scenarios_changes::an_added_service_becomes_reachable,
+            scenarios_changes::a_changed_service_port_moves_traffic_to_the_new_port,
+            scenarios_changes::a_deleted_service_is_no_longer_proxied,
+            scenarios_changes::a_broken_manifest_leaves_the_good_services_working,
+            scenarios_lifecycle::rules_flushed_by_someone_else_are_restored,
+            scenarios_lifecycle::restarting_kproxy_fails_no_connection,
+            scenarios_lifecycle::cleanup_removes_every_kproxy_table,
+        );
+    };
+    (@tests $mode:literal; $($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                crate::run($mode, concat!($mode, "::", stringify!($name)), crate::$module::$name);
+            }
+        )*
+    };
+}
+
+mod nftables {
+    scenarios!("nftables");
+}
+// The iptables and IPVS backends run the same scenarios once they program rules:
+// mod iptables { scenarios!("iptables"); }
+// mod ipvs { scenarios!("ipvs"); }
