@@ -73,19 +73,8 @@ impl Cluster {
     pub fn stop_kproxy(&mut self) {
         let k = self.kproxy.as_mut().expect("kproxy is running");
         k.assert_running();
-        let pid = pid_of(k).expect("kproxy's pid in /proc");
-        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGTERM) },
-            0,
-            "SIGTERM kproxy"
-        );
-        client::poll("kproxy to exit on SIGTERM", Duration::from_secs(10), || {
-            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                Ok(stat) if !stat.contains(") Z ") => Err("still running".to_string()),
-                _ => Ok(()),
-            }
-        });
+        let status = k.stop();
+        assert!(status.success(), "kproxy exited with {status} on SIGTERM");
         let log = k.log();
         assert!(
             log.contains("rules left in place"),
@@ -224,16 +213,4 @@ impl Drop for Cluster {
             );
         }
     }
-}
-
-/// kproxy's pid: the process whose arguments include this instance's unique metrics address.
-fn pid_of(k: &Kproxy) -> Option<i32> {
-    let metrics = k.metrics.to_string();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
-        let is_kproxy = args.next()?.ends_with("kproxy");
-        (is_kproxy && args.any(|a| a == metrics)).then_some(pid)
-    })
 }

@@ -169,6 +169,26 @@ impl Kproxy {
         }
     }
 
+    /// Sends SIGTERM and waits (up to 10 s) for kproxy to exit; returns its exit status. The
+    /// child is kproxy itself (`ip netns exec` execs it), so the signal reaches kproxy.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM kproxy: {}", std::io::Error::last_os_error());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for kproxy") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kproxy did not exit within 10 s of SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
