@@ -260,6 +260,12 @@ fn affinity(fam: &mut FamilyState, planned: &Planned, vip: &IpAddr, key: &str, t
     let Some(timeout) = planned.port.affinity_timeout_seconds else {
         return;
     };
+    // nft 1.0.6 aborts (netlink_linearize.c: `dreg < ctx->reg_low`) on any packet-path update
+    // of a map whose key is two IPv6 addresses and whose value is one, so the whole load would
+    // fail: IPv6 VIPs load-balance without affinity until a newer nft is required.
+    if vip.is_ipv6() {
+        return;
+    }
     // Endpoints with different target ports (a named port resolving differently per pod) fall
     // back to plain load balancing: the affinity lookup needs one port per VIP port.
     let Some(port) = single_port(targets) else {

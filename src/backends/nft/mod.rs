@@ -19,6 +19,10 @@ pub use transport::NftCli;
 #[cfg(test)]
 pub(crate) mod diff_tests;
 #[cfg(test)]
+mod fake_kernel;
+#[cfg(test)]
+mod fake_kernel_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
 mod traffic_tests;
