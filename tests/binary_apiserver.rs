@@ -140,8 +140,11 @@ async fn binary_follows_list_add_modify_delete_and_a_410_relist() {
 
     // Delete.
     let t = Instant::now();
-    server.delete(Kind::Services, "default", "b");
+    // One at a time: the two kinds come over separate watches, and the change counters read
+    // below must not still be waiting for the slice's delete.
     server.delete(Kind::EndpointSlices, "default", "b-1");
+    state_where(&mut kproxy, "b's endpoints gone", endpoints_are("b", &[])).await;
+    server.delete(Kind::Services, "default", "b");
     state_where(&mut kproxy, "b gone", ports_are(&["a", "c", "d"])).await;
     println!("delete -> served: {:?}", t.elapsed());
 

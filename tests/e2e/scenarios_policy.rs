@@ -11,7 +11,7 @@ use crate::client::{
 };
 use crate::cluster::Cluster;
 use crate::manifests::{DRAINING, GONE, NOT_READY, READY, Slice, Svc, WEB, web, web_service};
-use crate::topology::{A, ALT, B, C, Client, Ext, HTTP};
+use crate::topology::{A, ALT, B, C, Client, Ext, HTTP, Node};
 
 /// The one server that answered every outcome, or why there is none.
 fn one_server(r: &[Outcome]) -> Result<String, String> {
@@ -53,6 +53,31 @@ pub fn client_ip_affinity_keeps_a_client_on_one_endpoint_across_ports(c: &mut Cl
     // by construction, so only check it sticks too).
     let r = c.tcp_n(A, at("10.96.0.90", 80), 20);
     one_server(&r).unwrap();
+}
+
+pub fn client_ip_affinity_keeps_an_external_client_on_one_endpoint_through_a_node_port(
+    c: &mut Cluster,
+) {
+    let svc = Svc::new("sticky-np", "10.96.0.91")
+        .tcp("http", 80, HTTP)
+        .node_port("http", 30090)
+        .client_ip_affinity();
+    let slice = Slice::v4("sticky-np").tcp("http", HTTP).ready(&[A, B, C]);
+    c.apply("sticky-np", vec![svc.into(), slice.into()]);
+    let np = at(&Node.v4(), 30090);
+    let (first, took) = poll("the NodePort to answer ext", WAIT, || {
+        match c.probe(Ext, Tcp, np, 1, POLL_TIMEOUT).remove(0) {
+            Ok((server, _)) if [A, B, C].iter().any(|h| h.name() == server) => Ok(server),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    println!("service written -> NodePort traffic: {took:?} (first answer from {first})");
+    let r = c.tcp_n(Ext, np, 20);
+    assert_eq!(
+        one_server(&r).unwrap(),
+        first,
+        "ext must stick to its first endpoint"
+    );
 }
 
 pub fn a_not_ready_endpoint_gets_no_traffic(c: &mut Cluster) {

@@ -26,8 +26,9 @@ pub struct FamilyState {
     pub sets: BTreeMap<&'static str, Elements>,
     /// `(family prefix, N)` for every `<prefix>-N` chain some element jumps to.
     pub lb_chains: BTreeSet<(&'static str, usize)>,
-    /// Affinity timeouts in seconds, one `affinity-<T>` chain each.
-    pub affinity_timeouts: BTreeSet<u32>,
+    /// `(family prefix, T)` for every `<prefix>-T` affinity chain (`affinity`, `np-affinity`;
+    /// T in seconds).
+    pub affinity_timeouts: BTreeSet<(&'static str, u32)>,
 }
 
 /// Everything kproxy wants in the kernel, per family.
@@ -237,6 +238,9 @@ fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
         let fam = d.family_mut(family);
         let key = format!("{pr} . {node_port}");
         route(fam, NODEPORT, family, p.name.protocol, &key, ext);
+        if family == IpFamily::V4 {
+            nodeport_affinity(fam, planned, &key, ext);
+        }
         if plan.masquerade_external {
             fam.add("nodeport-masq", key.clone(), String::new());
         }
@@ -280,12 +284,38 @@ fn affinity(fam: &mut FamilyState, planned: &Planned, vip: &IpAddr, key: &str, t
         key.to_string(),
         format!("goto affinity-{timeout}"),
     );
-    fam.affinity_timeouts.insert(timeout);
+    fam.affinity_timeouts.insert(("affinity", timeout));
     for e in eps
         .iter()
         .filter(|e| IpFamily::of(&e.ip) == IpFamily::of(vip))
     {
         fam.add("affinity-live", format!("{vip} . {}", e.ip), String::new());
+    }
+}
+
+/// ClientIP affinity for one NodePort (IPv4 only: nft 1.0.6 aborts on the IPv6 update rule):
+/// keyed by (client . proto . nodePort), so per port, as upstream.
+fn nodeport_affinity(fam: &mut FamilyState, planned: &Planned, key: &str, targets: &Targets) {
+    let (Some(timeout), Some(port), Targets::Endpoints(eps)) = (
+        planned.port.affinity_timeout_seconds,
+        single_port(targets),
+        targets,
+    ) else {
+        return;
+    };
+    fam.add("nodeport-affinity-ports", key.to_string(), port.to_string());
+    fam.add(
+        "nodeport-affinity-timeouts",
+        key.to_string(),
+        format!("goto np-affinity-{timeout}"),
+    );
+    fam.affinity_timeouts.insert(("np-affinity", timeout));
+    for e in eps.iter().filter(|e| e.ip.is_ipv4()) {
+        fam.add(
+            "nodeport-affinity-live",
+            format!("{key} . {}", e.ip),
+            String::new(),
+        );
     }
 }
 
@@ -410,9 +440,9 @@ fn render_family(out: &mut String, d: &Desired, family: IpFamily) {
             family,
         );
     }
-    for timeout in &fam.affinity_timeouts {
-        let rules = affinity_rules(*timeout);
-        chain(out, &format!("affinity-{timeout}"), None, &rules, family);
+    for (prefix, timeout) in &fam.affinity_timeouts {
+        let rules = affinity_rules(prefix, *timeout);
+        chain(out, &format!("{prefix}-{timeout}"), None, &rules, family);
     }
     for b in skeleton::BASE_CHAINS {
         let head = format!(
@@ -453,12 +483,17 @@ pub fn lb_rules(prefix: &str, n: usize) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The rule templates of `affinity-<timeout>`.
-pub fn affinity_rules(timeout: u32) -> Vec<String> {
-    skeleton::AFFINITY_RULES
+/// The rule templates of `<prefix>-<timeout>` (`affinity` or `np-affinity`).
+pub fn affinity_rules(prefix: &str, timeout: u32) -> Vec<String> {
+    skeleton::AFFINITY_FAMILIES
         .iter()
-        .map(|r| r.replace("{t}", &timeout.to_string()))
-        .collect()
+        .find(|(p, _)| *p == prefix)
+        .map(|(_, r)| {
+            r.iter()
+                .map(|r| r.replace("{t}", &timeout.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn chain(out: &mut String, name: &str, head: Option<&str>, rules: &[String], family: IpFamily) {

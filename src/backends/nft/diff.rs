@@ -204,7 +204,7 @@ impl Mirror {
         for chain in self.family(family).chains.keys() {
             let n = match chain {
                 DynChain::Lb(prefix, n) => compile::lb_rules(prefix, *n).len(),
-                DynChain::Affinity(t) => compile::affinity_rules(*t).len(),
+                DynChain::Affinity(prefix, t) => compile::affinity_rules(prefix, *t).len(),
             };
             counts.insert(chain.name(), n);
         }
@@ -252,7 +252,11 @@ impl Mirror {
 /// The dynamic chains one family of a contribution uses.
 fn chains_of(fam: &FamilyState) -> impl Iterator<Item = DynChain> + '_ {
     let lb = fam.lb_chains.iter().map(|(p, n)| DynChain::Lb(p, *n));
-    lb.chain(fam.affinity_timeouts.iter().map(|t| DynChain::Affinity(*t)))
+    lb.chain(
+        fam.affinity_timeouts
+            .iter()
+            .map(|(p, t)| DynChain::Affinity(p, *t)),
+    )
 }
 
 /// Accumulates the changes of several owners on top of the mirror.

@@ -165,7 +165,10 @@ fn a_full_diff_against_an_empty_mirror_is_a_complete_load() {
         for family in [IpFamily::V4, IpFamily::V6] {
             let fam = d.family(family);
             let lb = fam.lb_chains.iter().map(|(p, n)| DynChain::Lb(p, *n));
-            let aff = fam.affinity_timeouts.iter().map(|t| DynChain::Affinity(*t));
+            let aff = fam
+                .affinity_timeouts
+                .iter()
+                .map(|(p, t)| DynChain::Affinity(p, *t));
             for c in lb.chain(aff) {
                 load.extend(c.create(family));
             }

@@ -152,6 +152,24 @@ pub const SETS: &[SetDecl] = &[
         name: "affinity-live",
         decl: "type {addr} . {addr};",
     },
+    // NodePort affinity (IPv4 only, see README): (client . proto . nodePort) -> endpoint IP,
+    // written by the packet path; the target port, timeout chain and live endpoints per nodePort.
+    SetDecl {
+        name: "nodeport-affinity",
+        decl: "type {addr} . inet_proto . inet_service : {addr}; flags dynamic,timeout; timeout 3h;",
+    },
+    SetDecl {
+        name: "nodeport-affinity-ports",
+        decl: "type inet_proto . inet_service : inet_service;",
+    },
+    SetDecl {
+        name: "nodeport-affinity-timeouts",
+        decl: "type inet_proto . inet_service : verdict;",
+    },
+    SetDecl {
+        name: "nodeport-affinity-live",
+        decl: "type inet_proto . inet_service . {addr};",
+    },
     // Hairpin: (ep . ep) for every endpoint IP, so `saddr . daddr` matches a pod reaching itself.
     SetDecl {
         name: "hairpin",
@@ -258,6 +276,7 @@ pub const CHAINS: &[Chain] = &[
         name: "affinity-remember",
         rules: &[
             "meta l4proto { tcp, udp, sctp } ct original {ip} daddr . meta l4proto . ct original proto-dst vmap @affinity-timeouts",
+            "meta l4proto { tcp, udp, sctp } ct original {ip} daddr @nodeport-ips meta l4proto . ct original proto-dst vmap @nodeport-affinity-timeouts",
         ],
     },
     Chain {
@@ -300,6 +319,7 @@ pub const LB_FAMILIES: &[(&str, &[&str])] = &[
     (
         "np-lb",
         &[
+            "meta l4proto { tcp, udp, sctp } dnat {ip} to {ip} saddr . meta l4proto . th dport map @nodeport-affinity : meta l4proto . th dport map @nodeport-affinity-ports",
             "meta l4proto tcp dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-tcp",
             "meta l4proto udp dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-udp",
             "meta l4proto sctp dnat {ip} to meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints-sctp",
@@ -321,6 +341,18 @@ pub const LB_FAMILIES: &[(&str, &[&str])] = &[
 pub const AFFINITY_RULES: &[&str] = &[
     "ct original {ip} daddr . {ip} daddr != @affinity-live update @affinity { {ip} saddr . ct original {ip} daddr timeout 1ms : {ip} daddr } drop",
     "update @affinity { {ip} saddr . ct original {ip} daddr timeout {t}s : {ip} daddr }",
+];
+
+/// The rules of `np-affinity-<T>`: the same for NodePorts, keyed by (client . proto . nodePort).
+pub const NP_AFFINITY_RULES: &[&str] = &[
+    "meta l4proto { tcp, udp, sctp } meta l4proto . ct original proto-dst . {ip} daddr != @nodeport-affinity-live update @nodeport-affinity { {ip} saddr . meta l4proto . ct original proto-dst timeout 1ms : {ip} daddr } drop",
+    "meta l4proto { tcp, udp, sctp } update @nodeport-affinity { {ip} saddr . meta l4proto . ct original proto-dst timeout {t}s : {ip} daddr }",
+];
+
+/// The affinity chain families: prefix and rule templates of `<prefix>-<T>` (`{t}`: seconds).
+pub const AFFINITY_FAMILIES: &[(&str, &[&str])] = &[
+    ("affinity", AFFINITY_RULES),
+    ("np-affinity", NP_AFFINITY_RULES),
 ];
 
 /// Fills a template for one family.

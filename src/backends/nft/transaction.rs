@@ -22,14 +22,15 @@ const ELEMENTS_PER_COMMAND: usize = 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DynChain {
     Lb(&'static str, usize),
-    Affinity(u32),
+    /// `<prefix>-T`: `affinity-T` or `np-affinity-T`.
+    Affinity(&'static str, u32),
 }
 
 impl DynChain {
     pub fn name(&self) -> String {
         match self {
             DynChain::Lb(prefix, n) => format!("{prefix}-{n}"),
-            DynChain::Affinity(t) => format!("affinity-{t}"),
+            DynChain::Affinity(prefix, t) => format!("{prefix}-{t}"),
         }
     }
 
@@ -37,7 +38,7 @@ impl DynChain {
     pub fn create(&self, family: IpFamily) -> Vec<Op> {
         let rules = match self {
             DynChain::Lb(prefix, n) => compile::lb_rules(prefix, *n),
-            DynChain::Affinity(t) => compile::affinity_rules(*t),
+            DynChain::Affinity(prefix, t) => compile::affinity_rules(prefix, *t),
         };
         let name = self.name();
         let mut ops = vec![Op::AddChain(family, name.clone(), None)];

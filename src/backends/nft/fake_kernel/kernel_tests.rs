@@ -175,7 +175,7 @@ fn the_listing_parses_back_into_every_chain_set_and_element_and_rule_counts_skip
             assert_eq!(listed.sets[name].1, set.elements, "{name}");
         }
         let counts = k.rule_counts_of(family);
-        assert!(!counts.contains_key("affinity-remember") || counts["affinity-remember"] == 1);
+        assert!(!counts.contains_key("affinity-remember") || counts["affinity-remember"] == 2);
         assert!(counts.values().all(|n| *n > 0));
     }
     k.apply_script("delete table ip6 kproxy\n").unwrap();
