@@ -72,6 +72,7 @@ macro_rules! scenarios {
             scenarios_external::health_check_node_port_reports_whether_there_are_local_endpoints,
             scenarios_policy::client_ip_affinity_keeps_a_client_on_one_endpoint_across_ports,
             scenarios_policy::client_ip_affinity_keeps_an_external_client_on_one_endpoint_through_a_node_port,
+            scenarios_policy::client_ip_affinity_on_ipv6_keeps_a_client_on_one_endpoint_across_ports,
             scenarios_policy::a_not_ready_endpoint_gets_no_traffic,
             scenarios_policy::terminating_serving_endpoints_serve_when_nothing_else_is_left,
             scenarios_policy::internal_traffic_policy_local_uses_only_local_endpoints,

@@ -80,6 +80,34 @@ pub fn client_ip_affinity_keeps_an_external_client_on_one_endpoint_through_a_nod
     );
 }
 
+pub fn client_ip_affinity_on_ipv6_keeps_a_client_on_one_endpoint_across_ports(c: &mut Cluster) {
+    let svc = Svc::new("sticky6", "fd00:96::90")
+        .tcp("http", 80, HTTP)
+        .tcp("alt", 81, ALT)
+        .client_ip_affinity();
+    let slice = Slice::v6("sticky6")
+        .tcp("http", HTTP)
+        .tcp("alt", ALT)
+        .ready(&[A, B, C]);
+    c.apply("sticky6", vec![svc.into(), slice.into()]);
+    let vip = at("fd00:96::90", 80);
+    let (first, took) = poll("sticky6 to answer the client pod", WAIT, || {
+        match c.probe(Client, Tcp, vip, 1, POLL_TIMEOUT).remove(0) {
+            Ok((server, _)) if [A, B, C].iter().any(|h| h.name() == server) => Ok(server),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    println!("service written -> IPv6 traffic: {took:?} (first answer from {first})");
+    let r = c.tcp_n(Client, vip, 20);
+    assert_eq!(one_server(&r).unwrap(), first);
+    let r = c.tcp_n(Client, at("fd00:96::90", 81), 20);
+    assert_eq!(
+        one_server(&r).unwrap(),
+        first,
+        "the other port sticks to the same endpoint"
+    );
+}
+
 pub fn a_not_ready_endpoint_gets_no_traffic(c: &mut Cluster) {
     let slice = Slice::v4("web")
         .tcp("http", HTTP)

@@ -184,11 +184,23 @@ fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
     let pr = proto(p.name.protocol);
     let external: Vec<&IpAddr> = p.external_ips.iter().chain(&p.load_balancer_ips).collect();
 
+    // IPv6 affinity hashes the client to a slot (see `skeleton::LB_FAMILIES`).
+    let hashed = |family: IpFamily, r: Route, prefix: &'static str| {
+        if family == IpFamily::V6 && p.affinity_timeout_seconds.is_some() {
+            Route {
+                chain_prefix: prefix,
+                ..r
+            }
+        } else {
+            r
+        }
+    };
     for vip in &p.cluster_ips {
         let family = IpFamily::of(vip);
         let fam = d.family_mut(family);
         let key = format!("{vip} . {pr} . {}", p.port);
-        route(fam, CLUSTER, family, p.name.protocol, &key, &plan.internal);
+        let cluster = hashed(family, CLUSTER, "lb-hash");
+        route(fam, cluster, family, p.name.protocol, &key, &plan.internal);
         fam.add("cluster-ports", key.clone(), String::new());
         affinity(fam, planned, vip, &key, &plan.internal);
     }
@@ -197,7 +209,8 @@ fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
         let family = IpFamily::of(vip);
         let fam = d.family_mut(family);
         let key = format!("{vip} . {pr} . {}", p.port);
-        route(fam, CLUSTER, family, p.name.protocol, &key, ext);
+        let cluster = hashed(family, CLUSTER, "lb-hash");
+        route(fam, cluster, family, p.name.protocol, &key, ext);
         affinity(fam, planned, vip, &key, ext);
         if plan.masquerade_external {
             fam.add("external-masq", key.clone(), String::new());
@@ -237,7 +250,8 @@ fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
         }
         let fam = d.family_mut(family);
         let key = format!("{pr} . {node_port}");
-        route(fam, NODEPORT, family, p.name.protocol, &key, ext);
+        let nodeport = hashed(family, NODEPORT, "np-lb-hash");
+        route(fam, nodeport, family, p.name.protocol, &key, ext);
         if family == IpFamily::V4 {
             nodeport_affinity(fam, planned, &key, ext);
         }
@@ -266,7 +280,7 @@ fn affinity(fam: &mut FamilyState, planned: &Planned, vip: &IpAddr, key: &str, t
     };
     // nft 1.0.6 aborts (netlink_linearize.c: `dreg < ctx->reg_low`) on any packet-path update
     // of a map whose key is two IPv6 addresses and whose value is one, so the whole load would
-    // fail: IPv6 VIPs load-balance without affinity until a newer nft is required.
+    // fail: IPv6 VIPs get affinity by hashing the client instead (`lb-hash-N`).
     if vip.is_ipv6() {
         return;
     }

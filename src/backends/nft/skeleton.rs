@@ -308,6 +308,25 @@ pub const LB_FAMILIES: &[(&str, &[&str])] = &[
             "meta l4proto sctp dnat {ip} to {ip} daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints-sctp",
         ],
     ),
+    // IPv6 ClientIP affinity (nft 1.0.6 cannot update the IPv6 `affinity` map, see README): a
+    // client hashes to one slot, so it keeps its endpoint, on every port of the Service, for as
+    // long as the endpoints stay the same; there is no timeout.
+    (
+        "lb-hash",
+        &[
+            "meta l4proto tcp dnat {ip} to {ip} daddr . meta l4proto . th dport . jhash {ip} saddr mod {n} map @endpoints-tcp",
+            "meta l4proto udp dnat {ip} to {ip} daddr . meta l4proto . th dport . jhash {ip} saddr mod {n} map @endpoints-udp",
+            "meta l4proto sctp dnat {ip} to {ip} daddr . meta l4proto . th dport . jhash {ip} saddr mod {n} map @endpoints-sctp",
+        ],
+    ),
+    (
+        "np-lb-hash",
+        &[
+            "meta l4proto tcp dnat {ip} to meta l4proto . th dport . jhash {ip} saddr mod {n} map @nodeport-endpoints-tcp",
+            "meta l4proto udp dnat {ip} to meta l4proto . th dport . jhash {ip} saddr mod {n} map @nodeport-endpoints-udp",
+            "meta l4proto sctp dnat {ip} to meta l4proto . th dport . jhash {ip} saddr mod {n} map @nodeport-endpoints-sctp",
+        ],
+    ),
     (
         "lb-from-local",
         &[

@@ -374,6 +374,14 @@ impl Run<'_> {
                         .map_err(|_| format!("bad numgen modulus in {rule:?}"))?;
                     (Val::Numgen(n), 4)
                 }
+                // `jhash ip6 saddr mod N` (IPv6 affinity by hash): one slot per client, any
+                // of the N for the tracer.
+                ("jhash", _) if tok(i + 2) == "saddr" && tok(i + 3) == "mod" => {
+                    let n = tok(i + 4)
+                        .parse()
+                        .map_err(|_| format!("bad jhash modulus in {rule:?}"))?;
+                    (Val::Numgen(n), 5)
+                }
                 (a, b) => return Err(format!("unsupported selector {a:?} {b:?} in {rule:?}")),
             };
             vals.push(val);
