@@ -7,14 +7,15 @@
 //! ordered maps) and its output is accepted by `nft -c -f`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write;
 use std::net::IpAddr;
 
-use super::skeleton::{self, fill};
+use super::skeleton;
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::{Planned, Targets};
 use crate::model::{Endpoint, IpFamily, Protocol, ServicePortName};
 use crate::node::NodeFacts;
+
+pub use super::render::render;
 
 /// Element text of one set or map: key -> value ("" for a plain set).
 pub type Elements = BTreeMap<String, String>;
@@ -393,82 +394,6 @@ fn node_elements(d: &mut Desired, node: &NodeFacts, config: &BackendConfig) {
     }
 }
 
-/// The whole ruleset of both families in `nft -f` syntax: deletes and recreates kproxy's
-/// tables (for --dry-run and `nft -c -f`; the backend applies element diffs instead).
-pub fn render(d: &Desired) -> String {
-    let mut out = String::new();
-    for family in [IpFamily::V4, IpFamily::V6] {
-        render_family(&mut out, d, family);
-    }
-    out
-}
-
-fn render_family(out: &mut String, d: &Desired, family: IpFamily) {
-    let fam = d.family(family);
-    let name = match family {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
-    };
-    let t = skeleton::TABLE;
-    let _ = writeln!(
-        out,
-        "table {name} {t} {{}}\ndelete table {name} {t}\ntable {name} {t} {{"
-    );
-    for set in skeleton::SETS {
-        let kind = if set.decl.contains(" : ") {
-            "map"
-        } else {
-            "set"
-        };
-        let _ = writeln!(
-            out,
-            "\t{kind} {} {{\n\t\t{}",
-            set.name,
-            fill(set.decl, family)
-        );
-        if let Some(elements) = fam.sets.get(set.name).filter(|e| !e.is_empty()) {
-            let items: Vec<String> = elements
-                .iter()
-                .map(|(k, v)| {
-                    if v.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{k} : {v}")
-                    }
-                })
-                .collect();
-            let _ = writeln!(out, "\t\telements = {{ {} }}", items.join(",\n\t\t\t     "));
-        }
-        let _ = writeln!(out, "\t}}");
-    }
-    for c in skeleton::CHAINS {
-        let rules = static_rules(c, d.masquerade_all, has_cluster_cidrs(fam));
-        chain(out, c.name, None, &rules, family);
-    }
-    for (prefix, n) in &fam.lb_chains {
-        chain(
-            out,
-            &format!("{prefix}-{n}"),
-            None,
-            &lb_rules(prefix, *n),
-            family,
-        );
-    }
-    for (prefix, timeout) in &fam.affinity_timeouts {
-        let rules = affinity_rules(prefix, *timeout);
-        chain(out, &format!("{prefix}-{timeout}"), None, &rules, family);
-    }
-    for b in skeleton::BASE_CHAINS {
-        let head = format!(
-            "type {} hook {} priority {}; policy accept; # {}",
-            b.kind, b.hook, b.priority, b.comment
-        );
-        let rules: Vec<String> = b.rules.iter().map(|r| r.to_string()).collect();
-        chain(out, b.name, Some(&head), &rules, family);
-    }
-    let _ = writeln!(out, "}}");
-}
-
 /// Whether this family's `cluster-cidrs` set has elements (selects the cluster-CIDR rule).
 pub fn has_cluster_cidrs(fam: &FamilyState) -> bool {
     fam.sets.get("cluster-cidrs").is_some_and(|s| !s.is_empty())
@@ -508,15 +433,4 @@ pub fn affinity_rules(prefix: &str, timeout: u32) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn chain(out: &mut String, name: &str, head: Option<&str>, rules: &[String], family: IpFamily) {
-    let _ = writeln!(out, "\tchain {name} {{");
-    if let Some(head) = head {
-        let _ = writeln!(out, "\t\t{head}");
-    }
-    for r in rules {
-        let _ = writeln!(out, "\t\t{}", fill(r, family));
-    }
-    let _ = writeln!(out, "\t}}");
 }

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod diff;
 pub mod netlink;
 pub mod reconcile;
+pub mod render;
 pub mod skeleton;
 pub mod transaction;
 pub mod transport;
