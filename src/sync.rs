@@ -57,6 +57,8 @@ pub struct Syncer {
     no_local: BTreeMap<ServicePortName, (bool, bool)>,
     /// List the host's addresses on full syncs (off in tests that fix them).
     gather_addresses: bool,
+    /// The drift probe failed last time (its error is logged once, not every period).
+    drift_probe_failing: bool,
 }
 
 impl Syncer {
@@ -79,6 +81,7 @@ impl Syncer {
             listed: HashSet::new(),
             started: SystemTime::now(),
             trigger_times: Vec::new(),
+            drift_probe_failing: false,
             no_local: BTreeMap::new(),
             gather_addresses: true,
         }
@@ -263,7 +266,9 @@ impl Syncer {
     /// Between syncs: whether the backend's rules were changed by someone else. Counted, logged
     /// and answered by the caller with a full resync.
     pub fn drifted(&mut self) -> bool {
-        match self.backend.drift() {
+        let result = self.backend.drift();
+        let failing = std::mem::replace(&mut self.drift_probe_failing, result.is_err());
+        match result {
             Ok(None) => false,
             Ok(Some(what)) => {
                 tracing::warn!(drift = %what, "kproxy's rules were changed by someone else; repairing with a full resync");
@@ -271,7 +276,9 @@ impl Syncer {
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot check kproxy's rules for drift");
+                if !failing {
+                    tracing::warn!(error = %e, "cannot check kproxy's rules for drift");
+                }
                 false
             }
         }
