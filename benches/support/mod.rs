@@ -1,0 +1,116 @@
+//! A generated cluster for the benches: `n` Services with a realistic mix of types, each with
+//! one TCP port and `eps` endpoints in one EndpointSlice, as the changes a source would send.
+//!
+//! Invariants: deterministic (Service i always looks the same); every VIP, NodePort and
+//! endpoint address is unique; one endpoint in five is on this node (`node1`). Mix per ten
+//! Services: six ClusterIP, two NodePort, one LoadBalancer with an ingress IP and a source
+//! range, one ClusterIP with ClientIP affinity. No healthCheckNodePorts (they would bind ports).
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use kproxy::model::{
+    IpFamily, NamespacedName, Protocol, Service, ServicePort, ServicePortName, ServiceType, Slice,
+    SliceEndpoint, SlicePort,
+};
+use kproxy::watch::{Change, Kind};
+
+pub const NODE: &str = "node1";
+
+fn v4(a: u8, i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, (i >> 16) as u8, (i >> 8) as u8, i as u8))
+}
+
+pub fn name(i: u32) -> NamespacedName {
+    NamespacedName::new("default", format!("svc-{i}"))
+}
+
+pub fn port_name(i: u32) -> ServicePortName {
+    ServicePortName {
+        service: name(i),
+        port: "http".into(),
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// Service i (VIP 10.x from i).
+pub fn service(i: u32) -> Change {
+    let mut p = ServicePort::cluster_ip(port_name(i), v4(10, i), 80);
+    match i % 10 {
+        6 | 7 => {
+            p.service_type = ServiceType::NodePort;
+            p.node_port = Some(30000 + (i % 2768) as u16);
+        }
+        8 => {
+            p.service_type = ServiceType::LoadBalancer;
+            p.node_port = Some(30000 + (i % 2768) as u16);
+            p.load_balancer_ips = vec![v4(11, i)];
+            p.load_balancer_source_ranges = vec!["192.0.2.0/24".parse().expect("static CIDR")];
+        }
+        9 => p.affinity_timeout_seconds = Some(10800),
+        _ => {}
+    }
+    // NodePorts must be unique: beyond 2768 Services the range wraps, so later ones are ClusterIP.
+    if i >= 2768 && p.node_port.is_some() {
+        p.node_port = None;
+        p.service_type = ServiceType::ClusterIP;
+        p.load_balancer_ips.clear();
+        p.load_balancer_source_ranges.clear();
+    }
+    Change::Service(
+        name(i),
+        Some(Service {
+            name: name(i),
+            ports: vec![p],
+            has_selector: true,
+        }),
+    )
+}
+
+/// The slice of Service i with `eps` endpoints; `generation` shifts their addresses, so two
+/// generations differ in every endpoint.
+pub fn slice(i: u32, eps: u32, generation: u32) -> Change {
+    let endpoints = (0..eps)
+        .map(|k| SliceEndpoint {
+            ip: v4(100 + (generation % 100) as u8, i * 16 + k),
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: Some(if k % 5 == 0 {
+                NODE.into()
+            } else {
+                format!("node{}", 2 + k % 7)
+            }),
+            zone: None,
+            zone_hints: Default::default(),
+            node_hints: Default::default(),
+        })
+        .collect();
+    let key = NamespacedName::new("default", format!("svc-{i}-abcde"));
+    Change::Slice(
+        key,
+        Some(Slice {
+            service: name(i),
+            family: IpFamily::V4,
+            ports: vec![SlicePort {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
+            endpoints,
+            trigger_time: None,
+        }),
+    )
+}
+
+/// Every change of a cluster of `n` Services × `eps` endpoints, with both initial lists done.
+pub fn cluster(n: u32, eps: u32) -> Vec<Change> {
+    let mut out = Vec::with_capacity(2 * n as usize + 2);
+    for i in 0..n {
+        out.push(service(i));
+        out.push(slice(i, eps, 0));
+    }
+    out.push(Change::Listed(Kind::Services));
+    out.push(Change::Listed(Kind::EndpointSlices));
+    out
+}

@@ -1,0 +1,109 @@
+//! User-space cost of a sync (issue 4, part 1): model change → plan → compile → diff →
+//! transaction text, through the real `Syncer` and `NftBackend` on the recording transport,
+//! for 1k / 10k / 50k Services × 10 endpoints (see `support` for the mix). No kernel, no root.
+//!
+//! Invariants: each measured iteration is a real change (endpoint sets alternate between two
+//! generations; added Services have fresh names); the recording transport is emptied between
+//! iterations so memory stays flat; the full-sync bench uses the plans of exactly n Services
+//! (taken before Services are added); sizes above 10k run only with KPROXY_BENCH_LARGE=1.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use kproxy::backends::BackendConfig;
+use kproxy::backends::nft::NftBackend;
+use kproxy::backends::nft::diff::{Mirror, Parts, Scope, diff};
+use kproxy::backends::nft::transport::FakeTransport;
+use kproxy::health::service::ServiceHealthServers;
+use kproxy::metrics::Metrics;
+use kproxy::node::NodeFacts;
+use kproxy::sync::runner::Due;
+use kproxy::sync::{Shared, Syncer};
+
+fn sizes() -> Vec<u32> {
+    let mut s = vec![1_000, 10_000];
+    if std::env::var("KPROXY_BENCH_LARGE").as_deref() == Ok("1") {
+        s.push(50_000);
+    }
+    s
+}
+
+fn config() -> BackendConfig {
+    BackendConfig {
+        cluster_cidrs: vec!["10.96.0.0/12".parse().expect("static CIDR")],
+        masquerade_all: false,
+    }
+}
+
+/// A syncer holding `n` Services, fully synced once, and its transport and shared state.
+fn loaded(rt: &tokio::runtime::Runtime, n: u32) -> (Syncer, FakeTransport, Arc<Shared>) {
+    let fake = FakeTransport::default();
+    let shared = Arc::new(Shared::default());
+    let mut node = NodeFacts::new(support::NODE);
+    node.local_addresses = vec!["192.168.0.2".parse().expect("static address")];
+    let mut syncer = Syncer::new(
+        Box::new(NftBackend::new(config(), fake.clone())),
+        Box::new(kproxy::conntrack::Noop),
+        node,
+        Arc::new(Metrics::new()),
+        shared.clone(),
+        ServiceHealthServers::default(),
+    )
+    .with_fixed_addresses();
+    for c in support::cluster(n, 10) {
+        syncer.apply(c);
+    }
+    assert!(rt.block_on(syncer.sync(Due::Full)), "the initial full sync");
+    fake.state.lock().expect("fake transport").applied.clear();
+    (syncer, fake, shared)
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut g = c.benchmark_group("userspace");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    for n in sizes() {
+        let (mut syncer, fake, shared) = loaded(&rt, n);
+        // Taken now: the Service-added bench below grows the model.
+        let plans = shared.plans.read().expect("plans").clone();
+        let node = shared.node.read().expect("node").clone();
+        let mut generation = 0;
+        g.bench_function(BenchmarkId::new("one_endpoint_set_changed", n), |b| {
+            b.iter(|| {
+                generation += 1;
+                syncer.apply(support::slice(n / 2, 10, generation));
+                assert!(rt.block_on(syncer.sync(Due::Partial)));
+                fake.state.lock().expect("fake transport").applied.clear();
+            })
+        });
+        let mut next = n;
+        g.bench_function(BenchmarkId::new("one_service_added", n), |b| {
+            b.iter(|| {
+                syncer.apply(support::service(next));
+                syncer.apply(support::slice(next, 10, 0));
+                next += 1;
+                assert!(rt.block_on(syncer.sync(Due::Partial)));
+                fake.state.lock().expect("fake transport").applied.clear();
+            })
+        });
+        // A cold full sync's user-space part: compile every port, diff against an empty mirror,
+        // print the transaction.
+        g.bench_function(BenchmarkId::new("full_sync_text", n), |b| {
+            b.iter(|| {
+                let parts = Parts::full(&plans, &node, &config());
+                let d = diff(&Mirror::default(), &parts, Scope::Full);
+                d.tx.to_string().len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
