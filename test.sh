@@ -20,4 +20,6 @@ if ((${#need[@]})); then
     fi
 fi
 
-cargo test --all-targets -- --test-threads="${KPROXY_TEST_THREADS:-4}"
+# RUST_TEST_THREADS, not --test-threads: the criterion benches (run once each in test mode by
+# --all-targets) refuse libtest's flags.
+RUST_TEST_THREADS="${KPROXY_TEST_THREADS:-4}" cargo test --all-targets
