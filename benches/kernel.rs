@@ -1,6 +1,7 @@
-//! Kernel cost of a sync (issue 4, part 2), nftables backend: a cold start into an empty kernel,
-//! one endpoint set changed, one Service added, each timed until `nft` returned (the kernel has
-//! committed), for 1k and 10k Services × 10 endpoints (50k with KPROXY_BENCH_LARGE=1).
+//! Kernel cost of a sync (issue 4, parts 2 and 3), nftables backend: a cold start into an empty
+//! kernel, one endpoint set changed, one Service added, each timed until `nft` returned (the
+//! kernel has committed), for 1k and 10k Services × 10 endpoints (50k with
+//! KPROXY_BENCH_LARGE=1); and the same steps for upstream's ruleset shape as the baseline.
 //!
 //! Invariants: root only; everything happens in a throwaway network namespace that this
 //! process's bench thread enters with setns (so `nft` runs there without `ip netns exec`), and
@@ -9,6 +10,8 @@
 //! Plans come from the real `Syncer` on the recording transport (`support`).
 
 mod support;
+
+use support::upstream;
 
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
@@ -63,6 +66,29 @@ impl Drop for Netns {
             .args(["netns", "delete", &self.0])
             .status();
     }
+}
+
+/// Runs `nft -f -` with `script`; panics with nft's message on failure.
+fn nft(script: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn nft");
+    child
+        .stdin
+        .take()
+        .expect("nft stdin")
+        .write_all(script.as_bytes())
+        .expect("write to nft");
+    let out = child.wait_with_output().expect("wait for nft");
+    assert!(
+        out.status.success(),
+        "nft -f refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn sizes() -> Vec<u32> {
@@ -168,5 +194,55 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Upstream's ruleset shape (`support::upstream`) through `nft -f`: the baseline. 1k by
+/// default; 10k (minutes per load: 184 s measured for 10k × 10) with KPROXY_BENCH_UPSTREAM_10K=1.
+fn baseline(c: &mut Criterion) {
+    let Some(_ns) = Netns::enter() else { return };
+    let mut sizes = vec![1_000];
+    if std::env::var("KPROXY_BENCH_UPSTREAM_10K").as_deref() == Ok("1") {
+        sizes.push(10_000);
+    }
+    let drop_table = format!(
+        "add table ip {t}\ndelete table ip {t}\n",
+        t = upstream::TABLE
+    );
+    let mut g = c.benchmark_group("kernel_upstream_shape_nftables");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    for n in sizes {
+        let load = upstream::ruleset(n, 10);
+        g.bench_function(BenchmarkId::new("cold_start", n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    nft(&drop_table);
+                    let start = Instant::now();
+                    nft(&load);
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+        nft(&drop_table);
+        nft(&load);
+        let mut generation = 0;
+        g.bench_function(BenchmarkId::new("one_endpoint_set_changed", n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    generation += 1;
+                    let change = upstream::endpoints_moved(n / 2, 10, generation);
+                    let start = Instant::now();
+                    nft(&change);
+                    total += start.elapsed();
+                    nft(&upstream::stale_endpoints(n / 2, 10, generation - 1));
+                }
+                total
+            })
+        });
+        nft(&drop_table);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, baseline);
 criterion_main!(benches);

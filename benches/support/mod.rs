@@ -9,6 +9,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+pub mod upstream;
+
 use kproxy::model::{
     IpFamily, NamespacedName, Protocol, Service, ServicePort, ServicePortName, ServiceType, Slice,
     SliceEndpoint, SlicePort,
