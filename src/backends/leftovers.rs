@@ -9,8 +9,9 @@
 //! the other rules of those tables are never rewritten. Planning is pure (`plan_iptables`).
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+use super::process::run_piped;
 
 /// kproxy's iptables chain and ipset prefix.
 pub const PREFIX: &str = "KPROXY-";
@@ -25,7 +26,7 @@ pub enum LeftoverError {
     #[error("running {program}: {source}")]
     Run {
         program: String,
-        source: std::io::Error,
+        source: super::process::RunError,
     },
 }
 
@@ -102,25 +103,12 @@ fn iptables_variants() -> Vec<(&'static str, &'static str)> {
 }
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, LeftoverError> {
-    let err = |source| LeftoverError::Run {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let out = run_piped(cmd, stdin).map_err(|source| LeftoverError::Run {
         program: program.to_string(),
         source,
-    };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(err)?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).map_err(err)?;
-    }
-    let out = child.wait_with_output().map_err(err)?;
+    })?;
     if !out.status.success() {
         return Err(LeftoverError::Restore {
             program: program.to_string(),

@@ -11,6 +11,7 @@ pub mod fake;
 pub mod leftovers;
 pub mod nft;
 pub mod pending;
+pub mod process;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

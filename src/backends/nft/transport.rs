@@ -6,13 +6,13 @@
 //! kproxy's tables are ever listed. Every error carries nft's own message.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use super::skeleton::TABLE;
 use super::transaction::family_name;
+use crate::backends::process::{RunError, run_piped};
 use crate::model::IpFamily;
 
 /// Why talking to nft failed, named after the failing step.
@@ -94,28 +94,16 @@ impl NftCli {
     }
 
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<Output, NftError> {
-        let mut child = self
-            .command()
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| NftError::Spawn {
+        let mut cmd = self.command();
+        cmd.args(args);
+        run_piped(cmd, stdin).map_err(|e| match e {
+            RunError::Spawn(source) => NftError::Spawn {
                 program: self.program.clone(),
                 source,
-            })?;
-        if let (Some(script), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // nft reads its whole input before it writes anything, so writing first cannot
-            // deadlock on a full stderr pipe.
-            pipe.write_all(script.as_bytes())
-                .map_err(NftError::WriteScript)?;
-        }
-        child.wait_with_output().map_err(NftError::Wait)
+            },
+            RunError::WriteInput(e) => NftError::WriteScript(e),
+            RunError::Wait(e) => NftError::Wait(e),
+        })
     }
 }
 
