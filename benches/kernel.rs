@@ -14,7 +14,6 @@ mod support;
 use support::upstream;
 
 use std::collections::BTreeSet;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,10 +51,7 @@ impl Netns {
             return None;
         }
         let ns = Netns(name);
-        let file = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).expect("netns file");
-        // SAFETY: setns with a valid namespace fd; it moves only this (the bench) thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        kproxy::netns::enter(&ns.0).expect("enter the bench namespace");
         Some(ns)
     }
 }

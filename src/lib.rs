@@ -7,6 +7,7 @@ pub mod conntrack;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod netns;
 pub mod node;
 pub mod sync;
 pub mod watch;

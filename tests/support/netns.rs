@@ -6,7 +6,6 @@
 //! netns names are files); nothing here touches the host's own namespace except creating and
 //! deleting these. Without root the caller skips; under CI=true a skip is a failure.
 
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -101,16 +100,7 @@ impl Netns {
 
 /// Runs `f` on a thread inside the named namespace and returns its result (see `Netns::run`).
 pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{name}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: setns on a valid namespace fd affects only this (new, short-lived) thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    kproxy::netns::run_in(name, f).unwrap_or_else(|e| panic!("entering netns {name}: {e}"))
 }
 
 impl Drop for Netns {

@@ -6,7 +6,6 @@
 //! kproxy's tables are ever listed. Every error carries nft's own message.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
@@ -145,18 +144,9 @@ impl Transport for NftCli {
             return Ok(super::netlink::rule_counts(family)?);
         };
         // The probe's socket must be made inside the namespace: on a thread that enters it.
-        let path = format!("/var/run/netns/{ns}");
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).map_err(|e| NftError::Netns(ns.clone(), e))?;
-            // SAFETY: setns with a valid namespace fd changes only this short-lived thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(NftError::Netns(ns, std::io::Error::last_os_error()));
-            }
-            Ok(super::netlink::rule_counts(family)?)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(NftError::Injected("the netns probe thread panicked".into())))
+        crate::netns::run_in(&ns, move || super::netlink::rule_counts(family))
+            .map_err(|e| NftError::Netns(ns, e))?
+            .map_err(NftError::from)
     }
 }
 
