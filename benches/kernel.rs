@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kproxy::backends::nft::transport::FakeTransport;
 use kproxy::backends::nft::{NftBackend, NftCli};
-use kproxy::backends::{Backend, BackendConfig, Plans};
+use kproxy::backends::{Backend, Plans};
 use kproxy::health::service::ServiceHealthServers;
 use kproxy::metrics::Metrics;
 use kproxy::node::NodeFacts;
@@ -87,28 +87,13 @@ fn nft(script: &str) {
     );
 }
 
-fn sizes() -> Vec<u32> {
-    let mut s = vec![1_000, 10_000];
-    if std::env::var("KPROXY_BENCH_LARGE").as_deref() == Ok("1") {
-        s.push(50_000);
-    }
-    s
-}
-
-fn config() -> BackendConfig {
-    BackendConfig {
-        cluster_cidrs: vec!["10.96.0.0/12".parse().expect("static CIDR")],
-        masquerade_all: false,
-    }
-}
-
 /// Plans of `n` Services; of Service n/2 with its endpoints moved; of Service n added.
 fn plans(rt: &tokio::runtime::Runtime, n: u32) -> (Plans, Plans, Plans, NodeFacts) {
     let shared = Arc::new(Shared::default());
     let mut node = NodeFacts::new(support::NODE);
     node.local_addresses = vec!["192.168.0.2".parse().expect("static address")];
     let mut syncer = Syncer::new(
-        Box::new(NftBackend::new(config(), FakeTransport::default())),
+        Box::new(NftBackend::new(support::config(), FakeTransport::default())),
         Box::new(kproxy::conntrack::Noop),
         node,
         Arc::new(Metrics::new()),
@@ -142,15 +127,15 @@ fn bench(c: &mut Criterion) {
         .expect("tokio runtime");
     let mut g = c.benchmark_group("kernel_nftables");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
-    for n in sizes() {
+    for n in support::sizes() {
         let (base, moved, added, node) = plans(&rt, n);
         g.bench_function(BenchmarkId::new("cold_start", n), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let mut cleaner = NftBackend::new(config(), NftCli::default());
+                    let mut cleaner = NftBackend::new(support::config(), NftCli::default());
                     cleaner.cleanup().expect("cleanup");
-                    let mut backend = NftBackend::new(config(), NftCli::default());
+                    let mut backend = NftBackend::new(support::config(), NftCli::default());
                     let start = Instant::now();
                     backend.sync_full(&base, &node).expect("cold start");
                     total += start.elapsed();
@@ -158,7 +143,7 @@ fn bench(c: &mut Criterion) {
                 total
             })
         });
-        let mut backend = NftBackend::new(config(), NftCli::default());
+        let mut backend = NftBackend::new(support::config(), NftCli::default());
         backend.sync_full(&base, &node).expect("load");
         let changed: BTreeSet<_> = [support::port_name(n / 2)].into_iter().collect();
         let mut flip = false;

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use kproxy::backends::BackendConfig;
 use kproxy::backends::nft::NftBackend;
 use kproxy::backends::nft::diff::{Mirror, Parts, Scope, diff};
 use kproxy::backends::nft::transport::FakeTransport;
@@ -23,21 +22,6 @@ use kproxy::node::NodeFacts;
 use kproxy::sync::runner::Due;
 use kproxy::sync::{Shared, Syncer};
 
-fn sizes() -> Vec<u32> {
-    let mut s = vec![1_000, 10_000];
-    if std::env::var("KPROXY_BENCH_LARGE").as_deref() == Ok("1") {
-        s.push(50_000);
-    }
-    s
-}
-
-fn config() -> BackendConfig {
-    BackendConfig {
-        cluster_cidrs: vec!["10.96.0.0/12".parse().expect("static CIDR")],
-        masquerade_all: false,
-    }
-}
-
 /// A syncer holding `n` Services, fully synced once, and its transport and shared state.
 fn loaded(rt: &tokio::runtime::Runtime, n: u32) -> (Syncer, FakeTransport, Arc<Shared>) {
     let fake = FakeTransport::default();
@@ -45,7 +29,7 @@ fn loaded(rt: &tokio::runtime::Runtime, n: u32) -> (Syncer, FakeTransport, Arc<S
     let mut node = NodeFacts::new(support::NODE);
     node.local_addresses = vec!["192.168.0.2".parse().expect("static address")];
     let mut syncer = Syncer::new(
-        Box::new(NftBackend::new(config(), fake.clone())),
+        Box::new(NftBackend::new(support::config(), fake.clone())),
         Box::new(kproxy::conntrack::Noop),
         node,
         Arc::new(Metrics::new()),
@@ -68,7 +52,7 @@ fn bench(c: &mut Criterion) {
         .expect("tokio runtime");
     let mut g = c.benchmark_group("userspace");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
-    for n in sizes() {
+    for n in support::sizes() {
         let (mut syncer, fake, shared) = loaded(&rt, n);
         // Taken now: the Service-added bench below grows the model.
         let plans = shared.plans.read().expect("plans").clone();
@@ -96,7 +80,7 @@ fn bench(c: &mut Criterion) {
         // print the transaction.
         g.bench_function(BenchmarkId::new("full_sync_text", n), |b| {
             b.iter(|| {
-                let parts = Parts::full(&plans, &node, &config());
+                let parts = Parts::full(&plans, &node, &support::config());
                 let d = diff(&Mirror::default(), &parts, Scope::Full);
                 d.tx.to_string().len()
             })

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 pub mod upstream;
 
+use kproxy::backends::BackendConfig;
 use kproxy::model::{
     IpFamily, NamespacedName, Protocol, Service, ServicePort, ServicePortName, ServiceType, Slice,
     SliceEndpoint, SlicePort,
@@ -115,4 +116,21 @@ pub fn cluster(n: u32, eps: u32) -> Vec<Change> {
     out.push(Change::Listed(Kind::Services));
     out.push(Change::Listed(Kind::EndpointSlices));
     out
+}
+
+/// The cluster sizes a bench runs: 1k and 10k, plus 50k with KPROXY_BENCH_LARGE=1.
+pub fn sizes() -> Vec<u32> {
+    let mut s = vec![1_000, 10_000];
+    if std::env::var("KPROXY_BENCH_LARGE").as_deref() == Ok("1") {
+        s.push(50_000);
+    }
+    s
+}
+
+/// The backend configuration of every bench (a cluster CIDR, no --masquerade-all).
+pub fn config() -> BackendConfig {
+    BackendConfig {
+        cluster_cidrs: vec!["10.96.0.0/12".parse().expect("static CIDR")],
+        masquerade_all: false,
+    }
 }

@@ -240,20 +240,7 @@ fn listing(t: &Table, family: IpFamily) -> String {
         for clause in set.decl.split("; ") {
             let _ = writeln!(out, "\t\t{clause}");
         }
-        if !set.elements.is_empty() {
-            let items: Vec<String> = set
-                .elements
-                .iter()
-                .map(|(k, v)| {
-                    if v.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{k} : {v}")
-                    }
-                })
-                .collect();
-            let _ = writeln!(out, "\t\telements = {{ {} }}", items.join(",\n\t\t\t     "));
-        }
+        super::render::write_elements(&mut out, &set.elements);
         let _ = writeln!(out, "\t}}");
     }
     for (name, chain) in &t.chains {

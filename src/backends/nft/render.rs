@@ -4,10 +4,12 @@
 //! Invariants: pure and deterministic (sets, chains and elements in a fixed order); the same
 //! rule templates as the transactions (`compile::static_rules`, `lb_rules`, `affinity_rules`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::compile::{Desired, affinity_rules, has_cluster_cidrs, lb_rules, static_rules};
 use super::skeleton::{self, fill};
+use super::transaction::element;
 use crate::model::IpFamily;
 
 /// The whole ruleset of both families in `nft -f` syntax: deletes and recreates kproxy's
@@ -43,18 +45,8 @@ fn render_family(out: &mut String, d: &Desired, family: IpFamily) {
             set.name,
             fill(set.decl, family)
         );
-        if let Some(elements) = fam.sets.get(set.name).filter(|e| !e.is_empty()) {
-            let items: Vec<String> = elements
-                .iter()
-                .map(|(k, v)| {
-                    if v.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{k} : {v}")
-                    }
-                })
-                .collect();
-            let _ = writeln!(out, "\t\telements = {{ {} }}", items.join(",\n\t\t\t     "));
+        if let Some(elements) = fam.sets.get(set.name) {
+            write_elements(out, elements);
         }
         let _ = writeln!(out, "\t}}");
     }
@@ -84,6 +76,15 @@ fn render_family(out: &mut String, d: &Desired, family: IpFamily) {
         chain(out, b.name, Some(&head), &rules, family);
     }
     let _ = writeln!(out, "}}");
+}
+
+/// The `elements = { … }` line(s) of a set, as nft lists them; nothing when it is empty.
+pub fn write_elements(out: &mut String, elements: &BTreeMap<String, String>) {
+    if elements.is_empty() {
+        return;
+    }
+    let items: Vec<String> = elements.iter().map(|(k, v)| element(k, v)).collect();
+    let _ = writeln!(out, "\t\telements = {{ {} }}", items.join(",\n\t\t\t     "));
 }
 
 fn chain(out: &mut String, name: &str, head: Option<&str>, rules: &[String], family: IpFamily) {

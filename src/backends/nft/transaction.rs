@@ -170,7 +170,8 @@ pub fn static_chain_names() -> BTreeSet<&'static str> {
         .collect()
 }
 
-fn element(key: &str, value: &str) -> String {
+/// An element as nft writes it: `key`, or `key : value` for a map.
+pub fn element(key: &str, value: &str) -> String {
     if value.is_empty() {
         key.to_string()
     } else {
