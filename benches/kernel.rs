@@ -1,7 +1,9 @@
-//! Kernel cost of a sync (issue 4, parts 2 and 3), nftables backend: a cold start into an empty
-//! kernel, one endpoint set changed, one Service added, each timed until `nft` returned (the
-//! kernel has committed), for 1k and 10k Services × 10 endpoints (50k with
-//! KPROXY_BENCH_LARGE=1); and the same steps for upstream's ruleset shape as the baseline.
+//! Kernel cost of a sync (issue 4, parts 2 to 4), nftables backend: a cold start into an empty
+//! kernel, one endpoint changed (one of ten replaced), one endpoint set changed (all ten), one
+//! Service added, each timed until `nft` returned (the kernel has committed), for 1k and 10k
+//! Services × 10 endpoints (50k with KPROXY_BENCH_LARGE=1); the time split of one endpoint
+//! change (ours, the nft process, the kernel); and upstream's ruleset shape as the baseline.
+//! Every single operation is also recorded for the median / p90 table printed at the end.
 //!
 //! Invariants: root only; everything happens in a throwaway network namespace that this
 //! process's bench thread enters with setns (so `nft` runs there without `ip netns exec`), and
@@ -11,11 +13,13 @@
 
 mod support;
 
-use support::upstream;
+use support::netns::Netns;
+use support::nft_split as split;
+use support::{timings, upstream};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kproxy::backends::nft::transport::FakeTransport;
@@ -27,68 +31,20 @@ use kproxy::node::NodeFacts;
 use kproxy::sync::runner::Due;
 use kproxy::sync::{Shared, Syncer};
 
-/// The throwaway namespace, entered by this thread; deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn enter() -> Option<Netns> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but the kernel benches cannot run: they need root"
-            );
-            eprintln!("kernel benches skipped: they need root (a throwaway network namespace)");
-            return None;
-        }
-        let name = format!("kp-bench-{}", std::process::id());
-        let ok = std::process::Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("kernel benches skipped: `ip netns add {name}` failed");
-            return None;
-        }
-        let ns = Netns(name);
-        kproxy::netns::enter(&ns.0).expect("enter the bench namespace");
-        Some(ns)
-    }
+/// Plans of a loaded cluster and of each change the benches time.
+struct Fixture {
+    node: NodeFacts,
+    /// `n` Services × 10 endpoints.
+    base: Plans,
+    /// Service n/2 with one of its endpoints replaced.
+    one: Plans,
+    /// Service n/2 with all ten endpoints replaced.
+    moved: Plans,
+    /// Service n added.
+    added: Plans,
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
-    }
-}
-
-/// Runs `nft -f -` with `script`; panics with nft's message on failure.
-fn nft(script: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn nft");
-    child
-        .stdin
-        .take()
-        .expect("nft stdin")
-        .write_all(script.as_bytes())
-        .expect("write to nft");
-    let out = child.wait_with_output().expect("wait for nft");
-    assert!(
-        out.status.success(),
-        "nft -f refused: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Plans of `n` Services; of Service n/2 with its endpoints moved; of Service n added.
-fn plans(rt: &tokio::runtime::Runtime, n: u32) -> (Plans, Plans, Plans, NodeFacts) {
+fn plans(rt: &tokio::runtime::Runtime, n: u32) -> Fixture {
     let shared = Arc::new(Shared::default());
     let mut node = NodeFacts::new(support::NODE);
     node.local_addresses = vec!["192.168.0.2".parse().expect("static address")];
@@ -109,6 +65,8 @@ fn plans(rt: &tokio::runtime::Runtime, n: u32) -> (Plans, Plans, Plans, NodeFact
         shared.plans.read().expect("plans").clone()
     };
     let base = sync(&mut syncer);
+    syncer.apply(support::slice_one_replaced(n / 2, 10, 1));
+    let one = sync(&mut syncer);
     syncer.apply(support::slice(n / 2, 10, 1));
     let moved = sync(&mut syncer);
     syncer.apply(support::slice(n / 2, 10, 0));
@@ -116,11 +74,24 @@ fn plans(rt: &tokio::runtime::Runtime, n: u32) -> (Plans, Plans, Plans, NodeFact
     syncer.apply(support::slice(n, 10, 0));
     let added = sync(&mut syncer);
     let node = shared.node.read().expect("node").clone();
-    (base, moved, added, node)
+    Fixture {
+        node,
+        base,
+        one,
+        moved,
+        added,
+    }
+}
+
+/// Times `f` once under `name` (criterion and the single-operation table both see it).
+fn timed(name: &str, f: impl FnOnce()) -> Duration {
+    timings::time(name, f)
 }
 
 fn bench(c: &mut Criterion) {
-    let Some(_ns) = Netns::enter() else { return };
+    let Some(_ns) = Netns::enter("kernel bench") else {
+        return;
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -128,7 +99,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("kernel_nftables");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     for n in support::sizes() {
-        let (base, moved, added, node) = plans(&rt, n);
+        let f = plans(&rt, n);
+        let node = &f.node;
+        let name = |what: &str| format!("kernel_nftables/{what}/{n}");
         g.bench_function(BenchmarkId::new("cold_start", n), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -136,49 +109,117 @@ fn bench(c: &mut Criterion) {
                     let mut cleaner = NftBackend::new(support::config(), NftCli::default());
                     cleaner.cleanup().expect("cleanup");
                     let mut backend = NftBackend::new(support::config(), NftCli::default());
-                    let start = Instant::now();
-                    backend.sync_full(&base, &node).expect("cold start");
-                    total += start.elapsed();
+                    total += timed(&name("cold_start"), || {
+                        backend.sync_full(&f.base, node).expect("cold start");
+                    });
                 }
                 total
             })
         });
         let mut backend = NftBackend::new(support::config(), NftCli::default());
-        backend.sync_full(&base, &node).expect("load");
+        backend.sync_full(&f.base, node).expect("load");
         let changed: BTreeSet<_> = [support::port_name(n / 2)].into_iter().collect();
-        let mut flip = false;
-        g.bench_function(BenchmarkId::new("one_endpoint_set_changed", n), |b| {
-            b.iter(|| {
-                flip = !flip;
-                let plans = if flip { &moved } else { &base };
+        for (what, other) in [
+            ("one_endpoint_changed", &f.one),
+            ("one_endpoint_set_changed", &f.moved),
+        ] {
+            let mut flip = false;
+            g.bench_function(BenchmarkId::new(what, n), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        flip = !flip;
+                        let plans = if flip { other } else { &f.base };
+                        total += timed(&name(what), || {
+                            backend
+                                .sync_partial(plans, &changed, node)
+                                .expect("partial sync");
+                        });
+                    }
+                    total
+                })
+            });
+            if flip {
                 backend
-                    .sync_partial(plans, &changed, &node)
-                    .expect("partial sync")
-            })
-        });
-        backend.sync_full(&base, &node).expect("back to base");
+                    .sync_partial(&f.base, &changed, node)
+                    .expect("back to base");
+            }
+        }
         let new: BTreeSet<_> = [support::port_name(n)].into_iter().collect();
         g.bench_function(BenchmarkId::new("one_service_added", n), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let start = Instant::now();
-                    backend.sync_partial(&added, &new, &node).expect("add");
-                    total += start.elapsed();
-                    backend.sync_partial(&base, &new, &node).expect("remove");
+                    total += timed(&name("one_service_added"), || {
+                        backend.sync_partial(&f.added, &new, node).expect("add");
+                    });
+                    backend.sync_partial(&f.base, &new, node).expect("remove");
                 }
                 total
             })
         });
+        split(n, &f, &changed, &mut backend);
         backend.cleanup().expect("cleanup");
     }
     g.finish();
 }
 
+/// The time split of one endpoint change (issue 4, part 4): kproxy's own part (compile, diff,
+/// transaction text: the same backend on the recording transport), the `nft` process on that
+/// exact text, of which (under strace) the kernel's batch `sendmsg` and the close of nft's
+/// netlink socket, and an `nft -f -` of an empty script (process start). `backend` holds the base plans in the kernel and is left so.
+fn split(
+    n: u32,
+    f: &Fixture,
+    changed: &BTreeSet<kproxy::model::ServicePortName>,
+    backend: &mut NftBackend<NftCli>,
+) {
+    let name = |what: &str| format!("split_one_endpoint_changed/{what}/{n}");
+    let fake = FakeTransport::default();
+    let mut ours = NftBackend::new(support::config(), fake.clone());
+    ours.sync_full(&f.base, &f.node)
+        .expect("load the recording backend");
+    let rounds = 20;
+    let mut scripts = Vec::new();
+    for _ in 0..rounds {
+        for plans in [&f.one, &f.base] {
+            fake.state.lock().expect("fake").applied.clear();
+            timed(&name("ours (compile, diff, text)"), || {
+                ours.sync_partial(plans, changed, &f.node).expect("partial");
+            });
+            let applied = fake.state.lock().expect("fake").applied.clone();
+            assert_eq!(applied.len(), 1, "one transaction per partial sync");
+            scripts.push(applied[0].clone());
+        }
+    }
+    let trace = split::have_strace("kernel bench time split");
+    for (k, script) in scripts.iter().enumerate() {
+        // Even rounds are timed plainly, odd ones under strace; each pair leaves the base.
+        if (k / 2) % 2 == 0 {
+            timings::record(&name("nft process (all of it)"), split::nft(script));
+        } else if trace {
+            let t = split::nft_traced(script);
+            timings::record(&name("kernel: batch sendmsg"), t.batch);
+            timings::record(&name("kernel: netlink socket close"), t.close);
+        } else {
+            split::nft(script);
+        }
+        timings::record(&name("nft on an empty script"), split::nft(""));
+    }
+    // The kernel holds the base plans again, as `backend`'s mirror says; prove the mirror and
+    // the kernel agree by applying a real change through it.
+    backend
+        .sync_partial(&f.one, changed, &f.node)
+        .and_then(|_| backend.sync_partial(&f.base, changed, &f.node))
+        .expect("the kernel still matches the mirror after the split");
+}
+
 /// Upstream's ruleset shape (`support::upstream`) through `nft -f`: the baseline. 1k by
 /// default; 10k (minutes per load: 184 s measured for 10k × 10) with KPROXY_BENCH_UPSTREAM_10K=1.
 fn baseline(c: &mut Criterion) {
-    let Some(_ns) = Netns::enter() else { return };
+    let Some(_ns) = Netns::enter("kernel bench") else {
+        return;
+    };
     let mut sizes = vec![1_000];
     if std::env::var("KPROXY_BENCH_UPSTREAM_10K").as_deref() == Ok("1") {
         sizes.push(10_000);
@@ -195,16 +236,19 @@ fn baseline(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    nft(&drop_table);
-                    let start = Instant::now();
-                    nft(&load);
-                    total += start.elapsed();
+                    split::nft(&drop_table);
+                    let took = split::nft(&load);
+                    timings::record(
+                        &format!("kernel_upstream_shape_nftables/cold_start/{n}"),
+                        took,
+                    );
+                    total += took;
                 }
                 total
             })
         });
-        nft(&drop_table);
-        nft(&load);
+        split::nft(&drop_table);
+        split::nft(&load);
         let mut generation = 0;
         g.bench_function(BenchmarkId::new("one_endpoint_set_changed", n), |b| {
             b.iter_custom(|iters| {
@@ -212,18 +256,25 @@ fn baseline(c: &mut Criterion) {
                 for _ in 0..iters {
                     generation += 1;
                     let change = upstream::endpoints_moved(n / 2, 10, generation);
-                    let start = Instant::now();
-                    nft(&change);
-                    total += start.elapsed();
-                    nft(&upstream::stale_endpoints(n / 2, 10, generation - 1));
+                    let took = split::nft(&change);
+                    timings::record(
+                        &format!("kernel_upstream_shape_nftables/one_endpoint_set_changed/{n}"),
+                        took,
+                    );
+                    total += took;
+                    split::nft(&upstream::stale_endpoints(n / 2, 10, generation - 1));
                 }
                 total
             })
         });
-        nft(&drop_table);
+        split::nft(&drop_table);
     }
     g.finish();
 }
 
-criterion_group!(benches, bench, baseline);
+fn report(_: &mut Criterion) {
+    timings::report();
+}
+
+criterion_group!(benches, bench, baseline, report);
 criterion_main!(benches);

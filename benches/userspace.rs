@@ -1,6 +1,7 @@
 //! User-space cost of a sync (issue 4, part 1): model change → plan → compile → diff →
-//! transaction text, through the real `Syncer` and `NftBackend` on the recording transport,
-//! for 1k / 10k / 50k Services × 10 endpoints (see `support` for the mix). No kernel, no root.
+//! transaction text, for one endpoint changed, one endpoint set changed, one Service added and
+//! a full sync, through the real `Syncer` and `NftBackend` on the recording transport, for
+//! 1k / 10k / 50k Services × 10 endpoints (see `support` for the mix). No kernel, no root.
 //!
 //! Invariants: each measured iteration is a real change (endpoint sets alternate between two
 //! generations; added Services have fresh names); the recording transport is emptied between
@@ -58,6 +59,14 @@ fn bench(c: &mut Criterion) {
         let plans = shared.plans.read().expect("plans").clone();
         let node = shared.node.read().expect("node").clone();
         let mut generation = 0;
+        g.bench_function(BenchmarkId::new("one_endpoint_changed", n), |b| {
+            b.iter(|| {
+                generation += 1;
+                syncer.apply(support::slice_one_replaced(n / 2, 10, generation));
+                assert!(rt.block_on(syncer.sync(Due::Partial)));
+                fake.state.lock().expect("fake transport").applied.clear();
+            })
+        });
         g.bench_function(BenchmarkId::new("one_endpoint_set_changed", n), |b| {
             b.iter(|| {
                 generation += 1;

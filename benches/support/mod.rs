@@ -9,6 +9,10 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+pub mod manifests;
+pub mod netns;
+pub mod nft_split;
+pub mod timings;
 pub mod upstream;
 
 use kproxy::backends::BackendConfig;
@@ -104,6 +108,18 @@ pub fn slice(i: u32, eps: u32, generation: u32) -> Change {
             trigger_time: None,
         }),
     )
+}
+
+/// The slice of Service i with one endpoint replaced: endpoint `eps / 2` gets the address of
+/// `generation` (a pod restarted elsewhere), the others keep generation 0's. Generation 0 is
+/// `slice(i, eps, 0)`.
+pub fn slice_one_replaced(i: u32, eps: u32, generation: u32) -> Change {
+    let Change::Slice(key, Some(mut s)) = slice(i, eps, 0) else {
+        unreachable!("slice yields a slice")
+    };
+    let k = eps / 2;
+    s.endpoints[k as usize].ip = v4(100 + (generation % 100) as u8, i * 16 + k);
+    Change::Slice(key, Some(s))
 }
 
 /// Every change of a cluster of `n` Services × `eps` endpoints, with both initial lists done.
