@@ -1,5 +1,6 @@
-//! The real kproxy binary at scale (issue 4): peak RSS of the process holding the model and
-//! the nftables mirror, per cluster size; and end to end, 10,000 generated Services in a
+//! The real kproxy binary at scale (issue 4), with each `--nftables-transport` (libnftables,
+//! the `nft` command): peak RSS of the process holding the model and the nftables mirror, per
+//! cluster size; and end to end, 10,000 generated Services in a
 //! `--manifests` directory inside throwaway network namespaces: the time from start until a
 //! ClusterIP connection is answered by its endpoint, and from an EndpointSlice file change until
 //! the traffic has moved (median and p90 of several).
@@ -28,6 +29,9 @@ use support::{manifests, timings};
 
 const BENCH: &str = "binary bench";
 
+/// The values of `--nftables-transport` measured.
+const TRANSPORTS: [&str; 2] = ["library", "command"];
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let Some(probe) = Netns::create(BENCH) else {
@@ -43,9 +47,13 @@ fn main() {
         (vec![200], 200, 1)
     };
     for n in sizes {
-        peak_rss(n);
+        for transport in TRANSPORTS {
+            peak_rss(n, transport);
+        }
     }
-    end_to_end(e2e_n, reps);
+    for transport in TRANSPORTS {
+        end_to_end(e2e_n, reps, transport);
+    }
     timings::report();
 }
 
@@ -57,7 +65,7 @@ struct Kproxy {
 }
 
 impl Kproxy {
-    fn spawn(manifests: &Path, log: PathBuf) -> Kproxy {
+    fn spawn(manifests: &Path, transport: &str, log: PathBuf) -> Kproxy {
         let out = std::fs::File::create(&log).expect("kproxy log");
         let err = out.try_clone().expect("kproxy log");
         let child = Command::new(env!("CARGO_BIN_EXE_kproxy"))
@@ -67,7 +75,7 @@ impl Kproxy {
                 "--hostname-override",
                 support::NODE,
             ])
-            .args(["--min-sync-period", "0s"])
+            .args(["--min-sync-period", "0s", "--nftables-transport", transport])
             .arg("--manifests")
             .arg(manifests)
             .env("RUST_LOG", "warn")
@@ -168,21 +176,21 @@ fn poll<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Option<T>)
 
 /// Peak RSS of kproxy holding `n` Services × 10 endpoints after its first sync, in a fresh
 /// namespace (so the sync is a cold start).
-fn peak_rss(n: u32) {
+fn peak_rss(n: u32, transport: &str) {
     let node = Netns::enter(BENCH).expect("a namespace (root was checked)");
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = dir.path().join("cluster");
     std::fs::create_dir(&cluster).expect("cluster dir");
     manifests::write_cluster(&cluster, n, 10, &[], "192.168.0.2");
     let start = Instant::now();
-    let mut kproxy = Kproxy::spawn(&cluster, dir.path().join("kproxy.log"));
+    let mut kproxy = Kproxy::spawn(&cluster, transport, dir.path().join("kproxy.log"));
     poll("first sync", Duration::from_secs(600), || {
         kproxy.synced().then_some(())
     });
     let synced = start.elapsed();
     let (hwm, rss) = kproxy.memory_kib();
     println!(
-        "peak RSS, {n} Services × 10 endpoints: VmHWM {:.1} MiB, VmRSS {:.1} MiB after the first \
+        "peak RSS, {n} Services × 10 endpoints, --nftables-transport {transport}: VmHWM {:.1} MiB, VmRSS {:.1} MiB after the first \
          sync ({synced:.2?} from start)",
         hwm as f64 / 1024.0,
         rss as f64 / 1024.0
@@ -275,7 +283,7 @@ fn point_at(dir: &Path, target: u32, pod: u8) {
     );
 }
 
-fn end_to_end(n: u32, reps: usize) {
+fn end_to_end(n: u32, reps: usize, transport: &str) {
     let hosts = Hosts::build();
     kproxy::netns::enter(&hosts.node.0).expect("enter the node namespace");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -291,8 +299,10 @@ fn end_to_end(n: u32, reps: usize) {
         _ => unreachable!("support::service yields a Service"),
     };
     assert_eq!(answer(vip), None, "{vip} answered before kproxy ran");
-    let start_name = format!("e2e {n} Services: start until a ClusterIP connection is answered");
-    let move_name = format!("e2e {n} Services: slice file changed until traffic moved");
+    let start_name =
+        format!("e2e {n} Services, {transport}: start until a ClusterIP connection is answered");
+    let move_name =
+        format!("e2e {n} Services, {transport}: slice file changed until traffic moved");
     for rep in 0..reps {
         let cleanup = Command::new(env!("CARGO_BIN_EXE_kproxy"))
             .arg("--cleanup")
@@ -301,7 +311,8 @@ fn end_to_end(n: u32, reps: usize) {
         assert!(cleanup.status.success(), "kproxy --cleanup failed");
         assert_eq!(answer(vip), None, "{vip} answered after --cleanup");
         let start = Instant::now();
-        let mut kproxy = Kproxy::spawn(&cluster, dir.path().join(format!("kproxy-{rep}.log")));
+        let log = dir.path().join(format!("kproxy-{rep}.log"));
+        let mut kproxy = Kproxy::spawn(&cluster, transport, log);
         let who = poll(
             "answer from the ClusterIP",
             Duration::from_secs(120),

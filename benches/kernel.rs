@@ -21,9 +21,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
 use kproxy::backends::nft::transport::FakeTransport;
-use kproxy::backends::nft::{NftBackend, NftCli};
+use kproxy::backends::nft::transport::Transport;
+use kproxy::backends::nft::{Nft, NftBackend, NftCli, NftLib};
 use kproxy::backends::{Backend, Plans};
 use kproxy::health::service::ServiceHealthServers;
 use kproxy::metrics::Metrics;
@@ -96,72 +98,103 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let mut g = c.benchmark_group("kernel_nftables");
-    g.sample_size(10).measurement_time(Duration::from_secs(10));
     for n in support::sizes() {
         let f = plans(&rt, n);
-        let node = &f.node;
-        let name = |what: &str| format!("kernel_nftables/{what}/{n}");
-        g.bench_function(BenchmarkId::new("cold_start", n), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let mut cleaner = NftBackend::new(support::config(), NftCli::default());
-                    cleaner.cleanup().expect("cleanup");
-                    let mut backend = NftBackend::new(support::config(), NftCli::default());
-                    total += timed(&name("cold_start"), || {
-                        backend.sync_full(&f.base, node).expect("cold start");
-                    });
-                }
-                total
-            })
-        });
-        let mut backend = NftBackend::new(support::config(), NftCli::default());
-        backend.sync_full(&f.base, node).expect("load");
         let changed: BTreeSet<_> = [support::port_name(n / 2)].into_iter().collect();
-        for (what, other) in [
-            ("one_endpoint_changed", &f.one),
-            ("one_endpoint_set_changed", &f.moved),
+        for (group, command) in [
+            ("kernel_nftables_libnftables", false),
+            ("kernel_nftables_command", true),
         ] {
-            let mut flip = false;
-            g.bench_function(BenchmarkId::new(what, n), |b| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        flip = !flip;
-                        let plans = if flip { other } else { &f.base };
-                        total += timed(&name(what), || {
-                            backend
-                                .sync_partial(plans, &changed, node)
-                                .expect("partial sync");
-                        });
-                    }
-                    total
-                })
-            });
-            if flip {
-                backend
-                    .sync_partial(&f.base, &changed, node)
-                    .expect("back to base");
+            let mut g = c.benchmark_group(group);
+            g.sample_size(10).measurement_time(Duration::from_secs(10));
+            let mut backend = steps(&mut g, group, command, n, &f);
+            if !command {
+                split(n, &f, &changed, &mut backend);
             }
+            backend.cleanup().expect("cleanup");
+            g.finish();
         }
-        let new: BTreeSet<_> = [support::port_name(n)].into_iter().collect();
-        g.bench_function(BenchmarkId::new("one_service_added", n), |b| {
+    }
+}
+
+/// The transport of a bench backend: the `nft` command or libnftables (in this thread's
+/// namespace), never a silent fallback.
+fn transport(command: bool) -> Nft {
+    if command {
+        Nft::Cli(NftCli::default())
+    } else {
+        Nft::Lib(NftLib::open().expect("libnftables (it ships with nft)"))
+    }
+}
+
+/// Cold start, one endpoint changed, one endpoint set changed, one Service added, through
+/// `transport(command)`; returns the backend, holding the base plans.
+fn steps(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    group: &str,
+    command: bool,
+    n: u32,
+    f: &Fixture,
+) -> NftBackend<Nft> {
+    let node = &f.node;
+    let name = |what: &str| format!("{group}/{what}/{n}");
+    g.bench_function(BenchmarkId::new("cold_start", n), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut cleaner = NftBackend::new(support::config(), NftCli::default());
+                cleaner.cleanup().expect("cleanup");
+                let mut backend = NftBackend::new(support::config(), transport(command));
+                total += timed(&name("cold_start"), || {
+                    backend.sync_full(&f.base, node).expect("cold start");
+                });
+            }
+            total
+        })
+    });
+    let mut backend = NftBackend::new(support::config(), transport(command));
+    backend.sync_full(&f.base, node).expect("load");
+    let changed: BTreeSet<_> = [support::port_name(n / 2)].into_iter().collect();
+    for (what, other) in [
+        ("one_endpoint_changed", &f.one),
+        ("one_endpoint_set_changed", &f.moved),
+    ] {
+        let mut flip = false;
+        g.bench_function(BenchmarkId::new(what, n), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    total += timed(&name("one_service_added"), || {
-                        backend.sync_partial(&f.added, &new, node).expect("add");
+                    flip = !flip;
+                    let plans = if flip { other } else { &f.base };
+                    total += timed(&name(what), || {
+                        backend
+                            .sync_partial(plans, &changed, node)
+                            .expect("partial sync");
                     });
-                    backend.sync_partial(&f.base, &new, node).expect("remove");
                 }
                 total
             })
         });
-        split(n, &f, &changed, &mut backend);
-        backend.cleanup().expect("cleanup");
+        if flip {
+            backend
+                .sync_partial(&f.base, &changed, node)
+                .expect("back to base");
+        }
     }
-    g.finish();
+    let new: BTreeSet<_> = [support::port_name(n)].into_iter().collect();
+    g.bench_function(BenchmarkId::new("one_service_added", n), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += timed(&name("one_service_added"), || {
+                    backend.sync_partial(&f.added, &new, node).expect("add");
+                });
+                backend.sync_partial(&f.base, &new, node).expect("remove");
+            }
+            total
+        })
+    });
+    backend
 }
 
 /// The time split of one endpoint change (issue 4, part 4): kproxy's own part (compile, diff,
@@ -172,7 +205,7 @@ fn split(
     n: u32,
     f: &Fixture,
     changed: &BTreeSet<kproxy::model::ServicePortName>,
-    backend: &mut NftBackend<NftCli>,
+    backend: &mut NftBackend<Nft>,
 ) {
     let name = |what: &str| format!("split_one_endpoint_changed/{what}/{n}");
     let fake = FakeTransport::default();
@@ -205,6 +238,12 @@ fn split(
             split::nft(script);
         }
         timings::record(&name("nft on an empty script"), split::nft(""));
+    }
+    let mut lib = NftLib::open().expect("libnftables");
+    for script in &scripts {
+        timings::time(&name("libnftables (all of it)"), || {
+            lib.apply(script).expect("libnftables apply");
+        });
     }
     // The kernel holds the base plans again, as `backend`'s mirror says; prove the mirror and
     // the kernel agree by applying a real change through it.

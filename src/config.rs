@@ -74,6 +74,9 @@ pub struct Config {
     /// Read objects from YAML files in this directory instead of the API server.
     pub manifests: Option<PathBuf>,
     pub dry_run: bool,
+    /// `--nftables-transport command`: program nftables through the `nft` command, not
+    /// libnftables.
+    pub nft_command: bool,
     pub log_format: LogFormat,
     /// Things the operator should know but that do not stop kproxy (ignored flags, unknown file
     /// fields); log each once logging is set up.
@@ -86,6 +89,7 @@ impl Config {
         BackendConfig {
             cluster_cidrs: self.cluster_cidrs.clone(),
             masquerade_all: self.masquerade_all,
+            nft_command: self.nft_command,
         }
     }
 }
@@ -303,6 +307,7 @@ fn resolve(
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
         dry_run: bool_flag(m, "dry-run")?.unwrap_or(false),
+        nft_command: flag(m, "nftables-transport", values::parse_nft_command)?.unwrap_or(false),
         log_format: flag(m, "log-format", values::parse_log_format)?
             .flatten()
             .or(file.log_format)

@@ -148,5 +148,6 @@ pub fn config() -> BackendConfig {
     BackendConfig {
         cluster_cidrs: vec!["10.96.0.0/12".parse().expect("static CIDR")],
         masquerade_all: false,
+        nft_command: false,
     }
 }

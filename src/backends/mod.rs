@@ -30,6 +30,8 @@ pub type Plans = BTreeMap<ServicePortName, Arc<Planned>>;
 pub struct BackendConfig {
     pub cluster_cidrs: Vec<ipnet::IpNet>,
     pub masquerade_all: bool,
+    /// nftables mode: use the `nft` command instead of libnftables.
+    pub nft_command: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]
@@ -114,7 +116,11 @@ pub trait Backend: Send {
 /// The backend for a proxy mode.
 pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
     match mode {
-        ProxyMode::Nftables => Box::new(nft::NftBackend::new(config, nft::NftCli::default())),
+        ProxyMode::Nftables => {
+            let transport = nft::Nft::detect(config.nft_command);
+            tracing::debug!(transport = transport.kind(), "nftables transport");
+            Box::new(nft::NftBackend::new(config, transport))
+        }
         // These kernel backends land in their own issues; until one does, its mode plans and
         // renders but programs nothing (and says so at start-up).
         ProxyMode::Iptables | ProxyMode::Ipvs => Box::new(pending::Pending::new(mode, config)),

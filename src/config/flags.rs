@@ -223,6 +223,14 @@ pub fn command() -> Command {
             "dry-run",
             "print the rules that would be programmed; change nothing",
         ))
+        .arg(
+            value(
+                "nftables-transport",
+                "WAY",
+                "library (libnftables in-process; the nft command when it is missing) or command",
+            )
+            .default_value("library"),
+        )
         .next_help_heading(COMPAT);
     for (name, kind) in IGNORED {
         let arg = match kind {

@@ -467,7 +467,28 @@ fn the_backend_config_carries_cidrs_and_masquerading() {
         c.backend_config(),
         BackendConfig {
             cluster_cidrs: vec![net("10.244.0.0/16")],
-            masquerade_all: true
+            masquerade_all: true,
+            nft_command: false,
         }
+    );
+}
+
+#[test]
+fn nftables_transport_command_selects_the_nft_command_and_a_bad_value_is_refused() {
+    assert!(!run(&[]).backend_config().nft_command);
+    assert!(
+        !run(&["--nftables-transport=library"])
+            .backend_config()
+            .nft_command
+    );
+    assert!(
+        run(&["--nftables-transport", "command"])
+            .backend_config()
+            .nft_command
+    );
+    let e = error(&["--nftables-transport=netlink"]);
+    assert!(
+        e.contains("--nftables-transport") && e.contains("library or command"),
+        "{e}"
     );
 }

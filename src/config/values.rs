@@ -41,6 +41,16 @@ pub fn parse_log_format(s: &str) -> Result<Option<LogFormat>, String> {
     }
 }
 
+/// How nftables mode reaches the kernel: `library` (libnftables) or `command` (`nft -f`); true
+/// for `command`.
+pub fn parse_nft_command(s: &str) -> Result<bool, String> {
+    match s {
+        "library" => Ok(false),
+        "command" => Ok(true),
+        _ => Err(format!("unknown value {s:?} (want library or command)")),
+    }
+}
+
 /// A klog verbosity level.
 pub fn parse_verbosity(s: &str) -> Result<u8, String> {
     s.parse()

@@ -56,17 +56,16 @@ impl Cluster {
     pub fn start_kproxy(&mut self) {
         assert!(self.kproxy.is_none(), "kproxy is already running");
         let dir = self.dir.path().to_str().expect("UTF-8 path").to_string();
-        self.kproxy = Some(Kproxy::spawn(
-            &self.topo.node,
-            &[
-                "--proxy-mode",
-                self.mode.name,
-                "--manifests",
-                &dir,
-                "--cluster-cidr",
-                "10.244.0.0/16,fd00:244::/32",
-            ],
-        ));
+        let mut args = vec![
+            "--proxy-mode",
+            self.mode.name,
+            "--manifests",
+            &dir,
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:244::/32",
+        ];
+        args.extend_from_slice(self.mode.args);
+        self.kproxy = Some(Kproxy::spawn(&self.topo.node, &args));
     }
 
     /// Stops kproxy with SIGTERM and waits for it to exit (it leaves its rules in place).

@@ -102,6 +102,10 @@ macro_rules! scenarios {
 mod nftables {
     scenarios!("nftables");
 }
+/// nftables through the `nft` command (`--nftables-transport command`) instead of libnftables.
+mod nftables_command {
+    scenarios!("nftables-command");
+}
 // The iptables and IPVS backends run the same scenarios once they program rules:
 // mod iptables { scenarios!("iptables"); }
 // mod ipvs { scenarios!("ipvs"); }

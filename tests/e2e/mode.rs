@@ -13,15 +13,20 @@ use crate::support::netns::Netns;
 pub struct Mode {
     /// The `--proxy-mode` value.
     pub name: &'static str,
+    /// Further flags of this variant of the mode.
+    pub args: &'static [&'static str],
 }
 
 impl Mode {
-    pub fn named(name: &'static str) -> Mode {
-        assert!(
-            matches!(name, "nftables" | "iptables" | "ipvs"),
-            "unknown proxy mode {name}"
-        );
-        Mode { name }
+    /// A proxy mode, or a variant of one: `nftables-command` is nftables through the `nft`
+    /// command instead of libnftables.
+    pub fn named(variant: &'static str) -> Mode {
+        let (name, args): (_, &[&str]) = match variant {
+            "nftables-command" => ("nftables", &["--nftables-transport", "command"]),
+            "nftables" | "iptables" | "ipvs" => (variant, &[]),
+            _ => panic!("unknown proxy mode {variant}"),
+        };
+        Mode { name, args }
     }
 
     /// Everything this mode programs, as text, for failure reports.

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod compile;
 pub mod diff;
+pub mod libnft;
 pub mod netlink;
 pub mod reconcile;
 pub mod render;
@@ -15,6 +16,7 @@ pub mod transaction;
 pub mod transport;
 
 pub use backend::NftBackend;
+pub use libnft::{Nft, NftLib};
 pub use transport::NftCli;
 
 #[cfg(test)]

@@ -129,6 +129,7 @@ pub(super) fn config() -> BackendConfig {
     BackendConfig {
         cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
         masquerade_all: false,
+        nft_command: false,
     }
 }
 

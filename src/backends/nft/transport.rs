@@ -1,5 +1,6 @@
 //! How transactions reach the kernel: a narrow `Transport` trait, `NftCli` (runs `nft -f -` with
 //! the script on stdin and nft's stderr captured into the error), and `FakeTransport` for tests.
+//! libnftables in-process (`NftLib`, the default) is in `libnft.rs`.
 //!
 //! Invariants: a transport applies a script atomically or not at all (nft's `-f` is one
 //! transaction); `list_table` is for adoption at start-up only, never for incremental syncs; only
@@ -38,12 +39,14 @@ pub enum NftError {
     Probe(#[from] super::netlink::ProbeError),
     #[error("entering network namespace {0}: {1}")]
     Netns(String, std::io::Error),
+    #[error("libnftables cannot be used: {0}")]
+    LibraryUnavailable(String),
     #[error("injected failure: {0}")]
     Injected(String),
 }
 
-/// The narrow interface the backend applies through (so another transport, e.g. the
-/// libnftables FFI, can be measured against this one later).
+/// The narrow interface the backend applies through: the `nft` command, libnftables, or the
+/// recording fake.
 pub trait Transport: Send {
     /// Applies `script` (nft -f syntax) as one atomic transaction.
     fn apply(&mut self, script: &str) -> Result<(), NftError>;

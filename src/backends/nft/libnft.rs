@@ -1,0 +1,288 @@
+//! libnftables in-process (`NftLib`): the same `nft -f` syntax and the same atomic transaction
+//! as `NftCli`, run through `nft_run_cmd_from_buffer` on one `nft_ctx` kept for the transport's
+//! life. It saves what every `nft` process pays: its start (~2.4 ms here) and, after a
+//! transaction that deleted anything, the close of its netlink socket, which waits for the
+//! kernel's deferred release of the deleted objects (an RCU grace period, ~10 ms here; measured
+//! by `cargo bench --bench kernel`, BENCHMARKS.md).
+//!
+//! Invariants: the library is loaded with `dlopen("libnftables.so.1")` (the nftables package's
+//! own library, which `nft` itself links), so kproxy has no link-time dependency and falls back
+//! to the command when it is missing (`Nft::detect`). One context per transport, used by one
+//! thread at a time (`&mut self`); its netlink socket belongs to the network namespace it was
+//! opened in, so an `in_netns` transport opens and uses its context only on threads inside that
+//! namespace (libnftables reopens the socket in the caller's namespace after some errors).
+//! Output and error messages are buffered and taken after every command, which also empties
+//! them. Listing a table (adoption) goes to the `nft` command: its 220k-element parse then lives
+//! and dies in a child process instead of in kproxy's heap.
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::sync::OnceLock;
+
+use super::transport::{NftCli, NftError, Transport};
+use crate::model::IpFamily;
+
+type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
+type CtxFree = unsafe extern "C" fn(*mut c_void);
+type CtxSet = unsafe extern "C" fn(*mut c_void) -> c_int;
+type CtxGet = unsafe extern "C" fn(*mut c_void) -> *const c_char;
+type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+
+/// The libnftables functions kproxy calls (libnftables.h, stable since nftables 0.9).
+struct Api {
+    ctx_new: CtxNew,
+    ctx_free: CtxFree,
+    buffer_output: CtxSet,
+    buffer_error: CtxSet,
+    output_buffer: CtxGet,
+    error_buffer: CtxGet,
+    run_cmd: RunCmd,
+}
+
+const LIBRARY: &CStr = c"libnftables.so.1";
+
+/// The loaded library, once per process (never unloaded); the reason when it cannot be.
+fn api() -> Result<&'static Api, NftError> {
+    static API: OnceLock<Result<Api, String>> = OnceLock::new();
+    API.get_or_init(load)
+        .as_ref()
+        .map_err(|e| NftError::LibraryUnavailable(e.clone()))
+}
+
+fn load() -> Result<Api, String> {
+    // SAFETY: dlopen with a NUL-terminated name; the handle is kept for the process's life.
+    let handle = unsafe { libc::dlopen(LIBRARY.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if handle.is_null() {
+        return Err(dl_error());
+    }
+    let sym = |name: &CStr| {
+        // SAFETY: dlsym on a live handle with a NUL-terminated name.
+        let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+        if p.is_null() { Err(dl_error()) } else { Ok(p) }
+    };
+    // SAFETY: each symbol is the libnftables function of that name, whose C signature is the
+    // field's type (libnftables.h).
+    unsafe {
+        Ok(Api {
+            ctx_new: std::mem::transmute::<*mut c_void, CtxNew>(sym(c"nft_ctx_new")?),
+            ctx_free: std::mem::transmute::<*mut c_void, CtxFree>(sym(c"nft_ctx_free")?),
+            buffer_output: std::mem::transmute::<*mut c_void, CtxSet>(sym(
+                c"nft_ctx_buffer_output",
+            )?),
+            buffer_error: std::mem::transmute::<*mut c_void, CtxSet>(sym(c"nft_ctx_buffer_error")?),
+            output_buffer: std::mem::transmute::<*mut c_void, CtxGet>(sym(
+                c"nft_ctx_get_output_buffer",
+            )?),
+            error_buffer: std::mem::transmute::<*mut c_void, CtxGet>(sym(
+                c"nft_ctx_get_error_buffer",
+            )?),
+            run_cmd: std::mem::transmute::<*mut c_void, RunCmd>(sym(c"nft_run_cmd_from_buffer")?),
+        })
+    }
+}
+
+fn dl_error() -> String {
+    // SAFETY: dlerror returns NULL or a NUL-terminated message valid until the next dl call.
+    let e = unsafe { libc::dlerror() };
+    if e.is_null() {
+        return format!("{LIBRARY:?} could not be loaded");
+    }
+    // SAFETY: non-null, NUL-terminated (above).
+    unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
+}
+
+/// One libnftables context (see the module invariants).
+struct Ctx {
+    api: &'static Api,
+    ptr: *mut c_void,
+}
+
+// SAFETY: a context is used by one thread at a time (every use goes through `&mut NftLib`), and
+// libnftables keeps no thread-local state in it.
+unsafe impl Send for Ctx {}
+
+impl Ctx {
+    fn new() -> Result<Ctx, NftError> {
+        let api = api()?;
+        // SAFETY: nft_ctx_new(NFT_CTX_DEFAULT) has no preconditions.
+        let ptr = unsafe { (api.ctx_new)(0) };
+        if ptr.is_null() {
+            return Err(NftError::LibraryUnavailable("nft_ctx_new failed".into()));
+        }
+        // SAFETY: a live context.
+        let buffered = unsafe { (api.buffer_output)(ptr) == 0 && (api.buffer_error)(ptr) == 0 };
+        let ctx = Ctx { api, ptr };
+        if !buffered {
+            return Err(NftError::LibraryUnavailable(
+                "libnftables cannot buffer its output".into(),
+            ));
+        }
+        Ok(ctx)
+    }
+
+    /// Runs `script` as one transaction: Ok(output) or Err(error text).
+    fn run(&mut self, script: &str) -> Result<Result<String, String>, NftError> {
+        let text = CString::new(script)
+            .map_err(|_| NftError::Injected("a NUL byte in an nft script".into()))?;
+        // SAFETY: a live context and a NUL-terminated script; the buffers are read right after,
+        // before any other call on this context, as libnftables requires.
+        let (rc, out, err) = unsafe {
+            let rc = (self.api.run_cmd)(self.ptr, text.as_ptr());
+            (
+                rc,
+                take(self.api.output_buffer, self.ptr),
+                take(self.api.error_buffer, self.ptr),
+            )
+        };
+        Ok(if rc == 0 { Ok(out) } else { Err(err) })
+    }
+}
+
+/// The text of an output or error buffer (which the call also empties).
+///
+/// # Safety
+/// `ctx` must be a live context with that buffer enabled.
+unsafe fn take(
+    get: unsafe extern "C" fn(*mut c_void) -> *const c_char,
+    ctx: *mut c_void,
+) -> String {
+    // SAFETY: per the caller; the pointer is NULL or a NUL-terminated buffer of `ctx`.
+    let p = unsafe { get(ctx) };
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: non-null, NUL-terminated, valid until the next call on `ctx`.
+    unsafe { CStr::from_ptr(p) }
+        .to_string_lossy()
+        .trim()
+        .to_string()
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // SAFETY: a live context, freed once.
+        unsafe { (self.api.ctx_free)(self.ptr) }
+    }
+}
+
+/// The libnftables transport (see the module invariants).
+pub struct NftLib {
+    ctx: Option<Ctx>,
+    /// Where listing and the drift probe go, and the namespace of the context.
+    cli: NftCli,
+}
+
+impl NftLib {
+    /// A context in this process's network namespace, or why the library cannot be used.
+    pub fn open() -> Result<NftLib, NftError> {
+        NftLib::with(NftCli::default())
+    }
+
+    /// A context inside the named network namespace (for tests).
+    pub fn in_netns(name: &str) -> Result<NftLib, NftError> {
+        NftLib::with(NftCli::in_netns(name))
+    }
+
+    fn with(cli: NftCli) -> Result<NftLib, NftError> {
+        let mut lib = NftLib { ctx: None, cli };
+        let ctx = lib.on_ns_thread(|_| Ctx::new())??;
+        lib.ctx = Some(ctx);
+        Ok(lib)
+    }
+
+    /// Runs `f` with the context on a thread inside the transport's namespace (this thread when
+    /// it has none: kproxy itself runs inside the node's namespace).
+    fn on_ns_thread<T: Send>(
+        &mut self,
+        f: impl FnOnce(&mut Option<Ctx>) -> T + Send,
+    ) -> Result<T, NftError> {
+        let Some(ns) = self.cli.netns.clone() else {
+            return Ok(f(&mut self.ctx));
+        };
+        let ctx = &mut self.ctx;
+        std::thread::scope(|s| {
+            s.spawn(|| crate::netns::enter(&ns).map(|()| f(ctx)))
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+        .map_err(|e| NftError::Netns(ns, e))
+    }
+}
+
+impl Transport for NftLib {
+    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+        let outcome = self.on_ns_thread(|ctx| match ctx {
+            Some(ctx) => ctx.run(script),
+            None => Err(NftError::LibraryUnavailable("no context".into())),
+        })??;
+        outcome
+            .map(|_| ())
+            .map_err(|stderr| NftError::ApplyRefused {
+                status: "libnftables".into(),
+                stderr,
+            })
+    }
+
+    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError> {
+        self.cli.list_table(family)
+    }
+
+    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError> {
+        self.cli.rule_counts(family)
+    }
+}
+
+/// The transport kproxy uses: libnftables when it loads, else the `nft` command.
+pub enum Nft {
+    Lib(NftLib),
+    Cli(NftCli),
+}
+
+impl Nft {
+    /// libnftables unless `command` is set or the library cannot be used (then says why, once).
+    pub fn detect(command: bool) -> Nft {
+        if command {
+            return Nft::Cli(NftCli::default());
+        }
+        match NftLib::open() {
+            Ok(lib) => Nft::Lib(lib),
+            Err(error) => {
+                tracing::info!(%error, "libnftables unavailable: programming nftables through the nft command");
+                Nft::Cli(NftCli::default())
+            }
+        }
+    }
+
+    /// Which transport this is, for logs: `libnftables` or `nft command`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Nft::Lib(_) => "libnftables",
+            Nft::Cli(_) => "nft command",
+        }
+    }
+
+    fn inner(&mut self) -> &mut dyn Transport {
+        match self {
+            Nft::Lib(t) => t,
+            Nft::Cli(t) => t,
+        }
+    }
+}
+
+impl Transport for Nft {
+    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+        self.inner().apply(script)
+    }
+
+    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError> {
+        self.inner().list_table(family)
+    }
+
+    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError> {
+        self.inner().rule_counts(family)
+    }
+}
+
+#[cfg(test)]
+#[path = "libnft_tests.rs"]
+mod tests;
