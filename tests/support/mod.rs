@@ -135,14 +135,19 @@ pub struct Kproxy {
 
 impl Kproxy {
     /// Starts kproxy inside `netns` (so it programs that namespace's kernel, never the host's)
-    /// as node `node1` with free metrics and healthz addresses, a 0 s minimum sync period, and
+    /// as node `node1` with metrics on 127.0.0.1:10249 and health on 127.0.0.1:10256 (of that
+    /// namespace), a 0 s minimum sync period, and
     /// `args`.
     pub fn spawn(netns: &netns::Netns, args: &[&str]) -> Kproxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("kproxy.log");
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let (metrics, healthz) = (free_addr(), free_addr());
+        // Upstream's fixed ports, inside kproxy's own namespace: below the ephemeral range, so a
+        // client socket of the test in that namespace can never hold them (a port picked as
+        // free in the test's namespace could be, and a restart then failed to bind it).
+        let metrics = SocketAddr::from(([127, 0, 0, 1], 10249));
+        let healthz = SocketAddr::from(([127, 0, 0, 1], 10256));
         let child = netns
             .cmd(env!("CARGO_BIN_EXE_kproxy"))
             .args(["--hostname-override", "node1"])
