@@ -14,6 +14,7 @@ pub mod netns;
 pub mod nft_split;
 pub mod timings;
 pub mod upstream;
+pub mod upstream_iptables;
 
 use kproxy::backends::BackendConfig;
 use kproxy::model::{
