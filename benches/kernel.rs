@@ -110,6 +110,8 @@ fn bench(c: &mut Criterion) {
             let mut backend = steps(&mut g, group, command, n, &f);
             if !command {
                 split(n, &f, &changed, &mut backend);
+                backend.cleanup().expect("cleanup");
+                split_cold_start(n, &f);
             }
             backend.cleanup().expect("cleanup");
             g.finish();
@@ -195,6 +197,40 @@ fn steps(
         })
     });
     backend
+}
+
+/// The time split of a cold start: kproxy's own part (compile every port, diff against an empty
+/// mirror, print the chunks: the backend on the recording transport), libnftables on those
+/// chunks into an empty kernel, and of that the kernel's batch `sendmsg`s (the chunks through
+/// `nft` under strace). Three rounds; leaves the kernel empty.
+fn split_cold_start(n: u32, f: &Fixture) {
+    let name = |what: &str| format!("split_cold_start/{what}/{n}");
+    let empty = || {
+        NftBackend::new(support::config(), NftCli::default())
+            .cleanup()
+            .expect("cleanup")
+    };
+    for _ in 0..3 {
+        let fake = FakeTransport::default();
+        let mut ours = NftBackend::new(support::config(), fake.clone());
+        timed(&name("ours (compile, diff, text)"), || {
+            ours.sync_full(&f.base, &f.node)
+                .expect("recorded cold start");
+        });
+        let chunks = fake.state.lock().expect("fake").applied.clone();
+        let mut lib = NftLib::open().expect("libnftables");
+        timed(&name("libnftables on the chunks"), || {
+            for chunk in &chunks {
+                lib.apply(chunk).expect("libnftables cold start");
+            }
+        });
+        empty();
+        if split::have_strace("kernel bench time split") {
+            let batch = chunks.iter().map(|c| split::nft_traced(c).batch).sum();
+            timings::record(&name("kernel: batch sendmsg"), batch);
+            empty();
+        }
+    }
 }
 
 /// The time split of one endpoint change (issue 4, part 4): kproxy's own part (compile, diff,
