@@ -200,9 +200,9 @@ fn steps(
 }
 
 /// The time split of a cold start: kproxy's own part (compile every port, diff against an empty
-/// mirror, print the chunks: the backend on the recording transport), libnftables on those
-/// chunks into an empty kernel, and of that the kernel's batch `sendmsg`s (the chunks through
-/// `nft` under strace). Three rounds; leaves the kernel empty.
+/// mirror, print the chunks: the backend on the recording transport) and the kernel's batch
+/// `sendmsg`s (those chunks through `nft` under strace, into an empty kernel); the rest of a
+/// cold start is nft's parsing and evaluation. Three rounds; leaves the kernel empty.
 fn split_cold_start(n: u32, f: &Fixture) {
     let name = |what: &str| format!("split_cold_start/{what}/{n}");
     let empty = || {
@@ -218,13 +218,6 @@ fn split_cold_start(n: u32, f: &Fixture) {
                 .expect("recorded cold start");
         });
         let chunks = fake.state.lock().expect("fake").applied.clone();
-        let mut lib = NftLib::open().expect("libnftables");
-        timed(&name("libnftables on the chunks"), || {
-            for chunk in &chunks {
-                lib.apply(chunk).expect("libnftables cold start");
-            }
-        });
-        empty();
         if split::have_strace("kernel bench time split") {
             let batch = chunks.iter().map(|c| split::nft_traced(c).batch).sum();
             timings::record(&name("kernel: batch sendmsg"), batch);
@@ -236,7 +229,8 @@ fn split_cold_start(n: u32, f: &Fixture) {
 /// The time split of one endpoint change (issue 4, part 4): kproxy's own part (compile, diff,
 /// transaction text: the same backend on the recording transport), the `nft` process on that
 /// exact text, of which (under strace) the kernel's batch `sendmsg` and the close of nft's
-/// netlink socket, and an `nft -f -` of an empty script (process start). `backend` holds the base plans in the kernel and is left so.
+/// netlink socket, an `nft -f -` of an empty script (process start), and libnftables on the
+/// same text. `backend` holds the base plans in the kernel and is left so.
 fn split(
     n: u32,
     f: &Fixture,

@@ -30,8 +30,6 @@ use support::netns::{Netns, have};
 use support::timings;
 use support::upstream_iptables as ipt;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
@@ -66,27 +64,7 @@ const RESTORE_FLAGS: [&str; 6] = ["-w", "5", "-W", "100000", "--noflush", "--cou
 
 /// Runs `program args` with `stdin`; panics with its stderr unless it exits successfully.
 fn run(program: &str, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-    // A refused line makes the process exit early: the write may then fail; the status says why.
-    let _ = child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes());
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    support::command::run(program, args, stdin).stdout
 }
 
 fn restore(v: &Variant, text: &str) {

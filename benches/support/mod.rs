@@ -9,6 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+pub mod command;
 pub mod manifests;
 pub mod netns;
 pub mod nft_split;

@@ -8,32 +8,11 @@
 //! with nft's message; under strace only the `sendmsg` durations are used (strace slows the
 //! process's other system calls, so its wall time is not reported).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Runs `program args…` with `script` on stdin; returns its wall time and stderr. Panics when
-/// it fails.
 fn run(program: &str, args: &[&str], script: &str) -> (Duration, String) {
-    let start = Instant::now();
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write the script");
-    let out = child.wait_with_output().expect("wait");
-    let took = start.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{program} {args:?} refused: {stderr}");
-    (took, stderr)
+    let ran = super::command::run(program, args, script);
+    (ran.took, ran.stderr)
 }
 
 /// `nft -f -` on `script`: its wall time.

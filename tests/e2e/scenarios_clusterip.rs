@@ -194,5 +194,5 @@ pub fn an_ipv6_clusterip_is_reached_over_tcp_from_a_pod(c: &mut Cluster) {
     let r = c.tcp_n(Client, vip, 30);
     served_by(&r, &[A, B, C]).unwrap();
     assert_eq!(seen(&r), only(Client.v6()));
-    served_by(&c.tcp_n(Client, at("fd00:96::10", 81), 20), &[A, B, C]).unwrap();
+    served_by(&c.tcp_n(Client, at("fd00:96::10", 81), 40), &[A, B, C]).unwrap();
 }

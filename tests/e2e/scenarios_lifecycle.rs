@@ -30,7 +30,7 @@ pub fn rules_flushed_by_someone_else_are_restored(c: &mut Cluster) {
         wrecked.elapsed()
     );
     c.until_metric_positive("kproxy_rules_drift_repairs_total");
-    served_by(&c.udp_n(Client, at(WEB, DNS), 20), &[A, B, C]).unwrap();
+    served_by(&c.udp_n(Client, at(WEB, DNS), 40), &[A, B, C]).unwrap();
 }
 
 /// A client connecting in a loop from the client pod until told to stop.
@@ -134,7 +134,7 @@ pub fn cleanup_removes_every_kproxy_table(c: &mut Cluster) {
         !c.mode.leftovers(&c.topo.node).is_empty(),
         "kproxy's rules must survive its stop"
     );
-    served_by(&c.tcp_n(Client, at(WEB, HTTP), 12), &[A, B, C]).unwrap();
+    served_by(&c.tcp_n(Client, at(WEB, HTTP), 40), &[A, B, C]).unwrap();
 
     let out = c
         .topo
