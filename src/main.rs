@@ -88,9 +88,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         backends::remove_other_modes_leftovers(cfg.mode);
     }
     let backend = backends::for_mode(cfg.mode, backend_config);
+    let conntrack: Box<dyn kproxy::conntrack::Reconciler> = if cfg.dry_run {
+        Box::new(kproxy::conntrack::Noop)
+    } else {
+        Box::new(kproxy::conntrack::CtReconciler::new(metrics.clone()))
+    };
     let mut syncer = Syncer::new(
         backend,
-        Box::new(kproxy::conntrack::Noop),
+        conntrack,
         base_node,
         metrics.clone(),
         shared.clone(),

@@ -5,8 +5,8 @@
 //! types and histogram buckets match upstream's pkg/proxy/metrics.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::model::validate::RejectReason;
@@ -32,6 +32,9 @@ pub struct Metrics {
     /// Full resyncs forced because kproxy's rules were changed by someone else.
     pub drift_repairs: IntCounter,
     pub rejected_objects: IntCounterVec,
+    /// Per `ip_family`: how long one conntrack reconciliation took, and flows it deleted.
+    pub conntrack_reconcile_duration: HistogramVec,
+    pub conntrack_deleted_entries: IntCounterVec,
 }
 
 /// Upstream's sync-duration buckets: 1 ms × 2^k, 15 buckets.
@@ -134,6 +137,27 @@ impl Metrics {
         for reason in RejectReason::ALL {
             rejected_objects.with_label_values(&[reason.as_str()]);
         }
+        let conntrack_reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+                "ReconcileConntrackFlowsLatency latency in seconds",
+            )
+            .buckets(sync_buckets()),
+            &["ip_family"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(conntrack_reconcile_duration.clone()))
+            .expect("unique metric");
+        let conntrack_deleted_entries = counter_vec(
+            "kubeproxy_conntrack_reconciler_deleted_entries_total",
+            "Cumulative conntrack flows deleted by conntrack reconciler",
+            "ip_family",
+        );
+        for family in ["IPv4", "IPv6"] {
+            conntrack_reconcile_duration.with_label_values(&[family]);
+            conntrack_deleted_entries.with_label_values(&[family]);
+        }
         Metrics {
             sync_duration,
             sync_full_duration,
@@ -185,6 +209,8 @@ impl Metrics {
                 "Full resyncs forced because kproxy's rules in the kernel were changed by someone else",
             ),
             rejected_objects,
+            conntrack_reconcile_duration,
+            conntrack_deleted_entries,
             registry,
         }
     }

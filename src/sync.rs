@@ -360,7 +360,8 @@ impl Syncer {
     /// Phase 6: delete conntrack flows that point at endpoints no longer serving.
     fn reconcile_conntrack(&mut self) {
         let plans = self.shared.plans.read().expect("plans lock");
-        if let Err(e) = self.conntrack.reconcile(&plans) {
+        let node = self.shared.node.read().expect("node lock");
+        if let Err(e) = self.conntrack.reconcile(&plans, &node) {
             tracing::warn!(error = %e, "conntrack reconcile failed");
         }
     }

@@ -213,4 +213,4 @@ impl Transport for FakeTransport {
 
 #[cfg(test)]
 #[path = "transport_tests.rs"]
-pub(super) mod tests;
+pub(crate) mod tests;
