@@ -60,11 +60,17 @@ fn tcp(to: SocketAddr, timeout: Duration) -> Outcome {
 }
 
 fn udp(to: SocketAddr, timeout: Duration) -> Outcome {
+    udp_from(0, to, timeout)
+}
+
+/// One UDP query to `to` from local port `src_port` (0: a fresh one). The same `src_port` again
+/// is the same conntrack flow, as a DNS client with a fixed source port keeps.
+pub fn udp_from(src_port: u16, to: SocketAddr, timeout: Duration) -> Outcome {
     let any: IpAddr = match to {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     };
-    let s = UdpSocket::bind((any, 0)).map_err(kind)?;
+    let s = UdpSocket::bind((any, src_port)).map_err(kind)?;
     s.set_read_timeout(Some(timeout)).map_err(kind)?;
     s.connect(to).map_err(kind)?;
     // A reject in the output path fails the send itself (EPERM) and queues the ICMP error for

@@ -18,6 +18,7 @@ mod manifests;
 mod mode;
 mod scenarios_changes;
 mod scenarios_clusterip;
+mod scenarios_conntrack;
 mod scenarios_external;
 mod scenarios_lifecycle;
 mod scenarios_policy;
@@ -87,6 +88,9 @@ macro_rules! scenarios {
             scenarios_lifecycle::rules_flushed_by_someone_else_are_restored,
             scenarios_lifecycle::restarting_kproxy_fails_no_connection,
             scenarios_lifecycle::cleanup_removes_every_kproxy_table,
+            scenarios_conntrack::a_pinned_udp_client_moves_to_the_new_endpoint_of_a_cluster_ip,
+            scenarios_conntrack::a_pinned_udp_client_moves_to_the_new_endpoint_of_a_node_port,
+            scenarios_conntrack::restarting_kproxy_leaves_correct_udp_flows_in_place,
         );
     };
     (@tests $mode:literal; $($module:ident :: $name:ident),* $(,)?) => {
