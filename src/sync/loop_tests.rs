@@ -49,12 +49,16 @@ struct Harness {
 }
 
 fn start(min_sync: Duration) -> Harness {
+    start_with(min_sync, Box::new(crate::conntrack::Noop))
+}
+
+fn start_with(min_sync: Duration, conntrack: Box<dyn crate::conntrack::Reconciler>) -> Harness {
     let fake = FakeBackend::default();
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::default());
     let syncer = Syncer::new(
         Box::new(fake.clone()),
-        Box::new(crate::conntrack::Noop),
+        conntrack,
         NodeFacts::new("node1"),
         metrics.clone(),
         shared.clone(),
@@ -353,4 +357,53 @@ async fn drift_reported_by_the_backend_is_counted_and_repaired_by_a_full_resync(
         vec![Call::Full { ports: 1 }, Call::Full { ports: 1 }]
     );
     assert_eq!(h.metrics.drift_repairs.get(), 1);
+}
+
+/// Counts reconciliations.
+struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl crate::conntrack::Reconciler for Counting {
+    fn reconcile(
+        &mut self,
+        _plans: &crate::backends::Plans,
+        _node: &NodeFacts,
+    ) -> Result<usize, crate::conntrack::ConntrackError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn conntrack_is_reconciled_after_full_syncs_and_udp_changes_but_not_tcp_only_ones() {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = start_with(Duration::ZERO, Box::new(Counting(count.clone())));
+    let reconciled = || count.load(std::sync::atomic::Ordering::Relaxed);
+    h.tx.send(service("web", 80)).unwrap();
+    h.listed();
+    h.settle().await;
+    assert_eq!(reconciled(), 1, "after the first, full sync");
+    h.tx.send(service("web", 81)).unwrap();
+    h.settle().await;
+    assert_eq!(reconciled(), 1, "a TCP-only change needs no reconcile");
+    let dns = ServicePort::cluster_ip(
+        ServicePortName {
+            service: nn("dns"),
+            port: "dns".into(),
+            protocol: Protocol::Udp,
+        },
+        "10.96.0.53".parse().unwrap(),
+        53,
+    );
+    h.tx.send(Change::Service(
+        nn("dns"),
+        Some(Service {
+            name: nn("dns"),
+            ports: vec![dns],
+            has_selector: true,
+        }),
+    ))
+    .unwrap();
+    h.settle().await;
+    assert_eq!(reconciled(), 2, "a UDP port changed");
+    assert_eq!(h.fake.calls().len(), 3, "{:?}", h.fake.calls());
 }
