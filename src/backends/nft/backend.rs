@@ -68,8 +68,8 @@ impl<T: Transport> NftBackend<T> {
     /// Adoption: lists kproxy's tables, then reconciles them with `parts` in bounded
     /// transactions (see `reconcile.rs`). The mirror is replaced only when every transaction
     /// went through; a failure part-way leaves `adopt` set, so the next full sync lists again.
-    fn adopt_and_load(&mut self, parts: &Parts) -> Result<SyncReport, BackendError> {
-        let load = diff::diff(&Mirror::default(), parts, Scope::Full);
+    fn adopt_and_load(&mut self, parts: Parts) -> Result<SyncReport, BackendError> {
+        let load = diff::into_diff(&Mirror::default(), parts, Scope::Full);
         let mut listed = Vec::new();
         for family in [IpFamily::V4, IpFamily::V6] {
             let listing = self
@@ -97,9 +97,9 @@ impl<T: Transport> Backend for NftBackend<T> {
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
         let parts = Parts::full(plans, node, &self.config);
         if self.adopt {
-            return self.adopt_and_load(&parts);
+            return self.adopt_and_load(parts);
         }
-        let d = diff::diff(&self.mirror, &parts, Scope::Full);
+        let d = diff::into_diff(&self.mirror, parts, Scope::Full);
         let report = self.send(&d.tx)?;
         self.mirror.commit(d);
         Ok(report)
@@ -117,7 +117,7 @@ impl<T: Transport> Backend for NftBackend<T> {
             ));
         }
         let parts = Parts::partial(plans, changed, node, &self.config);
-        let d = diff::diff(&self.mirror, &parts, Scope::Ports(changed));
+        let d = diff::into_diff(&self.mirror, parts, Scope::Ports(changed));
         let report = self.send(&d.tx)?;
         self.mirror.commit(d);
         Ok(report)
