@@ -8,6 +8,7 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod netns;
+pub mod nfnetlink;
 pub mod node;
 pub mod sync;
 pub mod watch;

@@ -23,6 +23,7 @@ use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
 
 use super::stale::Flow;
 use crate::model::{IpFamily, Protocol};
+use crate::nfnetlink::{attr, nfproto, request};
 
 /// CTA_FILTER (after CTA_SYNPROXY in enum ctattr_type) and its attributes and flag; the tuple
 /// attributes and message type the hand-written dump request uses.
@@ -156,53 +157,34 @@ fn flow_of(attributes: &[ConntrackAttribute]) -> Option<Flow> {
     })
 }
 
-/// One netlink attribute: header, value, padding to 4 bytes.
-fn nla(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(value);
-    out.resize(out.len().div_ceil(4) * 4, 0);
-}
-
 /// The dump request for `protocol` flows of `family`, filtered in the kernel: CTA_TUPLE_ORIG
 /// holding only the protocol, and CTA_FILTER saying that only the protocol is to be compared.
 /// Written by hand: the kernel parses CTA_FILTER strictly and wants NLA_F_NESTED on it, which
 /// `netlink-packet-core` 0.9 cannot set on an attribute it does not know.
 fn dump_request(family: IpFamily, protocol: Protocol, seq: u32) -> Vec<u8> {
     let mut proto = Vec::new();
-    nla(
+    attr(
         &mut proto,
         CTA_PROTO_NUM,
         &[u8::from(ct_protocol(protocol))],
     );
     let mut tuple_proto = Vec::new();
-    nla(&mut tuple_proto, CTA_TUPLE_PROTO | NLA_F_NESTED, &proto);
+    attr(&mut tuple_proto, CTA_TUPLE_PROTO | NLA_F_NESTED, &proto);
     let mut filter = Vec::new();
-    nla(
-        &mut filter,
-        CTA_FILTER_ORIG_FLAGS,
-        &CTA_FILTER_FLAG_CTA_PROTO_NUM.to_ne_bytes(),
-    );
-    nla(&mut filter, CTA_FILTER_REPLY_FLAGS, &0u32.to_ne_bytes());
-    let mut body = vec![
-        match family {
-            IpFamily::V4 => libc::AF_INET as u8,
-            IpFamily::V6 => libc::AF_INET6 as u8,
-        },
-        0,
-        0,
-        0,
-    ];
-    nla(&mut body, CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple_proto);
-    nla(&mut body, CTA_FILTER | NLA_F_NESTED, &filter);
-    let mut m = Vec::with_capacity(16 + body.len());
-    m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    m.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&body);
-    m
+    let flags = CTA_FILTER_FLAG_CTA_PROTO_NUM.to_ne_bytes();
+    attr(&mut filter, CTA_FILTER_ORIG_FLAGS, &flags);
+    attr(&mut filter, CTA_FILTER_REPLY_FLAGS, &0u32.to_ne_bytes());
+    let mut attrs = Vec::new();
+    attr(&mut attrs, CTA_TUPLE_ORIG | NLA_F_NESTED, &tuple_proto);
+    attr(&mut attrs, CTA_FILTER | NLA_F_NESTED, &filter);
+    let kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
+    request(
+        kind,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        nfproto(family),
+        &attrs,
+    )
 }
 
 impl Ctnetlink {

@@ -13,6 +13,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::skeleton::TABLE;
 use crate::model::IpFamily;
+use crate::nfnetlink;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -59,27 +60,13 @@ pub fn rule_counts(family: IpFamily) -> Result<BTreeMap<String, usize>, ProbeErr
 
 /// The dump request: nlmsghdr, nfgenmsg, NFTA_RULE_TABLE.
 fn request(family: IpFamily) -> Vec<u8> {
-    let nfproto: u8 = match family {
-        IpFamily::V4 => 2,
-        IpFamily::V6 => 10,
-    };
     let mut table = TABLE.as_bytes().to_vec();
     table.push(0);
-    let attr_len = 4 + table.len();
-    let padded = attr_len.div_ceil(4) * 4;
-    let len = 16 + 4 + padded;
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE).to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    m.extend_from_slice(&[nfproto, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
-    m.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-    m.extend_from_slice(&NFTA_RULE_TABLE.to_ne_bytes());
-    m.extend_from_slice(&table);
-    m.resize(len, 0);
-    m
+    let mut attrs = Vec::new();
+    nfnetlink::attr(&mut attrs, NFTA_RULE_TABLE, &table);
+    let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE;
+    let flags = NLM_F_REQUEST | NLM_F_DUMP;
+    nfnetlink::request(kind, flags, 1, nfnetlink::nfproto(family), &attrs)
 }
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, ProbeError> {
@@ -151,20 +138,10 @@ mod tests {
         for (t, v) in [(NFTA_RULE_TABLE, TABLE), (NFTA_RULE_CHAIN, chain)] {
             let mut v = v.as_bytes().to_vec();
             v.push(0);
-            let len = 4 + v.len();
-            attrs.extend_from_slice(&(len as u16).to_ne_bytes());
-            attrs.extend_from_slice(&t.to_ne_bytes());
-            attrs.extend_from_slice(&v);
-            attrs.resize(attrs.len().div_ceil(4) * 4, 0);
+            nfnetlink::attr(&mut attrs, t, &v);
         }
-        let len = 20 + attrs.len();
-        let mut m = Vec::new();
-        m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE).to_ne_bytes());
-        m.extend_from_slice(&[0; 10]);
-        m.extend_from_slice(&[2, 0, 0, 0]);
-        m.extend_from_slice(&attrs);
-        m
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE;
+        nfnetlink::request(kind, 0, 0, 2, &attrs)
     }
 
     fn done() -> Vec<u8> {
