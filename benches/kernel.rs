@@ -85,11 +85,6 @@ fn plans(rt: &tokio::runtime::Runtime, n: u32) -> Fixture {
     }
 }
 
-/// Times `f` once under `name` (criterion and the single-operation table both see it).
-fn timed(name: &str, f: impl FnOnce()) -> Duration {
-    timings::time(name, f)
-}
-
 fn bench(c: &mut Criterion) {
     let Some(_ns) = Netns::enter("kernel bench") else {
         return;
@@ -147,7 +142,7 @@ fn steps(
                 let mut cleaner = NftBackend::new(support::config(), NftCli::default());
                 cleaner.cleanup().expect("cleanup");
                 let mut backend = NftBackend::new(support::config(), transport(command));
-                total += timed(&name("cold_start"), || {
+                total += timings::time(&name("cold_start"), || {
                     backend.sync_full(&f.base, node).expect("cold start");
                 });
             }
@@ -168,7 +163,7 @@ fn steps(
                 for _ in 0..iters {
                     flip = !flip;
                     let plans = if flip { other } else { &f.base };
-                    total += timed(&name(what), || {
+                    total += timings::time(&name(what), || {
                         backend
                             .sync_partial(plans, &changed, node)
                             .expect("partial sync");
@@ -188,7 +183,7 @@ fn steps(
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                total += timed(&name("one_service_added"), || {
+                total += timings::time(&name("one_service_added"), || {
                     backend.sync_partial(&f.added, &new, node).expect("add");
                 });
                 backend.sync_partial(&f.base, &new, node).expect("remove");
@@ -213,7 +208,7 @@ fn split_cold_start(n: u32, f: &Fixture) {
     for _ in 0..3 {
         let fake = FakeTransport::default();
         let mut ours = NftBackend::new(support::config(), fake.clone());
-        timed(&name("ours (compile, diff, text)"), || {
+        timings::time(&name("ours (compile, diff, text)"), || {
             ours.sync_full(&f.base, &f.node)
                 .expect("recorded cold start");
         });
@@ -247,7 +242,7 @@ fn split(
     for _ in 0..rounds {
         for plans in [&f.one, &f.base] {
             fake.state.lock().expect("fake").applied.clear();
-            timed(&name("ours (compile, diff, text)"), || {
+            timings::time(&name("ours (compile, diff, text)"), || {
                 ours.sync_partial(plans, changed, &f.node).expect("partial");
             });
             let applied = fake.state.lock().expect("fake").applied.clone();

@@ -154,9 +154,9 @@ impl Metrics {
             "Cumulative conntrack flows deleted by conntrack reconciler",
             "ip_family",
         );
-        for family in ["IPv4", "IPv6"] {
-            conntrack_reconcile_duration.with_label_values(&[family]);
-            conntrack_deleted_entries.with_label_values(&[family]);
+        for family in crate::model::IpFamily::ALL {
+            conntrack_reconcile_duration.with_label_values(&[family.as_str()]);
+            conntrack_deleted_entries.with_label_values(&[family.as_str()]);
         }
         Metrics {
             sync_duration,

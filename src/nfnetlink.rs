@@ -1,9 +1,17 @@
-//! Building netfilter netlink requests by hand, for the two places that need bytes no crate
-//! writes for them (the nf_tables rule-count probe, and conntrack dumps filtered with
-//! CTA_FILTER): one attribute, and one request (nlmsghdr, nfgenmsg, attributes).
+//! Netfilter netlink by hand, for the two places that need bytes no crate writes for them (the
+//! nf_tables rule-count probe, and conntrack dumps filtered with CTA_FILTER): a socket, one
+//! attribute, and one request (nlmsghdr, nfgenmsg, attributes).
 //!
 //! Invariants: native byte order for headers and lengths (netlink's), values as given; every
 //! attribute is padded to 4 bytes; the request's length field is its whole length.
+
+/// A NETLINK_NETFILTER socket connected to the kernel, in the calling thread's namespace.
+pub fn socket() -> std::io::Result<netlink_sys::Socket> {
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
 
 /// The address family byte of nfgenmsg for an IP family (NFPROTO_IPV4 / NFPROTO_IPV6, which
 /// equal AF_INET / AF_INET6).

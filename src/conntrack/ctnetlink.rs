@@ -19,7 +19,7 @@ use netlink_packet_netfilter::conntrack::{
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
-use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::Socket;
 
 use super::stale::Flow;
 use crate::model::{IpFamily, Protocol};
@@ -190,16 +190,18 @@ fn dump_request(family: IpFamily, protocol: Protocol, seq: u32) -> Vec<u8> {
 impl Ctnetlink {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> Result<Ctnetlink, CtnetlinkError> {
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(CtnetlinkError::Socket)?;
-        socket.bind_auto().map_err(CtnetlinkError::Socket)?;
-        socket
-            .connect(&NlAddr::new(0, 0))
-            .map_err(CtnetlinkError::Socket)?;
+        let socket = crate::nfnetlink::socket().map_err(CtnetlinkError::Socket)?;
         Ok(Ctnetlink {
             socket,
             seq: 0,
             last_dump_received: 0,
         })
+    }
+
+    /// The sequence number of a new request (answers to older ones are skipped).
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
     }
 
     fn send(
@@ -208,10 +210,9 @@ impl Ctnetlink {
         flags: u16,
         message: ConntrackMessage,
     ) -> Result<(), CtnetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = flags;
-        header.sequence_number = self.seq;
+        header.sequence_number = self.next_seq();
         let mut packet = NetlinkMessage::new(
             header,
             NetlinkPayload::from(NetfilterMessage::new(
@@ -273,8 +274,7 @@ impl Ctnetlink {
         family: IpFamily,
         protocol: Protocol,
     ) -> Result<Vec<Flow>, CtnetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
-        let request = dump_request(family, protocol, self.seq);
+        let request = dump_request(family, protocol, self.next_seq());
         self.socket
             .send(&request, 0)
             .map_err(CtnetlinkError::Send)?;

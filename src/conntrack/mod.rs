@@ -93,17 +93,14 @@ impl Reconciler for CtReconciler {
     fn reconcile(&mut self, plans: &Plans, node: &NodeFacts) -> Result<usize, ConntrackError> {
         let index = Index::new(plans, node);
         let mut total = 0;
-        for family in [IpFamily::V4, IpFamily::V6] {
+        for family in IpFamily::ALL {
             let started = Instant::now();
             let result = if index.is_empty() {
                 Ok(0)
             } else {
                 self.family(family, &index)
             };
-            let label = match family {
-                IpFamily::V4 => "IPv4",
-                IpFamily::V6 => "IPv6",
-            };
+            let label = family.as_str();
             self.metrics
                 .conntrack_reconcile_duration
                 .with_label_values(&[label])

@@ -108,6 +108,16 @@ pub enum IpFamily {
 }
 
 impl IpFamily {
+    pub const ALL: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
+
+    /// Kubernetes' name of the family (`ipFamilies`, upstream's `ip_family` metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        }
+    }
+
     pub fn of(ip: &IpAddr) -> IpFamily {
         if ip.is_ipv4() {
             IpFamily::V4

@@ -142,10 +142,7 @@ impl Ctx {
 ///
 /// # Safety
 /// `ctx` must be a live context with that buffer enabled.
-unsafe fn take(
-    get: unsafe extern "C" fn(*mut c_void) -> *const c_char,
-    ctx: *mut c_void,
-) -> String {
+unsafe fn take(get: CtxGet, ctx: *mut c_void) -> String {
     // SAFETY: per the caller; the pointer is NULL or a NUL-terminated buffer of `ctx`.
     let p = unsafe { get(ctx) };
     if p.is_null() {

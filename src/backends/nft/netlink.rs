@@ -9,8 +9,6 @@
 
 use std::collections::BTreeMap;
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
-
 use super::skeleton::TABLE;
 use crate::model::IpFamily;
 use crate::nfnetlink;
@@ -43,11 +41,7 @@ pub enum ProbeError {
 
 /// Rule count per chain of kproxy's table in `family` (chains without rules are absent).
 pub fn rule_counts(family: IpFamily) -> Result<BTreeMap<String, usize>, ProbeError> {
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(ProbeError::Socket)?;
-    socket.bind_auto().map_err(ProbeError::Socket)?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(ProbeError::Socket)?;
+    let socket = nfnetlink::socket().map_err(ProbeError::Socket)?;
     socket.send(&request(family), 0).map_err(ProbeError::Send)?;
     let mut counts = BTreeMap::new();
     loop {
