@@ -77,6 +77,10 @@ pub struct Config {
     /// `--nftables-transport command`: program nftables through the `nft` command, not
     /// libnftables.
     pub nft_command: bool,
+    /// `--iptables-variant`.
+    pub iptables_variant: crate::backends::iptables::VariantChoice,
+    /// `--iptables-localhost-nodeports` / `iptables.localhostNodePorts` (default true).
+    pub localhost_nodeports: bool,
     pub log_format: LogFormat,
     /// Things the operator should know but that do not stop kproxy (ignored flags, unknown file
     /// fields); log each once logging is set up.
@@ -90,6 +94,8 @@ impl Config {
             cluster_cidrs: self.cluster_cidrs.clone(),
             masquerade_all: self.masquerade_all,
             nft_command: self.nft_command,
+            localhost_nodeports: self.localhost_nodeports,
+            iptables_variant: self.iptables_variant,
         }
     }
 }
@@ -308,6 +314,15 @@ fn resolve(
             .map(PathBuf::from),
         dry_run: bool_flag(m, "dry-run")?.unwrap_or(false),
         nft_command: flag(m, "nftables-transport", values::parse_nft_command)?.unwrap_or(false),
+        iptables_variant: flag(
+            m,
+            "iptables-variant",
+            crate::backends::iptables::VariantChoice::parse,
+        )?
+        .unwrap_or_default(),
+        localhost_nodeports: bool_flag(m, "iptables-localhost-nodeports")?
+            .or(file.iptables.localhost_nodeports)
+            .unwrap_or(true),
         log_format: flag(m, "log-format", values::parse_log_format)?
             .flatten()
             .or(file.log_format)

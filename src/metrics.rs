@@ -6,7 +6,7 @@
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::model::validate::RejectReason;
@@ -29,6 +29,10 @@ pub struct Metrics {
     pub sync_failures: IntCounter,
     pub nftables_sync_failures: IntCounter,
     pub nftables_cleanup_failures: IntCounter,
+    pub iptables_restore_failures: IntCounter,
+    pub iptables_partial_restore_failures: IntCounter,
+    /// Per `table`: rules kproxy owns in iptables mode.
+    pub iptables_rules_total: IntGaugeVec,
     /// Full resyncs forced because kproxy's rules were changed by someone else.
     pub drift_repairs: IntCounter,
     pub rejected_objects: IntCounterVec,
@@ -118,6 +122,17 @@ impl Metrics {
                 .expect("unique metric");
             c
         };
+        let iptables_rules_total = IntGaugeVec::new(
+            Opts::new(
+                "kubeproxy_sync_proxy_rules_iptables_total",
+                "Total number of iptables rules owned by kube-proxy",
+            ),
+            &["table"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(iptables_rules_total.clone()))
+            .expect("unique metric");
         let no_local_endpoints = GaugeVec::new(
             Opts::new(
                 "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
@@ -204,6 +219,15 @@ impl Metrics {
                 "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
                 "Cumulative proxy nftables cleanup failures",
             ),
+            iptables_restore_failures: counter(
+                "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+                "Cumulative proxy iptables restore failures",
+            ),
+            iptables_partial_restore_failures: counter(
+                "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
+                "Cumulative proxy iptables partial restore failures",
+            ),
+            iptables_rules_total,
             drift_repairs: counter(
                 "kproxy_rules_drift_repairs_total",
                 "Full resyncs forced because kproxy's rules in the kernel were changed by someone else",

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::backends::{Backend, Plans, ProxyMode};
+use crate::backends::{Backend, BackendError, Plans, ProxyMode};
 use crate::conntrack::Reconciler;
 use crate::health::ProxyHealth;
 use crate::health::service::ServiceHealthServers;
@@ -245,6 +245,13 @@ impl Syncer {
         };
         match result {
             Ok(report) => {
+                for (table, n) in self.backend.rules_per_table() {
+                    let gauge = self
+                        .metrics
+                        .iptables_rules_total
+                        .with_label_values(&[table]);
+                    gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
                 tracing::debug!(
                     full,
                     changed = changed.len(),
@@ -255,8 +262,15 @@ impl Syncer {
             }
             Err(e) => {
                 tracing::error!(error = %e, full, "sync failed; retrying as a full resync");
-                if self.backend.mode() == ProxyMode::Nftables {
-                    self.metrics.nftables_sync_failures.inc();
+                match self.backend.mode() {
+                    ProxyMode::Nftables => self.metrics.nftables_sync_failures.inc(),
+                    ProxyMode::Iptables if matches!(e, BackendError::Apply(_)) => {
+                        self.metrics.iptables_restore_failures.inc();
+                        if !full {
+                            self.metrics.iptables_partial_restore_failures.inc();
+                        }
+                    }
+                    _ => {}
                 }
                 false
             }

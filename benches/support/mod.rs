@@ -151,5 +151,7 @@ pub fn config() -> BackendConfig {
         cluster_cidrs: vec!["10.96.0.0/12".parse().expect("static CIDR")],
         masquerade_all: false,
         nft_command: false,
+        localhost_nodeports: true,
+        iptables_variant: Default::default(),
     }
 }

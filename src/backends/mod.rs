@@ -8,6 +8,7 @@
 //! `cleanup` removes everything kproxy ever created in this mode.
 
 pub mod fake;
+pub mod iptables;
 pub mod leftovers;
 pub mod nft;
 pub mod pending;
@@ -32,6 +33,10 @@ pub struct BackendConfig {
     pub masquerade_all: bool,
     /// nftables mode: use the `nft` command instead of libnftables.
     pub nft_command: bool,
+    /// iptables mode: NodePorts answer on 127.0.0.0/8 too (IPv4; sets route_localnet).
+    pub localhost_nodeports: bool,
+    /// iptables mode: iptables-nft or iptables-legacy.
+    pub iptables_variant: iptables::VariantChoice,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]
@@ -107,6 +112,11 @@ pub trait Backend: Send {
     fn drift(&mut self) -> Result<Option<String>, BackendError> {
         Ok(None)
     }
+    /// Rules kproxy owns per table, for backends that count them (iptables mode's
+    /// `kubeproxy_sync_proxy_rules_iptables_total{table}`).
+    fn rules_per_table(&self) -> BTreeMap<&'static str, usize> {
+        BTreeMap::new()
+    }
     /// Remove everything kproxy created in this mode.
     fn cleanup(&mut self) -> Result<(), BackendError>;
     /// The full ruleset this backend would program for `plans`, as text. Pure.
@@ -121,9 +131,13 @@ pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
             tracing::debug!(transport = transport.kind(), "nftables transport");
             Box::new(nft::NftBackend::new(config, transport))
         }
-        // These kernel backends land in their own issues; until one does, its mode plans and
-        // renders but programs nothing (and says so at start-up).
-        ProxyMode::Iptables | ProxyMode::Ipvs => Box::new(pending::Pending::new(mode, config)),
+        ProxyMode::Iptables => {
+            let variant = config.iptables_variant.resolve();
+            Box::new(iptables::IptablesBackend::new(config, variant))
+        }
+        // The IPVS backend lands in its own issue; until then its mode plans and renders but
+        // programs nothing (and says so at start-up).
+        ProxyMode::Ipvs => Box::new(pending::Pending::new(mode, config)),
     }
 }
 

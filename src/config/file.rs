@@ -135,6 +135,8 @@ pub struct ModeSection {
     pub masquerade_all: Option<bool>,
     pub sync_period: Option<Duration>,
     pub min_sync_period: Option<Duration>,
+    /// `iptables.localhostNodePorts` (read in every section; only `iptables` has it upstream).
+    pub localhost_nodeports: Option<bool>,
 }
 
 /// What kproxy takes from the file; `None` where the file leaves the default.
@@ -317,6 +319,11 @@ fn section(doc: &Value, name: &str) -> Result<ModeSection, String> {
         Some(Value::Bool(b)) => Some(*b),
         Some(_) => return Err(format!("{name}.masqueradeAll: want true or false")),
     };
+    let localhost_nodeports = match lookup(doc, &format!("{name}.localhostNodePorts")) {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(format!("{name}.localhostNodePorts: want true or false")),
+    };
     let duration = |field: &str| -> Result<Option<Duration>, String> {
         let path = format!("{name}.{field}");
         let d = parsed(doc, &path, |s| {
@@ -329,5 +336,6 @@ fn section(doc: &Value, name: &str) -> Result<ModeSection, String> {
         masquerade_all,
         sync_period: duration("syncPeriod")?,
         min_sync_period: duration("minSyncPeriod")?,
+        localhost_nodeports,
     })
 }

@@ -52,7 +52,6 @@ pub const IGNORED: &[(&str, Kind)] = &[
     ("detect-local-mode", Kind::Text),
     ("feature-gates", Kind::List),
     ("healthz-port", Kind::Int),
-    ("iptables-localhost-nodeports", Kind::Bool),
     ("iptables-masquerade-bit", Kind::Int),
     ("ipvs-exclude-cidrs", Kind::List),
     ("ipvs-scheduler", Kind::Text),
@@ -231,6 +230,18 @@ pub fn command() -> Command {
             )
             .default_value("library"),
         )
+        .arg(
+            value(
+                "iptables-variant",
+                "WHICH",
+                "iptables mode: auto (what the host uses, as upstream's iptables-wrapper decides), nft or legacy",
+            )
+            .default_value("auto"),
+        )
+        .arg(boolean(
+            "iptables-localhost-nodeports",
+            "iptables mode: NodePorts also answer on 127.0.0.0/8 (IPv4; sets route_localnet); default true",
+        ))
         .next_help_heading(COMPAT);
     for (name, kind) in IGNORED {
         let arg = match kind {

@@ -469,6 +469,8 @@ fn the_backend_config_carries_cidrs_and_masquerading() {
             cluster_cidrs: vec![net("10.244.0.0/16")],
             masquerade_all: true,
             nft_command: false,
+            localhost_nodeports: true,
+            iptables_variant: Default::default(),
         }
     );
 }

@@ -32,6 +32,8 @@ pub(super) fn config() -> BackendConfig {
         cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap(), "fd10::/64".parse().unwrap()],
         masquerade_all: false,
         nft_command: false,
+        localhost_nodeports: false,
+        iptables_variant: Default::default(),
     }
 }
 

@@ -4,7 +4,10 @@
 //! covers the fixed, small number of rules kproxy programs (never the sets' elements) and costs
 //! well under a millisecond, so it can run several times a second.
 //!
-//! Invariants: never writes; only kproxy's table is dumped; a missing table is an empty map (no
+//! The same dump, filtered by table and chain, lets the iptables backend check iptables-nft's
+//! chains (`chain_rules`).
+//!
+//! Invariants: never writes; only the named table (and chain) is dumped; a missing table is an empty map (no
 //! error), because the kernel's filtered dump simply matches nothing.
 
 use std::collections::BTreeMap;
@@ -41,23 +44,63 @@ pub enum ProbeError {
 
 /// Rule count per chain of kproxy's table in `family` (chains without rules are absent).
 pub fn rule_counts(family: IpFamily) -> Result<BTreeMap<String, usize>, ProbeError> {
-    let socket = nfnetlink::socket().map_err(ProbeError::Socket)?;
-    socket.send(&request(family), 0).map_err(ProbeError::Send)?;
     let mut counts = BTreeMap::new();
+    dump(family, TABLE, None, |chain, _| {
+        *counts.entry(chain).or_default() += 1;
+    })?;
+    Ok(counts)
+}
+
+/// For one chain of any nf_tables table (iptables-nft's `nat`, `filter`, ...): how many rules
+/// it has, and how many of them contain `needle` somewhere in their netlink encoding (a jump
+/// target's name, for instance). A missing table or chain counts as (0, 0).
+pub fn chain_rules(
+    family: IpFamily,
+    table: &str,
+    chain: &str,
+    needle: &[u8],
+) -> Result<(usize, usize), ProbeError> {
+    let (mut rules, mut matching) = (0, 0);
+    dump(family, table, Some(chain), |_, message| {
+        rules += 1;
+        if message.windows(needle.len()).any(|w| w == needle) {
+            matching += 1;
+        }
+    })?;
+    Ok((rules, matching))
+}
+
+/// One `NFT_MSG_GETRULE` dump filtered by table (and chain) in the kernel; `each` gets every
+/// rule's chain and attributes.
+fn dump(
+    family: IpFamily,
+    table: &str,
+    chain: Option<&str>,
+    mut each: impl FnMut(String, &[u8]),
+) -> Result<(), ProbeError> {
+    let socket = nfnetlink::socket().map_err(ProbeError::Socket)?;
+    socket
+        .send(&request(family, table, chain), 0)
+        .map_err(ProbeError::Send)?;
     loop {
         let (buf, _) = socket.recv_from_full().map_err(ProbeError::Receive)?;
-        if parse(&buf, &mut counts)? {
-            return Ok(counts);
+        if parse(&buf, &mut each)? {
+            return Ok(());
         }
     }
 }
 
-/// The dump request: nlmsghdr, nfgenmsg, NFTA_RULE_TABLE.
-fn request(family: IpFamily) -> Vec<u8> {
-    let mut table = TABLE.as_bytes().to_vec();
-    table.push(0);
+/// The dump request: nlmsghdr, nfgenmsg, NFTA_RULE_TABLE (and NFTA_RULE_CHAIN).
+fn request(family: IpFamily, table: &str, chain: Option<&str>) -> Vec<u8> {
     let mut attrs = Vec::new();
+    let mut table = table.as_bytes().to_vec();
+    table.push(0);
     nfnetlink::attr(&mut attrs, NFTA_RULE_TABLE, &table);
+    if let Some(chain) = chain {
+        let mut chain = chain.as_bytes().to_vec();
+        chain.push(0);
+        nfnetlink::attr(&mut attrs, NFTA_RULE_CHAIN, &chain);
+    }
     let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE;
     let flags = NLM_F_REQUEST | NLM_F_DUMP;
     nfnetlink::request(kind, flags, 1, nfnetlink::nfproto(family), &attrs)
@@ -75,8 +118,8 @@ fn u32_at(b: &[u8], at: usize) -> Result<u32, ProbeError> {
         .ok_or(ProbeError::Malformed(at))
 }
 
-/// Counts the rules in one receive buffer; true once the dump is done.
-fn parse(buf: &[u8], counts: &mut BTreeMap<String, usize>) -> Result<bool, ProbeError> {
+/// Hands each rule in one receive buffer to `each`; true once the dump is done.
+fn parse(buf: &[u8], each: &mut impl FnMut(String, &[u8])) -> Result<bool, ProbeError> {
     let mut at = 0;
     while at + 16 <= buf.len() {
         let len = u32_at(buf, at)? as usize;
@@ -94,8 +137,9 @@ fn parse(buf: &[u8], counts: &mut BTreeMap<String, usize>) -> Result<bool, Probe
                 }
             }
             t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE => {
-                if let Some(chain) = chain_of(&buf[at + 20..at + len])? {
-                    *counts.entry(chain).or_default() += 1;
+                let attrs = &buf[at + 20..at + len];
+                if let Some(chain) = chain_of(attrs)? {
+                    each(chain, attrs);
                 }
             }
             _ => {}
@@ -151,9 +195,10 @@ mod tests {
         let mut buf = rule_message("services");
         buf.extend(rule_message("nat-output"));
         buf.extend(rule_message("services"));
-        let mut counts = BTreeMap::new();
-        assert!(!parse(&buf, &mut counts).unwrap(), "no DONE yet");
-        assert!(parse(&done(), &mut counts).unwrap());
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut count = |chain: String, _: &[u8]| *counts.entry(chain).or_default() += 1;
+        assert!(!parse(&buf, &mut count).unwrap(), "no DONE yet");
+        assert!(parse(&done(), &mut count).unwrap());
         assert_eq!(counts["services"], 2);
         assert_eq!(counts["nat-output"], 1);
     }
@@ -161,13 +206,12 @@ mod tests {
     #[test]
     fn a_truncated_message_is_an_error_not_a_count() {
         let buf = rule_message("services");
-        let mut counts = BTreeMap::new();
-        assert!(parse(&buf[..buf.len() - 8], &mut counts).is_err());
+        assert!(parse(&buf[..buf.len() - 8], &mut |_, _| {}).is_err());
     }
 
     #[test]
     fn the_request_asks_for_a_dump_of_kproxys_table_in_the_family() {
-        let r = request(IpFamily::V6);
+        let r = request(IpFamily::V6, TABLE, None);
         assert_eq!(u32_at(&r, 0).unwrap() as usize, r.len());
         assert_eq!(u16_at(&r, 6).unwrap(), NLM_F_REQUEST | NLM_F_DUMP);
         assert_eq!(r[16], 10, "NFPROTO_IPV6");

@@ -17,11 +17,11 @@ use crate::model::{
 };
 use crate::node::NodeFacts;
 
-pub(super) fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-pub(super) fn name(svc: &str, port: &str, protocol: Protocol) -> ServicePortName {
+pub(crate) fn name(svc: &str, port: &str, protocol: Protocol) -> ServicePortName {
     ServicePortName {
         service: NamespacedName::new("default", svc),
         port: port.into(),
@@ -29,7 +29,7 @@ pub(super) fn name(svc: &str, port: &str, protocol: Protocol) -> ServicePortName
     }
 }
 
-pub(super) fn ep(addr: &str, port: u16, node: &str) -> Endpoint {
+pub(crate) fn ep(addr: &str, port: u16, node: &str) -> Endpoint {
     Endpoint {
         ip: ip(addr),
         port,
@@ -43,14 +43,14 @@ pub(super) fn ep(addr: &str, port: u16, node: &str) -> Endpoint {
     }
 }
 
-pub(super) fn node() -> NodeFacts {
+pub(crate) fn node() -> NodeFacts {
     let mut n = NodeFacts::new("node-a");
     n.local_addresses = vec![ip("192.168.0.2"), ip("fd00::2")];
     n.nodeport_ips = n.local_addresses.clone();
     n
 }
 
-pub(super) fn add(plans: &mut Plans, port: ServicePort, endpoints: Vec<Endpoint>) {
+pub(crate) fn add(plans: &mut Plans, port: ServicePort, endpoints: Vec<Endpoint>) {
     let p = plan(&port, &endpoints, &node());
     plans.insert(
         port.name.clone(),
@@ -63,7 +63,7 @@ pub(super) fn add(plans: &mut Plans, port: ServicePort, endpoints: Vec<Endpoint>
 }
 
 /// ClusterIPs: three endpoints over TCP, a UDP port without endpoints, an IPv6 Service.
-pub(super) fn cluster_ips() -> Plans {
+pub(crate) fn cluster_ips() -> Plans {
     let mut plans = Plans::new();
     let eps = vec![
         ep("10.0.1.1", 8080, "node-a"),
@@ -91,7 +91,7 @@ pub(super) fn cluster_ips() -> Plans {
 
 /// External traffic: a LoadBalancer with source ranges under eTP=Local (one local endpoint), a
 /// NodePort under eTP=Cluster, and a ClientIP-affinity Service with two ports.
-pub(super) fn external() -> Plans {
+pub(crate) fn external() -> Plans {
     let mut plans = Plans::new();
     let eps = vec![
         ep("10.0.1.1", 8443, "node-a"),
@@ -125,11 +125,13 @@ pub(super) fn external() -> Plans {
     plans
 }
 
-pub(super) fn config() -> BackendConfig {
+pub(crate) fn config() -> BackendConfig {
     BackendConfig {
         cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
         masquerade_all: false,
         nft_command: false,
+        localhost_nodeports: false,
+        iptables_variant: Default::default(),
     }
 }
 

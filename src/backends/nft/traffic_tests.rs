@@ -277,6 +277,8 @@ fn live_traffic_reaches_the_cluster_ip_endpoints() {
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         masquerade_all: false,
         nft_command: false,
+        localhost_nodeports: false,
+        iptables_variant: Default::default(),
     };
     let mut b = NftBackend::new(config, NftCli::in_netns(n));
     let both = ["10.244.1.2", "10.244.2.2"];

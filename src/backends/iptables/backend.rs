@@ -1,0 +1,288 @@
+//! `IptablesBackend`: the `Backend` contract on top of compile, diff and `iptables-restore
+//! --noflush` (one process per family, input on stdin).
+//!
+//! Invariants: a family's mirror changes only after its restore succeeded. The first full sync
+//! (and the first after any failure, drift or cleanup) adopts: it reads `iptables-save` of the
+//! nat and filter tables and rewrites every kproxy chain in place (`adopt.rs`). Later full syncs
+//! diff against the mirror; partial syncs diff only the changed ports and never list the kernel.
+//! A failed restore is logged with iptables' own message and makes the next full sync adopt.
+//! `drift` compares a probe snapshot (`probe.rs`) with the one taken after the last restore, at
+//! most once per `PROBE_PERIOD`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::adopt;
+use super::compile::{FamilyRules, compile, compile_port};
+use super::probe::{self, Snapshot};
+use super::restore::{Mirror, Restore, diff_full, diff_partial};
+use super::variant::Variant;
+use crate::backends::process::run_piped;
+use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
+use crate::model::{IpFamily, ServicePortName};
+use crate::node::NodeFacts;
+
+/// How often `drift` really probes (the sync loop asks more often).
+pub const PROBE_PERIOD: Duration = Duration::from_millis(900);
+
+/// The sysctl that lets DNAT send 127.0.0.0/8 traffic off the loopback (localhost NodePorts).
+const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+
+pub struct IptablesBackend {
+    config: BackendConfig,
+    variant: Variant,
+    mirrors: BTreeMap<IpFamily, Mirror>,
+    adopt: bool,
+    baseline: Option<Snapshot>,
+    last_probe: Option<Instant>,
+    /// Lines of the last restore input per table (`…_iptables_last`).
+    last_lines: usize,
+}
+
+impl IptablesBackend {
+    pub fn new(config: BackendConfig, variant: Variant) -> Self {
+        IptablesBackend {
+            config,
+            variant,
+            mirrors: BTreeMap::new(),
+            adopt: true,
+            baseline: None,
+            last_probe: None,
+            last_lines: 0,
+        }
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    pub fn mirror(&self, family: IpFamily) -> Option<&Mirror> {
+        self.mirrors.get(&family)
+    }
+
+    /// Lines of input the last sync restored.
+    pub fn last_restore_lines(&self) -> usize {
+        self.last_lines
+    }
+
+    /// Runs one family's restore; on failure, iptables' message is the error.
+    fn restore(&mut self, family: IpFamily, input: &Restore) -> Result<usize, BackendError> {
+        if input.is_empty() {
+            return Ok(0);
+        }
+        let text = input.to_string();
+        let program = self.variant.restore(family);
+        let mut cmd = Command::new(&program);
+        cmd.args(["-w", "5", "--noflush"]);
+        let result = run_piped(cmd, Some(&text));
+        let failure = match result {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(message) = failure {
+            self.adopt = true;
+            tracing::warn!(program, error = %message, lines = input.len(), "iptables-restore failed");
+            return Err(BackendError::Apply(format!("{program}: {message}")));
+        }
+        self.last_lines += input.len();
+        Ok(input.len())
+    }
+
+    fn save(&self, family: IpFamily) -> Result<String, BackendError> {
+        let program = self.variant.save(family);
+        let mut text = String::new();
+        for table in ["nat", "filter"] {
+            let mut cmd = Command::new(&program);
+            cmd.args(["-t", table]);
+            let out =
+                run_piped(cmd, None).map_err(|e| BackendError::Adopt(format!("{program}: {e}")))?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                // A table that was never created (no module loaded yet) lists as nothing.
+                if !stderr.contains("does not exist") {
+                    return Err(BackendError::Adopt(format!(
+                        "{program} -t {table}: {}",
+                        stderr.trim()
+                    )));
+                }
+            }
+            text.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        Ok(text)
+    }
+
+    /// Takes the probe snapshot that later drift checks compare with.
+    fn rebaseline(&mut self) {
+        self.baseline = match probe::snapshot(self.variant) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the iptables drift snapshot");
+                None
+            }
+        };
+        self.last_probe = Some(Instant::now());
+    }
+
+    fn set_route_localnet(&self) {
+        if !self.config.localhost_nodeports {
+            return;
+        }
+        if let Err(e) = std::fs::write(ROUTE_LOCALNET, "1") {
+            tracing::warn!(error = %e, "cannot set {ROUTE_LOCALNET}: localhost NodePorts will not work");
+        }
+    }
+
+    fn adopt_and_load(
+        &mut self,
+        desired: BTreeMap<IpFamily, FamilyRules>,
+    ) -> Result<SyncReport, BackendError> {
+        self.set_route_localnet();
+        let mut report = SyncReport::default();
+        for (family, rules) in desired {
+            let saved = adopt::parse_save(&self.save(family)?);
+            let input = adopt::plan(&rules, &saved);
+            report.operations += self.restore(family, &input)?;
+            self.mirrors.insert(
+                family,
+                Mirror {
+                    fixed: Some(rules.fixed),
+                    ports: rules.ports,
+                },
+            );
+        }
+        self.adopt = false;
+        Ok(report)
+    }
+}
+
+impl Backend for IptablesBackend {
+    fn mode(&self) -> ProxyMode {
+        ProxyMode::Iptables
+    }
+
+    fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
+        self.last_lines = 0;
+        let desired = compile(plans, node, &self.config);
+        let report = if self.adopt {
+            self.adopt_and_load(desired)?
+        } else {
+            let mut report = SyncReport::default();
+            for (family, rules) in desired {
+                let mirror = self.mirrors.entry(family).or_default();
+                let input = diff_full(mirror, &rules);
+                report.operations += self.restore(family, &input)?;
+                self.mirrors.insert(
+                    family,
+                    Mirror {
+                        fixed: Some(rules.fixed),
+                        ports: rules.ports,
+                    },
+                );
+            }
+            report
+        };
+        self.rebaseline();
+        Ok(report)
+    }
+
+    fn sync_partial(
+        &mut self,
+        plans: &Plans,
+        changed: &BTreeSet<ServicePortName>,
+        _node: &NodeFacts,
+    ) -> Result<SyncReport, BackendError> {
+        if self.adopt || self.mirrors.values().any(|m| !m.is_loaded()) || self.mirrors.is_empty() {
+            return Err(BackendError::Apply(
+                "kproxy's chains are not loaded yet: a full sync must come first".into(),
+            ));
+        }
+        self.last_lines = 0;
+        let mut report = SyncReport::default();
+        for family in IpFamily::ALL {
+            let desired: BTreeMap<_, _> = changed
+                .iter()
+                .filter_map(|name| {
+                    let rules = compile_port(plans.get(name)?, family, &self.config);
+                    (!rules.is_empty()).then(|| (name.clone(), rules))
+                })
+                .collect();
+            let mirror = &self.mirrors[&family];
+            let input = diff_partial(mirror, &desired, changed);
+            report.operations += self.restore(family, &input)?;
+            let mirror = self.mirrors.get_mut(&family).expect("loaded above");
+            for name in changed {
+                mirror.ports.remove(name);
+            }
+            mirror.ports.extend(desired);
+        }
+        self.rebaseline();
+        Ok(report)
+    }
+
+    fn drift(&mut self) -> Result<Option<String>, BackendError> {
+        if self.adopt || self.baseline.is_none() {
+            return Ok(None);
+        }
+        if self.last_probe.is_some_and(|t| t.elapsed() < PROBE_PERIOD) {
+            return Ok(None);
+        }
+        self.last_probe = Some(Instant::now());
+        let now = probe::snapshot(self.variant).map_err(|e| BackendError::Probe(e.to_string()))?;
+        let before = self.baseline.as_ref().expect("checked above");
+        if &now == before {
+            return Ok(None);
+        }
+        self.adopt = true;
+        let what: Vec<String> = before
+            .iter()
+            .filter(|(k, v)| now.get(*k) != Some(*v))
+            .take(3)
+            .map(|((family, key), v)| {
+                format!(
+                    "{} {key}: {} -> {}",
+                    family.as_str(),
+                    v,
+                    now.get(&(*family, key.clone())).copied().unwrap_or(0)
+                )
+            })
+            .collect();
+        Ok(Some(format!(
+            "iptables-{}: {}",
+            self.variant.as_str(),
+            what.join("; ")
+        )))
+    }
+
+    fn rules_per_table(&self) -> BTreeMap<&'static str, usize> {
+        let mut out = BTreeMap::new();
+        for m in self.mirrors.values() {
+            for (table, n) in m.rules_per_table() {
+                *out.entry(table.as_str()).or_default() += n;
+            }
+        }
+        out
+    }
+
+    fn cleanup(&mut self) -> Result<(), BackendError> {
+        self.mirrors.clear();
+        self.adopt = true;
+        self.baseline = None;
+        crate::backends::leftovers::remove_iptables()
+            .map(|_| ())
+            .map_err(|e| BackendError::Cleanup(e.to_string()))
+    }
+
+    fn render(&self, plans: &Plans, node: &NodeFacts) -> String {
+        let mut out = format!(
+            "# kproxy iptables ruleset for node {:?} (--dry-run): the input of `iptables-restore --noflush` and `ip6tables-restore --noflush` on a host without kproxy's chains\n",
+            node.name
+        );
+        for (family, rules) in compile(plans, node, &self.config) {
+            let input = adopt::plan(&rules, &Default::default());
+            out.push_str(&format!("# {}\n{input}", self.variant.restore(family)));
+        }
+        out
+    }
+}

@@ -1,0 +1,492 @@
+//! Compiles plans into kproxy's iptables ruleset, per family: the fixed chains and hooks
+//! (`compile_fixed`), and each service port's own chains and dispatch rules (`compile_port`).
+//!
+//! Invariants: pure (no I/O); a service port's rules depend only on its plan, the family and
+//! the configuration, never on other ports, so a partial sync can recompile just the changed
+//! ports; rules are the arguments after `-A <chain>`, written in the order `iptables-save`
+//! prints them; every chain a rule jumps to is either fixed or one of the same port's chains.
+//! No chain per endpoint: DNAT rules sit in the port's own chain (README.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use super::names::{self, PortChain};
+use crate::backends::{BackendConfig, Plans};
+use crate::model::plan::{Planned, Targets};
+use crate::model::{Endpoint, IpFamily, Protocol, ServicePortName};
+use crate::node::{NodeFacts, NodePortAddresses};
+
+/// The tables kproxy writes, in the order they are restored: nat first, so that traffic a
+/// change starts to DNAT is never caught by a filter rule that is about to go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Nat,
+    Filter,
+}
+
+impl Table {
+    pub const ALL: [Table; 2] = [Table::Nat, Table::Filter];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Nat => "nat",
+            Table::Filter => "filter",
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rule in a shared (fixed) chain: table, chain, arguments.
+pub type Dispatch = (Table, &'static str, String);
+
+/// One service port's rules in one family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortRules {
+    /// The port's own chains and their rules.
+    pub chains: BTreeMap<(Table, String), Vec<String>>,
+    /// Its rules in the shared dispatch chains (`PORTALS`, `NODEPORTS`, `REJECTS`,
+    /// `NODEPORT_REJECTS`).
+    pub dispatch: BTreeSet<Dispatch>,
+}
+
+impl PortRules {
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.dispatch.is_empty()
+    }
+
+    /// Rules in all its chains and dispatch rules.
+    pub fn rule_count(&self) -> usize {
+        self.chains.values().map(Vec::len).sum::<usize>() + self.dispatch.len()
+    }
+}
+
+/// The part of one family's ruleset that does not depend on the Services.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fixed {
+    /// Fixed chains in render order, with their rules (the dispatch chains start empty).
+    pub chains: Vec<(Table, &'static str, Vec<String>)>,
+    /// Jumps from the built-in chains: (table, built-in chain, arguments).
+    pub hooks: Vec<(Table, &'static str, String)>,
+}
+
+/// One family's whole ruleset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FamilyRules {
+    pub fixed: Fixed,
+    pub ports: BTreeMap<ServicePortName, PortRules>,
+}
+
+/// The masquerade mark bit (upstream's `--iptables-masquerade-bit` 14).
+pub const MASQ_MARK: &str = "0x4000";
+
+/// Classic BPF for `-m bpf`: the packet's source address equals its destination (after DNAT,
+/// in POSTROUTING: a pod reached itself through a Service). Offsets are from the IP header.
+const HAIRPIN_V4: &str = "6,32 0 0 12,7 0 0 0,32 0 0 16,29 0 1 0,6 0 0 1,6 0 0 0";
+const HAIRPIN_V6: &str = "18,32 0 0 8,7 0 0 0,32 0 0 24,29 0 13 0,32 0 0 12,7 0 0 0,32 0 0 28,29 0 9 0,32 0 0 16,7 0 0 0,32 0 0 32,29 0 5 0,32 0 0 20,7 0 0 0,32 0 0 36,29 0 1 0,6 0 0 1,6 0 0 0";
+
+/// Every family's ruleset for `plans`.
+pub fn compile(
+    plans: &Plans,
+    node: &NodeFacts,
+    config: &BackendConfig,
+) -> BTreeMap<IpFamily, FamilyRules> {
+    IpFamily::ALL
+        .into_iter()
+        .map(|family| {
+            let ports = plans
+                .iter()
+                .map(|(name, planned)| (name.clone(), compile_port(planned, family, config)))
+                .filter(|(_, rules)| !rules.is_empty())
+                .collect();
+            let fixed = compile_fixed(family, node, config);
+            (family, FamilyRules { fixed, ports })
+        })
+        .collect()
+}
+
+/// The fixed chains and hooks of one family.
+pub fn compile_fixed(family: IpFamily, node: &NodeFacts, config: &BackendConfig) -> Fixed {
+    use Table::{Filter, Nat};
+    let localhost = family == IpFamily::V4 && config.localhost_nodeports;
+    let nodeports = nodeport_matches(family, node, localhost);
+    let mut services = vec![format!("-j {}", names::PORTALS)];
+    services.extend(
+        nodeports
+            .iter()
+            .map(|m| format!("{m} -j {}", names::NODEPORTS)),
+    );
+    let mut filter = Vec::new();
+    if localhost {
+        // route_localnet lets 127.0.0.0/8 leave the loopback interface; never let anything
+        // from outside reach the node's loopback services because of it (upstream's rule).
+        filter.push("-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP".to_string());
+    }
+    filter.push(format!("-m conntrack --ctstate NEW -j {}", names::REJECTS));
+    filter.extend(nodeports.iter().map(|m| {
+        format!(
+            "{m} -m conntrack --ctstate NEW -j {}",
+            names::NODEPORT_REJECTS
+        )
+    }));
+    let hairpin = match family {
+        IpFamily::V4 => HAIRPIN_V4,
+        IpFamily::V6 => HAIRPIN_V6,
+    };
+    let chains = vec![
+        (Nat, names::SERVICES, services),
+        (Nat, names::PORTALS, vec![]),
+        (Nat, names::NODEPORTS, vec![]),
+        (
+            Nat,
+            names::MARK_MASQ,
+            vec![format!("-j MARK --or-mark {MASQ_MARK}")],
+        ),
+        (
+            Nat,
+            names::POSTROUTING,
+            vec![
+                format!("-m conntrack --ctstate DNAT -m bpf --bytecode \"{hairpin}\" -m comment --comment \"hairpin: a pod reaching itself through a Service\" -j MASQUERADE --random-fully"),
+                format!("-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"),
+                format!("-j MARK --xor-mark {MASQ_MARK}"),
+                "-m comment --comment \"kproxy service traffic requiring SNAT\" -j MASQUERADE --random-fully".to_string(),
+            ],
+        ),
+        (Nat, names::CANARY, vec!["-j RETURN".to_string()]),
+        (Filter, names::FILTER, filter),
+        (Filter, names::REJECTS, vec![]),
+        (Filter, names::NODEPORT_REJECTS, vec![]),
+        (Filter, names::CANARY, vec!["-j RETURN".to_string()]),
+    ];
+    let portals = format!(
+        "-m comment --comment \"kproxy service portals\" -j {}",
+        names::SERVICES
+    );
+    let filter_hook = format!(
+        "-m comment --comment \"kproxy filter rules\" -j {}",
+        names::FILTER
+    );
+    let hooks = vec![
+        (Nat, "PREROUTING", portals.clone()),
+        (Nat, "OUTPUT", portals),
+        (
+            Nat,
+            "POSTROUTING",
+            format!(
+                "-m comment --comment \"kproxy postrouting rules\" -j {}",
+                names::POSTROUTING
+            ),
+        ),
+        (Filter, "INPUT", filter_hook.clone()),
+        (Filter, "FORWARD", filter_hook.clone()),
+        (Filter, "OUTPUT", filter_hook),
+    ];
+    Fixed { chains, hooks }
+}
+
+/// The destination matches under which a packet is for a NodePort. With every local address
+/// (the default), upstream's `addrtype LOCAL` (so addresses added later count at once); the
+/// loopback range only for IPv4 with localhost NodePorts on. Otherwise one match per address.
+fn nodeport_matches(family: IpFamily, node: &NodeFacts, localhost: bool) -> Vec<String> {
+    match &node.nodeport_addresses {
+        NodePortAddresses::All => vec![match (family, localhost) {
+            (IpFamily::V4, true) => "-m addrtype --dst-type LOCAL".to_string(),
+            (IpFamily::V4, false) => "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL".to_string(),
+            (IpFamily::V6, _) => "! -d ::1/128 -m addrtype --dst-type LOCAL".to_string(),
+        }],
+        _ => node
+            .nodeport_ips
+            .iter()
+            .filter(|ip| IpFamily::of(ip) == family && (localhost || !ip.is_loopback()))
+            .map(|ip| format!("-d {}", host(ip)))
+            .collect(),
+    }
+}
+
+/// `10.0.0.1/32`, `fd00::1/128`: how iptables-save prints a single address.
+fn host(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => format!("{ip}/32"),
+        IpAddr::V6(ip) => format!("{ip}/128"),
+    }
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// The targets as this family sees them: its endpoints only; none left means reject.
+fn family_targets(t: &Targets, family: IpFamily) -> Targets {
+    match t {
+        Targets::Endpoints(eps) => {
+            let eps: Vec<Endpoint> = eps
+                .iter()
+                .filter(|e| IpFamily::of(&e.ip) == family)
+                .cloned()
+                .collect();
+            if eps.is_empty() {
+                Targets::Reject
+            } else {
+                Targets::Endpoints(eps)
+            }
+        }
+        other => other.clone(),
+    }
+}
+
+/// One service port's chains and dispatch rules in one family (empty when the port has no
+/// address in the family).
+pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig) -> PortRules {
+    let p = &planned.port;
+    let name = &p.name;
+    let pr = proto(name.protocol);
+    let in_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
+        ips.iter()
+            .filter(|ip| IpFamily::of(ip) == family)
+            .copied()
+            .collect()
+    };
+    let cluster_ips = in_family(&p.cluster_ips);
+    if cluster_ips.is_empty() {
+        return PortRules::default();
+    }
+    let cidrs: Vec<_> = config
+        .cluster_cidrs
+        .iter()
+        .filter(|c| IpFamily::of(&c.addr()) == family)
+        .collect();
+    let internal = family_targets(&planned.plan.internal, family);
+    let external = planned
+        .plan
+        .external
+        .as_ref()
+        .map(|t| family_targets(t, family));
+    let from_local = planned
+        .plan
+        .external_from_local
+        .as_ref()
+        .map(|t| family_targets(t, family));
+
+    let mut out = PortRules::default();
+    let affinity = p.affinity_timeout_seconds;
+    let mut lb_chain = |kind: PortChain, targets: &Targets, head: Vec<String>| {
+        let Targets::Endpoints(eps) = targets else {
+            return None;
+        };
+        let chain = names::port_chain(kind, name);
+        let mut rules = head;
+        rules.extend(lb_rules(planned, eps, affinity));
+        out.chains.insert((Table::Nat, chain.clone()), rules);
+        Some(chain)
+    };
+
+    // Internal targets; the head marks ClusterIP traffic that must be masqueraded.
+    let dport = |port: u16| format!("-p {pr} -m {pr} --dport {port}");
+    let masq_head = cluster_ips
+        .iter()
+        .filter_map(|cip| {
+            let dst = format!("-d {} {}", host(cip), dport(p.port));
+            if config.masquerade_all {
+                Some(format!("{dst} -j {}", names::MARK_MASQ))
+            } else {
+                cidrs
+                    .first()
+                    .map(|cidr| format!("! -s {cidr} {dst} -j {}", names::MARK_MASQ))
+            }
+        })
+        .collect();
+    let svc = lb_chain(PortChain::Svc, &internal, masq_head);
+    let external_chain = match &external {
+        Some(t) if *t == internal => svc.clone(),
+        Some(t) => lb_chain(PortChain::Svl, t, vec![]),
+        None => None,
+    };
+    let from_local_chain = match &from_local {
+        Some(t) if *t == internal => svc.clone(),
+        Some(t) if Some(t) == external.as_ref() => external_chain.clone(),
+        Some(t) => lb_chain(PortChain::Svw, t, vec![]),
+        None => None,
+    };
+
+    // The external entry.
+    let mut ext = Vec::new();
+    if planned.plan.masquerade_external {
+        ext.push(format!(
+            "-m comment --comment \"masquerade traffic for {name} external destinations\" -j {}",
+            names::MARK_MASQ
+        ));
+    }
+    if let Some(c) = &from_local_chain {
+        for cidr in &cidrs {
+            ext.push(format!("-s {cidr} -m comment --comment \"pod traffic for {name} external destinations\" -j {c}"));
+        }
+        ext.push(format!("-m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {}", names::MARK_MASQ));
+        ext.push(format!("-m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {c}"));
+    }
+    if let Some(c) = &external_chain {
+        ext.push(format!("-j {c}"));
+    }
+    let ext_chain = (from_local_chain.is_some() || external_chain.is_some()).then(|| {
+        let chain = names::port_chain(PortChain::Ext, name);
+        out.chains.insert((Table::Nat, chain.clone()), ext);
+        chain
+    });
+
+    let reject = |t: &Targets| -> Option<String> {
+        match t {
+            Targets::Endpoints(_) => None,
+            Targets::Drop => Some("-j DROP".into()),
+            Targets::Reject => Some(match (name.protocol, family) {
+                (Protocol::Tcp, _) => "-j REJECT --reject-with tcp-reset".into(),
+                (_, IpFamily::V4) => "-j REJECT --reject-with icmp-port-unreachable".into(),
+                (_, IpFamily::V6) => "-j REJECT --reject-with icmp6-port-unreachable".into(),
+            }),
+        }
+    };
+    let vip = |ip: &IpAddr, what: &str| {
+        format!(
+            "-d {} -p {pr} -m comment --comment \"{name} {what}\" -m {pr} --dport {}",
+            host(ip),
+            p.port
+        )
+    };
+
+    // ClusterIPs.
+    for cip in &cluster_ips {
+        let m = vip(cip, "cluster IP");
+        match (&svc, reject(&internal)) {
+            (Some(c), _) => {
+                out.dispatch
+                    .insert((Table::Nat, names::PORTALS, format!("{m} -j {c}")))
+            }
+            (None, Some(r)) => {
+                out.dispatch
+                    .insert((Table::Filter, names::REJECTS, format!("{m} {r}")))
+            }
+            (None, None) => false,
+        };
+    }
+    let Some(external) = external else {
+        return out;
+    };
+    // externalIPs, and LoadBalancer IPs without source ranges.
+    let firewalled = !p.load_balancer_source_ranges.is_empty();
+    let open: Vec<(IpAddr, &str)> = in_family(&p.external_ips)
+        .into_iter()
+        .map(|ip| (ip, "external IP"))
+        .chain(
+            in_family(&p.load_balancer_ips)
+                .into_iter()
+                .filter(|_| !firewalled)
+                .map(|ip| (ip, "loadbalancer IP")),
+        )
+        .collect();
+    for (ip, what) in open {
+        let m = vip(&ip, what);
+        if let Some(c) = &ext_chain {
+            out.dispatch
+                .insert((Table::Nat, names::PORTALS, format!("{m} -j {c}")));
+        }
+        if let Some(r) = reject(&external) {
+            out.dispatch
+                .insert((Table::Filter, names::REJECTS, format!("{m} {r}")));
+        }
+    }
+    // Firewalled LoadBalancer IPs: allowed sources enter the external chain in nat; whatever
+    // was not DNATed there is dropped in filter (and rejected, for allowed sources, when the
+    // Service has no endpoints), as upstream's KUBE-FW-* and KUBE-PROXY-FIREWALL do.
+    if firewalled {
+        let ranges: Vec<_> = p
+            .load_balancer_source_ranges
+            .iter()
+            .filter(|r| IpFamily::of(&r.addr()) == family)
+            .collect();
+        let fw = ext_chain
+            .as_ref()
+            .filter(|_| !ranges.is_empty())
+            .map(|ext| {
+                let chain = names::port_chain(PortChain::Fw, name);
+                let rules = ranges.iter().map(|r| format!("-s {r} -j {ext}")).collect();
+                out.chains.insert((Table::Nat, chain.clone()), rules);
+                chain
+            });
+        for lb in in_family(&p.load_balancer_ips) {
+            let m = vip(&lb, "loadbalancer IP");
+            if let Some(c) = &fw {
+                out.dispatch
+                    .insert((Table::Nat, names::PORTALS, format!("{m} -j {c}")));
+            }
+            if let (Some(r), Targets::Reject) = (reject(&external), &external) {
+                for range in &ranges {
+                    let allowed = format!("-s {range} {m} {r}");
+                    out.dispatch
+                        .insert((Table::Filter, names::REJECTS, allowed));
+                }
+            }
+            let fm = vip(&lb, "loadbalancer IP firewall");
+            out.dispatch
+                .insert((Table::Filter, names::REJECTS, format!("{fm} -j DROP")));
+        }
+    }
+    // NodePorts.
+    if let Some(node_port) = p.node_port {
+        let m = format!("-p {pr} -m comment --comment \"{name}\" -m {pr} --dport {node_port}");
+        if let Some(c) = &ext_chain {
+            out.dispatch
+                .insert((Table::Nat, names::NODEPORTS, format!("{m} -j {c}")));
+        }
+        if let Some(r) = reject(&external) {
+            out.dispatch
+                .insert((Table::Filter, names::NODEPORT_REJECTS, format!("{m} {r}")));
+        }
+    }
+    out
+}
+
+/// DNAT over `eps`: with ClientIP affinity, first a rule per endpoint that sends a client seen
+/// within the timeout back to it (and refreshes it); then `-m statistic` picks uniformly: rule i
+/// of n matches with probability 1/(n-i), the last always, so each endpoint gets 1/n.
+fn lb_rules(planned: &Planned, eps: &[Endpoint], affinity: Option<u32>) -> Vec<String> {
+    let pr = proto(planned.port.name.protocol);
+    let service = &planned.port.name.service;
+    let dest = |e: &Endpoint| match e.ip {
+        IpAddr::V4(ip) => format!("{ip}:{}", e.port),
+        IpAddr::V6(ip) => format!("[{ip}]:{}", e.port),
+    };
+    let mut rules = Vec::with_capacity(eps.len() * 2);
+    if let Some(timeout) = affinity {
+        for e in eps {
+            let list = names::affinity_list(service, &e.ip);
+            rules.push(format!(
+                "-p {pr} -m recent --update --seconds {timeout} --reap --name {list} --rsource -j DNAT --to-destination {}",
+                dest(e)
+            ));
+        }
+    }
+    let n = eps.len();
+    for (i, e) in eps.iter().enumerate() {
+        let mut r = format!("-p {pr}");
+        if i + 1 < n {
+            r.push_str(&format!(
+                " -m statistic --mode random --probability {:.10}",
+                1.0 / (n - i) as f64
+            ));
+        }
+        if affinity.is_some() {
+            let list = names::affinity_list(service, &e.ip);
+            r.push_str(&format!(" -m recent --set --name {list} --rsource"));
+        }
+        r.push_str(&format!(" -j DNAT --to-destination {}", dest(e)));
+        rules.push(r);
+    }
+    rules
+}

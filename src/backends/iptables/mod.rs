@@ -1,0 +1,24 @@
+//! The iptables backend (`--proxy-mode iptables`): kproxy's own `KPROXY-*` chains in the nat
+//! and filter tables, programmed through `iptables-restore --noflush` with iptables-nft or
+//! iptables-legacy. One chain per service port (two or three with external access), DNAT rules
+//! inside it, no chain per endpoint. See README.md for the design and a packet's path.
+//!
+//! Invariants: `compile` and `restore`'s diff are pure; only `backend` (running the tools) and
+//! `probe` (reading the kernel) do I/O; nothing here edits a chain that is not kproxy's, except
+//! inserting and deleting kproxy's own jumps in the built-in chains.
+
+pub mod adopt;
+pub mod backend;
+pub mod compile;
+pub mod names;
+pub mod probe;
+pub mod restore;
+pub mod variant;
+
+pub use backend::IptablesBackend;
+pub use variant::{Variant, VariantChoice};
+
+#[cfg(test)]
+mod backend_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+//! The `iptables-restore --noflush` input as a value (`Restore`), the mirror of what was last
+//! restored, and the diff between them.
+//!
+//! Invariants: `Display` is exactly what `iptables-restore --noflush` reads; within a table,
+//! chain declarations (which create or flush) come first, then the rules of the declared
+//! chains, then single-rule deletions, insertions and appends, then chain deletions, so that
+//! every jump target exists when the rule naming it is added and no deleted chain is still
+//! referenced. A partial diff touches only the changed ports: its size depends on what changed,
+//! never on how many Services exist (`a_partial_restore_is_the_same_size_among_ten_or_ten_thousand_services`).
+//! Fixed chains are written only when their rules change (a full sync after a node change).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use super::compile::{FamilyRules, Fixed, PortRules, Table};
+use crate::model::ServicePortName;
+
+/// What one table's part of a restore does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableOps {
+    /// Chains declared: created when missing, flushed when present.
+    pub declare: BTreeSet<String>,
+    /// `-A` lines filling declared chains.
+    pub rules: Vec<String>,
+    /// `-D <chain> <args>` single-rule deletions.
+    pub deletes: Vec<String>,
+    /// `-I <chain> 1 <args>` insertions (the hooks in built-in chains).
+    pub inserts: Vec<String>,
+    /// `-A <chain> <args>` single-rule appends to chains that are not declared.
+    pub appends: Vec<String>,
+    /// Chains deleted (declared above, so they are empty).
+    pub remove: BTreeSet<String>,
+}
+
+impl TableOps {
+    pub fn is_empty(&self) -> bool {
+        self.declare.is_empty()
+            && self.deletes.is_empty()
+            && self.inserts.is_empty()
+            && self.appends.is_empty()
+    }
+
+    /// Lines between `*table` and `COMMIT`.
+    pub fn len(&self) -> usize {
+        self.declare.len()
+            + self.rules.len()
+            + self.deletes.len()
+            + self.inserts.len()
+            + self.appends.len()
+            + self.remove.len()
+    }
+
+    /// Declares `chain` and fills it with `rules`.
+    pub fn write_chain(&mut self, chain: &str, rules: &[String]) {
+        self.declare.insert(chain.to_string());
+        self.rules
+            .extend(rules.iter().map(|r| format!("-A {chain} {r}")));
+    }
+
+    pub fn remove_chain(&mut self, chain: &str) {
+        self.declare.insert(chain.to_string());
+        self.remove.insert(chain.to_string());
+    }
+}
+
+/// One family's restore input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restore {
+    pub tables: BTreeMap<Table, TableOps>,
+}
+
+impl Restore {
+    pub fn table(&mut self, table: Table) -> &mut TableOps {
+        self.tables.entry(table).or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.values().all(TableOps::is_empty)
+    }
+
+    /// Lines of input, `*table` and `COMMIT` excluded: the size the benchmarks and the
+    /// `…_iptables_last` metric report.
+    pub fn len(&self) -> usize {
+        self.tables
+            .values()
+            .filter(|t| !t.is_empty())
+            .map(TableOps::len)
+            .sum()
+    }
+}
+
+impl fmt::Display for Restore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (table, ops) in &self.tables {
+            if ops.is_empty() {
+                continue;
+            }
+            writeln!(f, "*{table}")?;
+            for chain in &ops.declare {
+                writeln!(f, ":{chain} - [0:0]")?;
+            }
+            for line in ops
+                .rules
+                .iter()
+                .chain(&ops.deletes)
+                .chain(&ops.inserts)
+                .chain(&ops.appends)
+            {
+                writeln!(f, "{line}")?;
+            }
+            for chain in &ops.remove {
+                writeln!(f, "-X {chain}")?;
+            }
+            writeln!(f, "COMMIT")?;
+        }
+        Ok(())
+    }
+}
+
+/// What was last restored successfully in one family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mirror {
+    pub fixed: Option<Fixed>,
+    pub ports: BTreeMap<ServicePortName, PortRules>,
+}
+
+impl Mirror {
+    pub fn is_loaded(&self) -> bool {
+        self.fixed.is_some()
+    }
+
+    /// Rules kproxy owns per table (the `…_iptables_total{table}` metric).
+    pub fn rules_per_table(&self) -> BTreeMap<Table, usize> {
+        let mut out: BTreeMap<Table, usize> = Table::ALL.iter().map(|t| (*t, 0)).collect();
+        if let Some(fixed) = &self.fixed {
+            for (table, _, rules) in &fixed.chains {
+                *out.entry(*table).or_default() += rules.len();
+            }
+            for (table, _, _) in &fixed.hooks {
+                *out.entry(*table).or_default() += 1;
+            }
+        }
+        for port in self.ports.values() {
+            for ((table, _), rules) in &port.chains {
+                *out.entry(*table).or_default() += rules.len();
+            }
+            for (table, _, _) in &port.dispatch {
+                *out.entry(*table).or_default() += 1;
+            }
+        }
+        out
+    }
+}
+
+/// Adds to `out` what turns `old` into `new` for one service port.
+pub fn diff_port(out: &mut Restore, old: Option<&PortRules>, new: Option<&PortRules>) {
+    let empty = PortRules::default();
+    let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+    for (key @ (table, chain), rules) in &new.chains {
+        if old.chains.get(key) != Some(rules) {
+            out.table(*table).write_chain(chain, rules);
+        }
+    }
+    for (table, chain, args) in old.dispatch.difference(&new.dispatch) {
+        out.table(*table).deletes.push(format!("-D {chain} {args}"));
+    }
+    for (table, chain, args) in new.dispatch.difference(&old.dispatch) {
+        out.table(*table).appends.push(format!("-A {chain} {args}"));
+    }
+    for (table, chain) in old.chains.keys() {
+        if !new.chains.contains_key(&(*table, chain.clone())) {
+            out.table(*table).remove_chain(chain);
+        }
+    }
+}
+
+/// Writes the fixed chains whose rules differ from `old` (all of them when `old` is None).
+/// Hooks are not diffed: they are constant and ensured by adoption.
+pub fn diff_fixed(out: &mut Restore, old: Option<&Fixed>, new: &Fixed) {
+    for (table, chain, rules) in &new.chains {
+        let before = old.and_then(|o| {
+            o.chains
+                .iter()
+                .find(|(t, c, _)| t == table && c == chain)
+                .map(|(_, _, r)| r)
+        });
+        if before != Some(rules) {
+            out.table(*table).write_chain(chain, rules);
+        }
+    }
+}
+
+/// The diff of a full sync against the mirror (no kernel listing). The dispatch chains are
+/// fixed chains whose contents are the ports' dispatch rules, so they are never redeclared
+/// here: only single rules are added or deleted.
+pub fn diff_full(mirror: &Mirror, desired: &FamilyRules) -> Restore {
+    let mut out = Restore::default();
+    diff_fixed(&mut out, mirror.fixed.as_ref(), &desired.fixed);
+    let names: BTreeSet<&ServicePortName> =
+        mirror.ports.keys().chain(desired.ports.keys()).collect();
+    for name in names {
+        diff_port(&mut out, mirror.ports.get(name), desired.ports.get(name));
+    }
+    out
+}
+
+/// The diff of a partial sync: only `changed` ports, compiled into `desired` (absent there
+/// when removed).
+pub fn diff_partial(
+    mirror: &Mirror,
+    desired: &BTreeMap<ServicePortName, PortRules>,
+    changed: &BTreeSet<ServicePortName>,
+) -> Restore {
+    let mut out = Restore::default();
+    for name in changed {
+        diff_port(&mut out, mirror.ports.get(name), desired.get(name));
+    }
+    out
+}

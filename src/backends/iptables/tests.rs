@@ -1,0 +1,162 @@
+//! Golden tests of the iptables compile step (the exact restore input a fresh node gets), the
+//! size of partial restores, and real-kernel checks that both iptables variants accept the
+//! ruleset and that adoption is idempotent.
+//!
+//! Invariants: fixtures are the nftables backend's (`nft::tests`), so both backends are pinned
+//! on the same plans; golden files live in `golden/` and are rewritten when KPROXY_BLESS=1.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use super::adopt;
+use super::compile::{Table, compile, compile_port};
+use super::restore::{Mirror, diff_partial};
+use crate::backends::nft::tests::{add, cluster_ips, config, ep, external, ip, name, node};
+use crate::backends::{BackendConfig, Plans};
+use crate::model::{IpFamily, Protocol, ServicePort};
+
+fn iptables_config() -> BackendConfig {
+    BackendConfig {
+        localhost_nodeports: true,
+        ..config()
+    }
+}
+
+/// The restore input of both families on a host without kproxy's chains.
+fn fresh_load(plans: &Plans) -> String {
+    compile(plans, &node(), &iptables_config())
+        .iter()
+        .map(|(family, rules)| {
+            format!(
+                "# {}\n{}",
+                family.as_str(),
+                adopt::plan(rules, &Default::default())
+            )
+        })
+        .collect()
+}
+
+fn golden(file: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/backends/iptables/golden")
+        .join(file);
+    if std::env::var("KPROXY_BLESS").as_deref() == Ok("1") {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == actual,
+        "{} differs from the compiled ruleset:\n{actual}",
+        path.display()
+    );
+}
+
+#[test]
+fn cluster_ips_compile_to_the_golden_restore_input() {
+    golden("cluster_ips.rules", &fresh_load(&cluster_ips()));
+}
+
+#[test]
+fn external_traffic_compiles_to_the_golden_restore_input() {
+    golden("external.rules", &fresh_load(&external()));
+}
+
+fn services(n: u32) -> Plans {
+    let mut plans = Plans::new();
+    for i in 0..n {
+        let vip = IpAddr::from([10, 96, (i / 250) as u8, (i % 250) as u8 + 1]);
+        let eps = (0..3)
+            .map(|k| ep(&format!("10.1.{}.{k}", i % 250), 80, "node-b"))
+            .collect();
+        add(
+            &mut plans,
+            ServicePort::cluster_ip(name(&format!("s{i}"), "", Protocol::Tcp), vip, 80),
+            eps,
+        );
+    }
+    plans
+}
+
+/// The restore input of a partial sync that changes one Service's endpoints and adds another.
+fn partial_input(n: u32) -> String {
+    let config = iptables_config();
+    let mut plans = services(n);
+    let desired = compile(&plans, &node(), &config);
+    let mirror = Mirror {
+        fixed: Some(desired[&IpFamily::V4].fixed.clone()),
+        ports: desired[&IpFamily::V4].ports.clone(),
+    };
+    let changed_name = name("s1", "", Protocol::Tcp);
+    let added = name("added", "", Protocol::Tcp);
+    add(
+        &mut plans,
+        ServicePort::cluster_ip(changed_name.clone(), ip("10.96.0.2"), 80),
+        vec![ep("10.1.1.9", 80, "node-b")],
+    );
+    add(
+        &mut plans,
+        ServicePort::cluster_ip(added.clone(), ip("10.99.0.1"), 80),
+        vec![ep("10.2.0.1", 80, "node-b")],
+    );
+    let changed = BTreeSet::from([changed_name, added]);
+    let ports = changed
+        .iter()
+        .map(|n| (n.clone(), compile_port(&plans[n], IpFamily::V4, &config)))
+        .collect();
+    diff_partial(&mirror, &ports, &changed).to_string()
+}
+
+#[test]
+fn a_partial_restore_is_the_same_size_among_ten_or_ten_thousand_services() {
+    let small = partial_input(10);
+    let large = partial_input(10_000);
+    assert_eq!(
+        small, large,
+        "the input must not depend on the number of Services"
+    );
+    // One chain rewritten (the changed Service), one chain and one dispatch rule added.
+    assert_eq!(small.matches(":KPROXY-SVC-").count(), 2, "{small}");
+    assert_eq!(small.matches("-A KPROXY-PORTALS ").count(), 1, "{small}");
+    assert!(
+        !small.contains(":KPROXY-PORTALS"),
+        "never redeclares a dispatch chain: {small}"
+    );
+}
+
+#[test]
+fn a_removed_service_loses_its_dispatch_rule_before_its_chain() {
+    let config = iptables_config();
+    let plans = services(3);
+    let desired = compile(&plans, &node(), &config);
+    let mirror = Mirror {
+        fixed: Some(desired[&IpFamily::V4].fixed.clone()),
+        ports: desired[&IpFamily::V4].ports.clone(),
+    };
+    let gone = BTreeSet::from([name("s1", "", Protocol::Tcp)]);
+    let text = diff_partial(&mirror, &Default::default(), &gone).to_string();
+    let delete = text
+        .find("-D KPROXY-PORTALS ")
+        .expect("dispatch rule deleted");
+    let remove = text.find("-X KPROXY-SVC-").expect("chain removed");
+    assert!(delete < remove, "{text}");
+    assert!(
+        text.contains(":KPROXY-SVC-"),
+        "declared (flushed) before -X: {text}"
+    );
+}
+
+#[test]
+fn no_chain_per_endpoint_and_a_dispatch_rule_per_vip() {
+    let desired = compile(&services(100), &node(), &iptables_config());
+    let v4 = &desired[&IpFamily::V4];
+    let chains: usize = v4.ports.values().map(|p| p.chains.len()).sum();
+    assert_eq!(chains, 100, "one chain per ClusterIP-only service port");
+    let dispatch: usize = v4.ports.values().map(|p| p.dispatch.len()).sum();
+    assert_eq!(dispatch, 100);
+    assert!(
+        v4.ports
+            .values()
+            .all(|p| p.chains.keys().all(|(t, _)| *t == Table::Nat))
+    );
+}
