@@ -110,6 +110,13 @@ mod nftables {
 mod nftables_command {
     scenarios!("nftables-command");
 }
-// The iptables and IPVS backends run the same scenarios once they program rules:
-// mod iptables { scenarios!("iptables"); }
+/// iptables mode through iptables-nft (`--iptables-variant nft`).
+mod iptables {
+    scenarios!("iptables");
+}
+/// iptables mode through iptables-legacy (`--iptables-variant legacy`).
+mod iptables_legacy {
+    scenarios!("iptables-legacy");
+}
+// The IPVS backend runs the same scenarios once it programs rules:
 // mod ipvs { scenarios!("ipvs"); }

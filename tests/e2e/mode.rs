@@ -3,9 +3,10 @@
 //! left after `--cleanup`. Everything else in a scenario is mode-neutral.
 //!
 //! Invariants: every command runs inside the given (node) namespace, never on the host; a tool
-//! that is missing yields its error text in the dump instead of failing the test. Only the
-//! nftables entries are exercised today; the iptables and IPVS ones follow the names in
-//! `src/backends/leftovers.rs` and are to be checked when those backends land.
+//! that is missing yields its error text in the dump instead of failing the test. The iptables
+//! variants name their tools explicitly (`iptables-nft-save`, `iptables-legacy`), never the
+//! `iptables` alternative. The IPVS entries follow the names in `src/backends/leftovers.rs`
+//! and are to be checked when that backend lands.
 
 use crate::support::netns::Netns;
 
@@ -15,26 +16,46 @@ pub struct Mode {
     pub name: &'static str,
     /// Further flags of this variant of the mode.
     pub args: &'static [&'static str],
+    /// iptables mode: `nft` or `legacy`.
+    pub iptables: &'static str,
 }
 
 impl Mode {
     /// A proxy mode, or a variant of one: `nftables-command` is nftables through the `nft`
-    /// command instead of libnftables.
+    /// command instead of libnftables; `iptables` is iptables-nft and `iptables-legacy`
+    /// iptables-legacy, both chosen explicitly.
     pub fn named(variant: &'static str) -> Mode {
-        let (name, args): (_, &[&str]) = match variant {
-            "nftables-command" => ("nftables", &["--nftables-transport", "command"]),
-            "nftables" | "iptables" | "ipvs" => (variant, &[]),
+        let (name, args, iptables): (_, &[&str], _) = match variant {
+            "nftables-command" => ("nftables", &["--nftables-transport", "command"], ""),
+            "iptables" => ("iptables", &["--iptables-variant", "nft"], "nft"),
+            "iptables-legacy" => ("iptables", &["--iptables-variant", "legacy"], "legacy"),
+            "nftables" | "ipvs" => (variant, &[], ""),
             _ => panic!("unknown proxy mode {variant}"),
         };
-        Mode { name, args }
+        Mode {
+            name,
+            args,
+            iptables,
+        }
+    }
+
+    /// `iptables-nft-save`, `ip6tables-legacy`, ... for this iptables variant.
+    fn tool(&self, v6: bool, suffix: &str) -> String {
+        let base = if v6 { "ip6tables" } else { "iptables" };
+        format!("{base}-{}{suffix}", self.iptables)
     }
 
     /// Everything this mode programs, as text, for failure reports.
     pub fn rules(&self, node: &Netns) -> String {
-        let commands: &[&[&str]] = match self.name {
-            "nftables" => &[&["nft", "list", "ruleset"]],
-            "iptables" => &[&["iptables-save"], &["ip6tables-save"]],
-            _ => &[&["ipvsadm", "-Ln"], &["iptables-save"], &["ipset", "list"]],
+        let (v4, v6) = (self.tool(false, "-save"), self.tool(true, "-save"));
+        let commands: Vec<Vec<&str>> = match self.name {
+            "nftables" => vec![vec!["nft", "list", "ruleset"]],
+            "iptables" => vec![vec![&v4], vec![&v6]],
+            _ => vec![
+                vec!["ipvsadm", "-Ln"],
+                vec!["iptables-save"],
+                vec!["ipset", "list"],
+            ],
         };
         commands
             .iter()
@@ -47,22 +68,29 @@ impl Mode {
     pub fn sabotage(&self, node: &Netns) {
         match self.name {
             "nftables" => node.exec("nft", &["flush", "table", "ip", "kproxy"]),
-            "iptables" => node.exec("iptables", &["-t", "nat", "-F", "KPROXY-SERVICES"]),
+            "iptables" => node.exec(&self.tool(false, ""), &["-t", "nat", "-F", "KPROXY-SERVICES"]),
             _ => node.exec("ipvsadm", &["-C"]),
         };
     }
 
     /// What of this mode is still in the kernel (empty when nothing is).
     pub fn leftovers(&self, node: &Netns) -> Vec<String> {
-        let (command, needle): (&[&str], &str) = match self.name {
-            "nftables" => (&["nft", "list", "tables"], "kproxy"),
-            "iptables" => (&["iptables-save"], "KPROXY-"),
-            _ => (&["ip", "link", "show"], "kproxy-ipvs0"),
+        let (v4, v6) = (self.tool(false, "-save"), self.tool(true, "-save"));
+        let (commands, needle): (Vec<&str>, &str) = match self.name {
+            "nftables" => (vec!["nft list tables"], "kproxy"),
+            "iptables" => (vec![&v4, &v6], "KPROXY-"),
+            _ => (vec!["ip link show"], "kproxy-ipvs0"),
         };
-        output(node, command)
-            .lines()
+        commands
+            .iter()
+            .flat_map(|c| {
+                let words: Vec<&str> = c.split(' ').collect();
+                output(node, &words)
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
             .filter(|l| l.contains(needle))
-            .map(str::to_string)
             .collect()
     }
 }
