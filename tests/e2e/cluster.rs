@@ -54,6 +54,11 @@ impl Cluster {
 
     /// Starts kproxy (again) on the same manifests directory.
     pub fn start_kproxy(&mut self) {
+        self.start_kproxy_with(&[]);
+    }
+
+    /// Starts kproxy (again) with flags beyond the mode's.
+    pub fn start_kproxy_with(&mut self, extra: &[&str]) {
         assert!(self.kproxy.is_none(), "kproxy is already running");
         let dir = self.dir.path().to_str().expect("UTF-8 path").to_string();
         let mut args = vec![
@@ -65,6 +70,7 @@ impl Cluster {
             "10.244.0.0/16,fd00:244::/32",
         ];
         args.extend_from_slice(self.mode.args);
+        args.extend_from_slice(extra);
         self.kproxy = Some(Kproxy::spawn(&self.topo.node, &args));
     }
 

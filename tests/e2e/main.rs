@@ -20,6 +20,7 @@ mod scenarios_changes;
 mod scenarios_clusterip;
 mod scenarios_conntrack;
 mod scenarios_external;
+mod scenarios_iptables;
 mod scenarios_lifecycle;
 mod scenarios_policy;
 mod topology;
@@ -103,6 +104,16 @@ macro_rules! scenarios {
     };
 }
 
+/// The scenarios only iptables mode has.
+macro_rules! iptables_only {
+    ($mode:literal) => {
+        scenarios!(@tests $mode;
+            scenarios_iptables::a_node_port_answers_on_localhost_from_the_node,
+            scenarios_iptables::localhost_node_ports_can_be_turned_off,
+        );
+    };
+}
+
 mod nftables {
     scenarios!("nftables");
 }
@@ -113,10 +124,12 @@ mod nftables_command {
 /// iptables mode through iptables-nft (`--iptables-variant nft`).
 mod iptables {
     scenarios!("iptables");
+    iptables_only!("iptables");
 }
 /// iptables mode through iptables-legacy (`--iptables-variant legacy`).
 mod iptables_legacy {
     scenarios!("iptables-legacy");
+    iptables_only!("iptables-legacy");
 }
 // The IPVS backend runs the same scenarios once it programs rules:
 // mod ipvs { scenarios!("ipvs"); }

@@ -1,0 +1,322 @@
+//! kproxy's own iptables backend (`kproxy::backends::iptables::IptablesBackend`) in the
+//! `kernel_iptables` bench: for each variant and cluster size, a cold start (the first
+//! `sync_full`, which adopts: `iptables-save`, then one restore per family) into a fresh,
+//! empty network namespace; one endpoint changed in one Service and one Service added (and
+//! removed), each a `sync_partial` of one service port; the restore input size of each; and
+//! where a partial sync's time goes (the same input through the restore command directly, an
+//! empty restore, and the kernel's share under strace).
+//!
+//! Invariants: every sync runs on the calling (bench) thread after it entered a throwaway
+//! namespace made for it (`Netns::enter`, checked against the host's namespace), so the
+//! backend's `iptables-*-restore` children run there; a failed sync panics (the bench fails);
+//! after the cold starts and after the partial syncs the kernel's `KPROXY` rules (v4
+//! `iptables-save`) must be exactly the backend's mirror; every partial sync of one kind
+//! restores the same number of lines, and that number is the same at every cluster size (it
+//! must not grow with the Services). Plans come from the real `Syncer` on the fake backend.
+//! In test mode (no `--bench`): 1k Services only, one cold start, one iteration of each.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, SamplingMode};
+use kproxy::backends::fake::FakeBackend;
+use kproxy::backends::iptables::compile::compile_port;
+use kproxy::backends::iptables::restore::diff_partial;
+use kproxy::backends::iptables::{IptablesBackend, Variant};
+use kproxy::backends::{Backend, BackendConfig, Plans};
+use kproxy::health::service::ServiceHealthServers;
+use kproxy::metrics::Metrics;
+use kproxy::model::{IpFamily, ServicePortName};
+use kproxy::node::NodeFacts;
+use kproxy::sync::runner::Due;
+use kproxy::sync::{Shared, Syncer};
+
+use super::netns::{Netns, have};
+use super::{command, nft_split, timings};
+
+/// The plans of a loaded cluster and of each change timed.
+pub struct Fixture {
+    pub n: u32,
+    pub node: NodeFacts,
+    /// `n` Services × 10 endpoints.
+    pub base: Plans,
+    /// Service n/2 with one of its ten endpoints replaced.
+    pub one: Plans,
+    /// Service n added.
+    pub added: Plans,
+}
+
+/// The plans of `n` Services × 10 endpoints and of the changes, from the real `Syncer`.
+pub fn fixture(n: u32) -> Fixture {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let shared = Arc::new(Shared::default());
+    let mut node = NodeFacts::new(super::NODE);
+    node.local_addresses = vec!["192.168.0.2".parse().expect("static address")];
+    let mut syncer = Syncer::new(
+        Box::new(FakeBackend::default()),
+        Box::new(kproxy::conntrack::Noop),
+        node,
+        Arc::new(Metrics::new()),
+        shared.clone(),
+        ServiceHealthServers::default(),
+    )
+    .with_fixed_addresses();
+    for c in super::cluster(n, 10) {
+        syncer.apply(c);
+    }
+    let mut sync = || {
+        assert!(rt.block_on(syncer.sync(Due::Full)));
+        shared.plans.read().expect("plans").clone()
+    };
+    let base = sync();
+    syncer.apply(super::slice_one_replaced(n / 2, 10, 1));
+    let one = sync();
+    syncer.apply(super::slice(n / 2, 10, 0));
+    syncer.apply(super::service(n));
+    syncer.apply(super::slice(n, 10, 0));
+    let added = sync();
+    assert_eq!((base.len(), added.len()), (n as usize, n as usize + 1));
+    let node = shared.node.read().expect("node").clone();
+    Fixture {
+        n,
+        node,
+        base,
+        one,
+        added,
+    }
+}
+
+/// What the backend runs: `BackendConfig` as every bench, plus localhost NodePorts (upstream's
+/// iptables default).
+pub fn config() -> BackendConfig {
+    BackendConfig {
+        localhost_nodeports: true,
+        ..super::config()
+    }
+}
+
+/// The bench's name for `variant` (`iptables_nft`, `iptables_legacy`).
+fn label(variant: Variant) -> String {
+    format!("iptables_{}", variant.as_str())
+}
+
+/// True when every tool the backend runs for `variant` is there (else a skip, see `have`).
+pub fn have_tools(variant: Variant) -> bool {
+    let bench = format!("kernel_iptables kproxy {}", label(variant));
+    IpFamily::ALL
+        .into_iter()
+        .flat_map(|f| [variant.restore(f), variant.save(f), variant.cli(f)])
+        .all(|p| have(&bench, &p))
+}
+
+/// Restore input lines per kind of sync, per cluster size, for the invariant that partial
+/// syncs do not grow with the cluster.
+#[derive(Default)]
+pub struct Lines(BTreeMap<(String, u32), BTreeSet<usize>>);
+
+impl Lines {
+    fn record(&mut self, what: &str, n: u32, lines: usize) {
+        self.0.entry((what.to_string(), n)).or_default().insert(lines);
+    }
+
+    /// Prints every kind's line count; panics if a partial kind varied or grew with `n`.
+    pub fn check(&self, variant: Variant) {
+        let mut per_kind: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+        for ((what, n), seen) in &self.0 {
+            println!(
+                "restore input kproxy {}/{what}/{n}: {seen:?} lines",
+                label(variant)
+            );
+            if what != "cold_start" {
+                assert_eq!(seen.len(), 1, "{what}/{n}: every sync the same size");
+                per_kind.entry(what).or_default().extend(seen);
+            }
+        }
+        for (what, seen) in per_kind {
+            assert_eq!(seen.len(), 1, "{what}: the same size at every cluster size");
+        }
+    }
+}
+
+/// The v4 `-A` lines of the nat and filter tables that name a `KPROXY-` chain (kproxy's rules
+/// and its hooks) must be exactly the backend's v4 mirror.
+fn check_kernel(variant: Variant, backend: &IptablesBackend, what: &str) {
+    let save = variant.save(IpFamily::V4);
+    let kernel: usize = ["nat", "filter"]
+        .into_iter()
+        .map(|t| {
+            command::run(&save, &["-t", t], "")
+                .stdout
+                .lines()
+                .filter(|l| l.starts_with("-A ") && l.contains("KPROXY-"))
+                .count()
+        })
+        .sum();
+    let mirror: usize = backend
+        .mirror(IpFamily::V4)
+        .expect("v4 loaded")
+        .rules_per_table()
+        .values()
+        .sum();
+    assert_eq!(kernel, mirror, "{what}: kproxy's v4 rules in the kernel");
+}
+
+/// Enters a fresh namespace for `variant`, checked not to be the host's.
+fn fresh(variant: Variant, host: &Path) -> Netns {
+    let bench = format!("kernel_iptables kproxy {}", label(variant));
+    let ns = Netns::enter(&bench).expect("checked by the caller: root");
+    let here = std::fs::read_link("/proc/thread-self/ns/net").expect("thread netns");
+    assert_ne!(here, host, "the bench thread must be in its throwaway namespace");
+    ns
+}
+
+/// Every measurement of `variant` at `f.n` Services (see the module doc); `lines` collects the
+/// input sizes.
+pub fn bench(c: &mut Criterion, variant: Variant, f: &Fixture, host: &Path, lines: &mut Lines) {
+    let test = !std::env::args().any(|a| a == "--bench");
+    let n = f.n;
+    let group = format!("kernel_kproxy_{}", label(variant));
+    let name = |what: &str| format!("kproxy_{}/{what}/{n}", label(variant));
+
+    // Cold starts, each into a fresh namespace, outside criterion (whose minimum of ten samples
+    // would take minutes at 10k); the last namespace and backend are kept for the rest.
+    let reps = match (test, n) {
+        (true, _) => 1,
+        (false, ..=1_000) => 10,
+        (false, _) => 5,
+    };
+    let mut kept = None;
+    for _ in 0..reps {
+        // The previous namespace goes first, so the kernel's teardown of its tables does not
+        // overlap the next timing.
+        drop(kept.take());
+        std::thread::sleep(Duration::from_millis(200));
+        let ns = fresh(variant, host);
+        let mut backend = IptablesBackend::new(config(), variant);
+        timings::time(&name("cold_start"), || {
+            backend.sync_full(&f.base, &f.node).expect("cold start");
+        });
+        lines.record("cold_start", n, backend.last_restore_lines());
+        kept = Some((backend, ns));
+    }
+    let (mut backend, _ns) = kept.expect("at least one cold start");
+    check_kernel(variant, &backend, &name("cold_start"));
+
+    let mut g = c.benchmark_group(&group);
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(2));
+
+    let changed: BTreeSet<_> = [super::port_name(n / 2)].into_iter().collect();
+    let mut flip = false;
+    g.bench_function(BenchmarkId::new("one_endpoint_changed", n), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                flip = !flip;
+                let plans = if flip { &f.one } else { &f.base };
+                total += timings::time(&name("one_endpoint_changed"), || {
+                    backend
+                        .sync_partial(plans, &changed, &f.node)
+                        .expect("partial sync");
+                });
+                lines.record("one_endpoint_changed", n, backend.last_restore_lines());
+            }
+            total
+        })
+    });
+    if flip {
+        backend
+            .sync_partial(&f.base, &changed, &f.node)
+            .expect("back to base");
+    }
+
+    let new: BTreeSet<_> = [super::port_name(n)].into_iter().collect();
+    g.bench_function(BenchmarkId::new("one_service_added", n), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += timings::time(&name("one_service_added"), || {
+                    backend.sync_partial(&f.added, &new, &f.node).expect("add");
+                });
+                lines.record("one_service_added", n, backend.last_restore_lines());
+                timings::time(&name("one_service_removed"), || {
+                    backend.sync_partial(&f.base, &new, &f.node).expect("remove");
+                });
+                lines.record("one_service_removed", n, backend.last_restore_lines());
+            }
+            total
+        })
+    });
+    g.finish();
+    check_kernel(variant, &backend, &name("partial syncs"));
+
+    split(variant, f, &mut backend, if test { 1 } else { 10 });
+    check_kernel(variant, &backend, &name("split"));
+    backend.cleanup().expect("cleanup");
+}
+
+/// Where one endpoint change's time goes: the exact restore input the backend would send
+/// (rebuilt from its mirror with the same pure functions) through the restore command directly,
+/// an empty restore (`*nat`, `COMMIT`: process start, cache, the table read and, for legacy,
+/// written back), and under `strace -T` the summed time of the calls that talk to the kernel
+/// (netlink `sendmsg`/`recvmsg` for nft, `getsockopt`/`setsockopt` for legacy). Each round
+/// applies the change and its undo, so `backend`'s mirror stays true.
+fn split(variant: Variant, f: &Fixture, backend: &mut IptablesBackend, rounds: usize) {
+    let n = f.n;
+    let name = |what: &str| format!("kproxy_{}/split_one_endpoint_changed/{what}/{n}", label(variant));
+    let port = super::port_name(n / 2);
+    let changed: BTreeSet<ServicePortName> = [port.clone()].into_iter().collect();
+    let text = |plans: &Plans| -> String {
+        let mirror = backend.mirror(IpFamily::V4).expect("v4 loaded");
+        let desired: BTreeMap<_, _> = [(
+            port.clone(),
+            compile_port(&plans[&port], IpFamily::V4, &config()),
+        )]
+        .into_iter()
+        .collect();
+        diff_partial(mirror, &desired, &changed).to_string()
+    };
+    let (change, undo) = (text(&f.one), text(&f.base));
+    assert!(!change.is_empty() && !undo.is_empty());
+    let restore = variant.restore(IpFamily::V4);
+    let args = ["-w", "5", "--noflush"];
+    let trace = nft_split::have_strace("kernel_iptables time split");
+    let calls = match variant {
+        Variant::Nft => "trace=sendmsg,recvmsg",
+        Variant::Legacy => "trace=getsockopt,setsockopt",
+    };
+    for _ in 0..rounds {
+        for script in [&change, &undo] {
+            timings::record(
+                &name("restore command, same input"),
+                command::run(&restore, &args, script).took,
+            );
+        }
+        timings::record(
+            &name("restore command, empty input"),
+            command::run(&restore, &args, "*nat\nCOMMIT\n").took,
+        );
+        if trace {
+            for script in [&change, &undo] {
+                let mut traced = vec!["-f", "-qq", "-T", "-e", calls, restore.as_str()];
+                traced.extend(args);
+                let err = command::run("strace", &traced, script).stderr;
+                let kernel: f64 = err
+                    .lines()
+                    .filter_map(|l| l.rsplit_once('<')?.1.strip_suffix('>')?.parse().ok())
+                    .sum();
+                timings::record(
+                    &name("kernel: syscalls under strace"),
+                    Duration::from_secs_f64(kernel),
+                );
+            }
+        }
+    }
+}
