@@ -1,35 +1,49 @@
-//! Kernel cost of upstream kube-proxy's iptables mode (issue 4), the baseline kproxy's iptables
-//! backend will be compared against: upstream's ruleset shape (`support::upstream_iptables`)
-//! loaded with `iptables-restore -w 5 -W 100000 --noflush --counters`, as upstream runs it,
-//! through iptables-nft and through iptables-legacy. For 1k and 10k Services × 10 endpoints (50k
-//! with KPROXY_BENCH_LARGE=1): a full restore into an empty kernel, and upstream's partial restore
-//! after one Service's endpoints all moved, each timed from spawning the restore until it exited
-//! successfully (the kernel has the rules). Prints each input's size.
+//! Kernel cost of kproxy's iptables backend and, as its baseline, of upstream kube-proxy's
+//! iptables mode (issue 4), through iptables-nft and through iptables-legacy, for 1k and 10k
+//! Services × 10 endpoints (50k with KPROXY_BENCH_LARGE=1).
 //!
-//! Invariants: root only; each variant runs in its own throwaway network namespace that the bench
+//! kproxy (`support::kproxy_iptables`): the real `IptablesBackend` on plans from the real
+//! `Syncer`: a cold start (the first `sync_full`, into a fresh empty namespace), one endpoint
+//! changed in one Service, one Service added and removed (each a `sync_partial` of one service
+//! port), each timed until the backend returned (its restores exited successfully), with the
+//! restore input's size in lines, and the time split of one endpoint change. In test mode only
+//! 1k, once each.
+//!
+//! Upstream: its ruleset shape (`support::upstream_iptables`) loaded with `iptables-restore -w 5
+//! -W 100000 --noflush --counters`, as upstream runs it: a full restore into an empty kernel,
+//! and upstream's partial restore after one Service's endpoints all moved, each timed from
+//! spawning the restore until it exited successfully (the kernel has the rules). Prints each
+//! input's size.
+//!
+//! Invariants: root only; every restore runs in a throwaway network namespace that the bench
 //! thread enters with setns (checked against the process's first namespace before any iptables
-//! call), so the host's rules are never touched; the namespace is deleted at the end. Without
+//! call), so the host's rules are never touched; the namespaces are deleted at the end. Without
 //! root, or without a variant's binaries, that part prints why and is skipped (a failure under
-//! CI=true). Before timing anything: the generator's text is checked (pure asserts), then
+//! CI=true); a failed sync or restore fails the bench. Upstream, before timing anything: the
+//! generator's text is checked (pure asserts), then
 //! `iptables-restore --test` and real loads of small rulesets must succeed; after each full
 //! restore the kernel must hold n × 10 × 2 KUBE-SEP rules. Between full restores both tables are
 //! emptied and upstream's jumps reinstalled (untimed); partial restores alternate between two
-//! generations, so every one is a real change. Single-operation timings (median, p90) are printed
-//! at the end.
+//! generations, so every one is a real change. kproxy: see `support::kproxy_iptables` (the
+//! kernel's rules checked against the backend's mirror; partial inputs the same size at every
+//! cluster size). Single-operation timings (median, p90) are printed at the end.
 //!
 //! iptables-nft 1.8.9's `--noflush` restore is quadratic in the number of chains: each command
 //! inserts its chain's name into a sorted linked list (nft-cache.c `cache_chain_list_insert`;
-//! perf: ~96 % in that loop's strcmp). A full restore takes ~5 s at 1k Services and tens of
+//! perf: ~96 % in that loop's strcmp). Upstream's full restore takes ~5 s at 1k Services and tens of
 //! minutes at 10k, so above `NFT_NOFLUSH_MAX` it is timed only with KPROXY_BENCH_UPSTREAM_10K=1
 //! (once, outside criterion); otherwise the partial benches start from the same rules loaded by a
 //! flushing restore (no `--noflush`, timed once for the record).
 
 mod support;
 
+use support::kproxy_iptables as ours;
 use support::netns::{Netns, have};
 use support::timings;
 use support::upstream_iptables as ipt;
 
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
@@ -236,8 +250,14 @@ fn texts(n: u32) -> Texts {
 }
 
 /// The network namespace of the calling thread.
-fn netns() -> std::path::PathBuf {
+fn netns() -> PathBuf {
     std::fs::read_link("/proc/thread-self/ns/net").expect("read /proc/thread-self/ns/net")
+}
+
+/// The bench thread's namespace before either part entered a throwaway one.
+fn host() -> &'static PathBuf {
+    static HOST: OnceLock<PathBuf> = OnceLock::new();
+    HOST.get_or_init(netns)
 }
 
 type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
@@ -310,9 +330,10 @@ fn partial_restore(g: &mut Group, v: &Variant, t: &Texts) {
     );
 }
 
-fn bench(c: &mut Criterion) {
+/// Upstream's shape, for each variant.
+fn upstream(c: &mut Criterion) {
     check_generator();
-    let host = netns();
+    let host = host().clone();
     let all: Vec<Texts> = support::sizes().into_iter().map(texts).collect();
     for v in &VARIANTS {
         let bench = format!("kernel_iptables {}", v.name);
@@ -342,8 +363,34 @@ fn bench(c: &mut Criterion) {
         g.finish();
         reset(v);
     }
+}
+
+/// kproxy's backend, for each variant (`support::kproxy_iptables`; 1k only in test mode).
+fn kproxy(c: &mut Criterion) {
+    let host = host().clone();
+    let mut sizes = support::sizes();
+    if !std::env::args().any(|a| a == "--bench") {
+        sizes.truncate(1);
+    }
+    let fixtures: Vec<_> = sizes.into_iter().map(ours::fixture).collect();
+    for variant in [
+        kproxy::backends::iptables::Variant::Nft,
+        kproxy::backends::iptables::Variant::Legacy,
+    ] {
+        if !ours::have_tools(variant) {
+            continue;
+        }
+        let mut lines = ours::Lines::default();
+        for f in &fixtures {
+            ours::bench(c, variant, f, &host, &mut lines);
+        }
+        lines.check(variant);
+    }
+}
+
+fn report(_: &mut Criterion) {
     timings::report();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, upstream, kproxy, report);
 criterion_main!(benches);

@@ -55,8 +55,8 @@ fn dry_run(mode: &str) -> String {
 
 #[test]
 fn dry_run_on_the_example_cluster_prints_every_service_port_and_exits_0() {
-    // iptables mode has no compiler yet: it prints the plans.
-    let stdout = dry_run("iptables");
+    // IPVS mode has no compiler yet: it prints the plans.
+    let stdout = dry_run("ipvs");
     for line in [
         "kube-system/kube-dns:dns/UDP ClusterIP clusterIPs 10.96.0.10 port 53",
         "default/shop:http/TCP NodePort clusterIPs 10.96.10.30 port 80 nodePort 30080 affinity ClientIP 600s",
@@ -186,6 +186,61 @@ fn sigterm_stops_kproxy_with_exit_0_leaving_rules_in_place() {
 #[test]
 fn sigint_stops_kproxy_with_exit_0() {
     run_until_synced_then_signal("-INT");
+}
+
+#[test]
+fn iptables_dry_run_prints_the_restore_input_for_the_example_cluster() {
+    let stdout = dry_run("iptables");
+    for needle in [
+        "-restore\n*nat\n",
+        ":KPROXY-PORTALS - [0:0]",
+        "-I PREROUTING 1 -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES",
+        // kube-dns: two ready endpoints, over UDP.
+        "-d 10.96.0.10/32 -p udp -m comment --comment \"kube-system/kube-dns:dns/UDP cluster IP\" -m udp --dport 53 -j KPROXY-SVC-",
+        "-p udp -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 10.244.",
+        // The LoadBalancer with eTP=Local and no endpoint on node1: external traffic dropped.
+        "-d 203.0.113.11/32 -p tcp -m comment --comment \"default/api:https/TCP loadbalancer IP\" -m tcp --dport 443 -j DROP",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
+    }
+}
+
+/// Root-only: both iptables variants' `-restore --test` accept the iptables --dry-run output,
+/// family by family, inside a throwaway network namespace.
+#[test]
+fn iptables_dry_run_output_is_accepted_by_iptables_restore_test() {
+    if !netns::can_run("iptables_dry_run_output_is_accepted_by_iptables_restore_test") {
+        return;
+    }
+    let stdout = dry_run("iptables");
+    let ns = Netns::new("ipt");
+    let mut parts = stdout.split("\n# ").skip(1);
+    for family in ["iptables", "ip6tables"] {
+        let part = parts.next().expect("one part per family");
+        let input = format!("{}\n", part.split_once('\n').unwrap().1.trim_end());
+        for variant in ["nft", "legacy"] {
+            let program = format!("{family}-{variant}-restore");
+            let mut check = ns
+                .cmd(&program)
+                .args(["--noflush", "--test"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            check
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            let result = check.wait_with_output().unwrap();
+            assert!(
+                result.status.success(),
+                "{program} --test rejected the dry-run output: {}\n{input}",
+                String::from_utf8_lossy(&result.stderr)
+            );
+        }
+    }
 }
 
 /// Root-only: `nft -c -f -` (check, do not apply) accepts the nftables --dry-run output, inside

@@ -69,17 +69,17 @@ pub fn fixture(n: u32) -> Fixture {
     for c in super::cluster(n, 10) {
         syncer.apply(c);
     }
-    let mut sync = || {
+    let sync = |syncer: &mut Syncer| {
         assert!(rt.block_on(syncer.sync(Due::Full)));
         shared.plans.read().expect("plans").clone()
     };
-    let base = sync();
+    let base = sync(&mut syncer);
     syncer.apply(super::slice_one_replaced(n / 2, 10, 1));
-    let one = sync();
+    let one = sync(&mut syncer);
     syncer.apply(super::slice(n / 2, 10, 0));
     syncer.apply(super::service(n));
     syncer.apply(super::slice(n, 10, 0));
-    let added = sync();
+    let added = sync(&mut syncer);
     assert_eq!((base.len(), added.len()), (n as usize, n as usize + 1));
     let node = shared.node.read().expect("node").clone();
     Fixture {
@@ -121,7 +121,10 @@ pub struct Lines(BTreeMap<(String, u32), BTreeSet<usize>>);
 
 impl Lines {
     fn record(&mut self, what: &str, n: u32, lines: usize) {
-        self.0.entry((what.to_string(), n)).or_default().insert(lines);
+        self.0
+            .entry((what.to_string(), n))
+            .or_default()
+            .insert(lines);
     }
 
     /// Prints every kind's line count; panics if a partial kind varied or grew with `n`.
@@ -166,13 +169,16 @@ fn check_kernel(variant: Variant, backend: &IptablesBackend, what: &str) {
     assert_eq!(kernel, mirror, "{what}: kproxy's v4 rules in the kernel");
 }
 
-/// Enters a fresh namespace for `variant`, checked not to be the host's.
-fn fresh(variant: Variant, host: &Path) -> Netns {
-    let bench = format!("kernel_iptables kproxy {}", label(variant));
-    let ns = Netns::enter(&bench).expect("checked by the caller: root");
+/// Enters a fresh namespace for `variant`, checked not to be the host's; `None` (a skip) without
+/// root.
+fn fresh(variant: Variant, host: &Path) -> Option<Netns> {
+    let ns = Netns::enter(&format!("kernel_iptables kproxy {}", label(variant)))?;
     let here = std::fs::read_link("/proc/thread-self/ns/net").expect("thread netns");
-    assert_ne!(here, host, "the bench thread must be in its throwaway namespace");
-    ns
+    assert_ne!(
+        here, host,
+        "the bench thread must be in its throwaway namespace"
+    );
+    Some(ns)
 }
 
 /// Every measurement of `variant` at `f.n` Services (see the module doc); `lines` collects the
@@ -196,7 +202,9 @@ pub fn bench(c: &mut Criterion, variant: Variant, f: &Fixture, host: &Path, line
         // overlap the next timing.
         drop(kept.take());
         std::thread::sleep(Duration::from_millis(200));
-        let ns = fresh(variant, host);
+        let Some(ns) = fresh(variant, host) else {
+            return;
+        };
         let mut backend = IptablesBackend::new(config(), variant);
         timings::time(&name("cold_start"), || {
             backend.sync_full(&f.base, &f.node).expect("cold start");
@@ -247,7 +255,9 @@ pub fn bench(c: &mut Criterion, variant: Variant, f: &Fixture, host: &Path, line
                 });
                 lines.record("one_service_added", n, backend.last_restore_lines());
                 timings::time(&name("one_service_removed"), || {
-                    backend.sync_partial(&f.base, &new, &f.node).expect("remove");
+                    backend
+                        .sync_partial(&f.base, &new, &f.node)
+                        .expect("remove");
                 });
                 lines.record("one_service_removed", n, backend.last_restore_lines());
             }
@@ -257,7 +267,7 @@ pub fn bench(c: &mut Criterion, variant: Variant, f: &Fixture, host: &Path, line
     g.finish();
     check_kernel(variant, &backend, &name("partial syncs"));
 
-    split(variant, f, &mut backend, if test { 1 } else { 10 });
+    split(variant, f, &backend, if test { 1 } else { 10 });
     check_kernel(variant, &backend, &name("split"));
     backend.cleanup().expect("cleanup");
 }
@@ -268,22 +278,26 @@ pub fn bench(c: &mut Criterion, variant: Variant, f: &Fixture, host: &Path, line
 /// written back), and under `strace -T` the summed time of the calls that talk to the kernel
 /// (netlink `sendmsg`/`recvmsg` for nft, `getsockopt`/`setsockopt` for legacy). Each round
 /// applies the change and its undo, so `backend`'s mirror stays true.
-fn split(variant: Variant, f: &Fixture, backend: &mut IptablesBackend, rounds: usize) {
+fn split(variant: Variant, f: &Fixture, backend: &IptablesBackend, rounds: usize) {
     let n = f.n;
-    let name = |what: &str| format!("kproxy_{}/split_one_endpoint_changed/{what}/{n}", label(variant));
+    let name = |what: &str| {
+        format!(
+            "kproxy_{}/split_one_endpoint_changed/{what}/{n}",
+            label(variant)
+        )
+    };
     let port = super::port_name(n / 2);
     let changed: BTreeSet<ServicePortName> = [port.clone()].into_iter().collect();
-    let text = |plans: &Plans| -> String {
-        let mirror = backend.mirror(IpFamily::V4).expect("v4 loaded");
-        let desired: BTreeMap<_, _> = [(
-            port.clone(),
-            compile_port(&plans[&port], IpFamily::V4, &config()),
-        )]
-        .into_iter()
-        .collect();
-        diff_partial(mirror, &desired, &changed).to_string()
+    let compiled = |plans: &Plans| -> BTreeMap<_, _> {
+        let rules = compile_port(&plans[&port], IpFamily::V4, &config());
+        [(port.clone(), rules)].into_iter().collect()
     };
-    let (change, undo) = (text(&f.one), text(&f.base));
+    let (one, base) = (compiled(&f.one), compiled(&f.base));
+    let mirror = backend.mirror(IpFamily::V4).expect("v4 loaded");
+    let change = diff_partial(mirror, &one, &changed).to_string();
+    let mut after = mirror.clone();
+    after.ports.extend(one);
+    let undo = diff_partial(&after, &base, &changed).to_string();
     assert!(!change.is_empty() && !undo.is_empty());
     let restore = variant.restore(IpFamily::V4);
     let args = ["-w", "5", "--noflush"];
@@ -310,7 +324,7 @@ fn split(variant: Variant, f: &Fixture, backend: &mut IptablesBackend, rounds: u
                 let err = command::run("strace", &traced, script).stderr;
                 let kernel: f64 = err
                     .lines()
-                    .filter_map(|l| l.rsplit_once('<')?.1.strip_suffix('>')?.parse().ok())
+                    .filter_map(|l| l.rsplit_once('<')?.1.strip_suffix('>')?.parse::<f64>().ok())
                     .sum();
                 timings::record(
                     &name("kernel: syscalls under strace"),

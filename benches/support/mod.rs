@@ -10,6 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 pub mod command;
+pub mod kproxy_iptables;
 pub mod manifests;
 pub mod netns;
 pub mod nft_split;

@@ -68,7 +68,10 @@ impl Mode {
     pub fn sabotage(&self, node: &Netns) {
         match self.name {
             "nftables" => node.exec("nft", &["flush", "table", "ip", "kproxy"]),
-            "iptables" => node.exec(&self.tool(false, ""), &["-t", "nat", "-F", "KPROXY-SERVICES"]),
+            "iptables" => node.exec(
+                &self.tool(false, ""),
+                &["-t", "nat", "-F", "KPROXY-SERVICES"],
+            ),
             _ => node.exec("ipvsadm", &["-C"]),
         };
     }

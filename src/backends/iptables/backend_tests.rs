@@ -94,6 +94,12 @@ fn live(variant: Variant) {
             None,
             "kproxy's own restore is not drift"
         );
+        let t = Instant::now();
+        let rounds = 20;
+        for _ in 0..rounds {
+            super::probe::snapshot(variant).expect("probe");
+        }
+        eprintln!("{variant:?} drift probe: {:?} each", t.elapsed() / rounds);
         // Someone flushes kproxy's entry chain.
         let cli = variant.cli(IpFamily::V4);
         let status = std::process::Command::new(&cli)
