@@ -267,7 +267,12 @@ pub fn bench(c: &mut Criterion, variant: Variant, f: &Fixture, host: &Path, line
     g.finish();
     check_kernel(variant, &backend, &name("partial syncs"));
 
-    split(variant, f, &backend, if test { 1 } else { 10 });
+    let rounds = match (test, n) {
+        (true, _) => 1,
+        (false, ..=1_000) => 10,
+        (false, _) => 5,
+    };
+    split(variant, f, &backend, rounds);
     check_kernel(variant, &backend, &name("split"));
     backend.cleanup().expect("cleanup");
 }

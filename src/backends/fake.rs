@@ -28,6 +28,10 @@ pub struct Recorded {
     pub fail_next: usize,
     /// What the next `drift` call reports (taken, so it is reported once).
     pub drift: Option<String>,
+    /// The mode the fake claims (nftables when unset).
+    pub mode: Option<ProxyMode>,
+    /// What `rules_per_table` reports.
+    pub rules: BTreeMap<&'static str, usize>,
 }
 
 /// Cloneable handle: the test keeps one, the sync loop owns the other.
@@ -52,7 +56,15 @@ impl FakeBackend {
 
 impl Backend for FakeBackend {
     fn mode(&self) -> ProxyMode {
-        ProxyMode::Nftables
+        self.recorded
+            .lock()
+            .unwrap()
+            .mode
+            .unwrap_or(ProxyMode::Nftables)
+    }
+
+    fn rules_per_table(&self) -> BTreeMap<&'static str, usize> {
+        self.recorded.lock().unwrap().rules.clone()
     }
 
     fn sync_full(&mut self, plans: &Plans, _node: &NodeFacts) -> Result<SyncReport, BackendError> {

@@ -184,6 +184,39 @@ async fn after_a_failed_sync_the_retry_is_a_full_resync_with_every_port() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn iptables_restore_failures_are_counted_as_upstream_and_partial_ones_twice() {
+    let h = start(Duration::ZERO);
+    {
+        let mut r = h.fake.recorded.lock().unwrap();
+        r.mode = Some(crate::backends::ProxyMode::Iptables);
+        r.rules = [("nat", 12), ("filter", 5)].into();
+    }
+    h.tx.send(service("web", 80)).unwrap();
+    h.listed();
+    h.settle().await;
+    h.fake.recorded.lock().unwrap().fail_next = 2;
+    h.tx.send(service("web", 81)).unwrap();
+    h.settle().await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.settle().await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    h.settle().await;
+    let calls = h.fake.calls();
+    assert!(
+        matches!(calls[1], Call::Partial { .. }) && matches!(calls[2], Call::Full { .. }),
+        "{calls:?}"
+    );
+    assert_eq!(h.metrics.iptables_restore_failures.get(), 2, "{calls:?}");
+    assert_eq!(h.metrics.iptables_partial_restore_failures.get(), 1);
+    assert_eq!(h.metrics.nftables_sync_failures.get(), 0);
+    let text = h.metrics.render();
+    assert!(
+        text.contains("kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"} 12"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_node_change_makes_the_next_sync_full() {
     let h = start(Duration::ZERO);
     h.tx.send(service("web", 80)).unwrap();

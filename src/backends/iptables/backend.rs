@@ -33,6 +33,8 @@ const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
 pub struct IptablesBackend {
     config: BackendConfig,
     variant: Variant,
+    /// The families this host has (IPv6 can be disabled in the kernel).
+    families: Vec<IpFamily>,
     mirrors: BTreeMap<IpFamily, Mirror>,
     adopt: bool,
     baseline: Option<Snapshot>,
@@ -43,9 +45,17 @@ pub struct IptablesBackend {
 
 impl IptablesBackend {
     pub fn new(config: BackendConfig, variant: Variant) -> Self {
+        let families = IpFamily::ALL
+            .into_iter()
+            .filter(|f| *f == IpFamily::V4 || std::path::Path::new("/proc/sys/net/ipv6").exists())
+            .collect::<Vec<_>>();
+        if !families.contains(&IpFamily::V6) {
+            tracing::warn!("IPv6 is disabled in this kernel: iptables mode programs IPv4 only");
+        }
         IptablesBackend {
             config,
             variant,
+            families,
             mirrors: BTreeMap::new(),
             adopt: true,
             baseline: None,
@@ -116,7 +126,7 @@ impl IptablesBackend {
 
     /// Takes the probe snapshot that later drift checks compare with.
     fn rebaseline(&mut self) {
-        self.baseline = match probe::snapshot(self.variant) {
+        self.baseline = match probe::snapshot(self.variant, &self.families) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the iptables drift snapshot");
@@ -165,7 +175,8 @@ impl Backend for IptablesBackend {
 
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
         self.last_lines = 0;
-        let desired = compile(plans, node, &self.config);
+        let mut desired = compile(plans, node, &self.config);
+        desired.retain(|family, _| self.families.contains(family));
         let report = if self.adopt {
             self.adopt_and_load(desired)?
         } else {
@@ -201,7 +212,7 @@ impl Backend for IptablesBackend {
         }
         self.last_lines = 0;
         let mut report = SyncReport::default();
-        for family in IpFamily::ALL {
+        for family in self.families.clone() {
             let desired: BTreeMap<_, _> = changed
                 .iter()
                 .filter_map(|name| {
@@ -230,7 +241,8 @@ impl Backend for IptablesBackend {
             return Ok(None);
         }
         self.last_probe = Some(Instant::now());
-        let now = probe::snapshot(self.variant).map_err(|e| BackendError::Probe(e.to_string()))?;
+        let now = probe::snapshot(self.variant, &self.families)
+            .map_err(|e| BackendError::Probe(e.to_string()))?;
         let before = self.baseline.as_ref().expect("checked above");
         if &now == before {
             return Ok(None);

@@ -97,7 +97,7 @@ fn live(variant: Variant) {
         let t = Instant::now();
         let rounds = 20;
         for _ in 0..rounds {
-            super::probe::snapshot(variant).expect("probe");
+            super::probe::snapshot(variant, &IpFamily::ALL).expect("probe");
         }
         eprintln!("{variant:?} drift probe: {:?} each", t.elapsed() / rounds);
         // Someone flushes kproxy's entry chain.

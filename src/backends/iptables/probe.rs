@@ -54,9 +54,9 @@ const CHAINS: &[(Table, &[&str])] = &[
     ),
 ];
 
-pub fn snapshot(variant: Variant) -> Result<Snapshot, ProbeError> {
+pub fn snapshot(variant: Variant, families: &[IpFamily]) -> Result<Snapshot, ProbeError> {
     let mut out = Snapshot::new();
-    for family in IpFamily::ALL {
+    for &family in families {
         match variant {
             Variant::Nft => nft(family, &mut out)?,
             Variant::Legacy => legacy(family, &mut out)?,
