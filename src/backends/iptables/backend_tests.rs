@@ -120,6 +120,34 @@ fn live(variant: Variant) {
         };
         eprintln!("drift noticed after {:?}: {what}", started.elapsed());
         b.sync_full(&fewer, &node()).expect("repair");
+        // Someone flushes the whole filter table (built-in chains included), as `iptables -F`.
+        let status = std::process::Command::new(&cli)
+            .args(["-t", "filter", "-F"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let started = Instant::now();
+        let what = loop {
+            if let Some(what) = b.drift().unwrap() {
+                break what;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "flush never noticed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        eprintln!(
+            "iptables -t filter -F noticed after {:?}: {what}",
+            started.elapsed()
+        );
+        b.sync_full(&fewer, &node()).expect("repair");
+        let filter = std::process::Command::new(variant.save(IpFamily::V4))
+            .args(["-t", "filter"])
+            .output()
+            .unwrap();
+        let filter = String::from_utf8_lossy(&filter.stdout);
+        assert_eq!(lines_with(&filter, "-j KPROXY-FILTER"), 3, "{filter}");
         // A partial restore that cannot apply (its dispatch rule is gone) fails and is repaired.
         let lb = name("lb", "https", Protocol::Tcp);
         let status = std::process::Command::new(&cli)
