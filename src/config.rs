@@ -81,6 +81,8 @@ pub struct Config {
     pub iptables_variant: crate::backends::iptables::VariantChoice,
     /// `--iptables-localhost-nodeports` / `iptables.localhostNodePorts` (default true).
     pub localhost_nodeports: bool,
+    /// `--iptables-masquerade-bit` / `iptables.masqueradeBit` (default 14).
+    pub masquerade_bit: u8,
     pub log_format: LogFormat,
     /// Things the operator should know but that do not stop kproxy (ignored flags, unknown file
     /// fields); log each once logging is set up.
@@ -96,6 +98,7 @@ impl Config {
             nft_command: self.nft_command,
             localhost_nodeports: self.localhost_nodeports,
             iptables_variant: self.iptables_variant,
+            masquerade_bit: Some(self.masquerade_bit),
         }
     }
 }
@@ -323,6 +326,9 @@ fn resolve(
         localhost_nodeports: bool_flag(m, "iptables-localhost-nodeports")?
             .or(file.iptables.localhost_nodeports)
             .unwrap_or(true),
+        masquerade_bit: flag(m, "iptables-masquerade-bit", values::parse_masquerade_bit)?
+            .or(file.iptables.masquerade_bit)
+            .unwrap_or(14),
         log_format: flag(m, "log-format", values::parse_log_format)?
             .flatten()
             .or(file.log_format)

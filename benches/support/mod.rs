@@ -154,5 +154,6 @@ pub fn config() -> BackendConfig {
         nft_command: false,
         localhost_nodeports: true,
         iptables_variant: Default::default(),
+        masquerade_bit: None,
     }
 }

@@ -37,6 +37,8 @@ pub struct BackendConfig {
     pub localhost_nodeports: bool,
     /// iptables mode: iptables-nft or iptables-legacy.
     pub iptables_variant: iptables::VariantChoice,
+    /// iptables mode: the mark bit that asks for masquerading (None: upstream's 14, 0x4000).
+    pub masquerade_bit: Option<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]

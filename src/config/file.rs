@@ -137,6 +137,8 @@ pub struct ModeSection {
     pub min_sync_period: Option<Duration>,
     /// `iptables.localhostNodePorts` (read in every section; only `iptables` has it upstream).
     pub localhost_nodeports: Option<bool>,
+    /// `masqueradeBit`; `None` when unset (upstream's default is 14).
+    pub masquerade_bit: Option<u8>,
 }
 
 /// What kproxy takes from the file; `None` where the file leaves the default.
@@ -324,6 +326,15 @@ fn section(doc: &Value, name: &str) -> Result<ModeSection, String> {
         Some(Value::Bool(b)) => Some(*b),
         Some(_) => return Err(format!("{name}.localhostNodePorts: want true or false")),
     };
+    let masquerade_bit = match lookup(doc, &format!("{name}.masqueradeBit")) {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u8::try_from(n).ok())
+                .filter(|b| *b <= 31)
+                .ok_or_else(|| format!("{name}.masqueradeBit: want an integer from 0 to 31"))?,
+        ),
+    };
     let duration = |field: &str| -> Result<Option<Duration>, String> {
         let path = format!("{name}.{field}");
         let d = parsed(doc, &path, |s| {
@@ -337,5 +348,6 @@ fn section(doc: &Value, name: &str) -> Result<ModeSection, String> {
         sync_period: duration("syncPeriod")?,
         min_sync_period: duration("minSyncPeriod")?,
         localhost_nodeports,
+        masquerade_bit,
     })
 }

@@ -52,7 +52,6 @@ pub const IGNORED: &[(&str, Kind)] = &[
     ("detect-local-mode", Kind::Text),
     ("feature-gates", Kind::List),
     ("healthz-port", Kind::Int),
-    ("iptables-masquerade-bit", Kind::Int),
     ("ipvs-exclude-cidrs", Kind::List),
     ("ipvs-scheduler", Kind::Text),
     ("ipvs-strict-arp", Kind::Bool),
@@ -238,6 +237,11 @@ pub fn command() -> Command {
             )
             .default_value("auto"),
         )
+        .arg(value(
+            "iptables-masquerade-bit",
+            "BIT",
+            "iptables mode: the packet-mark bit (0 to 31) that asks for masquerading; default 14 (0x4000)",
+        ))
         .arg(boolean(
             "iptables-localhost-nodeports",
             "iptables mode: NodePorts also answer on 127.0.0.0/8 (IPv4; sets route_localnet); default true",

@@ -471,6 +471,7 @@ fn the_backend_config_carries_cidrs_and_masquerading() {
             nft_command: false,
             localhost_nodeports: true,
             iptables_variant: Default::default(),
+            masquerade_bit: Some(14),
         }
     );
 }
@@ -491,6 +492,22 @@ fn nftables_transport_command_selects_the_nft_command_and_a_bad_value_is_refused
     let e = error(&["--nftables-transport=netlink"]);
     assert!(
         e.contains("--nftables-transport") && e.contains("library or command"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_masquerade_bit_comes_from_the_flag_or_the_file_and_is_checked() {
+    assert_eq!(run(&[]).backend_config().masquerade_bit, Some(14));
+    assert_eq!(
+        run(&["--iptables-masquerade-bit=15"])
+            .backend_config()
+            .masquerade_bit,
+        Some(15)
+    );
+    let e = error(&["--iptables-masquerade-bit=32"]);
+    assert!(
+        e.contains("--iptables-masquerade-bit") && e.contains("0 to 31"),
         "{e}"
     );
 }

@@ -51,6 +51,14 @@ pub fn parse_nft_command(s: &str) -> Result<bool, String> {
     }
 }
 
+/// `--iptables-masquerade-bit`: the bit of the packet mark that asks for masquerading, 0 to 31.
+pub fn parse_masquerade_bit(s: &str) -> Result<u8, String> {
+    s.parse::<u8>()
+        .ok()
+        .filter(|b| *b <= 31)
+        .ok_or_else(|| format!("invalid bit {s:?} (want 0 to 31)"))
+}
+
 /// A klog verbosity level.
 pub fn parse_verbosity(s: &str) -> Result<u8, String> {
     s.parse()

@@ -82,8 +82,10 @@ pub struct FamilyRules {
     pub ports: BTreeMap<ServicePortName, PortRules>,
 }
 
-/// The masquerade mark bit (upstream's `--iptables-masquerade-bit` 14).
-pub const MASQ_MARK: &str = "0x4000";
+/// The masquerade mark: `--iptables-masquerade-bit`, upstream's 14 (0x4000) by default.
+pub fn masq_mark(config: &BackendConfig) -> String {
+    format!("{:#x}", 1u32 << config.masquerade_bit.unwrap_or(14).min(31))
+}
 
 /// Classic BPF for `-m bpf`: the packet's source address equals its destination (after DNAT,
 /// in POSTROUTING: a pod reached itself through a Service). Offsets are from the IP header.
@@ -134,6 +136,7 @@ pub fn compile_fixed(family: IpFamily, node: &NodeFacts, config: &BackendConfig)
             names::NODEPORT_REJECTS
         )
     }));
+    let mark = masq_mark(config);
     let hairpin = match family {
         IpFamily::V4 => HAIRPIN_V4,
         IpFamily::V6 => HAIRPIN_V6,
@@ -145,15 +148,15 @@ pub fn compile_fixed(family: IpFamily, node: &NodeFacts, config: &BackendConfig)
         (
             Nat,
             names::MARK_MASQ,
-            vec![format!("-j MARK --or-mark {MASQ_MARK}")],
+            vec![format!("-j MARK --or-mark {mark}")],
         ),
         (
             Nat,
             names::POSTROUTING,
             vec![
                 format!("-m conntrack --ctstate DNAT -m bpf --bytecode \"{hairpin}\" -m comment --comment \"hairpin: a pod reaching itself through a Service\" -j MASQUERADE --random-fully"),
-                format!("-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"),
-                format!("-j MARK --xor-mark {MASQ_MARK}"),
+                format!("-m mark ! --mark {mark}/{mark} -j RETURN"),
+                format!("-j MARK --xor-mark {mark}"),
                 "-m comment --comment \"kproxy service traffic requiring SNAT\" -j MASQUERADE --random-fully".to_string(),
             ],
         ),

@@ -160,3 +160,16 @@ fn no_chain_per_endpoint_and_a_dispatch_rule_per_vip() {
             .all(|p| p.chains.keys().all(|(t, _)| *t == Table::Nat))
     );
 }
+
+#[test]
+fn the_masquerade_bit_sets_the_mark_everywhere_it_is_used() {
+    let config = BackendConfig {
+        masquerade_bit: Some(15),
+        ..iptables_config()
+    };
+    let fixed = super::compile::compile_fixed(IpFamily::V4, &node(), &config);
+    let text: Vec<&String> = fixed.chains.iter().flat_map(|(_, _, r)| r).collect();
+    let marks = text.iter().filter(|r| r.contains("0x8000")).count();
+    assert_eq!(marks, 3, "mark, check, clear: {text:?}");
+    assert!(!text.iter().any(|r| r.contains("0x4000")), "{text:?}");
+}

@@ -34,6 +34,7 @@ pub(super) fn config() -> BackendConfig {
         nft_command: false,
         localhost_nodeports: false,
         iptables_variant: Default::default(),
+        masquerade_bit: None,
     }
 }
 

@@ -132,6 +132,7 @@ pub(crate) fn config() -> BackendConfig {
         nft_command: false,
         localhost_nodeports: false,
         iptables_variant: Default::default(),
+        masquerade_bit: None,
     }
 }
 
