@@ -70,7 +70,13 @@ fn init_tracing(format: LogFormat, verbosity: u8) {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
-    let backend_config = cfg.backend_config();
+    let mut backend_config = cfg.backend_config();
+    if cfg.dry_run {
+        // --dry-run touches nothing, not even the iptables tools that `auto` would run; the
+        // printed input is the same for both variants.
+        backend_config.iptables_variant =
+            backends::iptables::VariantChoice::Fixed(backends::iptables::Variant::Nft);
+    }
     if cfg.cleanup {
         return cleanup(&backend_config);
     }

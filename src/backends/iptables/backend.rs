@@ -294,7 +294,11 @@ impl Backend for IptablesBackend {
         );
         for (family, rules) in compile(plans, node, &self.config) {
             let input = adopt::plan(&rules, &Default::default());
-            out.push_str(&format!("# {}\n{input}", self.variant.restore(family)));
+            let program = match family {
+                IpFamily::V4 => "iptables-restore",
+                IpFamily::V6 => "ip6tables-restore",
+            };
+            out.push_str(&format!("# {program}\n{input}"));
         }
         out
     }
