@@ -13,6 +13,8 @@ pub mod leftovers;
 pub mod nft;
 pub mod pending;
 pub mod process;
+#[cfg(test)]
+pub(crate) mod random_world;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

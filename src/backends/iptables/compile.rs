@@ -11,11 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
+pub use super::fixed::{compile_fixed, masq_mark};
 use super::names::{self, PortChain};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::{Planned, Targets};
 use crate::model::{Endpoint, IpFamily, Protocol, ServicePortName};
-use crate::node::{NodeFacts, NodePortAddresses};
+use crate::node::NodeFacts;
 
 /// The tables kproxy writes, in the order they are restored: nat first, so that traffic a
 /// change starts to DNAT is never caught by a filter rule that is about to go.
@@ -82,16 +83,6 @@ pub struct FamilyRules {
     pub ports: BTreeMap<ServicePortName, PortRules>,
 }
 
-/// The masquerade mark: `--iptables-masquerade-bit`, upstream's 14 (0x4000) by default.
-pub fn masq_mark(config: &BackendConfig) -> String {
-    format!("{:#x}", 1u32 << config.masquerade_bit.unwrap_or(14).min(31))
-}
-
-/// Classic BPF for `-m bpf`: the packet's source address equals its destination (after DNAT,
-/// in POSTROUTING: a pod reached itself through a Service). Offsets are from the IP header.
-const HAIRPIN_V4: &str = "6,32 0 0 12,7 0 0 0,32 0 0 16,29 0 1 0,6 0 0 1,6 0 0 0";
-const HAIRPIN_V6: &str = "18,32 0 0 8,7 0 0 0,32 0 0 24,29 0 13 0,32 0 0 12,7 0 0 0,32 0 0 28,29 0 9 0,32 0 0 16,7 0 0 0,32 0 0 32,29 0 5 0,32 0 0 20,7 0 0 0,32 0 0 36,29 0 1 0,6 0 0 1,6 0 0 0";
-
 /// Every family's ruleset for `plans`.
 pub fn compile(
     plans: &Plans,
@@ -112,107 +103,8 @@ pub fn compile(
         .collect()
 }
 
-/// The fixed chains and hooks of one family.
-pub fn compile_fixed(family: IpFamily, node: &NodeFacts, config: &BackendConfig) -> Fixed {
-    use Table::{Filter, Nat};
-    let localhost = family == IpFamily::V4 && config.localhost_nodeports;
-    let nodeports = nodeport_matches(family, node, localhost);
-    let mut services = vec![format!("-j {}", names::PORTALS)];
-    services.extend(
-        nodeports
-            .iter()
-            .map(|m| format!("{m} -j {}", names::NODEPORTS)),
-    );
-    let mut filter = Vec::new();
-    if localhost {
-        // route_localnet lets 127.0.0.0/8 leave the loopback interface; never let anything
-        // from outside reach the node's loopback services because of it (upstream's rule).
-        filter.push("-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP".to_string());
-    }
-    filter.push(format!("-m conntrack --ctstate NEW -j {}", names::REJECTS));
-    filter.extend(nodeports.iter().map(|m| {
-        format!(
-            "{m} -m conntrack --ctstate NEW -j {}",
-            names::NODEPORT_REJECTS
-        )
-    }));
-    let mark = masq_mark(config);
-    let hairpin = match family {
-        IpFamily::V4 => HAIRPIN_V4,
-        IpFamily::V6 => HAIRPIN_V6,
-    };
-    let chains = vec![
-        (Nat, names::SERVICES, services),
-        (Nat, names::PORTALS, vec![]),
-        (Nat, names::NODEPORTS, vec![]),
-        (
-            Nat,
-            names::MARK_MASQ,
-            vec![format!("-j MARK --or-mark {mark}")],
-        ),
-        (
-            Nat,
-            names::POSTROUTING,
-            vec![
-                format!("-m conntrack --ctstate DNAT -m bpf --bytecode \"{hairpin}\" -m comment --comment \"hairpin: a pod reaching itself through a Service\" -j MASQUERADE --random-fully"),
-                format!("-m mark ! --mark {mark}/{mark} -j RETURN"),
-                format!("-j MARK --xor-mark {mark}"),
-                "-m comment --comment \"kproxy service traffic requiring SNAT\" -j MASQUERADE --random-fully".to_string(),
-            ],
-        ),
-        (Nat, names::CANARY, vec!["-j RETURN".to_string()]),
-        (Filter, names::FILTER, filter),
-        (Filter, names::REJECTS, vec![]),
-        (Filter, names::NODEPORT_REJECTS, vec![]),
-        (Filter, names::CANARY, vec!["-j RETURN".to_string()]),
-    ];
-    let portals = format!(
-        "-m comment --comment \"kproxy service portals\" -j {}",
-        names::SERVICES
-    );
-    let filter_hook = format!(
-        "-m comment --comment \"kproxy filter rules\" -j {}",
-        names::FILTER
-    );
-    let hooks = vec![
-        (Nat, "PREROUTING", portals.clone()),
-        (Nat, "OUTPUT", portals),
-        (
-            Nat,
-            "POSTROUTING",
-            format!(
-                "-m comment --comment \"kproxy postrouting rules\" -j {}",
-                names::POSTROUTING
-            ),
-        ),
-        (Filter, "INPUT", filter_hook.clone()),
-        (Filter, "FORWARD", filter_hook.clone()),
-        (Filter, "OUTPUT", filter_hook),
-    ];
-    Fixed { chains, hooks }
-}
-
-/// The destination matches under which a packet is for a NodePort. With every local address
-/// (the default), upstream's `addrtype LOCAL` (so addresses added later count at once); the
-/// loopback range only for IPv4 with localhost NodePorts on. Otherwise one match per address.
-fn nodeport_matches(family: IpFamily, node: &NodeFacts, localhost: bool) -> Vec<String> {
-    match &node.nodeport_addresses {
-        NodePortAddresses::All => vec![match (family, localhost) {
-            (IpFamily::V4, true) => "-m addrtype --dst-type LOCAL".to_string(),
-            (IpFamily::V4, false) => "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL".to_string(),
-            (IpFamily::V6, _) => "! -d ::1/128 -m addrtype --dst-type LOCAL".to_string(),
-        }],
-        _ => node
-            .nodeport_ips
-            .iter()
-            .filter(|ip| IpFamily::of(ip) == family && (localhost || !ip.is_loopback()))
-            .map(|ip| format!("-d {}", host(ip)))
-            .collect(),
-    }
-}
-
 /// `10.0.0.1/32`, `fd00::1/128`: how iptables-save prints a single address.
-fn host(ip: &IpAddr) -> String {
+pub(super) fn host(ip: &IpAddr) -> String {
     match ip {
         IpAddr::V4(ip) => format!("{ip}/32"),
         IpAddr::V6(ip) => format!("{ip}/128"),
@@ -381,6 +273,28 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
     let Some(external) = external else {
         return out;
     };
+    // The filter verdict for external destinations that nat did not DNAT. Under eTP=Local,
+    // pods and the node may deserve another verdict than external clients (their cluster-wide
+    // targets can be empty in this family while external traffic is dropped): then the
+    // verdict is a filter chain that tells them apart, as nat's external chain does.
+    let from_local_verdict = from_local
+        .as_ref()
+        .filter(|_| from_local_chain.is_none())
+        .and_then(|t| reject(t));
+    let ext_verdict = match (reject(&external), from_local_verdict) {
+        (Some(ext), Some(local)) if ext != local => {
+            let chain = names::port_chain(PortChain::Ext, name);
+            let mut rules: Vec<String> = cidrs
+                .iter()
+                .map(|c| format!("-s {c} -p {pr} {local}"))
+                .collect();
+            rules.push(format!("-p {pr} -m addrtype --src-type LOCAL {local}"));
+            rules.push(ext);
+            out.chains.insert((Table::Filter, chain.clone()), rules);
+            Some(format!("-j {chain}"))
+        }
+        (ext, _) => ext,
+    };
     // externalIPs, and LoadBalancer IPs without source ranges.
     let firewalled = !p.load_balancer_source_ranges.is_empty();
     let open: Vec<(IpAddr, &str)> = in_family(&p.external_ips)
@@ -399,45 +313,47 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
             out.dispatch
                 .insert((Table::Nat, names::PORTALS, format!("{m} -j {c}")));
         }
-        if let Some(r) = reject(&external) {
+        if let Some(v) = &ext_verdict {
             out.dispatch
-                .insert((Table::Filter, names::REJECTS, format!("{m} {r}")));
+                .insert((Table::Filter, names::REJECTS, format!("{m} {v}")));
         }
     }
     // Firewalled LoadBalancer IPs: allowed sources enter the external chain in nat; whatever
-    // was not DNATed there is dropped in filter (and rejected, for allowed sources, when the
-    // Service has no endpoints), as upstream's KUBE-FW-* and KUBE-PROXY-FIREWALL do.
+    // was not DNATed there is dropped in filter, as upstream's KUBE-FW-* and
+    // KUBE-PROXY-FIREWALL do. When the allowed sources deserve another verdict (the Service
+    // has no endpoints: reject), a filter chain of the same name tells them apart.
     if firewalled {
         let ranges: Vec<_> = p
             .load_balancer_source_ranges
             .iter()
             .filter(|r| IpFamily::of(&r.addr()) == family)
             .collect();
-        let fw = ext_chain
-            .as_ref()
-            .filter(|_| !ranges.is_empty())
-            .map(|ext| {
-                let chain = names::port_chain(PortChain::Fw, name);
-                let rules = ranges.iter().map(|r| format!("-s {r} -j {ext}")).collect();
-                out.chains.insert((Table::Nat, chain.clone()), rules);
-                chain
-            });
-        for lb in in_family(&p.load_balancer_ips) {
-            let m = vip(&lb, "loadbalancer IP");
-            if let Some(c) = &fw {
-                out.dispatch
-                    .insert((Table::Nat, names::PORTALS, format!("{m} -j {c}")));
+        let chain = names::port_chain(PortChain::Fw, name);
+        if let Some(ext) = ext_chain.as_ref().filter(|_| !ranges.is_empty()) {
+            let rules = ranges.iter().map(|r| format!("-s {r} -j {ext}")).collect();
+            out.chains.insert((Table::Nat, chain.clone()), rules);
+        }
+        let verdict = match ext_verdict.as_deref() {
+            Some(v) if v != "-j DROP" && !ranges.is_empty() => {
+                let mut rules: Vec<String> = ranges
+                    .iter()
+                    .map(|r| format!("-s {r} -p {pr} {v}"))
+                    .collect();
+                rules.push("-j DROP".into());
+                out.chains.insert((Table::Filter, chain.clone()), rules);
+                format!("-j {chain}")
             }
-            if let (Some(r), Targets::Reject) = (reject(&external), &external) {
-                for range in &ranges {
-                    let allowed = format!("-s {range} {m} {r}");
-                    out.dispatch
-                        .insert((Table::Filter, names::REJECTS, allowed));
-                }
+            _ => "-j DROP".into(),
+        };
+        for lb in in_family(&p.load_balancer_ips) {
+            if out.chains.contains_key(&(Table::Nat, chain.clone())) {
+                let m = vip(&lb, "loadbalancer IP");
+                out.dispatch
+                    .insert((Table::Nat, names::PORTALS, format!("{m} -j {chain}")));
             }
             let fm = vip(&lb, "loadbalancer IP firewall");
             out.dispatch
-                .insert((Table::Filter, names::REJECTS, format!("{fm} -j DROP")));
+                .insert((Table::Filter, names::REJECTS, format!("{fm} {verdict}")));
         }
     }
     // NodePorts.
@@ -447,9 +363,9 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
             out.dispatch
                 .insert((Table::Nat, names::NODEPORTS, format!("{m} -j {c}")));
         }
-        if let Some(r) = reject(&external) {
+        if let Some(v) = &ext_verdict {
             out.dispatch
-                .insert((Table::Filter, names::NODEPORT_REJECTS, format!("{m} {r}")));
+                .insert((Table::Filter, names::NODEPORT_REJECTS, format!("{m} {v}")));
         }
     }
     out

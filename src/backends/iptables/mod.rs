@@ -10,6 +10,7 @@
 pub mod adopt;
 pub mod backend;
 pub mod compile;
+pub mod fixed;
 pub mod names;
 pub mod probe;
 pub mod restore;
@@ -20,5 +21,9 @@ pub use variant::{Variant, VariantChoice};
 
 #[cfg(test)]
 mod backend_tests;
+#[cfg(test)]
+mod fake_kernel;
+#[cfg(test)]
+mod fake_kernel_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,403 @@
+//! A long randomized (seeded, deterministic) sequence of Service and endpoint additions,
+//! changes and removals applied to `FakeIptables` (one per family) as the backend's partial
+//! syncs apply them (`compile_port` + `diff_partial` against a `Mirror` updated as
+//! `IptablesBackend::sync_partial` updates it), and in parallel as full syncs (`diff_full`),
+//! checked after every step: every restore is accepted, both end where a fresh load of the
+//! plans does, and the changed Services' packets reach what the plans say; every 25 steps all
+//! Services' packets, a full sync's diff against the partial syncs' mirror (empty), and a
+//! restart's adoption over the partially synced fake (exactly a fresh load).
+//!
+//! Invariants: the generator is shared with the nftables test (`backends::random_world`: only what
+//! the API server accepts, every VIP, NodePort and port number unique), with ClientIP affinity
+//! in both families; states compare as `save()` text with the rules of the four dispatch
+//! chains as a set, because a partial sync appends a port's dispatch rules where a fresh load
+//! writes them in name order (each rule of these chains matches its own VIP or NodePort, and
+//! the traces, compared with a fresh load's, check that the order changes nothing); `Rng` is
+//! a 64-bit xorshift, so a failure replays from its step number.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::backends::random_world::{Rng, Svc, build};
+use std::process::Command;
+
+use super::super::adopt;
+use super::super::compile::{compile, compile_port};
+use super::super::fake_kernel::{FakeIptables, Fate, Packet};
+use super::super::restore::{Mirror, diff_full, diff_partial};
+use super::{expected, probes};
+use crate::backends::iptables::variant::Variant;
+use crate::backends::nft::tests::node;
+use crate::backends::nft::transport::tests::Netns;
+use crate::backends::process::run_piped;
+use crate::backends::{BackendConfig, Plans};
+use crate::model::{IpFamily, ServicePort, ServicePortName};
+
+const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+const STEPS: usize = 300;
+/// The dispatch chains, whose rules compare as a set.
+const DISPATCH: [&str; 4] = [
+    "KPROXY-PORTALS",
+    "KPROXY-NODEPORTS",
+    "KPROXY-REJECTS",
+    "KPROXY-NODEPORT-REJECTS",
+];
+
+/// Pod CIDRs in both families, so pod traffic is recognised in both; localhost NodePorts on.
+fn random_config() -> BackendConfig {
+    BackendConfig {
+        cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap(), "fd10::/64".parse().unwrap()],
+        localhost_nodeports: true,
+        ..crate::backends::nft::tests::config()
+    }
+}
+
+/// The fakes a backend drives and its mirrors.
+struct Driven {
+    fakes: BTreeMap<IpFamily, FakeIptables>,
+    mirrors: BTreeMap<IpFamily, Mirror>,
+    /// Every restore input accepted, in order.
+    log: Vec<(IpFamily, String)>,
+}
+
+/// A fresh load, as `adopt_and_load` does it on a host without kproxy's chains.
+fn load(plans: &Plans, cfg: &BackendConfig) -> Driven {
+    let mut d = Driven {
+        fakes: BTreeMap::new(),
+        mirrors: BTreeMap::new(),
+        log: Vec::new(),
+    };
+    for (family, rules) in compile(plans, &node(), cfg) {
+        let mut fake = FakeIptables::new(family);
+        let input = adopt::plan(&rules, &Default::default()).to_string();
+        if let Err(e) = fake.restore(&input) {
+            panic!("the fake refused a fresh load: {e}\n{input}");
+        }
+        d.fakes.insert(family, fake);
+        d.log.push((family, input));
+        let mirror = Mirror {
+            fixed: Some(rules.fixed),
+            ports: rules.ports,
+        };
+        d.mirrors.insert(family, mirror);
+    }
+    d
+}
+
+/// `IptablesBackend::sync_partial` without the processes: returns the restore lines.
+fn sync_partial(
+    d: &mut Driven,
+    plans: &Plans,
+    changed: &BTreeSet<ServicePortName>,
+    cfg: &BackendConfig,
+) -> Result<usize, String> {
+    let mut lines = 0;
+    for family in IpFamily::ALL {
+        let desired: BTreeMap<_, _> = changed
+            .iter()
+            .filter_map(|name| {
+                let rules = compile_port(plans.get(name)?, family, cfg);
+                (!rules.is_empty()).then(|| (name.clone(), rules))
+            })
+            .collect();
+        let input = diff_partial(&d.mirrors[&family], &desired, changed);
+        if !input.is_empty() {
+            let text = input.to_string();
+            let fake = d.fakes.get_mut(&family).expect("loaded");
+            fake.restore(&text)
+                .map_err(|e| format!("{}: {e}\n{text}", family.as_str()))?;
+            lines += input.len();
+            d.log.push((family, text));
+        }
+        let mirror = d.mirrors.get_mut(&family).expect("loaded");
+        for name in changed {
+            mirror.ports.remove(name);
+        }
+        mirror.ports.extend(desired);
+    }
+    Ok(lines)
+}
+
+/// `IptablesBackend::sync_full` after the first (no adoption): the diff against the mirror.
+fn sync_full(d: &mut Driven, plans: &Plans, cfg: &BackendConfig) -> Result<(), String> {
+    for (family, rules) in compile(plans, &node(), cfg) {
+        let input = diff_full(&d.mirrors[&family], &rules);
+        if !input.is_empty() {
+            let text = input.to_string();
+            let fake = d.fakes.get_mut(&family).expect("loaded");
+            fake.restore(&text)
+                .map_err(|e| format!("{}: {e}\n{text}", family.as_str()))?;
+        }
+        let mirror = Mirror {
+            fixed: Some(rules.fixed),
+            ports: rules.ports,
+        };
+        d.mirrors.insert(family, mirror);
+    }
+    Ok(())
+}
+
+/// A restart: adoption reads `save()` and rewrites every chain; the result must be exactly a
+/// fresh load, dispatch rules in order included.
+#[track_caller]
+fn assert_restart_adopts_into_a_fresh_load(
+    d: &Driven,
+    fresh: &Driven,
+    plans: &Plans,
+    context: &str,
+) {
+    for (family, rules) in compile(plans, &node(), &random_config()) {
+        let mut fake = d.fakes[&family].clone();
+        let plan = adopt::plan(&rules, &adopt::parse_save(&fake.save()));
+        if let Err(e) = fake.restore(&plan.to_string()) {
+            panic!("{context}: the fake refused the adoption: {e}\n{plan}");
+        }
+        assert_eq!(
+            fake.save(),
+            fresh.fakes[&family].save(),
+            "{context}: after adoption:\n{plan}"
+        );
+    }
+}
+
+/// `save()` with the dispatch chains' rules sorted.
+fn canonical(save: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = save.lines().collect();
+    fn chain_of(l: &str) -> Option<&str> {
+        l.strip_prefix("-A ").and_then(|r| r.split(' ').next())
+    }
+    let mut i = 0;
+    while i < lines.len() {
+        let chain = chain_of(lines[i]);
+        let end = (i + 1..lines.len())
+            .find(|j| chain_of(lines[*j]) != chain)
+            .unwrap_or(lines.len());
+        if chain.is_some_and(|c| DISPATCH.contains(&c)) {
+            lines[i..end].sort_unstable();
+        }
+        i = end;
+    }
+    lines
+}
+
+#[track_caller]
+fn assert_same_state(got: &Driven, fresh: &Driven, context: &str) {
+    for family in IpFamily::ALL {
+        let (g, f) = (got.fakes[&family].save(), fresh.fakes[&family].save());
+        let (g, f) = (canonical(&g), canonical(&f));
+        if g != f {
+            let minus = g.iter().filter(|l| !f.contains(l)).take(10);
+            let plus = f.iter().filter(|l| !g.contains(l)).take(10);
+            let diff: Vec<String> = (minus.map(|l| format!("- {l}")))
+                .chain(plus.map(|l| format!("+ {l}")))
+                .collect();
+            panic!(
+                "{context}: {} differs from a fresh load (- partial syncs, + fresh):\n{}",
+                family.as_str(),
+                diff.join("\n")
+            );
+        }
+    }
+}
+
+/// Every probe reaches in `got` what the plans say, and the same as in `fresh`.
+#[track_caller]
+fn assert_probes(got: &Driven, fresh: &Driven, plans: &Plans, probes: &[Packet], context: &str) {
+    let cfg = random_config();
+    for p in probes {
+        let family = IpFamily::of(&p.dst);
+        let (out, again) = (got.fakes[&family].trace(p), fresh.fakes[&family].trace(p));
+        let want = expected(plans, &cfg, p);
+        let got_fates = out.fates();
+        let close = |a: &BTreeMap<Fate, f64>, b: &BTreeMap<Fate, f64>| {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(f, pr)| b.get(f).is_some_and(|q| (q - pr).abs() < 1e-6))
+        };
+        assert!(
+            close(&got_fates, &want),
+            "{context}: {p:?}\n  takes\n{out}  but the plans say {want:?}\n{}",
+            plans_of(plans, p)
+        );
+        assert!(
+            close(&got_fates, &again.fates()),
+            "{context}: {p:?}\n  takes\n{out}  but after a fresh load\n{again}"
+        );
+        let total: f64 = out.paths.iter().map(|p| p.probability).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{context}: {p:?}\n{out}");
+    }
+}
+
+/// The plans of the Services `p` is for, for failure messages.
+fn plans_of(plans: &Plans, p: &Packet) -> String {
+    let relevant = plans.values().filter(|pl| {
+        let port = &pl.port;
+        let vips = port.cluster_ips.iter().chain(&port.external_ips);
+        let vip = vips.chain(&port.load_balancer_ips).any(|v| *v == p.dst);
+        (vip && port.port == p.dport) || port.node_port == Some(p.dport)
+    });
+    relevant.map(|pl| format!("{pl:#?}\n")).collect()
+}
+
+#[test]
+fn random_partial_and_full_syncs_end_where_a_fresh_load_does_and_packets_reach_what_the_plans_say()
+{
+    random_sequence(STEPS);
+}
+
+/// Every restore the fake accepted along a random sequence, real iptables-restore (nft and
+/// legacy) accepts too, and each ends with the fake's rules, chain by chain in order (root
+/// only, in throwaway namespaces).
+#[test]
+fn live_iptables_accepts_every_restore_of_a_random_sequence_and_ends_where_the_fake_does() {
+    let driven = random_sequence(60);
+    for variant in [Variant::Nft, Variant::Legacy] {
+        let Some(ns) = Netns::new() else { return };
+        for (i, (family, text)) in driven.log.iter().enumerate() {
+            let mut cmd = Command::new("ip");
+            let restore = variant.restore(*family);
+            cmd.args(["netns", "exec", &ns.name, &restore, "-w", "5", "--noflush"]);
+            let out = run_piped(cmd, Some(text)).expect("ip netns exec");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "{restore} refused restore {i}, which the fake accepted: {stderr}\n{text}"
+            );
+        }
+        for family in IpFamily::ALL {
+            let real = ns.run(&[&variant.save(family)]);
+            let fake = driven.fakes[&family].save();
+            assert_eq!(
+                rules_by_chain(&real),
+                rules_by_chain(&fake),
+                "{}:\n{real}",
+                variant.as_str()
+            );
+        }
+    }
+}
+
+/// An iptables-save listing as (table, chain) → its rules in order.
+fn rules_by_chain(save: &str) -> BTreeMap<(String, String), Vec<&str>> {
+    let mut out: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+    let mut table = String::new();
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_string();
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let chain = decl.split(' ').next().unwrap_or_default();
+            out.entry((table.clone(), chain.to_string())).or_default();
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let (chain, args) = rule.split_once(' ').unwrap_or((rule, ""));
+            out.entry((table.clone(), chain.to_string()))
+                .or_default()
+                .push(args);
+        }
+    }
+    out
+}
+
+/// Runs `steps` random steps with every check; returns what the partial syncs drove.
+fn random_sequence(steps: usize) -> Driven {
+    let cfg = random_config();
+    let mut rng = Rng(SEED);
+    let mut world: BTreeMap<u32, Svc> = (0..12).map(|id| (id, Svc::random(id, &mut rng))).collect();
+    let mut next_id = 12;
+    let mut plans = build(&world);
+    let mut driven = load(&plans, &cfg);
+    let mut full = load(&plans, &cfg);
+    let (mut total_lines, mut traced) = (0, 0);
+    let mut outcomes: BTreeSet<&'static str> = BTreeSet::new();
+    for step in 0..steps {
+        let mut changed: BTreeSet<ServicePortName> = BTreeSet::new();
+        let mut what = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            let ids: Vec<u32> = world.keys().copied().collect();
+            match rng.below(20) {
+                0 if next_id < 200 => {
+                    let svc = Svc::random(next_id, &mut rng);
+                    changed.extend(svc.names());
+                    world.insert(next_id, svc);
+                    next_id += 1;
+                    what.push("Service added");
+                }
+                1 if ids.len() > 3 => {
+                    let id = rng.pick(&ids);
+                    changed.extend(world.remove(&id).map(|s| s.names()).unwrap_or_default());
+                    what.push("Service deleted");
+                }
+                _ => {
+                    let Some(svc) = world.get_mut(&rng.pick(&ids)) else {
+                        continue;
+                    };
+                    changed.extend(svc.names());
+                    what.push(svc.mutate(&mut rng));
+                    changed.extend(svc.names());
+                }
+            }
+        }
+        let old = std::mem::replace(&mut plans, build(&world));
+        let context = format!("step {step} ({what:?}, changed {changed:?})");
+        match sync_partial(&mut driven, &plans, &changed, &cfg) {
+            Ok(lines) => total_lines += lines,
+            Err(e) => panic!("{context}: the fake refused the partial restore: {e}"),
+        }
+        if let Err(e) = sync_full(&mut full, &plans, &cfg) {
+            panic!("{context}: the fake refused the full sync's restore: {e}");
+        }
+        let fresh = load(&plans, &cfg);
+        assert_same_state(&driven, &fresh, &context);
+        assert_same_state(&full, &fresh, &format!("{context} (full syncs)"));
+        let full_check = step % 25 == 24 || step + 1 == steps;
+        let ports: Vec<&ServicePort> = if full_check {
+            plans.values().map(|p| &p.port).collect()
+        } else {
+            let touched = old
+                .iter()
+                .chain(&plans)
+                .filter(|(n, _)| changed.contains(*n));
+            touched.map(|(_, p)| &p.port).collect()
+        };
+        let probes = probes(ports);
+        assert_probes(&driven, &fresh, &plans, &probes, &context);
+        traced += probes.len();
+        for p in &probes {
+            for fate in driven.fakes[&IpFamily::of(&p.dst)].trace(p).fates().keys() {
+                outcomes.insert(match fate {
+                    Fate::Delivered { to, from } if *from == p.src && to.ip() != p.dst => "DNAT",
+                    Fate::Delivered { to, .. } if to.ip() != p.dst => "DNAT, masqueraded",
+                    Fate::Delivered { .. } => "untouched",
+                    Fate::Dropped { .. } => "dropped",
+                    Fate::Rejected { .. } => "rejected",
+                    Fate::Broken(_) => "broken",
+                });
+            }
+        }
+        if full_check {
+            assert_restart_adopts_into_a_fresh_load(&driven, &fresh, &plans, &context);
+            let desired = compile(&plans, &node(), &cfg);
+            for (family, rules) in &desired {
+                let diff = diff_full(&driven.mirrors[family], rules);
+                assert!(
+                    diff.is_empty(),
+                    "{context}: a full sync after partial ones: {diff}"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{steps} steps, {total_lines} restore lines, {traced} packets traced, {} Services at the end",
+        world.len()
+    );
+    let want = [
+        "DNAT",
+        "DNAT, masqueraded",
+        "dropped",
+        "rejected",
+        "untouched",
+    ];
+    if steps == STEPS {
+        let want = want.into_iter().collect();
+        assert_eq!(outcomes, want, "the sequence covers every fate");
+    }
+    driven
+}

@@ -1,0 +1,986 @@
+//! The iptables backend's rules on a `FakeIptables`: the golden fresh loads traced packet by
+//! packet (load balancing, rejects, traffic policies, source ranges, hairpin, affinity across
+//! ports), adoption over a loaded fake, and the fake's own iptables-restore semantics. The
+//! long randomized sequence of partial syncs (and its replay through real iptables-nft and
+//! iptables-legacy, root only) is in `fake_kernel/random_tests.rs`.
+//!
+//! Invariants: the node is `nft::tests::node()` (`node-a`, 192.168.0.2 / fd00::2) and the
+//! configuration that of the golden files (`iptables_config`); `expected` derives a packet's
+//! fate from the plans alone (never from compile), so traces check compile, diff and the fake
+//! together; every assertion prints the packet's paths when it fails.
+
+#[path = "fake_kernel/random_tests.rs"]
+mod random;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use super::adopt;
+use super::compile::{Table, compile};
+use super::fake_kernel::{FakeIptables, Fate, Outcome, Packet};
+use crate::backends::nft::tests::{add, cluster_ips, config, external, ip, name, node};
+use crate::backends::{BackendConfig, Plans};
+use crate::model::plan::{Plan, Targets};
+use crate::model::{IpFamily, Protocol, ServicePort, ServiceType};
+
+const CLUSTER_IPS: &str = include_str!("golden/cluster_ips.rules");
+const EXTERNAL: &str = include_str!("golden/external.rules");
+
+/// The golden files' configuration.
+fn iptables_config() -> BackendConfig {
+    BackendConfig {
+        localhost_nodeports: true,
+        ..config()
+    }
+}
+
+/// The part of a golden file that is `family`'s restore input.
+fn golden_part(text: &str, family: IpFamily) -> &str {
+    let (v4, v6) = text
+        .strip_prefix("# IPv4\n")
+        .and_then(|t| t.split_once("# IPv6\n"))
+        .expect("a golden file has an IPv4 and an IPv6 part");
+    match family {
+        IpFamily::V4 => v4,
+        IpFamily::V6 => v6,
+    }
+}
+
+/// A fake of `family` that restored `input`.
+fn restored(family: IpFamily, input: &str) -> FakeIptables {
+    let mut fake = FakeIptables::new(family);
+    if let Err(e) = fake.restore(input) {
+        panic!("the fake refused the load: {e}\n{input}");
+    }
+    fake
+}
+
+fn golden(text: &str, family: IpFamily) -> FakeIptables {
+    restored(family, golden_part(text, family))
+}
+
+/// Both families' fakes after a fresh load of `plans` (what `adopt_and_load` restores on a
+/// host without kproxy's chains).
+pub(super) fn fresh(plans: &Plans, cfg: &BackendConfig) -> BTreeMap<IpFamily, FakeIptables> {
+    let rules = compile(plans, &node(), cfg);
+    rules
+        .iter()
+        .map(|(f, r)| {
+            let input = adopt::plan(r, &Default::default()).to_string();
+            (*f, restored(*f, &input))
+        })
+        .collect()
+}
+
+pub(super) fn packet(src: &str, dst: &str, proto: Protocol, dport: u16) -> Packet {
+    Packet {
+        src: ip(src),
+        dst: ip(dst),
+        proto,
+        dport,
+        from_node: false,
+        local: node().local_addresses,
+    }
+}
+
+fn from_node(src: &str, dst: &str, proto: Protocol, dport: u16) -> Packet {
+    Packet {
+        from_node: true,
+        ..packet(src, dst, proto, dport)
+    }
+}
+
+fn to(addr: &str, from: &str) -> Fate {
+    Fate::Delivered {
+        to: addr.parse().unwrap(),
+        from: ip(from),
+    }
+}
+
+fn filter(kind: &str, chain: &str) -> Fate {
+    match kind {
+        "drop" => Fate::Dropped {
+            table: Table::Filter,
+            chain: chain.into(),
+        },
+        with => Fate::Rejected {
+            table: Table::Filter,
+            chain: chain.into(),
+            with: with.into(),
+        },
+    }
+}
+
+/// The packet's fates are exactly `want`, with these probabilities.
+#[track_caller]
+pub(super) fn assert_fates(fake: &FakeIptables, p: &Packet, want: &[(Fate, f64)]) -> Outcome {
+    let out = fake.trace(p);
+    let got = out.fates();
+    let same = got.len() == want.len()
+        && want
+            .iter()
+            .all(|(f, pr)| got.get(f).is_some_and(|g| (g - pr).abs() < 1e-6));
+    assert!(same, "{p:?}\n  takes\n{out}  but should {want:?}");
+    out
+}
+
+/// What the plans say happens to `p`, from the plans alone (README "The path of a packet"):
+/// ClusterIPs go to the internal targets, masqueraded from outside the cluster CIDR; external
+/// destinations to the external targets, or for pods and the node under eTP=Local to the
+/// cluster-wide ones; firewalled LoadBalancer IPs drop other sources; a pod reaching itself is
+/// masqueraded; without usable endpoints the verdict is rejected or dropped in filter.
+pub(super) fn expected(plans: &Plans, cfg: &BackendConfig, p: &Packet) -> BTreeMap<Fate, f64> {
+    let family = IpFamily::of(&p.dst);
+    let own = |a: &IpAddr| IpFamily::of(a) == family && !a.is_loopback();
+    let node_addr = *p.local.iter().find(|a| own(a)).expect("a node address");
+    let cidrs: Vec<_> = cfg
+        .cluster_cidrs
+        .iter()
+        .filter(|c| IpFamily::of(&c.addr()) == family)
+        .collect();
+    let from_pod = cidrs.iter().any(|c| c.contains(&p.src));
+    let src_local = p.src.is_loopback() || p.local.contains(&p.src);
+    let one = |fate: Fate| BTreeMap::from([(fate, 1.0)]);
+    let reject = |chain: &str| match (p.proto, family) {
+        (Protocol::Tcp, _) => filter("tcp-reset", chain),
+        (_, IpFamily::V4) => filter("icmp-port-unreachable", chain),
+        (_, IpFamily::V6) => filter("icmp6-port-unreachable", chain),
+    };
+    let go = |targets: &Targets, masq: bool, chain: &str| match targets {
+        Targets::Endpoints(eps) => {
+            let eps: Vec<_> = eps
+                .iter()
+                .filter(|e| IpFamily::of(&e.ip) == family)
+                .collect();
+            if eps.is_empty() {
+                return one(reject(chain));
+            }
+            let mut out = BTreeMap::new();
+            for e in &eps {
+                let from = if masq || e.ip == p.src {
+                    node_addr
+                } else {
+                    p.src
+                };
+                let fate = Fate::Delivered {
+                    to: SocketAddr::new(e.ip, e.port),
+                    from,
+                };
+                *out.entry(fate).or_insert(0.0) += 1.0 / eps.len() as f64;
+            }
+            out
+        }
+        Targets::Reject => one(reject(chain)),
+        Targets::Drop => one(filter("drop", chain)),
+    };
+    let external = |plan: &Plan, ext: &Targets, chain: &str| match &plan.external_from_local {
+        Some(local) if from_pod => go(local, plan.masquerade_external, chain),
+        Some(local) if src_local => go(local, true, chain),
+        _ => go(ext, plan.masquerade_external, chain),
+    };
+    for planned in plans.values() {
+        let (port, plan) = (&planned.port, &planned.plan);
+        if port.name.protocol != p.proto || port.port != p.dport {
+            continue;
+        }
+        if port.cluster_ips.contains(&p.dst) {
+            let masq = cfg.masquerade_all || cidrs.first().is_some_and(|c| !c.contains(&p.src));
+            return go(&plan.internal, masq, "KPROXY-REJECTS");
+        }
+        let Some(ext) = &plan.external else { continue };
+        let lb = port.load_balancer_ips.contains(&p.dst);
+        if !lb && !port.external_ips.contains(&p.dst) {
+            continue;
+        }
+        let ranges = &port.load_balancer_source_ranges;
+        if lb && !ranges.is_empty() && !ranges.iter().any(|r| r.contains(&p.src)) {
+            return one(filter("drop", "KPROXY-REJECTS"));
+        }
+        return external(plan, ext, "KPROXY-REJECTS");
+    }
+    let localhost = family == IpFamily::V4 && cfg.localhost_nodeports && p.dst.is_loopback();
+    if p.local.contains(&p.dst) || localhost {
+        for planned in plans.values() {
+            let (port, plan) = (&planned.port, &planned.plan);
+            let in_family = port.cluster_ips.iter().any(|c| IpFamily::of(c) == family);
+            if port.node_port == Some(p.dport)
+                && port.name.protocol == p.proto
+                && in_family
+                && let Some(ext) = &plan.external
+            {
+                return external(plan, ext, "KPROXY-NODEPORT-REJECTS");
+            }
+        }
+    }
+    one(Fate::Delivered {
+        to: SocketAddr::new(p.dst, p.dport),
+        from: p.src,
+    })
+}
+
+/// Sources per family: an allowed external client, a disallowed one, a pod, the node.
+pub(super) fn sources(family: IpFamily) -> [(&'static str, bool); 4] {
+    match family {
+        IpFamily::V4 => [
+            ("203.0.113.9", false),
+            ("198.51.100.200", false),
+            ("10.0.5.5", false),
+            ("192.168.0.2", true),
+        ],
+        IpFamily::V6 => [
+            ("2001:db8:ffff::9", false),
+            ("2001:db8:eeee::9", false),
+            ("fd10::99", false),
+            ("fd00::2", true),
+        ],
+    }
+}
+
+/// Packets to every VIP port and NodePort of `plans` (and to the next port, which may be no
+/// Service) from every kind of source, and from the node to its localhost NodePorts.
+pub(super) fn probes<'a>(plans: impl IntoIterator<Item = &'a ServicePort>) -> Vec<Packet> {
+    let mut dests = Vec::new();
+    for p in plans {
+        let proto = p.name.protocol;
+        let vips = p.cluster_ips.iter().chain(&p.external_ips);
+        for vip in vips.chain(&p.load_balancer_ips) {
+            dests.push((*vip, proto, p.port));
+            dests.push((*vip, proto, p.port.wrapping_add(1)));
+        }
+        if let Some(np) = p.node_port {
+            for addr in node().local_addresses {
+                dests.push((addr, proto, np));
+                dests.push((addr, proto, np.wrapping_add(1)));
+            }
+        }
+    }
+    dests.sort();
+    dests.dedup();
+    let mut out = Vec::new();
+    for (dst, proto, dport) in dests {
+        let family = IpFamily::of(&dst);
+        for (src, from_node) in sources(family) {
+            let mut p = packet(src, &dst.to_string(), proto, dport);
+            p.from_node = from_node;
+            out.push(p);
+        }
+        if family == IpFamily::V4 && node().local_addresses.contains(&dst) {
+            out.push(from_node("127.0.0.1", "127.0.0.1", proto, dport));
+        }
+    }
+    out
+}
+
+/// Every probe of `plans` reaches in `fakes` what the plans say.
+#[track_caller]
+pub(super) fn assert_probes_match_plans(
+    fakes: &BTreeMap<IpFamily, FakeIptables>,
+    plans: &Plans,
+    cfg: &BackendConfig,
+    probes: &[Packet],
+    context: &str,
+) {
+    for p in probes {
+        let want = expected(plans, cfg, p);
+        let want: Vec<(Fate, f64)> = want.into_iter().collect();
+        let fake = &fakes[&IpFamily::of(&p.dst)];
+        let out = fake.trace(p);
+        let got = out.fates();
+        let same = got.len() == want.len()
+            && want
+                .iter()
+                .all(|(f, pr)| got.get(f).is_some_and(|g| (g - pr).abs() < 1e-6));
+        assert!(
+            same,
+            "{context}: {p:?}\n  takes\n{out}  but the plans say {want:?}"
+        );
+    }
+}
+
+#[test]
+fn the_golden_fresh_loads_are_accepted_and_hold_every_rule_they_write() {
+    for text in [CLUSTER_IPS, EXTERNAL] {
+        for family in IpFamily::ALL {
+            let input = golden_part(text, family);
+            let fake = restored(family, input);
+            let written = input
+                .lines()
+                .filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
+                .count();
+            let saved = fake.save();
+            assert_eq!(saved.matches("\n-A ").count(), written, "{saved}");
+            // The hooks are the only rules of the built-in chains, each the first.
+            for (table, chain) in [(Table::Nat, "PREROUTING"), (Table::Filter, "FORWARD")] {
+                let rules = fake.rules(table, chain).unwrap();
+                assert_eq!(rules.len(), 1, "{rules:?}");
+                assert!(rules[0].contains("-j KPROXY-"), "{rules:?}");
+            }
+            // The same input again is accepted (every chain is declared, so flushed, first)
+            // but inserts the hooks twice: why a restart adopts instead.
+            let mut again = fake.clone();
+            again.restore(input).unwrap();
+            assert_ne!(
+                again.save(),
+                saved,
+                "a second blind load duplicates the hooks"
+            );
+        }
+    }
+    assert_eq!(
+        golden_part(CLUSTER_IPS, IpFamily::V4),
+        adopt::plan(
+            &compile(&cluster_ips(), &node(), &iptables_config())[&IpFamily::V4],
+            &Default::default()
+        )
+        .to_string(),
+        "the golden file is the fresh load of the fixtures (tests::cluster_ips_compile_to_…)"
+    );
+}
+
+#[test]
+fn every_probe_of_the_golden_plans_reaches_what_the_plans_say() {
+    for (text, plans) in [(CLUSTER_IPS, cluster_ips()), (EXTERNAL, external())] {
+        let fakes: BTreeMap<_, _> = IpFamily::ALL
+            .into_iter()
+            .map(|f| (f, golden(text, f)))
+            .collect();
+        let probes = probes(plans.values().map(|p| &p.port));
+        assert!(probes.len() >= 24, "{}", probes.len());
+        assert_probes_match_plans(&fakes, &plans, &iptables_config(), &probes, "golden");
+    }
+}
+
+#[test]
+fn clusterip_traffic_from_a_pod_reaches_each_endpoint_with_probability_one_in_n() {
+    let v4 = golden(CLUSTER_IPS, IpFamily::V4);
+    let third = 1.0 / 3.0;
+    let p = packet("10.0.5.5", "10.96.0.10", Protocol::Tcp, 80);
+    let out = assert_fates(
+        &v4,
+        &p,
+        &[
+            (to("10.0.1.1:8080", "10.0.5.5"), third),
+            (to("10.0.2.1:8080", "10.0.5.5"), third),
+            (to("10.0.3.1:8080", "10.0.5.5"), third),
+        ],
+    );
+    assert_eq!(out.paths.len(), 3, "one path per DNAT rule:\n{out}");
+    assert!(
+        out.paths[0]
+            .via
+            .iter()
+            .any(|c| c.starts_with("nat KPROXY-SVC-"))
+    );
+    // The node's own traffic (outside the cluster CIDR) is masqueraded to its address.
+    let p = from_node("192.168.0.2", "10.96.0.10", Protocol::Tcp, 80);
+    assert!(
+        (v4.trace(&p).probability(
+            |f| matches!(f, Fate::Delivered { from, .. } if *from == ip("192.168.0.2"))
+        ) - 1.0)
+            .abs()
+            < 1e-9
+    );
+    let v6 = golden(CLUSTER_IPS, IpFamily::V6);
+    let p = packet("fd10::99", "fd96::10", Protocol::Tcp, 80);
+    assert_fates(
+        &v6,
+        &p,
+        &[
+            (to("[fd10::1]:8080", "fd10::99"), 0.5),
+            (to("[fd10::2]:8080", "fd10::99"), 0.5),
+        ],
+    );
+    // The wrong port is no Service: delivered untouched.
+    let p = packet("10.0.5.5", "10.96.0.10", Protocol::Tcp, 81);
+    assert_fates(&v4, &p, &[(to("10.96.0.10:81", "10.0.5.5"), 1.0)]);
+}
+
+#[test]
+fn a_service_without_endpoints_is_rejected_in_filter_tcp_with_a_reset() {
+    let v4 = golden(CLUSTER_IPS, IpFamily::V4);
+    let p = packet("10.0.5.5", "10.96.0.53", Protocol::Udp, 53);
+    let rejected = filter("icmp-port-unreachable", "KPROXY-REJECTS");
+    assert_fates(&v4, &p, &[(rejected.clone(), 1.0)]);
+    let p = from_node("192.168.0.2", "10.96.0.53", Protocol::Udp, 53);
+    assert_fates(&v4, &p, &[(rejected, 1.0)]);
+
+    let mut plans = Plans::new();
+    let port = ServicePort::cluster_ip(name("empty", "", Protocol::Tcp), ip("10.96.0.9"), 443);
+    add(&mut plans, port, vec![]);
+    let fakes = fresh(&plans, &iptables_config());
+    let p = packet("10.0.5.5", "10.96.0.9", Protocol::Tcp, 443);
+    assert_fates(
+        &fakes[&IpFamily::V4],
+        &p,
+        &[(filter("tcp-reset", "KPROXY-REJECTS"), 1.0)],
+    );
+}
+
+#[test]
+fn an_etp_local_nodeport_from_an_external_host_reaches_only_local_endpoints_keeping_the_source() {
+    let v4 = golden(EXTERNAL, IpFamily::V4);
+    let p = packet("198.51.100.200", "192.168.0.2", Protocol::Tcp, 30443);
+    assert_fates(&v4, &p, &[(to("10.0.1.1:8443", "198.51.100.200"), 1.0)]);
+    // A pod short-circuits to every endpoint, unmasqueraded; the node, masqueraded.
+    let p = packet("10.0.5.5", "192.168.0.2", Protocol::Tcp, 30443);
+    let both = |from| {
+        [
+            (to("10.0.1.1:8443", from), 0.5),
+            (to("10.0.2.1:8443", from), 0.5),
+        ]
+    };
+    assert_fates(&v4, &p, &both("10.0.5.5"));
+    let p = from_node("192.168.0.2", "192.168.0.2", Protocol::Tcp, 30443);
+    assert_fates(&v4, &p, &both("192.168.0.2"));
+    // Localhost NodePorts (route_localnet) are masqueraded off the loopback.
+    let p = from_node("127.0.0.1", "127.0.0.1", Protocol::Tcp, 30443);
+    assert_fates(&v4, &p, &both("192.168.0.2"));
+}
+
+#[test]
+fn an_etp_cluster_nodeport_and_external_ip_are_masqueraded_to_the_nodes_address() {
+    let v4 = golden(EXTERNAL, IpFamily::V4);
+    for dst in ["192.168.0.2", "192.0.2.10"] {
+        let dport = if dst == "192.0.2.10" { 9000 } else { 30900 };
+        let p = packet("198.51.100.200", dst, Protocol::Sctp, dport);
+        assert_fates(&v4, &p, &[(to("10.0.2.5:9000", "192.168.0.2"), 1.0)]);
+    }
+    let p = from_node("127.0.0.1", "127.0.0.1", Protocol::Sctp, 30900);
+    assert_fates(&v4, &p, &[(to("10.0.2.5:9000", "192.168.0.2"), 1.0)]);
+    // Something else on the loopback range is not for outsiders.
+    let p = packet("198.51.100.200", "127.0.0.1", Protocol::Tcp, 22);
+    assert_fates(&v4, &p, &[(filter("drop", "KPROXY-FILTER"), 1.0)]);
+}
+
+#[test]
+fn a_load_balancer_ip_with_source_ranges_admits_an_allowed_source_and_drops_another() {
+    let v4 = golden(EXTERNAL, IpFamily::V4);
+    let p = packet("203.0.113.9", "198.51.100.7", Protocol::Tcp, 443);
+    let out = assert_fates(&v4, &p, &[(to("10.0.1.1:8443", "203.0.113.9"), 1.0)]);
+    assert!(
+        out.paths[0]
+            .via
+            .iter()
+            .any(|c| c.starts_with("nat KPROXY-FW-"))
+    );
+    for src in ["198.51.100.200", "10.0.5.5", "192.168.0.2"] {
+        let mut p = packet(src, "198.51.100.7", Protocol::Tcp, 443);
+        p.from_node = src == "192.168.0.2";
+        let out = v4.trace(&p);
+        assert_eq!(
+            out.only(),
+            Some(&filter("drop", "KPROXY-REJECTS")),
+            "{p:?}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_is_masqueraded_in_both_families() {
+    let v4 = golden(CLUSTER_IPS, IpFamily::V4);
+    let third = 1.0 / 3.0;
+    let p = packet("10.0.1.1", "10.96.0.10", Protocol::Tcp, 80);
+    let out = assert_fates(
+        &v4,
+        &p,
+        &[
+            (to("10.0.1.1:8080", "192.168.0.2"), third),
+            (to("10.0.2.1:8080", "10.0.1.1"), third),
+            (to("10.0.3.1:8080", "10.0.1.1"), third),
+        ],
+    );
+    assert!(
+        out.paths[0]
+            .via
+            .contains(&"nat KPROXY-POSTROUTING".to_string())
+    );
+    let v6 = golden(CLUSTER_IPS, IpFamily::V6);
+    let p = packet("fd10::2", "fd96::10", Protocol::Tcp, 80);
+    assert_fates(
+        &v6,
+        &p,
+        &[
+            (to("[fd10::1]:8080", "fd10::2"), 0.5),
+            (to("[fd10::2]:8080", "fd00::2"), 0.5),
+        ],
+    );
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_endpoint_across_both_ports_of_sticky() {
+    let mut v4 = golden(EXTERNAL, IpFamily::V4);
+    let (client, other) = ("10.0.5.5", "10.0.6.6");
+    let first = packet(client, "10.96.1.3", Protocol::Tcp, 1000);
+    let out = assert_fates(
+        &v4,
+        &first,
+        &[
+            (to("10.0.1.7:1000", client), 0.5),
+            (to("10.0.2.7:1000", client), 0.5),
+        ],
+    );
+    let chosen = out
+        .paths
+        .iter()
+        .find(|p| p.fate == to("10.0.2.7:1000", client))
+        .unwrap();
+    v4.connect(chosen);
+    let second = packet(client, "10.96.1.3", Protocol::Tcp, 2000);
+    assert_fates(&v4, &second, &[(to("10.0.2.7:2000", client), 1.0)]);
+    assert_fates(&v4, &first, &[(to("10.0.2.7:1000", client), 1.0)]);
+    let p = packet(other, "10.96.1.3", Protocol::Tcp, 2000);
+    assert_eq!(v4.trace(&p).fates().len(), 2, "another client is balanced");
+    // The affinity lasts `timeoutSeconds` after the last connection, then it is balanced again.
+    v4.advance(10_800);
+    assert_fates(&v4, &second, &[(to("10.0.2.7:2000", client), 1.0)]);
+    v4.advance(1);
+    assert_eq!(v4.trace(&second).fates().len(), 2);
+}
+
+#[test]
+fn affinity_is_refreshed_by_each_connection_and_forgotten_with_the_service() {
+    let mut v4 = golden(EXTERNAL, IpFamily::V4);
+    let p = packet("10.0.5.5", "10.96.1.3", Protocol::Tcp, 1000);
+    let out = v4.trace(&p);
+    v4.connect(&out.paths[0]);
+    v4.advance(10_000);
+    let again = v4.trace(&p);
+    assert_eq!(again.paths.len(), 1, "{again}");
+    v4.connect(&again.paths[0]);
+    v4.advance(10_000);
+    assert_eq!(v4.trace(&p).paths.len(), 1, "refreshed 10000 s ago");
+    // A fresh load without the Service frees its lists: back on it later, nobody is sticky.
+    let list = out.paths[0].recent[0].0.clone();
+    assert!(v4.recent_seen(&list, &ip("10.0.5.5")).is_some());
+    let plans: Plans = external()
+        .into_iter()
+        .filter(|(n, _)| n.service.name != "sticky")
+        .collect();
+    let rules = &compile(&plans, &node(), &iptables_config())[&IpFamily::V4];
+    let saved = adopt::parse_save(&v4.save());
+    v4.restore(&adopt::plan(rules, &saved).to_string()).unwrap();
+    assert_eq!(v4.recent_seen(&list, &ip("10.0.5.5")), None);
+}
+
+#[test]
+fn adoption_over_a_loaded_fake_rewrites_chains_in_place_and_changes_nothing() {
+    for (text, plans) in [(CLUSTER_IPS, cluster_ips()), (EXTERNAL, external())] {
+        let desired = compile(&plans, &node(), &iptables_config());
+        for family in IpFamily::ALL {
+            let mut fake = golden(text, family);
+            let before = fake.save();
+            let plan = adopt::plan(&desired[&family], &adopt::parse_save(&before));
+            for ops in plan.tables.values() {
+                assert!(
+                    ops.inserts.is_empty() && ops.deletes.is_empty() && ops.remove.is_empty(),
+                    "{plan}"
+                );
+            }
+            fake.restore(&plan.to_string()).unwrap();
+            assert_eq!(fake.save(), before);
+        }
+    }
+}
+
+#[test]
+fn adoption_of_another_ruleset_ends_where_a_fresh_load_does_and_keeps_foreign_rules() {
+    let cfg = iptables_config();
+    let mut fake = golden(EXTERNAL, IpFamily::V4);
+    let foreign = "*nat\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\n\
+        -I PREROUTING 1 -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES\n\
+        -A OUTPUT -j KPROXY-CANARY\nCOMMIT\n";
+    fake.restore(foreign).unwrap();
+    let desired = &compile(&cluster_ips(), &node(), &cfg)[&IpFamily::V4];
+    let plan = adopt::plan(desired, &adopt::parse_save(&fake.save()));
+    fake.restore(&plan.to_string()).unwrap();
+    let mut want = fresh(&cluster_ips(), &cfg).remove(&IpFamily::V4).unwrap();
+    want.restore("*nat\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n")
+        .unwrap();
+    assert_eq!(fake.save(), want.save(), "adoption:\n{plan}");
+}
+
+#[test]
+fn a_failed_line_changes_nothing_in_its_table_and_names_the_line() {
+    let mut fake = golden(CLUSTER_IPS, IpFamily::V4);
+    let before = fake.save();
+    let input = "*nat\n:KPROXY-NEW - [0:0]\n-A KPROXY-NEW -j RETURN\n\
+        -D KPROXY-PORTALS -d 10.9.9.9/32 -j KPROXY-NEW\nCOMMIT\n";
+    let err = fake.restore(input).unwrap_err();
+    assert!(err.starts_with("line 4 failed"), "{err}");
+    assert!(
+        err.contains("Bad rule (does a matching rule exist in that chain?)"),
+        "{err}"
+    );
+    assert_eq!(fake.save(), before);
+    // Tables committed before the failing one stay.
+    let input = "*nat\n:KPROXY-NEW - [0:0]\nCOMMIT\n*filter\n-A KPROXY-NOPE -j DROP\nCOMMIT\n";
+    let err = fake.restore(input).unwrap_err();
+    assert!(
+        err.starts_with("line 5 failed") && err.contains("No chain"),
+        "{err}"
+    );
+    assert!(fake.rules(Table::Nat, "KPROXY-NEW").is_some());
+    // A table without COMMIT is not applied.
+    let err = fake.restore("*filter\n:KPROXY-X - [0:0]\n").unwrap_err();
+    assert!(err.contains("COMMIT expected"), "{err}");
+    assert!(fake.rules(Table::Filter, "KPROXY-X").is_none());
+}
+
+#[test]
+fn a_chain_is_deleted_only_when_empty_unreferenced_and_not_built_in() {
+    let mut fake = golden(CLUSTER_IPS, IpFamily::V4);
+    let svc = "KPROXY-SVC-PK5WNJDG7QFFBAYH";
+    let refused = [
+        (format!("-X {svc}"), "Too many links"),
+        ("-X PREROUTING".to_string(), "built-in"),
+        ("-X KPROXY-NONE".to_string(), "No chain"),
+    ];
+    for (line, why) in refused {
+        let err = fake
+            .restore(&format!("*nat\n{line}\nCOMMIT\n"))
+            .unwrap_err();
+        assert!(err.contains(why), "{line}: {err}");
+    }
+    let portal = &fake.rules(Table::Nat, "KPROXY-PORTALS").unwrap()[0];
+    let err = fake
+        .restore(&format!(
+            "*nat\n-D KPROXY-PORTALS {portal}\n-X {svc}\nCOMMIT\n"
+        ))
+        .unwrap_err();
+    assert!(err.contains("Directory not empty"), "{err}");
+    let ok = format!("*nat\n:{svc} - [0:0]\n-D KPROXY-PORTALS {portal}\n-X {svc}\nCOMMIT\n");
+    fake.restore(&ok).unwrap();
+    assert!(fake.rules(Table::Nat, svc).is_none());
+    assert!(fake.rules(Table::Nat, "KPROXY-PORTALS").unwrap().is_empty());
+}
+
+#[test]
+fn rules_into_or_jumping_to_missing_chains_and_unknown_extensions_are_refused() {
+    let mut fake = FakeIptables::new(IpFamily::V4);
+    fake.restore("*nat\n:KPROXY-A - [0:0]\nCOMMIT\n*filter\n:KPROXY-F - [0:0]\nCOMMIT\n")
+        .unwrap();
+    let before = fake.save();
+    let refused = [
+        ("nat", "-A KPROXY-B -j RETURN", "No chain"),
+        (
+            "nat",
+            "-A KPROXY-A -j KPROXY-B",
+            "Couldn't load target `KPROXY-B'",
+        ),
+        ("nat", "-A KPROXY-A -j PREROUTING", "built-in"),
+        (
+            "nat",
+            "-A KPROXY-A -m foo -j RETURN",
+            "Couldn't load match `foo'",
+        ),
+        ("nat", "-A KPROXY-A -j LOG", "Couldn't load target `LOG'"),
+        (
+            "nat",
+            "-A KPROXY-A -p tcp -m tcp --sport 1 -j RETURN",
+            "unknown option",
+        ),
+        (
+            "nat",
+            "-A KPROXY-A -p udp -m tcp --dport 1 -j RETURN",
+            "only valid with -p tcp",
+        ),
+        (
+            "nat",
+            "-A KPROXY-A -m addrtype --dst-type UNICAST -j RETURN",
+            "LOCAL only",
+        ),
+        (
+            "nat",
+            "-A KPROXY-A -j DNAT --to-destination 10.0.0.1:80",
+            "Need TCP",
+        ),
+        (
+            "nat",
+            "-A KPROXY-A -p tcp -j DNAT --to-destination [fd00::1]:80",
+            "Bad IP",
+        ),
+        ("nat", "-A KPROXY-A -s fd00::/8 -j RETURN", "not found"),
+        ("nat", "-A KPROXY-A -j DROP", "not intended for filtering"),
+        (
+            "filter",
+            "-A KPROXY-F -p tcp -j DNAT --to-destination 10.0.0.1:80",
+            "nat table",
+        ),
+        (
+            "filter",
+            "-A KPROXY-F -p udp -j REJECT --reject-with tcp-reset",
+            "-p tcp",
+        ),
+        (
+            "filter",
+            "-A KPROXY-F -j REJECT --reject-with icmp6-adm-prohibited",
+            "reject type",
+        ),
+        (
+            "filter",
+            "-A KPROXY-F -m recent --set --seconds 5 --name X -j DROP",
+            "--seconds",
+        ),
+        (
+            "filter",
+            "-A KPROXY-F -m statistic --mode nth -j DROP",
+            "random only",
+        ),
+        (
+            "filter",
+            "-A KPROXY-F -m comment --comment \"unterminated -j DROP",
+            "unterminated",
+        ),
+        (
+            "filter",
+            "-A KPROXY-F ! -m comment --comment x -j DROP",
+            "Bad argument",
+        ),
+        (
+            "filter",
+            "-A KPROXY-F -m mark ! --mark 1 ! -j DROP",
+            "Bad argument",
+        ),
+        (
+            "filter",
+            "-A KPROXY-F -m bpf --bytecode \"2,6 0 0 1\" -j DROP",
+            "count",
+        ),
+        (
+            "filter",
+            "-A KPROXY-F -m bpf --bytecode \"1,21 0 5 0\" -j DROP",
+            "jumps out",
+        ),
+        (
+            "filter",
+            "-A KPROXY-F -m bpf --bytecode \"1,32 0 0 12\" -j DROP",
+            "return",
+        ),
+        (
+            "filter",
+            "-A KPROXY-F -m bpf --bytecode \"2,132 0 0 0,6 0 0 1\" -j DROP",
+            "unknown",
+        ),
+    ];
+    for (table, line, why) in refused {
+        let err = fake
+            .restore(&format!("*{table}\n{line}\nCOMMIT\n"))
+            .expect_err(line);
+        assert!(
+            err.starts_with("line 2 failed") && err.contains(why),
+            "{line}: {err}"
+        );
+    }
+    // A comment longer than 255 bytes is cut, in the rule and in `-D`'s comparison.
+    let long = |cmd: &str| {
+        let comment = "x".repeat(300);
+        format!("*filter\n{cmd} KPROXY-F -m comment --comment \"{comment}\"\nCOMMIT\n")
+    };
+    fake.restore(&long("-A")).unwrap();
+    let rules = fake.rules(Table::Filter, "KPROXY-F").unwrap();
+    assert_eq!(
+        rules,
+        [format!("-m comment --comment \"{}\"", "x".repeat(255))]
+    );
+    fake.restore(&long("-D")).unwrap();
+    let name = "K".repeat(29);
+    let err = fake
+        .restore(&format!("*nat\n:{name} - [0:0]\nCOMMIT\n"))
+        .unwrap_err();
+    assert!(err.contains("too long"), "{err}");
+    fake.restore(&format!("*nat\n:{} - [0:0]\nCOMMIT\n", &name[1..]))
+        .unwrap();
+    assert_eq!(fake.save().lines().count(), before.lines().count() + 1);
+}
+
+#[test]
+fn jumps_to_empty_or_returning_chains_fall_through_and_a_goto_returns_past_its_caller() {
+    let mut fake = FakeIptables::new(IpFamily::V4);
+    let input = "*filter\n:KPROXY-EMPTY - [0:0]\n:KPROXY-RET - [0:0]\n:KPROXY-GO - [0:0]\n\
+        :KPROXY-CALLER - [0:0]\n-A KPROXY-RET -j RETURN\n-A KPROXY-RET -j DROP\n\
+        -A KPROXY-CALLER -g KPROXY-GO\n-A KPROXY-CALLER -j DROP\n\
+        -A FORWARD -j KPROXY-EMPTY\n-A FORWARD -j KPROXY-RET\n-A FORWARD -j KPROXY-CALLER\n\
+        -A FORWARD -p tcp -m tcp --dport 1:99 -j REJECT\nCOMMIT\n";
+    fake.restore(input).unwrap();
+    let p = packet("10.0.5.5", "10.0.6.6", Protocol::Tcp, 100);
+    let out = assert_fates(&fake, &p, &[(to("10.0.6.6:100", "10.0.5.5"), 1.0)]);
+    let via = &out.paths[0].via;
+    assert!(via.contains(&"filter KPROXY-GO".to_string()), "{out}");
+    let p = packet("10.0.5.5", "10.0.6.6", Protocol::Tcp, 99);
+    let rejected = filter("icmp-port-unreachable", "FORWARD");
+    assert_fates(&fake, &p, &[(rejected, 1.0)]);
+    // A built-in chain's DROP policy applies to what falls off its end.
+    fake.restore("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n")
+        .unwrap();
+    let p = packet("10.0.5.5", "10.0.6.6", Protocol::Tcp, 100);
+    assert_fates(&fake, &p, &[(filter("drop", "FORWARD"), 1.0)]);
+}
+
+#[test]
+fn the_masquerade_bit_is_honoured_at_both_ends_of_its_range() {
+    for bit in [0, 31] {
+        let cfg = BackendConfig {
+            masquerade_bit: Some(bit),
+            ..iptables_config()
+        };
+        let fakes = fresh(&cluster_ips(), &cfg);
+        let v4 = &fakes[&IpFamily::V4];
+        let outside = packet("198.51.100.200", "10.96.0.10", Protocol::Tcp, 80);
+        let masqueraded = v4.trace(&outside).probability(
+            |f| matches!(f, Fate::Delivered { from, .. } if *from == ip("192.168.0.2")),
+        );
+        assert!(
+            (masqueraded - 1.0).abs() < 1e-9,
+            "bit {bit}:\n{}",
+            v4.save()
+        );
+        let pod = packet("10.0.5.5", "10.96.0.10", Protocol::Tcp, 80);
+        let kept = v4
+            .trace(&pod)
+            .probability(|f| matches!(f, Fate::Delivered { from, .. } if *from == ip("10.0.5.5")));
+        assert!((kept - 1.0).abs() < 1e-9, "bit {bit}:\n{}", v4.save());
+    }
+}
+
+#[test]
+fn targets_reachable_from_hooks_they_do_not_serve_and_jump_loops_are_refused_at_commit() {
+    let mut fake = FakeIptables::new(IpFamily::V4);
+    let refused = [
+        (
+            "-A POSTROUTING -j KPROXY-A\n-A KPROXY-A -p tcp -j DNAT --to-destination 10.0.0.1:80",
+            "DNAT",
+        ),
+        (
+            "-A PREROUTING -j KPROXY-A\n-A KPROXY-A -j MASQUERADE",
+            "MASQUERADE",
+        ),
+        (
+            "-A OUTPUT -j KPROXY-A\n-A KPROXY-A -j KPROXY-B\n-A KPROXY-B -g KPROXY-A",
+            "loop",
+        ),
+    ];
+    for (lines, why) in refused {
+        let input = format!("*nat\n:KPROXY-A - [0:0]\n:KPROXY-B - [0:0]\n{lines}\nCOMMIT\n");
+        let err = fake.restore(&input).unwrap_err();
+        assert!(
+            err.contains("failed (COMMIT)") && err.contains(why),
+            "{err}"
+        );
+    }
+    let unreachable = "*nat\n:KPROXY-C - [0:0]\n:KPROXY-D - [0:0]\n-A KPROXY-C -j KPROXY-D\n\
+        -A KPROXY-D -j KPROXY-C\nCOMMIT\n";
+    fake.restore(unreachable).unwrap();
+    fake = FakeIptables::new(IpFamily::V4);
+    // The same rules where they belong are fine, and unreachable ones too.
+    let input = "*nat\n:KPROXY-A - [0:0]\n:KPROXY-B - [0:0]\n-A OUTPUT -j KPROXY-A\n\
+        -A KPROXY-A -p tcp -j DNAT --to-destination 10.0.0.1:80\n-A KPROXY-B -j MASQUERADE\n\
+        -A POSTROUTING -j KPROXY-B\nCOMMIT\n";
+    fake.restore(input).unwrap();
+    assert_eq!(fake.save().matches("\n-A ").count(), 4);
+}
+
+#[test]
+fn declaring_a_chain_creates_or_flushes_it_and_spellings_the_kernel_stores_alike_are_one_rule() {
+    let mut fake = FakeIptables::new(IpFamily::V4);
+    let input = "*nat\n:KPROXY-X - [0:0]\n-A KPROXY-X -d 10.0.0.1 -p tcp --dport 80 -j MARK --or-mark 0x4000\n\
+        -A KPROXY-X -j MARK --xor-mark 0x4000\n-I KPROXY-X 2 -m comment --comment 'two words' -j RETURN\nCOMMIT\n";
+    fake.restore(input).unwrap();
+    let rules = fake.rules(Table::Nat, "KPROXY-X").unwrap();
+    assert_eq!(
+        rules,
+        [
+            "-d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j MARK --set-xmark 0x4000/0x4000",
+            "-m comment --comment \"two words\" -j RETURN",
+            "-j MARK --set-xmark 0x4000/0x0",
+        ]
+    );
+    let delete = "*nat\n-D KPROXY-X -p tcp -d 10.0.0.1/32 -m tcp --dport 80 -j MARK --set-xmark 0x4000/0x4000\n\
+        -D KPROXY-X 2\nCOMMIT\n";
+    fake.restore(delete).unwrap();
+    assert_eq!(fake.rules(Table::Nat, "KPROXY-X").unwrap().len(), 1);
+    let err = fake
+        .restore("*nat\n-I KPROXY-X 3 -j RETURN\nCOMMIT\n")
+        .unwrap_err();
+    assert!(err.contains("Index of insertion too big"), "{err}");
+    fake.restore("*nat\n:KPROXY-X - [0:0]\nCOMMIT\n").unwrap();
+    assert_eq!(
+        fake.rules(Table::Nat, "KPROXY-X").unwrap().len(),
+        0,
+        "flushed"
+    );
+    // kproxy writes what iptables-save prints (v1.8.9, checked), except for the probability's
+    // digits, MARK's `--set-xmark`, recent's `--mask` and the `-s` of the localnet rule, which
+    // iptables-save puts before `-d`.
+    let v4 = golden(EXTERNAL, IpFamily::V4);
+    let text = v4.save();
+    assert!(text.contains("--probability 0.50000000000 "), "{text}");
+    assert!(
+        text.contains("-A KPROXY-FILTER ! -s 127.0.0.0/8 -d 127.0.0.0/8 "),
+        "{text}"
+    );
+    for line in golden_part(EXTERNAL, IpFamily::V4).lines() {
+        let printed_otherwise = [
+            "--probability",
+            "-j MARK",
+            "-m recent",
+            "-d 127.0.0.0/8 ! -s",
+        ];
+        let rule = line.strip_prefix("-A ");
+        if let Some(rule) = rule.filter(|l| !printed_otherwise.iter().any(|o| l.contains(o))) {
+            assert!(text.contains(&format!("-A {rule}\n")), "{rule}");
+        }
+    }
+}
+
+/// kproxy bug: compile.rs means allowed sources of a firewalled LoadBalancer IP to be rejected
+/// when the Service has no endpoints ("and rejected, for allowed sources, when the Service has
+/// no endpoints"), but the dispatch rules are a BTreeSet sorted by text, so the firewall's
+/// `-d LB … -j DROP` (it starts with `-d`) lands in KPROXY-REJECTS before the allowed
+/// sources' `-s RANGE -d LB … -j REJECT` and drops them first.
+#[test]
+fn an_allowed_source_of_a_firewalled_load_balancer_without_endpoints_is_rejected() {
+    let mut plans = Plans::new();
+    let mut lb = ServicePort::cluster_ip(name("lb", "https", Protocol::Tcp), ip("10.96.1.1"), 443);
+    lb.service_type = ServiceType::LoadBalancer;
+    lb.node_port = Some(30443);
+    lb.load_balancer_ips = vec![ip("198.51.100.7")];
+    lb.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+    add(&mut plans, lb, vec![]);
+    let fakes = fresh(&plans, &iptables_config());
+    let p = packet("203.0.113.9", "198.51.100.7", Protocol::Tcp, 443);
+    assert_fates(
+        &fakes[&IpFamily::V4],
+        &p,
+        &[(filter("tcp-reset", "KPROXY-REJECTS"), 1.0)],
+    );
+}
+
+/// kproxy bug: under eTP=Local, pods (and the node) reaching an external destination use the
+/// cluster-wide targets (`Plan::external_from_local`). When those have no endpoint in this
+/// family (so they reject, by compile's "none left means reject") while the external targets
+/// drop (no local endpoint), compile_port makes no EXT chain at all and the only verdict is
+/// the external one in filter: a pod's connection is dropped (a timeout) instead of refused.
+#[test]
+fn a_pod_on_an_etp_local_node_port_without_endpoints_in_its_family_is_rejected() {
+    let mut plans = Plans::new();
+    let mut np = ServicePort::cluster_ip(name("np", "", Protocol::Tcp), ip("10.96.1.2"), 80);
+    np.cluster_ips.push(ip("fd96::1:2"));
+    np.service_type = ServiceType::NodePort;
+    np.node_port = Some(30080);
+    np.external_traffic_policy = crate::model::TrafficPolicy::Local;
+    add(
+        &mut plans,
+        np,
+        vec![crate::backends::nft::tests::ep("10.0.2.1", 80, "node-b")],
+    );
+    let mut cfg = iptables_config();
+    cfg.cluster_cidrs.push("fd10::/64".parse().unwrap());
+    let fakes = fresh(&plans, &cfg);
+    let p = packet("fd10::99", "fd00::2", Protocol::Tcp, 30080);
+    let rejected = filter("tcp-reset", "KPROXY-NODEPORT-REJECTS");
+    assert_eq!(
+        expected(&plans, &cfg, &p),
+        BTreeMap::from([(rejected.clone(), 1.0)])
+    );
+    assert_fates(&fakes[&IpFamily::V6], &p, &[(rejected, 1.0)]);
+}
