@@ -20,18 +20,18 @@
 //! call), so the host's rules are never touched; the namespaces are deleted at the end. Without
 //! root, or without a variant's binaries, that part prints why and is skipped (a failure under
 //! CI=true); a failed sync or restore fails the bench. Upstream, before timing anything: the
-//! generator's text is checked (pure asserts), then
-//! `iptables-restore --test` and real loads of small rulesets must succeed; after each full
-//! restore the kernel must hold n × 10 × 2 KUBE-SEP rules. Between full restores both tables are
-//! emptied and upstream's jumps reinstalled (untimed); partial restores alternate between two
-//! generations, so every one is a real change. kproxy: see `support::kproxy_iptables` (the
-//! kernel's rules checked against the backend's mirror; partial inputs the same size at every
-//! cluster size). Single-operation timings (median, p90) are printed at the end.
+//! generator's text is checked (pure asserts), then `iptables-restore --test` and real loads of
+//! small rulesets must succeed; after each full restore the kernel must hold n × 10 × 2 KUBE-SEP
+//! rules. Between full restores both tables are emptied and upstream's jumps reinstalled
+//! (untimed); partial restores alternate between two generations, so every one is a real change.
+//! kproxy: see `support::kproxy_iptables` (the kernel's rules checked against the backend's
+//! mirror; partial inputs the same size at every cluster size). Single-operation timings (median,
+//! p90) are printed at the end.
 //!
 //! iptables-nft 1.8.9's `--noflush` restore is quadratic in the number of chains: each command
 //! inserts its chain's name into a sorted linked list (nft-cache.c `cache_chain_list_insert`;
-//! perf: ~96 % in that loop's strcmp). Upstream's full restore takes ~5 s at 1k Services and tens of
-//! minutes at 10k, so above `NFT_NOFLUSH_MAX` it is timed only with KPROXY_BENCH_UPSTREAM_10K=1
+//! perf: ~96 % in that loop's strcmp). Upstream's full restore takes ~5 s at 1k Services and tens
+//! of minutes at 10k, so above `NFT_NOFLUSH_MAX` it is timed only with KPROXY_BENCH_UPSTREAM_10K=1
 //! (once, outside criterion); otherwise the partial benches start from the same rules loaded by a
 //! flushing restore (no `--noflush`, timed once for the record).
 

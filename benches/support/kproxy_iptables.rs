@@ -1,19 +1,21 @@
 //! kproxy's own iptables backend (`kproxy::backends::iptables::IptablesBackend`) in the
 //! `kernel_iptables` bench: for each variant and cluster size, a cold start (the first
 //! `sync_full`, which adopts: `iptables-save`, then one restore per family) into a fresh,
-//! empty network namespace; one endpoint changed in one Service and one Service added (and
-//! removed), each a `sync_partial` of one service port; the restore input size of each; and
-//! where a partial sync's time goes (the same input through the restore command directly, an
-//! empty restore, and the kernel's share under strace).
+//! empty network namespace (ten times at 1k, three at 10k); one endpoint changed in one Service
+//! and one Service added (and removed), each a `sync_partial` of one service port, through
+//! criterion, or outside it, three and two times, when one run takes over `SLOW`; the restore
+//! input size of each kind of sync; and where an endpoint change's time goes (`split`: the same
+//! input through the restore command, an empty restore, the kernel's system calls under strace).
 //!
 //! Invariants: every sync runs on the calling (bench) thread after it entered a throwaway
 //! namespace made for it (`Netns::enter`, checked against the host's namespace), so the
 //! backend's `iptables-*-restore` children run there; a failed sync panics (the bench fails);
-//! after the cold starts and after the partial syncs the kernel's `KPROXY` rules (v4
-//! `iptables-save`) must be exactly the backend's mirror; every partial sync of one kind
-//! restores the same number of lines, and that number is the same at every cluster size (it
-//! must not grow with the Services). Plans come from the real `Syncer` on the fake backend.
-//! In test mode (no `--bench`): 1k Services only, one cold start, one iteration of each.
+//! after the cold starts, the partial syncs and the split, the kernel's v4 rules that name a
+//! `KPROXY-` chain (`iptables-save`) must be exactly as many as the backend's v4 mirror holds;
+//! every partial sync of one kind restores the same number of lines, and that number is the
+//! same at every cluster size (it must not grow with the Services). Plans come from the real
+//! `Syncer` on the fake backend. In test mode (no `--bench`): 1k Services only, one cold start,
+//! one run of each partial sync, one round of the split.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -181,6 +183,36 @@ fn fresh(variant: Variant, host: &Path) -> Option<Netns> {
     Some(ns)
 }
 
+/// One run longer than this is not given to criterion (ten samples and a warm-up would take
+/// minutes: iptables-legacy at 10k replaces the whole nat table, ~9 s, on every restore).
+const SLOW: Duration = Duration::from_secs(1);
+
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// Measures `op` (one run; returns the duration to report) as criterion's `group/what/n`, or, when
+/// its first run takes longer than `SLOW`, `slow_runs` times in all outside criterion. In test
+/// mode: once, through criterion. Returns whether it was slow.
+fn measure(
+    (g, group): (&mut Group, &str),
+    what: &str,
+    n: u32,
+    test: bool,
+    slow_runs: usize,
+    mut op: impl FnMut() -> Duration,
+) -> bool {
+    if !test && op() > SLOW {
+        for _ in 1..slow_runs {
+            op();
+        }
+        println!("{group}/{what}/{n}: {slow_runs} runs outside criterion (each over {SLOW:?})");
+        return true;
+    }
+    g.bench_function(BenchmarkId::new(what, n), |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| op()).sum())
+    });
+    false
+}
+
 /// Every measurement of `variant` at `f.n` Services (see the module doc); `lines` collects the
 /// input sizes.
 pub fn bench(c: &mut Criterion, variant: Variant, f: &Fixture, host: &Path, lines: &mut Lines) {
@@ -194,7 +226,7 @@ pub fn bench(c: &mut Criterion, variant: Variant, f: &Fixture, host: &Path, line
     let reps = match (test, n) {
         (true, _) => 1,
         (false, ..=1_000) => 10,
-        (false, _) => 5,
+        (false, _) => 3,
     };
     let mut kept = None;
     for _ in 0..reps {
@@ -223,21 +255,16 @@ pub fn bench(c: &mut Criterion, variant: Variant, f: &Fixture, host: &Path, line
 
     let changed: BTreeSet<_> = [super::port_name(n / 2)].into_iter().collect();
     let mut flip = false;
-    g.bench_function(BenchmarkId::new("one_endpoint_changed", n), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                flip = !flip;
-                let plans = if flip { &f.one } else { &f.base };
-                total += timings::time(&name("one_endpoint_changed"), || {
-                    backend
-                        .sync_partial(plans, &changed, &f.node)
-                        .expect("partial sync");
-                });
-                lines.record("one_endpoint_changed", n, backend.last_restore_lines());
-            }
-            total
-        })
+    let slow = measure((&mut g, &group), "one_endpoint_changed", n, test, 3, || {
+        flip = !flip;
+        let plans = if flip { &f.one } else { &f.base };
+        let took = timings::time(&name("one_endpoint_changed"), || {
+            backend
+                .sync_partial(plans, &changed, &f.node)
+                .expect("partial sync");
+        });
+        lines.record("one_endpoint_changed", n, backend.last_restore_lines());
+        took
     });
     if flip {
         backend
@@ -246,43 +273,36 @@ pub fn bench(c: &mut Criterion, variant: Variant, f: &Fixture, host: &Path, line
     }
 
     let new: BTreeSet<_> = [super::port_name(n)].into_iter().collect();
-    g.bench_function(BenchmarkId::new("one_service_added", n), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += timings::time(&name("one_service_added"), || {
-                    backend.sync_partial(&f.added, &new, &f.node).expect("add");
-                });
-                lines.record("one_service_added", n, backend.last_restore_lines());
-                timings::time(&name("one_service_removed"), || {
-                    backend
-                        .sync_partial(&f.base, &new, &f.node)
-                        .expect("remove");
-                });
-                lines.record("one_service_removed", n, backend.last_restore_lines());
-            }
-            total
-        })
+    measure((&mut g, &group), "one_service_added", n, test, 2, || {
+        let took = timings::time(&name("one_service_added"), || {
+            backend.sync_partial(&f.added, &new, &f.node).expect("add");
+        });
+        lines.record("one_service_added", n, backend.last_restore_lines());
+        timings::time(&name("one_service_removed"), || {
+            backend
+                .sync_partial(&f.base, &new, &f.node)
+                .expect("remove");
+        });
+        lines.record("one_service_removed", n, backend.last_restore_lines());
+        took
     });
     g.finish();
     check_kernel(variant, &backend, &name("partial syncs"));
 
-    let rounds = match (test, n) {
-        (true, _) => 1,
-        (false, ..=1_000) => 10,
-        (false, _) => 5,
-    };
-    split(variant, f, &backend, rounds);
+    split(variant, f, &backend, if test || slow { 1 } else { 10 });
     check_kernel(variant, &backend, &name("split"));
     backend.cleanup().expect("cleanup");
 }
 
-/// Where one endpoint change's time goes: the exact restore input the backend would send
-/// (rebuilt from its mirror with the same pure functions) through the restore command directly,
-/// an empty restore (`*nat`, `COMMIT`: process start, cache, the table read and, for legacy,
-/// written back), and under `strace -T` the summed time of the calls that talk to the kernel
-/// (netlink `sendmsg`/`recvmsg` for nft, `getsockopt`/`setsockopt` for legacy). Each round
-/// applies the change and its undo, so `backend`'s mirror stays true.
+/// Where one endpoint change's time goes. Each round: the exact restore input the backend would
+/// send (rebuilt from its mirror with the same pure functions) through the restore command
+/// directly; its undo under `strace -T`, summed per system call that talks to the kernel
+/// (iptables-nft: netlink `sendmsg`, inside which nf_tables checks and commits the batch;
+/// `recvmsg`, the cache dumps; `close`, closing the netlink socket, which waits for the
+/// kernel's deferred release of the rules the batch deleted, as with `nft`; iptables-legacy:
+/// `getsockopt`, the table read; `setsockopt`, the table replaced); and an empty restore
+/// (`*nat`, `COMMIT`: process start and the table's cache or read, no write). Change and undo
+/// alternate, so the kernel ends as `backend`'s mirror says.
 fn split(variant: Variant, f: &Fixture, backend: &IptablesBackend, rounds: usize) {
     let n = f.n;
     let name = |what: &str| {
@@ -308,34 +328,39 @@ fn split(variant: Variant, f: &Fixture, backend: &IptablesBackend, rounds: usize
     let args = ["-w", "5", "--noflush"];
     let trace = nft_split::have_strace("kernel_iptables time split");
     let calls = match variant {
-        Variant::Nft => "trace=sendmsg,recvmsg",
-        Variant::Legacy => "trace=getsockopt,setsockopt",
+        Variant::Nft => &["sendmsg", "recvmsg", "close"][..],
+        Variant::Legacy => &["getsockopt", "setsockopt"][..],
     };
+    let filter = format!("trace={}", calls.join(","));
     for _ in 0..rounds {
-        for script in [&change, &undo] {
-            timings::record(
-                &name("restore command, same input"),
-                command::run(&restore, &args, script).took,
-            );
+        timings::record(
+            &name("restore command, same input"),
+            command::run(&restore, &args, &change).took,
+        );
+        if trace {
+            let mut traced = vec!["-f", "-qq", "-T", "-e", &filter, restore.as_str()];
+            traced.extend(args);
+            let err = command::run("strace", &traced, &undo).stderr;
+            for call in calls {
+                let took: f64 = err
+                    .lines()
+                    .filter(|l| {
+                        l.split_once('(')
+                            .is_some_and(|(head, _)| head.ends_with(call))
+                    })
+                    .filter_map(|l| l.rsplit_once('<')?.1.strip_suffix('>')?.parse::<f64>().ok())
+                    .sum();
+                timings::record(
+                    &name(&format!("kernel: {call} under strace")),
+                    Duration::from_secs_f64(took),
+                );
+            }
+        } else {
+            command::run(&restore, &args, &undo);
         }
         timings::record(
             &name("restore command, empty input"),
             command::run(&restore, &args, "*nat\nCOMMIT\n").took,
         );
-        if trace {
-            for script in [&change, &undo] {
-                let mut traced = vec!["-f", "-qq", "-T", "-e", calls, restore.as_str()];
-                traced.extend(args);
-                let err = command::run("strace", &traced, script).stderr;
-                let kernel: f64 = err
-                    .lines()
-                    .filter_map(|l| l.rsplit_once('<')?.1.strip_suffix('>')?.parse::<f64>().ok())
-                    .sum();
-                timings::record(
-                    &name("kernel: syscalls under strace"),
-                    Duration::from_secs_f64(kernel),
-                );
-            }
-        }
     }
 }

@@ -280,7 +280,7 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
     let from_local_verdict = from_local
         .as_ref()
         .filter(|_| from_local_chain.is_none())
-        .and_then(|t| reject(t));
+        .and_then(&reject);
     let ext_verdict = match (reject(&external), from_local_verdict) {
         (Some(ext), Some(local)) if ext != local => {
             let chain = names::port_chain(PortChain::Ext, name);
