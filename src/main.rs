@@ -139,6 +139,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// --cleanup: remove what kproxy created, in every mode.
 fn cleanup(config: &BackendConfig) -> anyhow::Result<()> {
+    // iptables' cleanup covers both variants, so there is nothing to detect.
+    let config = BackendConfig {
+        iptables_variant: backends::iptables::VariantChoice::Fixed(
+            backends::iptables::Variant::Nft,
+        ),
+        ..config.clone()
+    };
     for mode in ProxyMode::ALL {
         backends::for_mode(mode, config.clone())
             .cleanup()
