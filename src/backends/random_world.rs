@@ -1,12 +1,12 @@
 //! A random world of Services for the fake-kernel tests of every backend: a seeded 64-bit
 //! xorshift (`Rng`) and a generator of Services with ports, endpoints, policies, affinity and
-//! source ranges (`Svc`) that only builds what the API server accepts, with every VIP,
+//! source ranges (`Svc`), and the random steps both tests take (`World`), that only builds what the API server accepts, with every VIP,
 //! NodePort and port number unique, so no two Services claim one VIP port.
 //!
 //! Invariants: deterministic for a seed, so a failure replays from its step number; IPv6
 //! Services get ClientIP affinity too (the nftables backend then hashes, see its README).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::backends::Plans;
@@ -349,10 +349,68 @@ impl Svc {
     }
 }
 
-pub(crate) fn build(world: &BTreeMap<u32, Svc>) -> Plans {
-    let mut plans = Plans::new();
-    for svc in world.values() {
-        svc.add_to(&mut plans);
+/// Twelve random Services to start with, then random steps: each one to three changes (a
+/// Service added, one deleted, or one mutated).
+pub(crate) struct World {
+    rng: Rng,
+    svcs: BTreeMap<u32, Svc>,
+    next_id: u32,
+}
+
+impl World {
+    pub(crate) fn new(seed: u64) -> World {
+        let mut rng = Rng(seed);
+        let svcs = (0..12).map(|id| (id, Svc::random(id, &mut rng))).collect();
+        World {
+            rng,
+            svcs,
+            next_id: 12,
+        }
     }
-    plans
+
+    pub(crate) fn len(&self) -> usize {
+        self.svcs.len()
+    }
+
+    pub(crate) fn plans(&self) -> Plans {
+        let mut plans = Plans::new();
+        for svc in self.svcs.values() {
+            svc.add_to(&mut plans);
+        }
+        plans
+    }
+
+    /// One step: the service ports it changed (before and after) and what it did.
+    pub(crate) fn step(&mut self) -> (BTreeSet<ServicePortName>, Vec<&'static str>) {
+        let rng = &mut self.rng;
+        let mut changed = BTreeSet::new();
+        let mut what = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            let ids: Vec<u32> = self.svcs.keys().copied().collect();
+            match rng.below(20) {
+                0 if self.next_id < 200 => {
+                    let svc = Svc::random(self.next_id, rng);
+                    changed.extend(svc.names());
+                    self.svcs.insert(self.next_id, svc);
+                    self.next_id += 1;
+                    what.push("Service added");
+                }
+                1 if ids.len() > 3 => {
+                    let id = rng.pick(&ids);
+                    let gone = self.svcs.remove(&id).map(|s| s.names());
+                    changed.extend(gone.unwrap_or_default());
+                    what.push("Service deleted");
+                }
+                _ => {
+                    let Some(svc) = self.svcs.get_mut(&rng.pick(&ids)) else {
+                        continue;
+                    };
+                    changed.extend(svc.names());
+                    what.push(svc.mutate(rng));
+                    changed.extend(svc.names());
+                }
+            }
+        }
+        (changed, what)
+    }
 }

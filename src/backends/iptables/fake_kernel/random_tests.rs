@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::backends::random_world::{Rng, Svc, build};
+use crate::backends::random_world::World;
 use std::process::Command;
 
 use super::super::adopt;
@@ -299,43 +299,15 @@ fn rules_by_chain(save: &str) -> BTreeMap<(String, String), Vec<&str>> {
 /// Runs `steps` random steps with every check; returns what the partial syncs drove.
 fn random_sequence(steps: usize) -> Driven {
     let cfg = random_config();
-    let mut rng = Rng(SEED);
-    let mut world: BTreeMap<u32, Svc> = (0..12).map(|id| (id, Svc::random(id, &mut rng))).collect();
-    let mut next_id = 12;
-    let mut plans = build(&world);
+    let mut world = World::new(SEED);
+    let mut plans = world.plans();
     let mut driven = load(&plans, &cfg);
     let mut full = load(&plans, &cfg);
     let (mut total_lines, mut traced) = (0, 0);
     let mut outcomes: BTreeSet<&'static str> = BTreeSet::new();
     for step in 0..steps {
-        let mut changed: BTreeSet<ServicePortName> = BTreeSet::new();
-        let mut what = Vec::new();
-        for _ in 0..1 + rng.below(3) {
-            let ids: Vec<u32> = world.keys().copied().collect();
-            match rng.below(20) {
-                0 if next_id < 200 => {
-                    let svc = Svc::random(next_id, &mut rng);
-                    changed.extend(svc.names());
-                    world.insert(next_id, svc);
-                    next_id += 1;
-                    what.push("Service added");
-                }
-                1 if ids.len() > 3 => {
-                    let id = rng.pick(&ids);
-                    changed.extend(world.remove(&id).map(|s| s.names()).unwrap_or_default());
-                    what.push("Service deleted");
-                }
-                _ => {
-                    let Some(svc) = world.get_mut(&rng.pick(&ids)) else {
-                        continue;
-                    };
-                    changed.extend(svc.names());
-                    what.push(svc.mutate(&mut rng));
-                    changed.extend(svc.names());
-                }
-            }
-        }
-        let old = std::mem::replace(&mut plans, build(&world));
+        let (changed, what) = world.step();
+        let old = std::mem::replace(&mut plans, world.plans());
         let context = format!("step {step} ({what:?}, changed {changed:?})");
         match sync_partial(&mut driven, &plans, &changed, &cfg) {
             Ok(lines) => total_lines += lines,

@@ -9,9 +9,7 @@
 //! shared with the iptables backend); `Rng` is a 64-bit xorshift, so a failure replays from
 //! its step number.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use crate::backends::random_world::{Rng, Svc, build};
+use crate::backends::random_world::World;
 
 use crate::backends::Backend;
 use crate::backends::nft::NftBackend;
@@ -23,7 +21,7 @@ use crate::backends::nft::reconcile::parse_listing;
 use crate::backends::nft::tests::node;
 use crate::backends::nft::transport::tests::Netns;
 use crate::backends::nft::transport::{NftCli, Transport};
-use crate::model::{IpFamily, ServicePortName};
+use crate::model::IpFamily;
 
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 const STEPS: usize = 300;
@@ -54,42 +52,14 @@ fn live_nft_accepts_the_random_sequence_and_ends_where_the_fake_kernel_does() {
 
 /// Runs `steps` random steps with every check; returns the kernel the partial syncs drove.
 fn random_sequence(steps: usize) -> FakeKernel {
-    let mut rng = Rng(SEED);
-    let mut world: BTreeMap<u32, Svc> = (0..12).map(|id| (id, Svc::random(id, &mut rng))).collect();
-    let mut next_id = 12;
-    let mut plans = build(&world);
+    let mut world = World::new(SEED);
+    let mut plans = world.plans();
     let (mut backend, kernel) = loaded(&plans, &config());
     let mut total_ops = 0;
     let (cfg, nd) = (config(), node());
     for step in 0..steps {
-        let mut changed: BTreeSet<ServicePortName> = BTreeSet::new();
-        let mut what = Vec::new();
-        for _ in 0..1 + rng.below(3) {
-            let ids: Vec<u32> = world.keys().copied().collect();
-            match rng.below(20) {
-                0 if next_id < 200 => {
-                    let svc = Svc::random(next_id, &mut rng);
-                    changed.extend(svc.names());
-                    world.insert(next_id, svc);
-                    next_id += 1;
-                    what.push("Service added");
-                }
-                1 if ids.len() > 3 => {
-                    let id = rng.pick(&ids);
-                    changed.extend(world.remove(&id).map(|s| s.names()).unwrap_or_default());
-                    what.push("Service deleted");
-                }
-                _ => {
-                    let Some(svc) = world.get_mut(&rng.pick(&ids)) else {
-                        continue;
-                    };
-                    changed.extend(svc.names());
-                    what.push(svc.mutate(&mut rng));
-                    changed.extend(svc.names());
-                }
-            }
-        }
-        let old = std::mem::replace(&mut plans, build(&world));
+        let (changed, what) = world.step();
+        let old = std::mem::replace(&mut plans, world.plans());
         let before = kernel.tables();
         let report = match backend.sync_partial(&plans, &changed, &node()) {
             Ok(r) => r,
