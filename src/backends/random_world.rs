@@ -1,7 +1,8 @@
 //! A random world of Services for the fake-kernel tests of every backend: a seeded 64-bit
-//! xorshift (`Rng`) and a generator of Services with ports, endpoints, policies, affinity and
-//! source ranges (`Svc`), and the random steps both tests take (`World`), that only builds what the API server accepts, with every VIP,
-//! NodePort and port number unique, so no two Services claim one VIP port.
+//! xorshift (`Rng`), a generator of Services with ports, endpoints, policies, affinity and
+//! source ranges (`Svc`) that only builds what the API server accepts, with every VIP,
+//! NodePort and port number unique, so no two Services claim one VIP port; and `World`, the
+//! random steps both backends' tests take.
 //!
 //! Invariants: deterministic for a seed, so a failure replays from its step number; IPv6
 //! Services get ClientIP affinity too (the nftables backend then hashes, see its README).
