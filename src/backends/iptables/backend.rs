@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::adopt;
-use super::compile::{FamilyRules, compile, compile_port};
+use super::compile::{compile, compile_port};
 use super::probe::{self, Snapshot};
 use super::restore::{Mirror, Restore, diff_full, diff_partial};
 use super::variant::Variant;
@@ -144,28 +144,6 @@ impl IptablesBackend {
             tracing::warn!(error = %e, "cannot set {ROUTE_LOCALNET}: localhost NodePorts will not work");
         }
     }
-
-    fn adopt_and_load(
-        &mut self,
-        desired: BTreeMap<IpFamily, FamilyRules>,
-    ) -> Result<SyncReport, BackendError> {
-        self.set_route_localnet();
-        let mut report = SyncReport::default();
-        for (family, rules) in desired {
-            let saved = adopt::parse_save(&self.save(family)?);
-            let input = adopt::plan(&rules, &saved);
-            report.operations += self.restore(family, &input)?;
-            self.mirrors.insert(
-                family,
-                Mirror {
-                    fixed: Some(rules.fixed),
-                    ports: rules.ports,
-                },
-            );
-        }
-        self.adopt = false;
-        Ok(report)
-    }
 }
 
 impl Backend for IptablesBackend {
@@ -177,24 +155,21 @@ impl Backend for IptablesBackend {
         self.last_lines = 0;
         let mut desired = compile(plans, node, &self.config);
         desired.retain(|family, _| self.families.contains(family));
-        let report = if self.adopt {
-            self.adopt_and_load(desired)?
-        } else {
-            let mut report = SyncReport::default();
-            for (family, rules) in desired {
-                let mirror = self.mirrors.entry(family).or_default();
-                let input = diff_full(mirror, &rules);
-                report.operations += self.restore(family, &input)?;
-                self.mirrors.insert(
-                    family,
-                    Mirror {
-                        fixed: Some(rules.fixed),
-                        ports: rules.ports,
-                    },
-                );
-            }
-            report
-        };
+        let adopting = self.adopt;
+        if adopting {
+            self.set_route_localnet();
+        }
+        let mut report = SyncReport::default();
+        for (family, rules) in desired {
+            let input = if adopting {
+                adopt::plan(&rules, &adopt::parse_save(&self.save(family)?))
+            } else {
+                diff_full(self.mirrors.entry(family).or_default(), &rules)
+            };
+            report.operations += self.restore(family, &input)?;
+            self.mirrors.insert(family, Mirror::from(rules));
+        }
+        self.adopt = false;
         self.rebaseline();
         Ok(report)
     }

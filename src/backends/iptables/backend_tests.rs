@@ -39,6 +39,21 @@ fn lines_with(text: &str, needle: &str) -> usize {
     text.lines().filter(|l| l.contains(needle)).count()
 }
 
+/// Polls `drift` (with a deadline) until it reports something.
+fn until_drift(b: &mut IptablesBackend) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(what) = b.drift().unwrap() {
+            return what;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "drift never noticed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn live(variant: Variant) {
     let Some(ns) = Netns::new() else { return };
     let name_ = ns.name.clone();
@@ -108,16 +123,7 @@ fn live(variant: Variant) {
             .unwrap();
         assert!(status.success());
         let started = Instant::now();
-        let what = loop {
-            if let Some(what) = b.drift().unwrap() {
-                break what;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "drift never noticed"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let what = until_drift(&mut b);
         eprintln!("drift noticed after {:?}: {what}", started.elapsed());
         b.sync_full(&fewer, &node()).expect("repair");
         // Someone flushes the whole filter table (built-in chains included), as `iptables -F`.
@@ -127,16 +133,7 @@ fn live(variant: Variant) {
             .unwrap();
         assert!(status.success());
         let started = Instant::now();
-        let what = loop {
-            if let Some(what) = b.drift().unwrap() {
-                break what;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "flush never noticed"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let what = until_drift(&mut b);
         eprintln!(
             "iptables -t filter -F noticed after {:?}: {what}",
             started.elapsed()

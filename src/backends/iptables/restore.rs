@@ -124,6 +124,16 @@ pub struct Mirror {
     pub ports: BTreeMap<ServicePortName, PortRules>,
 }
 
+impl From<FamilyRules> for Mirror {
+    /// What the kernel holds once `rules` were restored.
+    fn from(rules: FamilyRules) -> Mirror {
+        Mirror {
+            fixed: Some(rules.fixed),
+            ports: rules.ports,
+        }
+    }
+}
+
 impl Mirror {
     pub fn is_loaded(&self) -> bool {
         self.fixed.is_some()
