@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use super::adopt;
 use super::compile::{Table, compile, compile_port};
@@ -38,18 +37,7 @@ fn fresh_load(plans: &Plans) -> String {
 }
 
 fn golden(file: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("src/backends/iptables/golden")
-        .join(file);
-    if std::env::var("KPROXY_BLESS").as_deref() == Ok("1") {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        expected == actual,
-        "{} differs from the compiled ruleset:\n{actual}",
-        path.display()
-    );
+    crate::backends::nft::tests::golden_in("src/backends/iptables/golden", file, actual);
 }
 
 #[test]

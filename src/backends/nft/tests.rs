@@ -137,8 +137,14 @@ pub(crate) fn config() -> BackendConfig {
 }
 
 fn golden(file: &str, actual: &str) {
+    golden_in("src/backends/nft/golden", file, actual);
+}
+
+/// Compares `actual` with the golden file `dir/file` (relative to the crate), or rewrites the
+/// file when KPROXY_BLESS=1.
+pub(crate) fn golden_in(dir: &str, file: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("src/backends/nft/golden")
+        .join(dir)
         .join(file);
     if std::env::var("KPROXY_BLESS").as_deref() == Ok("1") {
         std::fs::write(&path, actual).unwrap();
@@ -146,7 +152,7 @@ fn golden(file: &str, actual: &str) {
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         expected == actual,
-        "{} differs from the rendered ruleset:\n{actual}",
+        "{} differs from what was compiled:\n{actual}",
         path.display()
     );
 }
