@@ -18,7 +18,6 @@ use support::nft_split as split;
 use support::{timings, upstream};
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
@@ -27,11 +26,9 @@ use kproxy::backends::nft::transport::FakeTransport;
 use kproxy::backends::nft::transport::Transport;
 use kproxy::backends::nft::{Nft, NftBackend, NftCli, NftLib};
 use kproxy::backends::{Backend, Plans};
-use kproxy::health::service::ServiceHealthServers;
-use kproxy::metrics::Metrics;
 use kproxy::node::NodeFacts;
+use kproxy::sync::Syncer;
 use kproxy::sync::runner::Due;
-use kproxy::sync::{Shared, Syncer};
 
 /// Plans of a loaded cluster and of each change the benches time.
 struct Fixture {
@@ -47,21 +44,10 @@ struct Fixture {
 }
 
 fn plans(rt: &tokio::runtime::Runtime, n: u32) -> Fixture {
-    let shared = Arc::new(Shared::default());
-    let mut node = NodeFacts::new(support::NODE);
-    node.local_addresses = vec!["192.168.0.2".parse().expect("static address")];
-    let mut syncer = Syncer::new(
+    let (mut syncer, shared) = support::syncer(
         Box::new(NftBackend::new(support::config(), FakeTransport::default())),
-        Box::new(kproxy::conntrack::Noop),
-        node,
-        Arc::new(Metrics::new()),
-        shared.clone(),
-        ServiceHealthServers::default(),
-    )
-    .with_fixed_addresses();
-    for c in support::cluster(n, 10) {
-        syncer.apply(c);
-    }
+        n,
+    );
     let sync = |syncer: &mut Syncer| {
         assert!(rt.block_on(syncer.sync(Due::Full)));
         shared.plans.read().expect("plans").clone()

@@ -17,30 +17,16 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kproxy::backends::nft::NftBackend;
 use kproxy::backends::nft::diff::{Mirror, Parts, Scope, diff};
 use kproxy::backends::nft::transport::FakeTransport;
-use kproxy::health::service::ServiceHealthServers;
-use kproxy::metrics::Metrics;
-use kproxy::node::NodeFacts;
 use kproxy::sync::runner::Due;
 use kproxy::sync::{Shared, Syncer};
 
 /// A syncer holding `n` Services, fully synced once, and its transport and shared state.
 fn loaded(rt: &tokio::runtime::Runtime, n: u32) -> (Syncer, FakeTransport, Arc<Shared>) {
     let fake = FakeTransport::default();
-    let shared = Arc::new(Shared::default());
-    let mut node = NodeFacts::new(support::NODE);
-    node.local_addresses = vec!["192.168.0.2".parse().expect("static address")];
-    let mut syncer = Syncer::new(
+    let (mut syncer, shared) = support::syncer(
         Box::new(NftBackend::new(support::config(), fake.clone())),
-        Box::new(kproxy::conntrack::Noop),
-        node,
-        Arc::new(Metrics::new()),
-        shared.clone(),
-        ServiceHealthServers::default(),
-    )
-    .with_fixed_addresses();
-    for c in support::cluster(n, 10) {
-        syncer.apply(c);
-    }
+        n,
+    );
     assert!(rt.block_on(syncer.sync(Due::Full)), "the initial full sync");
     fake.state.lock().expect("fake transport").applied.clear();
     (syncer, fake, shared)

@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
@@ -28,12 +27,10 @@ use kproxy::backends::iptables::compile::compile_port;
 use kproxy::backends::iptables::restore::diff_partial;
 use kproxy::backends::iptables::{IptablesBackend, Variant};
 use kproxy::backends::{Backend, BackendConfig, Plans};
-use kproxy::health::service::ServiceHealthServers;
-use kproxy::metrics::Metrics;
 use kproxy::model::{IpFamily, ServicePortName};
 use kproxy::node::NodeFacts;
+use kproxy::sync::Syncer;
 use kproxy::sync::runner::Due;
-use kproxy::sync::{Shared, Syncer};
 
 use super::netns::{Netns, have};
 use super::{command, nft_split, timings};
@@ -56,21 +53,7 @@ pub fn fixture(n: u32) -> Fixture {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let shared = Arc::new(Shared::default());
-    let mut node = NodeFacts::new(super::NODE);
-    node.local_addresses = vec!["192.168.0.2".parse().expect("static address")];
-    let mut syncer = Syncer::new(
-        Box::new(FakeBackend::default()),
-        Box::new(kproxy::conntrack::Noop),
-        node,
-        Arc::new(Metrics::new()),
-        shared.clone(),
-        ServiceHealthServers::default(),
-    )
-    .with_fixed_addresses();
-    for c in super::cluster(n, 10) {
-        syncer.apply(c);
-    }
+    let (mut syncer, shared) = super::syncer(Box::new(FakeBackend::default()), n);
     let sync = |syncer: &mut Syncer| {
         assert!(rt.block_on(syncer.sync(Due::Full)));
         shared.plans.read().expect("plans").clone()

@@ -147,6 +147,31 @@ pub fn sizes() -> Vec<u32> {
 }
 
 /// The backend configuration of every bench (a cluster CIDR, no --masquerade-all).
+/// The real sync loop's `Syncer` over `backend`, on this node (address 192.168.0.2), with the
+/// generated cluster of `n` Services × 10 endpoints applied (not synced yet); `Shared` holds
+/// the plans and node facts after each sync.
+pub fn syncer(
+    backend: Box<dyn kproxy::backends::Backend>,
+    n: u32,
+) -> (kproxy::sync::Syncer, std::sync::Arc<kproxy::sync::Shared>) {
+    let shared = std::sync::Arc::new(kproxy::sync::Shared::default());
+    let mut node = kproxy::node::NodeFacts::new(NODE);
+    node.local_addresses = vec!["192.168.0.2".parse().expect("static address")];
+    let mut syncer = kproxy::sync::Syncer::new(
+        backend,
+        Box::new(kproxy::conntrack::Noop),
+        node,
+        std::sync::Arc::new(kproxy::metrics::Metrics::new()),
+        shared.clone(),
+        kproxy::health::service::ServiceHealthServers::default(),
+    )
+    .with_fixed_addresses();
+    for c in cluster(n, 10) {
+        syncer.apply(c);
+    }
+    (syncer, shared)
+}
+
 pub fn config() -> BackendConfig {
     BackendConfig {
         cluster_cidrs: vec!["10.96.0.0/12".parse().expect("static CIDR")],
