@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::IptablesBackend;
 use super::adopt;
-use super::compile::compile;
+use super::compile::{FamilyRules, PortRules, compile};
 use super::variant::Variant;
 use crate::backends::nft::tests::{cluster_ips, config, external, name, node};
 use crate::backends::nft::transport::tests::Netns;
@@ -33,6 +33,17 @@ fn plans() -> Plans {
 
 fn save(ns: &Netns, variant: Variant, family: IpFamily) -> String {
     ns.run(&[&variant.save(family)])
+}
+
+/// The `KPROXY-PORTALS` rules `rules` holds.
+fn portals(rules: &FamilyRules) -> usize {
+    let of_port = |p: &PortRules| {
+        p.dispatch
+            .iter()
+            .filter(|d| d.1 == "KPROXY-PORTALS")
+            .count()
+    };
+    rules.ports.values().map(of_port).sum()
 }
 
 fn lines_with(text: &str, needle: &str) -> usize {
@@ -65,17 +76,11 @@ fn live(variant: Variant) {
     .unwrap();
     let v4 = save(&ns, variant, IpFamily::V4);
     let want = compile(&plans(), &node(), &iptables_config());
-    let portals: usize = want[&IpFamily::V4]
-        .ports
-        .values()
-        .map(|p| {
-            p.dispatch
-                .iter()
-                .filter(|d| d.1 == "KPROXY-PORTALS")
-                .count()
-        })
-        .sum();
-    assert_eq!(lines_with(&v4, "-A KPROXY-PORTALS "), portals, "{v4}");
+    assert_eq!(
+        lines_with(&v4, "-A KPROXY-PORTALS "),
+        portals(&want[&IpFamily::V4]),
+        "{v4}"
+    );
     assert_eq!(lines_with(&v4, "-j KPROXY-SERVICES"), 2, "{v4}");
     let v6 = save(&ns, variant, IpFamily::V6);
     assert_eq!(lines_with(&v6, "-A KPROXY-PORTALS "), 1, "{v6}");
@@ -165,17 +170,11 @@ fn live(variant: Variant) {
     .unwrap();
     let v4 = save(&ns, variant, IpFamily::V4);
     let want = compile(&repaired, &node(), &iptables_config());
-    let portals: usize = want[&IpFamily::V4]
-        .ports
-        .values()
-        .map(|p| {
-            p.dispatch
-                .iter()
-                .filter(|d| d.1 == "KPROXY-PORTALS")
-                .count()
-        })
-        .sum();
-    assert_eq!(lines_with(&v4, "-A KPROXY-PORTALS "), portals, "{v4}");
+    assert_eq!(
+        lines_with(&v4, "-A KPROXY-PORTALS "),
+        portals(&want[&IpFamily::V4]),
+        "{v4}"
+    );
     assert_eq!(lines_with(&v4, "-A KPROXY-SERVICES "), 2, "{v4}");
     assert!(!v4.contains("default/web:http"), "{v4}");
     assert!(!v4.contains("default/lb:https"), "{v4}");

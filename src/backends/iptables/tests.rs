@@ -6,12 +6,13 @@
 //! on the same plans; golden files live in `golden/` and are rewritten when KPROXY_BLESS=1.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 use super::adopt;
 use super::compile::{Table, compile, compile_port};
 use super::restore::{Mirror, diff_partial};
-use crate::backends::nft::tests::{add, cluster_ips, config, ep, external, ip, name, node};
+use crate::backends::nft::tests::{
+    add, cluster_ips, config, ep, external, ip, name, node, services,
+};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::{IpFamily, Protocol, ServicePort};
 
@@ -48,22 +49,6 @@ fn cluster_ips_compile_to_the_golden_restore_input() {
 #[test]
 fn external_traffic_compiles_to_the_golden_restore_input() {
     golden("external.rules", &fresh_load(&external()));
-}
-
-fn services(n: u32) -> Plans {
-    let mut plans = Plans::new();
-    for i in 0..n {
-        let vip = IpAddr::from([10, 96, (i / 250) as u8, (i % 250) as u8 + 1]);
-        let eps = (0..3)
-            .map(|k| ep(&format!("10.1.{}.{k}", i % 250), 80, "node-b"))
-            .collect();
-        add(
-            &mut plans,
-            ServicePort::cluster_ip(name(&format!("s{i}"), "", Protocol::Tcp), vip, 80),
-            eps,
-        );
-    }
-    plans
 }
 
 /// The restore input of a partial sync that changes one Service's endpoints and adds another.

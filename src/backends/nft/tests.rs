@@ -125,6 +125,23 @@ pub(crate) fn external() -> Plans {
     plans
 }
 
+/// `n` ClusterIP Services `s0`.. with three endpoints each on node-b.
+pub(crate) fn services(n: u32) -> Plans {
+    let mut plans = Plans::new();
+    for i in 0..n {
+        let vip = IpAddr::from([10, 96, (i / 250) as u8, (i % 250) as u8 + 1]);
+        let eps = (0..3)
+            .map(|k| ep(&format!("10.1.{}.{k}", i % 250), 80, "node-b"))
+            .collect();
+        add(
+            &mut plans,
+            ServicePort::cluster_ip(name(&format!("s{i}"), "", Protocol::Tcp), vip, 80),
+            eps,
+        );
+    }
+    plans
+}
+
 pub(crate) fn config() -> BackendConfig {
     BackendConfig {
         cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
@@ -175,18 +192,7 @@ fn external_traffic_renders_as_the_golden_file() {
 
 #[test]
 fn the_skeleton_does_not_grow_with_the_number_of_services() {
-    let mut plans = Plans::new();
-    for i in 0..1000u32 {
-        let vip = IpAddr::from([10, 96, (i / 250) as u8, (i % 250) as u8 + 1]);
-        let eps = (0..3)
-            .map(|k| ep(&format!("10.1.{}.{k}", i % 250), 80, "node-b"))
-            .collect();
-        add(
-            &mut plans,
-            ServicePort::cluster_ip(name(&format!("s{i}"), "", Protocol::Tcp), vip, 80),
-            eps,
-        );
-    }
+    let plans = services(1000);
     let d = compile(&plans, &node(), &config());
     assert_eq!(
         d.v4.lb_chains.len(),
