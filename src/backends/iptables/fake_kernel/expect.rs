@@ -92,15 +92,19 @@ pub(super) fn filter(kind: &str, chain: &str) -> Fate {
     }
 }
 
+/// `got` holds exactly the fates of `want`, each with its probability (to 1e-6).
+pub(super) fn same_fates<'a>(
+    got: &BTreeMap<Fate, f64>,
+    mut want: impl ExactSizeIterator<Item = (&'a Fate, &'a f64)>,
+) -> bool {
+    got.len() == want.len() && want.all(|(f, pr)| got.get(f).is_some_and(|g| (g - pr).abs() < 1e-6))
+}
+
 /// The packet's fates are exactly `want`, with these probabilities.
 #[track_caller]
 pub(super) fn assert_fates(fake: &FakeIptables, p: &Packet, want: &[(Fate, f64)]) -> Outcome {
     let out = fake.trace(p);
-    let got = out.fates();
-    let same = got.len() == want.len()
-        && want
-            .iter()
-            .all(|(f, pr)| got.get(f).is_some_and(|g| (g - pr).abs() < 1e-6));
+    let same = same_fates(&out.fates(), want.iter().map(|(f, pr)| (f, pr)));
     assert!(same, "{p:?}\n  takes\n{out}  but should {want:?}");
     out
 }
@@ -266,11 +270,7 @@ pub(super) fn assert_probes_match_plans(
         let want: Vec<(Fate, f64)> = want.into_iter().collect();
         let fake = &fakes[&IpFamily::of(&p.dst)];
         let out = fake.trace(p);
-        let got = out.fates();
-        let same = got.len() == want.len()
-            && want
-                .iter()
-                .all(|(f, pr)| got.get(f).is_some_and(|g| (g - pr).abs() < 1e-6));
+        let same = same_fates(&out.fates(), want.iter().map(|(f, pr)| (f, pr)));
         assert!(
             same,
             "{context}: {p:?}\n  takes\n{out}  but the plans say {want:?}"

@@ -24,7 +24,7 @@ use super::super::adopt;
 use super::super::compile::{compile, compile_port};
 use super::super::fake_kernel::{FakeIptables, Fate, Packet};
 use super::super::restore::{Mirror, diff_full, diff_partial};
-use super::{expected, probes};
+use super::{expected, probes, same_fates};
 use crate::backends::iptables::variant::Variant;
 use crate::backends::nft::tests::node;
 use crate::backends::nft::transport::tests::Netns;
@@ -208,18 +208,13 @@ fn assert_probes(got: &Driven, fresh: &Driven, plans: &Plans, probes: &[Packet],
         let (out, again) = (got.fakes[&family].trace(p), fresh.fakes[&family].trace(p));
         let want = expected(plans, &cfg, p);
         let got_fates = out.fates();
-        let close = |a: &BTreeMap<Fate, f64>, b: &BTreeMap<Fate, f64>| {
-            a.len() == b.len()
-                && a.iter()
-                    .all(|(f, pr)| b.get(f).is_some_and(|q| (q - pr).abs() < 1e-6))
-        };
         assert!(
-            close(&got_fates, &want),
+            same_fates(&got_fates, want.iter()),
             "{context}: {p:?}\n  takes\n{out}  but the plans say {want:?}\n{}",
             plans_of(plans, p)
         );
         assert!(
-            close(&got_fates, &again.fates()),
+            same_fates(&got_fates, again.fates().iter()),
             "{context}: {p:?}\n  takes\n{out}  but after a fresh load\n{again}"
         );
         let total: f64 = out.paths.iter().map(|p| p.probability).sum();
