@@ -307,16 +307,19 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
                 .map(|ip| (ip, "loadbalancer IP")),
         )
         .collect();
-    for (ip, what) in open {
-        let m = vip(&ip, what);
+    // An external destination `m`: into the external chain in nat, the verdict in filter.
+    let external_dispatch = |out: &mut PortRules, m: &str, nat: &'static str, filter| {
         if let Some(c) = &ext_chain {
             out.dispatch
-                .insert((Table::Nat, names::PORTALS, format!("{m} -j {c}")));
+                .insert((Table::Nat, nat, format!("{m} -j {c}")));
         }
         if let Some(v) = &ext_verdict {
             out.dispatch
-                .insert((Table::Filter, names::REJECTS, format!("{m} {v}")));
+                .insert((Table::Filter, filter, format!("{m} {v}")));
         }
+    };
+    for (ip, what) in open {
+        external_dispatch(&mut out, &vip(&ip, what), names::PORTALS, names::REJECTS);
     }
     // Firewalled LoadBalancer IPs: allowed sources enter the external chain in nat; whatever
     // was not DNATed there is dropped in filter, as upstream's KUBE-FW-* and
@@ -359,14 +362,7 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
     // NodePorts.
     if let Some(node_port) = p.node_port {
         let m = format!("-p {pr} -m comment --comment \"{name}\" -m {pr} --dport {node_port}");
-        if let Some(c) = &ext_chain {
-            out.dispatch
-                .insert((Table::Nat, names::NODEPORTS, format!("{m} -j {c}")));
-        }
-        if let Some(v) = &ext_verdict {
-            out.dispatch
-                .insert((Table::Filter, names::NODEPORT_REJECTS, format!("{m} {v}")));
-        }
+        external_dispatch(&mut out, &m, names::NODEPORTS, names::NODEPORT_REJECTS);
     }
     out
 }
