@@ -83,6 +83,10 @@ pub struct Config {
     pub localhost_nodeports: bool,
     /// `--iptables-masquerade-bit` / `iptables.masqueradeBit` (default 14).
     pub masquerade_bit: u8,
+    /// `--ipvs-scheduler` / `ipvs.scheduler` (default rr).
+    pub ipvs_scheduler: String,
+    /// `--ipvs-strict-arp` / `ipvs.strictARP` (default false).
+    pub ipvs_strict_arp: bool,
     pub log_format: LogFormat,
     /// Things the operator should know but that do not stop kproxy (ignored flags, unknown file
     /// fields); log each once logging is set up.
@@ -99,6 +103,8 @@ impl Config {
             localhost_nodeports: self.localhost_nodeports,
             iptables_variant: self.iptables_variant,
             masquerade_bit: Some(self.masquerade_bit),
+            ipvs_scheduler: self.ipvs_scheduler.clone(),
+            ipvs_strict_arp: self.ipvs_strict_arp,
         }
     }
 }
@@ -329,6 +335,14 @@ fn resolve(
         masquerade_bit: flag(m, "iptables-masquerade-bit", values::parse_masquerade_bit)?
             .or(file.iptables.masquerade_bit)
             .unwrap_or(14),
+        ipvs_scheduler: flags::explicit(m, "ipvs-scheduler")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .or(file.ipvs.scheduler.clone())
+            .unwrap_or_else(|| "rr".into()),
+        ipvs_strict_arp: bool_flag(m, "ipvs-strict-arp")?
+            .or(file.ipvs.strict_arp)
+            .unwrap_or(false),
         log_format: flag(m, "log-format", values::parse_log_format)?
             .flatten()
             .or(file.log_format)

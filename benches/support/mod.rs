@@ -180,5 +180,6 @@ pub fn config() -> BackendConfig {
         localhost_nodeports: true,
         iptables_variant: Default::default(),
         masquerade_bit: None,
+        ..Default::default()
     }
 }

@@ -23,6 +23,8 @@ pub const IPVS_LINK: &str = "kproxy-ipvs0";
 pub enum LeftoverError {
     #[error("{program} refused to remove kproxy's chains: {stderr}")]
     Restore { program: String, stderr: String },
+    #[error("removing IPVS mode's objects: {0}")]
+    Ipvs(String),
     #[error("running {program}: {source}")]
     Run {
         program: String,
@@ -134,22 +136,15 @@ pub fn remove_iptables() -> Result<usize, LeftoverError> {
     Ok(applied)
 }
 
-/// Removes kproxy's ipsets and the IPVS dummy interface, where present. IPVS virtual servers
-/// are the IPVS backend's own cleanup (they need the ip_vs netlink family).
+/// Removes what IPVS mode leaves: its virtual servers, the dummy interface, the companion
+/// nftables tables (`ipvs::cleanup`), and any `KPROXY-*` ipsets.
 pub fn remove_ipvs() -> Result<(), LeftoverError> {
     if let Ok(names) = run("ipset", &["list", "-n"], None) {
         for name in names.lines().filter(|n| n.starts_with(PREFIX)) {
             run("ipset", &["destroy", name], None)?;
         }
     }
-    let present = Command::new("ip")
-        .args(["link", "show", IPVS_LINK])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if present {
-        run("ip", &["link", "del", IPVS_LINK], None)?;
-    }
-    Ok(())
+    super::ipvs::cleanup::remove_leftovers().map_err(|e| LeftoverError::Ipvs(e.to_string()))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod fake;
 pub mod iptables;
+pub mod ipvs;
 pub mod leftovers;
 pub mod nft;
 pub mod pending;
@@ -41,6 +42,10 @@ pub struct BackendConfig {
     pub iptables_variant: iptables::VariantChoice,
     /// iptables mode: the mark bit that asks for masquerading (None: upstream's 14, 0x4000).
     pub masquerade_bit: Option<u8>,
+    /// ipvs mode: the scheduler of every virtual server (empty: rr).
+    pub ipvs_scheduler: String,
+    /// ipvs mode: set arp_ignore=1 and arp_announce=2 (upstream's strictARP).
+    pub ipvs_strict_arp: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]
@@ -139,9 +144,11 @@ pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
             let variant = config.iptables_variant.resolve();
             Box::new(iptables::IptablesBackend::new(config, variant))
         }
-        // The IPVS backend lands in its own issue; until then its mode plans and renders but
-        // programs nothing (and says so at start-up).
-        ProxyMode::Ipvs => Box::new(pending::Pending::new(mode, config)),
+        ProxyMode::Ipvs => {
+            let nft = nft::Nft::detect(config.nft_command);
+            let kernel = Box::new(ipvs::kernel::LiveKernel::new(nft));
+            Box::new(ipvs::IpvsBackend::new(&config, kernel))
+        }
     }
 }
 

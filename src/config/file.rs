@@ -139,6 +139,10 @@ pub struct ModeSection {
     pub localhost_nodeports: Option<bool>,
     /// `masqueradeBit`; `None` when unset (upstream's default is 14).
     pub masquerade_bit: Option<u8>,
+    /// `ipvs.scheduler`; `None` when unset or empty.
+    pub scheduler: Option<String>,
+    /// `ipvs.strictARP`.
+    pub strict_arp: Option<bool>,
 }
 
 /// What kproxy takes from the file; `None` where the file leaves the default.
@@ -343,11 +347,19 @@ fn section(doc: &Value, name: &str) -> Result<ModeSection, String> {
         // Upstream defaulting treats zero as unset.
         Ok(d.filter(|d| !d.is_zero()))
     };
+    let strict_arp = match lookup(doc, &format!("{name}.strictARP")) {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(format!("{name}.strictARP: want true or false")),
+    };
+    let scheduler = string(doc, &format!("{name}.scheduler"))?.filter(|s| !s.is_empty());
     Ok(ModeSection {
         masquerade_all,
         sync_period: duration("syncPeriod")?,
         min_sync_period: duration("minSyncPeriod")?,
         localhost_nodeports,
         masquerade_bit,
+        scheduler,
+        strict_arp,
     })
 }

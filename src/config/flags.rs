@@ -53,8 +53,6 @@ pub const IGNORED: &[(&str, Kind)] = &[
     ("feature-gates", Kind::List),
     ("healthz-port", Kind::Int),
     ("ipvs-exclude-cidrs", Kind::List),
-    ("ipvs-scheduler", Kind::Text),
-    ("ipvs-strict-arp", Kind::Bool),
     ("ipvs-tcp-timeout", Kind::Duration),
     ("ipvs-tcpfin-timeout", Kind::Duration),
     ("ipvs-udp-timeout", Kind::Duration),
@@ -245,6 +243,15 @@ pub fn command() -> Command {
         .arg(boolean(
             "iptables-localhost-nodeports",
             "iptables mode: NodePorts also answer on 127.0.0.0/8 (IPv4; sets route_localnet); default true",
+        ))
+        .arg(value(
+            "ipvs-scheduler",
+            "NAME",
+            "ipvs mode: the IPVS scheduler of every virtual server (rr, wrr, lc, sh, mh, ...); default rr",
+        ))
+        .arg(boolean(
+            "ipvs-strict-arp",
+            "ipvs mode: answer ARP only for addresses of the receiving interface (arp_ignore=1, arp_announce=2)",
         ))
         .next_help_heading(COMPAT);
     for (name, kind) in IGNORED {

@@ -472,6 +472,8 @@ fn the_backend_config_carries_cidrs_and_masquerading() {
             localhost_nodeports: true,
             iptables_variant: Default::default(),
             masquerade_bit: Some(14),
+            ipvs_scheduler: "rr".into(),
+            ipvs_strict_arp: false,
         }
     );
 }

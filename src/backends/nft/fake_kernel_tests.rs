@@ -35,6 +35,7 @@ pub(super) fn config() -> BackendConfig {
         localhost_nodeports: false,
         iptables_variant: Default::default(),
         masquerade_bit: None,
+        ..Default::default()
     }
 }
 

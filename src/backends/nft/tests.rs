@@ -150,6 +150,7 @@ pub(crate) fn config() -> BackendConfig {
         localhost_nodeports: false,
         iptables_variant: Default::default(),
         masquerade_bit: None,
+        ..Default::default()
     }
 }
 

@@ -280,6 +280,7 @@ fn live_traffic_reaches_the_cluster_ip_endpoints() {
         localhost_nodeports: false,
         iptables_variant: Default::default(),
         masquerade_bit: None,
+        ..Default::default()
     };
     let mut b = NftBackend::new(config, NftCli::in_netns(n));
     let both = ["10.244.1.2", "10.244.2.2"];

@@ -1,0 +1,382 @@
+//! The IPVS backend: compile each service port (`compile.rs`), diff against the mirror of what
+//! was applied (`mirror.rs`), apply through the kernel (`kernel.rs`). Full syncs read the
+//! kernel's virtual servers and the dummy interface's addresses and reconcile them (adoption:
+//! nothing that is right is removed or re-added); partial syncs send only the messages of the
+//! changed ports. Removed TCP destinations drain at weight 0 and are deleted once IPVS counts no
+//! connection on them, or after `DRAIN_LIMIT`.
+//!
+//! Invariants: the mirror changes only after everything of a sync was applied; any failure
+//! makes the caller run a full sync; kproxy's virtual servers are those on addresses bound to
+//! the dummy interface or on this node's NodePort addresses, and nothing else in IPVS is
+//! touched; the companion tables are rewritten whole, atomically, on full syncs only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::compile::{self, Element, IpvsSettings, PortState, TABLE};
+use super::kernel::{Kernel, KernelError};
+use super::mirror::{Applied, Changes, Mirror};
+use super::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey};
+use super::render;
+use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
+use crate::model::{IpFamily, ServicePortName};
+use crate::node::NodeFacts;
+
+/// How often draining destinations are checked.
+pub const DRAIN_CHECK_PERIOD: Duration = Duration::from_secs(1);
+/// A draining destination is deleted after this long even with connections left (IPVS's own
+/// timeout for an established TCP connection).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(900);
+
+/// The sysctls upstream's IPVS mode sets (in the node's network namespace).
+pub const SYSCTLS: &[(&str, &str)] = &[
+    ("net/ipv4/vs/conntrack", "1"),
+    ("net/ipv4/vs/expire_nodest_conn", "1"),
+    ("net/ipv4/vs/expire_quiescent_template", "1"),
+    ("net/ipv4/vs/conn_reuse_mode", "0"),
+    ("net/ipv4/ip_forward", "1"),
+];
+/// `--ipvs-strict-arp`.
+pub const STRICT_ARP: &[(&str, &str)] = &[
+    ("net/ipv4/conf/all/arp_ignore", "1"),
+    ("net/ipv4/conf/all/arp_announce", "2"),
+];
+
+pub struct IpvsBackend {
+    settings: IpvsSettings,
+    strict_arp: bool,
+    kernel: Box<dyn Kernel>,
+    mirror: Mirror,
+    families: Vec<IpFamily>,
+    draining: BTreeMap<(ServiceKey, DestKey), Instant>,
+    last_drain_check: Instant,
+    prepared: bool,
+}
+
+fn apply_err(e: KernelError) -> BackendError {
+    BackendError::Apply(e.to_string())
+}
+
+fn family_name(f: IpFamily) -> &'static str {
+    match f {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    }
+}
+
+/// `add element ip kproxy-ipvs SET { KEY }` (or `delete`).
+pub fn element_line(verb: &str, e: &Element) -> String {
+    format!(
+        "{verb} element {} {TABLE} {} {{ {} }}\n",
+        family_name(e.family),
+        e.set,
+        e.key
+    )
+}
+
+impl IpvsBackend {
+    pub fn new(config: &BackendConfig, kernel: Box<dyn Kernel>) -> IpvsBackend {
+        let mut families = vec![IpFamily::V4];
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            families.push(IpFamily::V6);
+        }
+        IpvsBackend {
+            settings: IpvsSettings::from_config(config),
+            strict_arp: config.ipvs_strict_arp,
+            kernel,
+            mirror: Mirror::default(),
+            families,
+            draining: BTreeMap::new(),
+            last_drain_check: Instant::now(),
+            prepared: false,
+        }
+    }
+
+    /// The IPv4-only variant, for tests on hosts with IPv6 disabled and for the fake kernel.
+    pub fn with_families(mut self, families: Vec<IpFamily>) -> IpvsBackend {
+        self.families = families;
+        self
+    }
+
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
+    pub fn draining(&self) -> impl Iterator<Item = &(ServiceKey, DestKey)> {
+        self.draining.keys()
+    }
+
+    /// Loads IPVS (listing services opens the family, modprobing ip_vs when missing) and sets
+    /// the sysctls. Once per backend.
+    fn prepare(&mut self) -> Result<(), BackendError> {
+        if self.prepared {
+            return Ok(());
+        }
+        self.kernel.load_ipvs().map_err(apply_err)?;
+        let strict: &[(&str, &str)] = if self.strict_arp { STRICT_ARP } else { &[] };
+        for (path, value) in SYSCTLS.iter().chain(strict) {
+            self.kernel.sysctl(path, value).map_err(apply_err)?;
+        }
+        self.prepared = true;
+        Ok(())
+    }
+
+    fn compile(
+        &self,
+        plans: &Plans,
+        name: &ServicePortName,
+        node: &NodeFacts,
+    ) -> Option<PortState> {
+        plans
+            .get(name)
+            .map(|p| compile::compile_port(p, node, &self.settings))
+    }
+
+    /// The kernel's virtual servers that are kproxy's, with their destinations.
+    fn read_ours(
+        &mut self,
+        bound: &BTreeSet<std::net::IpAddr>,
+        node: &NodeFacts,
+    ) -> Result<BTreeMap<ServiceKey, Applied>, BackendError> {
+        let adopt = |e: KernelError| BackendError::Adopt(e.to_string());
+        let mut out = BTreeMap::new();
+        for vs in self.kernel.services().map_err(adopt)? {
+            let ours = bound.contains(&vs.key.addr) || node.nodeport_ips.contains(&vs.key.addr);
+            if !ours {
+                continue;
+            }
+            let dests = self
+                .kernel
+                .dests(&vs.key)
+                .map_err(adopt)?
+                .into_iter()
+                .map(|d| (d.key, d.weight))
+                .collect();
+            out.insert(vs.key, Applied { vs, dests });
+        }
+        Ok(out)
+    }
+
+    /// The whole companion ruleset with `elements`, replacing what is there in one transaction.
+    fn companion_script<'a>(&self, elements: impl Iterator<Item = &'a Element> + Clone) -> String {
+        let mut script = String::new();
+        for fam in &self.families {
+            let f = family_name(*fam);
+            script.push_str(&format!(
+                "table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\n"
+            ));
+            script.push_str(&compile::table(*fam, &self.settings));
+            for e in elements.clone().filter(|e| e.family == *fam) {
+                script.push_str(&element_line("add", e));
+            }
+        }
+        script
+    }
+
+    fn apply(&mut self, changes: &Changes, script: &str) -> Result<usize, BackendError> {
+        if !script.is_empty() {
+            self.kernel.nft(script).map_err(apply_err)?;
+        }
+        let mut sent = self.kernel.ipvs(changes.ipvs.clone()).map_err(apply_err)?;
+        sent += self
+            .kernel
+            .bind(changes.bind.clone(), changes.unbind.clone())
+            .map_err(apply_err)?;
+        Ok(sent)
+    }
+
+    /// Forgets draining entries of servers or destinations that are gone, and starts the clock
+    /// for the new ones.
+    fn track_drains(&mut self, started: &[(ServiceKey, DestKey)]) {
+        let now = Instant::now();
+        for d in started {
+            self.draining.entry(*d).or_insert(now);
+        }
+        let servers = &self.mirror.servers;
+        self.draining
+            .retain(|(s, d), _| servers.get(s).is_some_and(|a| a.dests.get(d) == Some(&0)));
+    }
+
+    /// Deletes the draining destinations without connections (or past `DRAIN_LIMIT`).
+    fn finish_drains(&mut self) -> Result<usize, BackendError> {
+        let services: BTreeSet<ServiceKey> = self.draining.keys().map(|(s, _)| *s).collect();
+        let mut deletes = Vec::new();
+        for service in services {
+            let counts: BTreeMap<DestKey, u32> = self
+                .kernel
+                .dests(&service)
+                .map_err(|e| BackendError::Probe(e.to_string()))?
+                .into_iter()
+                .map(|d| (d.key, d.active + d.inactive))
+                .collect();
+            for ((s, d), since) in self.draining.range((service, DestKey::MIN)..) {
+                if *s != service {
+                    break;
+                }
+                let idle = counts.get(d).is_none_or(|n| *n == 0);
+                if idle || since.elapsed() >= DRAIN_LIMIT {
+                    deletes.push((*s, *d, counts.contains_key(d)));
+                }
+            }
+        }
+        let messages: Vec<IpvsMessage> = deletes
+            .iter()
+            .filter(|(_, _, present)| *present)
+            .map(|(s, d, _)| super::socket::dest_message(Cmd::DelDest, s, d, 0))
+            .collect();
+        let sent = self.kernel.ipvs(messages).map_err(apply_err)?;
+        for (s, d, _) in &deletes {
+            self.draining.remove(&(*s, *d));
+            if let Some(a) = self.mirror.servers.get_mut(s) {
+                a.dests.remove(d);
+            }
+        }
+        Ok(sent)
+    }
+}
+
+impl Backend for IpvsBackend {
+    fn mode(&self) -> ProxyMode {
+        ProxyMode::Ipvs
+    }
+
+    fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
+        self.prepare()?;
+        let bound = self
+            .kernel
+            .addresses()
+            .map_err(|e| BackendError::Adopt(e.to_string()))?;
+        let kernel = self.read_ours(&bound, node)?;
+        let base = Mirror {
+            servers: kernel.clone(),
+            ..Mirror::default()
+        };
+        let desired: BTreeMap<ServicePortName, Option<PortState>> = plans
+            .keys()
+            .map(|name| (name.clone(), self.compile(plans, name, node)))
+            .collect();
+        let (mut changes, mut next) = base.diff_ports(&desired);
+        let wanted: BTreeSet<ServiceKey> = next
+            .ports
+            .values()
+            .flat_map(|p| p.servers.keys().copied())
+            .collect();
+        for key in kernel.keys().filter(|k| !wanted.contains(k)) {
+            changes
+                .ipvs
+                .push(IpvsMessage::service(Cmd::DelService, key.attrs()));
+            next.servers.remove(key);
+        }
+        changes.bind = next
+            .addresses
+            .keys()
+            .filter(|a| !bound.contains(a))
+            .copied()
+            .collect();
+        changes.unbind = bound
+            .iter()
+            .filter(|a| !next.addresses.contains_key(a))
+            .copied()
+            .collect();
+        let script = self.companion_script(next.elements.keys());
+        let sent = self.apply(&changes, &script)?;
+        // Destinations found at weight 0 were draining under a previous kproxy.
+        let adopted: Vec<(ServiceKey, DestKey)> = next
+            .servers
+            .iter()
+            .flat_map(|(s, a)| {
+                a.dests
+                    .iter()
+                    .filter(|(_, w)| **w == 0)
+                    .map(move |(d, _)| (*s, *d))
+            })
+            .collect();
+        self.mirror = next;
+        self.track_drains(&adopted);
+        Ok(SyncReport {
+            operations: sent + next_elements(&self.mirror),
+        })
+    }
+
+    fn sync_partial(
+        &mut self,
+        plans: &Plans,
+        changed: &BTreeSet<ServicePortName>,
+        node: &NodeFacts,
+    ) -> Result<SyncReport, BackendError> {
+        let desired: BTreeMap<ServicePortName, Option<PortState>> = changed
+            .iter()
+            .map(|name| (name.clone(), self.compile(plans, name, node)))
+            .collect();
+        let (changes, next) = self.mirror.diff_ports(&desired);
+        let mut script = String::new();
+        for e in &changes.del_elements {
+            script.push_str(&element_line("delete", e));
+        }
+        for e in &changes.add_elements {
+            script.push_str(&element_line("add", e));
+        }
+        let sent = self.apply(&changes, &script)?;
+        self.mirror = next;
+        self.track_drains(&changes.drain);
+        Ok(SyncReport {
+            operations: sent + changes.add_elements.len() + changes.del_elements.len(),
+        })
+    }
+
+    fn drift(&mut self) -> Result<Option<String>, BackendError> {
+        if !self.prepared {
+            return Ok(None);
+        }
+        if !self.draining.is_empty() && self.last_drain_check.elapsed() >= DRAIN_CHECK_PERIOD {
+            self.last_drain_check = Instant::now();
+            self.finish_drains()?;
+        }
+        let probe = |e: KernelError| BackendError::Probe(e.to_string());
+        for fam in self.families.clone() {
+            if self.kernel.companion_rules(fam).map_err(probe)? == 0 {
+                return Ok(Some(format!(
+                    "the companion table {} {TABLE} is gone or empty",
+                    family_name(fam)
+                )));
+            }
+        }
+        if !self.kernel.link_present().map_err(probe)? {
+            return Ok(Some(format!(
+                "the dummy interface {} is gone",
+                crate::backends::leftovers::IPVS_LINK
+            )));
+        }
+        if let Some(key) = self.mirror.servers.keys().next().copied()
+            && !self.kernel.has_service(&key).map_err(probe)?
+        {
+            return Ok(Some(format!(
+                "virtual server {} {} is gone",
+                key.protocol.as_str(),
+                std::net::SocketAddr::new(key.addr, key.port)
+            )));
+        }
+        Ok(None)
+    }
+
+    fn cleanup(&mut self) -> Result<(), BackendError> {
+        super::cleanup::remove(self.kernel.as_mut(), &self.families)
+            .map_err(|e| BackendError::Cleanup(e.to_string()))
+    }
+
+    fn render(&self, plans: &Plans, node: &NodeFacts) -> String {
+        let states: Vec<PortState> = plans
+            .values()
+            .map(|p| compile::compile_port(p, node, &self.settings))
+            .collect();
+        let elements: BTreeSet<Element> = states
+            .iter()
+            .flat_map(|s| s.elements.iter().cloned())
+            .collect();
+        render::render(&states, &self.companion_script(elements.iter()))
+    }
+}
+
+fn next_elements(m: &Mirror) -> usize {
+    m.elements.len()
+}

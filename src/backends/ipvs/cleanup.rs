@@ -1,0 +1,55 @@
+//! Removal of everything IPVS mode creates: kproxy's virtual servers (those on addresses of the
+//! dummy interface or of this host), the dummy interface with its addresses, and the companion
+//! nftables tables. Used by `--cleanup` and by the other modes at start-up.
+//!
+//! Invariants: never loads ip_vs (a kernel without the IPVS family has no virtual servers to
+//! remove); virtual servers on other addresses are left alone; each step runs even when an
+//! earlier one found nothing.
+
+use super::compile::TABLE;
+use super::kernel::{Kernel, KernelError};
+use super::netlink::{Cmd, IpvsMessage};
+use super::socket::SocketError;
+use crate::model::IpFamily;
+
+/// Removes IPVS mode's objects through `kernel`.
+pub fn remove(kernel: &mut dyn Kernel, families: &[IpFamily]) -> Result<(), KernelError> {
+    let mut ours = kernel.host_addresses()?;
+    if kernel.link_present()? {
+        ours.extend(kernel.addresses()?);
+    }
+    match kernel.services() {
+        Ok(services) => {
+            let deletes: Vec<IpvsMessage> = services
+                .iter()
+                .filter(|vs| ours.contains(&vs.key.addr))
+                .map(|vs| IpvsMessage::service(Cmd::DelService, vs.key.attrs()))
+                .collect();
+            kernel.ipvs(deletes)?;
+        }
+        Err(KernelError::Ipvs(SocketError::NoIpvs)) => {}
+        Err(e) => return Err(e),
+    }
+    kernel.delete_link()?;
+    let mut script = String::new();
+    for fam in families {
+        let f = match fam {
+            IpFamily::V4 => "ip",
+            IpFamily::V6 => "ip6",
+        };
+        script.push_str(&format!(
+            "table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\n"
+        ));
+    }
+    kernel.nft(&script)
+}
+
+/// `remove` on the live kernel, for the other modes' start-up and `leftovers.rs`.
+pub fn remove_leftovers() -> Result<(), KernelError> {
+    let mut kernel = super::kernel::LiveKernel::new(crate::backends::nft::Nft::detect(false));
+    let mut families = vec![IpFamily::V4];
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        families.push(IpFamily::V6);
+    }
+    remove(&mut kernel, &families)
+}

@@ -1,0 +1,189 @@
+//! The kernel as IPVS mode sees it, behind one narrow trait: IPVS over generic netlink, the
+//! dummy interface over rtnetlink, the companion tables through nftables, and the sysctls.
+//! `LiveKernel` is the real one; `fake_kernel.rs` is the one unit tests use.
+//!
+//! Invariants: every method is one step the backend names in its errors; nothing here decides
+//! anything (the backend and `mirror.rs` do); connections are opened on first use and reopened
+//! after a failure, so a kernel that gains ip_vs later is picked up by the next full sync.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use super::link::{self, DummyLink, LinkError};
+use super::netlink::{DestState, IpvsMessage, ServiceKey, VirtualServer};
+use super::socket::{IpvsSocket, SocketError};
+use crate::backends::leftovers::IPVS_LINK;
+use crate::backends::nft::Nft;
+use crate::backends::nft::transport::{NftError, Transport};
+use crate::model::IpFamily;
+
+/// Why a kernel step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Ipvs(#[from] SocketError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("applying the companion nftables rules: {0}")]
+    Nft(#[from] NftError),
+    #[error("setting sysctl {path}: {source}")]
+    Sysctl {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("injected failure: {0}")]
+    Injected(String),
+}
+
+pub trait Kernel: Send {
+    /// Makes sure IPVS is there, loading ip_vs when its netlink family is missing.
+    fn load_ipvs(&mut self) -> Result<(), KernelError>;
+    /// Applies IPVS changes in order; how many messages were sent.
+    fn ipvs(&mut self, messages: Vec<IpvsMessage>) -> Result<usize, KernelError>;
+    fn services(&mut self) -> Result<Vec<VirtualServer>, KernelError>;
+    fn dests(&mut self, service: &ServiceKey) -> Result<Vec<DestState>, KernelError>;
+    fn has_service(&mut self, service: &ServiceKey) -> Result<bool, KernelError>;
+    /// The addresses bound to the dummy interface (created when missing).
+    fn addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError>;
+    fn bind(&mut self, add: Vec<IpAddr>, remove: Vec<IpAddr>) -> Result<usize, KernelError>;
+    /// Whether the dummy interface exists (never creates it).
+    fn link_present(&mut self) -> Result<bool, KernelError>;
+    /// Applies one nft script atomically.
+    fn nft(&mut self, script: &str) -> Result<(), KernelError>;
+    /// Rules in the companion table's `services` chain of `family` (0 when the table is gone).
+    fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError>;
+    /// Writes `value` to /proc/sys/`path`.
+    fn sysctl(&mut self, path: &str, value: &str) -> Result<(), KernelError>;
+    /// Removes the dummy interface; whether it existed.
+    fn delete_link(&mut self) -> Result<bool, KernelError>;
+    /// Every address of this host, on any interface.
+    fn host_addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError>;
+}
+
+pub struct LiveKernel {
+    ipvs: Option<IpvsSocket>,
+    link: Option<DummyLink>,
+    nft: Nft,
+}
+
+impl LiveKernel {
+    pub fn new(nft: Nft) -> LiveKernel {
+        LiveKernel {
+            ipvs: None,
+            link: None,
+            nft,
+        }
+    }
+
+    fn socket(&mut self) -> Result<&mut IpvsSocket, KernelError> {
+        if self.ipvs.is_none() {
+            self.ipvs = Some(IpvsSocket::open()?);
+        }
+        Ok(self.ipvs.as_mut().expect("opened above"))
+    }
+
+    fn with_socket<T>(
+        &mut self,
+        f: impl FnOnce(&mut IpvsSocket) -> Result<T, SocketError>,
+    ) -> Result<T, KernelError> {
+        let result = f(self.socket()?);
+        if result.is_err() {
+            self.ipvs = None;
+        }
+        Ok(result?)
+    }
+
+    fn with_link<T>(
+        &mut self,
+        f: impl FnOnce(&mut DummyLink) -> Result<T, LinkError>,
+    ) -> Result<T, KernelError> {
+        if self.link.is_none() {
+            self.link = Some(DummyLink::ensure(IPVS_LINK)?);
+        }
+        let result = f(self.link.as_mut().expect("ensured above"));
+        if result.is_err() {
+            self.link = None;
+        }
+        Ok(result?)
+    }
+}
+
+impl Kernel for LiveKernel {
+    fn load_ipvs(&mut self) -> Result<(), KernelError> {
+        if self.ipvs.is_some() {
+            return Ok(());
+        }
+        match IpvsSocket::open() {
+            Err(SocketError::NoIpvs) => {
+                // As upstream, load the module when the family is missing.
+                let _ = std::process::Command::new("modprobe").arg("ip_vs").output();
+                self.ipvs = Some(IpvsSocket::open()?);
+            }
+            other => self.ipvs = Some(other?),
+        }
+        Ok(())
+    }
+
+    fn host_addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError> {
+        Ok(link::host_addresses()?)
+    }
+
+    fn ipvs(&mut self, messages: Vec<IpvsMessage>) -> Result<usize, KernelError> {
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        self.with_socket(|s| s.execute(messages))
+    }
+
+    fn services(&mut self) -> Result<Vec<VirtualServer>, KernelError> {
+        self.with_socket(|s| s.services())
+    }
+
+    fn dests(&mut self, service: &ServiceKey) -> Result<Vec<DestState>, KernelError> {
+        self.with_socket(|s| s.dests(service))
+    }
+
+    fn has_service(&mut self, service: &ServiceKey) -> Result<bool, KernelError> {
+        self.with_socket(|s| s.has_service(service))
+    }
+
+    fn addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError> {
+        self.with_link(|l| l.addresses())
+    }
+
+    fn bind(&mut self, add: Vec<IpAddr>, remove: Vec<IpAddr>) -> Result<usize, KernelError> {
+        if add.is_empty() && remove.is_empty() {
+            return Ok(0);
+        }
+        self.with_link(|l| l.change(add, remove))
+    }
+
+    fn link_present(&mut self) -> Result<bool, KernelError> {
+        Ok(link::exists(IPVS_LINK)?)
+    }
+
+    fn nft(&mut self, script: &str) -> Result<(), KernelError> {
+        Ok(self.nft.apply(script)?)
+    }
+
+    fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError> {
+        let (rules, _) = crate::backends::nft::netlink::chain_rules(
+            family,
+            super::compile::TABLE,
+            "services",
+            b"",
+        )
+        .map_err(NftError::from)?;
+        Ok(rules)
+    }
+
+    fn sysctl(&mut self, path: &str, value: &str) -> Result<(), KernelError> {
+        let full = format!("/proc/sys/{path}");
+        std::fs::write(&full, value).map_err(|source| KernelError::Sysctl { path: full, source })
+    }
+
+    fn delete_link(&mut self) -> Result<bool, KernelError> {
+        self.link = None;
+        Ok(link::delete(IPVS_LINK)?)
+    }
+}

@@ -1,0 +1,20 @@
+//! IPVS mode (`--proxy-mode ipvs`): virtual servers over IPVS's generic netlink family, service
+//! addresses bound to the dummy interface `kproxy-ipvs0`, and a fixed companion nftables table
+//! per family (`kproxy-ipvs`) whose sets carry what IPVS cannot do itself: masquerading,
+//! hairpin, loadBalancerSourceRanges and the drop verdict. README.md has the design.
+//!
+//! Invariants: compile is pure (`compile.rs`), the diff is pure (`mirror.rs`), and every kernel
+//! call goes through `kernel::Kernel` (live, or the fake in tests).
+
+mod backend;
+pub mod cleanup;
+pub mod compile;
+mod conn;
+pub mod kernel;
+pub mod link;
+pub mod mirror;
+pub mod netlink;
+pub mod render;
+pub mod socket;
+
+pub use backend::{DRAIN_LIMIT, IpvsBackend, SYSCTLS};
