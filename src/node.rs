@@ -77,13 +77,24 @@ pub enum NodeError {
     ListAddresses(String),
 }
 
-/// Every address configured on this host (all interfaces, both families), over rtnetlink.
+/// Every address configured on this host (all interfaces, both families), over rtnetlink, but
+/// for the service addresses IPVS mode binds to its dummy interface (they are not the node's).
 pub async fn local_addresses() -> Result<Vec<IpAddr>, NodeError> {
     use futures::TryStreamExt;
     use rtnetlink::packet_route::address::AddressAttribute;
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| NodeError::ListAddresses(e.to_string()))?;
     let task = tokio::spawn(conn);
+    let dummy = handle
+        .link()
+        .get()
+        .match_name(crate::backends::leftovers::IPVS_LINK.to_string())
+        .execute()
+        .try_next()
+        .await
+        .ok()
+        .flatten()
+        .map(|l| l.header.index);
     let mut out = Vec::new();
     let mut stream = handle.address().get().execute();
     while let Some(msg) = stream
@@ -91,6 +102,9 @@ pub async fn local_addresses() -> Result<Vec<IpAddr>, NodeError> {
         .await
         .map_err(|e| NodeError::ListAddresses(e.to_string()))?
     {
+        if Some(msg.header.index) == dummy {
+            continue;
+        }
         for attr in msg.attributes {
             if let AddressAttribute::Address(ip) = attr {
                 out.push(ip);

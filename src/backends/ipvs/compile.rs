@@ -7,7 +7,7 @@
 //! Destinations come from the plan (internal targets for ClusterIPs, external for the rest) and
 //! only of the server's family; Reject and Drop leave a server without destinations (IPVS
 //! answers that with ICMP port unreachable, which is the reject), and Drop adds the address to
-//! the `drop` set, matched before IPVS sees the packet. The companion rules are a fixed number
+//! the `dropped` set, matched before IPVS sees the packet. The companion rules are a fixed number
 //! whatever the Services; Services only add set elements.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,8 +69,13 @@ pub struct PortState {
     pub elements: BTreeSet<Element>,
 }
 
+/// nft's name of a protocol.
 fn proto(p: crate::model::Protocol) -> &'static str {
-    p.as_str()
+    match p {
+        crate::model::Protocol::Tcp => "tcp",
+        crate::model::Protocol::Udp => "udp",
+        crate::model::Protocol::Sctp => "sctp",
+    }
 }
 
 fn same_family(a: &IpAddr, b: &IpAddr) -> bool {
@@ -110,7 +115,7 @@ impl PortState {
         let addr = vs.key.addr;
         let triple = format!("{addr} . {} . {}", proto(vs.key.protocol), vs.key.port);
         if *targets == Targets::Drop {
-            self.element("drop", &addr, triple);
+            self.element("dropped", &addr, triple);
         }
         self.servers.insert(vs.key, Server { vs, dests });
     }
@@ -194,7 +199,7 @@ pub fn table(family: IpFamily, settings: &IpvsSettings) -> String {
         .collect();
     let mut out = format!("table {fam} {TABLE} {{\n");
     out.push_str("\tcomment \"kproxy IPVS mode: what IPVS cannot do itself\"\n");
-    for set in ["cluster-ips", "external-masq", "drop", "firewall"] {
+    for set in ["cluster-ips", "external-masq", "dropped", "firewall"] {
         out.push_str(&format!("\tset {set} {{\n\t\ttype {triple}\n\t}}\n"));
     }
     out.push_str(&format!(
@@ -205,13 +210,13 @@ pub fn table(family: IpFamily, settings: &IpvsSettings) -> String {
     ));
     for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
         out.push_str(&format!(
-            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority dstnat - 10; policy accept;\n\t\tjump services\n\t}}\n"
+            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority -110; policy accept;\n\t\tjump services\n\t}}\n"
         ));
     }
     let masq = format!("meta mark set meta mark | {mark}");
     let mut services = vec![
         format!("{key} @firewall {key} . {ip} saddr != @firewall-allow drop"),
-        format!("{key} @drop drop"),
+        format!("{key} @dropped drop"),
     ];
     if settings.masquerade_all {
         services.push(format!("{key} @cluster-ips {masq}"));

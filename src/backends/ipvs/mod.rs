@@ -17,4 +17,11 @@ pub mod netlink;
 pub mod render;
 pub mod socket;
 
+#[cfg(test)]
+mod backend_tests;
+#[cfg(test)]
+pub(crate) mod fake_kernel;
+#[cfg(test)]
+mod tests;
+
 pub use backend::{DRAIN_LIMIT, IpvsBackend, SYSCTLS};

@@ -1,8 +1,4 @@
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
-use netlink_packet_generic::GenlMessage;
-
+use super::super::fake_kernel::{decode, wire};
 use super::*;
 
 fn vs(addr: &str, persistence: Option<u32>) -> VirtualServer {
@@ -14,27 +10,6 @@ fn vs(addr: &str, persistence: Option<u32>) -> VirtualServer {
         },
         scheduler: "rr".into(),
         persistence,
-    }
-}
-
-/// Encodes `msg` as the kernel would receive it (nlmsghdr, genlmsghdr, attributes).
-fn wire(msg: IpvsMessage) -> Vec<u8> {
-    let mut genl = GenlMessage::from_payload(msg);
-    genl.set_resolved_family_id(0x20);
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(genl));
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf);
-    buf
-}
-
-fn decode(buf: &[u8]) -> IpvsMessage {
-    let m = NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(buf).unwrap();
-    match m.payload {
-        NetlinkPayload::InnerMessage(g) => g.payload,
-        other => panic!("not an IPVS message: {other:?}"),
     }
 }
 

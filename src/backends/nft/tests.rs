@@ -239,6 +239,12 @@ fn loopback_addresses_never_become_nodeport_addresses() {
 
 #[test]
 fn nft_accepts_the_rendered_ruleset() {
+    let texts = [cluster_ips(), external()].map(|plans| render(&compile(&plans, &node(), &config())));
+    nft_accepts(&texts);
+}
+
+/// Checks each of `texts` with `nft -c -f`; skips without root or nft (fails under CI=true).
+pub(crate) fn nft_accepts(texts: &[String]) {
     let ci = std::env::var("CI").as_deref() == Ok("true");
     let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
         .into_iter()
@@ -256,10 +262,9 @@ fn nft_accepts_the_rendered_ruleset() {
         eprintln!("skipped: needs nft and root");
         return;
     };
-    for plans in [cluster_ips(), external()] {
-        let text = render(&compile(&plans, &node(), &config()));
+    for text in texts {
         let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), &text).unwrap();
+        std::fs::write(file.path(), text).unwrap();
         let out = std::process::Command::new(nft)
             .arg("-c")
             .arg("-f")

@@ -1,0 +1,307 @@
+//! A fake kernel for IPVS mode's unit tests: virtual servers and destinations with the checks
+//! the kernel makes (a NEW of something present is EEXIST, a change of something absent is
+//! ESRCH/ENOENT, a NEW or SET without every required attribute is EINVAL), the dummy
+//! interface's addresses, the companion tables' elements, and sysctls. Every IPVS message is
+//! encoded to bytes and decoded back before it is applied, so the encoding is exercised too.
+//!
+//! Invariants: an nft script applies atomically or not at all; state is shared through an
+//! `Arc`, so a second backend (a restarted kproxy) sees what the first one left.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_generic::GenlMessage;
+
+use super::kernel::{Kernel, KernelError};
+use super::netlink::{
+    Cmd, DestAttr, DestKey, DestState, IpvsMessage, ServiceKey, SvcAttr, VirtualServer,
+};
+use crate::model::IpFamily;
+
+/// `msg` as the kernel receives it (nlmsghdr, genlmsghdr, attributes).
+pub fn wire(msg: IpvsMessage) -> Vec<u8> {
+    let mut genl = GenlMessage::from_payload(msg);
+    genl.set_resolved_family_id(0x20);
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(genl));
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    buf
+}
+
+/// The IPVS message in `buf`.
+pub fn decode(buf: &[u8]) -> IpvsMessage {
+    let m = NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(buf).unwrap();
+    match m.payload {
+        NetlinkPayload::InnerMessage(g) => g.payload,
+        other => panic!("not an IPVS message: {other:?}"),
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FakeState {
+    pub services: BTreeMap<ServiceKey, (VirtualServer, BTreeMap<DestKey, DestState>)>,
+    pub link: bool,
+    pub addresses: BTreeSet<IpAddr>,
+    pub host_addresses: BTreeSet<IpAddr>,
+    /// Companion tables present, by family name ("ip", "ip6").
+    pub tables: BTreeSet<String>,
+    /// (family, set, key) of every companion set element.
+    pub elements: BTreeSet<(String, String, String)>,
+    pub sysctls: BTreeMap<String, String>,
+    /// IPVS messages applied, in all.
+    pub ipvs_messages: usize,
+    pub scripts: Vec<String>,
+    /// The next IPVS batch fails after applying this many of its messages.
+    pub fail_ipvs_after: Option<usize>,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeKernel(pub Arc<Mutex<FakeState>>);
+
+impl FakeKernel {
+    pub fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.0.lock().unwrap()
+    }
+}
+
+fn refused(what: &str, errno: &str) -> KernelError {
+    KernelError::Injected(format!("{what}: {errno}"))
+}
+
+fn full_service(attrs: &[SvcAttr]) -> bool {
+    let has = |f: fn(&SvcAttr) -> bool| attrs.iter().any(f);
+    has(|a| matches!(a, SvcAttr::Sched(_)))
+        && has(|a| matches!(a, SvcAttr::Flags { .. }))
+        && has(|a| matches!(a, SvcAttr::Timeout(_)))
+        && has(|a| matches!(a, SvcAttr::Netmask(_)))
+}
+
+fn full_dest(attrs: &[DestAttr]) -> bool {
+    let has = |f: fn(&DestAttr) -> bool| attrs.iter().any(f);
+    has(|a| matches!(a, DestAttr::FwdMethod(_)))
+        && has(|a| matches!(a, DestAttr::Weight(_)))
+        && has(|a| matches!(a, DestAttr::UThresh(_)))
+        && has(|a| matches!(a, DestAttr::LThresh(_)))
+}
+
+/// The service of `attrs`, for messages that only identify it.
+fn key_of(attrs: &[SvcAttr]) -> Option<ServiceKey> {
+    let mut a = attrs.to_vec();
+    a.push(SvcAttr::Sched(String::new()));
+    VirtualServer::from_attrs(&a).map(|v| v.key)
+}
+
+impl FakeState {
+    fn apply(&mut self, msg: IpvsMessage) -> Result<(), KernelError> {
+        let msg = decode(&wire(msg));
+        let svc = msg.service_attrs().unwrap_or_default().to_vec();
+        let key = key_of(&svc).ok_or_else(|| refused("no service", "EINVAL"))?;
+        let dest = msg.dest_attrs().map(|d| d.to_vec());
+        let parsed_dest = dest
+            .as_ref()
+            .and_then(|d| DestState::from_attrs(d, key.addr));
+        match msg.cmd {
+            Cmd::NewService | Cmd::SetService if !full_service(&svc) => {
+                return Err(refused("service without every attribute", "EINVAL"));
+            }
+            Cmd::NewDest | Cmd::SetDest if !dest.as_deref().is_some_and(full_dest) => {
+                return Err(refused("destination without every attribute", "EINVAL"));
+            }
+            Cmd::NewService => {
+                if self.services.contains_key(&key) {
+                    return Err(refused("new service", "EEXIST"));
+                }
+                let vs = VirtualServer::from_attrs(&svc).expect("full");
+                self.services.insert(key, (vs, BTreeMap::new()));
+            }
+            Cmd::SetService => {
+                let vs = VirtualServer::from_attrs(&svc).expect("full");
+                let entry = self
+                    .services
+                    .get_mut(&key)
+                    .ok_or_else(|| refused("set service", "ESRCH"))?;
+                entry.0 = vs;
+            }
+            Cmd::DelService => {
+                self.services
+                    .remove(&key)
+                    .ok_or_else(|| refused("del service", "ESRCH"))?;
+            }
+            Cmd::NewDest | Cmd::SetDest | Cmd::DelDest => {
+                let d = parsed_dest.ok_or_else(|| refused("no destination", "EINVAL"))?;
+                let dests = &mut self
+                    .services
+                    .get_mut(&key)
+                    .ok_or_else(|| refused("destination of a missing service", "ESRCH"))?
+                    .1;
+                match msg.cmd {
+                    Cmd::NewDest if dests.contains_key(&d.key) => {
+                        return Err(refused("new dest", "EEXIST"));
+                    }
+                    Cmd::NewDest => {
+                        dests.insert(d.key, d);
+                    }
+                    Cmd::SetDest => {
+                        let have = dests
+                            .get_mut(&d.key)
+                            .ok_or_else(|| refused("set dest", "ENOENT"))?;
+                        have.weight = d.weight;
+                    }
+                    _ => {
+                        dests
+                            .remove(&d.key)
+                            .ok_or_else(|| refused("del dest", "ENOENT"))?;
+                    }
+                }
+            }
+            other => return Err(refused(&format!("{other:?}"), "EOPNOTSUPP")),
+        }
+        self.ipvs_messages += 1;
+        Ok(())
+    }
+
+    /// Applies an nft script of the shapes the backend writes.
+    fn script(&mut self, script: &str) -> Result<(), KernelError> {
+        let mut in_table = false;
+        for line in script.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if in_table {
+                in_table = line != "}";
+                continue;
+            }
+            match words.as_slice() {
+                ["table", fam, "kproxy-ipvs", "{}"] => {
+                    self.tables.insert(fam.to_string());
+                }
+                ["table", fam, "kproxy-ipvs", "{"] => {
+                    self.tables.insert(fam.to_string());
+                    in_table = true;
+                }
+                ["delete", "table", fam, "kproxy-ipvs"] => {
+                    if !self.tables.remove(*fam) {
+                        return Err(refused("delete table", "ENOENT"));
+                    }
+                    self.elements.retain(|(f, _, _)| f != fam);
+                }
+                [verb @ ("add" | "delete"), "element", fam, "kproxy-ipvs", set, "{", rest @ ..] => {
+                    if !self.tables.contains(*fam) {
+                        return Err(refused("element of a missing table", "ENOENT"));
+                    }
+                    let key = rest[..rest.len() - 1].join(" ");
+                    let e = (fam.to_string(), set.to_string(), key);
+                    if *verb == "add" {
+                        self.elements.insert(e);
+                    } else if !self.elements.remove(&e) {
+                        return Err(refused("delete element", "ENOENT"));
+                    }
+                }
+                [] => {}
+                _ => return Err(refused(&format!("unknown line {line:?}"), "EINVAL")),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Kernel for FakeKernel {
+    fn load_ipvs(&mut self) -> Result<(), KernelError> {
+        Ok(())
+    }
+
+    fn ipvs(&mut self, messages: Vec<IpvsMessage>) -> Result<usize, KernelError> {
+        let mut s = self.state();
+        let n = messages.len();
+        let fail_after = s.fail_ipvs_after.take();
+        let mut first = None;
+        for (i, m) in messages.into_iter().enumerate() {
+            if fail_after == Some(i) {
+                first = first.or(Some(refused("injected", "EIO")));
+                break;
+            }
+            if let Err(e) = s.apply(m) {
+                first = first.or(Some(e));
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
+    }
+
+    fn services(&mut self) -> Result<Vec<VirtualServer>, KernelError> {
+        Ok(self.state().services.values().map(|(v, _)| v.clone()).collect())
+    }
+
+    fn dests(&mut self, service: &ServiceKey) -> Result<Vec<DestState>, KernelError> {
+        let s = self.state();
+        let (_, dests) = s
+            .services
+            .get(service)
+            .ok_or_else(|| refused("dests of a missing service", "ESRCH"))?;
+        Ok(dests.values().copied().collect())
+    }
+
+    fn has_service(&mut self, service: &ServiceKey) -> Result<bool, KernelError> {
+        Ok(self.state().services.contains_key(service))
+    }
+
+    fn addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError> {
+        let mut s = self.state();
+        s.link = true;
+        Ok(s.addresses.clone())
+    }
+
+    fn bind(&mut self, add: Vec<IpAddr>, remove: Vec<IpAddr>) -> Result<usize, KernelError> {
+        let mut s = self.state();
+        s.link = true;
+        let n = add.len() + remove.len();
+        for a in remove {
+            s.addresses.remove(&a);
+        }
+        s.addresses.extend(add);
+        Ok(n)
+    }
+
+    fn link_present(&mut self) -> Result<bool, KernelError> {
+        Ok(self.state().link)
+    }
+
+    fn nft(&mut self, script: &str) -> Result<(), KernelError> {
+        let mut s = self.state();
+        let mut next = s.clone();
+        next.script(script)?;
+        next.scripts.push(script.to_string());
+        *s = next;
+        Ok(())
+    }
+
+    fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError> {
+        let name = if family == IpFamily::V4 { "ip" } else { "ip6" };
+        Ok(if self.state().tables.contains(name) { 5 } else { 0 })
+    }
+
+    fn sysctl(&mut self, path: &str, value: &str) -> Result<(), KernelError> {
+        self.state()
+            .sysctls
+            .insert(path.to_string(), value.to_string());
+        Ok(())
+    }
+
+    fn delete_link(&mut self) -> Result<bool, KernelError> {
+        let mut s = self.state();
+        s.addresses.clear();
+        Ok(std::mem::replace(&mut s.link, false))
+    }
+
+    fn host_addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError> {
+        let s = self.state();
+        Ok(s.host_addresses.union(&s.addresses).copied().collect())
+    }
+}
