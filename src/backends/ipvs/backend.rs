@@ -197,8 +197,9 @@ impl IpvsBackend {
             .retain(|(s, d), _| servers.get(s).is_some_and(|a| a.dests.get(d) == Some(&0)));
     }
 
-    /// Deletes the draining destinations without connections (or past `DRAIN_LIMIT`).
-    fn finish_drains(&mut self) -> Result<usize, BackendError> {
+    /// Deletes the draining destinations without connections (or past `DRAIN_LIMIT`). `drift`
+    /// runs it every `DRAIN_CHECK_PERIOD`.
+    pub(crate) fn finish_drains(&mut self) -> Result<usize, BackendError> {
         let services: BTreeSet<ServiceKey> = self.draining.keys().map(|(s, _)| *s).collect();
         let mut deletes = Vec::new();
         for service in services {

@@ -190,7 +190,15 @@ impl FakeState {
                     }
                     self.elements.retain(|(f, _, _)| f != fam);
                 }
-                [verb @ ("add" | "delete"), "element", fam, "kproxy-ipvs", set, "{", rest @ ..] => {
+                [
+                    verb @ ("add" | "delete"),
+                    "element",
+                    fam,
+                    "kproxy-ipvs",
+                    set,
+                    "{",
+                    rest @ ..,
+                ] => {
                     if !self.tables.contains(*fam) {
                         return Err(refused("element of a missing table", "ENOENT"));
                     }
@@ -236,7 +244,12 @@ impl Kernel for FakeKernel {
     }
 
     fn services(&mut self) -> Result<Vec<VirtualServer>, KernelError> {
-        Ok(self.state().services.values().map(|(v, _)| v.clone()).collect())
+        Ok(self
+            .state()
+            .services
+            .values()
+            .map(|(v, _)| v.clone())
+            .collect())
     }
 
     fn dests(&mut self, service: &ServiceKey) -> Result<Vec<DestState>, KernelError> {
@@ -284,7 +297,11 @@ impl Kernel for FakeKernel {
 
     fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError> {
         let name = if family == IpFamily::V4 { "ip" } else { "ip6" };
-        Ok(if self.state().tables.contains(name) { 5 } else { 0 })
+        Ok(if self.state().tables.contains(name) {
+            5
+        } else {
+            0
+        })
     }
 
     fn sysctl(&mut self, path: &str, value: &str) -> Result<(), KernelError> {
