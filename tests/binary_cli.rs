@@ -54,23 +54,30 @@ fn dry_run(mode: &str) -> String {
 }
 
 #[test]
-fn dry_run_on_the_example_cluster_prints_every_service_port_and_exits_0() {
-    // IPVS mode has no compiler yet: it prints the plans.
+fn ipvs_dry_run_prints_the_virtual_servers_addresses_and_companion_rules() {
     let stdout = dry_run("ipvs");
     for line in [
-        "kube-system/kube-dns:dns/UDP ClusterIP clusterIPs 10.96.0.10 port 53",
-        "default/shop:http/TCP NodePort clusterIPs 10.96.10.30 port 80 nodePort 30080 affinity ClientIP 600s",
-        "default/legacy:http/TCP ClusterIP clusterIPs 10.96.10.50 port 8000 externalIP 192.0.2.50",
+        // ClusterIPs, UDP and TCP, with their endpoints (ipvsadm-restore syntax).
+        "-A -u 10.96.0.10:53 -s rr",
+        "-a -u 10.96.0.10:53 -r 10.244.1.2:53 -m -w 1",
+        // ClientIP affinity as persistence, on the ClusterIP and the NodePort.
+        "-A -t 10.96.10.30:80 -s rr -p 600",
+        "-A -t 192.0.2.2:30080 -s rr -p 600",
+        // An externalIP is bound to the dummy interface and masqueraded.
+        "192.0.2.50/32",
+        "add element ip kproxy-ipvs external-masq { 192.0.2.50 . tcp . 8000 }",
+        "table ip kproxy-ipvs {",
+        "table ip6 kproxy-ipvs {",
     ] {
-        assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "missing {line:?} in\n{stdout}"
+        );
     }
-    // eTP=Local without an endpoint on node1 drops external traffic.
-    assert!(stdout.contains("default/api:https/TCP"), "{stdout}");
-    let api = stdout.split("default/api:https/TCP").nth(1).unwrap();
-    assert!(
-        api.lines().nth(2).unwrap().contains("external: drop"),
-        "{api}"
-    );
+    // eTP=Local without an endpoint on node1: a server without destinations, and a drop.
+    assert!(stdout.lines().any(|l| l == "-A -t 192.0.2.2:30444 -s rr"));
+    assert!(!stdout.contains("-a -t 192.0.2.2:30444 "), "{stdout}");
+    assert!(stdout.contains("add element ip kproxy-ipvs dropped { 192.0.2.2 . tcp . 30444 }"));
 }
 
 #[test]

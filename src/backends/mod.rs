@@ -12,7 +12,6 @@ pub mod iptables;
 pub mod ipvs;
 pub mod leftovers;
 pub mod nft;
-pub mod pending;
 pub mod process;
 #[cfg(test)]
 pub(crate) mod random_world;

@@ -239,7 +239,8 @@ fn loopback_addresses_never_become_nodeport_addresses() {
 
 #[test]
 fn nft_accepts_the_rendered_ruleset() {
-    let texts = [cluster_ips(), external()].map(|plans| render(&compile(&plans, &node(), &config())));
+    let texts =
+        [cluster_ips(), external()].map(|plans| render(&compile(&plans, &node(), &config())));
     nft_accepts(&texts);
 }
 
