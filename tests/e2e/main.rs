@@ -21,6 +21,7 @@ mod scenarios_clusterip;
 mod scenarios_conntrack;
 mod scenarios_external;
 mod scenarios_iptables;
+mod scenarios_ipvs;
 mod scenarios_lifecycle;
 mod scenarios_policy;
 mod topology;
@@ -54,7 +55,10 @@ pub fn run(mode: &'static str, test: &str, scenario: fn(&mut Cluster)) {
 /// One `#[test]` per scenario for proxy mode `$mode`.
 macro_rules! scenarios {
     ($mode:literal) => {
-        scenarios!(@tests $mode;
+        scenarios!($mode, #[cfg(all())]);
+    };
+    ($mode:literal, #[$attr:meta]) => {
+        scenarios!(@tests $mode, #[$attr];
             scenarios_clusterip::clusterip_tcp_from_a_pod_reaches_every_endpoint,
             scenarios_clusterip::clusterip_tcp_from_the_node_itself_is_answered,
             scenarios_clusterip::clusterip_udp_from_a_pod_is_answered,
@@ -72,9 +76,7 @@ macro_rules! scenarios {
             scenarios_external::a_load_balancer_ingress_ip_is_reachable_from_an_external_host,
             scenarios_external::load_balancer_source_ranges_admit_listed_clients_and_drop_others,
             scenarios_external::health_check_node_port_reports_whether_there_are_local_endpoints,
-            scenarios_policy::client_ip_affinity_keeps_a_client_on_one_endpoint_across_ports,
             scenarios_policy::client_ip_affinity_keeps_an_external_client_on_one_endpoint_through_a_node_port,
-            scenarios_policy::client_ip_affinity_on_ipv6_keeps_a_client_on_one_endpoint_across_ports,
             scenarios_policy::a_not_ready_endpoint_gets_no_traffic,
             scenarios_policy::terminating_serving_endpoints_serve_when_nothing_else_is_left,
             scenarios_policy::internal_traffic_policy_local_uses_only_local_endpoints,
@@ -95,12 +97,28 @@ macro_rules! scenarios {
         );
     };
     (@tests $mode:literal; $($module:ident :: $name:ident),* $(,)?) => {
+        scenarios!(@tests $mode, #[cfg(all())]; $($module::$name),*);
+    };
+    (@tests $mode:literal, #[$attr:meta]; $($module:ident :: $name:ident),* $(,)?) => {
         $(
             #[test]
+            #[$attr]
             fn $name() {
                 crate::run($mode, concat!($mode, "::", stringify!($name)), crate::$module::$name);
             }
         )*
+    };
+}
+
+/// ClientIP affinity that holds across the ports of a Service: the nftables and iptables modes
+/// keep a client on one endpoint for all of them; IPVS persistence is per virtual server (one
+/// per port), as upstream's IPVS mode, so that mode runs `scenarios_ipvs`' per-port check instead.
+macro_rules! affinity_across_ports {
+    ($mode:literal) => {
+        scenarios!(@tests $mode;
+            scenarios_policy::client_ip_affinity_keeps_a_client_on_one_endpoint_across_ports,
+            scenarios_policy::client_ip_affinity_on_ipv6_keeps_a_client_on_one_endpoint_across_ports,
+        );
     };
 }
 
@@ -116,20 +134,32 @@ macro_rules! iptables_only {
 
 mod nftables {
     scenarios!("nftables");
+    affinity_across_ports!("nftables");
 }
 /// nftables through the `nft` command (`--nftables-transport command`) instead of libnftables.
 mod nftables_command {
     scenarios!("nftables-command");
+    affinity_across_ports!("nftables-command");
 }
 /// iptables mode through iptables-nft (`--iptables-variant nft`).
 mod iptables {
     scenarios!("iptables");
+    affinity_across_ports!("iptables");
     iptables_only!("iptables");
 }
 /// iptables mode through iptables-legacy (`--iptables-variant legacy`).
 mod iptables_legacy {
     scenarios!("iptables-legacy");
+    affinity_across_ports!("iptables-legacy");
     iptables_only!("iptables-legacy");
 }
-// The IPVS backend runs the same scenarios once it programs rules:
-// mod ipvs { scenarios!("ipvs"); }
+/// IPVS mode. The host kernel of this project's machines has no IP_VS, so these are ignored
+/// here and run inside the VM that `tests/vm/run.sh` boots (`test.sh` does that).
+mod ipvs {
+    scenarios!("ipvs", #[ignore = "needs IP_VS: runs inside the VM (tests/vm)"]);
+    scenarios!(@tests "ipvs", #[ignore = "needs IP_VS: runs inside the VM (tests/vm)"];
+        scenarios_ipvs::client_ip_affinity_is_persistence_per_port_with_the_services_timeout,
+        scenarios_ipvs::a_removed_endpoint_drains_at_weight_zero_and_keeps_its_connections,
+        scenarios_ipvs::service_addresses_are_bound_to_the_dummy_interface_while_used,
+    );
+}

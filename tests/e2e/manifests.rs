@@ -131,6 +131,16 @@ impl Svc {
         self
     }
 
+    /// sessionAffinity: ClientIP with `seconds` of timeout.
+    pub fn client_ip_affinity_for(mut self, seconds: u32) -> Svc {
+        self.spec("sessionAffinity", json!("ClientIP"));
+        self.spec(
+            "sessionAffinityConfig",
+            json!({"clientIP": {"timeoutSeconds": seconds}}),
+        );
+        self
+    }
+
     /// No selector: endpoints come from a hand-written v1 Endpoints.
     pub fn without_selector(mut self) -> Svc {
         self.0["spec"]

@@ -5,8 +5,8 @@
 //! Invariants: every command runs inside the given (node) namespace, never on the host; a tool
 //! that is missing yields its error text in the dump instead of failing the test. The iptables
 //! variants name their tools explicitly (`iptables-nft-save`, `iptables-legacy`), never the
-//! `iptables` alternative. The IPVS entries follow the names in `src/backends/leftovers.rs`
-//! and are to be checked when that backend lands.
+//! `iptables` alternative. IPVS mode's objects are its virtual servers, the dummy interface
+//! `kproxy-ipvs0` and the companion tables `kproxy-ipvs`.
 
 use crate::support::netns::Netns;
 
@@ -53,8 +53,9 @@ impl Mode {
             "iptables" => vec![vec![&v4], vec![&v6]],
             _ => vec![
                 vec!["ipvsadm", "-Ln"],
-                vec!["iptables-save"],
-                vec!["ipset", "list"],
+                vec!["nft", "list", "table", "ip", "kproxy-ipvs"],
+                vec!["nft", "list", "table", "ip6", "kproxy-ipvs"],
+                vec!["ip", "addr", "show", "kproxy-ipvs0"],
             ],
         };
         commands
@@ -79,21 +80,27 @@ impl Mode {
     /// What of this mode is still in the kernel (empty when nothing is).
     pub fn leftovers(&self, node: &Netns) -> Vec<String> {
         let (v4, v6) = (self.tool(false, "-save"), self.tool(true, "-save"));
-        let (commands, needle): (Vec<&str>, &str) = match self.name {
-            "nftables" => (vec!["nft list tables"], "kproxy"),
-            "iptables" => (vec![&v4, &v6], "KPROXY-"),
-            _ => (vec!["ip link show"], "kproxy-ipvs0"),
+        let checks: Vec<(&str, &str)> = match self.name {
+            "nftables" => vec![("nft list tables", "kproxy")],
+            "iptables" => vec![(&v4, "KPROXY-"), (&v6, "KPROXY-")],
+            // Virtual servers are listed as "TCP  10.96.0.1:80 rr".
+            _ => vec![
+                ("ip link show", "kproxy-ipvs0"),
+                ("nft list tables", "kproxy"),
+                ("ipvsadm -Ln", "TCP "),
+                ("ipvsadm -Ln", "UDP "),
+            ],
         };
-        commands
+        checks
             .iter()
-            .flat_map(|c| {
+            .flat_map(|(c, needle)| {
                 let words: Vec<&str> = c.split(' ').collect();
                 output(node, &words)
                     .lines()
+                    .filter(|l| l.contains(needle))
                     .map(str::to_string)
                     .collect::<Vec<_>>()
             })
-            .filter(|l| l.contains(needle))
             .collect()
     }
 }

@@ -14,7 +14,7 @@ use crate::manifests::{DRAINING, GONE, NOT_READY, READY, Slice, Svc, WEB, web, w
 use crate::topology::{A, ALT, B, C, Client, Ext, HTTP, Node};
 
 /// The one server that answered every outcome, or why there is none.
-fn one_server(r: &[Outcome]) -> Result<String, String> {
+pub(crate) fn one_server(r: &[Outcome]) -> Result<String, String> {
     let t = tally(r);
     match t.keys().collect::<Vec<_>>()[..] {
         [only] if !only.starts_with("err:") => Ok(only.clone()),
