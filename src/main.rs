@@ -151,6 +151,7 @@ fn cleanup(config: &BackendConfig) -> anyhow::Result<()> {
             .cleanup()
             .with_context(|| format!("cleaning up the {mode} backend"))?;
     }
+    backends::leftovers::remove_ipsets().context("removing kproxy's ipsets")?;
     tracing::info!("cleanup done");
     Ok(())
 }

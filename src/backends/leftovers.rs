@@ -139,12 +139,19 @@ pub fn remove_iptables() -> Result<usize, LeftoverError> {
 /// Removes what IPVS mode leaves: its virtual servers, the dummy interface, the companion
 /// nftables tables (`ipvs::cleanup`), and any `KPROXY-*` ipsets.
 pub fn remove_ipvs() -> Result<(), LeftoverError> {
+    remove_ipsets()?;
+    super::ipvs::cleanup::remove_leftovers().map_err(|e| LeftoverError::Ipvs(e.to_string()))
+}
+
+/// Destroys every `KPROXY-*` ipset (kproxy programs none today; a host may hold ones made by
+/// hand or by a build that did).
+pub fn remove_ipsets() -> Result<(), LeftoverError> {
     if let Ok(names) = run("ipset", &["list", "-n"], None) {
         for name in names.lines().filter(|n| n.starts_with(PREFIX)) {
             run("ipset", &["destroy", name], None)?;
         }
     }
-    super::ipvs::cleanup::remove_leftovers().map_err(|e| LeftoverError::Ipvs(e.to_string()))
+    Ok(())
 }
 
 #[cfg(test)]
