@@ -146,7 +146,6 @@ pub fn sizes() -> Vec<u32> {
     s
 }
 
-/// The backend configuration of every bench (a cluster CIDR, no --masquerade-all).
 /// The real sync loop's `Syncer` over `backend`, on this node (address 192.168.0.2), with the
 /// generated cluster of `n` Services × 10 endpoints applied (not synced yet); `Shared` holds
 /// the plans and node facts after each sync.
@@ -172,6 +171,7 @@ pub fn syncer(
     (syncer, shared)
 }
 
+/// The backend configuration of every bench (a cluster CIDR, no --masquerade-all).
 pub fn config() -> BackendConfig {
     BackendConfig {
         cluster_cidrs: vec!["10.96.0.0/12".parse().expect("static CIDR")],

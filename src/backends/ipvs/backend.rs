@@ -256,13 +256,10 @@ impl Backend for IpvsBackend {
             .keys()
             .map(|name| (name.clone(), self.compile(plans, name, node)))
             .collect();
-        let (mut changes, mut next) = base.diff_ports(&desired);
-        let wanted: BTreeSet<ServiceKey> = next
-            .ports
-            .values()
-            .flat_map(|p| p.servers.keys().copied())
-            .collect();
-        for key in kernel.keys().filter(|k| !wanted.contains(k)) {
+        let (mut changes, delta) = base.diff_ports(&desired);
+        let mut next = base;
+        next.commit(delta);
+        for key in kernel.keys().filter(|k| !next.owners.contains_key(k)) {
             changes
                 .ipvs
                 .push(IpvsMessage::service(Cmd::DelService, key.attrs()));
@@ -309,7 +306,7 @@ impl Backend for IpvsBackend {
             .iter()
             .map(|name| (name.clone(), self.compile(plans, name, node)))
             .collect();
-        let (changes, next) = self.mirror.diff_ports(&desired);
+        let (changes, delta) = self.mirror.diff_ports(&desired);
         let mut script = String::new();
         for e in &changes.del_elements {
             script.push_str(&element_line("delete", e));
@@ -318,7 +315,7 @@ impl Backend for IpvsBackend {
             script.push_str(&element_line("add", e));
         }
         let sent = self.apply(&changes, &script)?;
-        self.mirror = next;
+        self.mirror.commit(delta);
         self.track_drains(&changes.drain);
         Ok(SyncReport {
             operations: sent + changes.add_elements.len() + changes.del_elements.len(),

@@ -1,4 +1,4 @@
-//! A fake kernel for IPVS mode's unit tests: virtual servers and destinations with the checks
+//! A fake kernel for IPVS mode's unit tests and user-space benches: virtual servers and destinations with the checks
 //! the kernel makes (a NEW of something present is EEXIST, a change of something absent is
 //! ESRCH/ENOENT, a NEW or SET without every required attribute is EINVAL), the dummy
 //! interface's addresses, the companion tables' elements, and sysctls. Every IPVS message is
@@ -57,7 +57,8 @@ pub struct FakeState {
     pub sysctls: BTreeMap<String, String>,
     /// IPVS messages applied, in all.
     pub ipvs_messages: usize,
-    pub scripts: Vec<String>,
+    /// nft scripts applied.
+    pub scripts: usize,
     /// The next IPVS batch fails after applying this many of its messages.
     pub fail_ipvs_after: Option<usize>,
 }
@@ -167,55 +168,111 @@ impl FakeState {
         Ok(())
     }
 
-    /// Applies an nft script of the shapes the backend writes.
+    /// Applies an nft script of the shapes the backend writes, atomically: every line is
+    /// checked against the state as the earlier lines leave it before anything changes.
     fn script(&mut self, script: &str) -> Result<(), KernelError> {
-        let mut in_table = false;
-        for line in script.lines() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if in_table {
-                in_table = line != "}";
-                continue;
-            }
-            match words.as_slice() {
-                ["table", fam, "kproxy-ipvs", "{}"] => {
-                    self.tables.insert(fam.to_string());
+        let ops = parse(script)?;
+        let mut tables: BTreeMap<&str, bool> = BTreeMap::new();
+        let mut elements: BTreeMap<&(String, String, String), bool> = BTreeMap::new();
+        let mut cleared: BTreeSet<&str> = BTreeSet::new();
+        for op in &ops {
+            match op {
+                Op::Table(fam) => {
+                    tables.insert(fam, true);
                 }
-                ["table", fam, "kproxy-ipvs", "{"] => {
-                    self.tables.insert(fam.to_string());
-                    in_table = true;
-                }
-                ["delete", "table", fam, "kproxy-ipvs"] => {
-                    if !self.tables.remove(*fam) {
+                Op::DeleteTable(fam) => {
+                    let present = tables.get(fam.as_str()).copied();
+                    if !present.unwrap_or_else(|| self.tables.contains(fam)) {
                         return Err(refused("delete table", "ENOENT"));
                     }
-                    self.elements.retain(|(f, _, _)| f != fam);
+                    tables.insert(fam, false);
+                    cleared.insert(fam);
+                    elements.retain(|(f, _, _), _| f != fam);
                 }
-                [
-                    verb @ ("add" | "delete"),
-                    "element",
-                    fam,
-                    "kproxy-ipvs",
-                    set,
-                    "{",
-                    rest @ ..,
-                ] => {
-                    if !self.tables.contains(*fam) {
+                Op::Add(e) | Op::Delete(e) => {
+                    let fam = e.0.as_str();
+                    let table = tables.get(fam).copied();
+                    if !table.unwrap_or_else(|| self.tables.contains(fam)) {
                         return Err(refused("element of a missing table", "ENOENT"));
                     }
-                    let key = rest[..rest.len() - 1].join(" ");
-                    let e = (fam.to_string(), set.to_string(), key);
-                    if *verb == "add" {
-                        self.elements.insert(e);
-                    } else if !self.elements.remove(&e) {
+                    let present = elements
+                        .get(e)
+                        .copied()
+                        .unwrap_or_else(|| !cleared.contains(fam) && self.elements.contains(e));
+                    if matches!(op, Op::Delete(_)) && !present {
                         return Err(refused("delete element", "ENOENT"));
                     }
+                    elements.insert(e, matches!(op, Op::Add(_)));
                 }
-                [] => {}
-                _ => return Err(refused(&format!("unknown line {line:?}"), "EINVAL")),
+            }
+        }
+        for op in ops {
+            match op {
+                Op::Table(fam) => {
+                    self.tables.insert(fam);
+                }
+                Op::DeleteTable(fam) => {
+                    self.tables.remove(&fam);
+                    self.elements.retain(|(f, _, _)| *f != fam);
+                }
+                Op::Add(e) => {
+                    self.elements.insert(e);
+                }
+                Op::Delete(e) => {
+                    self.elements.remove(&e);
+                }
             }
         }
         Ok(())
     }
+}
+
+/// One step of an nft script.
+enum Op {
+    Table(String),
+    DeleteTable(String),
+    Add((String, String, String)),
+    Delete((String, String, String)),
+}
+
+fn parse(script: &str) -> Result<Vec<Op>, KernelError> {
+    let mut ops = Vec::new();
+    let mut in_table = false;
+    for line in script.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if in_table {
+            in_table = line != "}";
+            continue;
+        }
+        match words.as_slice() {
+            ["table", fam, "kproxy-ipvs", "{}"] => ops.push(Op::Table(fam.to_string())),
+            ["table", fam, "kproxy-ipvs", "{"] => {
+                ops.push(Op::Table(fam.to_string()));
+                in_table = true;
+            }
+            ["delete", "table", fam, "kproxy-ipvs"] => ops.push(Op::DeleteTable(fam.to_string())),
+            [
+                verb @ ("add" | "delete"),
+                "element",
+                fam,
+                "kproxy-ipvs",
+                set,
+                "{",
+                rest @ ..,
+            ] => {
+                let key = rest[..rest.len() - 1].join(" ");
+                let e = (fam.to_string(), set.to_string(), key);
+                ops.push(if *verb == "add" {
+                    Op::Add(e)
+                } else {
+                    Op::Delete(e)
+                });
+            }
+            [] => {}
+            _ => return Err(refused(&format!("unknown line {line:?}"), "EINVAL")),
+        }
+    }
+    Ok(ops)
 }
 
 impl Kernel for FakeKernel {
@@ -288,10 +345,8 @@ impl Kernel for FakeKernel {
 
     fn nft(&mut self, script: &str) -> Result<(), KernelError> {
         let mut s = self.state();
-        let mut next = s.clone();
-        next.script(script)?;
-        next.scripts.push(script.to_string());
-        *s = next;
+        s.script(script)?;
+        s.scripts += 1;
         Ok(())
     }
 

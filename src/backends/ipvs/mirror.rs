@@ -54,6 +54,8 @@ impl Changes {
 pub struct Mirror {
     pub ports: BTreeMap<ServicePortName, PortState>,
     pub servers: BTreeMap<ServiceKey, Applied>,
+    /// The ports that declare each server (two only when Services collide).
+    pub owners: BTreeMap<ServiceKey, BTreeSet<ServicePortName>>,
     pub addresses: BTreeMap<IpAddr, usize>,
     pub elements: BTreeMap<Element, usize>,
 }
@@ -122,25 +124,43 @@ pub fn after(have: Option<&Applied>, want: Option<&Server>) -> Option<Applied> {
     })
 }
 
+/// What a diff changes in the mirror once its changes are applied: only the touched entries,
+/// so a partial sync costs O(change), not O(Services).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    ports: BTreeMap<ServicePortName, Option<PortState>>,
+    pub servers: BTreeMap<ServiceKey, Option<Applied>>,
+    owners: BTreeMap<ServiceKey, BTreeSet<ServicePortName>>,
+    addresses: BTreeMap<IpAddr, usize>,
+    elements: BTreeMap<Element, usize>,
+}
+
+/// Counts `old` → `new` into `overlay` (seeded from `counts` on first touch); the keys whose
+/// count went from 0 to 1 are `added`, from 1 to 0 `removed`.
 fn count<K: Ord + Clone>(
-    counts: &mut BTreeMap<K, usize>,
+    counts: &BTreeMap<K, usize>,
+    overlay: &mut BTreeMap<K, usize>,
     old: &BTreeSet<K>,
     new: &BTreeSet<K>,
     added: &mut Vec<K>,
     removed: &mut Vec<K>,
 ) {
     for k in new.difference(old) {
-        let n = counts.entry(k.clone()).or_insert(0);
+        let n = overlay
+            .entry(k.clone())
+            .or_insert_with(|| counts.get(k).copied().unwrap_or(0));
         *n += 1;
         if *n == 1 {
             added.push(k.clone());
         }
     }
     for k in old.difference(new) {
-        if let Some(n) = counts.get_mut(k) {
+        let n = overlay
+            .entry(k.clone())
+            .or_insert_with(|| counts.get(k).copied().unwrap_or(0));
+        if *n > 0 {
             *n -= 1;
             if *n == 0 {
-                counts.remove(k);
                 removed.push(k.clone());
             }
         }
@@ -149,70 +169,102 @@ fn count<K: Ord + Clone>(
 
 impl Mirror {
     /// The changes that replace the applied state of each port in `ports` by its new state
-    /// (None: the port is gone), and the mirror as it will be once they are applied.
+    /// (None: the port is gone), and the delta that brings the mirror there once they are
+    /// applied (`commit`).
     pub fn diff_ports(
         &self,
         ports: &BTreeMap<ServicePortName, Option<PortState>>,
-    ) -> (Changes, Mirror) {
-        let mut next = self.clone();
+    ) -> (Changes, Delta) {
         let mut out = Changes::default();
+        let mut delta = Delta::default();
         let empty = PortState::default();
-        let mut touched: BTreeMap<ServiceKey, Option<Server>> = BTreeMap::new();
+        let mut touched: BTreeSet<ServiceKey> = BTreeSet::new();
         for (name, new) in ports {
-            let old = next.ports.remove(name).unwrap_or_default();
+            let old = self.ports.get(name).unwrap_or(&empty);
             let new_ref = new.as_ref().unwrap_or(&empty);
-            for key in old.servers.keys() {
-                touched.entry(*key).or_insert(None);
+            for key in old.servers.keys().chain(new_ref.servers.keys()) {
+                touched.insert(*key);
+                let owners = delta
+                    .owners
+                    .entry(*key)
+                    .or_insert_with(|| self.owners.get(key).cloned().unwrap_or_default());
+                if new_ref.servers.contains_key(key) {
+                    owners.insert(name.clone());
+                } else {
+                    owners.remove(name);
+                }
             }
-            for (key, server) in &new_ref.servers {
-                touched.insert(*key, Some(server.clone()));
-            }
-            let (mut bind, mut unbind) = (Vec::new(), Vec::new());
             count(
-                &mut next.addresses,
+                &self.addresses,
+                &mut delta.addresses,
                 &old.addresses,
                 &new_ref.addresses,
-                &mut bind,
-                &mut unbind,
+                &mut out.bind,
+                &mut out.unbind,
             );
-            out.bind.extend(bind);
-            out.unbind.extend(unbind);
-            let (mut add, mut del) = (Vec::new(), Vec::new());
             count(
-                &mut next.elements,
+                &self.elements,
+                &mut delta.elements,
                 &old.elements,
                 &new_ref.elements,
-                &mut add,
-                &mut del,
+                &mut out.add_elements,
+                &mut out.del_elements,
             );
-            out.add_elements.extend(add);
-            out.del_elements.extend(del);
-            if let Some(new) = new {
-                next.ports.insert(name.clone(), new.clone());
-            }
+            delta.ports.insert(name.clone(), new.clone());
         }
         // An address or element given up by one port and taken by another in the same sync
         // is neither bound nor unbound.
         cancel(&mut out.bind, &mut out.unbind);
         cancel(&mut out.add_elements, &mut out.del_elements);
-        // A server another (unchanged) port still declares is kept as that port wants it.
-        for (key, want) in &mut touched {
-            if want.is_none() {
-                *want = next
-                    .ports
-                    .values()
-                    .find_map(|p| p.servers.get(key).cloned());
-            }
+        for key in touched {
+            // The server as its first remaining owner declares it.
+            let want = delta.owners[&key].iter().next().and_then(|owner| {
+                let state = match delta.ports.get(owner) {
+                    Some(new) => new.as_ref(),
+                    None => self.ports.get(owner),
+                };
+                state.and_then(|s| s.servers.get(&key))
+            });
+            let have = self.servers.get(&key);
+            diff_server(&key, have, want, &mut out);
+            delta.servers.insert(key, after(have, want));
         }
-        for (key, want) in &touched {
-            let have = self.servers.get(key);
-            diff_server(key, have, want.as_ref(), &mut out);
-            match after(have, want.as_ref()) {
-                Some(a) => next.servers.insert(*key, a),
-                None => next.servers.remove(key),
+        (out, delta)
+    }
+
+    /// Applies `delta` (after its changes reached the kernel).
+    pub fn commit(&mut self, delta: Delta) {
+        for (name, state) in delta.ports {
+            match state {
+                Some(s) => self.ports.insert(name, s),
+                None => self.ports.remove(&name),
             };
         }
-        (out, next)
+        for (key, applied) in delta.servers {
+            match applied {
+                Some(a) => self.servers.insert(key, a),
+                None => self.servers.remove(&key),
+            };
+        }
+        for (key, owners) in delta.owners {
+            if owners.is_empty() {
+                self.owners.remove(&key);
+            } else {
+                self.owners.insert(key, owners);
+            }
+        }
+        commit_counts(&mut self.addresses, delta.addresses);
+        commit_counts(&mut self.elements, delta.elements);
+    }
+}
+
+fn commit_counts<K: Ord>(counts: &mut BTreeMap<K, usize>, overlay: BTreeMap<K, usize>) {
+    for (k, n) in overlay {
+        if n == 0 {
+            counts.remove(&k);
+        } else {
+            counts.insert(k, n);
+        }
     }
 }
 

@@ -19,8 +19,7 @@ pub mod socket;
 
 #[cfg(test)]
 mod backend_tests;
-#[cfg(test)]
-pub(crate) mod fake_kernel;
+pub mod fake_kernel;
 #[cfg(test)]
 mod tests;
 
