@@ -63,7 +63,7 @@ pub fn chain_rules(
     let (mut rules, mut matching) = (0, 0);
     dump(family, table, Some(chain), |_, message| {
         rules += 1;
-        if message.windows(needle.len()).any(|w| w == needle) {
+        if needle.is_empty() || message.windows(needle.len()).any(|w| w == needle) {
             matching += 1;
         }
     })?;
