@@ -39,6 +39,13 @@ impl Mode {
         }
     }
 
+    /// Whether service addresses are the node's own (IPVS binds them to its dummy interface):
+    /// then a port of a service address that no Service uses is refused by the node itself,
+    /// where the other modes leave the packet to its route (to `ext` in the e2e topology).
+    pub fn service_ips_are_local(&self) -> bool {
+        self.name == "ipvs"
+    }
+
     /// `iptables-nft-save`, `ip6tables-legacy`, ... for this iptables variant.
     fn tool(&self, v6: bool, suffix: &str) -> String {
         let base = if v6 { "ip6tables" } else { "iptables" };

@@ -7,7 +7,9 @@
 //! Destinations come from the plan (internal targets for ClusterIPs, external for the rest) and
 //! only of the server's family; Reject and Drop leave a server without destinations (IPVS
 //! answers that with ICMP port unreachable, which is the reject), and Drop adds the address to
-//! the `dropped` set, matched before IPVS sees the packet. The companion rules are a fixed number
+//! the `dropped` set, matched before IPVS sees the packet; Reject adds it to `rejected`, where
+//! TCP gets a reset (IPVS's own ICMP answer is rate-limited per client, so a client connecting
+//! in a loop would see timeouts). The companion rules are a fixed number
 //! whatever the Services; Services only add set elements.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -114,8 +116,10 @@ impl PortState {
         };
         let addr = vs.key.addr;
         let triple = format!("{addr} . {} . {}", proto(vs.key.protocol), vs.key.port);
-        if *targets == Targets::Drop {
-            self.element("dropped", &addr, triple);
+        match targets {
+            Targets::Drop => self.element("dropped", &addr, triple),
+            Targets::Reject => self.element("rejected", &addr, triple),
+            Targets::Endpoints(_) => {}
         }
         self.servers.insert(vs.key, Server { vs, dests });
     }
@@ -199,7 +203,13 @@ pub fn table(family: IpFamily, settings: &IpvsSettings) -> String {
         .collect();
     let mut out = format!("table {fam} {TABLE} {{\n");
     out.push_str("\tcomment \"kproxy IPVS mode: what IPVS cannot do itself\"\n");
-    for set in ["cluster-ips", "external-masq", "dropped", "firewall"] {
+    for set in [
+        "cluster-ips",
+        "external-masq",
+        "dropped",
+        "rejected",
+        "firewall",
+    ] {
         out.push_str(&format!("\tset {set} {{\n\t\ttype {triple}\n\t}}\n"));
     }
     out.push_str(&format!(
@@ -208,10 +218,18 @@ pub fn table(family: IpFamily, settings: &IpvsSettings) -> String {
     out.push_str(&format!(
         "\tset hairpin {{\n\t\ttype {addr} . {addr}\n\t}}\n"
     ));
-    for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
+    for (hook, jumps) in [
+        ("prerouting", &["services"][..]),
+        ("input", &["rejects"][..]),
+        ("output", &["services", "rejects"][..]),
+    ] {
         out.push_str(&format!(
-            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority -110; policy accept;\n\t\tjump services\n\t}}\n"
+            "\tchain {hook} {{\n\t\ttype filter hook {hook} priority -110; policy accept;\n"
         ));
+        for j in jumps {
+            out.push_str(&format!("\t\tjump {j}\n"));
+        }
+        out.push_str("\t}\n");
     }
     let masq = format!("meta mark set meta mark | {mark}");
     let mut services = vec![
@@ -230,6 +248,13 @@ pub fn table(family: IpFamily, settings: &IpvsSettings) -> String {
     }
     services.push(format!("{key} @external-masq {masq}"));
     chain(&mut out, "services", &services);
+    chain(
+        &mut out,
+        "rejects",
+        &[format!(
+            "meta l4proto tcp {key} @rejected reject with tcp reset"
+        )],
+    );
     out.push_str(
         "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
     );
