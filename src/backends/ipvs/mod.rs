@@ -21,6 +21,8 @@ pub mod socket;
 mod backend_tests;
 pub mod fake_kernel;
 #[cfg(test)]
+mod live_tests;
+#[cfg(test)]
 mod tests;
 
 pub use backend::{DRAIN_LIMIT, IpvsBackend, SYSCTLS};

@@ -347,3 +347,27 @@ fn an_unsupported_detect_local_mode_in_the_file_is_a_warning() {
     ));
     assert_eq!(run(&[&flag]).warnings.len(), 1);
 }
+
+#[test]
+fn the_ipvs_scheduler_and_strict_arp_come_from_the_file_or_the_flags() {
+    let c = run(&[]).backend_config();
+    assert_eq!(
+        (c.ipvs_scheduler.as_str(), c.ipvs_strict_arp),
+        ("rr", false)
+    );
+    let text = kubeadm_with(
+        "  scheduler: \"\"\n  strictARP: false",
+        "  scheduler: sh\n  strictARP: true",
+    );
+    let (_file, flag) = config_file(&text);
+    let c = run(&[&flag]).backend_config();
+    assert_eq!((c.ipvs_scheduler.as_str(), c.ipvs_strict_arp), ("sh", true));
+    let c = run(&[&flag, "--ipvs-scheduler=lc", "--ipvs-strict-arp=false"]).backend_config();
+    assert_eq!(
+        (c.ipvs_scheduler.as_str(), c.ipvs_strict_arp),
+        ("lc", false)
+    );
+    let (_bad, bad) = config_file(&kubeadm_with("  strictARP: false", "  strictARP: 3"));
+    let e = error(&[&bad]);
+    assert!(e.contains("ipvs.strictARP"), "{e}");
+}
