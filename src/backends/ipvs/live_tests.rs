@@ -20,6 +20,17 @@ use crate::backends::nft::transport::tests::Netns;
 use crate::backends::{Backend, Plans};
 use crate::model::Protocol;
 
+/// A fresh namespace with `lo` up and the node's addresses of `node()` (192.168.0.2, fd00::2)
+/// on it, as a node has them. (IPVS refuses a destination with EINVAL while a namespace has no
+/// local routing table yet, which its first address creates.)
+fn netns() -> Option<Netns> {
+    let ns = Netns::new()?;
+    ns.run(&["ip", "link", "set", "lo", "up"]);
+    ns.run(&["ip", "addr", "add", "192.168.0.2/32", "dev", "lo"]);
+    ns.run(&["ip", "addr", "add", "fd00::2/128", "dev", "lo", "nodad"]);
+    Some(ns)
+}
+
 fn plans() -> Plans {
     let mut plans = cluster_ips();
     plans.extend(external());
@@ -55,7 +66,7 @@ fn keys(state: &[(VirtualServer, Vec<(String, u32)>)]) -> BTreeSet<ServiceKey> {
 #[test]
 #[ignore = "needs IP_VS and dummy links: runs inside the VM (tests/vm)"]
 fn the_kernel_holds_what_was_compiled_and_a_restart_changes_nothing() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = netns() else { return };
     let n = ns.name.clone();
     crate::netns::run_in(&n, || {
         backend()
@@ -101,7 +112,7 @@ fn the_kernel_holds_what_was_compiled_and_a_restart_changes_nothing() {
 #[test]
 #[ignore = "needs IP_VS and dummy links: runs inside the VM (tests/vm)"]
 fn partial_syncs_drain_flushes_are_repaired_and_cleanup_removes_everything() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = netns() else { return };
     let n = ns.name.clone();
     crate::netns::run_in(&n, move || {
         let mut b = backend();
@@ -162,7 +173,7 @@ fn partial_syncs_drain_flushes_are_repaired_and_cleanup_removes_everything() {
 #[test]
 #[ignore = "needs IP_VS and dummy links: runs inside the VM (tests/vm)"]
 fn a_missing_service_is_reported_absent_not_as_an_error() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = netns() else { return };
     crate::netns::run_in(&ns.name.clone(), || {
         let _ = backend().sync_full(&Plans::new(), &node());
         let mut s = IpvsSocket::open().unwrap();
