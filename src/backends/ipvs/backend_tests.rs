@@ -407,3 +407,21 @@ fn strict_arp_and_the_scheduler_come_from_the_configuration() {
         "lc"
     );
 }
+
+#[test]
+fn without_the_dummy_interface_cleanup_leaves_every_virtual_server_alone() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&external(), &node()).unwrap();
+    let servers = {
+        let mut s = kernel.state();
+        s.link = false;
+        s.addresses.clear();
+        s.host_addresses.extend([ip("192.168.0.2"), ip("fd00::2")]);
+        s.services.clone()
+    };
+    b.cleanup().unwrap();
+    let s = kernel.state();
+    assert_eq!(s.services, servers);
+    assert!(s.tables.is_empty());
+}

@@ -3,8 +3,9 @@
 //! nftables tables. Used by `--cleanup` and by the other modes at start-up.
 //!
 //! Invariants: never loads ip_vs (a kernel without the IPVS family has no virtual servers to
-//! remove); virtual servers on other addresses are left alone; each step runs even when an
-//! earlier one found nothing.
+//! remove); virtual servers are touched only while `kproxy-ipvs0` exists (the sign that kproxy's
+//! IPVS mode ran here; another IPVS user's servers on this host's addresses survive a node that
+//! never ran it), and then only those on its addresses or this host's; the tables go anyway.
 
 use super::compile::TABLE;
 use super::kernel::{Kernel, KernelError};
@@ -14,10 +15,11 @@ use crate::model::IpFamily;
 
 /// Removes IPVS mode's objects through `kernel`.
 pub fn remove(kernel: &mut dyn Kernel, families: &[IpFamily]) -> Result<(), KernelError> {
-    let mut ours = kernel.host_addresses()?;
-    if kernel.link_present()? {
-        ours.extend(kernel.addresses()?);
+    if !kernel.link_present()? {
+        return remove_tables(kernel, families);
     }
+    let mut ours = kernel.host_addresses()?;
+    ours.extend(kernel.addresses()?);
     match kernel.services() {
         Ok(services) => {
             let deletes: Vec<IpvsMessage> = services
@@ -31,6 +33,10 @@ pub fn remove(kernel: &mut dyn Kernel, families: &[IpFamily]) -> Result<(), Kern
         Err(e) => return Err(e),
     }
     kernel.delete_link()?;
+    remove_tables(kernel, families)
+}
+
+fn remove_tables(kernel: &mut dyn Kernel, families: &[IpFamily]) -> Result<(), KernelError> {
     let mut script = String::new();
     for fam in families {
         let f = match fam {
