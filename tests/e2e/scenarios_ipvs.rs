@@ -13,10 +13,10 @@ use std::os::fd::AsRawFd;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::client::{POLL_TIMEOUT, Proto::*, WAIT, at, poll};
+use crate::client::{Proto::*, WAIT, at, poll};
 use crate::cluster::Cluster;
 use crate::manifests::{Slice, Svc};
-use crate::scenarios_policy::one_server;
+use crate::scenarios_policy::{first_answer, one_server};
 use crate::topology::{A, ALT, B, C, Client, HTTP, Host, Node};
 
 /// `ipvsadm -Ln` in the node namespace.
@@ -67,12 +67,7 @@ pub fn client_ip_affinity_is_persistence_per_port_with_the_services_timeout(c: &
     c.apply("sticky", vec![svc(600).into(), slice().into()]);
     for port in [80, 81] {
         let vip = at("10.96.0.90", port);
-        let (first, took) = poll("sticky to answer the client pod", WAIT, || {
-            match c.probe(Client, Tcp, vip, 1, POLL_TIMEOUT).remove(0) {
-                Ok((server, _)) if [A, B, C].iter().any(|h| h.name() == server) => Ok(server),
-                other => Err(format!("{other:?}")),
-            }
-        });
+        let (first, took) = first_answer(c, Client, vip, "sticky to answer the client pod");
         println!("service written -> port {port} traffic: {took:?} (first answer from {first})");
         let r = c.tcp_n(Client, vip, 20);
         assert_eq!(one_server(&r).unwrap(), first, "port {port} sticks");

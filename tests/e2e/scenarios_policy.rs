@@ -11,7 +11,23 @@ use crate::client::{
 };
 use crate::cluster::Cluster;
 use crate::manifests::{DRAINING, GONE, NOT_READY, READY, Slice, Svc, WEB, web, web_service};
-use crate::topology::{A, ALT, B, C, Client, Ext, HTTP, Node};
+use crate::topology::{A, ALT, B, C, Client, Ext, HTTP, Host, Node};
+
+/// Polls until a TCP connection from `from` to `to` is answered by one of the pods; that pod's
+/// name and how long it took.
+pub(crate) fn first_answer(
+    c: &Cluster,
+    from: Host,
+    to: std::net::SocketAddr,
+    what: &str,
+) -> (String, std::time::Duration) {
+    poll(what, WAIT, || {
+        match c.probe(from, Tcp, to, 1, POLL_TIMEOUT).remove(0) {
+            Ok((server, _)) if [A, B, C].iter().any(|h| h.name() == server) => Ok(server),
+            other => Err(format!("{other:?}")),
+        }
+    })
+}
 
 /// The one server that answered every outcome, or why there is none.
 pub(crate) fn one_server(r: &[Outcome]) -> Result<String, String> {
@@ -33,12 +49,7 @@ pub fn client_ip_affinity_keeps_a_client_on_one_endpoint_across_ports(c: &mut Cl
         .ready(&[A, B, C]);
     c.apply("sticky", vec![svc.into(), slice.into()]);
     let vip = at("10.96.0.90", 80);
-    let (first, took) = poll("sticky to answer the client pod", WAIT, || {
-        match c.probe(Client, Tcp, vip, 1, POLL_TIMEOUT).remove(0) {
-            Ok((server, _)) if [A, B, C].iter().any(|h| h.name() == server) => Ok(server),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    let (first, took) = first_answer(c, Client, vip, "sticky to answer the client pod");
     println!("service written -> traffic: {took:?} (first answer from {first})");
 
     let r = c.tcp_n(Client, at("10.96.0.90", 80), 20);
@@ -65,12 +76,7 @@ pub fn client_ip_affinity_keeps_an_external_client_on_one_endpoint_through_a_nod
     let slice = Slice::v4("sticky-np").tcp("http", HTTP).ready(&[A, B, C]);
     c.apply("sticky-np", vec![svc.into(), slice.into()]);
     let np = at(&Node.v4(), 30090);
-    let (first, took) = poll("the NodePort to answer ext", WAIT, || {
-        match c.probe(Ext, Tcp, np, 1, POLL_TIMEOUT).remove(0) {
-            Ok((server, _)) if [A, B, C].iter().any(|h| h.name() == server) => Ok(server),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    let (first, took) = first_answer(c, Ext, np, "the NodePort to answer ext");
     println!("service written -> NodePort traffic: {took:?} (first answer from {first})");
     let r = c.tcp_n(Ext, np, 20);
     assert_eq!(
@@ -91,12 +97,7 @@ pub fn client_ip_affinity_on_ipv6_keeps_a_client_on_one_endpoint_across_ports(c:
         .ready(&[A, B, C]);
     c.apply("sticky6", vec![svc.into(), slice.into()]);
     let vip = at("fd00:96::90", 80);
-    let (first, took) = poll("sticky6 to answer the client pod", WAIT, || {
-        match c.probe(Client, Tcp, vip, 1, POLL_TIMEOUT).remove(0) {
-            Ok((server, _)) if [A, B, C].iter().any(|h| h.name() == server) => Ok(server),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    let (first, took) = first_answer(c, Client, vip, "sticky6 to answer the client pod");
     println!("service written -> IPv6 traffic: {took:?} (first answer from {first})");
     let r = c.tcp_n(Client, vip, 20);
     assert_eq!(one_server(&r).unwrap(), first);

@@ -40,6 +40,12 @@ fn weights(s: &FakeState, k: &ServiceKey) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// Makes IPVS count `n` active connections on destination `d` of `k`.
+fn set_active(kernel: &FakeKernel, k: &ServiceKey, d: &DestKey, n: u32) {
+    let mut s = kernel.state();
+    s.services.get_mut(k).unwrap().1.get_mut(d).unwrap().active = n;
+}
+
 fn changed(names: &[&ServicePortName]) -> BTreeSet<ServicePortName> {
     names.iter().map(|n| (*n).clone()).collect()
 }
@@ -167,26 +173,10 @@ fn a_removed_tcp_endpoint_drains_at_weight_zero_until_it_has_no_connections() {
     assert_eq!(kernel.state().services[&k].1[&gone].weight, 0);
     assert_eq!(b.draining().collect::<Vec<_>>(), [&(k, gone)]);
     // With a connection left it stays; once none is left, the next check deletes it.
-    kernel
-        .state()
-        .services
-        .get_mut(&k)
-        .unwrap()
-        .1
-        .get_mut(&gone)
-        .unwrap()
-        .active = 1;
+    set_active(&kernel, &k, &gone, 1);
     b.finish_drains().unwrap();
     assert!(kernel.state().services[&k].1.contains_key(&gone));
-    kernel
-        .state()
-        .services
-        .get_mut(&k)
-        .unwrap()
-        .1
-        .get_mut(&gone)
-        .unwrap()
-        .active = 0;
+    set_active(&kernel, &k, &gone, 0);
     b.finish_drains().unwrap();
     assert!(!kernel.state().services[&k].1.contains_key(&gone));
     assert_eq!(b.draining().count(), 0);
