@@ -15,6 +15,7 @@ pub mod link;
 pub mod mirror;
 pub mod netlink;
 pub mod render;
+pub mod servers;
 pub mod socket;
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
+use std::net::IpAddr;
+
 use super::super::fake_kernel::{decode, wire};
 use super::*;
+use crate::model::Protocol;
 
 fn vs(addr: &str, persistence: Option<u32>) -> VirtualServer {
     VirtualServer {
