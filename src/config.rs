@@ -87,6 +87,8 @@ pub struct Config {
     pub ipvs_scheduler: String,
     /// `--ipvs-strict-arp` / `ipvs.strictARP` (default false).
     pub ipvs_strict_arp: bool,
+    /// `--ipvs-tcp-timeout` / `--ipvs-tcpfin-timeout` / `--ipvs-udp-timeout` and the file's.
+    pub ipvs_timeouts: crate::backends::ipvs::Timeouts,
     pub log_format: LogFormat,
     /// Things the operator should know but that do not stop kproxy (ignored flags, unknown file
     /// fields); log each once logging is set up.
@@ -105,6 +107,7 @@ impl Config {
             masquerade_bit: Some(self.masquerade_bit),
             ipvs_scheduler: self.ipvs_scheduler.clone(),
             ipvs_strict_arp: self.ipvs_strict_arp,
+            ipvs_timeouts: self.ipvs_timeouts,
         }
     }
 }
@@ -191,6 +194,11 @@ fn flag<T>(
             })
         })
         .transpose()
+}
+
+/// Upstream treats a zero timeout as unset.
+fn nonzero(d: Option<Duration>) -> Option<Duration> {
+    d.filter(|d| !d.is_zero())
 }
 
 fn duration_flag(m: &clap::ArgMatches, name: &str) -> Result<Option<Duration>, ConfigError> {
@@ -343,6 +351,12 @@ fn resolve(
         ipvs_strict_arp: bool_flag(m, "ipvs-strict-arp")?
             .or(file.ipvs.strict_arp)
             .unwrap_or(false),
+        ipvs_timeouts: crate::backends::ipvs::Timeouts {
+            tcp: nonzero(duration_flag(m, "ipvs-tcp-timeout")?).or(file.ipvs.tcp_timeout),
+            tcp_fin: nonzero(duration_flag(m, "ipvs-tcpfin-timeout")?)
+                .or(file.ipvs.tcp_fin_timeout),
+            udp: nonzero(duration_flag(m, "ipvs-udp-timeout")?).or(file.ipvs.udp_timeout),
+        },
         log_format: flag(m, "log-format", values::parse_log_format)?
             .flatten()
             .or(file.log_format)

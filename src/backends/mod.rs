@@ -45,6 +45,8 @@ pub struct BackendConfig {
     pub ipvs_scheduler: String,
     /// ipvs mode: set arp_ignore=1 and arp_announce=2 (upstream's strictARP).
     pub ipvs_strict_arp: bool,
+    /// ipvs mode: IPVS's connection timeouts (TCP, TCP after FIN, UDP); None keeps the kernel's.
+    pub ipvs_timeouts: ipvs::Timeouts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]

@@ -143,6 +143,10 @@ pub struct ModeSection {
     pub scheduler: Option<String>,
     /// `ipvs.strictARP`.
     pub strict_arp: Option<bool>,
+    /// `ipvs.tcpTimeout`, `ipvs.tcpFinTimeout`, `ipvs.udpTimeout`; `None` where unset or zero.
+    pub tcp_timeout: Option<Duration>,
+    pub tcp_fin_timeout: Option<Duration>,
+    pub udp_timeout: Option<Duration>,
 }
 
 /// What kproxy takes from the file; `None` where the file leaves the default.
@@ -361,5 +365,8 @@ fn section(doc: &Value, name: &str) -> Result<ModeSection, String> {
         masquerade_bit,
         scheduler,
         strict_arp,
+        tcp_timeout: duration("tcpTimeout")?,
+        tcp_fin_timeout: duration("tcpFinTimeout")?,
+        udp_timeout: duration("udpTimeout")?,
     })
 }

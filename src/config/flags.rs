@@ -53,9 +53,6 @@ pub const IGNORED: &[(&str, Kind)] = &[
     ("feature-gates", Kind::List),
     ("healthz-port", Kind::Int),
     ("ipvs-exclude-cidrs", Kind::List),
-    ("ipvs-tcp-timeout", Kind::Duration),
-    ("ipvs-tcpfin-timeout", Kind::Duration),
-    ("ipvs-udp-timeout", Kind::Duration),
     ("kube-api-burst", Kind::Int),
     ("kube-api-content-type", Kind::Text),
     ("kube-api-qps", Kind::Float),
@@ -248,6 +245,21 @@ pub fn command() -> Command {
             "ipvs-scheduler",
             "NAME",
             "ipvs mode: the IPVS scheduler of every virtual server (rr, wrr, lc, sh, mh, ...); default rr",
+        ))
+        .arg(value(
+            "ipvs-tcp-timeout",
+            "DURATION",
+            "ipvs mode: IPVS's idle timeout of established TCP connections (0: keep the kernel's, 15m)",
+        ))
+        .arg(value(
+            "ipvs-tcpfin-timeout",
+            "DURATION",
+            "ipvs mode: IPVS's timeout of TCP connections after a FIN (0: keep the kernel's, 2m)",
+        ))
+        .arg(value(
+            "ipvs-udp-timeout",
+            "DURATION",
+            "ipvs mode: IPVS's timeout of UDP flows (0: keep the kernel's, 5m)",
         ))
         .arg(boolean(
             "ipvs-strict-arp",

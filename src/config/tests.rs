@@ -345,7 +345,7 @@ fn ignored_upstream_flags_are_accepted_with_a_warning() {
         "--feature-gates=B=false",
         "--profiling",
         "--kube-api-qps=5.5",
-        "--ipvs-udp-timeout=-5s",
+        "--ipvs-exclude-cidrs=10.0.0.0/8",
     ]);
     assert_eq!(c.warnings.len(), 6, "{:?}", c.warnings);
     assert!(c.warnings.contains(
@@ -474,6 +474,7 @@ fn the_backend_config_carries_cidrs_and_masquerading() {
             masquerade_bit: Some(14),
             ipvs_scheduler: "rr".into(),
             ipvs_strict_arp: false,
+            ipvs_timeouts: Default::default(),
         }
     );
 }

@@ -45,6 +45,7 @@ pub const STRICT_ARP: &[(&str, &str)] = &[
 pub struct IpvsBackend {
     settings: IpvsSettings,
     strict_arp: bool,
+    timeouts: super::Timeouts,
     kernel: Box<dyn Kernel>,
     mirror: Mirror,
     families: Vec<IpFamily>,
@@ -83,6 +84,7 @@ impl IpvsBackend {
         IpvsBackend {
             settings: IpvsSettings::from_config(config),
             strict_arp: config.ipvs_strict_arp,
+            timeouts: config.ipvs_timeouts,
             kernel,
             mirror: Mirror::default(),
             families,
@@ -106,8 +108,8 @@ impl IpvsBackend {
         self.draining.keys()
     }
 
-    /// Loads IPVS (listing services opens the family, modprobing ip_vs when missing) and sets
-    /// the sysctls. Once per backend.
+    /// Loads IPVS (modprobing ip_vs when its family is missing), sets the sysctls and the
+    /// connection timeouts given. Once per backend.
     fn prepare(&mut self) -> Result<(), BackendError> {
         if self.prepared {
             return Ok(());
@@ -116,6 +118,9 @@ impl IpvsBackend {
         let strict: &[(&str, &str)] = if self.strict_arp { STRICT_ARP } else { &[] };
         for (path, value) in SYSCTLS.iter().chain(strict) {
             self.kernel.sysctl(path, value).map_err(apply_err)?;
+        }
+        if let Some(m) = self.timeouts.message() {
+            self.kernel.ipvs(vec![m]).map_err(apply_err)?;
         }
         self.prepared = true;
         Ok(())

@@ -415,3 +415,23 @@ fn without_the_dummy_interface_cleanup_leaves_every_virtual_server_alone() {
     assert_eq!(s.services, servers);
     assert!(s.tables.is_empty());
 }
+
+#[test]
+fn connection_timeouts_are_set_once_and_only_when_given() {
+    let kernel = FakeKernel::default();
+    backend(&kernel).sync_full(&cluster_ips(), &node()).unwrap();
+    assert!(
+        kernel.state().timeouts.is_empty(),
+        "the kernel's defaults stay"
+    );
+    let kernel = FakeKernel::default();
+    let mut cfg = config();
+    cfg.ipvs_timeouts.tcp_fin = Some(std::time::Duration::from_secs(30));
+    let mut b = IpvsBackend::new(&cfg, Box::new(kernel.clone())).with_families(vec![IpFamily::V4]);
+    b.sync_full(&cluster_ips(), &node()).unwrap();
+    b.sync_full(&cluster_ips(), &node()).unwrap();
+    assert_eq!(
+        kernel.state().timeouts,
+        [super::netlink::CmdAttr::TimeoutTcpFin(30)]
+    );
+}

@@ -55,6 +55,8 @@ pub struct FakeState {
     /// (family, set, key) of every companion set element.
     pub elements: BTreeSet<(String, String, String)>,
     pub sysctls: BTreeMap<String, String>,
+    /// The connection timeouts set (SET_CONFIG attributes).
+    pub timeouts: Vec<super::netlink::CmdAttr>,
     /// IPVS messages applied, in all.
     pub ipvs_messages: usize,
     /// nft scripts applied.
@@ -102,6 +104,11 @@ fn key_of(attrs: &[SvcAttr]) -> Option<ServiceKey> {
 impl FakeState {
     fn apply(&mut self, msg: IpvsMessage) -> Result<(), KernelError> {
         let msg = decode(&wire(msg));
+        if msg.cmd == Cmd::SetConfig {
+            self.timeouts.extend(msg.attrs.iter().cloned());
+            self.ipvs_messages += 1;
+            return Ok(());
+        }
         let svc = msg.service_attrs().unwrap_or_default().to_vec();
         let key = key_of(&svc).ok_or_else(|| refused("no service", "EINVAL"))?;
         let dest = msg.dest_attrs().map(|d| d.to_vec());

@@ -186,3 +186,19 @@ fn a_missing_service_is_reported_absent_not_as_an_error() {
     })
     .unwrap();
 }
+
+#[test]
+#[ignore = "needs IP_VS and dummy links: runs inside the VM (tests/vm)"]
+fn the_connection_timeouts_given_reach_ipvs_and_the_others_stay() {
+    let Some(ns) = netns() else { return };
+    crate::netns::run_in(&ns.name.clone(), || {
+        let mut cfg = config();
+        cfg.ipvs_timeouts.tcp_fin = Some(std::time::Duration::from_secs(30));
+        IpvsBackend::new(&cfg, Box::new(LiveKernel::new(Nft::detect(false))))
+            .sync_full(&Plans::new(), &node())
+            .unwrap();
+    })
+    .unwrap();
+    let out = ns.run(&["ipvsadm", "-L", "--timeout"]);
+    assert!(out.contains("(tcp tcpfin udp): 900 30 300"), "{out}");
+}

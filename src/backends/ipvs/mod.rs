@@ -27,3 +27,4 @@ mod live_tests;
 mod tests;
 
 pub use backend::{DRAIN_LIMIT, IpvsBackend, SYSCTLS};
+pub use servers::Timeouts;

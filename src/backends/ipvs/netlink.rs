@@ -27,6 +27,7 @@ pub enum Cmd {
     SetDest = 6,
     DelDest = 7,
     GetDest = 8,
+    SetConfig = 12,
     GetInfo = 15,
     Flush = 17,
 }
@@ -43,6 +44,7 @@ impl TryFrom<u8> for Cmd {
             6 => Cmd::SetDest,
             7 => Cmd::DelDest,
             8 => Cmd::GetDest,
+            12 => Cmd::SetConfig,
             15 => Cmd::GetInfo,
             17 => Cmd::Flush,
             other => return Err(DecodeError::from(format!("unknown IPVS command {other}"))),
@@ -89,11 +91,14 @@ pub enum DestAttr {
     Other(DefaultNla),
 }
 
-/// A top-level attribute: the nested service or destination.
+/// A top-level attribute: the nested service or destination, or a connection timeout (seconds).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CmdAttr {
     Service(Vec<SvcAttr>),
     Dest(Vec<DestAttr>),
+    TimeoutTcp(u32),
+    TimeoutTcpFin(u32),
+    TimeoutUdp(u32),
     Other(DefaultNla),
 }
 
@@ -152,6 +157,7 @@ impl Nla for CmdAttr {
         match self {
             CmdAttr::Service(a) => a.as_slice().buffer_len(),
             CmdAttr::Dest(a) => a.as_slice().buffer_len(),
+            CmdAttr::TimeoutTcp(_) | CmdAttr::TimeoutTcpFin(_) | CmdAttr::TimeoutUdp(_) => 4,
             CmdAttr::Other(n) => n.value_len(),
         }
     }
@@ -159,6 +165,9 @@ impl Nla for CmdAttr {
         match self {
             CmdAttr::Service(_) => CMD_ATTR_SERVICE | NLA_F_NESTED,
             CmdAttr::Dest(_) => CMD_ATTR_DEST | NLA_F_NESTED,
+            CmdAttr::TimeoutTcp(_) => 4,
+            CmdAttr::TimeoutTcpFin(_) => 5,
+            CmdAttr::TimeoutUdp(_) => 6,
             CmdAttr::Other(n) => n.kind(),
         }
     }
@@ -166,6 +175,9 @@ impl Nla for CmdAttr {
         match self {
             CmdAttr::Service(a) => a.as_slice().emit(buffer),
             CmdAttr::Dest(a) => a.as_slice().emit(buffer),
+            CmdAttr::TimeoutTcp(v) | CmdAttr::TimeoutTcpFin(v) | CmdAttr::TimeoutUdp(v) => {
+                emit_u32(buffer, *v).expect("4 bytes")
+            }
             CmdAttr::Other(n) => n.emit_value(buffer),
         }
     }
@@ -177,6 +189,9 @@ impl CmdAttr {
         Ok(match nla.kind() {
             CMD_ATTR_SERVICE => CmdAttr::Service(parse_all(v, SvcAttr::parse)?),
             CMD_ATTR_DEST => CmdAttr::Dest(parse_all(v, DestAttr::parse)?),
+            4 => CmdAttr::TimeoutTcp(u32_at(v)?),
+            5 => CmdAttr::TimeoutTcpFin(u32_at(v)?),
+            6 => CmdAttr::TimeoutUdp(u32_at(v)?),
             _ => CmdAttr::Other(DefaultNla::parse(nla)?),
         })
     }

@@ -2,6 +2,7 @@ use std::net::IpAddr;
 
 use super::super::fake_kernel::{decode, wire};
 use super::*;
+use crate::backends::ipvs::Timeouts;
 use crate::model::Protocol;
 
 fn vs(addr: &str, persistence: Option<u32>) -> VirtualServer {
@@ -151,10 +152,28 @@ fn kernel_addresses_of_sixteen_bytes_decode_by_the_service_family() {
 }
 
 #[test]
+fn connection_timeouts_are_top_level_seconds() {
+    let msg = Timeouts {
+        tcp: Some(std::time::Duration::from_secs(900)),
+        tcp_fin: None,
+        udp: Some(std::time::Duration::from_millis(30_500)),
+    }
+    .message()
+    .unwrap();
+    let back = decode(&wire(msg));
+    assert_eq!(back.cmd, Cmd::SetConfig);
+    assert_eq!(
+        back.attrs,
+        [CmdAttr::TimeoutTcp(900), CmdAttr::TimeoutUdp(30)]
+    );
+    assert_eq!(Timeouts::default().message(), None);
+}
+
+#[test]
 fn unknown_attributes_survive_a_round_trip() {
     let msg = IpvsMessage {
         cmd: Cmd::GetInfo,
-        attrs: vec![CmdAttr::Other(DefaultNla::new(4, vec![1, 2, 3, 4]))],
+        attrs: vec![CmdAttr::Other(DefaultNla::new(9, vec![1, 2, 3, 4]))],
     };
     assert_eq!(decode(&wire(msg.clone())), msg);
 }

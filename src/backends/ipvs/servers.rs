@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::netlink::{DestAttr, SvcAttr};
+use super::netlink::{Cmd, CmdAttr, DestAttr, IpvsMessage, SvcAttr};
 use crate::model::Protocol;
 
 const AF_INET: u16 = 2;
@@ -211,6 +211,34 @@ impl DestState {
             weight,
             active,
             inactive,
+        })
+    }
+}
+
+/// IPVS's connection timeouts (`--ipvs-tcp-timeout`, `--ipvs-tcpfin-timeout`,
+/// `--ipvs-udp-timeout`); None keeps the kernel's (15 min, 2 min, 5 min).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp: Option<std::time::Duration>,
+    pub tcp_fin: Option<std::time::Duration>,
+    pub udp: Option<std::time::Duration>,
+}
+
+impl Timeouts {
+    /// The SET_CONFIG that sets the given ones (whole seconds), or None when none is given.
+    pub fn message(&self) -> Option<IpvsMessage> {
+        let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let attrs: Vec<CmdAttr> = [
+            self.tcp.map(|d| CmdAttr::TimeoutTcp(secs(d))),
+            self.tcp_fin.map(|d| CmdAttr::TimeoutTcpFin(secs(d))),
+            self.udp.map(|d| CmdAttr::TimeoutUdp(secs(d))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!attrs.is_empty()).then_some(IpvsMessage {
+            cmd: Cmd::SetConfig,
+            attrs,
         })
     }
 }

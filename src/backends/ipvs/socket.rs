@@ -176,6 +176,7 @@ pub fn describe(m: &IpvsMessage) -> String {
         Cmd::GetService => format!("listing service {service}"),
         Cmd::GetDest => format!("listing the destinations of {service}"),
         Cmd::GetInfo => "reading IPVS info".into(),
+        Cmd::SetConfig => "setting IPVS's connection timeouts".into(),
         Cmd::Flush => "flushing every service".into(),
     }
 }

@@ -371,3 +371,34 @@ fn the_ipvs_scheduler_and_strict_arp_come_from_the_file_or_the_flags() {
     let e = error(&[&bad]);
     assert!(e.contains("ipvs.strictARP"), "{e}");
 }
+
+#[test]
+fn ipvs_timeouts_come_from_the_flags_or_the_file_and_zero_keeps_the_kernels() {
+    let t = run(&[]).backend_config().ipvs_timeouts;
+    assert_eq!(t, Default::default());
+    let text = kubeadm_with(
+        "  tcpFinTimeout: 0s\n  tcpTimeout: 0s\n  udpTimeout: 0s",
+        "  tcpFinTimeout: 30s\n  tcpTimeout: 0s\n  udpTimeout: 1m",
+    );
+    let (_file, flag) = config_file(&text);
+    let t = run(&[&flag]).backend_config().ipvs_timeouts;
+    assert_eq!(
+        (t.tcp, t.tcp_fin, t.udp),
+        (
+            None,
+            Some(Duration::from_secs(30)),
+            Some(Duration::from_secs(60))
+        )
+    );
+    let t = run(&[&flag, "--ipvs-tcp-timeout=15m", "--ipvs-udp-timeout=0"])
+        .backend_config()
+        .ipvs_timeouts;
+    assert_eq!(
+        (t.tcp, t.tcp_fin, t.udp),
+        (
+            Some(Duration::from_secs(900)),
+            Some(Duration::from_secs(30)),
+            Some(Duration::from_secs(60))
+        )
+    );
+}
