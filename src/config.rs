@@ -69,6 +69,8 @@ pub struct Config {
     pub healthz_bind_address: SocketAddr,
     pub config_file: Option<PathBuf>,
     pub cleanup: bool,
+    /// `--cleanup-kube-proxy`: remove upstream kube-proxy's leftovers and exit.
+    pub cleanup_kube_proxy: bool,
     /// The klog level (`-v`).
     pub verbosity: u8,
     /// Read objects from YAML files in this directory instead of the API server.
@@ -323,6 +325,7 @@ fn resolve(
         healthz_bind_address,
         config_file,
         cleanup: bool_flag(m, "cleanup")?.unwrap_or(false),
+        cleanup_kube_proxy: bool_flag(m, "cleanup-kube-proxy")?.unwrap_or(false),
         verbosity: flag(m, "v", values::parse_verbosity)?
             .or(file.verbosity)
             .unwrap_or(0),

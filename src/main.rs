@@ -80,6 +80,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.cleanup {
         return cleanup(&backend_config);
     }
+    if cfg.cleanup_kube_proxy {
+        backends::leftovers::remove_kube_proxy()
+            .context("removing upstream kube-proxy's leftovers")?;
+        tracing::info!("upstream kube-proxy's rules removed");
+        return Ok(());
+    }
     let metrics = Arc::new(Metrics::new());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     start_source(&cfg, tx, metrics.clone()).await?;

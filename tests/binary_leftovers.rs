@@ -136,3 +136,93 @@ fn cleanup_removes_every_mode_s_objects_and_leaves_upstream_s() {
     );
     assert_only_upstream_left(&ns);
 }
+
+/// Upstream kube-proxy's objects of every kind (iptables mode's chains with their jumps, IPVS
+/// mode's nat KUBE-FIREWALL, the nftables mode's table, an ipset), the kubelet's chains, and
+/// one of kproxy's chains.
+const UPSTREAM: &str = "*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-ABCDEFGHIJKLMNOP - [0:0]
+:KUBE-SEP-ABCDEFGHIJKLMNOP - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-FIREWALL - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+:KPROXY-SERVICES - [0:0]
+-A PREROUTING -j KUBE-SERVICES
+-A OUTPUT -j KUBE-SERVICES
+-A POSTROUTING -j KUBE-POSTROUTING
+-A PREROUTING -j KPROXY-SERVICES
+-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp --dport 443 -j KUBE-SVC-ABCDEFGHIJKLMNOP
+-A KUBE-SVC-ABCDEFGHIJKLMNOP -j KUBE-SEP-ABCDEFGHIJKLMNOP
+-A KUBE-SEP-ABCDEFGHIJKLMNOP -p tcp -j DNAT --to-destination 10.0.0.1:6443
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+COMMIT
+*filter
+:KUBE-FORWARD - [0:0]
+:KUBE-FIREWALL - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+-A FORWARD -j KUBE-FORWARD
+-A INPUT -j KUBE-FIREWALL
+COMMIT
+";
+
+#[test]
+fn cleanup_kube_proxy_removes_upstreams_objects_and_leaves_the_kubelets_and_kproxys() {
+    if !netns::can_run(
+        "cleanup_kube_proxy_removes_upstreams_objects_and_leaves_the_kubelets_and_kproxys",
+    ) {
+        return;
+    }
+    let ns = Netns::new("cleanup-kp");
+    restore(&ns, "iptables-nft-restore", UPSTREAM);
+    restore(&ns, "iptables-legacy-restore", UPSTREAM);
+    ns.exec("nft", &["add", "table", "ip", "kube-proxy"]);
+    ns.exec("nft", &["add", "table", "ip6", "kube-proxy"]);
+    ns.exec("nft", &["add", "table", "ip", "other"]);
+    ns.exec("ipset", &["create", "KUBE-LOOP-BACK", "hash:ip,port,ip"]);
+    let out = ns
+        .cmd(env!("CARGO_BIN_EXE_kproxy"))
+        .arg("--cleanup-kube-proxy")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for save in ["iptables-nft-save", "iptables-legacy-save"] {
+        let text = ns.exec(save, &[]);
+        let mut chains: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .map(|l| l.split_whitespace().next().unwrap())
+            .filter(|c| c.starts_with("KUBE-") || c.starts_with("KPROXY-"))
+            .collect();
+        chains.sort();
+        // nat: the kubelet's canary and kproxy's chain; filter: the kubelet's two.
+        assert_eq!(
+            chains,
+            [
+                "KPROXY-SERVICES",
+                "KUBE-FIREWALL",
+                "KUBE-KUBELET-CANARY",
+                "KUBE-KUBELET-CANARY"
+            ],
+            "{save}:\n{text}"
+        );
+        assert!(
+            text.contains("-A INPUT -j KUBE-FIREWALL"),
+            "{save}:\n{text}"
+        );
+        assert!(
+            text.contains("-A PREROUTING -j KPROXY-SERVICES"),
+            "{save}:\n{text}"
+        );
+        assert!(!text.contains("-j KUBE-SERVICES"), "{save}:\n{text}");
+    }
+    let tables = ns.exec("nft", &["list", "tables"]);
+    assert!(!tables.contains("kube-proxy"), "{tables}");
+    assert!(tables.contains("table ip other"), "{tables}");
+    assert_eq!(ns.exec("ipset", &["list", "-n"]).trim(), "");
+}

@@ -36,6 +36,44 @@ pub enum LeftoverError {
 /// `iptables-save`) and every rule elsewhere that jumps or goes to one; `None` when there is
 /// nothing to remove.
 pub fn plan_iptables(save: &str) -> Option<String> {
+    plan_iptables_owned(save, |_, chain| chain.starts_with(PREFIX))
+}
+
+/// Upstream kube-proxy's chains (iptables and IPVS modes, every release kproxy supports
+/// migrating from), by table. Never the kubelet's (`KUBE-KUBELET-CANARY`,
+/// `KUBE-IPTABLES-HINT`, `KUBE-MARK-DROP`, and `KUBE-FIREWALL` in filter), nor kproxy's.
+pub fn upstream_chain(table: &str, chain: &str) -> bool {
+    const FIXED: &[&str] = &[
+        "KUBE-SERVICES",
+        "KUBE-EXTERNAL-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+        "KUBE-FORWARD",
+        "KUBE-PROXY-FIREWALL",
+        "KUBE-PROXY-CANARY",
+        "KUBE-LOAD-BALANCER",
+        "KUBE-NODE-PORT",
+        "KUBE-SOURCE-RANGES-FIREWALL",
+        "KUBE-IPVS-FILTER",
+        "KUBE-IPVS-OUT-FILTER",
+    ];
+    const PER_SERVICE: &[&str] = &[
+        "KUBE-SVC-",
+        "KUBE-SEP-",
+        "KUBE-FW-",
+        "KUBE-XLB-",
+        "KUBE-EXT-",
+        "KUBE-SVL-",
+    ];
+    FIXED.contains(&chain)
+        || PER_SERVICE.iter().any(|p| chain.starts_with(p))
+        // IPVS mode's KUBE-FIREWALL is in nat; the kubelet's (older releases) is in filter.
+        || (table == "nat" && chain == "KUBE-FIREWALL")
+}
+
+/// `plan_iptables` for the chains `owned(table, chain)` says are to go.
+pub fn plan_iptables_owned(save: &str, owned: impl Fn(&str, &str) -> bool) -> Option<String> {
     let mut out = String::new();
     let mut table: Option<&str> = None;
     let (mut deletes, mut chains): (Vec<String>, BTreeSet<&str>) = (Vec::new(), BTreeSet::new());
@@ -68,17 +106,18 @@ pub fn plan_iptables(save: &str) -> Option<String> {
             table = None;
         } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or_default();
-            if name.starts_with(PREFIX) {
+            if owned(table.unwrap_or_default(), name) {
                 chains.insert(name);
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
+            let t = table.unwrap_or_default();
             let chain = rule.split_whitespace().next().unwrap_or_default();
             let targets_ours = rule
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .windows(2)
-                .any(|w| matches!(w[0], "-j" | "-g") && w[1].starts_with(PREFIX));
-            if !chain.starts_with(PREFIX) && targets_ours {
+                .any(|w| matches!(w[0], "-j" | "-g") && owned(t, w[1]));
+            if !owned(t, chain) && targets_ours {
                 deletes.push(format!("-D {rule}"));
             }
         }
@@ -123,12 +162,18 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Left
 /// Removes kproxy's iptables chains in every variant and family present. Returns how many
 /// restore transactions were applied.
 pub fn remove_iptables() -> Result<usize, LeftoverError> {
+    remove_iptables_owned(|_, chain| chain.starts_with(PREFIX))
+}
+
+/// Removes the chains `owned(table, chain)` says are to go (and the rules jumping to them), in
+/// every variant and family present.
+pub fn remove_iptables_owned(owned: impl Fn(&str, &str) -> bool) -> Result<usize, LeftoverError> {
     let mut applied = 0;
     for (save, restore) in iptables_variants() {
         let Ok(text) = run(save, &[], None) else {
             continue;
         };
-        if let Some(script) = plan_iptables(&text) {
+        if let Some(script) = plan_iptables_owned(&text, &owned) {
             run(restore, &["--noflush"], Some(&script))?;
             applied += 1;
         }
@@ -146,12 +191,30 @@ pub fn remove_ipvs() -> Result<(), LeftoverError> {
 /// Destroys every `KPROXY-*` ipset (kproxy programs none today; a host may hold ones made by
 /// hand or by a build that did).
 pub fn remove_ipsets() -> Result<(), LeftoverError> {
+    remove_ipsets_prefixed(PREFIX)
+}
+
+/// Destroys every ipset whose name starts with `prefix`.
+pub fn remove_ipsets_prefixed(prefix: &str) -> Result<(), LeftoverError> {
     if let Ok(names) = run("ipset", &["list", "-n"], None) {
-        for name in names.lines().filter(|n| n.starts_with(PREFIX)) {
+        for name in names.lines().filter(|n| n.starts_with(prefix)) {
             run("ipset", &["destroy", name], None)?;
         }
     }
     Ok(())
+}
+
+/// Upstream kube-proxy's IPVS dummy interface.
+pub const UPSTREAM_IPVS_LINK: &str = "kube-ipvs0";
+
+/// `--cleanup-kube-proxy`: removes what upstream kube-proxy leaves on a node, so that it and
+/// kproxy never both program it: its iptables chains (both variants, both families), its
+/// `kube-proxy` nftables tables, `kube-ipvs0` with the IPVS virtual servers on its addresses
+/// and on this host's, and its `KUBE-*` ipsets (after the rules that use them).
+pub fn remove_kube_proxy() -> Result<(), LeftoverError> {
+    remove_iptables_owned(upstream_chain)?;
+    super::ipvs::cleanup::remove_upstream().map_err(|e| LeftoverError::Ipvs(e.to_string()))?;
+    remove_ipsets_prefixed("KUBE-")
 }
 
 #[cfg(test)]
@@ -188,6 +251,29 @@ COMMIT
              -X KPROXY-SERVICES\n-X KPROXY-SVC-ABC\n\
              COMMIT\n"
         );
+    }
+
+    #[test]
+    fn upstreams_chains_are_told_from_the_kubelets_and_kproxys() {
+        for (table, chain) in [
+            ("nat", "KUBE-SERVICES"),
+            ("nat", "KUBE-SVC-ABCDEFGHIJKLMNOP"),
+            ("nat", "KUBE-SEP-ABCDEFGHIJKLMNOP"),
+            ("nat", "KUBE-FIREWALL"),
+            ("filter", "KUBE-FORWARD"),
+            ("filter", "KUBE-PROXY-FIREWALL"),
+        ] {
+            assert!(upstream_chain(table, chain), "{table} {chain}");
+        }
+        for (table, chain) in [
+            ("filter", "KUBE-FIREWALL"),
+            ("nat", "KUBE-KUBELET-CANARY"),
+            ("mangle", "KUBE-IPTABLES-HINT"),
+            ("nat", "KUBE-MARK-DROP"),
+            ("nat", "KPROXY-SERVICES"),
+        ] {
+            assert!(!upstream_chain(table, chain), "{table} {chain}");
+        }
     }
 
     #[test]

@@ -213,6 +213,10 @@ pub fn command() -> Command {
             "read Services and EndpointSlices from YAML files in DIR, not the API",
         ))
         .arg(boolean(
+            "cleanup-kube-proxy",
+            "remove upstream kube-proxy's rules (KUBE-* chains and ipsets, its kube-proxy nftables tables, kube-ipvs0 and its IPVS servers), then exit",
+        ))
+        .arg(boolean(
             "dry-run",
             "print the rules that would be programmed; change nothing",
         ))

@@ -15,8 +15,18 @@ use crate::model::IpFamily;
 
 /// Removes IPVS mode's objects through `kernel`.
 pub fn remove(kernel: &mut dyn Kernel, families: &[IpFamily]) -> Result<(), KernelError> {
+    remove_owned(kernel, families, TABLE)
+}
+
+/// Removes the virtual servers of `kernel`'s dummy interface (see the invariants), the
+/// interface, and the nftables tables named `table`.
+fn remove_owned(
+    kernel: &mut dyn Kernel,
+    families: &[IpFamily],
+    table: &str,
+) -> Result<(), KernelError> {
     if !kernel.link_present()? {
-        return remove_tables(kernel, families);
+        return remove_tables(kernel, families, table);
     }
     let mut ours = kernel.host_addresses()?;
     ours.extend(kernel.addresses()?);
@@ -33,10 +43,14 @@ pub fn remove(kernel: &mut dyn Kernel, families: &[IpFamily]) -> Result<(), Kern
         Err(e) => return Err(e),
     }
     kernel.delete_link()?;
-    remove_tables(kernel, families)
+    remove_tables(kernel, families, table)
 }
 
-fn remove_tables(kernel: &mut dyn Kernel, families: &[IpFamily]) -> Result<(), KernelError> {
+fn remove_tables(
+    kernel: &mut dyn Kernel,
+    families: &[IpFamily],
+    table: &str,
+) -> Result<(), KernelError> {
     let mut script = String::new();
     for fam in families {
         let f = match fam {
@@ -44,18 +58,33 @@ fn remove_tables(kernel: &mut dyn Kernel, families: &[IpFamily]) -> Result<(), K
             IpFamily::V6 => "ip6",
         };
         script.push_str(&format!(
-            "table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\n"
+            "table {f} {table} {{}}\ndelete table {f} {table}\n"
         ));
     }
     kernel.nft(&script)
 }
 
-/// `remove` on the live kernel, for the other modes' start-up and `leftovers.rs`.
-pub fn remove_leftovers() -> Result<(), KernelError> {
-    let mut kernel = super::kernel::LiveKernel::new(crate::backends::nft::Nft::detect(false));
+fn host_families() -> Vec<IpFamily> {
     let mut families = vec![IpFamily::V4];
     if std::path::Path::new("/proc/sys/net/ipv6").exists() {
         families.push(IpFamily::V6);
     }
-    remove(&mut kernel, &families)
+    families
+}
+
+/// `remove` on the live kernel, for the other modes' start-up and `leftovers.rs`.
+pub fn remove_leftovers() -> Result<(), KernelError> {
+    let mut kernel = super::kernel::LiveKernel::new(crate::backends::nft::Nft::detect(false));
+    remove(&mut kernel, &host_families())
+}
+
+/// Upstream kube-proxy's counterpart (`--cleanup-kube-proxy`): the virtual servers of
+/// `kube-ipvs0` (while it exists), `kube-ipvs0` itself, and upstream's nftables mode tables
+/// `ip kube-proxy` and `ip6 kube-proxy`.
+pub fn remove_upstream() -> Result<(), KernelError> {
+    let mut kernel = super::kernel::LiveKernel::for_link(
+        crate::backends::nft::Nft::detect(false),
+        crate::backends::leftovers::UPSTREAM_IPVS_LINK,
+    );
+    remove_owned(&mut kernel, &host_families(), "kube-proxy")
 }

@@ -63,14 +63,22 @@ pub trait Kernel: Send {
 pub struct LiveKernel {
     ipvs: Option<IpvsSocket>,
     link: Option<DummyLink>,
+    /// The dummy interface: kproxy's (`kproxy-ipvs0`), or upstream's for its cleanup.
+    link_name: &'static str,
     nft: Nft,
 }
 
 impl LiveKernel {
     pub fn new(nft: Nft) -> LiveKernel {
+        LiveKernel::for_link(nft, IPVS_LINK)
+    }
+
+    /// A kernel whose dummy interface is `link_name` (upstream's `kube-ipvs0`, to clean it up).
+    pub fn for_link(nft: Nft, link_name: &'static str) -> LiveKernel {
         LiveKernel {
             ipvs: None,
             link: None,
+            link_name,
             nft,
         }
     }
@@ -98,7 +106,7 @@ impl LiveKernel {
         f: impl FnOnce(&mut DummyLink) -> Result<T, LinkError>,
     ) -> Result<T, KernelError> {
         if self.link.is_none() {
-            self.link = Some(DummyLink::ensure(IPVS_LINK)?);
+            self.link = Some(DummyLink::ensure(self.link_name)?);
         }
         let result = f(self.link.as_mut().expect("ensured above"));
         if result.is_err() {
@@ -159,7 +167,7 @@ impl Kernel for LiveKernel {
     }
 
     fn link_present(&mut self) -> Result<bool, KernelError> {
-        Ok(link::exists(IPVS_LINK)?)
+        Ok(link::exists(self.link_name)?)
     }
 
     fn nft(&mut self, script: &str) -> Result<(), KernelError> {
@@ -184,6 +192,6 @@ impl Kernel for LiveKernel {
 
     fn delete_link(&mut self) -> Result<bool, KernelError> {
         self.link = None;
-        Ok(link::delete(IPVS_LINK)?)
+        Ok(link::delete(self.link_name)?)
     }
 }

@@ -202,3 +202,41 @@ fn the_connection_timeouts_given_reach_ipvs_and_the_others_stay() {
     let out = ns.run(&["ipvsadm", "-L", "--timeout"]);
     assert!(out.contains("(tcp tcpfin udp): 900 30 300"), "{out}");
 }
+
+#[test]
+#[ignore = "needs IP_VS and dummy links: runs inside the VM (tests/vm)"]
+fn cleanup_kube_proxy_removes_kube_ipvs0_and_its_servers_only() {
+    let Some(ns) = netns() else { return };
+    for cmd in [
+        "ip link add kube-ipvs0 type dummy",
+        "ip addr add 10.96.0.1/32 dev kube-ipvs0",
+        "ipvsadm -A -t 10.96.0.1:443 -s rr",
+        "ipvsadm -a -t 10.96.0.1:443 -r 10.0.0.1:6443 -m",
+        "ipvsadm -A -t 192.168.0.2:30080 -s rr",
+        "ipvsadm -A -t 172.16.0.1:80 -s wlc",
+        "nft add table ip kube-proxy",
+    ] {
+        let words: Vec<&str> = cmd.split(' ').collect();
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(&words)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    crate::netns::run_in(&ns.name.clone(), || {
+        super::cleanup::remove_upstream().unwrap();
+        let left: Vec<String> = kernel_state()
+            .iter()
+            .map(|(vs, _)| std::net::SocketAddr::new(vs.key.addr, vs.key.port).to_string())
+            .collect();
+        assert_eq!(left, ["172.16.0.1:80"], "another user's server stays");
+    })
+    .unwrap();
+    assert!(!ns.run(&["ip", "link", "show"]).contains("kube-ipvs0"));
+    assert!(!ns.run(&["nft", "list", "tables"]).contains("kube-proxy"));
+}
