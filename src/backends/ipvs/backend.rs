@@ -117,7 +117,11 @@ impl IpvsBackend {
         self.kernel.load_ipvs().map_err(apply_err)?;
         let strict: &[(&str, &str)] = if self.strict_arp { STRICT_ARP } else { &[] };
         for (path, value) in SYSCTLS.iter().chain(strict) {
-            self.kernel.sysctl(path, value).map_err(apply_err)?;
+            // As iptables mode does for route_localnet: say so and go on. Without vs/conntrack=1
+            // masquerading fails; the operator can set these on the node instead.
+            if let Err(error) = self.kernel.sysctl(path, value) {
+                tracing::warn!(%error, "cannot set {path}={value}; IPVS mode may not work as intended");
+            }
         }
         if let Some(m) = self.timeouts.message() {
             self.kernel.ipvs(vec![m]).map_err(apply_err)?;

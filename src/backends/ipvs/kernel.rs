@@ -52,7 +52,7 @@ pub trait Kernel: Send {
     fn nft(&mut self, script: &str) -> Result<(), KernelError>;
     /// Rules in the companion table's `services` chain of `family` (0 when the table is gone).
     fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError>;
-    /// Writes `value` to /proc/sys/`path`.
+    /// Writes `value` to /proc/sys/`path` unless it holds that value already.
     fn sysctl(&mut self, path: &str, value: &str) -> Result<(), KernelError>;
     /// Removes the dummy interface; whether it existed.
     fn delete_link(&mut self) -> Result<bool, KernelError>;
@@ -187,6 +187,11 @@ impl Kernel for LiveKernel {
 
     fn sysctl(&mut self, path: &str, value: &str) -> Result<(), KernelError> {
         let full = format!("/proc/sys/{path}");
+        // Already right: nothing to write (a container's /proc/sys is often read-only, and the
+        // node's own configuration may have set it).
+        if std::fs::read_to_string(&full).is_ok_and(|v| v.trim() == value) {
+            return Ok(());
+        }
         std::fs::write(&full, value).map_err(|source| KernelError::Sysctl { path: full, source })
     }
 
