@@ -140,6 +140,11 @@ impl IptablesBackend {
         if !self.config.localhost_nodeports {
             return;
         }
+        // Already set (by the node, or a kproxy before): nothing to write, which a container's
+        // read-only /proc/sys would refuse.
+        if std::fs::read_to_string(ROUTE_LOCALNET).is_ok_and(|v| v.trim() == "1") {
+            return;
+        }
         if let Err(e) = std::fs::write(ROUTE_LOCALNET, "1") {
             tracing::warn!(error = %e, "cannot set {ROUTE_LOCALNET}: localhost NodePorts will not work");
         }
