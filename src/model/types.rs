@@ -51,6 +51,15 @@ impl Protocol {
             Protocol::Sctp => "SCTP",
         }
     }
+
+    /// The lower-case name nft, iptables and ipvsadm spell it with ("tcp", "udp", "sctp").
+    pub fn lower(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
 }
 
 impl fmt::Display for Protocol {

@@ -111,14 +111,6 @@ pub(super) fn host(ip: &IpAddr) -> String {
     }
 }
 
-fn proto(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
-    }
-}
-
 /// The targets as this family sees them: its endpoints only; none left means reject.
 fn family_targets(t: &Targets, family: IpFamily) -> Targets {
     match t {
@@ -143,7 +135,7 @@ fn family_targets(t: &Targets, family: IpFamily) -> Targets {
 pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig) -> PortRules {
     let p = &planned.port;
     let name = &p.name;
-    let pr = proto(name.protocol);
+    let pr = name.protocol.lower();
     let in_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
         ips.iter()
             .filter(|ip| IpFamily::of(ip) == family)
@@ -371,7 +363,7 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
 /// within the timeout back to it (and refreshes it); then `-m statistic` picks uniformly: rule i
 /// of n matches with probability 1/(n-i), the last always, so each endpoint gets 1/n.
 fn lb_rules(planned: &Planned, eps: &[Endpoint], affinity: Option<u32>) -> Vec<String> {
-    let pr = proto(planned.port.name.protocol);
+    let pr = planned.port.name.protocol.lower();
     let service = &planned.port.name.service;
     let dest = |e: &Endpoint| match e.ip {
         IpAddr::V4(ip) => format!("{ip}:{}", e.port),

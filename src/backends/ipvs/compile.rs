@@ -71,15 +71,6 @@ pub struct PortState {
     pub elements: BTreeSet<Element>,
 }
 
-/// nft's name of a protocol.
-fn proto(p: crate::model::Protocol) -> &'static str {
-    match p {
-        crate::model::Protocol::Tcp => "tcp",
-        crate::model::Protocol::Udp => "udp",
-        crate::model::Protocol::Sctp => "sctp",
-    }
-}
-
 fn same_family(a: &IpAddr, b: &IpAddr) -> bool {
     a.is_ipv4() == b.is_ipv4()
 }
@@ -115,7 +106,7 @@ impl PortState {
             Targets::Reject | Targets::Drop => BTreeSet::new(),
         };
         let addr = vs.key.addr;
-        let triple = format!("{addr} . {} . {}", proto(vs.key.protocol), vs.key.port);
+        let triple = format!("{addr} . {} . {}", vs.key.protocol.lower(), vs.key.port);
         match targets {
             Targets::Drop => self.element("dropped", &addr, triple),
             Targets::Reject => self.element("rejected", &addr, triple),
@@ -138,7 +129,7 @@ pub fn compile_port(p: &Planned, node: &NodeFacts, settings: &IpvsSettings) -> P
         scheduler: settings.scheduler.clone(),
         persistence: p.port.affinity_timeout_seconds,
     };
-    let triple = |ip: &IpAddr, port: u16| format!("{ip} . {} . {port}", proto(protocol));
+    let triple = |ip: &IpAddr, port: u16| format!("{ip} . {} . {port}", protocol.lower());
     for ip in &p.port.cluster_ips {
         st.server(vs(*ip, p.port.port), &p.plan.internal);
         st.addresses.insert(*ip);

@@ -62,14 +62,6 @@ impl Desired {
     }
 }
 
-fn proto(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
-    }
-}
-
 /// Which pair of maps a class of traffic uses.
 #[derive(Clone, Copy)]
 struct Route {
@@ -182,7 +174,7 @@ fn compile_port(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
 fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
     let p = &planned.port;
     let plan = &planned.plan;
-    let pr = proto(p.name.protocol);
+    let pr = p.name.protocol.lower();
     let external: Vec<&IpAddr> = p.external_ips.iter().chain(&p.load_balancer_ips).collect();
 
     // IPv6 affinity hashes the client to a slot (see `skeleton::LB_FAMILIES`).

@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use super::bpf;
-use super::rule::{Cond, Opened, Target, Test, proto_name};
+use super::rule::{Cond, Opened, Target, Test};
 use crate::model::{IpFamily, Protocol};
 
 /// One option of a match: its spelling, whether it takes a value, whether `!` may precede it.
@@ -148,7 +148,7 @@ pub fn build_match(
     };
     match name {
         "tcp" | "udp" | "sctp" => {
-            if rule_proto.map(proto_name) != Some(name) {
+            if rule_proto.map(crate::model::Protocol::lower) != Some(name) {
                 return Err(format!("-m {name} is only valid with -p {name}"));
             }
             if let Some((neg, v)) = get(0) {

@@ -148,14 +148,6 @@ fn proto(s: &str) -> Result<Protocol, String> {
     }
 }
 
-pub fn proto_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
-    }
-}
-
 impl Rule {
     /// Parses the words after `-A CHAIN` in a table of `family`.
     pub fn parse(args: &[String], family: IpFamily) -> Result<Rule, String> {
@@ -224,9 +216,9 @@ impl Rule {
                     .rposition(|m| known(m.name).is_some())
                     .or_else(|| {
                         let p = proto(header[2]?.1).ok()?;
-                        known(proto_name(p))?;
+                        known(p.lower())?;
                         matches.push(Opened {
-                            name: proto_name(p),
+                            name: p.lower(),
                             opts: vec![],
                         });
                         Some(matches.len() - 1)
@@ -276,7 +268,7 @@ fn build(
                 if !neg {
                     rule_proto = Some(p);
                 }
-                ("-p", Cond::Proto(p), proto_name(p).to_string())
+                ("-p", Cond::Proto(p), p.lower().to_string())
             }
         };
         text.push(format!("{}{flag} {shown}", bang(neg)));
