@@ -133,6 +133,17 @@ pub trait Backend: Send {
     fn render(&self, plans: &Plans, node: &NodeFacts) -> String;
 }
 
+/// The IP families this kernel has: IPv4, and IPv6 unless it is disabled (no
+/// `/proc/sys/net/ipv6`).
+pub fn host_families() -> Vec<crate::model::IpFamily> {
+    crate::model::IpFamily::ALL
+        .into_iter()
+        .filter(|f| {
+            *f == crate::model::IpFamily::V4 || std::path::Path::new("/proc/sys/net/ipv6").exists()
+        })
+        .collect()
+}
+
 /// The backend for a proxy mode.
 pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
     match mode {

@@ -45,10 +45,7 @@ pub struct IptablesBackend {
 
 impl IptablesBackend {
     pub fn new(config: BackendConfig, variant: Variant) -> Self {
-        let families = IpFamily::ALL
-            .into_iter()
-            .filter(|f| *f == IpFamily::V4 || std::path::Path::new("/proc/sys/net/ipv6").exists())
-            .collect::<Vec<_>>();
+        let families = crate::backends::host_families();
         if !families.contains(&IpFamily::V6) {
             tracing::warn!("IPv6 is disabled in this kernel: iptables mode programs IPv4 only");
         }

@@ -18,6 +18,7 @@ use super::kernel::{Kernel, KernelError};
 use super::mirror::{Applied, Changes, Mirror};
 use super::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey};
 use super::render;
+use crate::backends::nft::transaction::family_name;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
 use crate::node::NodeFacts;
@@ -58,13 +59,6 @@ fn apply_err(e: KernelError) -> BackendError {
     BackendError::Apply(e.to_string())
 }
 
-fn family_name(f: IpFamily) -> &'static str {
-    match f {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
-    }
-}
-
 /// `add element ip kproxy-ipvs SET { KEY }` (or `delete`).
 pub fn element_line(verb: &str, e: &Element) -> String {
     format!(
@@ -77,10 +71,7 @@ pub fn element_line(verb: &str, e: &Element) -> String {
 
 impl IpvsBackend {
     pub fn new(config: &BackendConfig, kernel: Box<dyn Kernel>) -> IpvsBackend {
-        let mut families = vec![IpFamily::V4];
-        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
-            families.push(IpFamily::V6);
-        }
+        let families = crate::backends::host_families();
         IpvsBackend {
             settings: IpvsSettings::from_config(config),
             strict_arp: config.ipvs_strict_arp,
@@ -301,7 +292,7 @@ impl Backend for IpvsBackend {
         self.mirror = next;
         self.track_drains(&adopted);
         Ok(SyncReport {
-            operations: sent + next_elements(&self.mirror),
+            operations: sent + self.mirror.elements.len(),
         })
     }
 
@@ -382,8 +373,4 @@ impl Backend for IpvsBackend {
             .collect();
         render::render(&states, &self.companion_script(elements.iter()))
     }
-}
-
-fn next_elements(m: &Mirror) -> usize {
-    m.elements.len()
 }

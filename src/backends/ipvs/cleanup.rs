@@ -53,10 +53,7 @@ fn remove_tables(
 ) -> Result<(), KernelError> {
     let mut script = String::new();
     for fam in families {
-        let f = match fam {
-            IpFamily::V4 => "ip",
-            IpFamily::V6 => "ip6",
-        };
+        let f = crate::backends::nft::transaction::family_name(*fam);
         script.push_str(&format!(
             "table {f} {table} {{}}\ndelete table {f} {table}\n"
         ));
@@ -64,18 +61,10 @@ fn remove_tables(
     kernel.nft(&script)
 }
 
-fn host_families() -> Vec<IpFamily> {
-    let mut families = vec![IpFamily::V4];
-    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
-        families.push(IpFamily::V6);
-    }
-    families
-}
-
 /// `remove` on the live kernel, for the other modes' start-up and `leftovers.rs`.
 pub fn remove_leftovers() -> Result<(), KernelError> {
     let mut kernel = super::kernel::LiveKernel::new(crate::backends::nft::Nft::detect(false));
-    remove(&mut kernel, &host_families())
+    remove(&mut kernel, &crate::backends::host_families())
 }
 
 /// Upstream kube-proxy's counterpart (`--cleanup-kube-proxy`): the virtual servers of
@@ -86,5 +75,5 @@ pub fn remove_upstream() -> Result<(), KernelError> {
         crate::backends::nft::Nft::detect(false),
         crate::backends::leftovers::UPSTREAM_IPVS_LINK,
     );
-    remove_owned(&mut kernel, &host_families(), "kube-proxy")
+    remove_owned(&mut kernel, &crate::backends::host_families(), "kube-proxy")
 }

@@ -358,7 +358,7 @@ impl Kernel for FakeKernel {
     }
 
     fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError> {
-        let name = if family == IpFamily::V4 { "ip" } else { "ip6" };
+        let name = crate::backends::nft::transaction::family_name(family);
         Ok(if self.state().tables.contains(name) {
             5
         } else {
