@@ -96,9 +96,7 @@ fn full_dest(attrs: &[DestAttr]) -> bool {
 
 /// The service of `attrs`, for messages that only identify it.
 fn key_of(attrs: &[SvcAttr]) -> Option<ServiceKey> {
-    let mut a = attrs.to_vec();
-    a.push(SvcAttr::Sched(String::new()));
-    VirtualServer::from_attrs(&a).map(|v| v.key)
+    VirtualServer::from_attrs(attrs).map(|v| v.key)
 }
 
 impl FakeState {

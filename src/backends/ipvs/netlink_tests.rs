@@ -110,14 +110,7 @@ fn a_new_destination_decodes_back_with_nat_forwarding_and_its_weight() {
     assert!(d.contains(&DestAttr::UThresh(0)) && d.contains(&DestAttr::LThresh(0)));
     let state = DestState::from_attrs(d, service.addr).unwrap();
     assert_eq!((state.key, state.weight), (dest, 1));
-    let s = VirtualServer::from_attrs(
-        &[
-            back.service_attrs().unwrap().to_vec(),
-            vec![SvcAttr::Sched(String::new())],
-        ]
-        .concat(),
-    )
-    .unwrap();
+    let s = VirtualServer::from_attrs(back.service_attrs().unwrap()).unwrap();
     assert_eq!(s.key, service);
 }
 

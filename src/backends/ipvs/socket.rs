@@ -10,7 +10,7 @@ use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 
 use super::conn::{Conn, ConnError};
-use super::netlink::{Cmd, DestKey, DestState, IpvsMessage, ServiceKey, SvcAttr, VirtualServer};
+use super::netlink::{Cmd, DestKey, DestState, IpvsMessage, ServiceKey, VirtualServer};
 
 /// Why talking to IPVS failed, named after the step.
 #[derive(Debug, thiserror::Error)]
@@ -132,40 +132,19 @@ impl IpvsSocket {
 /// A message as a person would name it in an error ("adding destination 10.0.0.1:80 to
 /// tcp 10.96.0.1:80").
 pub fn describe(m: &IpvsMessage) -> String {
-    let service = m
+    let key = m
         .service_attrs()
-        .and_then(|a| {
-            let mut v = a.to_vec();
-            v.extend([
-                SvcAttr::Sched(String::new()),
-                SvcAttr::Flags { flags: 0, mask: 0 },
-            ]);
-            VirtualServer::from_attrs(&v)
-        })
-        .map(|vs| {
-            format!(
-                "{} {}",
-                vs.key.protocol.as_str(),
-                socket(vs.key.addr, vs.key.port)
-            )
-        })
+        .and_then(VirtualServer::from_attrs)
+        .map(|vs| vs.key);
+    let service = key
+        .map(|k| format!("{} {}", k.protocol.as_str(), socket(k.addr, k.port)))
         .unwrap_or_else(|| "every service".into());
     let dest = m
         .dest_attrs()
-        .and_then(|d| {
-            let af = m
-                .service_attrs()
-                .and_then(|a| {
-                    a.iter().find_map(|x| match x {
-                        SvcAttr::Af(10) => Some("::".parse().ok()?),
-                        _ => None,
-                    })
-                })
-                .unwrap_or_else(|| std::net::IpAddr::from([0, 0, 0, 0]));
-            DestState::from_attrs(d, af)
-        })
-        .map(|d| socket(d.key.addr, d.key.port));
-    let dest = dest.unwrap_or_default();
+        .zip(key)
+        .and_then(|(d, k)| DestState::from_attrs(d, k.addr))
+        .map(|d| socket(d.key.addr, d.key.port))
+        .unwrap_or_default();
     match m.cmd {
         Cmd::NewService => format!("adding service {service}"),
         Cmd::SetService => format!("updating service {service}"),
