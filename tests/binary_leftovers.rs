@@ -42,6 +42,20 @@ fn restore(ns: &Netns, program: &str, input: &str) {
     assert!(child.wait().unwrap().success(), "{program}");
 }
 
+/// Runs `kproxy FLAG` in `ns` to completion; panics with its stderr unless it exits 0.
+fn run_kproxy(ns: &Netns, flag: &str) {
+    let out = ns
+        .cmd(env!("CARGO_BIN_EXE_kproxy"))
+        .arg(flag)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Plants kproxy leftovers of every kind, plus upstream's chain, in `ns`.
 fn plant(ns: &Netns) {
     restore(ns, "iptables-nft-restore", RULES);
@@ -124,16 +138,7 @@ fn cleanup_removes_every_mode_s_objects_and_leaves_upstream_s() {
     }
     let ns = Netns::new("cleanup-all");
     plant(&ns);
-    let out = ns
-        .cmd(env!("CARGO_BIN_EXE_kproxy"))
-        .arg("--cleanup")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_kproxy(&ns, "--cleanup");
     assert_only_upstream_left(&ns);
 }
 
@@ -181,16 +186,7 @@ fn cleanup_kube_proxy_removes_upstreams_objects_and_leaves_the_kubelets_and_kpro
     ns.exec("nft", &["add", "table", "ip6", "kube-proxy"]);
     ns.exec("nft", &["add", "table", "ip", "other"]);
     ns.exec("ipset", &["create", "KUBE-LOOP-BACK", "hash:ip,port,ip"]);
-    let out = ns
-        .cmd(env!("CARGO_BIN_EXE_kproxy"))
-        .arg("--cleanup-kube-proxy")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_kproxy(&ns, "--cleanup-kube-proxy");
     for save in ["iptables-nft-save", "iptables-legacy-save"] {
         let text = ns.exec(save, &[]);
         let mut chains: Vec<&str> = text

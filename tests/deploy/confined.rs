@@ -167,6 +167,19 @@ impl Confined {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Polls `/healthz` at `healthz` until it reports a first sync (`lastUpdated` set).
+    pub async fn until_first_sync(&mut self, healthz: SocketAddr, timeout: Duration) {
+        self.until(healthz, "/healthz", timeout, |code, body| {
+            let v: serde_json::Value =
+                serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
+            match (code, v["lastUpdated"].as_str()) {
+                (200, Some(t)) if !t.is_empty() => Ok(()),
+                _ => Err(format!("{code} {body}")),
+            }
+        })
+        .await;
+    }
 }
 
 impl Drop for Confined {

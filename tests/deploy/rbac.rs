@@ -107,15 +107,7 @@ async fn run_confined(extra: &[&str]) {
     );
 
     // The first sync.
-    kproxy
-        .until(healthz, "/healthz", WAIT, |code, body| {
-            let v: Value = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
-            match (code, v["lastUpdated"].as_str()) {
-                (200, Some(t)) if !t.is_empty() => Ok(()),
-                _ => Err(format!("{code} {body}")),
-            }
-        })
-        .await;
+    kproxy.until_first_sync(healthz, WAIT).await;
     let want_caps = caps.iter().fold(0u64, |m, c| m | 1 << capability_bit(c));
     assert_eq!(kproxy.effective_caps(), want_caps, "kproxy's CapEff");
     // Every kind watched (so every verb kproxy will ever use has been seen), then one change

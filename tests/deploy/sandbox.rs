@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::Command;
 
-use serde_json::Value;
 
 use crate::confined::Confined;
 use crate::files::{ROOT, read, unit_entries, unit_value};
@@ -173,15 +172,7 @@ async fn kproxy_and_its_tools_stay_inside_the_units_syscall_filter_and_socket_fa
         let cfg = crate::files::parse(&args);
         let mut kproxy = Confined::spawn_traced(&ns, &trace, &caps, &args);
         let healthz = SocketAddr::new([127, 0, 0, 1].into(), cfg.healthz_bind_address.port());
-        kproxy
-            .until(healthz, "/healthz", WAIT, |code, body| {
-                let v: Value = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
-                match (code, v["lastUpdated"].as_str()) {
-                    (200, Some(t)) if !t.is_empty() => Ok(()),
-                    _ => Err(format!("{code} {body}")),
-                }
-            })
-            .await;
+        kproxy.until_first_sync(healthz, WAIT).await;
         kproxy.stop();
         let t = read_trace(&std::fs::read_to_string(&trace).unwrap());
         // A killed tracee's last line, not a call.
