@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::Command;
 
-
 use crate::confined::Confined;
 use crate::files::{ROOT, read, unit_entries, unit_value};
 use crate::support::netns::{self, Netns};
