@@ -22,6 +22,7 @@ mod scenarios_conntrack;
 mod scenarios_external;
 mod scenarios_iptables;
 mod scenarios_ipvs;
+mod scenarios_ipvs_repair;
 mod scenarios_lifecycle;
 mod scenarios_policy;
 mod topology;
@@ -161,5 +162,8 @@ mod ipvs {
         scenarios_ipvs::client_ip_affinity_is_persistence_per_port_with_the_services_timeout,
         scenarios_ipvs::a_removed_endpoint_drains_at_weight_zero_and_keeps_its_connections,
         scenarios_ipvs::service_addresses_are_bound_to_the_dummy_interface_while_used,
+        scenarios_ipvs_repair::the_dummy_interface_deleted_by_someone_else_is_repaired,
+        scenarios_ipvs_repair::cleanup_while_kproxy_runs_is_repaired,
+        scenarios_ipvs_repair::a_restart_after_cleanup_without_the_interface_serves_at_once,
     );
 }

@@ -5,7 +5,8 @@
 # control directory, reports its exit status and powers off.
 #
 # Kernel command line words read here (set by run.sh): kproxy.out=<host path of the writable
-# share> kproxy.ctl=<control directory inside it>.
+# share, <checkout>/target/vm/out> kproxy.ctl=<control directory inside it>. The checkout may be
+# anywhere, /tmp included.
 set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -33,16 +34,6 @@ step mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mountpoint -q /sys/fs/cgroup 2>/dev/null || mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 
-# Writable scratch places. /var/run and /var/lock are symlinks into /run on Debian; where they
-# are directories they get their own tmpfs.
-step mount -t tmpfs -o mode=1777 tmpfs /tmp
-step mount -t tmpfs -o mode=755 tmpfs /run
-step mount -t tmpfs -o mode=1777 tmpfs /var/tmp
-for d in /var/run /var/lock; do
-    [ -d "$d" ] && [ ! -L "$d" ] && step mount -t tmpfs -o mode=755 tmpfs "$d"
-done
-mkdir -p /run/lock /run/netns
-
 out='' ctl=''
 for word in $(cat /proc/cmdline); do
     case "$word" in
@@ -51,6 +42,33 @@ for word in $(cat /proc/cmdline); do
     esac
 done
 [ -n "$out" ] && [ -n "$ctl" ] || fail "no kproxy.out= or kproxy.ctl= on the kernel command line"
+# The checkout is the directory of target/vm/out.
+root="${out%/target/vm/out}"
+[ "$root" != "$out" ] || fail "kproxy.out=$out is not <checkout>/target/vm/out"
+
+# Writable scratch places. /var/run and /var/lock are symlinks into /run on Debian; where they
+# are directories they get their own tmpfs. A checkout inside one of them (/tmp/kproxy, say)
+# would be hidden by that tmpfs: the host's view of it is bound back over it, from a bind of
+# the host's root made before the tmpfs's (which it does not see).
+mkdir -p /dev/.kproxy-host
+step mount --bind / /dev/.kproxy-host
+scratch() { # MODE DIR
+    step mount -t tmpfs -o "mode=$1" tmpfs "$2"
+    case "$root/" in
+        "$2"/?*)
+            mkdir -p "$root"
+            step mount --bind "/dev/.kproxy-host$root" "$root"
+            ;;
+    esac
+}
+scratch 1777 /tmp
+scratch 755 /run
+scratch 1777 /var/tmp
+for d in /var/run /var/lock; do
+    [ -d "$d" ] && [ ! -L "$d" ] && step mount -t tmpfs -o mode=755 tmpfs "$d"
+done
+mkdir -p /run/lock /run/netns
+
 step mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none out "$out"
 [ -f "$ctl/cmd" ] || fail "no command file $ctl/cmd"
 

@@ -6,17 +6,20 @@
 //! connection on them, or after `DRAIN_LIMIT`.
 //!
 //! Invariants: the mirror changes only after everything of a sync was applied; any failure
-//! makes the caller run a full sync; kproxy's virtual servers are those on addresses bound to
-//! the dummy interface or on this node's NodePort addresses, and nothing else in IPVS is
-//! touched; the companion tables are rewritten whole, atomically, on full syncs only.
+//! makes the caller run a full sync; kproxy's virtual servers are those carrying its mark
+//! (`F_KPROXY`), those at a key a service port wants, and those on addresses bound to the dummy
+//! interface (only kproxy binds there); nothing else in IPVS is touched, on the node's own
+//! addresses neither; a refusal that says IPVS differs from the mirror (EEXIST, ESRCH,
+//! ENOENT) makes the sync read the servers it touched back and send the difference, once; the
+//! companion tables are rewritten whole, atomically, on full syncs only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::compile::{self, Element, IpvsSettings, PortState, TABLE};
+use super::compile::{self, Element, IpvsSettings, PortState, Server, TABLE};
 use super::kernel::{Kernel, KernelError};
-use super::mirror::{Applied, Changes, Mirror};
-use super::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey};
+use super::mirror::{self, Applied, Changes, Mirror};
+use super::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey, VirtualServer};
 use super::render;
 use crate::backends::nft::transaction::family_name;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
@@ -54,6 +57,9 @@ pub struct IpvsBackend {
     last_drain_check: Instant,
     prepared: bool,
 }
+
+/// Servers read back from the kernel during a sync, with the state the sync left them in.
+type Reread = BTreeMap<ServiceKey, Option<Applied>>;
 
 fn apply_err(e: KernelError) -> BackendError {
     BackendError::Apply(e.to_string())
@@ -132,16 +138,17 @@ impl IpvsBackend {
             .map(|p| compile::compile_port(p, node, &self.settings))
     }
 
-    /// The kernel's virtual servers that are kproxy's, with their destinations.
+    /// The kernel's virtual servers that are kproxy's (see the invariants; `wanted`: the keys
+    /// the service ports want), with their destinations.
     fn read_ours(
         &mut self,
         bound: &BTreeSet<std::net::IpAddr>,
-        node: &NodeFacts,
+        wanted: &BTreeSet<ServiceKey>,
     ) -> Result<BTreeMap<ServiceKey, Applied>, BackendError> {
         let adopt = |e: KernelError| BackendError::Adopt(e.to_string());
         let mut out = BTreeMap::new();
         for vs in self.kernel.services().map_err(adopt)? {
-            let ours = bound.contains(&vs.key.addr) || node.nodeport_ips.contains(&vs.key.addr);
+            let ours = vs.owned || wanted.contains(&vs.key) || bound.contains(&vs.key.addr);
             if !ours {
                 continue;
             }
@@ -155,6 +162,20 @@ impl IpvsBackend {
             out.insert(vs.key, Applied { vs, dests });
         }
         Ok(out)
+    }
+
+    /// Server `key` as the kernel has it now, with its destinations.
+    fn read_server(&mut self, key: &ServiceKey) -> Result<Option<Applied>, KernelError> {
+        let Some(vs) = self.kernel.service(key)? else {
+            return Ok(None);
+        };
+        let dests = self
+            .kernel
+            .dests(key)?
+            .into_iter()
+            .map(|d| (d.key, d.weight))
+            .collect();
+        Ok(Some(Applied { vs, dests }))
     }
 
     /// The whole companion ruleset with `elements`, replacing what is there in one transaction.
@@ -173,16 +194,67 @@ impl IpvsBackend {
         script
     }
 
-    fn apply(&mut self, changes: &Changes, script: &str) -> Result<usize, BackendError> {
+    /// Applies `changes` after the companion `script`. `after` is the state each server the
+    /// changes touch should be left in. When IPVS refuses a message because it differs from the
+    /// mirror (someone else added or deleted a server or destination), those servers are read
+    /// back and the difference to `after` is sent, once; a second refusal is an error, and the
+    /// sync loop's full resync reads everything. Returns how many messages were sent, and the
+    /// servers read back with the state they were left in (for the mirror).
+    fn apply(
+        &mut self,
+        changes: &Changes,
+        script: &str,
+        after: &dyn Fn(&ServiceKey) -> Option<Applied>,
+    ) -> Result<(usize, Reread), BackendError> {
         if !script.is_empty() {
             self.kernel.nft(script).map_err(apply_err)?;
         }
-        let mut sent = self.kernel.ipvs(changes.ipvs.clone()).map_err(apply_err)?;
+        let (mut sent, reread) = match self.kernel.ipvs(changes.ipvs.clone()) {
+            Ok(n) => (n, Reread::new()),
+            Err(e) if e.is_state_mismatch() => {
+                tracing::info!(error = %e, "IPVS differs from what kproxy applied; reading the servers concerned back");
+                self.resend(&changes.ipvs, after)?
+            }
+            Err(e) => return Err(apply_err(e)),
+        };
         sent += self
             .kernel
             .bind(changes.bind.clone(), changes.unbind.clone())
             .map_err(apply_err)?;
-        Ok(sent)
+        Ok((sent, reread))
+    }
+
+    /// Reads back every server that `messages` touch and sends what turns each into `after`.
+    fn resend(
+        &mut self,
+        messages: &[IpvsMessage],
+        after: &dyn Fn(&ServiceKey) -> Option<Applied>,
+    ) -> Result<(usize, Reread), BackendError> {
+        let keys: BTreeSet<ServiceKey> = messages
+            .iter()
+            .filter_map(|m| VirtualServer::from_attrs(m.service_attrs()?))
+            .map(|vs| vs.key)
+            .collect();
+        let mut fix = Changes::default();
+        let mut reread = Reread::new();
+        for key in keys {
+            let have = self.read_server(&key).map_err(apply_err)?;
+            // Destinations at weight 0 are draining: wanted only at weight 0, which the diff
+            // of a TCP server does by itself.
+            let want = after(&key).map(|a| Server {
+                vs: a.vs,
+                dests: a
+                    .dests
+                    .iter()
+                    .filter(|(_, w)| **w > 0)
+                    .map(|(d, _)| *d)
+                    .collect(),
+            });
+            mirror::diff_server(&key, have.as_ref(), want.as_ref(), &mut fix);
+            reread.insert(key, mirror::after(have.as_ref(), want.as_ref()));
+        }
+        let sent = self.kernel.ipvs(fix.ipvs).map_err(apply_err)?;
+        Ok((sent, reread))
     }
 
     /// Forgets draining entries of servers or destinations that are gone, and starts the clock
@@ -247,15 +319,20 @@ impl Backend for IpvsBackend {
             .kernel
             .addresses()
             .map_err(|e| BackendError::Adopt(e.to_string()))?;
-        let kernel = self.read_ours(&bound, node)?;
-        let base = Mirror {
-            servers: kernel.clone(),
-            ..Mirror::default()
-        };
         let desired: BTreeMap<ServicePortName, Option<PortState>> = plans
             .keys()
             .map(|name| (name.clone(), self.compile(plans, name, node)))
             .collect();
+        let wanted: BTreeSet<ServiceKey> = desired
+            .values()
+            .flatten()
+            .flat_map(|p| p.servers.keys().copied())
+            .collect();
+        let kernel = self.read_ours(&bound, &wanted)?;
+        let base = Mirror {
+            servers: kernel.clone(),
+            ..Mirror::default()
+        };
         let (mut changes, delta) = base.diff_ports(&desired);
         let mut next = base;
         next.commit(delta);
@@ -277,7 +354,13 @@ impl Backend for IpvsBackend {
             .copied()
             .collect();
         let script = self.companion_script(next.elements.keys());
-        let sent = self.apply(&changes, &script)?;
+        let (sent, reread) = self.apply(&changes, &script, &|k| next.servers.get(k).cloned())?;
+        for (key, state) in reread {
+            match state {
+                Some(a) => next.servers.insert(key, a),
+                None => next.servers.remove(&key),
+            };
+        }
         // Destinations found at weight 0 were draining under a previous kproxy.
         let adopted: Vec<(ServiceKey, DestKey)> = next
             .servers
@@ -306,7 +389,7 @@ impl Backend for IpvsBackend {
             .iter()
             .map(|name| (name.clone(), self.compile(plans, name, node)))
             .collect();
-        let (changes, delta) = self.mirror.diff_ports(&desired);
+        let (changes, mut delta) = self.mirror.diff_ports(&desired);
         let mut script = String::new();
         for e in &changes.del_elements {
             script.push_str(&element_line("delete", e));
@@ -314,7 +397,10 @@ impl Backend for IpvsBackend {
         for e in &changes.add_elements {
             script.push_str(&element_line("add", e));
         }
-        let sent = self.apply(&changes, &script)?;
+        let (sent, reread) = self.apply(&changes, &script, &|k| {
+            delta.servers.get(k).cloned().flatten()
+        })?;
+        delta.servers.extend(reread);
         self.mirror.commit(delta);
         self.track_drains(&changes.drain);
         Ok(SyncReport {
@@ -345,8 +431,16 @@ impl Backend for IpvsBackend {
                 crate::backends::leftovers::IPVS_LINK
             )));
         }
+        if let Some(ip) = self.mirror.addresses.keys().next().copied()
+            && !self.kernel.is_local(ip).map_err(probe)?
+        {
+            return Ok(Some(format!(
+                "{ip} is no longer bound to {}",
+                crate::backends::leftovers::IPVS_LINK
+            )));
+        }
         if let Some(key) = self.mirror.servers.keys().next().copied()
-            && !self.kernel.has_service(&key).map_err(probe)?
+            && self.kernel.service(&key).map_err(probe)?.is_none()
         {
             return Ok(Some(format!(
                 "virtual server {} {} is gone",

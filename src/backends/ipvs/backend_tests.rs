@@ -292,6 +292,7 @@ fn virtual_servers_that_are_not_kproxys_are_left_alone() {
             key: foreign,
             scheduler: "wlc".into(),
             persistence: None,
+            owned: false,
         };
         s.services.insert(foreign, (vs, Default::default()));
     }
@@ -344,7 +345,7 @@ fn flushed_servers_a_missing_table_or_link_are_reported_as_drift() {
     kernel.state().tables.remove("ip6");
     assert!(b.drift().unwrap().unwrap().contains("ip6 kproxy-ipvs"));
     b.sync_full(&cluster_ips(), &node()).unwrap();
-    kernel.state().link = false;
+    kernel.state().delete_link();
     assert!(b.drift().unwrap().unwrap().contains("kproxy-ipvs0"));
     b.sync_full(&cluster_ips(), &node()).unwrap();
     assert_eq!(b.drift().unwrap(), None);
@@ -363,6 +364,7 @@ fn cleanup_removes_kproxys_servers_link_and_tables_only() {
             key: foreign,
             scheduler: "wlc".into(),
             persistence: None,
+            owned: false,
         };
         s.services.insert(foreign, (vs, Default::default()));
     }
@@ -396,24 +398,6 @@ fn strict_arp_and_the_scheduler_come_from_the_configuration() {
             .scheduler,
         "lc"
     );
-}
-
-#[test]
-fn without_the_dummy_interface_cleanup_leaves_every_virtual_server_alone() {
-    let kernel = FakeKernel::default();
-    let mut b = backend(&kernel);
-    b.sync_full(&external(), &node()).unwrap();
-    let servers = {
-        let mut s = kernel.state();
-        s.link = false;
-        s.addresses.clear();
-        s.host_addresses.extend([ip("192.168.0.2"), ip("fd00::2")]);
-        s.services.clone()
-    };
-    b.cleanup().unwrap();
-    let s = kernel.state();
-    assert_eq!(s.services, servers);
-    assert!(s.tables.is_empty());
 }
 
 #[test]

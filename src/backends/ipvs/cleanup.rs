@@ -1,11 +1,15 @@
-//! Removal of everything IPVS mode creates: kproxy's virtual servers (those on addresses of the
-//! dummy interface or of this host), the dummy interface with its addresses, and the companion
-//! nftables tables. Used by `--cleanup` and by the other modes at start-up.
+//! Removal of everything IPVS mode creates: kproxy's virtual servers, the dummy interface with
+//! its addresses, and the companion nftables tables. Used by `--cleanup` and by the other modes
+//! at start-up.
 //!
-//! Invariants: never loads ip_vs (a kernel without the IPVS family has no virtual servers to
-//! remove); virtual servers are touched only while `kproxy-ipvs0` exists (the sign that kproxy's
-//! IPVS mode ran here; another IPVS user's servers on this host's addresses survive a node that
-//! never ran it), and then only those on its addresses or this host's; the tables go anyway.
+//! Invariants: never loads ip_vs (a kernel without it has no virtual servers to remove, and
+//! reading IPVS would load it); kproxy's servers are those carrying its mark (`F_KPROXY`),
+//! whether or not `kproxy-ipvs0` still exists, and those on its addresses (only kproxy binds
+//! addresses there); any other server stays, on this host's addresses too; the tables go anyway.
+//! Upstream's cleanup (`--cleanup-kube-proxy`) removes, while `kube-ipvs0` exists, the unmarked
+//! servers on its addresses or this host's, as upstream's own cleanup does.
+
+use std::collections::BTreeSet;
 
 use super::compile::TABLE;
 use super::kernel::{Kernel, KernelError};
@@ -13,36 +17,55 @@ use super::netlink::{Cmd, IpvsMessage};
 use super::socket::SocketError;
 use crate::model::IpFamily;
 
-/// Removes IPVS mode's objects through `kernel`.
-pub fn remove(kernel: &mut dyn Kernel, families: &[IpFamily]) -> Result<(), KernelError> {
-    remove_owned(kernel, families, TABLE)
+/// Whose leftovers a cleanup removes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Kproxy,
+    /// Upstream kube-proxy's (`kube-ipvs0`): its servers carry no mark, and kproxy's are kept.
+    Upstream,
 }
 
-/// Removes the virtual servers of `kernel`'s dummy interface (see the invariants), the
-/// interface, and the nftables tables named `table`.
+/// Removes IPVS mode's objects through `kernel`.
+pub fn remove(kernel: &mut dyn Kernel, families: &[IpFamily]) -> Result<(), KernelError> {
+    remove_owned(kernel, families, TABLE, Owner::Kproxy)
+}
+
+/// Removes `owner`'s virtual servers (see the invariants), `kernel`'s dummy interface, and the
+/// nftables tables named `table`.
 fn remove_owned(
     kernel: &mut dyn Kernel,
     families: &[IpFamily],
     table: &str,
+    owner: Owner,
 ) -> Result<(), KernelError> {
-    if !kernel.link_present()? {
-        return remove_tables(kernel, families, table);
-    }
-    let mut ours = kernel.host_addresses()?;
-    ours.extend(kernel.addresses()?);
-    match kernel.services() {
-        Ok(services) => {
-            let deletes: Vec<IpvsMessage> = services
-                .iter()
-                .filter(|vs| ours.contains(&vs.key.addr))
-                .map(|vs| IpvsMessage::service(Cmd::DelService, vs.key.attrs()))
-                .collect();
-            kernel.ipvs(deletes)?;
+    let link = kernel.link_present()?;
+    let mut on_link = BTreeSet::new();
+    if link {
+        on_link = kernel.addresses()?;
+        if owner == Owner::Upstream {
+            on_link.extend(kernel.host_addresses()?);
         }
-        Err(KernelError::Ipvs(SocketError::NoIpvs)) => {}
-        Err(e) => return Err(e),
     }
-    kernel.delete_link()?;
+    if kernel.ipvs_loaded() && (link || owner == Owner::Kproxy) {
+        match kernel.services() {
+            Ok(services) => {
+                let deletes: Vec<IpvsMessage> = services
+                    .iter()
+                    .filter(|vs| match owner {
+                        Owner::Kproxy => vs.owned || on_link.contains(&vs.key.addr),
+                        Owner::Upstream => !vs.owned && on_link.contains(&vs.key.addr),
+                    })
+                    .map(|vs| IpvsMessage::service(Cmd::DelService, vs.key.attrs()))
+                    .collect();
+                kernel.ipvs(deletes)?;
+            }
+            Err(KernelError::Ipvs(SocketError::NoIpvs)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if link {
+        kernel.delete_link()?;
+    }
     remove_tables(kernel, families, table)
 }
 
@@ -75,5 +98,10 @@ pub fn remove_upstream() -> Result<(), KernelError> {
         crate::backends::nft::Nft::detect(false),
         crate::backends::leftovers::UPSTREAM_IPVS_LINK,
     );
-    remove_owned(&mut kernel, &crate::backends::host_families(), "kube-proxy")
+    remove_owned(
+        &mut kernel,
+        &crate::backends::host_families(),
+        "kube-proxy",
+        Owner::Upstream,
+    )
 }

@@ -128,6 +128,7 @@ pub fn compile_port(p: &Planned, node: &NodeFacts, settings: &IpvsSettings) -> P
         },
         scheduler: settings.scheduler.clone(),
         persistence: p.port.affinity_timeout_seconds,
+        owned: true,
     };
     let triple = |ip: &IpAddr, port: u16| format!("{ip} . {} . {port}", protocol.lower());
     for ip in &p.port.cluster_ips {

@@ -63,6 +63,28 @@ pub struct FakeState {
     pub scripts: usize,
     /// The next IPVS batch fails after applying this many of its messages.
     pub fail_ipvs_after: Option<usize>,
+    /// The batch after the next one fails (EIO) before applying anything.
+    pub fail_second_batch: bool,
+    second_batch_next: bool,
+    /// ip_vs is not loaded: reading IPVS would load it (`autoloaded` then tells).
+    pub ipvs_unloaded: bool,
+    pub autoloaded: bool,
+}
+
+impl FakeState {
+    /// What `ip link del kproxy-ipvs0` does: the interface and its addresses are gone, the
+    /// virtual servers stay.
+    pub fn delete_link(&mut self) {
+        self.link = false;
+        self.addresses.clear();
+    }
+
+    /// IPVS is read (its netlink family resolved), which loads ip_vs when it is missing.
+    fn read_ipvs(&mut self) {
+        if std::mem::take(&mut self.ipvs_unloaded) {
+            self.autoloaded = true;
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -74,7 +96,18 @@ impl FakeKernel {
     }
 }
 
-fn refused(what: &str, errno: &str) -> KernelError {
+/// IPVS's refusal of `what` with `errno`, as the live socket reports it.
+fn refused(what: &str, errno: i32) -> KernelError {
+    KernelError::Ipvs(super::socket::SocketError::Netlink(
+        super::conn::ConnError::Refused {
+            what: what.to_string(),
+            source: std::io::Error::from_raw_os_error(errno),
+        },
+    ))
+}
+
+/// nftables' refusal of a script.
+fn script_refused(what: &str, errno: &str) -> KernelError {
     KernelError::Injected(format!("{what}: {errno}"))
 }
 
@@ -108,21 +141,21 @@ impl FakeState {
             return Ok(());
         }
         let svc = msg.service_attrs().unwrap_or_default().to_vec();
-        let key = key_of(&svc).ok_or_else(|| refused("no service", "EINVAL"))?;
+        let key = key_of(&svc).ok_or_else(|| refused("no service", libc::EINVAL))?;
         let dest = msg.dest_attrs().map(|d| d.to_vec());
         let parsed_dest = dest
             .as_ref()
             .and_then(|d| DestState::from_attrs(d, key.addr));
         match msg.cmd {
             Cmd::NewService | Cmd::SetService if !full_service(&svc) => {
-                return Err(refused("service without every attribute", "EINVAL"));
+                return Err(refused("service without every attribute", libc::EINVAL));
             }
             Cmd::NewDest | Cmd::SetDest if !dest.as_deref().is_some_and(full_dest) => {
-                return Err(refused("destination without every attribute", "EINVAL"));
+                return Err(refused("destination without every attribute", libc::EINVAL));
             }
             Cmd::NewService => {
                 if self.services.contains_key(&key) {
-                    return Err(refused("new service", "EEXIST"));
+                    return Err(refused("new service", libc::EEXIST));
                 }
                 let vs = VirtualServer::from_attrs(&svc).expect("full");
                 self.services.insert(key, (vs, BTreeMap::new()));
@@ -132,24 +165,24 @@ impl FakeState {
                 let entry = self
                     .services
                     .get_mut(&key)
-                    .ok_or_else(|| refused("set service", "ESRCH"))?;
+                    .ok_or_else(|| refused("set service", libc::ESRCH))?;
                 entry.0 = vs;
             }
             Cmd::DelService => {
                 self.services
                     .remove(&key)
-                    .ok_or_else(|| refused("del service", "ESRCH"))?;
+                    .ok_or_else(|| refused("del service", libc::ESRCH))?;
             }
             Cmd::NewDest | Cmd::SetDest | Cmd::DelDest => {
-                let d = parsed_dest.ok_or_else(|| refused("no destination", "EINVAL"))?;
+                let d = parsed_dest.ok_or_else(|| refused("no destination", libc::EINVAL))?;
                 let dests = &mut self
                     .services
                     .get_mut(&key)
-                    .ok_or_else(|| refused("destination of a missing service", "ESRCH"))?
+                    .ok_or_else(|| refused("destination of a missing service", libc::ESRCH))?
                     .1;
                 match msg.cmd {
                     Cmd::NewDest if dests.contains_key(&d.key) => {
-                        return Err(refused("new dest", "EEXIST"));
+                        return Err(refused("new dest", libc::EEXIST));
                     }
                     Cmd::NewDest => {
                         dests.insert(d.key, d);
@@ -157,17 +190,17 @@ impl FakeState {
                     Cmd::SetDest => {
                         let have = dests
                             .get_mut(&d.key)
-                            .ok_or_else(|| refused("set dest", "ENOENT"))?;
+                            .ok_or_else(|| refused("set dest", libc::ENOENT))?;
                         have.weight = d.weight;
                     }
                     _ => {
                         dests
                             .remove(&d.key)
-                            .ok_or_else(|| refused("del dest", "ENOENT"))?;
+                            .ok_or_else(|| refused("del dest", libc::ENOENT))?;
                     }
                 }
             }
-            other => return Err(refused(&format!("{other:?}"), "EOPNOTSUPP")),
+            other => return Err(refused(&format!("{other:?}"), libc::EOPNOTSUPP)),
         }
         self.ipvs_messages += 1;
         Ok(())
@@ -188,7 +221,7 @@ impl FakeState {
                 Op::DeleteTable(fam) => {
                     let present = tables.get(fam.as_str()).copied();
                     if !present.unwrap_or_else(|| self.tables.contains(fam)) {
-                        return Err(refused("delete table", "ENOENT"));
+                        return Err(script_refused("delete table", "ENOENT"));
                     }
                     tables.insert(fam, false);
                     cleared.insert(fam);
@@ -198,14 +231,14 @@ impl FakeState {
                     let fam = e.0.as_str();
                     let table = tables.get(fam).copied();
                     if !table.unwrap_or_else(|| self.tables.contains(fam)) {
-                        return Err(refused("element of a missing table", "ENOENT"));
+                        return Err(script_refused("element of a missing table", "ENOENT"));
                     }
                     let present = elements
                         .get(e)
                         .copied()
                         .unwrap_or_else(|| !cleared.contains(fam) && self.elements.contains(e));
                     if matches!(op, Op::Delete(_)) && !present {
-                        return Err(refused("delete element", "ENOENT"));
+                        return Err(script_refused("delete element", "ENOENT"));
                     }
                     elements.insert(e, matches!(op, Op::Add(_)));
                 }
@@ -274,7 +307,7 @@ fn parse(script: &str) -> Result<Vec<Op>, KernelError> {
                 });
             }
             [] => {}
-            _ => return Err(refused(&format!("unknown line {line:?}"), "EINVAL")),
+            _ => return Err(script_refused(&format!("unknown line {line:?}"), "EINVAL")),
         }
     }
     Ok(ops)
@@ -287,12 +320,21 @@ impl Kernel for FakeKernel {
 
     fn ipvs(&mut self, messages: Vec<IpvsMessage>) -> Result<usize, KernelError> {
         let mut s = self.state();
+        s.read_ipvs();
         let n = messages.len();
-        let fail_after = s.fail_ipvs_after.take();
+        let mut fail_after = s.fail_ipvs_after.take();
+        if s.fail_second_batch {
+            if std::mem::take(&mut s.second_batch_next) {
+                s.fail_second_batch = false;
+                fail_after = Some(0);
+            } else {
+                s.second_batch_next = true;
+            }
+        }
         let mut first = None;
         for (i, m) in messages.into_iter().enumerate() {
             if fail_after == Some(i) {
-                first = first.or(Some(refused("injected", "EIO")));
+                first = first.or(Some(refused("injected", libc::EIO)));
                 break;
             }
             if let Err(e) = s.apply(m) {
@@ -305,13 +347,14 @@ impl Kernel for FakeKernel {
         }
     }
 
+    fn ipvs_loaded(&mut self) -> bool {
+        !self.state().ipvs_unloaded
+    }
+
     fn services(&mut self) -> Result<Vec<VirtualServer>, KernelError> {
-        Ok(self
-            .state()
-            .services
-            .values()
-            .map(|(v, _)| v.clone())
-            .collect())
+        let mut s = self.state();
+        s.read_ipvs();
+        Ok(s.services.values().map(|(v, _)| v.clone()).collect())
     }
 
     fn dests(&mut self, service: &ServiceKey) -> Result<Vec<DestState>, KernelError> {
@@ -319,12 +362,12 @@ impl Kernel for FakeKernel {
         let (_, dests) = s
             .services
             .get(service)
-            .ok_or_else(|| refused("dests of a missing service", "ESRCH"))?;
+            .ok_or_else(|| refused("dests of a missing service", libc::ESRCH))?;
         Ok(dests.values().copied().collect())
     }
 
-    fn has_service(&mut self, service: &ServiceKey) -> Result<bool, KernelError> {
-        Ok(self.state().services.contains_key(service))
+    fn service(&mut self, service: &ServiceKey) -> Result<Option<VirtualServer>, KernelError> {
+        Ok(self.state().services.get(service).map(|(v, _)| v.clone()))
     }
 
     fn addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError> {
@@ -346,6 +389,11 @@ impl Kernel for FakeKernel {
 
     fn link_present(&mut self) -> Result<bool, KernelError> {
         Ok(self.state().link)
+    }
+
+    fn is_local(&mut self, ip: IpAddr) -> Result<bool, KernelError> {
+        let s = self.state();
+        Ok(s.host_addresses.contains(&ip) || s.link && s.addresses.contains(&ip))
     }
 
     fn nft(&mut self, script: &str) -> Result<(), KernelError> {
@@ -373,8 +421,9 @@ impl Kernel for FakeKernel {
 
     fn delete_link(&mut self) -> Result<bool, KernelError> {
         let mut s = self.state();
-        s.addresses.clear();
-        Ok(std::mem::replace(&mut s.link, false))
+        let had = s.link;
+        s.delete_link();
+        Ok(had)
     }
 
     fn host_addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError> {

@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use super::conn::ConnError;
 use super::link::{self, DummyLink, LinkError};
 use super::netlink::{DestState, IpvsMessage, ServiceKey, VirtualServer};
 use super::socket::{IpvsSocket, SocketError};
@@ -35,19 +36,48 @@ pub enum KernelError {
     Injected(String),
 }
 
+impl KernelError {
+    /// The errno of the kernel's refusal, when it refused an IPVS request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            KernelError::Ipvs(SocketError::Netlink(ConnError::Refused { source, .. })) => {
+                source.raw_os_error()
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether IPVS refused because an object is there that kproxy believed absent, or the
+    /// reverse (EEXIST; ESRCH for a server, ENOENT for a destination): someone else changed it,
+    /// and reading it back is the repair.
+    pub fn is_state_mismatch(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(libc::EEXIST | libc::ESRCH | libc::ENOENT)
+        )
+    }
+}
+
 pub trait Kernel: Send {
     /// Makes sure IPVS is there, loading ip_vs when its netlink family is missing.
     fn load_ipvs(&mut self) -> Result<(), KernelError>;
     /// Applies IPVS changes in order; how many messages were sent.
     fn ipvs(&mut self, messages: Vec<IpvsMessage>) -> Result<usize, KernelError>;
+    /// Whether IPVS is in the kernel already (never loads it: resolving the IPVS netlink
+    /// family would, through its module alias).
+    fn ipvs_loaded(&mut self) -> bool;
     fn services(&mut self) -> Result<Vec<VirtualServer>, KernelError>;
     fn dests(&mut self, service: &ServiceKey) -> Result<Vec<DestState>, KernelError>;
-    fn has_service(&mut self, service: &ServiceKey) -> Result<bool, KernelError>;
-    /// The addresses bound to the dummy interface (created when missing).
+    /// One virtual server as the kernel has it (None: there is none with that key).
+    fn service(&mut self, service: &ServiceKey) -> Result<Option<VirtualServer>, KernelError>;
+    /// The addresses bound to the dummy interface, looked up afresh (created when missing,
+    /// also when it was deleted since the last call).
     fn addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError>;
     fn bind(&mut self, add: Vec<IpAddr>, remove: Vec<IpAddr>) -> Result<usize, KernelError>;
     /// Whether the dummy interface exists (never creates it).
     fn link_present(&mut self) -> Result<bool, KernelError>;
+    /// Whether `ip` is an address of this host (its route is local).
+    fn is_local(&mut self, ip: IpAddr) -> Result<bool, KernelError>;
     /// Applies one nft script atomically.
     fn nft(&mut self, script: &str) -> Result<(), KernelError>;
     /// Rules in the companion table's `services` chain of `family` (0 when the table is gone).
@@ -143,6 +173,11 @@ impl Kernel for LiveKernel {
         self.with_socket(|s| s.execute(messages))
     }
 
+    fn ipvs_loaded(&mut self) -> bool {
+        // Built in or loaded as a module, ip_vs has a directory here (it has parameters).
+        self.ipvs.is_some() || std::path::Path::new("/sys/module/ip_vs").exists()
+    }
+
     fn services(&mut self) -> Result<Vec<VirtualServer>, KernelError> {
         self.with_socket(|s| s.services())
     }
@@ -151,11 +186,14 @@ impl Kernel for LiveKernel {
         self.with_socket(|s| s.dests(service))
     }
 
-    fn has_service(&mut self, service: &ServiceKey) -> Result<bool, KernelError> {
-        self.with_socket(|s| s.has_service(service))
+    fn service(&mut self, service: &ServiceKey) -> Result<Option<VirtualServer>, KernelError> {
+        self.with_socket(|s| s.service(service))
     }
 
     fn addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError> {
+        // The interface may have been deleted (and made again) since it was last looked up: a
+        // cached index would bind nothing ("No such device").
+        self.link = None;
         self.with_link(|l| l.addresses())
     }
 
@@ -168,6 +206,10 @@ impl Kernel for LiveKernel {
 
     fn link_present(&mut self) -> Result<bool, KernelError> {
         Ok(link::exists(self.link_name)?)
+    }
+
+    fn is_local(&mut self, ip: IpAddr) -> Result<bool, KernelError> {
+        Ok(link::is_local(ip)?)
     }
 
     fn nft(&mut self, script: &str) -> Result<(), KernelError> {

@@ -233,3 +233,43 @@ pub fn delete(name: &str) -> Result<bool, LinkError> {
     .map_err(fail)?;
     Ok(true)
 }
+
+/// Whether `ip` is an address of this host now: the kernel's route to it (`ip route get`) is
+/// of type local. One request, for the drift probe (a flushed `kproxy-ipvs0`, or one set down,
+/// has no local routes left).
+pub fn is_local(ip: IpAddr) -> Result<bool, LinkError> {
+    use rtnetlink::packet_route::AddressFamily;
+    use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteType};
+    let fail = |source| LinkError::List {
+        name: format!("the route to {ip}"),
+        source,
+    };
+    let mut conn = Conn::open(netlink_sys::protocols::NETLINK_ROUTE).map_err(fail)?;
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    msg.header.destination_prefix_length = prefix(&ip);
+    msg.attributes.push(RouteAttribute::Destination(ip.into()));
+    match conn.request(
+        RouteNetlinkMessage::GetRoute(msg),
+        NLM_F_REQUEST | NLM_F_ACK,
+        "looking the route up",
+    ) {
+        Ok(found) => Ok(found.iter().any(
+            |m| matches!(m, RouteNetlinkMessage::NewRoute(r) if r.header.kind == RouteType::Local),
+        )),
+        // No route at all (an isolated namespace): not local either.
+        Err(ConnError::Refused { source, .. })
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ENETUNREACH | libc::EHOSTUNREACH)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(fail(e)),
+    }
+}

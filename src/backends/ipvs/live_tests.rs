@@ -240,3 +240,125 @@ fn cleanup_kube_proxy_removes_kube_ipvs0_and_its_servers_only() {
     assert!(!ns.run(&["ip", "link", "show"]).contains("kube-ipvs0"));
     assert!(!ns.run(&["nft", "list", "tables"]).contains("kube-proxy"));
 }
+
+/// `command` (words) in the calling thread's namespace; panics when it fails.
+fn run(command: &str) {
+    let words: Vec<&str> = command.split(' ').collect();
+    let out = std::process::Command::new(words[0])
+        .args(&words[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "needs IP_VS and dummy links: runs inside the VM (tests/vm)"]
+fn the_kernel_keeps_kproxys_mark_and_servers_outlive_a_deleted_interface_as_kproxys() {
+    let Some(ns) = netns() else { return };
+    crate::netns::run_in(&ns.name.clone(), || {
+        let mut b = backend();
+        b.sync_full(&plans(), &node()).unwrap();
+        let state = kernel_state();
+        assert!(state.iter().all(|(vs, _)| vs.owned), "{state:#?}");
+        // A server of another IPVS user on a node address, which kproxy's NodePorts also use.
+        run("ipvsadm -A -t 192.168.0.2:8443 -s wlc");
+        // Someone deletes the interface: noticed, and one full sync repairs it without an
+        // IPVS message (the servers are adopted by their mark).
+        run("ip link del kproxy-ipvs0");
+        let what = b
+            .drift()
+            .unwrap()
+            .expect("the deleted interface is noticed");
+        assert!(what.contains("kproxy-ipvs0"), "{what}");
+        b.sync_full(&plans(), &node()).expect("the repair");
+        assert_eq!(b.drift().unwrap(), None);
+        let owned = |s: &[(VirtualServer, Vec<(String, u32)>)]| {
+            s.iter()
+                .filter(|(vs, _)| vs.owned)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(owned(&kernel_state()), state);
+        // The interface's addresses flushed: noticed (its first address is no longer local).
+        run("ip addr flush dev kproxy-ipvs0");
+        let what = b
+            .drift()
+            .unwrap()
+            .expect("the flushed addresses are noticed");
+        assert!(what.contains("no longer bound"), "{what}");
+        b.sync_full(&plans(), &node())
+            .expect("the repair after the flush");
+        assert_eq!(b.drift().unwrap(), None);
+        // `kproxy --cleanup` under the running kproxy: repaired by the next full sync.
+        backend().cleanup().unwrap();
+        assert!(b.drift().unwrap().is_some());
+        b.sync_full(&plans(), &node())
+            .expect("the repair after cleanup");
+        assert_eq!(owned(&kernel_state()), state);
+        // Interface gone, then --cleanup: kproxy's servers go all the same, the other one
+        // stays, and a restarted kproxy serves at its first sync.
+        run("ip link del kproxy-ipvs0");
+        backend().cleanup().unwrap();
+        let left: Vec<String> = kernel_state()
+            .iter()
+            .map(|(vs, _)| std::net::SocketAddr::new(vs.key.addr, vs.key.port).to_string())
+            .collect();
+        assert_eq!(left, ["192.168.0.2:8443"]);
+        backend().sync_full(&plans(), &node()).expect("the restart");
+        assert_eq!(owned(&kernel_state()), state);
+    })
+    .unwrap();
+    let addrs = ns.run(&["ip", "-o", "addr", "show", "dev", "kproxy-ipvs0"]);
+    assert!(addrs.contains("10.96.0.10/32"), "bound again:\n{addrs}");
+}
+
+#[test]
+#[ignore = "needs IP_VS and dummy links: runs inside the VM (tests/vm)"]
+fn a_partial_sync_on_servers_changed_by_someone_else_reads_them_back() {
+    let Some(ns) = netns() else { return };
+    crate::netns::run_in(&ns.name.clone(), || {
+        let mut b = backend();
+        let mut plans = plans();
+        b.sync_full(&plans, &node()).unwrap();
+        // The web server deleted, a destination added by hand to the LB's: the partial sync of
+        // both meets ESRCH and EEXIST, reads them back and converges.
+        run("ipvsadm -D -t 10.96.0.10:80");
+        run("ipvsadm -a -t 10.96.1.1:443 -r 10.0.1.9:8443 -m");
+        let web = name("web", "http", Protocol::Tcp);
+        let lb = name("lb", "https", Protocol::Tcp);
+        let port = plans[&web].port.clone();
+        add(&mut plans, port, vec![ep("10.0.1.1", 8080, "node-b")]);
+        let port = plans[&lb].port.clone();
+        add(
+            &mut plans,
+            port,
+            vec![
+                ep("10.0.1.1", 8443, "node-a"),
+                ep("10.0.1.9", 8443, "node-a"),
+            ],
+        );
+        b.sync_partial(&plans, &[web, lb].into_iter().collect(), &node())
+            .expect("repaired within the sync");
+        let state = kernel_state();
+        let dests = |addr: &str, port: u16| {
+            state
+                .iter()
+                .find(|(vs, _)| vs.key.addr == ip(addr) && vs.key.port == port)
+                .map(|(_, d)| d.clone())
+        };
+        assert_eq!(
+            dests("10.96.0.10", 80),
+            Some(vec![("10.0.1.1:8080".into(), 1)])
+        );
+        let lb_dests = dests("10.96.1.1", 443).unwrap();
+        assert!(
+            lb_dests.contains(&("10.0.1.9:8443".into(), 1)),
+            "{lb_dests:?}"
+        );
+    })
+    .unwrap();
+}

@@ -24,6 +24,8 @@ pub mod fake_kernel;
 #[cfg(test)]
 mod live_tests;
 #[cfg(test)]
+mod repair_tests;
+#[cfg(test)]
 mod tests;
 
 pub use backend::{DRAIN_LIMIT, IpvsBackend, SYSCTLS};

@@ -14,7 +14,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader};
 
-pub use super::servers::{DestKey, DestState, ServiceKey, VirtualServer};
+pub use super::servers::{DestKey, DestState, F_KPROXY, ServiceKey, VirtualServer};
 
 /// The family's commands (`IPVS_CMD_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,6 +14,7 @@ fn vs(addr: &str, persistence: Option<u32>) -> VirtualServer {
         },
         scheduler: "rr".into(),
         persistence,
+        owned: true,
     }
 }
 
@@ -42,7 +43,7 @@ fn a_full_service_carries_scheduler_flags_timeout_and_netmask() {
     let attrs = vs("10.96.0.10", Some(300)).attrs();
     assert!(attrs.contains(&SvcAttr::Sched("rr".into())));
     assert!(attrs.contains(&SvcAttr::Flags {
-        flags: 1,
+        flags: 1 | F_KPROXY,
         mask: 0xffff_ffff
     }));
     assert!(attrs.contains(&SvcAttr::Timeout(300)));
@@ -50,9 +51,37 @@ fn a_full_service_carries_scheduler_flags_timeout_and_netmask() {
     let v6 = vs("fd00::1", None).attrs();
     assert!(v6.contains(&SvcAttr::Netmask(128)));
     assert!(v6.contains(&SvcAttr::Flags {
-        flags: 0,
+        flags: F_KPROXY,
         mask: 0xffff_ffff
     }));
+}
+
+#[test]
+fn kproxys_mark_is_read_back_and_a_server_without_it_is_not_owned() {
+    let mut theirs = vs("10.96.0.10", Some(300));
+    theirs.owned = false;
+    let attrs = theirs.attrs();
+    assert!(attrs.contains(&SvcAttr::Flags {
+        flags: 1,
+        mask: 0xffff_ffff
+    }));
+    // As the kernel reports servers: with IP_VS_SVC_F_HASHED (0x2) set.
+    let reported = |flags| {
+        let mut a = theirs.key.attrs();
+        a.extend([
+            SvcAttr::Sched("rr".into()),
+            SvcAttr::Flags {
+                flags,
+                mask: 0xffff_ffff,
+            },
+            SvcAttr::Timeout(300),
+        ]);
+        VirtualServer::from_attrs(&a).unwrap()
+    };
+    assert!(!reported(0x3).owned);
+    let ours = reported(0x3 | F_KPROXY);
+    assert!(ours.owned);
+    assert_eq!(ours.persistence, Some(300));
 }
 
 #[test]
@@ -73,7 +102,7 @@ fn ports_are_big_endian_and_flags_are_eight_bytes_on_the_wire() {
     assert_eq!(found[&4], 8080u16.to_be_bytes().to_vec(), "PORT");
     assert_eq!(found[&3], vec![10, 96, 0, 10], "ADDR");
     assert_eq!(found[&6], b"rr\0".to_vec(), "SCHED_NAME");
-    let mut flags = 1u32.to_ne_bytes().to_vec();
+    let mut flags = (1u32 | F_KPROXY).to_ne_bytes().to_vec();
     flags.extend(0xffff_ffffu32.to_ne_bytes());
     assert_eq!(found[&7], flags, "FLAGS {{flags, mask}}");
     assert_eq!(found[&8], 300u32.to_ne_bytes().to_vec(), "TIMEOUT");

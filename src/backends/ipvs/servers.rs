@@ -2,7 +2,8 @@
 //! conversion to and from the IPVS family's nested attributes (`netlink.rs`).
 //!
 //! Invariants: a NEW or SET of a service carries scheduler, flags (`{flags, mask}` with the
-//! whole mask, so persistence is really cleared when off), timeout and netmask; of a
+//! whole mask, so persistence is really cleared when off, and kproxy's mark `F_KPROXY` set on
+//! every server it programs), timeout and netmask; of a
 //! destination, NAT forwarding, weight and both thresholds; the kernel sends addresses as 16
 //! bytes whatever the family, so decoding takes the family from AF (or the service's).
 
@@ -15,6 +16,11 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// `IP_VS_SVC_F_PERSISTENT`.
 const F_PERSISTENT: u32 = 1;
+/// kproxy's mark on the virtual servers it programs: a service flag bit the kernel does not
+/// define (ip_vs.h defines 0x0001..0x0020), which IPVS stores with the server and reports back
+/// unchanged, and ignores otherwise. It tells kproxy's servers from another IPVS user's without
+/// `kproxy-ipvs0` or its addresses, which can be deleted under it (`ip link del`).
+pub const F_KPROXY: u32 = 0x0100_0000;
 /// `IP_VS_CONN_F_MASQ`: NAT forwarding.
 const FWD_MASQ: u32 = 0;
 
@@ -33,6 +39,10 @@ pub struct VirtualServer {
     pub scheduler: String,
     /// ClientIP affinity: persistence with this timeout in seconds.
     pub persistence: Option<u32>,
+    /// Carries kproxy's mark (`F_KPROXY`): kproxy programmed it. Always true in what kproxy
+    /// compiles; false in a server read back from the kernel that kproxy did not program (or
+    /// an older kproxy did).
+    pub owned: bool,
 }
 
 /// A real server of a virtual server (always NAT forwarding).
@@ -113,10 +123,13 @@ impl VirtualServer {
     /// Every attribute a NEW or SET needs.
     pub fn attrs(&self) -> Vec<SvcAttr> {
         let mut a = self.key.attrs();
-        let (flags, timeout) = match self.persistence {
+        let (mut flags, timeout) = match self.persistence {
             Some(t) => (F_PERSISTENT, t),
             None => (0, 0),
         };
+        if self.owned {
+            flags |= F_KPROXY;
+        }
         let netmask = if self.key.addr.is_ipv4() {
             0xffff_ffff
         } else {
@@ -159,6 +172,7 @@ impl VirtualServer {
             },
             scheduler,
             persistence: (flags & F_PERSISTENT != 0).then_some(timeout),
+            owned: flags & F_KPROXY != 0,
         })
     }
 }

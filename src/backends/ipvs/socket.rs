@@ -109,8 +109,8 @@ impl IpvsSocket {
             .collect())
     }
 
-    /// Whether one virtual server exists (one request, no dump).
-    pub fn has_service(&mut self, service: &ServiceKey) -> Result<bool, SocketError> {
+    /// One virtual server, if it exists (one request, no dump).
+    pub fn service(&mut self, service: &ServiceKey) -> Result<Option<VirtualServer>, SocketError> {
         let msg = IpvsMessage::service(Cmd::GetService, service.attrs());
         let what = describe(&msg);
         match self.conn.request::<GenlMessage<IpvsMessage>>(
@@ -118,14 +118,21 @@ impl IpvsSocket {
             NLM_F_REQUEST | NLM_F_ACK,
             &what,
         ) {
-            Ok(found) => Ok(!found.is_empty()),
+            Ok(found) => Ok(found
+                .iter()
+                .find_map(|m| VirtualServer::from_attrs(m.payload.service_attrs()?))),
             Err(ConnError::Refused { source, .. })
                 if source.raw_os_error() == Some(libc::ESRCH) =>
             {
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether one virtual server exists.
+    pub fn has_service(&mut self, service: &ServiceKey) -> Result<bool, SocketError> {
+        Ok(self.service(service)?.is_some())
     }
 }
 

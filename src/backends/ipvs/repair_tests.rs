@@ -1,0 +1,285 @@
+//! The IPVS backend against the fake kernel when someone else changed IPVS under it: the dummy
+//! interface deleted, `--cleanup` run while kproxy runs or between two runs, servers and
+//! destinations added or deleted behind the mirror. Each repair converges in one sync, to
+//! exactly what a fresh kproxy programs on an empty kernel, and kproxy's mark decides which
+//! servers are its own.
+
+use super::IpvsBackend;
+use super::fake_kernel::{FakeKernel, FakeState};
+use super::netlink::{DestKey, ServiceKey, VirtualServer};
+use crate::backends::nft::tests::{add, cluster_ips, config, ep, external, ip, name, node};
+use crate::backends::{Backend, Plans};
+use crate::model::{IpFamily, Protocol};
+
+fn backend(kernel: &FakeKernel) -> IpvsBackend {
+    IpvsBackend::new(&config(), Box::new(kernel.clone()))
+        .with_families(vec![IpFamily::V4, IpFamily::V6])
+}
+
+fn plans() -> Plans {
+    let mut plans = cluster_ips();
+    plans.extend(external());
+    plans
+}
+
+fn key(addr: &str, protocol: Protocol, port: u16) -> ServiceKey {
+    ServiceKey {
+        addr: ip(addr),
+        protocol,
+        port,
+    }
+}
+
+fn web() -> ServiceKey {
+    key("10.96.0.10", Protocol::Tcp, 80)
+}
+
+/// A server of another IPVS user (no mark) on `k`.
+fn foreign(s: &mut FakeState, k: ServiceKey) {
+    let vs = VirtualServer {
+        key: k,
+        scheduler: "wlc".into(),
+        persistence: None,
+        owned: false,
+    };
+    s.services.insert(k, (vs, Default::default()));
+}
+
+/// Servers (with destinations), addresses and elements of `kernel`.
+fn programmed(kernel: &FakeKernel) -> String {
+    let s = kernel.state();
+    format!("{:#?}", (&s.services, &s.addresses, &s.elements))
+}
+
+/// What a fresh kproxy programs for `plans` on an empty kernel.
+fn fresh(plans: &Plans) -> String {
+    let kernel = FakeKernel::default();
+    backend(&kernel).sync_full(plans, &node()).unwrap();
+    programmed(&kernel)
+}
+
+#[test]
+fn every_server_kproxy_programs_carries_its_mark() {
+    let kernel = FakeKernel::default();
+    backend(&kernel).sync_full(&plans(), &node()).unwrap();
+    let s = kernel.state();
+    assert!(s.services.len() > 5);
+    assert!(s.services.values().all(|(vs, _)| vs.owned));
+}
+
+#[test]
+fn a_deleted_dummy_interface_is_repaired_by_one_full_sync_without_touching_ipvs() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&plans(), &node()).unwrap();
+    let sent = kernel.state().ipvs_messages;
+    kernel.state().delete_link();
+    let what = b.drift().unwrap().expect("the deleted link is noticed");
+    assert!(what.contains("kproxy-ipvs0"), "{what}");
+    // Before the mark, the servers on the (now unbound) service addresses were nobody's: the
+    // full sync re-added them and IPVS answered EEXIST, on every retry.
+    b.sync_full(&plans(), &node()).unwrap();
+    assert_eq!(
+        kernel.state().ipvs_messages,
+        sent,
+        "the servers were adopted"
+    );
+    assert_eq!(programmed(&kernel), fresh(&plans()));
+    assert_eq!(b.drift().unwrap(), None);
+}
+
+#[test]
+fn cleanup_while_kproxy_runs_is_noticed_and_repaired() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&plans(), &node()).unwrap();
+    backend(&kernel).cleanup().unwrap();
+    assert!(kernel.state().services.is_empty());
+    assert!(b.drift().unwrap().is_some());
+    b.sync_full(&plans(), &node()).unwrap();
+    assert_eq!(programmed(&kernel), fresh(&plans()));
+}
+
+#[test]
+fn without_the_dummy_interface_cleanup_removes_kproxys_servers_and_no_other() {
+    let kernel = FakeKernel::default();
+    backend(&kernel).sync_full(&plans(), &node()).unwrap();
+    let theirs = [
+        key("172.16.0.1", Protocol::Tcp, 80),
+        // On the node's own address, as kproxy's NodePorts are.
+        key("192.168.0.2", Protocol::Tcp, 8443),
+    ];
+    {
+        let mut s = kernel.state();
+        s.delete_link();
+        s.host_addresses.extend([ip("192.168.0.2"), ip("fd00::2")]);
+        theirs.iter().for_each(|k| foreign(&mut s, *k));
+    }
+    backend(&kernel).cleanup().unwrap();
+    let s = kernel.state();
+    assert_eq!(s.services.keys().copied().collect::<Vec<_>>(), theirs);
+    assert!(s.tables.is_empty());
+}
+
+#[test]
+fn a_restart_after_cleanup_without_the_interface_serves_at_the_first_sync() {
+    let kernel = FakeKernel::default();
+    backend(&kernel).sync_full(&plans(), &node()).unwrap();
+    kernel.state().delete_link();
+    backend(&kernel).cleanup().unwrap();
+    backend(&kernel).sync_full(&plans(), &node()).unwrap();
+    assert_eq!(programmed(&kernel), fresh(&plans()));
+}
+
+#[test]
+fn cleanup_never_loads_ip_vs() {
+    let kernel = FakeKernel::default();
+    kernel.state().ipvs_unloaded = true;
+    backend(&kernel).cleanup().unwrap();
+    assert!(!kernel.state().autoloaded);
+}
+
+#[test]
+fn a_full_sync_takes_over_a_foreign_server_at_a_key_it_wants() {
+    let kernel = FakeKernel::default();
+    let theirs = key("172.16.0.1", Protocol::Tcp, 80);
+    {
+        let mut s = kernel.state();
+        foreign(&mut s, web());
+        foreign(&mut s, theirs);
+    }
+    backend(&kernel).sync_full(&plans(), &node()).unwrap();
+    let s = kernel.state();
+    assert!(s.services[&web()].0.owned, "marked as kproxy's now");
+    assert_eq!(s.services[&web()].0.scheduler, "rr");
+    assert_eq!(s.services[&web()].1.len(), 3);
+    assert!(
+        !s.services[&theirs].0.owned,
+        "the other one stays as it was"
+    );
+}
+
+/// `web`'s endpoints replaced by `eps`.
+fn with_web(eps: &[&str]) -> Plans {
+    let mut plans = plans();
+    let n = name("web", "http", Protocol::Tcp);
+    let port = plans[&n].port.clone();
+    add(
+        &mut plans,
+        port,
+        eps.iter().map(|e| ep(e, 8080, "node-b")).collect(),
+    );
+    plans
+}
+
+fn changed() -> std::collections::BTreeSet<crate::model::ServicePortName> {
+    [name("web", "http", Protocol::Tcp)].into_iter().collect()
+}
+
+#[test]
+fn a_partial_sync_on_a_server_someone_deleted_reads_it_back_and_recreates_it() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&plans(), &node()).unwrap();
+    kernel.state().services.remove(&web());
+    let plans = with_web(&["10.0.1.1", "10.0.9.9"]);
+    b.sync_partial(&plans, &changed(), &node())
+        .expect("ESRCH is repaired within the sync");
+    let s = kernel.state();
+    let dests: Vec<DestKey> = s.services[&web()].1.keys().copied().collect();
+    assert_eq!(
+        dests,
+        [
+            DestKey {
+                addr: ip("10.0.1.1"),
+                port: 8080
+            },
+            DestKey {
+                addr: ip("10.0.9.9"),
+                port: 8080
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_partial_sync_meeting_servers_and_destinations_added_by_someone_else_converges() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&plans(), &node()).unwrap();
+    let plans = with_web(&["10.0.1.1", "10.0.9.9"]);
+    // Someone added the destination kproxy is about to add, and deleted one it will drain.
+    {
+        let mut s = kernel.state();
+        let dests = &mut s.services.get_mut(&web()).unwrap().1;
+        let mut added = *dests.values().next().unwrap();
+        added.key.addr = ip("10.0.9.9");
+        dests.insert(added.key, added);
+        dests.retain(|d, _| d.addr != ip("10.0.2.1"));
+    }
+    b.sync_partial(&plans, &changed(), &node())
+        .expect("EEXIST and ENOENT are repaired within the sync");
+    let s = kernel.state();
+    let weights: Vec<(String, u32)> = s.services[&web()]
+        .1
+        .values()
+        .map(|d| (d.key.addr.to_string(), d.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("10.0.1.1".into(), 1),
+            ("10.0.3.1".into(), 0),
+            ("10.0.9.9".into(), 1)
+        ]
+    );
+    drop(s);
+    assert_eq!(b.drift().unwrap(), None);
+}
+
+#[test]
+fn a_second_refusal_is_an_error_not_a_loop() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&plans(), &node()).unwrap();
+    let before = b.mirror().clone();
+    kernel.state().services.remove(&web());
+    // The re-read server's repair fails too: the sync gives up (the loop's full resync follows).
+    kernel.state().fail_second_batch = true;
+    let plans = with_web(&["10.0.1.1"]);
+    assert!(b.sync_partial(&plans, &changed(), &node()).is_err());
+    assert_eq!(b.mirror(), &before, "nothing committed");
+    b.sync_full(&plans, &node()).unwrap();
+    assert_eq!(programmed(&kernel), fresh(&plans));
+}
+
+#[test]
+fn another_users_server_on_a_node_address_survives_syncs_and_cleanup() {
+    let kernel = FakeKernel::default();
+    let theirs = key("192.168.0.2", Protocol::Tcp, 8443);
+    {
+        let mut s = kernel.state();
+        s.host_addresses.extend([ip("192.168.0.2"), ip("fd00::2")]);
+        foreign(&mut s, theirs);
+    }
+    let mut b = backend(&kernel);
+    b.sync_full(&plans(), &node()).unwrap();
+    b.sync_full(&plans(), &node()).unwrap();
+    assert!(kernel.state().services.contains_key(&theirs));
+    b.cleanup().unwrap();
+    let s = kernel.state();
+    assert_eq!(s.services.keys().copied().collect::<Vec<_>>(), [theirs]);
+}
+
+#[test]
+fn flushed_addresses_of_the_interface_are_noticed_and_bound_again() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&plans(), &node()).unwrap();
+    kernel.state().addresses.clear();
+    let what = b.drift().unwrap().expect("the flush is noticed");
+    assert!(what.contains("no longer bound"), "{what}");
+    b.sync_full(&plans(), &node()).unwrap();
+    assert_eq!(programmed(&kernel), fresh(&plans()));
+    assert_eq!(b.drift().unwrap(), None);
+}
