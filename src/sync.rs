@@ -446,7 +446,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake) => {}
             _ = drift_check.tick(), if syncer.ready() => {
                 if syncer.drifted() {
-                    runner.request_full();
+                    runner.request_repair();
                 }
             }
         }

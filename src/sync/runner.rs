@@ -3,7 +3,9 @@
 //! Invariants: changes coalesce into one pending flag; at most one sync starts per `min_interval`
 //! (measured from the end of the previous one, as upstream); the first change after a quiet
 //! period runs at once; a full resync is due every `period`; after a failure the next sync is a
-//! full resync, retried with exponential backoff (from `RETRY_START`, capped at `period`).
+//! full resync, retried with exponential backoff (from `RETRY_START`, capped at `period`); a
+//! repair (someone else changed kproxy's rules) runs at once, without waiting out `min_interval`:
+//! traffic is already broken, and the drift probe's period bounds how often that can happen.
 //! Pure state: the caller supplies `now`, so tests drive it with any clock.
 
 use std::time::Duration;
@@ -33,6 +35,8 @@ pub struct Runner {
     retry: Option<(Instant, Duration)>,
     /// The next sync must be full (startup, failure, node change).
     full_needed: bool,
+    /// The next sync is a repair: it does not wait for `min_interval`.
+    repair: bool,
 }
 
 impl Runner {
@@ -46,6 +50,7 @@ impl Runner {
             next_full: now + period,
             retry: None,
             full_needed: true,
+            repair: false,
         }
     }
 
@@ -60,6 +65,13 @@ impl Runner {
         self.pending = true;
     }
 
+    /// Someone else changed kproxy's rules: a full resync, due at once (unless a failed sync's
+    /// backoff is running: that retry is a full resync already).
+    pub fn request_repair(&mut self) {
+        self.request_full();
+        self.repair = true;
+    }
+
     fn earliest_start(&self) -> Option<Instant> {
         self.last_end.map(|end| end + self.min_interval)
     }
@@ -69,6 +81,7 @@ impl Runner {
         let wanted = match self.retry {
             // A retry is a full resync already: the periodic one waits for it.
             Some((retry_at, _)) => retry_at,
+            None if self.repair => return now,
             None if self.pending => now,
             None => self.next_full,
         };
@@ -90,6 +103,7 @@ impl Runner {
     /// Records the end of a sync of `kind` started by `due`.
     pub fn done(&mut self, kind: Due, ok: bool, now: Instant) {
         self.last_end = Some(now);
+        self.repair = false;
         if ok {
             self.pending = false;
             self.retry = None;

@@ -134,3 +134,32 @@ async fn a_requested_full_resync_is_full() {
     r.request_full();
     assert_eq!(r.due(t0), Some(Due::Full));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_runs_at_once_without_waiting_out_the_min_sync_period() {
+    let t0 = Instant::now();
+    let mut r = Runner::new(MIN, PERIOD, t0);
+    r.request();
+    r.done(Due::Full, true, t0);
+    // A change right after a sync waits for the min sync period; a repair does not.
+    r.request();
+    assert_eq!(r.due(t0 + ms(100)), None);
+    r.request_repair();
+    assert_eq!(r.due(t0 + ms(100)), Some(Due::Full));
+    r.done(Due::Full, true, t0 + ms(150));
+    // The next change waits again, from the repair's end.
+    r.request();
+    assert_eq!(r.due(t0 + ms(200)), None);
+    assert_eq!(r.due(t0 + ms(1150)), Some(Due::Partial));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_during_a_failed_syncs_backoff_waits_for_the_retry() {
+    let t0 = Instant::now();
+    let mut r = Runner::new(MIN, PERIOD, t0);
+    r.request();
+    r.done(Due::Full, false, t0);
+    r.request_repair();
+    assert_eq!(r.due(t0 + ms(100)), None);
+    assert_eq!(r.due(t0 + MIN), Some(Due::Full));
+}
