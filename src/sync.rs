@@ -21,7 +21,7 @@ use crate::conntrack::Reconciler;
 use crate::health::ProxyHealth;
 use crate::health::service::ServiceHealthServers;
 use crate::metrics::Metrics;
-use crate::model::plan::{Planned, Targets, local_ready, plan};
+use crate::model::plan::{Planned, local_ready, plan};
 use crate::model::tracker::ChangeTracker;
 use crate::model::{NamespacedName, Protocol, ServicePortName};
 use crate::node::NodeFacts;
@@ -216,12 +216,9 @@ impl Syncer {
                     plan,
                 })
             });
-            let no_local = planned.as_ref().map(|p| {
-                (
-                    p.plan.internal == Targets::Drop,
-                    p.plan.external == Some(Targets::Drop),
-                )
-            });
+            let no_local = planned
+                .as_ref()
+                .map(|p| (p.plan.drops_internal(), p.plan.drops_external()));
             match planned {
                 Some(p) => plans.insert(name.clone(), p),
                 None => plans.remove(name),

@@ -8,6 +8,8 @@
 //! `cleanup` removes everything kproxy ever created in this mode.
 
 pub mod fake;
+#[cfg(test)]
+mod family_tests;
 pub mod iptables;
 pub mod ipvs;
 pub mod leftovers;

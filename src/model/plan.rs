@@ -1,17 +1,22 @@
-//! Traffic policy, decided once per service port for every backend: which endpoints cluster
-//! (internal) and external traffic may use, the terminating fallback, topology, and the verdict
-//! when nothing is usable. Mirrors upstream kube-proxy's `pkg/proxy/topology.go`
-//! (`CategorizeEndpoints`) and how its nftables/iptables proxiers turn that into chains.
+//! Traffic policy, decided once per service port and IP family for every backend: which
+//! addresses of the family the port is reached at, which endpoints cluster (internal) and
+//! external traffic may use, the terminating fallback, topology, the verdict when nothing is
+//! usable, masquerading and the normalised source ranges. Mirrors upstream kube-proxy, whose
+//! per-family proxiers each see only their family's addresses and endpoints
+//! (`pkg/proxy/topology.go` `CategorizeEndpoints`, `serviceport.go`'s per-family filtering).
 //!
-//! Invariants: `plan` is pure; backends never re-derive policy, they compile a `Plan`.
+//! Invariants: `plan` is pure; backends never re-derive policy, they render a `FamilyPlan`.
+//! A port has a `FamilyPlan` for exactly the families of its ClusterIPs; every address and
+//! endpoint in a `FamilyPlan` is of its family (IPv4-mapped IPv6 addresses are in none);
 //! `Targets::Endpoints` is never empty, holds each (ip, port) once, and is sorted by (ip, port).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{Endpoint, ServicePort, TrafficPolicy};
+use super::{Endpoint, IpFamily, ServicePort, TrafficPolicy};
 use crate::node::NodeFacts;
 
 /// Where one class of traffic goes.
@@ -26,13 +31,36 @@ pub enum Targets {
     Drop,
 }
 
-/// What every backend needs to program one service port.
+/// What every backend needs to program one service port: one `FamilyPlan` per IP family.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Plan {
-    /// Traffic to the ClusterIPs (internalTrafficPolicy).
+    /// One per family of the port's ClusterIPs, IPv4 first.
+    pub families: Vec<FamilyPlan>,
+    /// Ready endpoints on this node, counted by distinct IP (both families), as upstream's
+    /// `LocalReadyEndpoints` feeds `localEndpoints` of the healthCheckNodePort answer.
+    /// Serving-terminating endpoints are not counted even when the terminating fallback uses
+    /// them, so the health check fails on a node that is draining. Upstream counts distinct IPs
+    /// over all ports of the Service.
+    pub local_endpoints: usize,
+}
+
+/// Everything a backend renders for one service port in one IP family. Addresses and endpoints
+/// of other families are not here: a backend never filters by family.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FamilyPlan {
+    pub family: IpFamily,
+    /// The port's ClusterIPs of this family (at least one).
+    pub cluster_ips: Vec<IpAddr>,
+    /// Its externalIPs of this family.
+    pub external_ips: Vec<IpAddr>,
+    /// Its LoadBalancer ingress IPs of this family.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// Its NodePort: listening on the node's NodePort addresses of this family.
+    pub node_port: Option<u16>,
+    /// Traffic to the ClusterIPs (internalTrafficPolicy), over this family's endpoints.
     pub internal: Targets,
-    /// Traffic to NodePorts, externalIPs and LoadBalancer IPs (externalTrafficPolicy); None when
-    /// the service port is not externally accessible.
+    /// Traffic to the NodePort, externalIPs and LoadBalancer IPs (externalTrafficPolicy); None
+    /// when the port has none of them in this family.
     pub external: Option<Targets>,
     /// With externalTrafficPolicy Local (and external access), traffic to external destinations
     /// that comes from a pod or from the node itself short-circuits to these cluster-wide
@@ -43,11 +71,29 @@ pub struct Plan {
     pub external_from_local: Option<Targets>,
     /// External traffic must be masqueraded (externalTrafficPolicy Cluster with external access).
     pub masquerade_external: bool,
-    /// Ready endpoints on this node, counted by distinct IP, as upstream's `LocalReadyEndpoints`
-    /// feeds `localEndpoints` of the healthCheckNodePort answer. Serving-terminating endpoints are
-    /// not counted even when the terminating fallback uses them, so the health check fails on a
-    /// node that is draining. Upstream counts distinct IPs over all ports of the Service.
-    pub local_endpoints: usize,
+    /// Some when loadBalancerSourceRanges restrict the LoadBalancer IPs: the ranges of this
+    /// family, host bits cleared, each once, none inside another, sorted (an interval set takes
+    /// them as they are). Empty when the Service's ranges are all of the other family: then no
+    /// source is admitted here (kproxy fails closed; upstream would leave this family open).
+    pub source_ranges: Option<Vec<IpNet>>,
+}
+
+impl Plan {
+    pub fn family(&self, family: IpFamily) -> Option<&FamilyPlan> {
+        self.families.iter().find(|f| f.family == family)
+    }
+
+    /// Some family drops internal traffic (Local policy, no local endpoint).
+    pub fn drops_internal(&self) -> bool {
+        self.families.iter().any(|f| f.internal == Targets::Drop)
+    }
+
+    /// Some family drops external traffic (Local policy, no local endpoint).
+    pub fn drops_external(&self) -> bool {
+        self.families
+            .iter()
+            .any(|f| f.external == Some(Targets::Drop))
+    }
 }
 
 /// A service port together with its plan: the unit backends compile.
@@ -62,8 +108,57 @@ pub struct Planned {
 /// Decides the plan for one service port given its endpoints and this node's facts.
 pub fn plan(port: &ServicePort, endpoints: &[Endpoint], node: &NodeFacts) -> Plan {
     let endpoints = sorted_unique(endpoints);
+    let local_endpoints = local_ready_ips(&endpoints, &node.name);
+    let (v4, v6): (Vec<Endpoint>, Vec<Endpoint>) =
+        endpoints.into_iter().partition(|e| e.ip.is_ipv4());
+    let families = [(IpFamily::V4, v4), (IpFamily::V6, v6)]
+        .into_iter()
+        .filter(|(f, _)| !in_family(&port.cluster_ips, *f).is_empty())
+        .map(|(f, eps)| family_plan(port, &eps, node, f))
+        .collect();
+    Plan {
+        families,
+        local_endpoints,
+    }
+}
+
+/// The addresses of `ips` in `family`; an IPv4-mapped IPv6 address is in neither (no packet
+/// ever reaches a node at one).
+pub fn in_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
+    ips.iter()
+        .filter(|ip| match ip {
+            IpAddr::V4(_) => family == IpFamily::V4,
+            IpAddr::V6(v6) => family == IpFamily::V6 && v6.to_ipv4_mapped().is_none(),
+        })
+        .copied()
+        .collect()
+}
+
+/// `ranges` of `family`, host bits cleared, each once, none inside another, sorted.
+pub fn normalise_ranges(ranges: &[IpNet], family: IpFamily) -> Vec<IpNet> {
+    let mine: BTreeSet<IpNet> = ranges
+        .iter()
+        .filter(|r| IpFamily::of(&r.addr()) == family)
+        .map(|r| r.trunc())
+        .collect();
+    // Prefixes either nest or are disjoint: keep those no other one contains.
+    mine.iter()
+        .filter(|r| !mine.iter().any(|o| o != *r && o.contains(*r)))
+        .copied()
+        .collect()
+}
+
+/// The plan of one family, from that family's endpoints (sorted, unique) alone.
+fn family_plan(
+    port: &ServicePort,
+    endpoints: &[Endpoint],
+    node: &NodeFacts,
+    family: IpFamily,
+) -> FamilyPlan {
     let zone = node.zone.as_deref().unwrap_or("");
-    let c = categorize(&endpoints, &node.name, zone);
+    let c = categorize(endpoints, &node.name, zone);
+    let external_ips = in_family(&port.external_ips, family);
+    let load_balancer_ips = in_family(&port.load_balancer_ips, family);
 
     let local_policy = |policy| policy == TrafficPolicy::Local;
     let internal = if local_policy(port.internal_traffic_policy) {
@@ -71,7 +166,8 @@ pub fn plan(port: &ServicePort, endpoints: &[Endpoint], node: &NodeFacts) -> Pla
     } else {
         targets(c.has_any, &c.cluster, Targets::Reject)
     };
-    let external_access = port.externally_accessible();
+    let external_access =
+        port.node_port.is_some() || !external_ips.is_empty() || !load_balancer_ips.is_empty();
     let external_local = external_access && local_policy(port.external_traffic_policy);
     let external = external_access.then(|| {
         if external_local {
@@ -82,13 +178,20 @@ pub fn plan(port: &ServicePort, endpoints: &[Endpoint], node: &NodeFacts) -> Pla
     });
     let external_from_local =
         external_local.then(|| targets(c.has_any, &c.cluster, Targets::Reject));
+    let source_ranges = (!port.load_balancer_source_ranges.is_empty())
+        .then(|| normalise_ranges(&port.load_balancer_source_ranges, family));
 
-    Plan {
+    FamilyPlan {
+        family,
+        cluster_ips: in_family(&port.cluster_ips, family),
+        external_ips,
+        load_balancer_ips,
+        node_port: port.node_port,
         internal,
         external,
         external_from_local,
         masquerade_external: external_access && !external_local,
-        local_endpoints: local_ready_ips(&endpoints, &node.name),
+        source_ranges,
     }
 }
 
@@ -210,5 +313,7 @@ pub fn local_ready<'a>(
         .collect()
 }
 
+#[cfg(test)]
+mod family_tests;
 #[cfg(test)]
 mod tests;

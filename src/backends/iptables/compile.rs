@@ -111,57 +111,24 @@ pub(super) fn host(ip: &IpAddr) -> String {
     }
 }
 
-/// The targets as this family sees them: its endpoints only; none left means reject.
-fn family_targets(t: &Targets, family: IpFamily) -> Targets {
-    match t {
-        Targets::Endpoints(eps) => {
-            let eps: Vec<Endpoint> = eps
-                .iter()
-                .filter(|e| IpFamily::of(&e.ip) == family)
-                .cloned()
-                .collect();
-            if eps.is_empty() {
-                Targets::Reject
-            } else {
-                Targets::Endpoints(eps)
-            }
-        }
-        other => other.clone(),
-    }
-}
-
 /// One service port's chains and dispatch rules in one family (empty when the port has no
 /// address in the family).
 pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig) -> PortRules {
     let p = &planned.port;
     let name = &p.name;
     let pr = name.protocol.lower();
-    let in_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
-        ips.iter()
-            .filter(|ip| IpFamily::of(ip) == family)
-            .copied()
-            .collect()
-    };
-    let cluster_ips = in_family(&p.cluster_ips);
-    if cluster_ips.is_empty() {
+    let Some(fp) = planned.plan.family(family) else {
         return PortRules::default();
-    }
+    };
+    let cluster_ips = &fp.cluster_ips;
     let cidrs: Vec<_> = config
         .cluster_cidrs
         .iter()
         .filter(|c| IpFamily::of(&c.addr()) == family)
         .collect();
-    let internal = family_targets(&planned.plan.internal, family);
-    let external = planned
-        .plan
-        .external
-        .as_ref()
-        .map(|t| family_targets(t, family));
-    let from_local = planned
-        .plan
-        .external_from_local
-        .as_ref()
-        .map(|t| family_targets(t, family));
+    let internal = &fp.internal;
+    let external = fp.external.as_ref();
+    let from_local = fp.external_from_local.as_ref();
 
     let mut out = PortRules::default();
     let affinity = p.affinity_timeout_seconds;
@@ -191,22 +158,22 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
             }
         })
         .collect();
-    let svc = lb_chain(PortChain::Svc, &internal, masq_head);
-    let external_chain = match &external {
-        Some(t) if *t == internal => svc.clone(),
+    let svc = lb_chain(PortChain::Svc, internal, masq_head);
+    let external_chain = match external {
+        Some(t) if t == internal => svc.clone(),
         Some(t) => lb_chain(PortChain::Svl, t, vec![]),
         None => None,
     };
-    let from_local_chain = match &from_local {
-        Some(t) if *t == internal => svc.clone(),
-        Some(t) if Some(t) == external.as_ref() => external_chain.clone(),
+    let from_local_chain = match from_local {
+        Some(t) if t == internal => svc.clone(),
+        Some(t) if Some(t) == external => external_chain.clone(),
         Some(t) => lb_chain(PortChain::Svw, t, vec![]),
         None => None,
     };
 
     // The external entry.
     let mut ext = Vec::new();
-    if planned.plan.masquerade_external {
+    if fp.masquerade_external {
         ext.push(format!(
             "-m comment --comment \"masquerade traffic for {name} external destinations\" -j {}",
             names::MARK_MASQ
@@ -248,9 +215,9 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
     };
 
     // ClusterIPs.
-    for cip in &cluster_ips {
+    for cip in cluster_ips {
         let m = vip(cip, "cluster IP");
-        match (&svc, reject(&internal)) {
+        match (&svc, reject(internal)) {
             (Some(c), _) => {
                 out.dispatch
                     .insert((Table::Nat, names::PORTALS, format!("{m} -j {c}")))
@@ -270,10 +237,9 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
     // targets can be empty in this family while external traffic is dropped): then the
     // verdict is a filter chain that tells them apart, as nat's external chain does.
     let from_local_verdict = from_local
-        .as_ref()
         .filter(|_| from_local_chain.is_none())
         .and_then(&reject);
-    let ext_verdict = match (reject(&external), from_local_verdict) {
+    let ext_verdict = match (reject(external), from_local_verdict) {
         (Some(ext), Some(local)) if ext != local => {
             let chain = names::port_chain(PortChain::Ext, name);
             let mut rules: Vec<String> = cidrs
@@ -288,15 +254,16 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
         (ext, _) => ext,
     };
     // externalIPs, and LoadBalancer IPs without source ranges.
-    let firewalled = !p.load_balancer_source_ranges.is_empty();
-    let open: Vec<(IpAddr, &str)> = in_family(&p.external_ips)
-        .into_iter()
-        .map(|ip| (ip, "external IP"))
+    let firewalled = fp.source_ranges.is_some();
+    let open: Vec<(IpAddr, &str)> = fp
+        .external_ips
+        .iter()
+        .map(|ip| (*ip, "external IP"))
         .chain(
-            in_family(&p.load_balancer_ips)
-                .into_iter()
+            fp.load_balancer_ips
+                .iter()
                 .filter(|_| !firewalled)
-                .map(|ip| (ip, "loadbalancer IP")),
+                .map(|ip| (*ip, "loadbalancer IP")),
         )
         .collect();
     // An external destination `m`: into the external chain in nat, the verdict in filter.
@@ -317,12 +284,7 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
     // was not DNATed there is dropped in filter, as upstream's KUBE-FW-* and
     // KUBE-PROXY-FIREWALL do. When the allowed sources deserve another verdict (the Service
     // has no endpoints: reject), a filter chain of the same name tells them apart.
-    if firewalled {
-        let ranges: Vec<_> = p
-            .load_balancer_source_ranges
-            .iter()
-            .filter(|r| IpFamily::of(&r.addr()) == family)
-            .collect();
+    if let Some(ranges) = &fp.source_ranges {
         let chain = names::port_chain(PortChain::Fw, name);
         if let Some(ext) = ext_chain.as_ref().filter(|_| !ranges.is_empty()) {
             let rules = ranges.iter().map(|r| format!("-s {r} -j {ext}")).collect();
@@ -340,19 +302,19 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
             }
             _ => "-j DROP".into(),
         };
-        for lb in in_family(&p.load_balancer_ips) {
+        for lb in &fp.load_balancer_ips {
             if out.chains.contains_key(&(Table::Nat, chain.clone())) {
-                let m = vip(&lb, "loadbalancer IP");
+                let m = vip(lb, "loadbalancer IP");
                 out.dispatch
                     .insert((Table::Nat, names::PORTALS, format!("{m} -j {chain}")));
             }
-            let fm = vip(&lb, "loadbalancer IP firewall");
+            let fm = vip(lb, "loadbalancer IP firewall");
             out.dispatch
                 .insert((Table::Filter, names::REJECTS, format!("{fm} {verdict}")));
         }
     }
     // NodePorts.
-    if let Some(node_port) = p.node_port {
+    if let Some(node_port) = fp.node_port {
         let m = format!("-p {pr} -m comment --comment \"{name}\" -m {pr} --dport {node_port}");
         external_dispatch(&mut out, &m, names::NODEPORTS, names::NODEPORT_REJECTS);
     }

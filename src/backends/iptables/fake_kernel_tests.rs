@@ -25,7 +25,7 @@ use super::compile::{Table, compile};
 use super::fake_kernel::{FakeIptables, Fate, Outcome, Packet};
 use crate::backends::nft::tests::{add, cluster_ips, config, external, ip, name, node};
 use crate::backends::{BackendConfig, Plans};
-use crate::model::plan::{Plan, Targets};
+use crate::model::plan::Targets;
 use crate::model::{IpFamily, Protocol, ServicePort, ServiceType};
 
 const CLUSTER_IPS: &str = include_str!("golden/cluster_ips.rules");

@@ -4,8 +4,10 @@
 //!
 //! Invariants: one virtual server per (address, protocol, port): every ClusterIP, externalIP
 //! and LoadBalancer IP at the service port, and every NodePort address at the NodePort.
-//! Destinations come from the plan (internal targets for ClusterIPs, external for the rest) and
-//! only of the server's family; Reject and Drop leave a server without destinations (IPVS
+//! Everything comes from the port's family plans: each family's addresses, and destinations
+//! from its targets (internal for ClusterIPs, external for the rest), so a server and its
+//! destinations are always of one family and a NodePort listens only on the node addresses of
+//! the families the Service has; Reject and Drop leave a server without destinations (IPVS
 //! answers that with ICMP port unreachable, which is the reject), and Drop adds the address to
 //! the `dropped` set, matched before IPVS sees the packet; Reject adds it to `rejected`, where
 //! TCP gets a reset (IPVS's own ICMP answer is rate-limited per client, so a client connecting
@@ -71,10 +73,6 @@ pub struct PortState {
     pub elements: BTreeSet<Element>,
 }
 
-fn same_family(a: &IpAddr, b: &IpAddr) -> bool {
-    a.is_ipv4() == b.is_ipv4()
-}
-
 /// Whether NodePorts are served on `ip`: not loopback (IPVS mode has no localhost NodePorts, as
 /// upstream) and not IPv6 link-local.
 pub fn serves_nodeports(ip: &IpAddr) -> bool {
@@ -97,7 +95,6 @@ impl PortState {
         let dests = match targets {
             Targets::Endpoints(eps) => eps
                 .iter()
-                .filter(|e| same_family(&e.ip, &vs.key.addr))
                 .map(|e| DestKey {
                     addr: e.ip,
                     port: e.port,
@@ -131,47 +128,52 @@ pub fn compile_port(p: &Planned, node: &NodeFacts, settings: &IpvsSettings) -> P
         owned: true,
     };
     let triple = |ip: &IpAddr, port: u16| format!("{ip} . {} . {port}", protocol.lower());
-    for ip in &p.port.cluster_ips {
-        st.server(vs(*ip, p.port.port), &p.plan.internal);
-        st.addresses.insert(*ip);
-        st.element("cluster-ips", ip, triple(ip, p.port.port));
-    }
-    if let Some(external) = &p.plan.external {
-        let vips = p.port.external_ips.iter().chain(&p.port.load_balancer_ips);
-        for ip in vips {
-            st.server(vs(*ip, p.port.port), external);
+    for fp in &p.plan.families {
+        for ip in &fp.cluster_ips {
+            st.server(vs(*ip, p.port.port), &fp.internal);
             st.addresses.insert(*ip);
-            if p.plan.masquerade_external {
-                st.element("external-masq", ip, triple(ip, p.port.port));
-            }
+            st.element("cluster-ips", ip, triple(ip, p.port.port));
         }
-        if !p.port.load_balancer_source_ranges.is_empty() {
-            for ip in &p.port.load_balancer_ips {
-                st.element("firewall", ip, triple(ip, p.port.port));
-                for range in &p.port.load_balancer_source_ranges {
-                    if same_family(ip, &range.addr()) {
-                        let key = format!("{} . {}", triple(ip, p.port.port), range.trunc());
+        if let Some(external) = &fp.external {
+            for ip in fp.external_ips.iter().chain(&fp.load_balancer_ips) {
+                st.server(vs(*ip, p.port.port), external);
+                st.addresses.insert(*ip);
+                if fp.masquerade_external {
+                    st.element("external-masq", ip, triple(ip, p.port.port));
+                }
+            }
+            if let Some(ranges) = &fp.source_ranges {
+                for ip in &fp.load_balancer_ips {
+                    st.element("firewall", ip, triple(ip, p.port.port));
+                    for range in ranges {
+                        let key = format!("{} . {range}", triple(ip, p.port.port));
                         st.element("firewall-allow", ip, key);
                     }
                 }
             }
-        }
-        if let Some(node_port) = p.port.node_port {
-            for ip in node.nodeport_ips.iter().filter(|ip| serves_nodeports(ip)) {
-                st.server(vs(*ip, node_port), external);
-                if p.plan.masquerade_external {
-                    st.element("external-masq", ip, triple(ip, node_port));
+            if let Some(node_port) = fp.node_port {
+                let addrs = node
+                    .nodeport_ips
+                    .iter()
+                    .filter(|ip| IpFamily::of(ip) == fp.family && serves_nodeports(ip));
+                for ip in addrs {
+                    st.server(vs(*ip, node_port), external);
+                    if fp.masquerade_external {
+                        st.element("external-masq", ip, triple(ip, node_port));
+                    }
                 }
             }
         }
-    }
-    // Hairpin: a pod reaching itself through the Service is masqueraded (source == destination
-    // after IPVS rewrote the destination).
-    let endpoints = [Some(&p.plan.internal), p.plan.external.as_ref()];
-    for targets in endpoints.into_iter().flatten() {
-        if let Targets::Endpoints(eps) = targets {
-            for e in eps {
-                st.element("hairpin", &e.ip, format!("{} . {}", e.ip, e.ip));
+        // Hairpin: a pod reaching itself through the Service is masqueraded (source ==
+        // destination after IPVS rewrote the destination).
+        for targets in [Some(&fp.internal), fp.external.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Targets::Endpoints(eps) = targets {
+                for e in eps {
+                    st.element("hairpin", &e.ip, format!("{} . {}", e.ip, e.ip));
+                }
             }
         }
     }

@@ -6,8 +6,8 @@
 use super::IpvsBackend;
 use super::compile::{IpvsSettings, compile_port};
 use super::fake_kernel::FakeKernel;
-use crate::backends::Backend;
 use crate::backends::nft::tests::{cluster_ips, config, external, golden_in, nft_accepts, node};
+use crate::backends::{Backend, Plans};
 use crate::model::IpFamily;
 
 fn backend() -> IpvsBackend {
@@ -68,11 +68,7 @@ fn a_local_policy_node_port_without_local_endpoints_has_servers_but_drops() {
         .collect();
     assert_eq!(
         drops,
-        [
-            "192.168.0.2 . tcp . 30443",
-            "198.51.100.7 . tcp . 443",
-            "fd00::2 . tcp . 30443"
-        ]
+        ["192.168.0.2 . tcp . 30443", "198.51.100.7 . tcp . 443",]
     );
     // The ClusterIP keeps its cluster-wide endpoint.
     let cluster = st
@@ -91,11 +87,16 @@ fn loopback_and_link_local_addresses_get_no_node_port_servers() {
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-    let plans = external();
-    let np = plans
-        .values()
+    // A dual-stack NodePort: it listens on the node addresses of both families.
+    let np = external()
+        .into_values()
         .find(|p| p.port.name.service.name == "np")
         .unwrap();
+    let mut port = np.port.clone();
+    port.cluster_ips.push("fd96::2".parse().unwrap());
+    let mut plans = Plans::new();
+    crate::backends::nft::tests::add(&mut plans, port, np.endpoints.clone());
+    let np = plans.values().next().unwrap();
     let st = compile_port(np, &n, &IpvsSettings::from_config(&config()));
     let mut addrs: Vec<String> = st
         .servers
@@ -105,4 +106,20 @@ fn loopback_and_link_local_addresses_get_no_node_port_servers() {
         .collect();
     addrs.sort();
     assert_eq!(addrs, ["192.168.0.2", "fd00::2"]);
+}
+
+#[test]
+fn an_ipv4_only_node_port_listens_on_no_ipv6_node_address() {
+    let plans = external();
+    let settings = IpvsSettings::from_config(&config());
+    for p in plans.values() {
+        let st = compile_port(p, &node(), &settings);
+        for key in st.servers.keys() {
+            assert!(
+                key.addr.is_ipv4(),
+                "{} has an IPv6 virtual server {key:?}",
+                p.port.name
+            );
+        }
+    }
 }

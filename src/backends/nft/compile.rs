@@ -11,8 +11,8 @@ use std::net::IpAddr;
 
 use super::skeleton;
 use crate::backends::{BackendConfig, Plans};
-use crate::model::plan::{Planned, Targets};
-use crate::model::{Endpoint, IpFamily, Protocol, ServicePortName};
+use crate::model::plan::{FamilyPlan, Planned, Targets};
+use crate::model::{IpFamily, Protocol, ServicePortName};
 use crate::node::NodeFacts;
 
 pub use super::render::render;
@@ -105,15 +105,7 @@ const NODEPORT_FROM_LOCAL: Route = Route {
 };
 
 /// Writes the dispatch element for `key` and, for endpoints, one endpoint element per slot.
-/// Endpoints of the other family are skipped (a dual-stack Service has one plan per port).
-fn route(
-    fam: &mut FamilyState,
-    r: Route,
-    family: IpFamily,
-    protocol: Protocol,
-    key: &str,
-    targets: &Targets,
-) {
+fn route(fam: &mut FamilyState, r: Route, protocol: Protocol, key: &str, targets: &Targets) {
     let endpoint_map = r.endpoints[match protocol {
         Protocol::Tcp => 0,
         Protocol::Udp => 1,
@@ -123,23 +115,15 @@ fn route(
         Targets::Reject => "goto reject-chain".to_string(),
         Targets::Drop => "drop".to_string(),
         Targets::Endpoints(eps) => {
-            let eps: Vec<&Endpoint> = eps
-                .iter()
-                .filter(|e| IpFamily::of(&e.ip) == family)
-                .collect();
-            if eps.is_empty() {
-                "goto reject-chain".to_string()
-            } else {
-                for (slot, e) in eps.iter().enumerate() {
-                    fam.add(
-                        endpoint_map,
-                        format!("{key} . {slot}"),
-                        format!("{} . {}", e.ip, e.port),
-                    );
-                }
-                fam.lb_chains.insert((r.chain_prefix, eps.len()));
-                format!("goto {}-{}", r.chain_prefix, eps.len())
+            for (slot, e) in eps.iter().enumerate() {
+                fam.add(
+                    endpoint_map,
+                    format!("{key} . {slot}"),
+                    format!("{} . {}", e.ip, e.port),
+                );
             }
+            fam.lb_chains.insert((r.chain_prefix, eps.len()));
+            format!("goto {}-{}", r.chain_prefix, eps.len())
         }
     };
     fam.add(r.dispatch, key.to_string(), verdict);
@@ -155,30 +139,31 @@ fn single_port(targets: &Targets) -> Option<u16> {
 }
 
 /// Everything one service port contributes: its VIP ports, NodePorts, affinity and hairpin
-/// elements, and the `lb-N` / `affinity-T` chains they point to.
+/// elements, and the `lb-N` / `affinity-T` chains they point to, family by family.
 fn compile_port(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
-    compile_vips(d, planned, node);
-    for targets in [Some(&planned.plan.internal), planned.plan.external.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        if let Targets::Endpoints(eps) = targets {
-            for e in eps {
-                let fam = d.family_mut(IpFamily::of(&e.ip));
-                fam.add("hairpin", format!("{0} . {0}", e.ip), String::new());
+    for fp in &planned.plan.families {
+        let fam = d.family_mut(fp.family);
+        compile_vips(fam, planned, fp, node);
+        for targets in [Some(&fp.internal), fp.external.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Targets::Endpoints(eps) = targets {
+                for e in eps {
+                    fam.add("hairpin", format!("{0} . {0}", e.ip), String::new());
+                }
             }
         }
     }
 }
 
-fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
+fn compile_vips(fam: &mut FamilyState, planned: &Planned, fp: &FamilyPlan, node: &NodeFacts) {
     let p = &planned.port;
-    let plan = &planned.plan;
     let pr = p.name.protocol.lower();
-    let external: Vec<&IpAddr> = p.external_ips.iter().chain(&p.load_balancer_ips).collect();
+    let family = fp.family;
 
     // IPv6 affinity hashes the client to a slot (see `skeleton::LB_FAMILIES`).
-    let hashed = |family: IpFamily, r: Route, prefix: &'static str| {
+    let hashed = |r: Route, prefix: &'static str| {
         if family == IpFamily::V6 && p.affinity_timeout_seconds.is_some() {
             Route {
                 chain_prefix: prefix,
@@ -188,80 +173,68 @@ fn compile_vips(d: &mut Desired, planned: &Planned, node: &NodeFacts) {
             r
         }
     };
-    for vip in &p.cluster_ips {
-        let family = IpFamily::of(vip);
-        let fam = d.family_mut(family);
+    for vip in &fp.cluster_ips {
         let key = format!("{vip} . {pr} . {}", p.port);
-        let cluster = hashed(family, CLUSTER, "lb-hash");
-        route(fam, cluster, family, p.name.protocol, &key, &plan.internal);
+        route(
+            fam,
+            hashed(CLUSTER, "lb-hash"),
+            p.name.protocol,
+            &key,
+            &fp.internal,
+        );
         fam.add("cluster-ports", key.clone(), String::new());
-        affinity(fam, planned, vip, &key, &plan.internal);
+        affinity(fam, planned, vip, &key, &fp.internal);
     }
-    let Some(ext) = &plan.external else { return };
-    for vip in external {
-        let family = IpFamily::of(vip);
-        let fam = d.family_mut(family);
+    let Some(ext) = &fp.external else { return };
+    for vip in fp.external_ips.iter().chain(&fp.load_balancer_ips) {
         let key = format!("{vip} . {pr} . {}", p.port);
-        let cluster = hashed(family, CLUSTER, "lb-hash");
-        route(fam, cluster, family, p.name.protocol, &key, ext);
+        route(fam, hashed(CLUSTER, "lb-hash"), p.name.protocol, &key, ext);
         affinity(fam, planned, vip, &key, ext);
-        if plan.masquerade_external {
+        if fp.masquerade_external {
             fam.add("external-masq", key.clone(), String::new());
         }
-        if let Some(local) = &plan.external_from_local {
-            route(fam, FROM_LOCAL, family, p.name.protocol, &key, local);
+        if let Some(local) = &fp.external_from_local {
+            route(fam, FROM_LOCAL, p.name.protocol, &key, local);
             fam.add("external-local", key.clone(), String::new());
         }
-        if p.load_balancer_ips.contains(vip) && !p.load_balancer_source_ranges.is_empty() {
+        if let Some(ranges) = fp
+            .source_ranges
+            .as_ref()
+            .filter(|_| fp.load_balancer_ips.contains(vip))
+        {
             fam.add("firewall-ports", key.clone(), String::new());
-            // An interval set refuses overlapping elements, and prefixes either nest or are
-            // disjoint: keep only the ranges no other range of the list contains.
-            let ranges: Vec<_> = p
-                .load_balancer_source_ranges
-                .iter()
-                .filter(|r| IpFamily::of(&r.addr()) == family)
-                .map(|r| r.trunc())
-                .collect();
-            for range in &ranges {
-                let covered = ranges.iter().any(|o| o != range && o.contains(range));
-                if !covered {
-                    fam.add("firewall-allow", format!("{key} . {range}"), String::new());
-                }
+            for range in ranges {
+                fam.add("firewall-allow", format!("{key} . {range}"), String::new());
             }
         }
     }
-    let Some(node_port) = p.node_port else { return };
-    for family in [IpFamily::V4, IpFamily::V6] {
-        // A NodePort exists in a family when the Service has a ClusterIP there.
-        if !p.cluster_ips.iter().any(|ip| IpFamily::of(ip) == family)
-            || !node
-                .nodeport_ips
-                .iter()
-                .any(|ip| IpFamily::of(ip) == family)
-        {
-            continue;
-        }
-        let fam = d.family_mut(family);
-        let key = format!("{pr} . {node_port}");
-        let nodeport = hashed(family, NODEPORT, "np-lb-hash");
-        route(fam, nodeport, family, p.name.protocol, &key, ext);
-        if family == IpFamily::V4 {
-            nodeport_affinity(fam, planned, &key, ext);
-        }
-        if plan.masquerade_external {
-            fam.add("nodeport-masq", key.clone(), String::new());
-        }
-        if let Some(local) = &plan.external_from_local {
-            route(
-                fam,
-                NODEPORT_FROM_LOCAL,
-                family,
-                p.name.protocol,
-                &key,
-                local,
-            );
-            fam.add("nodeport-local", key.clone(), String::new());
-        }
+    let Some(node_port) = fp.node_port else {
+        return;
+    };
+    if !node
+        .nodeport_ips
+        .iter()
+        .any(|ip| IpFamily::of(ip) == family)
+    {
+        return;
+    }
+    let key = format!("{pr} . {node_port}");
+    route(
+        fam,
+        hashed(NODEPORT, "np-lb-hash"),
+        p.name.protocol,
+        &key,
+        ext,
+    );
+    if family == IpFamily::V4 {
+        nodeport_affinity(fam, planned, &key, ext);
+    }
+    if fp.masquerade_external {
+        fam.add("nodeport-masq", key.clone(), String::new());
+    }
+    if let Some(local) = &fp.external_from_local {
+        route(fam, NODEPORT_FROM_LOCAL, p.name.protocol, &key, local);
+        fam.add("nodeport-local", key.clone(), String::new());
     }
 }
 
@@ -292,10 +265,7 @@ fn affinity(fam: &mut FamilyState, planned: &Planned, vip: &IpAddr, key: &str, t
         format!("goto affinity-{timeout}"),
     );
     fam.affinity_timeouts.insert(("affinity", timeout));
-    for e in eps
-        .iter()
-        .filter(|e| IpFamily::of(&e.ip) == IpFamily::of(vip))
-    {
+    for e in eps {
         fam.add("affinity-live", format!("{vip} . {}", e.ip), String::new());
     }
 }
@@ -317,7 +287,7 @@ fn nodeport_affinity(fam: &mut FamilyState, planned: &Planned, key: &str, target
         format!("goto np-affinity-{timeout}"),
     );
     fam.affinity_timeouts.insert(("np-affinity", timeout));
-    for e in eps.iter().filter(|e| e.ip.is_ipv4()) {
+    for e in eps {
         fam.add(
             "nodeport-affinity-live",
             format!("{key} . {}", e.ip),

@@ -22,7 +22,7 @@ use super::NftBackend;
 use super::fake_kernel::{FakeKernel, Outcome, Packet, Table, Tables, Trace};
 use super::tests::{add, cluster_ips, ep, external, ip, name, node};
 use crate::backends::{Backend, BackendConfig, Plans};
-use crate::model::plan::{Plan, Targets};
+use crate::model::plan::{FamilyPlan, Targets};
 use crate::model::{IpFamily, Protocol, ServicePort, ServiceType, TrafficPolicy};
 use crate::node::NodeFacts;
 
@@ -81,41 +81,43 @@ pub(super) fn expected(plans: &Plans, cfg: &BackendConfig, node: &NodeFacts, p: 
         outcome,
         masquerade,
     };
-    let external = |plan: &Plan, ext: &Targets| match &plan.external_from_local {
-        Some(local) if from_pod => done(outcome(local, family), plan.masquerade_external),
+    let external = |fp: &FamilyPlan, ext: &Targets| match &fp.external_from_local {
+        Some(local) if from_pod => done(outcome(local, family), fp.masquerade_external),
         Some(local) if p.from_local => done(outcome(local, family), true),
-        _ => done(outcome(ext, family), plan.masquerade_external),
+        _ => done(outcome(ext, family), fp.masquerade_external),
     };
     for planned in plans.values() {
-        let (port, plan) = (&planned.port, &planned.plan);
+        let port = &planned.port;
+        let Some(fp) = planned.plan.family(family) else {
+            continue;
+        };
         if port.name.protocol != p.proto || port.port != p.dport {
             continue;
         }
-        if port.cluster_ips.contains(&p.daddr) {
+        if fp.cluster_ips.contains(&p.daddr) {
             let mark = cfg.masquerade_all || (!cidrs.is_empty() && !from_pod);
-            return done(outcome(&plan.internal, family), mark);
+            return done(outcome(&fp.internal, family), mark);
         }
-        let Some(ext) = &plan.external else { continue };
-        let lb = port.load_balancer_ips.contains(&p.daddr);
-        if !lb && !port.external_ips.contains(&p.daddr) {
+        let Some(ext) = &fp.external else { continue };
+        let lb = fp.load_balancer_ips.contains(&p.daddr);
+        if !lb && !fp.external_ips.contains(&p.daddr) {
             continue;
         }
-        let ranges = &port.load_balancer_source_ranges;
-        if lb && !ranges.is_empty() && !ranges.iter().any(|r| r.contains(&p.saddr)) {
+        let admitted = |ranges: &Vec<ipnet::IpNet>| ranges.iter().any(|r| r.contains(&p.saddr));
+        if lb && fp.source_ranges.as_ref().is_some_and(|r| !admitted(r)) {
             return done(Outcome::Drop, false);
         }
-        return external(plan, ext);
+        return external(fp, ext);
     }
     if node.nodeport_ips.contains(&p.daddr) {
         for planned in plans.values() {
-            let (port, plan) = (&planned.port, &planned.plan);
-            let in_family = port.cluster_ips.iter().any(|c| IpFamily::of(c) == family);
-            if port.node_port == Some(p.dport)
+            let port = &planned.port;
+            if let Some(fp) = planned.plan.family(family)
+                && fp.node_port == Some(p.dport)
                 && port.name.protocol == p.proto
-                && in_family
-                && let Some(ext) = &plan.external
+                && let Some(ext) = &fp.external
             {
-                return external(plan, ext);
+                return external(fp, ext);
             }
         }
     }

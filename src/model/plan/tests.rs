@@ -154,9 +154,12 @@ fn targets(t: &Targets) -> String {
     }
 }
 
-/// One line per plan: `int T | ext[+masq] T | short-circuit T | local N`, where T is a list of
-/// `ip:port`, `reject` or `drop`, and the `ext` and `short-circuit` parts appear only when set.
-fn summary(p: &Plan) -> String {
+/// One line per plan of a single-family port: `int T | ext[+masq] T | short-circuit T | local
+/// N`, where T is a list of `ip:port`, `reject` or `drop`, and the `ext` and `short-circuit`
+/// parts appear only when set.
+fn summary(plan: &Plan) -> String {
+    assert_eq!(plan.families.len(), 1, "a single-family port");
+    let p = &plan.families[0];
     let mut out = format!("int {}", targets(&p.internal));
     let masq = if p.masquerade_external { "+masq" } else { "" };
     match &p.external {
@@ -166,7 +169,7 @@ fn summary(p: &Plan) -> String {
     if let Some(t) = &p.external_from_local {
         out += &format!(" | short-circuit {}", targets(t));
     }
-    out + &format!(" | local {}", p.local_endpoints)
+    out + &format!(" | local {}", plan.local_endpoints)
 }
 
 fn rows() -> Vec<Row> {

@@ -6,6 +6,7 @@
 //! configuration that of the golden files; every assertion prints the packet's paths.
 
 use super::*;
+use crate::model::plan::FamilyPlan;
 
 /// The golden files' configuration.
 pub(super) fn iptables_config() -> BackendConfig {
@@ -158,42 +159,44 @@ pub(super) fn expected(plans: &Plans, cfg: &BackendConfig, p: &Packet) -> BTreeM
         Targets::Reject => one(reject(chain)),
         Targets::Drop => one(filter("drop", chain)),
     };
-    let external = |plan: &Plan, ext: &Targets, chain: &str| match &plan.external_from_local {
-        Some(local) if from_pod => go(local, plan.masquerade_external, chain),
+    let external = |fp: &FamilyPlan, ext: &Targets, chain: &str| match &fp.external_from_local {
+        Some(local) if from_pod => go(local, fp.masquerade_external, chain),
         Some(local) if src_local => go(local, true, chain),
-        _ => go(ext, plan.masquerade_external, chain),
+        _ => go(ext, fp.masquerade_external, chain),
     };
     for planned in plans.values() {
-        let (port, plan) = (&planned.port, &planned.plan);
+        let port = &planned.port;
+        let Some(fp) = planned.plan.family(family) else {
+            continue;
+        };
         if port.name.protocol != p.proto || port.port != p.dport {
             continue;
         }
-        if port.cluster_ips.contains(&p.dst) {
+        if fp.cluster_ips.contains(&p.dst) {
             let masq = cfg.masquerade_all || cidrs.first().is_some_and(|c| !c.contains(&p.src));
-            return go(&plan.internal, masq, "KPROXY-REJECTS");
+            return go(&fp.internal, masq, "KPROXY-REJECTS");
         }
-        let Some(ext) = &plan.external else { continue };
-        let lb = port.load_balancer_ips.contains(&p.dst);
-        if !lb && !port.external_ips.contains(&p.dst) {
+        let Some(ext) = &fp.external else { continue };
+        let lb = fp.load_balancer_ips.contains(&p.dst);
+        if !lb && !fp.external_ips.contains(&p.dst) {
             continue;
         }
-        let ranges = &port.load_balancer_source_ranges;
-        if lb && !ranges.is_empty() && !ranges.iter().any(|r| r.contains(&p.src)) {
+        let admitted = |ranges: &Vec<ipnet::IpNet>| ranges.iter().any(|r| r.contains(&p.src));
+        if lb && fp.source_ranges.as_ref().is_some_and(|r| !admitted(r)) {
             return one(filter("drop", "KPROXY-REJECTS"));
         }
-        return external(plan, ext, "KPROXY-REJECTS");
+        return external(fp, ext, "KPROXY-REJECTS");
     }
     let localhost = family == IpFamily::V4 && cfg.localhost_nodeports && p.dst.is_loopback();
     if p.local.contains(&p.dst) || localhost {
         for planned in plans.values() {
-            let (port, plan) = (&planned.port, &planned.plan);
-            let in_family = port.cluster_ips.iter().any(|c| IpFamily::of(c) == family);
-            if port.node_port == Some(p.dport)
+            let port = &planned.port;
+            if let Some(fp) = planned.plan.family(family)
+                && fp.node_port == Some(p.dport)
                 && port.name.protocol == p.proto
-                && in_family
-                && let Some(ext) = &plan.external
+                && let Some(ext) = &fp.external
             {
-                return external(plan, ext, "KPROXY-NODEPORT-REJECTS");
+                return external(fp, ext, "KPROXY-NODEPORT-REJECTS");
             }
         }
     }
