@@ -35,6 +35,9 @@ pub struct Metrics {
     pub iptables_rules_total: IntGaugeVec,
     /// Full resyncs forced because kproxy's rules were changed by someone else.
     pub drift_repairs: IntCounter,
+    /// (service port, claim) pairs lost to an older Service that claims the same address, port
+    /// and protocol, NodePort or healthCheckNodePort (`model::plan::claims`).
+    pub service_port_conflicts: IntGauge,
     pub rejected_objects: IntCounterVec,
     /// Per `ip_family`: how long one conntrack reconciliation took, and flows it deleted.
     pub conntrack_reconcile_duration: HistogramVec,
@@ -231,6 +234,10 @@ impl Metrics {
             drift_repairs: counter(
                 "kproxy_rules_drift_repairs_total",
                 "Full resyncs forced because kproxy's rules in the kernel were changed by someone else",
+            ),
+            service_port_conflicts: int_gauge(
+                "kproxy_service_port_conflicts",
+                "Addresses, NodePorts and healthCheckNodePorts a service port claims but an older Service has",
             ),
             rejected_objects,
             conntrack_reconcile_duration,

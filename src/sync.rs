@@ -21,7 +21,8 @@ use crate::conntrack::Reconciler;
 use crate::health::ProxyHealth;
 use crate::health::service::ServiceHealthServers;
 use crate::metrics::Metrics;
-use crate::model::plan::{Planned, local_ready, plan};
+use crate::model::plan::claims::Claims;
+use crate::model::plan::{Planned, local_ready, plan_claimed};
 use crate::model::tracker::ChangeTracker;
 use crate::model::{NamespacedName, Protocol, ServicePortName};
 use crate::node::NodeFacts;
@@ -59,6 +60,8 @@ pub struct Syncer {
     gather_addresses: bool,
     /// The drift probe failed last time (its error is logged once, not every period).
     drift_probe_failing: bool,
+    /// Who claims which address, NodePort and healthCheckNodePort.
+    claims: Claims,
 }
 
 impl Syncer {
@@ -84,6 +87,7 @@ impl Syncer {
             drift_probe_failing: false,
             no_local: BTreeMap::new(),
             gather_addresses: true,
+            claims: Claims::default(),
         }
     }
 
@@ -189,27 +193,44 @@ impl Syncer {
         *self.shared.node.write().expect("node lock") = facts;
     }
 
-    /// Phase 2: plan the changed service ports (every port on a full sync). Returns the set the
+    /// Phase 2: plan the changed service ports (every port on a full sync), and those that won
+    /// or lost an address, NodePort or healthCheckNodePort by the change. Returns the set the
     /// backend must touch on a partial sync.
     fn plan(
         &mut self,
         full: bool,
-        changed: BTreeSet<ServicePortName>,
+        mut changed: BTreeSet<ServicePortName>,
     ) -> BTreeSet<ServicePortName> {
         let node = self.shared.node.read().expect("node lock").clone();
         let model = self.tracker.model();
         let mut plans = self.shared.plans.write().expect("plans lock");
-        let names: Vec<ServicePortName> = if full {
+        let mut names: BTreeSet<ServicePortName> = if full {
             let mut all: BTreeSet<_> = plans.keys().cloned().collect();
             all.extend(model.ports().map(|p| p.name.clone()));
-            all.into_iter().collect()
+            all
         } else {
-            changed.iter().cloned().collect()
+            changed.clone()
         };
+        let mut affected = BTreeSet::new();
+        for name in &names {
+            affected.extend(self.claims.update(name, model.port(name)));
+        }
+        changed.extend(affected.iter().cloned());
+        names.extend(affected);
         for name in &names {
             let planned = model.port(name).map(|port| {
                 let endpoints = model.endpoints(name);
-                let plan = plan(port, &endpoints, &node);
+                let lost = self.claims.lost(name);
+                let before = plans.get(name).map(|p| p.plan.conflicts.as_slice());
+                for c in lost.iter().filter(|c| !before.unwrap_or(&[]).contains(c)) {
+                    tracing::warn!(
+                        port = %name,
+                        winner = %c.winner,
+                        "{} and {} both claim {}: {} is older (or first by name) and keeps it; {name} is not served there",
+                        name.service, c.winner, c.claim, c.winner
+                    );
+                }
+                let plan = plan_claimed(port, &endpoints, &node, lost);
                 Arc::new(Planned {
                     port: port.clone(),
                     endpoints,
@@ -228,6 +249,9 @@ impl Syncer {
                 _ => self.no_local.remove(name),
             };
         }
+        self.metrics
+            .service_port_conflicts
+            .set(i64::try_from(self.claims.lost_count()).unwrap_or(i64::MAX));
         changed
     }
 
@@ -345,8 +369,11 @@ impl Syncer {
                 .map(|svc| {
                     let hc = model.service(svc).and_then(|s| {
                         let port = s.ports.iter().find_map(|p| {
+                            let lost = plans
+                                .get(&p.name)
+                                .is_some_and(|p| p.plan.lost_health_check());
                             p.health_check_node_port
-                                .filter(|_| p.external_policy_local())
+                                .filter(|_| p.external_policy_local() && !lost)
                         })?;
                         let endpoints = s
                             .ports
@@ -361,9 +388,12 @@ impl Syncer {
         };
         if full {
             self.health_checks
-                .retain_only(wanted.iter().filter(|w| w.1.is_some()).map(|w| &w.0));
+                .retain_only(wanted.iter().filter(|w| w.1.is_some()).map(|w| &w.0))
+                .await;
         }
-        for (svc, hc) in wanted {
+        // Stops first: a port given up by one Service may be taken by another in this sync.
+        let (stops, starts): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|w| w.1.is_none());
+        for (svc, hc) in stops.into_iter().chain(starts) {
             self.health_checks.set(&svc, hc).await;
         }
     }
@@ -466,6 +496,8 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
+#[cfg(test)]
+mod conflict_tests;
 #[cfg(test)]
 mod loop_tests;
 #[cfg(test)]

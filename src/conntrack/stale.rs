@@ -57,18 +57,21 @@ impl Index {
                 .filter(|e| e.serving)
                 .map(|e| SocketAddr::new(e.ip, e.port))
                 .collect();
-            let vips = port
-                .cluster_ips
-                .iter()
-                .chain(&port.external_ips)
-                .chain(&port.load_balancer_ips);
-            for vip in vips {
-                let key = (protocol, SocketAddr::new(*vip, port.port));
-                index.vips.entry(key).or_default().extend(&serving);
-            }
-            if let Some(np) = port.node_port {
-                let set = index.node_ports.entry((protocol, np)).or_default();
-                set.extend(&serving);
+            // The addresses the plan serves it at (not those lost to another Service).
+            for fp in &planned.plan.families {
+                let vips = fp
+                    .cluster_ips
+                    .iter()
+                    .chain(&fp.external_ips)
+                    .chain(&fp.load_balancer_ips);
+                for vip in vips {
+                    let key = (protocol, SocketAddr::new(*vip, port.port));
+                    index.vips.entry(key).or_default().extend(&serving);
+                }
+                if let Some(np) = fp.node_port {
+                    let set = index.node_ports.entry((protocol, np)).or_default();
+                    set.extend(&serving);
+                }
             }
         }
         index

@@ -3,7 +3,8 @@
 //! upstream's JSON) or not (503).
 //!
 //! Invariants: one server per port; a Service's local-endpoint count is updated in place (no
-//! rebind); a server is stopped when its Service no longer needs it. A port that cannot be bound
+//! rebind); a server is stopped when its Service no longer needs it, and its port is closed
+//! when `set` or `retain_only` returns. A port that cannot be bound
 //! is logged and retried at the next sync that touches the Service.
 
 use std::collections::{BTreeMap, HashSet};
@@ -85,22 +86,26 @@ impl ServiceHealthServers {
     }
 
     /// Stops the servers of every Service not in `keep`.
-    pub fn retain_only<'a>(&mut self, keep: impl Iterator<Item = &'a NamespacedName>) {
+    pub async fn retain_only<'a>(&mut self, keep: impl Iterator<Item = &'a NamespacedName>) {
         let keep: HashSet<&NamespacedName> = keep.collect();
-        self.by_service.retain(|svc, served| {
-            let k = keep.contains(svc);
-            if !k {
-                served.task.abort();
+        let gone: Vec<NamespacedName> = self
+            .by_service
+            .keys()
+            .filter(|s| !keep.contains(s))
+            .cloned()
+            .collect();
+        for svc in gone {
+            if let Some(served) = self.by_service.remove(&svc) {
+                stop(served).await;
             }
-            k
-        });
+        }
     }
 
     /// Serves (port, local endpoint count) for `service`, or stops serving it with `None`.
     pub async fn set(&mut self, service: &NamespacedName, want: Option<(u16, usize)>) {
         let Some((port, local)) = want else {
             if let Some(old) = self.by_service.remove(service) {
-                old.task.abort();
+                stop(old).await;
             }
             return;
         };
@@ -110,7 +115,7 @@ impl ServiceHealthServers {
                 return;
             }
             if let Some(old) = self.by_service.remove(service) {
-                old.task.abort();
+                stop(old).await;
             }
         }
         let listener = match bind(port).await {
@@ -141,6 +146,13 @@ impl ServiceHealthServers {
             },
         );
     }
+}
+
+/// Stops a server and waits until its listening socket is closed, so that the port can be
+/// bound again at once (by another Service that now owns it).
+async fn stop(served: Served) {
+    served.task.abort();
+    let _ = served.task.await;
 }
 
 impl Drop for ServiceHealthServers {

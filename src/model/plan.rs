@@ -42,6 +42,8 @@ pub struct Plan {
     /// them, so the health check fails on a node that is draining. Upstream counts distinct IPs
     /// over all ports of the Service.
     pub local_endpoints: usize,
+    /// What the port lost to older Services (`claims`): it is planned without those.
+    pub conflicts: Vec<claims::Conflict>,
 }
 
 /// Everything a backend renders for one service port in one IP family. Addresses and endpoints
@@ -88,6 +90,13 @@ impl Plan {
         self.families.iter().any(|f| f.internal == Targets::Drop)
     }
 
+    /// The port lost its healthCheckNodePort to another Service.
+    pub fn lost_health_check(&self) -> bool {
+        self.conflicts
+            .iter()
+            .any(|c| matches!(c.claim, claims::Claim::HealthCheckNodePort { .. }))
+    }
+
     /// Some family drops external traffic (Local policy, no local endpoint).
     pub fn drops_external(&self) -> bool {
         self.families
@@ -119,7 +128,23 @@ pub fn plan(port: &ServicePort, endpoints: &[Endpoint], node: &NodeFacts) -> Pla
     Plan {
         families,
         local_endpoints,
+        conflicts: Vec::new(),
     }
+}
+
+/// `plan` for `port` without what it `lost` to other Services (`claims::Claims::lost`).
+pub fn plan_claimed(
+    port: &ServicePort,
+    endpoints: &[Endpoint],
+    node: &NodeFacts,
+    lost: Vec<claims::Conflict>,
+) -> Plan {
+    if lost.is_empty() {
+        return plan(port, endpoints, node);
+    }
+    let mut p = plan(&claims::without(port, &lost), endpoints, node);
+    p.conflicts = lost;
+    p
 }
 
 /// The addresses of `ips` in `family`; an IPv4-mapped IPv6 address is in neither (no packet
@@ -313,7 +338,11 @@ pub fn local_ready<'a>(
         .collect()
 }
 
+pub mod claims;
+#[cfg(test)]
+mod claims_tests;
 #[cfg(test)]
 mod family_tests;
+
 #[cfg(test)]
 mod tests;

@@ -156,6 +156,10 @@ pub struct ServicePort {
     pub health_check_node_port: Option<u16>,
     /// `spec.trafficDistribution` as written (PreferClose, PreferSameZone, PreferSameNode, ...).
     pub traffic_distribution: Option<String>,
+    /// The Service's `metadata.creationTimestamp`: the older of two Services that claim the same
+    /// address, port and protocol wins (`plan::claims`).
+    #[serde(skip)]
+    pub created: Option<SystemTime>,
 }
 
 impl ServicePort {
@@ -176,6 +180,7 @@ impl ServicePort {
             internal_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: None,
             traffic_distribution: None,
+            created: None,
         }
     }
 

@@ -129,6 +129,11 @@ pub fn service(svc: &K8sService) -> Result<Option<Service>, Rejection> {
         |s, field| parse_cidr(s.trim(), field),
     )?;
     let affinity_timeout_seconds = affinity(spec)?;
+    let created = svc
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| SystemTime::from(t.0));
     let external_traffic_policy = traffic_policy(
         spec.external_traffic_policy.as_deref(),
         "spec.externalTrafficPolicy",
@@ -200,6 +205,7 @@ pub fn service(svc: &K8sService) -> Result<Option<Service>, Rejection> {
             internal_traffic_policy,
             health_check_node_port,
             traffic_distribution: spec.traffic_distribution.clone(),
+            created,
         });
     }
     Ok(Some(Service {

@@ -15,11 +15,11 @@ use crate::model::*;
 use crate::node::NodeFacts;
 use crate::watch::{Change, Kind};
 
-fn nn(name: &str) -> NamespacedName {
+pub(super) fn nn(name: &str) -> NamespacedName {
     NamespacedName::new("default", name)
 }
 
-fn spn(name: &str) -> ServicePortName {
+pub(super) fn spn(name: &str) -> ServicePortName {
     ServicePortName {
         service: nn(name),
         port: "http".into(),
@@ -39,16 +39,16 @@ fn service(name: &str, port: u16) -> Change {
     )
 }
 
-struct Harness {
-    tx: mpsc::UnboundedSender<Change>,
-    fake: FakeBackend,
-    shared: Arc<Shared>,
-    metrics: Arc<Metrics>,
+pub(super) struct Harness {
+    pub(super) tx: mpsc::UnboundedSender<Change>,
+    pub(super) fake: FakeBackend,
+    pub(super) shared: Arc<Shared>,
+    pub(super) metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start(min_sync: Duration) -> Harness {
+pub(super) fn start(min_sync: Duration) -> Harness {
     start_with(min_sync, Box::new(crate::conntrack::Noop))
 }
 
@@ -86,13 +86,13 @@ fn start_with(min_sync: Duration, conntrack: Box<dyn crate::conntrack::Reconcile
 
 impl Harness {
     /// Lets the loop run until it is idle (paused clock: no real time passes).
-    async fn settle(&self) {
+    pub(super) async fn settle(&self) {
         for _ in 0..20 {
             tokio::task::yield_now().await;
         }
     }
 
-    fn listed(&self) {
+    pub(super) fn listed(&self) {
         self.tx.send(Change::Listed(Kind::Services)).unwrap();
         self.tx.send(Change::Listed(Kind::EndpointSlices)).unwrap();
     }
@@ -259,7 +259,7 @@ async fn shutdown_stops_the_loop_and_leaves_the_rules_in_place() {
 }
 
 /// GET / on 127.0.0.1:port; (status line, body) or None while nothing listens.
-async fn hc_get(port: u16) -> Option<(String, serde_json::Value)> {
+pub(super) async fn hc_get(port: u16) -> Option<(String, serde_json::Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -20,6 +20,7 @@ mod scenarios_changes;
 mod scenarios_clusterip;
 mod scenarios_conntrack;
 mod scenarios_external;
+mod scenarios_families;
 mod scenarios_iptables;
 mod scenarios_ipvs;
 mod scenarios_ipvs_repair;
@@ -95,6 +96,9 @@ macro_rules! scenarios {
             scenarios_conntrack::a_pinned_udp_client_moves_to_the_new_endpoint_of_a_cluster_ip,
             scenarios_conntrack::a_pinned_udp_client_moves_to_the_new_endpoint_of_a_node_port,
             scenarios_conntrack::restarting_kproxy_leaves_correct_udp_flows_in_place,
+            scenarios_families::nested_source_ranges_admit_clients_in_one_service_and_across_two_sharing_an_lb_ip,
+            scenarios_families::an_ipv4_only_node_port_is_not_served_on_the_nodes_ipv6_address,
+            scenarios_families::a_dual_stack_service_with_ipv4_endpoints_refuses_tcp_on_its_ipv6_cluster_ip,
         );
     };
     (@tests $mode:literal; $($module:ident :: $name:ident),* $(,)?) => {

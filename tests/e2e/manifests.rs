@@ -99,6 +99,27 @@ impl Svc {
         self
     }
 
+    /// A second ClusterIP of the other family (`ipFamilyPolicy: RequireDualStack`).
+    pub fn dual_stack(mut self, second: &str) -> Svc {
+        let first = self.0["spec"]["clusterIP"].clone();
+        let families = if second.contains(':') {
+            ["IPv4", "IPv6"]
+        } else {
+            ["IPv6", "IPv4"]
+        };
+        self.spec("clusterIPs", json!([first, second]));
+        self.spec("ipFamilies", json!(families));
+        self.spec("ipFamilyPolicy", json!("RequireDualStack"));
+        self
+    }
+
+    /// `metadata.creationTimestamp` (RFC 3339): of two Services claiming one address and
+    /// port, the older keeps it.
+    pub fn created(mut self, at: &str) -> Svc {
+        self.0["metadata"]["creationTimestamp"] = json!(at);
+        self
+    }
+
     pub fn source_ranges(mut self, cidrs: &[&str]) -> Svc {
         self.spec("loadBalancerSourceRanges", json!(cidrs));
         self
