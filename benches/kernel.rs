@@ -49,7 +49,7 @@ fn plans(rt: &tokio::runtime::Runtime, n: u32) -> Fixture {
         n,
     );
     let sync = |syncer: &mut Syncer| {
-        assert!(rt.block_on(syncer.sync(Due::Full)));
+        assert!(rt.block_on(syncer.sync(Due::Full)).applied());
         shared.plans.read().expect("plans").clone()
     };
     let base = sync(&mut syncer);

@@ -27,7 +27,10 @@ fn loaded(rt: &tokio::runtime::Runtime, n: u32) -> (Syncer, FakeTransport, Arc<S
         Box::new(NftBackend::new(support::config(), fake.clone())),
         n,
     );
-    assert!(rt.block_on(syncer.sync(Due::Full)), "the initial full sync");
+    assert!(
+        rt.block_on(syncer.sync(Due::Full)).applied(),
+        "the initial full sync"
+    );
     fake.state.lock().expect("fake transport").applied.clear();
     (syncer, fake, shared)
 }
@@ -49,7 +52,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 generation += 1;
                 syncer.apply(support::slice_one_replaced(n / 2, 10, generation));
-                assert!(rt.block_on(syncer.sync(Due::Partial)));
+                assert!(rt.block_on(syncer.sync(Due::Partial)).applied());
                 fake.state.lock().expect("fake transport").applied.clear();
             })
         });
@@ -57,7 +60,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 generation += 1;
                 syncer.apply(support::slice(n / 2, 10, generation));
-                assert!(rt.block_on(syncer.sync(Due::Partial)));
+                assert!(rt.block_on(syncer.sync(Due::Partial)).applied());
                 fake.state.lock().expect("fake transport").applied.clear();
             })
         });
@@ -67,7 +70,7 @@ fn bench(c: &mut Criterion) {
                 syncer.apply(support::service(next));
                 syncer.apply(support::slice(next, 10, 0));
                 next += 1;
-                assert!(rt.block_on(syncer.sync(Due::Partial)));
+                assert!(rt.block_on(syncer.sync(Due::Partial)).applied());
                 fake.state.lock().expect("fake transport").applied.clear();
             })
         });

@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("full_sync", n), |b| {
             b.iter(|| {
                 *kernel.state() = Default::default();
-                assert!(rt.block_on(syncer.sync(Due::Full)));
+                assert!(rt.block_on(syncer.sync(Due::Full)).applied());
             })
         });
         let messages = |k: &FakeKernel| k.state().ipvs_messages;
@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
         let mut generation = 0;
         let before = messages(&kernel);
         syncer.apply(support::slice_one_replaced(n / 2, 10, 1));
-        assert!(rt.block_on(syncer.sync(Due::Partial)));
+        assert!(rt.block_on(syncer.sync(Due::Partial)).applied());
         println!(
             "{n} Services: one endpoint changed sent {} IPVS messages",
             messages(&kernel) - before
@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 generation += 1;
                 syncer.apply(support::slice_one_replaced(n / 2, 10, generation));
-                assert!(rt.block_on(syncer.sync(Due::Partial)));
+                assert!(rt.block_on(syncer.sync(Due::Partial)).applied());
             })
         });
         let mut next = n;
@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
                 syncer.apply(support::service(next));
                 syncer.apply(support::slice(next, 10, 0));
                 next += 1;
-                assert!(rt.block_on(syncer.sync(Due::Partial)));
+                assert!(rt.block_on(syncer.sync(Due::Partial)).applied());
             })
         });
     }

@@ -154,9 +154,25 @@ async fn debug_state(State(s): State<AppState>) -> Response {
                 )
             })
             .collect();
+        let quarantined: Vec<serde_json::Value> = s
+            .shared
+            .quarantined
+            .read()
+            .expect("quarantine lock")
+            .iter()
+            .map(|((name, family), why)| {
+                json!({
+                    "servicePort": name.to_string(),
+                    "family": family.as_str(),
+                    "error": why.error,
+                    "file": why.origin,
+                })
+            })
+            .collect();
         json!({
             "node": &*node,
             "servicePorts": ports,
+            "quarantined": quarantined,
             "syncs": {
                 "full": s.shared.full_syncs.load(Ordering::Relaxed),
                 "partial": s.shared.partial_syncs.load(Ordering::Relaxed),

@@ -38,6 +38,8 @@ pub struct Metrics {
     /// (service port, claim) pairs lost to an older Service that claims the same address, port
     /// and protocol, NodePort or healthCheckNodePort (`model::plan::claims`).
     pub service_port_conflicts: IntGauge,
+    /// (service port, IP family) pairs the kernel refused, kept out of it (`sync::quarantine`).
+    pub quarantined_service_ports: IntGauge,
     pub rejected_objects: IntCounterVec,
     /// Per `ip_family`: how long one conntrack reconciliation took, and flows it deleted.
     pub conntrack_reconcile_duration: HistogramVec,
@@ -234,6 +236,10 @@ impl Metrics {
             drift_repairs: counter(
                 "kproxy_rules_drift_repairs_total",
                 "Full resyncs forced because kproxy's rules in the kernel were changed by someone else",
+            ),
+            quarantined_service_ports: int_gauge(
+                "kproxy_quarantined_service_ports",
+                "Service ports (per IP family) the kernel refused, kept out of it until they change",
             ),
             service_port_conflicts: int_gauge(
                 "kproxy_service_port_conflicts",

@@ -6,6 +6,8 @@
 //! failed apply); the backend holds what was last applied; any failure makes the next sync full.
 //! No sync runs before Services and EndpointSlices have both finished their initial list.
 
+mod apply;
+pub mod quarantine;
 pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -16,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::backends::{Backend, BackendError, Plans, ProxyMode};
+use crate::backends::{Backend, Plans};
 use crate::conntrack::Reconciler;
 use crate::health::ProxyHealth;
 use crate::health::service::ServiceHealthServers;
@@ -27,6 +29,7 @@ use crate::model::tracker::ChangeTracker;
 use crate::model::{NamespacedName, Protocol, ServicePortName};
 use crate::node::NodeFacts;
 use crate::watch::{Change, ChangeRx, Kind};
+pub use apply::Outcome;
 use runner::{Due, Runner};
 
 /// State the HTTP endpoints read: the plans, the node facts, sync counts, health.
@@ -37,6 +40,8 @@ pub struct Shared {
     pub full_syncs: AtomicU64,
     pub partial_syncs: AtomicU64,
     pub health: ProxyHealth,
+    /// The quarantined (service port, family) pairs, for `/debug/state`.
+    pub quarantined: RwLock<BTreeMap<quarantine::Unit, quarantine::Quarantined>>,
 }
 
 /// How a sync loop is set up.
@@ -62,6 +67,8 @@ pub struct Syncer {
     drift_probe_failing: bool,
     /// Who claims which address, NodePort and healthCheckNodePort.
     claims: Claims,
+    /// What the kernel refused, kept out of it.
+    quarantine: quarantine::Quarantine,
 }
 
 impl Syncer {
@@ -88,6 +95,7 @@ impl Syncer {
             no_local: BTreeMap::new(),
             gather_addresses: true,
             claims: Claims::default(),
+            quarantine: quarantine::Quarantine::default(),
         }
     }
 
@@ -146,20 +154,21 @@ impl Syncer {
     }
 
     /// One sync, as a list of phases. Returns whether the backend applied it.
-    pub async fn sync(&mut self, due: Due) -> bool {
+    pub async fn sync(&mut self, due: Due) -> Outcome {
         let started = std::time::Instant::now();
         let (full, changed) = self.take_changes(due);
         if full {
             self.refresh_node_facts().await;
         }
         let changed = self.plan(full, changed);
-        let ok = self.backend_sync(full, &changed);
+        let outcome = self.backend_sync(full, &changed);
+        let ok = outcome.applied();
         self.record_metrics(full, ok, started.elapsed());
         if ok {
             self.update_health_checks(full, &changed).await;
             self.reconcile_conntrack(full, &changed);
         }
-        ok
+        outcome
     }
 
     /// Phase 1: checkout the tracker; a node change upgrades the sync to full.
@@ -253,49 +262,6 @@ impl Syncer {
             .service_port_conflicts
             .set(i64::try_from(self.claims.lost_count()).unwrap_or(i64::MAX));
         changed
-    }
-
-    /// Phase 3: hand the plans to the backend.
-    fn backend_sync(&mut self, full: bool, changed: &BTreeSet<ServicePortName>) -> bool {
-        let plans = self.shared.plans.read().expect("plans lock");
-        let node = self.shared.node.read().expect("node lock");
-        let result = if full {
-            self.backend.sync_full(&plans, &node)
-        } else {
-            self.backend.sync_partial(&plans, changed, &node)
-        };
-        match result {
-            Ok(report) => {
-                for (table, n) in self.backend.rules_per_table() {
-                    let gauge = self
-                        .metrics
-                        .iptables_rules_total
-                        .with_label_values(&[table]);
-                    gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
-                }
-                tracing::debug!(
-                    full,
-                    changed = changed.len(),
-                    operations = report.operations,
-                    "synced"
-                );
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, full, "sync failed; retrying as a full resync");
-                match self.backend.mode() {
-                    ProxyMode::Nftables => self.metrics.nftables_sync_failures.inc(),
-                    ProxyMode::Iptables if matches!(e, BackendError::Apply(_)) => {
-                        self.metrics.iptables_restore_failures.inc();
-                        if !full {
-                            self.metrics.iptables_partial_restore_failures.inc();
-                        }
-                    }
-                    _ => {}
-                }
-                false
-            }
-        }
     }
 
     /// Between syncs: whether the backend's rules were changed by someone else. Counted, logged
@@ -481,8 +447,11 @@ pub async fn run(
             continue;
         }
         if let Some(due) = runner.due(Instant::now()) {
-            let ok = syncer.sync(due).await;
-            runner.done(due, ok, Instant::now());
+            match syncer.sync(due).await {
+                Outcome::Applied => runner.done(due, true, Instant::now()),
+                Outcome::Retry => runner.retry(due, Instant::now()),
+                Outcome::Resync => runner.done(due, false, Instant::now()),
+            }
         }
     }
     tracing::info!("sync loop stopped; rules left in place");
@@ -498,6 +467,8 @@ fn far_future() -> Instant {
 
 #[cfg(test)]
 mod conflict_tests;
+#[cfg(test)]
+mod isolation_tests;
 #[cfg(test)]
 mod loop_tests;
 #[cfg(test)]

@@ -55,7 +55,7 @@ pub fn fixture(n: u32) -> Fixture {
         .expect("tokio runtime");
     let (mut syncer, shared) = super::syncer(Box::new(FakeBackend::default()), n);
     let sync = |syncer: &mut Syncer| {
-        assert!(rt.block_on(syncer.sync(Due::Full)));
+        assert!(rt.block_on(syncer.sync(Due::Full)).applied());
         shared.plans.read().expect("plans").clone()
     };
     let base = sync(&mut syncer);

@@ -73,6 +73,7 @@ pub fn service(i: u32) -> Change {
             name: name(i),
             ports: vec![p],
             has_selector: true,
+            origin: None,
         }),
     )
 }

@@ -48,7 +48,10 @@ impl FakeBackend {
     fn fail_if_asked(r: &mut Recorded) -> Result<(), BackendError> {
         if r.fail_next > 0 {
             r.fail_next -= 1;
-            return Err(BackendError::Apply("fake failure".into()));
+            return Err(BackendError::at(
+                crate::backends::error::Step::Apply,
+                crate::backends::error::Cause::Injected("fake failure".into()),
+            ));
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! `render` is pure and prints the whole ruleset the backend would program (for --dry-run).
 //! `cleanup` removes everything kproxy ever created in this mode.
 
+pub mod error;
 pub mod fake;
 #[cfg(test)]
 mod family_tests;
@@ -22,6 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+
+pub use error::BackendError;
 
 use crate::model::ServicePortName;
 use crate::model::plan::Planned;
@@ -85,19 +88,6 @@ impl FromStr for ProxyMode {
             .find(|m| m.as_str() == s)
             .ok_or_else(|| format!("unknown proxy mode {s:?} (want nftables, iptables or ipvs)"))
     }
-}
-
-/// Why a backend step failed. Every failure is followed by a full resync.
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    #[error("applying the transaction: {0}")]
-    Apply(String),
-    #[error("reading the kernel's current state: {0}")]
-    Adopt(String),
-    #[error("checking the kernel's rules for drift: {0}")]
-    Probe(String),
-    #[error("cleaning up: {0}")]
-    Cleanup(String),
 }
 
 /// What one sync did, for logs and metrics.

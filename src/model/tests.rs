@@ -22,6 +22,7 @@ fn service(name: &str, ports: &[(&str, u16)]) -> Service {
     Service {
         name: nn(name),
         has_selector: true,
+        origin: None,
         ports: ports
             .iter()
             .map(|(pname, port)| {

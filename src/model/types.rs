@@ -208,6 +208,9 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// `spec.selector` is set; selector-less Services get their slices mirrored from v1 Endpoints.
     pub has_selector: bool,
+    /// The manifest file that defines it (`--manifests`); None from the API.
+    #[serde(skip)]
+    pub origin: Option<std::sync::Arc<str>>,
 }
 
 /// A validated EndpointSlice.

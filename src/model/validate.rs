@@ -212,6 +212,7 @@ pub fn service(svc: &K8sService) -> Result<Option<Service>, Rejection> {
         name,
         ports: out,
         has_selector: spec.selector.is_some(),
+        origin: None,
     }))
 }
 

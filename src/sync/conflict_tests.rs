@@ -27,6 +27,7 @@ fn lb(name: &str, vip: &str, age: u64, edit: impl FnOnce(&mut ServicePort)) -> C
             name: nn(name),
             ports: vec![sp],
             has_selector: true,
+            origin: None,
         }),
     )
 }

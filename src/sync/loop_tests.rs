@@ -35,6 +35,7 @@ fn service(name: &str, port: u16) -> Change {
             name: nn(name),
             ports: vec![sp],
             has_selector: true,
+            origin: None,
         }),
     )
 }
@@ -293,6 +294,7 @@ async fn a_local_policy_service_gets_a_health_check_server_that_follows_its_loca
         name: nn("web"),
         ports: vec![sp],
         has_selector: true,
+        origin: None,
     };
     h.tx.send(Change::Service(nn("web"), Some(svc))).unwrap();
     let slice = |node: &str| Slice {
@@ -433,6 +435,7 @@ async fn conntrack_is_reconciled_after_full_syncs_and_udp_changes_but_not_tcp_on
             name: nn("dns"),
             ports: vec![dns],
             has_selector: true,
+            origin: None,
         }),
     ))
     .unwrap();

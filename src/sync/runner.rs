@@ -100,6 +100,13 @@ impl Runner {
         })
     }
 
+    /// The sync of `kind` met a busy kernel: the same kind again, after the backoff.
+    pub fn retry(&mut self, kind: Due, now: Instant) {
+        let full = self.full_needed || kind == Due::Full;
+        self.done(kind, false, now);
+        self.full_needed = full;
+    }
+
     /// Records the end of a sync of `kind` started by `due`.
     pub fn done(&mut self, kind: Due, ok: bool, now: Instant) {
         self.last_end = Some(now);

@@ -18,7 +18,9 @@ use super::compile::{compile, compile_port};
 use super::probe::{self, Snapshot};
 use super::restore::{Mirror, Restore, diff_full, diff_partial};
 use super::variant::Variant;
-use crate::backends::process::run_piped;
+use crate::backends::error::{Cause, Class, Step, message_class};
+use crate::backends::leftovers::LeftoverError;
+use crate::backends::process::{RunError, run_piped};
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
 use crate::node::NodeFacts;
@@ -29,6 +31,36 @@ pub const PROBE_PERIOD: Duration = Duration::from_millis(300);
 
 /// The sysctl that lets DNAT send 127.0.0.0/8 traffic off the loopback (localhost NodePorts).
 const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+
+/// Why an iptables tool failed, named after the step.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("running {program}: {source}")]
+    Run { program: String, source: RunError },
+    /// `iptables-restore` refused its input; `message` is what it printed.
+    #[error("{program}: {message}")]
+    Refused { program: String, message: String },
+    /// `iptables-save` failed.
+    #[error("{program}: {message}")]
+    Save { program: String, message: String },
+    #[error(transparent)]
+    Probe(#[from] probe::ProbeError),
+    #[error(transparent)]
+    Cleanup(#[from] LeftoverError),
+}
+
+impl RestoreError {
+    pub fn class(&self) -> Class {
+        match self {
+            RestoreError::Run {
+                source: RunError::Spawn(_),
+                ..
+            } => Class::Fatal,
+            RestoreError::Refused { message, .. } => message_class(message),
+            _ => Class::Resync,
+        }
+    }
+}
 
 pub struct IptablesBackend {
     config: BackendConfig,
@@ -86,13 +118,19 @@ impl IptablesBackend {
         let result = run_piped(cmd, Some(&text));
         let failure = match result {
             Ok(out) if out.status.success() => None,
-            Ok(out) => Some(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-            Err(e) => Some(e.to_string()),
+            Ok(out) => Some(RestoreError::Refused {
+                program: program.to_string(),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            }),
+            Err(source) => Some(RestoreError::Run {
+                program: program.to_string(),
+                source,
+            }),
         };
-        if let Some(message) = failure {
+        if let Some(error) = failure {
             self.adopt = true;
-            tracing::warn!(program, error = %message, lines = input.len(), "iptables-restore failed");
-            return Err(BackendError::Apply(format!("{program}: {message}")));
+            tracing::warn!(program, %error, lines = input.len(), "iptables-restore failed");
+            return Err(BackendError::at(Step::Apply, error));
         }
         self.last_lines += input.len();
         Ok(input.len())
@@ -104,16 +142,19 @@ impl IptablesBackend {
         for table in ["nat", "filter"] {
             let mut cmd = Command::new(&program);
             cmd.args(["-t", table]);
-            let out =
-                run_piped(cmd, None).map_err(|e| BackendError::Adopt(format!("{program}: {e}")))?;
+            let out = run_piped(cmd, None).map_err(|source| {
+                let program = program.to_string();
+                BackendError::at(Step::Adopt, RestoreError::Run { program, source })
+            })?;
             if !out.status.success() {
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 // A table that was never created (no module loaded yet) lists as nothing.
                 if !stderr.contains("does not exist") {
-                    return Err(BackendError::Adopt(format!(
-                        "{program} -t {table}: {}",
-                        stderr.trim()
-                    )));
+                    let error = RestoreError::Save {
+                        program: format!("{program} -t {table}"),
+                        message: stderr.trim().to_string(),
+                    };
+                    return Err(BackendError::at(Step::Adopt, error));
                 }
             }
             text.push_str(&String::from_utf8_lossy(&out.stdout));
@@ -183,9 +224,10 @@ impl Backend for IptablesBackend {
         _node: &NodeFacts,
     ) -> Result<SyncReport, BackendError> {
         if self.adopt || self.mirrors.values().any(|m| !m.is_loaded()) || self.mirrors.is_empty() {
-            return Err(BackendError::Apply(
-                "kproxy's chains are not loaded yet: a full sync must come first".into(),
-            ));
+            return Err(BackendError::Resync {
+                step: Step::Apply,
+                source: Cause::NotLoaded,
+            });
         }
         self.last_lines = 0;
         let mut report = SyncReport::default();
@@ -219,7 +261,7 @@ impl Backend for IptablesBackend {
         }
         self.last_probe = Some(Instant::now());
         let now = probe::snapshot(self.variant, &self.families)
-            .map_err(|e| BackendError::Probe(e.to_string()))?;
+            .map_err(|e| BackendError::at(Step::Probe, RestoreError::from(e)))?;
         let before = self.baseline.as_ref().expect("checked above");
         if &now == before {
             return Ok(None);
@@ -261,7 +303,7 @@ impl Backend for IptablesBackend {
         self.baseline = None;
         crate::backends::leftovers::remove_iptables()
             .map(|_| ())
-            .map_err(|e| BackendError::Cleanup(e.to_string()))
+            .map_err(|e| BackendError::at(Step::Cleanup, RestoreError::from(e)))
     }
 
     fn render(&self, plans: &Plans, node: &NodeFacts) -> String {

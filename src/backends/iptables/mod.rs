@@ -16,7 +16,7 @@ pub mod probe;
 pub mod restore;
 pub mod variant;
 
-pub use backend::IptablesBackend;
+pub use backend::{IptablesBackend, RestoreError};
 pub use variant::{Variant, VariantChoice};
 
 #[cfg(test)]

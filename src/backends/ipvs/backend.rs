@@ -21,6 +21,7 @@ use super::kernel::{Kernel, KernelError};
 use super::mirror::{self, Applied, Changes, Mirror};
 use super::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey, VirtualServer};
 use super::render;
+use crate::backends::error::Step;
 use crate::backends::nft::transaction::family_name;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
@@ -62,7 +63,7 @@ pub struct IpvsBackend {
 type Reread = BTreeMap<ServiceKey, Option<Applied>>;
 
 fn apply_err(e: KernelError) -> BackendError {
-    BackendError::Apply(e.to_string())
+    BackendError::at(Step::Apply, e)
 }
 
 /// `add element ip kproxy-ipvs SET { KEY }` (or `delete`).
@@ -145,7 +146,7 @@ impl IpvsBackend {
         bound: &BTreeSet<std::net::IpAddr>,
         wanted: &BTreeSet<ServiceKey>,
     ) -> Result<BTreeMap<ServiceKey, Applied>, BackendError> {
-        let adopt = |e: KernelError| BackendError::Adopt(e.to_string());
+        let adopt = |e: KernelError| BackendError::at(Step::Adopt, e);
         let mut out = BTreeMap::new();
         for vs in self.kernel.services().map_err(adopt)? {
             let ours = vs.owned || wanted.contains(&vs.key) || bound.contains(&vs.key.addr);
@@ -278,7 +279,7 @@ impl IpvsBackend {
             let counts: BTreeMap<DestKey, u32> = self
                 .kernel
                 .dests(&service)
-                .map_err(|e| BackendError::Probe(e.to_string()))?
+                .map_err(|e| BackendError::at(Step::Probe, e))?
                 .into_iter()
                 .map(|d| (d.key, d.active + d.inactive))
                 .collect();
@@ -318,7 +319,7 @@ impl Backend for IpvsBackend {
         let bound = self
             .kernel
             .addresses()
-            .map_err(|e| BackendError::Adopt(e.to_string()))?;
+            .map_err(|e| BackendError::at(Step::Adopt, e))?;
         let desired: BTreeMap<ServicePortName, Option<PortState>> = plans
             .keys()
             .map(|name| (name.clone(), self.compile(plans, name, node)))
@@ -416,7 +417,7 @@ impl Backend for IpvsBackend {
             self.last_drain_check = Instant::now();
             self.finish_drains()?;
         }
-        let probe = |e: KernelError| BackendError::Probe(e.to_string());
+        let probe = |e: KernelError| BackendError::at(Step::Probe, e);
         for fam in self.families.clone() {
             if self.kernel.companion_rules(fam).map_err(probe)? == 0 {
                 return Ok(Some(format!(
@@ -453,7 +454,7 @@ impl Backend for IpvsBackend {
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
         super::cleanup::remove(self.kernel.as_mut(), &self.families)
-            .map_err(|e| BackendError::Cleanup(e.to_string()))
+            .map_err(|e| BackendError::at(Step::Cleanup, e))
     }
 
     fn render(&self, plans: &Plans, node: &NodeFacts) -> String {

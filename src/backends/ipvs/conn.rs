@@ -31,6 +31,17 @@ pub enum ConnError {
     Refused { what: String, source: io::Error },
 }
 
+impl ConnError {
+    /// The errno behind it, if the kernel or the socket gave one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            ConnError::Open(e) | ConnError::Send(e) | ConnError::Receive(e) => e.raw_os_error(),
+            ConnError::Refused { source, .. } => source.raw_os_error(),
+            ConnError::Malformed(_) => None,
+        }
+    }
+}
+
 /// Most bytes packed into one datagram of a batch.
 const BATCH_BYTES: usize = 32 * 1024;
 

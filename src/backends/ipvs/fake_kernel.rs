@@ -66,6 +66,8 @@ pub struct FakeState {
     /// The batch after the next one fails (EIO) before applying anything.
     pub fail_second_batch: bool,
     second_batch_next: bool,
+    /// A NEW_SERVICE at this address is refused (EINVAL): a poison pill.
+    pub poison: Option<IpAddr>,
     /// ip_vs is not loaded: reading IPVS would load it (`autoloaded` then tells).
     pub ipvs_unloaded: bool,
     pub autoloaded: bool,
@@ -152,6 +154,9 @@ impl FakeState {
             }
             Cmd::NewDest | Cmd::SetDest if !dest.as_deref().is_some_and(full_dest) => {
                 return Err(refused("destination without every attribute", libc::EINVAL));
+            }
+            Cmd::NewService if self.poison == Some(key.addr) => {
+                return Err(refused("poisoned service", libc::EINVAL));
             }
             Cmd::NewService => {
                 if self.services.contains_key(&key) {

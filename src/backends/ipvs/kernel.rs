@@ -47,6 +47,21 @@ impl KernelError {
         }
     }
 
+    /// What the sync loop does about it (`backends::error`).
+    pub fn class(&self) -> crate::backends::error::Class {
+        use crate::backends::error::{Class, errno_class, message_class};
+        let errno = match self {
+            KernelError::Ipvs(SocketError::NoIpvs) => return Class::Fatal,
+            KernelError::Ipvs(SocketError::Netlink(e)) => e.errno(),
+            KernelError::Ipvs(SocketError::Resolve(_)) => None,
+            KernelError::Link(e) => e.conn().errno(),
+            KernelError::Nft(e) => return crate::backends::nft::transport::class(e),
+            KernelError::Sysctl { source, .. } => source.raw_os_error(),
+            KernelError::Injected(m) => return message_class(m),
+        };
+        errno.map_or(Class::Resync, errno_class)
+    }
+
     /// Whether IPVS refused because an object is there that kproxy believed absent, or the
     /// reverse (EEXIST; ESRCH for a server, ENOENT for a destination): someone else changed it,
     /// and reading it back is the repair.

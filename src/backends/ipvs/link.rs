@@ -31,6 +31,18 @@ pub enum LinkError {
     Delete { name: String, source: ConnError },
 }
 
+impl LinkError {
+    pub fn conn(&self) -> &ConnError {
+        match self {
+            LinkError::Create { source, .. }
+            | LinkError::Up { source, .. }
+            | LinkError::List { source, .. }
+            | LinkError::Change { source, .. }
+            | LinkError::Delete { source, .. } => source,
+        }
+    }
+}
+
 pub struct DummyLink {
     conn: Conn,
     name: String,

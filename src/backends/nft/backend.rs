@@ -11,6 +11,7 @@
 //! again. `drift` compares the kernel's rule count per chain (one small netlink dump, no
 //! elements) with the mirror's; a difference makes the next full sync adopt, which repairs it.
 
+use crate::backends::error::{Cause, Step};
 use std::collections::BTreeSet;
 
 use super::compile::{compile, render};
@@ -59,7 +60,7 @@ impl<T: Transport> NftBackend<T> {
                 self.failures += 1;
                 self.adopt = true;
                 tracing::warn!(error = %e, operations, "nftables transaction failed");
-                BackendError::Apply(e.to_string())
+                BackendError::at(Step::Apply, e)
             })?;
         }
         Ok(SyncReport { operations })
@@ -75,7 +76,7 @@ impl<T: Transport> NftBackend<T> {
             let listing = self
                 .transport
                 .list_table(family)
-                .map_err(|e| BackendError::Adopt(e.to_string()))?;
+                .map_err(|e| BackendError::at(Step::Adopt, e))?;
             listed.push((family, listing.as_deref().map(reconcile::parse_listing)));
         }
         let mut report = SyncReport::default();
@@ -112,9 +113,10 @@ impl<T: Transport> Backend for NftBackend<T> {
         node: &NodeFacts,
     ) -> Result<SyncReport, BackendError> {
         if self.adopt || !self.mirror.is_loaded() {
-            return Err(BackendError::Apply(
-                "kproxy's tables are not loaded yet: a full sync must come first".into(),
-            ));
+            return Err(BackendError::Resync {
+                step: Step::Apply,
+                source: Cause::NotLoaded,
+            });
         }
         let parts = Parts::partial(plans, changed, node, &self.config);
         let d = diff::into_diff(&self.mirror, parts, Scope::Ports(changed));
@@ -131,7 +133,7 @@ impl<T: Transport> Backend for NftBackend<T> {
             let found = self
                 .transport
                 .rule_counts(family)
-                .map_err(|e| BackendError::Probe(e.to_string()))?;
+                .map_err(|e| BackendError::at(Step::Probe, e))?;
             let want = self.mirror.expected_rule_counts(family);
             if found != want {
                 self.adopt = true;
@@ -147,7 +149,7 @@ impl<T: Transport> Backend for NftBackend<T> {
                       add table ip6 kproxy\ndelete table ip6 kproxy\n";
         self.transport
             .apply(script)
-            .map_err(|e| BackendError::Cleanup(e.to_string()))?;
+            .map_err(|e| BackendError::at(Step::Cleanup, e))?;
         self.mirror = Mirror::default();
         self.adopt = true;
         Ok(())

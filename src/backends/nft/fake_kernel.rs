@@ -117,6 +117,9 @@ pub struct KernelState {
     pub refused: Vec<(String, ApplyError)>,
     /// Refuse this many upcoming scripts (`ApplyError::Injected`), changing nothing.
     pub fail_next: usize,
+    /// Refuse every script with a line that contains this text (`ApplyError::Exists`, as the
+    /// kernel refuses an element it cannot take), changing nothing: a poison pill.
+    pub poison: Option<String>,
 }
 
 /// A handle on one in-memory kernel; clones share it.
@@ -149,9 +152,20 @@ impl FakeKernel {
     /// Applies an `nft -f` script atomically.
     pub fn apply_script(&self, script: &str) -> Result<(), ApplyError> {
         let mut s = self.lock();
+        let poisoned = s.poison.as_deref().and_then(|p| {
+            script
+                .lines()
+                .position(|l| l.contains(p))
+                .map(|i| ApplyError::Exists {
+                    line: i + 1,
+                    what: format!("poisoned element {p}"),
+                })
+        });
         let result = if s.fail_next > 0 {
             s.fail_next -= 1;
             Err(ApplyError::Injected)
+        } else if let Some(e) = poisoned {
+            Err(e)
         } else {
             script::parse(script)
                 .map_err(|e| ApplyError::Syntax {

@@ -22,7 +22,7 @@ pub use transport::NftCli;
 #[cfg(test)]
 pub(crate) mod diff_tests;
 #[cfg(test)]
-mod fake_kernel;
+pub(crate) mod fake_kernel;
 #[cfg(test)]
 mod fake_kernel_tests;
 #[cfg(test)]

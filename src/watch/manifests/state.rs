@@ -54,7 +54,13 @@ impl State {
             self.touched.insert(key);
         }
         let mut keys = Vec::with_capacity(objects.len());
-        for (key, object) in objects {
+        for (key, mut object) in objects {
+            if let Object::Service {
+                service: Some(s), ..
+            } = &mut object
+            {
+                s.origin = Some(file.clone());
+            }
             if self
                 .claims
                 .entry(key.clone())

@@ -389,7 +389,10 @@ async fn a_file_replaced_by_rename_is_served_anew() {
     .unwrap();
     assert_eq!(
         next(&mut rx).await,
-        Change::Service(nn("web"), services_of(&service("web", true, 81)))
+        Change::Service(
+            nn("web"),
+            services_of(&service("web", true, 81), "web.yaml")
+        )
     );
     println!(
         "manifests: a renamed-over file was served after {:?}",
@@ -412,12 +415,16 @@ async fn a_deleted_file_withdraws_its_objects() {
 }
 
 /// The model Service one manifest document yields.
-fn services_of(yaml: &str) -> Option<Service> {
-    match parse::parse_file("x.yaml", yaml.as_bytes(), "node1")
+/// The Service `yaml` defines, as read from the file `origin`.
+fn services_of(yaml: &str, origin: &str) -> Option<Service> {
+    match parse::parse_file(origin, yaml.as_bytes(), "node1")
         .objects
         .pop()
     {
-        Some((_, parse::Object::Service { service, .. })) => service,
+        Some((_, parse::Object::Service { service, .. })) => service.map(|mut s| {
+            s.origin = Some(origin.into());
+            s
+        }),
         other => panic!("not a Service: {other:?}"),
     }
 }
