@@ -59,6 +59,11 @@ impl Cluster {
 
     /// Starts kproxy (again) with flags beyond the mode's.
     pub fn start_kproxy_with(&mut self, extra: &[&str]) {
+        self.start_kproxy_env(extra, &[]);
+    }
+
+    /// Starts kproxy (again) with flags beyond the mode's and these environment variables.
+    pub fn start_kproxy_env(&mut self, extra: &[&str], env: &[(&str, String)]) {
         assert!(self.kproxy.is_none(), "kproxy is already running");
         let dir = self.dir.path().to_str().expect("UTF-8 path").to_string();
         let mut args = vec![
@@ -71,7 +76,7 @@ impl Cluster {
         ];
         args.extend_from_slice(self.mode.args);
         args.extend_from_slice(extra);
-        self.kproxy = Some(Kproxy::spawn(&self.topo.node, &args));
+        self.kproxy = Some(Kproxy::spawn_with_env(&self.topo.node, &args, env));
     }
 
     /// Stops kproxy with SIGTERM and waits for it to exit (it leaves its rules in place).
@@ -86,6 +91,11 @@ impl Cluster {
             "kproxy did not say it left its rules in place:\n{log}"
         );
         self.kproxy = None;
+    }
+
+    /// What kproxy has logged so far.
+    pub fn kproxy_log(&self) -> String {
+        self.kproxy.as_ref().map(Kproxy::log).unwrap_or_default()
     }
 
     /// Polls kproxy's `/metrics` until `sample` is present and > 0.

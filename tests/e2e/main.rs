@@ -26,6 +26,7 @@ mod scenarios_ipvs;
 mod scenarios_ipvs_repair;
 mod scenarios_lifecycle;
 mod scenarios_policy;
+mod scenarios_quarantine;
 mod topology;
 
 use std::process::Command;
@@ -137,6 +138,15 @@ macro_rules! iptables_only {
     };
 }
 
+/// A refused Service quarantined, in the modes that run tools kproxy's PATH can wrap.
+macro_rules! quarantine {
+    ($mode:literal) => {
+        scenarios!(@tests $mode;
+            scenarios_quarantine::a_refused_service_is_quarantined_and_the_others_keep_being_updated,
+        );
+    };
+}
+
 mod nftables {
     scenarios!("nftables");
     affinity_across_ports!("nftables");
@@ -145,18 +155,21 @@ mod nftables {
 mod nftables_command {
     scenarios!("nftables-command");
     affinity_across_ports!("nftables-command");
+    quarantine!("nftables-command");
 }
 /// iptables mode through iptables-nft (`--iptables-variant nft`).
 mod iptables {
     scenarios!("iptables");
     affinity_across_ports!("iptables");
     iptables_only!("iptables");
+    quarantine!("iptables");
 }
 /// iptables mode through iptables-legacy (`--iptables-variant legacy`).
 mod iptables_legacy {
     scenarios!("iptables-legacy");
     affinity_across_ports!("iptables-legacy");
     iptables_only!("iptables-legacy");
+    quarantine!("iptables-legacy");
 }
 /// IPVS mode. The host kernel of this project's machines has no IP_VS, so these are ignored
 /// here and run inside the VM that `tests/vm/run.sh` boots (`test.sh` does that).

@@ -139,6 +139,11 @@ impl Kproxy {
     /// namespace), a 0 s minimum sync period, and
     /// `args`.
     pub fn spawn(netns: &netns::Netns, args: &[&str]) -> Kproxy {
+        Kproxy::spawn_with_env(netns, args, &[])
+    }
+
+    /// `spawn`, with these environment variables set (or replaced) for kproxy.
+    pub fn spawn_with_env(netns: &netns::Netns, args: &[&str], env: &[(&str, String)]) -> Kproxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("kproxy.log");
         let out = std::fs::File::create(&log).expect("log file");
@@ -159,6 +164,7 @@ impl Kproxy {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
