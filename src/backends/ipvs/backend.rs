@@ -21,6 +21,8 @@ use super::kernel::{Kernel, KernelError};
 use super::mirror::{self, Applied, Changes, Mirror};
 use super::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey, VirtualServer};
 use super::render;
+
+mod between;
 use crate::backends::error::Step;
 use crate::backends::nft::transaction::family_name;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
@@ -57,6 +59,9 @@ pub struct IpvsBackend {
     draining: BTreeMap<(ServiceKey, DestKey), Instant>,
     last_drain_check: Instant,
     prepared: bool,
+    /// The next full sync rewrites the companion tables whole (at start, and after a failure,
+    /// drift or cleanup); otherwise it sends their elements' difference from the mirror.
+    rewrite: bool,
 }
 
 /// Servers read back from the kernel during a sync, with the state the sync left them in.
@@ -89,6 +94,7 @@ impl IpvsBackend {
             draining: BTreeMap::new(),
             last_drain_check: Instant::now(),
             prepared: false,
+            rewrite: true,
         }
     }
 
@@ -257,56 +263,6 @@ impl IpvsBackend {
         let sent = self.kernel.ipvs(fix.ipvs).map_err(apply_err)?;
         Ok((sent, reread))
     }
-
-    /// Forgets draining entries of servers or destinations that are gone, and starts the clock
-    /// for the new ones.
-    fn track_drains(&mut self, started: &[(ServiceKey, DestKey)]) {
-        let now = Instant::now();
-        for d in started {
-            self.draining.entry(*d).or_insert(now);
-        }
-        let servers = &self.mirror.servers;
-        self.draining
-            .retain(|(s, d), _| servers.get(s).is_some_and(|a| a.dests.get(d) == Some(&0)));
-    }
-
-    /// Deletes the draining destinations without connections (or past `DRAIN_LIMIT`). `drift`
-    /// runs it every `DRAIN_CHECK_PERIOD`.
-    pub(crate) fn finish_drains(&mut self) -> Result<usize, BackendError> {
-        let services: BTreeSet<ServiceKey> = self.draining.keys().map(|(s, _)| *s).collect();
-        let mut deletes = Vec::new();
-        for service in services {
-            let counts: BTreeMap<DestKey, u32> = self
-                .kernel
-                .dests(&service)
-                .map_err(|e| BackendError::at(Step::Probe, e))?
-                .into_iter()
-                .map(|d| (d.key, d.active + d.inactive))
-                .collect();
-            for ((s, d), since) in self.draining.range((service, DestKey::MIN)..) {
-                if *s != service {
-                    break;
-                }
-                let idle = counts.get(d).is_none_or(|n| *n == 0);
-                if idle || since.elapsed() >= DRAIN_LIMIT {
-                    deletes.push((*s, *d, counts.contains_key(d)));
-                }
-            }
-        }
-        let messages: Vec<IpvsMessage> = deletes
-            .iter()
-            .filter(|(_, _, present)| *present)
-            .map(|(s, d, _)| super::socket::dest_message(Cmd::DelDest, s, d, 0))
-            .collect();
-        let sent = self.kernel.ipvs(messages).map_err(apply_err)?;
-        for (s, d, _) in &deletes {
-            self.draining.remove(&(*s, *d));
-            if let Some(a) = self.mirror.servers.get_mut(s) {
-                a.dests.remove(d);
-            }
-        }
-        Ok(sent)
-    }
 }
 
 impl Backend for IpvsBackend {
@@ -315,6 +271,65 @@ impl Backend for IpvsBackend {
     }
 
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
+        let result = self.adopt_all(plans, node);
+        self.rewrite = result.is_err();
+        result
+    }
+
+    fn sync_partial(
+        &mut self,
+        plans: &Plans,
+        changed: &BTreeSet<ServicePortName>,
+        node: &NodeFacts,
+    ) -> Result<SyncReport, BackendError> {
+        if self.rewrite {
+            return Err(BackendError::Resync {
+                step: Step::Apply,
+                source: crate::backends::error::Cause::NotLoaded,
+            });
+        }
+        let desired: BTreeMap<ServicePortName, Option<PortState>> = changed
+            .iter()
+            .map(|name| (name.clone(), self.compile(plans, name, node)))
+            .collect();
+        let result = self.apply_ports(desired);
+        self.rewrite |= result.is_err();
+        result
+    }
+
+    fn drift(&mut self) -> Result<Option<String>, BackendError> {
+        let found = self.probe()?;
+        if found.is_some() {
+            self.rewrite = true;
+        }
+        Ok(found)
+    }
+
+    fn cleanup(&mut self) -> Result<(), BackendError> {
+        self.rewrite = true;
+        self.mirror = Mirror::default();
+        super::cleanup::remove(self.kernel.as_mut(), &self.families)
+            .map_err(|e| BackendError::at(Step::Cleanup, e))
+    }
+
+    fn render(&self, plans: &Plans, node: &NodeFacts) -> String {
+        let states: Vec<PortState> = plans
+            .values()
+            .map(|p| compile::compile_port(p, node, &self.settings))
+            .collect();
+        let elements: BTreeSet<Element> = states
+            .iter()
+            .flat_map(|s| s.elements.iter().cloned())
+            .collect();
+        render::render(&states, &self.companion_script(elements.iter()))
+    }
+}
+
+impl IpvsBackend {
+    /// A full sync: reads the kernel's servers and the dummy's addresses, keeps what is right
+    /// and sends what differs; the companion tables get the difference of their elements from
+    /// the mirror, or are rewritten whole in one transaction when `rewrite` is set.
+    fn adopt_all(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
         self.prepare()?;
         let bound = self
             .kernel
@@ -354,7 +369,19 @@ impl Backend for IpvsBackend {
             .filter(|a| !next.addresses.contains_key(a))
             .copied()
             .collect();
-        let script = self.companion_script(next.elements.keys());
+        let script = if self.rewrite {
+            self.companion_script(next.elements.keys())
+        } else {
+            let old = &self.mirror.elements;
+            let mut script = String::new();
+            for e in old.keys().filter(|e| !next.elements.contains_key(e)) {
+                script.push_str(&element_line("delete", e));
+            }
+            for e in next.elements.keys().filter(|e| !old.contains_key(e)) {
+                script.push_str(&element_line("add", e));
+            }
+            script
+        };
         let (sent, reread) = self.apply(&changes, &script, &|k| next.servers.get(k).cloned())?;
         for (key, state) in reread {
             match state {
@@ -376,20 +403,16 @@ impl Backend for IpvsBackend {
         self.mirror = next;
         self.track_drains(&adopted);
         Ok(SyncReport {
-            operations: sent + self.mirror.elements.len(),
+            operations: sent + script.lines().count(),
         })
     }
 
-    fn sync_partial(
+    /// Sends what turns the mirror's state of each port in `desired` into its new state
+    /// (None: the port is gone), companion elements included; never reads the kernel.
+    fn apply_ports(
         &mut self,
-        plans: &Plans,
-        changed: &BTreeSet<ServicePortName>,
-        node: &NodeFacts,
+        desired: BTreeMap<ServicePortName, Option<PortState>>,
     ) -> Result<SyncReport, BackendError> {
-        let desired: BTreeMap<ServicePortName, Option<PortState>> = changed
-            .iter()
-            .map(|name| (name.clone(), self.compile(plans, name, node)))
-            .collect();
         let (changes, mut delta) = self.mirror.diff_ports(&desired);
         let mut script = String::new();
         for e in &changes.del_elements {
@@ -407,65 +430,5 @@ impl Backend for IpvsBackend {
         Ok(SyncReport {
             operations: sent + changes.add_elements.len() + changes.del_elements.len(),
         })
-    }
-
-    fn drift(&mut self) -> Result<Option<String>, BackendError> {
-        if !self.prepared {
-            return Ok(None);
-        }
-        if !self.draining.is_empty() && self.last_drain_check.elapsed() >= DRAIN_CHECK_PERIOD {
-            self.last_drain_check = Instant::now();
-            self.finish_drains()?;
-        }
-        let probe = |e: KernelError| BackendError::at(Step::Probe, e);
-        for fam in self.families.clone() {
-            if self.kernel.companion_rules(fam).map_err(probe)? == 0 {
-                return Ok(Some(format!(
-                    "the companion table {} {TABLE} is gone or empty",
-                    family_name(fam)
-                )));
-            }
-        }
-        if !self.kernel.link_present().map_err(probe)? {
-            return Ok(Some(format!(
-                "the dummy interface {} is gone",
-                crate::backends::leftovers::IPVS_LINK
-            )));
-        }
-        if let Some(ip) = self.mirror.addresses.keys().next().copied()
-            && !self.kernel.is_local(ip).map_err(probe)?
-        {
-            return Ok(Some(format!(
-                "{ip} is no longer bound to {}",
-                crate::backends::leftovers::IPVS_LINK
-            )));
-        }
-        if let Some(key) = self.mirror.servers.keys().next().copied()
-            && self.kernel.service(&key).map_err(probe)?.is_none()
-        {
-            return Ok(Some(format!(
-                "virtual server {} {} is gone",
-                key.protocol.as_str(),
-                std::net::SocketAddr::new(key.addr, key.port)
-            )));
-        }
-        Ok(None)
-    }
-
-    fn cleanup(&mut self) -> Result<(), BackendError> {
-        super::cleanup::remove(self.kernel.as_mut(), &self.families)
-            .map_err(|e| BackendError::at(Step::Cleanup, e))
-    }
-
-    fn render(&self, plans: &Plans, node: &NodeFacts) -> String {
-        let states: Vec<PortState> = plans
-            .values()
-            .map(|p| compile::compile_port(p, node, &self.settings))
-            .collect();
-        let elements: BTreeSet<Element> = states
-            .iter()
-            .flat_map(|s| s.elements.iter().cloned())
-            .collect();
-        render::render(&states, &self.companion_script(elements.iter()))
     }
 }

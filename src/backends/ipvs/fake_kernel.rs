@@ -61,6 +61,8 @@ pub struct FakeState {
     pub ipvs_messages: usize,
     /// nft scripts applied.
     pub scripts: usize,
+    /// Companion tables created with their body (`table ... {` lines applied).
+    pub tables_created: usize,
     /// The next IPVS batch fails after applying this many of its messages.
     pub fail_ipvs_after: Option<usize>,
     /// The batch after the next one fails (EIO) before applying anything.
@@ -220,7 +222,7 @@ impl FakeState {
         let mut cleared: BTreeSet<&str> = BTreeSet::new();
         for op in &ops {
             match op {
-                Op::Table(fam) => {
+                Op::Table(fam) | Op::Create(fam) => {
                     tables.insert(fam, true);
                 }
                 Op::DeleteTable(fam) => {
@@ -254,6 +256,10 @@ impl FakeState {
                 Op::Table(fam) => {
                     self.tables.insert(fam);
                 }
+                Op::Create(fam) => {
+                    self.tables.insert(fam);
+                    self.tables_created += 1;
+                }
                 Op::DeleteTable(fam) => {
                     self.tables.remove(&fam);
                     self.elements.retain(|(f, _, _)| *f != fam);
@@ -273,6 +279,8 @@ impl FakeState {
 /// One step of an nft script.
 enum Op {
     Table(String),
+    /// A table with its body (sets, chains).
+    Create(String),
     DeleteTable(String),
     Add((String, String, String)),
     Delete((String, String, String)),
@@ -290,7 +298,7 @@ fn parse(script: &str) -> Result<Vec<Op>, KernelError> {
         match words.as_slice() {
             ["table", fam, "kproxy-ipvs", "{}"] => ops.push(Op::Table(fam.to_string())),
             ["table", fam, "kproxy-ipvs", "{"] => {
-                ops.push(Op::Table(fam.to_string()));
+                ops.push(Op::Create(fam.to_string()));
                 in_table = true;
             }
             ["delete", "table", fam, "kproxy-ipvs"] => ops.push(Op::DeleteTable(fam.to_string())),

@@ -283,3 +283,33 @@ fn flushed_addresses_of_the_interface_are_noticed_and_bound_again() {
     assert_eq!(programmed(&kernel), fresh(&plans()));
     assert_eq!(b.drift().unwrap(), None);
 }
+
+#[test]
+fn a_periodic_full_sync_sends_nothing_when_nothing_changed_and_never_recreates_the_tables() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&plans(), &node()).unwrap();
+    let (messages, scripts) = {
+        let s = kernel.state();
+        (s.ipvs_messages, s.scripts)
+    };
+    b.sync_full(&plans(), &node()).unwrap();
+    {
+        let s = kernel.state();
+        assert_eq!(s.ipvs_messages, messages, "no virtual server re-sent");
+        assert_eq!(s.scripts, scripts, "no companion script at all");
+    }
+    // A port gone: its elements are deleted one by one, the tables stay.
+    let mut fewer = plans();
+    fewer.remove(&name("lb", "https", Protocol::Tcp));
+    kernel.state().tables_created = 0;
+    b.sync_full(&fewer, &node()).unwrap();
+    assert_eq!(programmed(&kernel), fresh(&fewer));
+    assert_eq!(kernel.state().tables_created, 0, "no table recreated");
+    // After drift (a table deleted), the next full sync rewrites them.
+    kernel.state().tables.remove("ip");
+    assert!(b.drift().unwrap().is_some());
+    b.sync_full(&fewer, &node()).unwrap();
+    assert_eq!(programmed(&kernel), fresh(&fewer));
+    assert!(kernel.state().tables_created > 0);
+}
