@@ -42,7 +42,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cfg)) {
+    let result = runtime.block_on(run(cfg));
+    // A sync still running on its blocking thread (SIGTERM during a long iptables-restore) is
+    // not waited for: the kernel applies it atomically or not at all.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kproxy: {e:#}");

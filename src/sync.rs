@@ -13,7 +13,7 @@ pub mod runner;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -47,8 +47,9 @@ pub struct Shared {
 /// How a sync loop is set up.
 pub struct Syncer {
     tracker: ChangeTracker,
-    backend: Box<dyn Backend>,
-    conntrack: Box<dyn Reconciler>,
+    /// Shared with the blocking threads that run the kernel work (`apply::blocking`).
+    backend: Arc<Mutex<Box<dyn Backend>>>,
+    conntrack: Arc<Mutex<Box<dyn Reconciler>>>,
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
     health_checks: ServiceHealthServers,
@@ -82,8 +83,8 @@ impl Syncer {
     ) -> Syncer {
         Syncer {
             tracker: ChangeTracker::default(),
-            backend,
-            conntrack,
+            backend: Arc::new(Mutex::new(backend)),
+            conntrack: Arc::new(Mutex::new(conntrack)),
             metrics,
             shared,
             health_checks,
@@ -150,7 +151,10 @@ impl Syncer {
         self.plan(true, changed);
         let plans = self.shared.plans.read().expect("plans lock");
         let node = self.shared.node.read().expect("node lock");
-        self.backend.render(&plans, &node)
+        self.backend
+            .lock()
+            .expect("backend lock")
+            .render(&plans, &node)
     }
 
     /// One sync, as a list of phases. Returns whether the backend applied it.
@@ -161,12 +165,12 @@ impl Syncer {
             self.refresh_node_facts().await;
         }
         let changed = self.plan(full, changed);
-        let outcome = self.backend_sync(full, &changed);
+        let outcome = self.backend_sync(full, &changed).await;
         let ok = outcome.applied();
         self.record_metrics(full, ok, started.elapsed());
         if ok {
             self.update_health_checks(full, &changed).await;
-            self.reconcile_conntrack(full, &changed);
+            self.reconcile_conntrack(full, &changed).await;
         }
         outcome
     }
@@ -267,7 +271,7 @@ impl Syncer {
     /// Between syncs: whether the backend's rules were changed by someone else. Counted, logged
     /// and answered by the caller with a full resync.
     pub fn drifted(&mut self) -> bool {
-        let result = self.backend.drift();
+        let result = self.backend.lock().expect("backend lock").drift();
         let failing = std::mem::replace(&mut self.drift_probe_failing, result.is_err());
         match result {
             Ok(None) => false,
@@ -368,15 +372,23 @@ impl Syncer {
     /// arise only where a UDP or SCTP port changed (an endpoint left, a Service appeared), or
     /// before kproxy's rules existed (the first, full sync), so a partial sync that touched only
     /// TCP ports skips the dump (which costs ~0.25 s with 100,000 UDP flows).
-    fn reconcile_conntrack(&mut self, full: bool, changed: &BTreeSet<ServicePortName>) {
+    async fn reconcile_conntrack(&mut self, full: bool, changed: &BTreeSet<ServicePortName>) {
         if !full && changed.iter().all(|p| p.protocol == Protocol::Tcp) {
             return;
         }
-        let plans = self.shared.plans.read().expect("plans lock");
-        let node = self.shared.node.read().expect("node lock");
-        if let Err(e) = self.conntrack.reconcile(&plans, &node) {
-            tracing::warn!(error = %e, "conntrack reconcile failed");
-        }
+        let (shared, conntrack) = (self.shared.clone(), self.conntrack.clone());
+        apply::blocking(move || {
+            let plans = shared.plans.read().expect("plans lock");
+            let node = shared.node.read().expect("node lock");
+            let result = conntrack
+                .lock()
+                .expect("conntrack lock")
+                .reconcile(&plans, &node);
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "conntrack reconcile failed");
+            }
+        })
+        .await;
     }
 }
 
@@ -447,7 +459,14 @@ pub async fn run(
             continue;
         }
         if let Some(due) = runner.due(Instant::now()) {
-            match syncer.sync(due).await {
+            // SIGTERM is answered during a long sync too: the kernel work goes on in its thread
+            // and applies atomically or not at all; the next kproxy adopts what it finds.
+            let outcome = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                outcome = syncer.sync(due) => outcome,
+            };
+            match outcome {
                 Outcome::Applied => runner.done(due, true, Instant::now()),
                 Outcome::Retry => runner.retry(due, Instant::now()),
                 Outcome::Resync => runner.done(due, false, Instant::now()),
