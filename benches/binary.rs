@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::http::get;
 use support::netns::Netns;
 use support::{manifests, timings};
 
@@ -144,22 +145,6 @@ impl Drop for Kproxy {
             eprintln!("---- kproxy log ----\n{log}\n---- end ----");
         }
     }
-}
-
-/// `GET path` over HTTP/1.1 (close-delimited or Content-Length body); the body.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    Ok(raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
 }
 
 /// Polls `probe` every 5 ms until it yields a value, panicking after `deadline` with `what`.

@@ -164,7 +164,7 @@ impl Syncer {
         if full {
             self.refresh_node_facts().await;
         }
-        let changed = self.plan(full, changed);
+        let changed = apply::in_place(|| self.plan(full, changed));
         let outcome = self.backend_sync(full, &changed).await;
         let ok = outcome.applied();
         self.record_metrics(full, ok, started.elapsed());

@@ -10,6 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 pub mod command;
+pub mod http;
 pub mod kproxy_iptables;
 pub mod manifests;
 pub mod netns;

@@ -83,6 +83,14 @@ pub enum Class {
 }
 
 impl BackendError {
+    /// A partial sync before the first full one: resync in full.
+    pub fn not_loaded() -> BackendError {
+        BackendError::Resync {
+            step: Step::Apply,
+            source: Cause::NotLoaded,
+        }
+    }
+
     /// `cause` at `step`, classified.
     pub fn at(step: Step, cause: impl Into<Cause>) -> BackendError {
         let source = cause.into();

@@ -50,6 +50,16 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
     }
 }
 
+/// Runs CPU-heavy work that needs the caller's borrows (planning 10,000 ports) in place, but
+/// with the runtime's other tasks moved to another worker first (multi-threaded runtime only).
+pub fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Everything phase 3 needs, owned, to run on a blocking thread.
 struct Job {
     backend: Arc<Mutex<Box<dyn Backend>>>,

@@ -93,6 +93,22 @@ impl Cluster {
         self.kproxy = None;
     }
 
+    /// Runs `kproxy --cleanup` in this mode in the node namespace; panics when it fails.
+    pub fn cleanup(&self) {
+        let out = self
+            .topo
+            .node
+            .cmd(env!("CARGO_BIN_EXE_kproxy"))
+            .args(["--cleanup", "--proxy-mode", self.mode.name])
+            .output()
+            .expect("run kproxy --cleanup");
+        assert!(
+            out.status.success(),
+            "kproxy --cleanup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// What kproxy has logged so far.
     pub fn kproxy_log(&self) -> String {
         self.kproxy.as_ref().map(Kproxy::log).unwrap_or_default()

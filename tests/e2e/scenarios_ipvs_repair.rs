@@ -13,21 +13,6 @@ use crate::cluster::Cluster;
 use crate::manifests::{WEB, web};
 use crate::topology::{A, B, C, Client, HTTP};
 
-fn cleanup(c: &Cluster) {
-    let out = c
-        .topo
-        .node
-        .cmd(env!("CARGO_BIN_EXE_kproxy"))
-        .args(["--cleanup", "--proxy-mode", "ipvs"])
-        .output()
-        .expect("run kproxy --cleanup");
-    assert!(
-        out.status.success(),
-        "kproxy --cleanup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn servers(c: &Cluster) -> usize {
     c.topo
         .node
@@ -57,7 +42,7 @@ pub fn cleanup_while_kproxy_runs_is_repaired(c: &mut Cluster) {
     c.apply("web", web(&[A, B, C]));
     c.until_served(Client, Tcp, at(WEB, HTTP), &[A, B, C]);
     let cleaned = Instant::now();
-    cleanup(c);
+    c.cleanup();
     let took = c.until_served(Client, Tcp, at(WEB, HTTP), &[A, B, C]);
     println!(
         "kproxy --cleanup under a running kproxy -> traffic restored: {:?} (polling {took:?}; requirement: 1 s)",
@@ -73,7 +58,7 @@ pub fn a_restart_after_cleanup_without_the_interface_serves_at_once(c: &mut Clus
     c.stop_kproxy();
     c.topo.node.exec("ip", &["link", "del", "kproxy-ipvs0"]);
     assert!(servers(c) > 0, "the servers outlive the interface");
-    cleanup(c);
+    c.cleanup();
     assert_eq!(
         servers(c),
         0,

@@ -136,18 +136,7 @@ pub fn cleanup_removes_every_kproxy_table(c: &mut Cluster) {
     );
     served_by(&c.tcp_n(Client, at(WEB, HTTP), 40), &[A, B, C]).unwrap();
 
-    let out = c
-        .topo
-        .node
-        .cmd(env!("CARGO_BIN_EXE_kproxy"))
-        .args(["--cleanup", "--proxy-mode", c.mode.name])
-        .output()
-        .expect("run kproxy --cleanup");
-    assert!(
-        out.status.success(),
-        "kproxy --cleanup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.cleanup();
     let left = c.mode.leftovers(&c.topo.node);
     assert!(left.is_empty(), "left after --cleanup: {left:?}");
     // Nothing DNATs the ClusterIP any more: ext, which owns it, answers.

@@ -18,7 +18,7 @@ use super::compile::{compile, compile_port};
 use super::probe::{self, Snapshot};
 use super::restore::{Mirror, Restore, diff_full, diff_partial};
 use super::variant::Variant;
-use crate::backends::error::{Cause, Class, Step, message_class};
+use crate::backends::error::{Class, Step, message_class};
 use crate::backends::leftovers::LeftoverError;
 use crate::backends::process::{RunError, run_piped};
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
@@ -224,10 +224,7 @@ impl Backend for IptablesBackend {
         _node: &NodeFacts,
     ) -> Result<SyncReport, BackendError> {
         if self.adopt || self.mirrors.values().any(|m| !m.is_loaded()) || self.mirrors.is_empty() {
-            return Err(BackendError::Resync {
-                step: Step::Apply,
-                source: Cause::NotLoaded,
-            });
+            return Err(BackendError::not_loaded());
         }
         self.last_lines = 0;
         let mut report = SyncReport::default();

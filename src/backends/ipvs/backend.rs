@@ -283,10 +283,7 @@ impl Backend for IpvsBackend {
         node: &NodeFacts,
     ) -> Result<SyncReport, BackendError> {
         if self.rewrite {
-            return Err(BackendError::Resync {
-                step: Step::Apply,
-                source: crate::backends::error::Cause::NotLoaded,
-            });
+            return Err(BackendError::not_loaded());
         }
         let desired: BTreeMap<ServicePortName, Option<PortState>> = changed
             .iter()

@@ -11,7 +11,7 @@
 //! again. `drift` compares the kernel's rule count per chain (one small netlink dump, no
 //! elements) with the mirror's; a difference makes the next full sync adopt, which repairs it.
 
-use crate::backends::error::{Cause, Step};
+use crate::backends::error::Step;
 use std::collections::BTreeSet;
 
 use super::compile::{compile, render};
@@ -113,10 +113,7 @@ impl<T: Transport> Backend for NftBackend<T> {
         node: &NodeFacts,
     ) -> Result<SyncReport, BackendError> {
         if self.adopt || !self.mirror.is_loaded() {
-            return Err(BackendError::Resync {
-                step: Step::Apply,
-                source: Cause::NotLoaded,
-            });
+            return Err(BackendError::not_loaded());
         }
         let parts = Parts::partial(plans, changed, node, &self.config);
         let d = diff::into_diff(&self.mirror, parts, Scope::Ports(changed));
