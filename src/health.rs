@@ -5,12 +5,15 @@
 //! lock held during one plan update. Unhealthy means an update was queued and not applied within
 //! 2 × sync-period, as upstream.
 
+pub mod proxy;
 pub mod service;
 
+pub use proxy::ProxyHealth;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::extract::State;
@@ -18,11 +21,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use tokio::time::Instant;
 
 use crate::backends::ProxyMode;
 use crate::metrics::Metrics;
-use crate::sync::Shared;
+use crate::state::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -31,56 +33,6 @@ pub enum HealthError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// Upstream's ProxyHealthServer state: the oldest queued-but-unapplied update and the last
-/// successful sync.
-#[derive(Debug)]
-pub struct ProxyHealth {
-    timeout: Duration,
-    inner: Mutex<HealthInner>,
-}
-
-#[derive(Debug, Default)]
-struct HealthInner {
-    oldest_queued: Option<Instant>,
-    last_updated: Option<SystemTime>,
-}
-
-impl Default for ProxyHealth {
-    fn default() -> Self {
-        ProxyHealth::new(Duration::from_secs(60))
-    }
-}
-
-impl ProxyHealth {
-    /// `timeout` is 2 × sync-period.
-    pub fn new(timeout: Duration) -> Self {
-        ProxyHealth {
-            timeout,
-            inner: Mutex::new(HealthInner::default()),
-        }
-    }
-
-    /// An update was queued (kept if one is already waiting: the oldest counts).
-    pub fn queued(&self) {
-        let mut i = self.inner.lock().expect("health lock");
-        i.oldest_queued.get_or_insert_with(Instant::now);
-    }
-
-    /// Every queued update has been applied.
-    pub fn updated(&self) {
-        let mut i = self.inner.lock().expect("health lock");
-        i.oldest_queued = None;
-        i.last_updated = Some(SystemTime::now());
-    }
-
-    /// Healthy, and the last successful sync.
-    pub fn status(&self) -> (bool, Option<SystemTime>) {
-        let i = self.inner.lock().expect("health lock");
-        let healthy = i.oldest_queued.is_none_or(|q| q.elapsed() < self.timeout);
-        (healthy, i.last_updated)
-    }
 }
 
 fn rfc3339(t: Option<SystemTime>) -> String {
@@ -232,6 +184,8 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]

@@ -10,5 +10,6 @@ pub mod model;
 pub mod netns;
 pub mod nfnetlink;
 pub mod node;
+pub mod state;
 pub mod sync;
 pub mod watch;

@@ -77,6 +77,9 @@ pub enum NodeError {
     ListAddresses(String),
 }
 
+/// The dummy interface IPVS mode binds service addresses to: its addresses are not the node's.
+pub const IPVS_LINK: &str = "kproxy-ipvs0";
+
 /// Every address configured on this host (all interfaces, both families), over rtnetlink, but
 /// for the service addresses IPVS mode binds to its dummy interface (they are not the node's).
 pub async fn local_addresses() -> Result<Vec<IpAddr>, NodeError> {
@@ -88,7 +91,7 @@ pub async fn local_addresses() -> Result<Vec<IpAddr>, NodeError> {
     let dummy = handle
         .link()
         .get()
-        .match_name(crate::backends::leftovers::IPVS_LINK.to_string())
+        .match_name(IPVS_LINK.to_string())
         .execute()
         .try_next()
         .await

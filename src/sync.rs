@@ -12,15 +12,14 @@ pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::backends::{Backend, Plans};
+use crate::backends::Backend;
 use crate::conntrack::Reconciler;
-use crate::health::ProxyHealth;
 use crate::health::service::ServiceHealthServers;
 use crate::metrics::Metrics;
 use crate::model::plan::claims::Claims;
@@ -28,21 +27,10 @@ use crate::model::plan::{Planned, local_ready, plan_claimed};
 use crate::model::tracker::ChangeTracker;
 use crate::model::{NamespacedName, Protocol, ServicePortName};
 use crate::node::NodeFacts;
+pub use crate::state::Shared;
 use crate::watch::{Change, ChangeRx, Kind};
 pub use apply::Outcome;
 use runner::{Due, Runner};
-
-/// State the HTTP endpoints read: the plans, the node facts, sync counts, health.
-#[derive(Default)]
-pub struct Shared {
-    pub plans: RwLock<Plans>,
-    pub node: RwLock<NodeFacts>,
-    pub full_syncs: AtomicU64,
-    pub partial_syncs: AtomicU64,
-    pub health: ProxyHealth,
-    /// The quarantined (service port, family) pairs, for `/debug/state`.
-    pub quarantined: RwLock<BTreeMap<quarantine::Unit, quarantine::Quarantined>>,
-}
 
 /// How a sync loop is set up.
 pub struct Syncer {

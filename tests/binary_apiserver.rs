@@ -23,7 +23,7 @@ fn port(name: &str) -> String {
 }
 
 fn verdict(state: &Value, name: &str) -> String {
-    state["servicePorts"][port(name)]["plan"]["internal"]["verdict"]
+    state["servicePorts"][port(name)]["plan"]["families"][0]["internal"]["verdict"]
         .as_str()
         .unwrap_or("<none>")
         .to_string()

@@ -174,7 +174,7 @@ async fn binary_serves_a_manifests_directory_through_changes_breakage_and_delete
     assert_eq!(rejected(&metrics, "bad_ip"), 1.0);
     let state = kproxy.state().await.unwrap();
     assert_eq!(
-        state["servicePorts"][port("api")]["plan"]["internal"]["verdict"],
+        state["servicePorts"][port("api")]["plan"]["families"][0]["internal"]["verdict"],
         "endpoints"
     );
     let full = support::metric(

@@ -11,7 +11,9 @@ use std::fmt;
 
 use super::iptables::RestoreError;
 use super::ipvs::kernel::KernelError;
+use super::ipvs::socket::SocketError;
 use super::nft::transport::NftError;
+use super::process::RunError;
 
 /// The step of a backend that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,12 +186,47 @@ pub fn message_class(message: &str) -> Class {
 
 fn classify(cause: &Cause) -> Class {
     match cause {
-        Cause::Nft(e) => super::nft::transport::class(e),
-        Cause::Iptables(e) => e.class(),
-        Cause::Ipvs(e) => e.class(),
+        Cause::Nft(e) => nft_class(e),
+        Cause::Iptables(e) => iptables_class(e),
+        Cause::Ipvs(e) => ipvs_class(e),
         Cause::NotLoaded => Class::Resync,
         Cause::Injected(m) => message_class(m),
     }
+}
+
+fn nft_class(e: &NftError) -> Class {
+    match e {
+        NftError::Spawn { .. } | NftError::LibraryUnavailable(_) | NftError::Netns(..) => {
+            Class::Fatal
+        }
+        NftError::ApplyRefused { stderr, .. } => message_class(stderr),
+        NftError::Injected(m) => message_class(m),
+        _ => Class::Resync,
+    }
+}
+
+fn iptables_class(e: &RestoreError) -> Class {
+    match e {
+        RestoreError::Run {
+            source: RunError::Spawn(_),
+            ..
+        } => Class::Fatal,
+        RestoreError::Refused { message, .. } => message_class(message),
+        _ => Class::Resync,
+    }
+}
+
+fn ipvs_class(e: &KernelError) -> Class {
+    let errno = match e {
+        KernelError::Ipvs(SocketError::NoIpvs) => return Class::Fatal,
+        KernelError::Ipvs(SocketError::Netlink(e)) => e.errno(),
+        KernelError::Ipvs(SocketError::Resolve(_)) => None,
+        KernelError::Link(e) => e.conn().errno(),
+        KernelError::Nft(e) => return nft_class(e),
+        KernelError::Sysctl { source, .. } => source.raw_os_error(),
+        KernelError::Injected(m) => return message_class(m),
+    };
+    errno.map_or(Class::Resync, errno_class)
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@ use super::process::run_piped;
 
 /// kproxy's iptables chain and ipset prefix.
 pub const PREFIX: &str = "KPROXY-";
-/// The dummy interface the IPVS mode binds service IPs to.
-pub const IPVS_LINK: &str = "kproxy-ipvs0";
+pub use crate::node::IPVS_LINK;
 
 /// Why removing leftovers failed, named after the failing step.
 #[derive(Debug, thiserror::Error)]
@@ -204,8 +203,7 @@ pub fn remove_ipsets_prefixed(prefix: &str) -> Result<(), LeftoverError> {
     Ok(())
 }
 
-/// Upstream kube-proxy's IPVS dummy interface.
-pub const UPSTREAM_IPVS_LINK: &str = "kube-ipvs0";
+pub use super::ipvs::cleanup::UPSTREAM_IPVS_LINK;
 
 /// `--cleanup-kube-proxy`: removes what upstream kube-proxy leaves on a node, so that it and
 /// kproxy never both program it: its iptables chains (both variants, both families), its

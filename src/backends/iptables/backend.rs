@@ -17,10 +17,10 @@ use super::adopt;
 use super::compile::{compile, compile_port};
 use super::probe::{self, Snapshot};
 use super::restore::{Mirror, Restore, diff_full, diff_partial};
+use super::restore_error::RestoreError;
 use super::variant::Variant;
-use crate::backends::error::{Class, Step, message_class};
-use crate::backends::leftovers::LeftoverError;
-use crate::backends::process::{RunError, run_piped};
+use crate::backends::error::Step;
+use crate::backends::process::run_piped;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
 use crate::node::NodeFacts;
@@ -31,36 +31,6 @@ pub const PROBE_PERIOD: Duration = Duration::from_millis(300);
 
 /// The sysctl that lets DNAT send 127.0.0.0/8 traffic off the loopback (localhost NodePorts).
 const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
-
-/// Why an iptables tool failed, named after the step.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    #[error("running {program}: {source}")]
-    Run { program: String, source: RunError },
-    /// `iptables-restore` refused its input; `message` is what it printed.
-    #[error("{program}: {message}")]
-    Refused { program: String, message: String },
-    /// `iptables-save` failed.
-    #[error("{program}: {message}")]
-    Save { program: String, message: String },
-    #[error(transparent)]
-    Probe(#[from] probe::ProbeError),
-    #[error(transparent)]
-    Cleanup(#[from] LeftoverError),
-}
-
-impl RestoreError {
-    pub fn class(&self) -> Class {
-        match self {
-            RestoreError::Run {
-                source: RunError::Spawn(_),
-                ..
-            } => Class::Fatal,
-            RestoreError::Refused { message, .. } => message_class(message),
-            _ => Class::Resync,
-        }
-    }
-}
 
 pub struct IptablesBackend {
     config: BackendConfig,

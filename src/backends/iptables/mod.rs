@@ -14,9 +14,11 @@ pub mod fixed;
 pub mod names;
 pub mod probe;
 pub mod restore;
+pub mod restore_error;
 pub mod variant;
 
-pub use backend::{IptablesBackend, RestoreError};
+pub use backend::IptablesBackend;
+pub use restore_error::RestoreError;
 pub use variant::{Variant, VariantChoice};
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ use super::netlink::{Cmd, IpvsMessage};
 use super::socket::SocketError;
 use crate::model::IpFamily;
 
+/// Upstream kube-proxy's IPVS dummy interface.
+pub const UPSTREAM_IPVS_LINK: &str = "kube-ipvs0";
+
 /// Whose leftovers a cleanup removes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Owner {
@@ -96,7 +99,7 @@ pub fn remove_leftovers() -> Result<(), KernelError> {
 pub fn remove_upstream() -> Result<(), KernelError> {
     let mut kernel = super::kernel::LiveKernel::for_link(
         crate::backends::nft::Nft::detect(false),
-        crate::backends::leftovers::UPSTREAM_IPVS_LINK,
+        UPSTREAM_IPVS_LINK,
     );
     remove_owned(
         &mut kernel,

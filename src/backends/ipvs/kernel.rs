@@ -13,10 +13,10 @@ use super::conn::ConnError;
 use super::link::{self, DummyLink, LinkError};
 use super::netlink::{DestState, IpvsMessage, ServiceKey, VirtualServer};
 use super::socket::{IpvsSocket, SocketError};
-use crate::backends::leftovers::IPVS_LINK;
 use crate::backends::nft::Nft;
 use crate::backends::nft::transport::{NftError, Transport};
 use crate::model::IpFamily;
+use crate::node::IPVS_LINK;
 
 /// Why a kernel step failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,21 +45,6 @@ impl KernelError {
             }
             _ => None,
         }
-    }
-
-    /// What the sync loop does about it (`backends::error`).
-    pub fn class(&self) -> crate::backends::error::Class {
-        use crate::backends::error::{Class, errno_class, message_class};
-        let errno = match self {
-            KernelError::Ipvs(SocketError::NoIpvs) => return Class::Fatal,
-            KernelError::Ipvs(SocketError::Netlink(e)) => e.errno(),
-            KernelError::Ipvs(SocketError::Resolve(_)) => None,
-            KernelError::Link(e) => e.conn().errno(),
-            KernelError::Nft(e) => return crate::backends::nft::transport::class(e),
-            KernelError::Sysctl { source, .. } => source.raw_os_error(),
-            KernelError::Injected(m) => return message_class(m),
-        };
-        errno.map_or(Class::Resync, errno_class)
     }
 
     /// Whether IPVS refused because an object is there that kproxy believed absent, or the

@@ -9,8 +9,8 @@ use std::fmt::Write;
 
 use super::compile::{PortState, Server};
 use super::netlink::ServiceKey;
-use crate::backends::leftovers::IPVS_LINK;
 use crate::model::Protocol;
+use crate::node::IPVS_LINK;
 
 fn flag(p: Protocol) -> &'static str {
     match p {

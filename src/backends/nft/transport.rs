@@ -214,16 +214,3 @@ impl Transport for FakeTransport {
 #[cfg(test)]
 #[path = "transport_tests.rs"]
 pub(crate) mod tests;
-
-/// What the sync loop does about `e` (`backends::error`).
-pub fn class(e: &NftError) -> crate::backends::error::Class {
-    use crate::backends::error::{Class, message_class};
-    match e {
-        NftError::Spawn { .. } | NftError::LibraryUnavailable(_) | NftError::Netns(..) => {
-            Class::Fatal
-        }
-        NftError::ApplyRefused { stderr, .. } => message_class(stderr),
-        NftError::Injected(m) => message_class(m),
-        _ => Class::Resync,
-    }
-}

@@ -87,7 +87,7 @@ impl IpvsBackend {
         if !self.kernel.link_present().map_err(probe)? {
             return Ok(Some(format!(
                 "the dummy interface {} is gone",
-                crate::backends::leftovers::IPVS_LINK
+                crate::node::IPVS_LINK
             )));
         }
         if let Some(ip) = self.mirror.addresses.keys().next().copied()
@@ -95,7 +95,7 @@ impl IpvsBackend {
         {
             return Ok(Some(format!(
                 "{ip} is no longer bound to {}",
-                crate::backends::leftovers::IPVS_LINK
+                crate::node::IPVS_LINK
             )));
         }
         if let Some(key) = self.mirror.servers.keys().next().copied()

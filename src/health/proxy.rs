@@ -1,0 +1,60 @@
+//! Upstream's ProxyHealthServer state: the oldest update queued and not yet applied, and the
+//! last successful sync; `/healthz` is unhealthy when an update waited past the timeout.
+//!
+//! Invariants: the oldest queued update counts (a later one does not reset it); every method
+//! takes the lock for a few instructions only.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+/// Upstream's ProxyHealthServer state: the oldest queued-but-unapplied update and the last
+/// successful sync.
+#[derive(Debug)]
+pub struct ProxyHealth {
+    timeout: Duration,
+    inner: Mutex<HealthInner>,
+}
+
+#[derive(Debug, Default)]
+struct HealthInner {
+    oldest_queued: Option<Instant>,
+    last_updated: Option<SystemTime>,
+}
+
+impl Default for ProxyHealth {
+    fn default() -> Self {
+        ProxyHealth::new(Duration::from_secs(60))
+    }
+}
+
+impl ProxyHealth {
+    /// `timeout` is 2 × sync-period.
+    pub fn new(timeout: Duration) -> Self {
+        ProxyHealth {
+            timeout,
+            inner: Mutex::new(HealthInner::default()),
+        }
+    }
+
+    /// An update was queued (kept if one is already waiting: the oldest counts).
+    pub fn queued(&self) {
+        let mut i = self.inner.lock().expect("health lock");
+        i.oldest_queued.get_or_insert_with(Instant::now);
+    }
+
+    /// Every queued update has been applied.
+    pub fn updated(&self) {
+        let mut i = self.inner.lock().expect("health lock");
+        i.oldest_queued = None;
+        i.last_updated = Some(SystemTime::now());
+    }
+
+    /// Healthy, and the last successful sync.
+    pub fn status(&self) -> (bool, Option<SystemTime>) {
+        let i = self.inner.lock().expect("health lock");
+        let healthy = i.oldest_queued.is_none_or(|q| q.elapsed() < self.timeout);
+        (healthy, i.last_updated)
+    }
+}
