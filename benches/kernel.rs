@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
-use kproxy::backends::nft::transport::FakeTransport;
+use kproxy::backends::nft::fake_transport::FakeTransport;
 use kproxy::backends::nft::transport::Transport;
 use kproxy::backends::nft::{Nft, NftBackend, NftCli, NftLib};
 use kproxy::backends::{Backend, Plans};

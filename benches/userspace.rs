@@ -16,7 +16,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kproxy::backends::nft::NftBackend;
 use kproxy::backends::nft::diff::{Mirror, Parts, Scope, diff};
-use kproxy::backends::nft::transport::FakeTransport;
+use kproxy::backends::nft::fake_transport::FakeTransport;
 use kproxy::sync::runner::Due;
 use kproxy::sync::{Shared, Syncer};
 

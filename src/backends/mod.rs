@@ -8,6 +8,7 @@
 //! `cleanup` removes everything kproxy ever created in this mode.
 
 pub mod error;
+#[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 #[cfg(test)]
 mod family_tests;

@@ -20,6 +20,7 @@ pub mod socket;
 
 #[cfg(test)]
 mod backend_tests;
+#[cfg(any(test, feature = "fakes"))]
 pub mod fake_kernel;
 #[cfg(test)]
 mod live_tests;

@@ -7,6 +7,8 @@
 pub mod backend;
 pub mod compile;
 pub mod diff;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fake_transport;
 pub mod libnft;
 pub mod netlink;
 pub mod reconcile;

@@ -1,5 +1,5 @@
 //! How transactions reach the kernel: a narrow `Transport` trait, `NftCli` (runs `nft -f -` with
-//! the script on stdin and nft's stderr captured into the error), and `FakeTransport` for tests.
+//! the script on stdin and nft's stderr captured into the error), (`fake_transport.rs` records instead, for tests and benches).
 //! libnftables in-process (`NftLib`, the default) is in `libnft.rs`.
 //!
 //! Invariants: a transport applies a script atomically or not at all (nft's `-f` is one
@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 
 use super::skeleton::TABLE;
 use super::transaction::family_name;
@@ -150,64 +149,6 @@ impl Transport for NftCli {
         crate::netns::run_in(&ns, move || super::netlink::rule_counts(family))
             .map_err(|e| NftError::Netns(ns, e))?
             .map_err(NftError::from)
-    }
-}
-
-/// What a `FakeTransport` saw and holds.
-#[derive(Debug, Default)]
-pub struct FakeState {
-    /// Every script applied successfully, in order.
-    pub applied: Vec<String>,
-    /// Fail this many upcoming applies (the script is not recorded).
-    pub fail_next: usize,
-    /// What `list_table` returns for (ip, ip6).
-    pub tables: (Option<String>, Option<String>),
-    /// How many times `list_table` was called.
-    pub lists: usize,
-    /// What `rule_counts` returns for (ip, ip6); tests set it to simulate the kernel.
-    pub rule_counts: (BTreeMap<String, usize>, BTreeMap<String, usize>),
-}
-
-/// A recording transport; clone it to keep a handle in the test.
-#[derive(Clone, Debug, Default)]
-pub struct FakeTransport {
-    pub state: Arc<Mutex<FakeState>>,
-}
-
-impl FakeTransport {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, FakeState>, NftError> {
-        self.state
-            .lock()
-            .map_err(|_| NftError::Injected("poisoned fake transport".into()))
-    }
-}
-
-impl Transport for FakeTransport {
-    fn apply(&mut self, script: &str) -> Result<(), NftError> {
-        let mut s = self.lock()?;
-        if s.fail_next > 0 {
-            s.fail_next -= 1;
-            return Err(NftError::Injected("apply refused".into()));
-        }
-        s.applied.push(script.to_string());
-        Ok(())
-    }
-
-    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError> {
-        let mut s = self.lock()?;
-        s.lists += 1;
-        Ok(match family {
-            IpFamily::V4 => s.tables.0.clone(),
-            IpFamily::V6 => s.tables.1.clone(),
-        })
-    }
-
-    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError> {
-        let s = self.lock()?;
-        Ok(match family {
-            IpFamily::V4 => s.rule_counts.0.clone(),
-            IpFamily::V6 => s.rule_counts.1.clone(),
-        })
     }
 }
 
