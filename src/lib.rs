@@ -12,4 +12,6 @@ pub mod nfnetlink;
 pub mod node;
 pub mod state;
 pub mod sync;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod watch;

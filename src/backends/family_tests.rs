@@ -4,8 +4,8 @@
 
 use super::Plans;
 use super::ipvs::compile::{IpvsSettings, compile_port as ipvs_port};
-use super::nft::tests::{add, config, ep, ip, name, node};
 use crate::model::{IpFamily, Protocol, ServicePort, ServiceType};
+use crate::testing::{add, config, ep, ip, name, node};
 
 /// Everything each mode programs in `family` for `plans`, as text (empty: nothing).
 fn programmed(plans: &Plans, family: IpFamily) -> [String; 3] {

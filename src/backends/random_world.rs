@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::backends::Plans;
-use crate::backends::nft::tests::{add, name};
 use crate::model::{Endpoint, Protocol, ServicePort, ServicePortName, ServiceType, TrafficPolicy};
+use crate::testing::{add, name};
 
 pub(crate) struct Rng(pub(crate) u64);
 

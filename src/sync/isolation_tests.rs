@@ -140,7 +140,7 @@ async fn nftables_programs_999_of_1000_when_the_kernel_refuses_one() {
     use crate::backends::nft::fake_kernel::FakeKernel;
     let kernel = FakeKernel::new();
     kernel.with(|k| k.poison = Some(format!("{} . tcp . 80", vip(BAD))));
-    let backend = NftBackend::new(crate::backends::nft::tests::config(), kernel.clone());
+    let backend = NftBackend::new(crate::testing::config(), kernel.clone());
     let listing = move || kernel.listing(IpFamily::V4).unwrap_or_default();
     let l2 = listing.clone();
     one_refused_among_a_thousand(
@@ -157,11 +157,8 @@ async fn ipvs_programs_999_of_1000_when_the_kernel_refuses_one() {
     use crate::backends::ipvs::fake_kernel::FakeKernel;
     let kernel = FakeKernel::default();
     kernel.state().poison = Some(vip(BAD));
-    let backend = IpvsBackend::new(
-        &crate::backends::nft::tests::config(),
-        Box::new(kernel.clone()),
-    )
-    .with_families(vec![IpFamily::V4]);
+    let backend = IpvsBackend::new(&crate::testing::config(), Box::new(kernel.clone()))
+        .with_families(vec![IpFamily::V4]);
     let k2 = kernel.clone();
     one_refused_among_a_thousand(
         Box::new(backend),

@@ -13,10 +13,10 @@ use super::IptablesBackend;
 use super::adopt;
 use super::compile::{FamilyRules, PortRules, compile};
 use super::variant::Variant;
-use crate::backends::nft::tests::{cluster_ips, config, external, name, node};
 use crate::backends::nft::transport::tests::Netns;
 use crate::backends::{Backend, BackendConfig, Plans};
 use crate::model::{IpFamily, Protocol};
+use crate::testing::{cluster_ips, config, external, name, node};
 
 fn iptables_config() -> BackendConfig {
     BackendConfig {

@@ -4,7 +4,7 @@
 //! long randomized sequence of partial syncs (and its replay through real iptables-nft and
 //! iptables-legacy, root only) is in `fake_kernel/random_tests.rs`.
 //!
-//! Invariants: the node is `nft::tests::node()` (`node-a`, 192.168.0.2 / fd00::2) and the
+//! Invariants: the node is `testing::node()` (`node-a`, 192.168.0.2 / fd00::2) and the
 //! configuration that of the golden files (`iptables_config`); `expected` derives a packet's
 //! fate from the plans alone (never from compile), so traces check compile, diff and the fake
 //! together; every assertion prints the packet's paths when it fails.
@@ -23,10 +23,10 @@ use std::net::{IpAddr, SocketAddr};
 use super::adopt;
 use super::compile::{Table, compile};
 use super::fake_kernel::{FakeIptables, Fate, Outcome, Packet};
-use crate::backends::nft::tests::{add, cluster_ips, config, external, ip, name, node};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::Targets;
 use crate::model::{IpFamily, Protocol, ServicePort, ServiceType};
+use crate::testing::{add, cluster_ips, config, external, ip, name, node};
 
 const CLUSTER_IPS: &str = include_str!("golden/cluster_ips.rules");
 const EXTERNAL: &str = include_str!("golden/external.rules");
@@ -369,7 +369,7 @@ fn a_pod_on_an_etp_local_node_port_without_endpoints_in_its_family_is_rejected()
     add(
         &mut plans,
         np,
-        vec![crate::backends::nft::tests::ep("10.0.2.1", 80, "node-b")],
+        vec![crate::testing::ep("10.0.2.1", 80, "node-b")],
     );
     let mut cfg = iptables_config();
     cfg.cluster_cidrs.push("fd10::/64".parse().unwrap());

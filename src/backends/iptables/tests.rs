@@ -2,7 +2,7 @@
 //! size of partial restores, and real-kernel checks that both iptables variants accept the
 //! ruleset and that adoption is idempotent.
 //!
-//! Invariants: fixtures are the nftables backend's (`nft::tests`), so both backends are pinned
+//! Invariants: fixtures are the shared ones (`crate::testing`), so both backends are pinned
 //! on the same plans; golden files live in `golden/` and are rewritten when KPROXY_BLESS=1.
 
 use std::collections::BTreeSet;
@@ -10,11 +10,9 @@ use std::collections::BTreeSet;
 use super::adopt;
 use super::compile::{Table, compile, compile_port};
 use super::restore::{Mirror, diff_partial};
-use crate::backends::nft::tests::{
-    add, cluster_ips, config, ep, external, ip, name, node, services,
-};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::{IpFamily, Protocol, ServicePort};
+use crate::testing::{add, cluster_ips, config, ep, external, ip, name, node, services};
 
 fn iptables_config() -> BackendConfig {
     BackendConfig {
@@ -38,7 +36,7 @@ fn fresh_load(plans: &Plans) -> String {
 }
 
 fn golden(file: &str, actual: &str) {
-    crate::backends::nft::tests::golden_in("src/backends/iptables/golden", file, actual);
+    crate::testing::golden_in("src/backends/iptables/golden", file, actual);
 }
 
 #[test]

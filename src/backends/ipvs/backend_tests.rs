@@ -6,11 +6,9 @@ use std::collections::BTreeSet;
 use super::IpvsBackend;
 use super::fake_kernel::{FakeKernel, FakeState};
 use super::netlink::{DestKey, ServiceKey};
-use crate::backends::nft::tests::{
-    add, cluster_ips, config, ep, external, ip, name, node, services,
-};
 use crate::backends::{Backend, Plans};
 use crate::model::{IpFamily, Protocol, ServicePort, ServicePortName};
+use crate::testing::{add, cluster_ips, config, ep, external, ip, name, node, services};
 
 fn backend(kernel: &FakeKernel) -> IpvsBackend {
     IpvsBackend::new(&config(), Box::new(kernel.clone()))

@@ -15,10 +15,10 @@ use super::kernel::LiveKernel;
 use super::netlink::{ServiceKey, VirtualServer};
 use super::socket::IpvsSocket;
 use crate::backends::nft::Nft;
-use crate::backends::nft::tests::{add, cluster_ips, config, ep, external, ip, name, node};
 use crate::backends::nft::transport::tests::Netns;
 use crate::backends::{Backend, Plans};
 use crate::model::Protocol;
+use crate::testing::{add, cluster_ips, config, ep, external, ip, name, node};
 
 /// A fresh namespace with `lo` up and the node's addresses of `node()` (192.168.0.2, fd00::2)
 /// on it, as a node has them. (IPVS refuses a destination with EINVAL while a namespace has no

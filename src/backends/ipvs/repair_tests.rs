@@ -7,9 +7,9 @@
 use super::IpvsBackend;
 use super::fake_kernel::{FakeKernel, FakeState};
 use super::netlink::{DestKey, ServiceKey, VirtualServer};
-use crate::backends::nft::tests::{add, cluster_ips, config, ep, external, ip, name, node};
 use crate::backends::{Backend, Plans};
 use crate::model::{IpFamily, Protocol};
+use crate::testing::{add, cluster_ips, config, ep, external, ip, name, node};
 
 fn backend(kernel: &FakeKernel) -> IpvsBackend {
     IpvsBackend::new(&config(), Box::new(kernel.clone()))

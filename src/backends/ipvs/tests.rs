@@ -6,9 +6,9 @@
 use super::IpvsBackend;
 use super::compile::{IpvsSettings, compile_port};
 use super::fake_kernel::FakeKernel;
-use crate::backends::nft::tests::{cluster_ips, config, external, golden_in, nft_accepts, node};
 use crate::backends::{Backend, Plans};
 use crate::model::IpFamily;
+use crate::testing::{cluster_ips, config, external, golden_in, nft_accepts, node};
 
 fn backend() -> IpvsBackend {
     IpvsBackend::new(&config(), Box::new(FakeKernel::default()))
@@ -49,7 +49,7 @@ fn a_local_policy_node_port_without_local_endpoints_has_servers_but_drops() {
     eps.retain(|e| e.node_name.as_deref() != Some("node-a"));
     let port = lb.port.clone();
     plans.clear();
-    crate::backends::nft::tests::add(&mut plans, port, eps);
+    crate::testing::add(&mut plans, port, eps);
     let p = plans.values().next().unwrap();
     let settings = IpvsSettings::from_config(&config());
     let st = compile_port(p, &node(), &settings);
@@ -95,7 +95,7 @@ fn loopback_and_link_local_addresses_get_no_node_port_servers() {
     let mut port = np.port.clone();
     port.cluster_ips.push("fd96::2".parse().unwrap());
     let mut plans = Plans::new();
-    crate::backends::nft::tests::add(&mut plans, port, np.endpoints.clone());
+    crate::testing::add(&mut plans, port, np.endpoints.clone());
     let np = plans.values().next().unwrap();
     let st = compile_port(np, &n, &IpvsSettings::from_config(&config()));
     let mut addrs: Vec<String> = st

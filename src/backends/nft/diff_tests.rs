@@ -8,10 +8,10 @@ use std::net::IpAddr;
 
 use super::compile::compile;
 use super::diff::{Mirror, Parts, Scope, diff, transaction};
-use super::tests::{add, cluster_ips, config, ep, external, name, node};
 use super::transaction::{DynChain, Op, Transaction, skeleton};
 use crate::backends::Plans;
 use crate::model::{IpFamily, Protocol, ServicePort, ServicePortName};
+use crate::testing::{add, cluster_ips, config, ep, external, name, node};
 
 /// `n` ClusterIP Services with `eps` endpoints each.
 pub(super) fn many(n: u32, eps: u32) -> Plans {

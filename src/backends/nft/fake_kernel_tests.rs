@@ -20,11 +20,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::NftBackend;
 use super::fake_kernel::{FakeKernel, Outcome, Packet, Table, Tables, Trace};
-use super::tests::{add, cluster_ips, ep, external, ip, name, node};
 use crate::backends::{Backend, BackendConfig, Plans};
 use crate::model::plan::{FamilyPlan, Targets};
 use crate::model::{IpFamily, Protocol, ServicePort, ServiceType, TrafficPolicy};
 use crate::node::NodeFacts;
+use crate::testing::{add, cluster_ips, ep, external, ip, name, node};
 
 /// Cluster CIDRs in both families, so pod traffic is recognised in both.
 pub(super) fn config() -> BackendConfig {

@@ -8,10 +8,10 @@
 
 use super::{Nft, NftLib};
 use crate::backends::nft::diff::{Mirror, Parts, Scope, transaction};
-use crate::backends::nft::tests::{cluster_ips, config, external, node};
 use crate::backends::nft::transport::tests::Netns;
 use crate::backends::nft::transport::{NftError, Transport};
 use crate::model::IpFamily;
+use crate::testing::{cluster_ips, config, external, node};
 
 fn lib(ns: &Netns) -> NftLib {
     NftLib::in_netns(&ns.name).unwrap_or_else(|e| panic!("libnftables must load here: {e}"))

@@ -12,11 +12,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use super::backend::NftBackend;
-use super::tests::{add, ep, ip, name, node};
 use super::transport::NftCli;
 use super::transport::tests::Netns;
 use crate::backends::{Backend, BackendConfig, Plans};
 use crate::model::{Protocol, ServicePort};
+use crate::testing::{add, ep, ip, name, node};
 
 const SERVER: &str = r#"
 import socket, sys, threading

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use super::{NftCli, NftError, Transport};
 use crate::backends::nft::diff::{Mirror, Parts, Scope, transaction};
-use crate::backends::nft::tests::{cluster_ips, config, external, node};
 use crate::model::IpFamily;
+use crate::testing::{cluster_ips, config, external, node};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 

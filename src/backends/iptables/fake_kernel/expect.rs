@@ -2,7 +2,7 @@
 //! packet's fate derived from the plans alone (never from compile), plus the probe packets of
 //! a set of service ports.
 //!
-//! Invariants: the node is `nft::tests::node()` (`node-a`, 192.168.0.2 / fd00::2), the
+//! Invariants: the node is `testing::node()` (`node-a`, 192.168.0.2 / fd00::2), the
 //! configuration that of the golden files; every assertion prints the packet's paths.
 
 use super::*;

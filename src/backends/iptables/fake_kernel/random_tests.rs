@@ -26,11 +26,11 @@ use super::super::fake_kernel::{FakeIptables, Fate, Packet};
 use super::super::restore::{Mirror, diff_full, diff_partial};
 use super::{expected, probes, same_fates};
 use crate::backends::iptables::variant::Variant;
-use crate::backends::nft::tests::node;
 use crate::backends::nft::transport::tests::Netns;
 use crate::backends::process::run_piped;
 use crate::backends::{BackendConfig, Plans};
 use crate::model::{IpFamily, ServicePort, ServicePortName};
+use crate::testing::node;
 
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 const STEPS: usize = 300;
@@ -47,7 +47,7 @@ fn random_config() -> BackendConfig {
     BackendConfig {
         cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap(), "fd10::/64".parse().unwrap()],
         localhost_nodeports: true,
-        ..crate::backends::nft::tests::config()
+        ..crate::testing::config()
     }
 }
 

@@ -14,9 +14,9 @@ use crate::backends::nft::fake_kernel_tests::{
     assert_same_state, assert_traces_match_plans, config, loaded, packets,
 };
 use crate::backends::nft::reconcile::parse_listing;
-use crate::backends::nft::tests::{add, cluster_ips, ep, external, ip, name, node};
 use crate::backends::{Backend, Plans};
 use crate::model::{IpFamily, Protocol, ServicePort, ServiceType};
+use crate::testing::{add, cluster_ips, ep, external, ip, name, node};
 
 const BASE: &str = "add table ip kproxy
 add map ip kproxy services { type ipv4_addr . inet_proto . inet_service : verdict; }

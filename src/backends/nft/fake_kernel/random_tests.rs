@@ -18,10 +18,10 @@ use crate::backends::nft::fake_kernel_tests::{
     assert_same_state, config, expected, loaded, min_ops, packets_of_all,
 };
 use crate::backends::nft::reconcile::parse_listing;
-use crate::backends::nft::tests::node;
 use crate::backends::nft::transport::tests::Netns;
 use crate::backends::nft::transport::{NftCli, Transport};
 use crate::model::IpFamily;
+use crate::testing::node;
 
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 const STEPS: usize = 300;
