@@ -25,6 +25,8 @@ pub mod fake_kernel;
 #[cfg(test)]
 mod live_tests;
 #[cfg(test)]
+mod random_tests;
+#[cfg(test)]
 mod repair_tests;
 #[cfg(test)]
 mod tests;

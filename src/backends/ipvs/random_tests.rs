@@ -1,0 +1,258 @@
+//! A long randomized (seeded, deterministic) sequence of plan changes from
+//! `backends::random_world` (the world the nftables and iptables backends' random tests use)
+//! applied through `sync_partial` on one IPVS fake kernel, checked after every step: the kernel
+//! holds exactly what a fresh full sync programs (servers, live destinations, addresses,
+//! companion elements), and every packet to every service address, old and new, meets in the
+//! fake kernel (its virtual servers and companion sets, traced here) what the plans say.
+//!
+//! Invariants: the oracle (`expected`) reads only the plans and the node, never the backend's
+//! compile; a failure replays from its step number.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use super::IpvsBackend;
+use super::compile::serves_nodeports;
+use super::fake_kernel::{FakeKernel, FakeState};
+use super::netlink::ServiceKey;
+use crate::backends::random_world::World;
+use crate::backends::{Backend, Plans};
+use crate::model::plan::Targets;
+use crate::model::{IpFamily, Protocol};
+use crate::node::NodeFacts;
+use crate::testing::{config, ip, node};
+
+const SEED: u64 = 0x2545_f491_4f6c_dd1d;
+const STEPS: usize = 300;
+
+/// What happens to a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Sent to one of these destinations.
+    Dnat(BTreeSet<(IpAddr, u16)>),
+    Reject,
+    Drop,
+    NotAService,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Packet {
+    saddr: IpAddr,
+    daddr: IpAddr,
+    proto: Protocol,
+    dport: u16,
+}
+
+fn fate(t: &Targets) -> Fate {
+    match t {
+        Targets::Endpoints(eps) => Fate::Dnat(eps.iter().map(|e| (e.ip, e.port)).collect()),
+        Targets::Reject => Fate::Reject,
+        Targets::Drop => Fate::Drop,
+    }
+}
+
+/// What the plans say happens to `p` in IPVS mode (whose eTP=Local traffic from pods and the
+/// node uses the local endpoints too, as upstream's).
+fn expected(plans: &Plans, node: &NodeFacts, p: &Packet) -> Fate {
+    for planned in plans.values() {
+        let port = &planned.port;
+        let Some(fp) = planned.plan.family(IpFamily::of(&p.daddr)) else {
+            continue;
+        };
+        if port.name.protocol != p.proto {
+            continue;
+        }
+        if port.port == p.dport && fp.cluster_ips.contains(&p.daddr) {
+            return fate(&fp.internal);
+        }
+        let Some(ext) = &fp.external else { continue };
+        let lb = fp.load_balancer_ips.contains(&p.daddr);
+        if port.port == p.dport && (lb || fp.external_ips.contains(&p.daddr)) {
+            let admitted = |r: &Vec<ipnet::IpNet>| r.iter().any(|r| r.contains(&p.saddr));
+            if lb && fp.source_ranges.as_ref().is_some_and(|r| !admitted(r)) {
+                return Fate::Drop;
+            }
+            return fate(ext);
+        }
+        if fp.node_port == Some(p.dport)
+            && node.nodeport_ips.contains(&p.daddr)
+            && serves_nodeports(&p.daddr)
+        {
+            return fate(ext);
+        }
+    }
+    Fate::NotAService
+}
+
+/// What the fake kernel does with `p`: the companion sets first (hooked before IPVS), then the
+/// virtual server (none: not a service; no live destination: IPVS's own ICMP, a reject).
+fn trace(s: &FakeState, p: &Packet) -> Fate {
+    let family = if p.daddr.is_ipv4() { "ip" } else { "ip6" };
+    let triple = format!("{} . {} . {}", p.daddr, p.proto.lower(), p.dport);
+    let has = |set: &str| {
+        s.elements
+            .contains(&(family.to_string(), set.to_string(), triple.clone()))
+    };
+    if has("firewall") {
+        let prefix = format!("{triple} . ");
+        let admitted = s.elements.iter().any(|(f, set, key)| {
+            f == family
+                && set == "firewall-allow"
+                && key
+                    .strip_prefix(&prefix)
+                    .and_then(|r| r.parse::<ipnet::IpNet>().ok())
+                    .is_some_and(|r| r.contains(&p.saddr))
+        });
+        if !admitted {
+            return Fate::Drop;
+        }
+    }
+    if has("dropped") {
+        return Fate::Drop;
+    }
+    if has("rejected") && p.proto == Protocol::Tcp {
+        return Fate::Reject;
+    }
+    let key = ServiceKey {
+        addr: p.daddr,
+        protocol: p.proto,
+        port: p.dport,
+    };
+    match s.services.get(&key) {
+        None => Fate::NotAService,
+        Some((_, dests)) => {
+            let live: BTreeSet<(IpAddr, u16)> = dests
+                .values()
+                .filter(|d| d.weight > 0)
+                .map(|d| (d.key.addr, d.key.port))
+                .collect();
+            if live.is_empty() {
+                Fate::Reject
+            } else {
+                Fate::Dnat(live)
+            }
+        }
+    }
+}
+
+/// Every packet that can hit a service address of `plans`, from a few sources per family (in
+/// and out of the source ranges the random world uses, a pod, the node).
+fn packets(plans: &Plans, node: &NodeFacts) -> Vec<Packet> {
+    let sources = |v4: bool| -> Vec<IpAddr> {
+        let list: [&str; 4] = if v4 {
+            ["203.0.113.9", "192.0.2.200", "10.0.5.5", "192.168.0.2"]
+        } else {
+            ["2001:db8:ffff::9", "2001:db8:aaaa::9", "fd10::5", "fd00::2"]
+        };
+        list.iter().map(|s| ip(s)).collect()
+    };
+    let mut out = Vec::new();
+    for planned in plans.values() {
+        let (proto, port) = (planned.port.name.protocol, planned.port.port);
+        for fp in &planned.plan.families {
+            let mut targets: Vec<(IpAddr, u16)> = fp
+                .cluster_ips
+                .iter()
+                .chain(&fp.external_ips)
+                .chain(&fp.load_balancer_ips)
+                .map(|a| (*a, port))
+                .collect();
+            // The NodePort on every node address, of both families: one of a family the
+            // Service lacks must meet nothing.
+            if let Some(np) = fp.node_port {
+                targets.extend(node.nodeport_ips.iter().map(|a| (*a, np)));
+            }
+            for (daddr, dport) in targets {
+                for saddr in sources(daddr.is_ipv4()) {
+                    out.push(Packet {
+                        saddr,
+                        daddr,
+                        proto,
+                        dport,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn backend(kernel: &FakeKernel) -> IpvsBackend {
+    IpvsBackend::new(&config(), Box::new(kernel.clone()))
+        .with_families(vec![IpFamily::V4, IpFamily::V6])
+}
+
+/// The kernel's servers with their live destinations, addresses and elements.
+type Held = (
+    BTreeMap<ServiceKey, BTreeSet<(IpAddr, u16)>>,
+    BTreeSet<IpAddr>,
+    BTreeSet<(String, String, String)>,
+);
+
+fn held(s: &FakeState) -> Held {
+    let servers = s
+        .services
+        .iter()
+        .map(|(k, (_, dests))| {
+            let live = dests
+                .values()
+                .filter(|d| d.weight > 0)
+                .map(|d| (d.key.addr, d.key.port))
+                .collect();
+            (*k, live)
+        })
+        .collect();
+    (servers, s.addresses.clone(), s.elements.clone())
+}
+
+#[test]
+fn a_long_random_sequence_of_partial_syncs_matches_a_fresh_full_sync_and_the_plans() {
+    let mut world = World::new(SEED);
+    let mut plans = world.plans();
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&plans, &node()).unwrap();
+    let mut checked = 0usize;
+    for step in 0..STEPS {
+        let (changed, what) = world.step();
+        let old = std::mem::replace(&mut plans, world.plans());
+        if let Err(e) = b.sync_partial(&plans, &changed, &node()) {
+            panic!("step {step} ({what:?}): the partial sync failed: {e}");
+        }
+        let context = format!("step {step} ({what:?}, changed {changed:?})");
+        let fresh = FakeKernel::default();
+        backend(&fresh).sync_full(&plans, &node()).unwrap();
+        assert_eq!(
+            held(&kernel.state()),
+            held(&fresh.state()),
+            "{context}: not what a fresh full sync programs"
+        );
+        let mut probes = packets(&old, &node());
+        probes.extend(packets(&plans, &node()));
+        let s = kernel.state();
+        for p in &probes {
+            assert_eq!(
+                trace(&s, p),
+                expected(&plans, &node(), p),
+                "{context}: {p:?} against the plans"
+            );
+        }
+        checked += probes.len();
+        drop(s);
+        if step % 25 == 24 {
+            assert_eq!(b.drift().unwrap(), None, "{context}");
+            let before = kernel.state().ipvs_messages;
+            b.sync_full(&plans, &node()).unwrap();
+            assert_eq!(
+                kernel.state().ipvs_messages,
+                before,
+                "{context}: a full resync found differences"
+            );
+        }
+    }
+    eprintln!(
+        "{STEPS} steps, {checked} packets checked, {} Services at the end",
+        world.len()
+    );
+    assert!(checked > 1000, "too few packets checked: {checked}");
+}
