@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod nfnetlink;
+pub mod nftables;
 pub mod node;
 pub mod state;
 pub mod sync;

@@ -12,8 +12,8 @@ use std::fmt;
 use super::iptables::RestoreError;
 use super::ipvs::kernel::KernelError;
 use super::ipvs::socket::SocketError;
-use super::nft::transport::NftError;
 use super::process::RunError;
+use crate::nftables::NftError;
 
 /// The step of a backend that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

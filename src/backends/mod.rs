@@ -141,7 +141,7 @@ pub fn host_families() -> Vec<crate::model::IpFamily> {
 pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
     match mode {
         ProxyMode::Nftables => {
-            let transport = nft::Nft::detect(config.nft_command);
+            let transport = crate::nftables::Nft::detect(config.nft_command);
             tracing::debug!(transport = transport.kind(), "nftables transport");
             Box::new(nft::NftBackend::new(config, transport))
         }
@@ -150,7 +150,7 @@ pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
             Box::new(iptables::IptablesBackend::new(config, variant))
         }
         ProxyMode::Ipvs => {
-            let nft = nft::Nft::detect(config.nft_command);
+            let nft = crate::nftables::Nft::detect(config.nft_command);
             let kernel = Box::new(ipvs::kernel::LiveKernel::new(nft));
             Box::new(ipvs::IpvsBackend::new(&config, kernel))
         }

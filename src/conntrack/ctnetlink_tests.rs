@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use super::{Ctnetlink, Flow};
-use crate::backends::nft::transport::tests::Netns;
+use crate::backends::nft::transport_tests::Netns;
 use crate::model::{IpFamily, Protocol};
 
 fn flow(protocol: Protocol, src: &str, dst: &str, reply: &str) -> Flow {

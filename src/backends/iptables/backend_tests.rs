@@ -13,7 +13,7 @@ use super::IptablesBackend;
 use super::adopt;
 use super::compile::{FamilyRules, PortRules, compile};
 use super::variant::Variant;
-use crate::backends::nft::transport::tests::Netns;
+use crate::backends::nft::transport_tests::Netns;
 use crate::backends::{Backend, BackendConfig, Plans};
 use crate::model::{IpFamily, Protocol};
 use crate::testing::{cluster_ips, config, external, name, node};

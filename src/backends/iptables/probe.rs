@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use super::compile::Table;
 use super::names;
 use super::variant::Variant;
-use crate::backends::nft::netlink;
 use crate::model::IpFamily;
+use crate::nftables::netlink;
 
 /// Per (family, what): a number. Equal snapshots mean no drift.
 pub type Snapshot = BTreeMap<(IpFamily, String), u64>;

@@ -24,9 +24,9 @@ use super::render;
 
 mod between;
 use crate::backends::error::Step;
-use crate::backends::nft::transaction::family_name;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
+use crate::nftables::family_name;
 use crate::node::NodeFacts;
 
 /// How often draining destinations are checked.

@@ -79,7 +79,7 @@ fn remove_tables(
 ) -> Result<(), KernelError> {
     let mut script = String::new();
     for fam in families {
-        let f = crate::backends::nft::transaction::family_name(*fam);
+        let f = crate::nftables::family_name(*fam);
         script.push_str(&format!(
             "table {f} {table} {{}}\ndelete table {f} {table}\n"
         ));
@@ -89,7 +89,7 @@ fn remove_tables(
 
 /// `remove` on the live kernel, for the other modes' start-up and `leftovers.rs`.
 pub fn remove_leftovers() -> Result<(), KernelError> {
-    let mut kernel = super::kernel::LiveKernel::new(crate::backends::nft::Nft::detect(false));
+    let mut kernel = super::kernel::LiveKernel::new(crate::nftables::Nft::detect(false));
     remove(&mut kernel, &crate::backends::host_families())
 }
 
@@ -98,7 +98,7 @@ pub fn remove_leftovers() -> Result<(), KernelError> {
 /// `ip kube-proxy` and `ip6 kube-proxy`.
 pub fn remove_upstream() -> Result<(), KernelError> {
     let mut kernel = super::kernel::LiveKernel::for_link(
-        crate::backends::nft::Nft::detect(false),
+        crate::nftables::Nft::detect(false),
         UPSTREAM_IPVS_LINK,
     );
     remove_owned(

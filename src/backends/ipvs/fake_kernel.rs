@@ -417,7 +417,7 @@ impl Kernel for FakeKernel {
     }
 
     fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError> {
-        let name = crate::backends::nft::transaction::family_name(family);
+        let name = crate::nftables::family_name(family);
         Ok(if self.state().tables.contains(name) {
             5
         } else {

@@ -13,9 +13,9 @@ use super::conn::ConnError;
 use super::link::{self, DummyLink, LinkError};
 use super::netlink::{DestState, IpvsMessage, ServiceKey, VirtualServer};
 use super::socket::{IpvsSocket, SocketError};
-use crate::backends::nft::Nft;
-use crate::backends::nft::transport::{NftError, Transport};
 use crate::model::IpFamily;
+use crate::nftables::Nft;
+use crate::nftables::transport::{NftError, Transport};
 use crate::node::IPVS_LINK;
 
 /// Why a kernel step failed.
@@ -217,13 +217,9 @@ impl Kernel for LiveKernel {
     }
 
     fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError> {
-        let (rules, _) = crate::backends::nft::netlink::chain_rules(
-            family,
-            super::compile::TABLE,
-            "services",
-            b"",
-        )
-        .map_err(NftError::from)?;
+        let (rules, _) =
+            crate::nftables::netlink::chain_rules(family, super::compile::TABLE, "services", b"")
+                .map_err(NftError::from)?;
         Ok(rules)
     }
 

@@ -14,10 +14,10 @@ use super::compile::{IpvsSettings, compile_port};
 use super::kernel::LiveKernel;
 use super::netlink::{ServiceKey, VirtualServer};
 use super::socket::IpvsSocket;
-use crate::backends::nft::Nft;
-use crate::backends::nft::transport::tests::Netns;
+use crate::backends::nft::transport_tests::Netns;
 use crate::backends::{Backend, Plans};
 use crate::model::Protocol;
+use crate::nftables::Nft;
 use crate::testing::{add, cluster_ips, config, ep, external, ip, name, node};
 
 /// A fresh namespace with `lo` up and the node's addresses of `node()` (192.168.0.2, fd00::2)

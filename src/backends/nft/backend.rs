@@ -18,9 +18,9 @@ use super::compile::{compile, render};
 use super::diff::{self, Mirror, Parts, Scope};
 use super::reconcile;
 use super::transaction::Transaction;
-use super::transport::Transport;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
+use crate::nftables::transport::Transport;
 use crate::node::NodeFacts;
 
 pub struct NftBackend<T: Transport> {
@@ -75,7 +75,7 @@ impl<T: Transport> NftBackend<T> {
         for family in [IpFamily::V4, IpFamily::V6] {
             let listing = self
                 .transport
-                .list_table(family)
+                .list_table(family, super::skeleton::TABLE)
                 .map_err(|e| BackendError::at(Step::Adopt, e))?;
             listed.push((family, listing.as_deref().map(reconcile::parse_listing)));
         }
@@ -129,7 +129,7 @@ impl<T: Transport> Backend for NftBackend<T> {
         for family in [IpFamily::V4, IpFamily::V6] {
             let found = self
                 .transport
-                .rule_counts(family)
+                .rule_counts(family, super::skeleton::TABLE)
                 .map_err(|e| BackendError::at(Step::Probe, e))?;
             let want = self.mirror.expected_rule_counts(family);
             if found != want {

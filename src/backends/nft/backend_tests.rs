@@ -10,10 +10,10 @@ use std::time::Instant;
 use super::NftBackend;
 use crate::backends::nft::diff::{Mirror, Parts, Scope, transaction};
 use crate::backends::nft::fake_transport::FakeTransport;
-use crate::backends::nft::transport::NftCli;
-use crate::backends::nft::transport::tests::Netns;
+use crate::backends::nft::transport_tests::Netns;
 use crate::backends::{Backend, Plans};
 use crate::model::{IpFamily, Protocol, ServicePortName};
+use crate::nftables::transport::NftCli;
 use crate::testing::{add, cluster_ips, config, ep, name, node};
 
 fn web() -> ServicePortName {

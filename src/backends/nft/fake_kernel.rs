@@ -28,8 +28,8 @@ pub use trace::{Outcome, Packet, Trace};
 
 use super::skeleton::TABLE;
 use super::transaction::SetKind;
-use super::transport::{NftError, Transport};
 use crate::model::IpFamily;
+use crate::nftables::transport::{NftError, Transport};
 
 /// Why the fake kernel refused a script; the message reads like nft's.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -283,11 +283,15 @@ impl Transport for FakeKernel {
             })
     }
 
-    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError> {
+    fn list_table(&mut self, family: IpFamily, _table: &str) -> Result<Option<String>, NftError> {
         Ok(self.listing(family))
     }
 
-    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError> {
+    fn rule_counts(
+        &mut self,
+        family: IpFamily,
+        _table: &str,
+    ) -> Result<BTreeMap<String, usize>, NftError> {
         Ok(self.rule_counts_of(family))
     }
 }

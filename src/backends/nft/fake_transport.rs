@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::transport::{NftError, Transport};
 use crate::model::IpFamily;
+use crate::nftables::transport::{NftError, Transport};
 
 /// What a `FakeTransport` saw and holds.
 #[derive(Debug, Default)]
@@ -49,7 +49,7 @@ impl Transport for FakeTransport {
         Ok(())
     }
 
-    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError> {
+    fn list_table(&mut self, family: IpFamily, _table: &str) -> Result<Option<String>, NftError> {
         let mut s = self.lock()?;
         s.lists += 1;
         Ok(match family {
@@ -58,7 +58,11 @@ impl Transport for FakeTransport {
         })
     }
 
-    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError> {
+    fn rule_counts(
+        &mut self,
+        family: IpFamily,
+        _table: &str,
+    ) -> Result<BTreeMap<String, usize>, NftError> {
         let s = self.lock()?;
         Ok(match family {
             IpFamily::V4 => s.rule_counts.0.clone(),

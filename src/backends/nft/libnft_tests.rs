@@ -6,11 +6,11 @@
 //! library must load wherever `nft` is installed (it is the nftables package's own), so a
 //! missing library is a failure, not a skip.
 
-use super::{Nft, NftLib};
 use crate::backends::nft::diff::{Mirror, Parts, Scope, transaction};
-use crate::backends::nft::transport::tests::Netns;
-use crate::backends::nft::transport::{NftError, Transport};
+use crate::backends::nft::transport_tests::Netns;
 use crate::model::IpFamily;
+use crate::nftables::transport::{NftError, Transport};
+use crate::nftables::{Nft, NftLib};
 use crate::testing::{cluster_ips, config, external, node};
 
 fn lib(ns: &Netns) -> NftLib {
@@ -29,10 +29,10 @@ fn libnftables_applies_a_full_transaction_and_its_changes_as_nft_does() {
         let listed = ns.run(&["nft", "list", "ruleset"]);
         assert!(listed.contains("table ip kproxy"), "{listed}");
         assert!(listed.contains("table ip6 kproxy"), "{listed}");
-        assert!(t.list_table(IpFamily::V4).unwrap().is_some());
+        assert!(t.list_table(IpFamily::V4, "kproxy").unwrap().is_some());
         t.apply("delete table ip kproxy\ndelete table ip6 kproxy\n")
             .unwrap();
-        assert_eq!(t.list_table(IpFamily::V4).unwrap(), None);
+        assert_eq!(t.list_table(IpFamily::V4, "kproxy").unwrap(), None);
     }
 }
 
@@ -47,7 +47,7 @@ fn libnftables_puts_nfts_message_into_the_error_and_applies_nothing_of_a_refused
     let text = err.to_string();
     assert!(text.contains("No such file or directory"), "{text}");
     assert_eq!(
-        t.list_table(IpFamily::V4).unwrap(),
+        t.list_table(IpFamily::V4, "kproxy").unwrap(),
         None,
         "a refused script left something behind"
     );

@@ -1,7 +1,7 @@
 //! The nftables backend (`--proxy-mode nftables`, the default): kproxy's own `ip kproxy` and `ip6 kproxy` tables, a fixed skeleton of chains and rules, and all
 //! per-Service data in named sets and maps. See README.md for the design.
 //!
-//! Invariants: `skeleton` is static data; `compile` and `diff` are pure; only `transport` does
+//! Invariants: `skeleton` is static data; `compile` and `diff` are pure; only the transport (`crate::nftables`) does
 //! I/O; nothing here touches any table but kproxy's own.
 
 pub mod backend;
@@ -9,17 +9,13 @@ pub mod compile;
 pub mod diff;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake_transport;
-pub mod libnft;
-pub mod netlink;
 pub mod reconcile;
 pub mod render;
 pub mod skeleton;
 pub mod transaction;
-pub mod transport;
 
+pub use crate::nftables::{Nft, NftCli, NftLib};
 pub use backend::NftBackend;
-pub use libnft::{Nft, NftLib};
-pub use transport::NftCli;
 
 #[cfg(test)]
 pub(crate) mod diff_tests;
@@ -28,6 +24,10 @@ pub(crate) mod fake_kernel;
 #[cfg(test)]
 mod fake_kernel_tests;
 #[cfg(test)]
+mod libnft_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
 mod traffic_tests;
+#[cfg(test)]
+pub(crate) mod transport_tests;

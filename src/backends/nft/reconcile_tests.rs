@@ -12,10 +12,10 @@ use crate::backends::nft::NftBackend;
 use crate::backends::nft::diff::{Mirror, Parts, Scope, diff};
 use crate::backends::nft::diff_tests::{many, set_endpoints};
 use crate::backends::nft::transaction::{Op, SetKind, Transaction};
-use crate::backends::nft::transport::NftCli;
-use crate::backends::nft::transport::tests::Netns;
+use crate::backends::nft::transport_tests::Netns;
 use crate::backends::{Backend, Plans};
 use crate::model::IpFamily;
+use crate::nftables::transport::NftCli;
 use crate::testing::{config, node};
 
 const LISTING: &str = "table ip kproxy {

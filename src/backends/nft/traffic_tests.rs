@@ -12,10 +12,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use super::backend::NftBackend;
-use super::transport::NftCli;
-use super::transport::tests::Netns;
+use super::transport_tests::Netns;
 use crate::backends::{Backend, BackendConfig, Plans};
 use crate::model::{Protocol, ServicePort};
+use crate::nftables::transport::NftCli;
 use crate::testing::{add, ep, ip, name, node};
 
 const SERVER: &str = r#"

@@ -122,12 +122,7 @@ impl Transaction {
     }
 }
 
-pub fn family_name(family: IpFamily) -> &'static str {
-    match family {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
-    }
-}
+pub use crate::nftables::family_name;
 
 /// The fixed part of both tables: tables, every set and map, the fixed chains and their rules.
 /// `node` decides the configuration-dependent rule of `services`. Idempotent on an existing table

@@ -9,9 +9,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use super::{NftCli, NftError, Transport};
 use crate::backends::nft::diff::{Mirror, Parts, Scope, transaction};
 use crate::model::IpFamily;
+use crate::nftables::{NftCli, NftError, Transport};
 use crate::testing::{cluster_ips, config, external, node};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -72,12 +72,12 @@ impl Drop for Netns {
 fn nft_cli_applies_a_script_and_lists_only_existing_tables() {
     let Some(ns) = Netns::new() else { return };
     let mut nft = NftCli::in_netns(&ns.name);
-    assert_eq!(nft.list_table(IpFamily::V4).unwrap(), None);
+    assert_eq!(nft.list_table(IpFamily::V4, "kproxy").unwrap(), None);
     nft.apply("add table ip kproxy\nadd chain ip kproxy probe\n")
         .unwrap();
-    let listed = nft.list_table(IpFamily::V4).unwrap().unwrap();
+    let listed = nft.list_table(IpFamily::V4, "kproxy").unwrap().unwrap();
     assert!(listed.contains("chain probe"), "{listed}");
-    assert_eq!(nft.list_table(IpFamily::V6).unwrap(), None);
+    assert_eq!(nft.list_table(IpFamily::V6, "kproxy").unwrap(), None);
 }
 
 #[test]

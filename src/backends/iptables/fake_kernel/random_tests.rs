@@ -26,7 +26,7 @@ use super::super::fake_kernel::{FakeIptables, Fate, Packet};
 use super::super::restore::{Mirror, diff_full, diff_partial};
 use super::{expected, probes, same_fates};
 use crate::backends::iptables::variant::Variant;
-use crate::backends::nft::transport::tests::Netns;
+use crate::backends::nft::transport_tests::Netns;
 use crate::backends::process::run_piped;
 use crate::backends::{BackendConfig, Plans};
 use crate::model::{IpFamily, ServicePort, ServicePortName};

@@ -13,7 +13,7 @@ use crate::backends::error::Step;
 use crate::backends::ipvs::compile::TABLE;
 use crate::backends::ipvs::kernel::KernelError;
 use crate::backends::ipvs::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey};
-use crate::backends::nft::transaction::family_name;
+use crate::nftables::family_name;
 
 impl IpvsBackend {
     /// Forgets draining entries of servers or destinations that are gone, and starts the clock

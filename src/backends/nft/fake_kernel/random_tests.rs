@@ -18,9 +18,9 @@ use crate::backends::nft::fake_kernel_tests::{
     assert_same_state, config, expected, loaded, min_ops, packets_of_all,
 };
 use crate::backends::nft::reconcile::parse_listing;
-use crate::backends::nft::transport::tests::Netns;
-use crate::backends::nft::transport::{NftCli, Transport};
+use crate::backends::nft::transport_tests::Netns;
 use crate::model::IpFamily;
+use crate::nftables::transport::{NftCli, Transport};
 use crate::testing::node;
 
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -44,7 +44,10 @@ fn live_nft_accepts_the_random_sequence_and_ends_where_the_fake_kernel_does() {
         }
     }
     for family in [IpFamily::V4, IpFamily::V6] {
-        let real = nft.list_table(family).unwrap().map(|l| parse_listing(&l));
+        let real = nft
+            .list_table(family, "kproxy")
+            .unwrap()
+            .map(|l| parse_listing(&l));
         let fake = kernel.listing(family).map(|l| parse_listing(&l));
         assert_eq!(real, fake, "{family:?}");
     }

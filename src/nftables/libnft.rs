@@ -220,12 +220,16 @@ impl Transport for NftLib {
             })
     }
 
-    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError> {
-        self.cli.list_table(family)
+    fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError> {
+        self.cli.list_table(family, table)
     }
 
-    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError> {
-        self.cli.rule_counts(family)
+    fn rule_counts(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+    ) -> Result<BTreeMap<String, usize>, NftError> {
+        self.cli.rule_counts(family, table)
     }
 }
 
@@ -271,15 +275,15 @@ impl Transport for Nft {
         self.inner().apply(script)
     }
 
-    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError> {
-        self.inner().list_table(family)
+    fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError> {
+        self.inner().list_table(family, table)
     }
 
-    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError> {
-        self.inner().rule_counts(family)
+    fn rule_counts(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+    ) -> Result<BTreeMap<String, usize>, NftError> {
+        self.inner().rule_counts(family, table)
     }
 }
-
-#[cfg(test)]
-#[path = "libnft_tests.rs"]
-mod tests;

@@ -1,5 +1,5 @@
 //! How transactions reach the kernel: a narrow `Transport` trait, `NftCli` (runs `nft -f -` with
-//! the script on stdin and nft's stderr captured into the error), (`fake_transport.rs` records instead, for tests and benches).
+//! the script on stdin and nft's stderr captured into the error), (the nftables backend's `fake_transport.rs` records instead, for tests and benches).
 //! libnftables in-process (`NftLib`, the default) is in `libnft.rs`.
 //!
 //! Invariants: a transport applies a script atomically or not at all (nft's `-f` is one
@@ -9,8 +9,7 @@
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
-use super::skeleton::TABLE;
-use super::transaction::family_name;
+use super::family_name;
 use crate::backends::process::{RunError, run_piped};
 use crate::model::IpFamily;
 
@@ -28,9 +27,10 @@ pub enum NftError {
     Wait(std::io::Error),
     #[error("nft -f refused the transaction ({status}): {stderr}")]
     ApplyRefused { status: String, stderr: String },
-    #[error("nft list table {family} {TABLE} failed ({status}): {stderr}")]
+    #[error("nft list table {family} {table} failed ({status}): {stderr}")]
     ListFailed {
         family: &'static str,
+        table: String,
         status: String,
         stderr: String,
     },
@@ -49,12 +49,16 @@ pub enum NftError {
 pub trait Transport: Send {
     /// Applies `script` (nft -f syntax) as one atomic transaction.
     fn apply(&mut self, script: &str) -> Result<(), NftError>;
-    /// The text of kproxy's table in `family`, or `None` when it does not exist. For adoption
-    /// at start-up only.
-    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError>;
-    /// Rule count per chain of kproxy's table in `family` (empty when the table is gone). Cheap
-    /// (no elements are read): the drift check runs it several times a second.
-    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError>;
+    /// The text of `table` in `family`, or `None` when it does not exist. For adoption at
+    /// start-up only.
+    fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError>;
+    /// Rule count per chain of `table` in `family` (empty when the table is gone). Cheap (no
+    /// elements are read): the drift check runs it several times a second.
+    fn rule_counts(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+    ) -> Result<BTreeMap<String, usize>, NftError>;
 }
 
 /// Runs the `nft` command, optionally inside a network namespace (`ip netns exec NAME nft …`,
@@ -124,9 +128,9 @@ impl Transport for NftCli {
         })
     }
 
-    fn list_table(&mut self, family: IpFamily) -> Result<Option<String>, NftError> {
+    fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError> {
         let fam = family_name(family);
-        let out = self.run(&["list", "table", fam, TABLE], None)?;
+        let out = self.run(&["list", "table", fam, table], None)?;
         if out.status.success() {
             return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
         }
@@ -136,22 +140,24 @@ impl Transport for NftCli {
         }
         Err(NftError::ListFailed {
             family: fam,
+            table: table.to_string(),
             status: out.status.to_string(),
             stderr,
         })
     }
 
-    fn rule_counts(&mut self, family: IpFamily) -> Result<BTreeMap<String, usize>, NftError> {
+    fn rule_counts(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+    ) -> Result<BTreeMap<String, usize>, NftError> {
         let Some(ns) = self.netns.clone() else {
-            return Ok(super::netlink::rule_counts(family)?);
+            return Ok(super::netlink::rule_counts(family, table)?);
         };
         // The probe's socket must be made inside the namespace: on a thread that enters it.
-        crate::netns::run_in(&ns, move || super::netlink::rule_counts(family))
+        let table = table.to_string();
+        crate::netns::run_in(&ns, move || super::netlink::rule_counts(family, &table))
             .map_err(|e| NftError::Netns(ns, e))?
             .map_err(NftError::from)
     }
 }
-
-#[cfg(test)]
-#[path = "transport_tests.rs"]
-pub(crate) mod tests;

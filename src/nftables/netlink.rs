@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 
-use super::skeleton::TABLE;
 use crate::model::IpFamily;
 use crate::nfnetlink;
 
@@ -43,9 +42,9 @@ pub enum ProbeError {
 }
 
 /// Rule count per chain of kproxy's table in `family` (chains without rules are absent).
-pub fn rule_counts(family: IpFamily) -> Result<BTreeMap<String, usize>, ProbeError> {
+pub fn rule_counts(family: IpFamily, table: &str) -> Result<BTreeMap<String, usize>, ProbeError> {
     let mut counts = BTreeMap::new();
-    dump(family, TABLE, None, |chain, _| {
+    dump(family, table, None, |chain, _| {
         *counts.entry(chain).or_default() += 1;
     })?;
     Ok(counts)
@@ -170,6 +169,9 @@ fn chain_of(attrs: &[u8]) -> Result<Option<String>, ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table the tests ask about (the nftables backend's).
+    const TABLE: &str = "kproxy";
 
     fn rule_message(chain: &str) -> Vec<u8> {
         let mut attrs = Vec::new();

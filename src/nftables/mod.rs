@@ -1,0 +1,23 @@
+//! The nftables machinery the nftables and IPVS backends share: applying a script atomically
+//! (`transport`: the `nft` command; `libnft`: libnftables in-process, preferred), listing one
+//! table, and counting a table's rules per chain over netlink (`netlink`, the drift probe).
+//!
+//! Invariants: nothing here knows which table a caller owns: every call names it; scripts are
+//! applied whole or not at all.
+
+pub mod libnft;
+pub mod netlink;
+pub mod transport;
+
+pub use libnft::{Nft, NftLib};
+pub use transport::{NftCli, NftError, Transport};
+
+use crate::model::IpFamily;
+
+/// nft's name of an IP family's table family (`ip`, `ip6`).
+pub fn family_name(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    }
+}
