@@ -182,5 +182,6 @@ mod ipvs {
         scenarios_ipvs_repair::the_dummy_interface_deleted_by_someone_else_is_repaired,
         scenarios_ipvs_repair::cleanup_while_kproxy_runs_is_repaired,
         scenarios_ipvs_repair::a_restart_after_cleanup_without_the_interface_serves_at_once,
+        scenarios_quarantine::a_refused_service_is_quarantined_and_the_others_keep_being_updated,
     );
 }

@@ -5,8 +5,9 @@
 //! Invariants: the refusal is real, from the tools kproxy runs: wrappers of `nft` and the
 //! `iptables-*-restore` tools, first on kproxy's PATH, refuse any input that mentions the
 //! poisoned ClusterIP (as the kernel refuses an object it cannot take) and pass everything
-//! else to the real tool, so the modes that run tools (`nftables-command`, both iptables
-//! variants) run it; libnftables and IPVS's netlink are covered on their fake kernels
+//! else to the real tool, so the modes that run tools run it: `nftables-command`, both iptables
+//! variants, and IPVS mode with `--nftables-transport command` (its companion table refuses the
+//! poisoned ClusterIP's elements); libnftables is covered on the fake kernel
 //! (`src/sync/isolation_tests.rs`).
 
 use std::os::unix::fs::PermissionsExt;
@@ -56,8 +57,29 @@ pub fn a_refused_service_is_quarantined_and_the_others_keep_being_updated(c: &mu
         tools.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    c.start_kproxy_env(&[], &[("PATH", path)]);
+    // IPVS mode's companion tables go through libnftables unless told otherwise.
+    let extra: &[&str] = if c.mode.name == "ipvs" {
+        &["--nftables-transport", "command"]
+    } else {
+        &[]
+    };
+    c.start_kproxy_env(extra, &[("PATH", path)]);
+    // Many more good Services beside it (fewer under IPVS mode's emulated VM, where every
+    // bisection attempt reads each virtual server back): the refused one is found among them.
+    let fillers: u32 = if c.mode.name == "ipvs" { 48 } else { 998 };
+    let filler_vip = |i: u32| format!("10.96.{}.{}", 1 + i / 250, 1 + i % 250);
+    let mut objects = Vec::new();
+    for i in 0..fillers {
+        let name = format!("filler-{i}");
+        objects.push(
+            Svc::new(&name, &filler_vip(i))
+                .tcp("http", HTTP, HTTP)
+                .into(),
+        );
+        objects.push(Slice::v4(&name).tcp("http", HTTP).ready(&[B]).into());
+    }
     let written = Instant::now();
+    c.apply("fillers", objects);
     c.apply("web", web(&[A, B, C]));
     c.apply(
         "poison",
@@ -73,8 +95,12 @@ pub fn a_refused_service_is_quarantined_and_the_others_keep_being_updated(c: &mu
         "services written -> the good one served, the refused one quarantined: {:?}",
         written.elapsed()
     );
-    // Not programmed: the Service range's owner, ext, answers its ClusterIP.
+    // Not programmed: the Service range's owner, ext, answers its ClusterIP. Every other
+    // Service is: the first, the last and a few between of the fillers too.
     served_by(&c.tcp_n(Client, at(POISON, HTTP), 5), &[Ext]).unwrap();
+    for i in [0, fillers / 3, fillers / 2, fillers - 1] {
+        served_by(&c.tcp_n(Client, at(&filler_vip(i), HTTP), 3), &[B]).unwrap();
+    }
     let log = c.kproxy_log();
     let line = log
         .lines()
