@@ -152,14 +152,26 @@ impl Syncer {
         if full {
             self.refresh_node_facts().await;
         }
+        let t_node = started.elapsed();
         let changed = apply::in_place(|| self.plan(full, changed));
+        let t_plan = started.elapsed();
         let outcome = self.backend_sync(full, &changed).await;
+        let t_backend = started.elapsed();
         let ok = outcome.applied();
-        self.record_metrics(full, ok, started.elapsed());
+        self.record_metrics(full, ok, t_backend);
         if ok {
             self.update_health_checks(full, &changed).await;
             self.reconcile_conntrack(full, &changed).await;
         }
+        tracing::debug!(
+            full,
+            changed = changed.len(),
+            node = ?t_node,
+            plan = ?(t_plan - t_node),
+            backend = ?(t_backend - t_plan),
+            after = ?(started.elapsed() - t_backend),
+            "sync phases"
+        );
         outcome
     }
 
