@@ -41,22 +41,28 @@ impl Outcome {
 /// under the multi-threaded runtime (kproxy's), inline under a current-thread one (tests, whose
 /// paused clocks must not see a thread they do not know of).
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::spawn_blocking(f)
+    if multi_threaded() {
+        tokio::task::spawn_blocking(f)
             .await
-            .expect("a blocking kernel job panicked"),
-        _ => f(),
+            .expect("a blocking kernel job panicked")
+    } else {
+        f()
     }
+}
+
+/// Whether the calling task runs on a multi-threaded tokio runtime (kproxy's).
+fn multi_threaded() -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
 }
 
 /// Runs CPU-heavy work that needs the caller's borrows (planning 10,000 ports) in place, but
 /// with the runtime's other tasks moved to another worker first (multi-threaded runtime only).
 pub fn in_place<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
+    if multi_threaded() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 

@@ -48,12 +48,9 @@ impl Quarantine {
         &self.units
     }
 
-    /// Lets the units of `ports` be tried again (their Service or slices changed). Returns
-    /// whether any was quarantined.
-    pub fn release(&mut self, ports: &BTreeSet<ServicePortName>) -> bool {
-        let before = self.units.len();
+    /// Lets the units of `ports` be tried again (their Service or slices changed).
+    pub fn release(&mut self, ports: &BTreeSet<ServicePortName>) {
         self.units.retain(|(name, _), _| !ports.contains(name));
-        self.units.len() != before
     }
 
     /// Empties the quarantine, returning what it held.

@@ -11,7 +11,8 @@
 //! interface (only kproxy binds there); nothing else in IPVS is touched, on the node's own
 //! addresses neither; a refusal that says IPVS differs from the mirror (EEXIST, ESRCH,
 //! ENOENT) makes the sync read the servers it touched back and send the difference, once; the
-//! companion tables are rewritten whole, atomically, on full syncs only.
+//! companion tables are rewritten whole, atomically, only by the first full sync and the first
+//! after a failure, drift or cleanup; otherwise only their elements' difference is sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -79,6 +80,21 @@ pub fn element_line(verb: &str, e: &Element) -> String {
         e.set,
         e.key
     )
+}
+
+/// The companion script that deletes `del` and adds `add`, in that order.
+fn elements_script<'a>(
+    del: impl Iterator<Item = &'a Element>,
+    add: impl Iterator<Item = &'a Element>,
+) -> String {
+    let mut script = String::new();
+    for e in del {
+        script.push_str(&element_line("delete", e));
+    }
+    for e in add {
+        script.push_str(&element_line("add", e));
+    }
+    script
 }
 
 impl IpvsBackend {
@@ -370,14 +386,10 @@ impl IpvsBackend {
             self.companion_script(next.elements.keys())
         } else {
             let old = &self.mirror.elements;
-            let mut script = String::new();
-            for e in old.keys().filter(|e| !next.elements.contains_key(e)) {
-                script.push_str(&element_line("delete", e));
-            }
-            for e in next.elements.keys().filter(|e| !old.contains_key(e)) {
-                script.push_str(&element_line("add", e));
-            }
-            script
+            elements_script(
+                old.keys().filter(|e| !next.elements.contains_key(e)),
+                next.elements.keys().filter(|e| !old.contains_key(e)),
+            )
         };
         let (sent, reread) = self.apply(&changes, &script, &|k| next.servers.get(k).cloned())?;
         for (key, state) in reread {
@@ -411,13 +423,7 @@ impl IpvsBackend {
         desired: BTreeMap<ServicePortName, Option<PortState>>,
     ) -> Result<SyncReport, BackendError> {
         let (changes, mut delta) = self.mirror.diff_ports(&desired);
-        let mut script = String::new();
-        for e in &changes.del_elements {
-            script.push_str(&element_line("delete", e));
-        }
-        for e in &changes.add_elements {
-            script.push_str(&element_line("add", e));
-        }
+        let script = elements_script(changes.del_elements.iter(), changes.add_elements.iter());
         let (sent, reread) = self.apply(&changes, &script, &|k| {
             delta.servers.get(k).cloned().flatten()
         })?;
