@@ -146,7 +146,7 @@ impl Job {
             Err(e) if e.class() == Class::Refused => {
                 self.count_failure(backend.as_ref(), &e);
                 tracing::warn!(error = %e, "the kernel refused the sync; finding the service ports that cause it");
-                self.isolate(backend.as_mut(), previous, &plans, &node)
+                self.isolate(backend.as_mut(), &previous, &plans, &node)
                     .map(|c| culprits = c)
             }
             other => other.map(|report| {
@@ -171,6 +171,11 @@ impl Job {
             }
             Err(e) => {
                 self.count_failure(backend.as_ref(), &e);
+                // A failure that is no refusal says nothing about what was quarantined: it
+                // stays quarantined, and the next full resync tries it again.
+                for (unit, why) in previous {
+                    self.quarantine.insert(unit, why);
+                }
                 let full = self.full;
                 match e.class() {
                     Class::Transient => {
@@ -235,7 +240,7 @@ impl Job {
     fn isolate(
         &self,
         backend: &mut dyn Backend,
-        previous: BTreeMap<Unit, Quarantined>,
+        previous: &BTreeMap<Unit, Quarantined>,
         plans: &Plans,
         node: &NodeFacts,
     ) -> Result<Vec<(Unit, BackendError)>, BackendError> {

@@ -135,6 +135,24 @@ async fn one_refused_among_a_thousand(
 }
 
 #[tokio::test]
+async fn a_full_resync_that_fails_for_another_reason_keeps_the_quarantine() {
+    use crate::backends::nft::NftBackend;
+    use crate::backends::nft::fake_kernel::FakeKernel;
+    let kernel = FakeKernel::new();
+    kernel.with(|k| k.poison = Some(format!("{} . tcp . 80", vip(BAD))));
+    let backend = NftBackend::new(crate::testing::config(), kernel.clone());
+    let (mut s, shared, metrics) = syncer(Box::new(backend));
+    assert_eq!(s.sync(Due::Full).await, Outcome::Applied);
+    assert_eq!(metrics.quarantined_service_ports.get(), 1);
+    // The next full resync meets an unrelated failure (not a refusal): nothing is learnt about
+    // the quarantined port, which stays quarantined.
+    kernel.with(|k| k.fail_next = 1);
+    assert_eq!(s.sync(Due::Full).await, Outcome::Resync);
+    assert_eq!(metrics.quarantined_service_ports.get(), 1);
+    assert_eq!(shared.quarantined.read().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn nftables_programs_999_of_1000_when_the_kernel_refuses_one() {
     use crate::backends::nft::NftBackend;
     use crate::backends::nft::fake_kernel::FakeKernel;
