@@ -29,19 +29,9 @@ pub fn nested_source_ranges_admit_clients_in_one_service_and_across_two_sharing_
             .source_ranges(&[range])
             .created(created)
     };
-    c.apply(
-        "ranges",
+    // The newer Service, which stays throughout.
+    let second = || -> Vec<serde_json::Value> {
         vec![
-            nested.into(),
-            Slice::v4("nested").tcp("http", HTTP).ready(&[A, B]).into(),
-            shared(
-                "first",
-                "10.96.0.74",
-                "2026-01-01T00:00:00Z",
-                "192.168.0.0/16",
-            )
-            .into(),
-            Slice::v4("first").tcp("http", HTTP).ready(&[A]).into(),
             shared(
                 "second",
                 "10.96.0.75",
@@ -50,8 +40,22 @@ pub fn nested_source_ranges_admit_clients_in_one_service_and_across_two_sharing_
             )
             .into(),
             Slice::v4("second").tcp("http", HTTP).ready(&[B]).into(),
-        ],
-    );
+        ]
+    };
+    let mut all: Vec<serde_json::Value> = vec![
+        nested.into(),
+        Slice::v4("nested").tcp("http", HTTP).ready(&[A, B]).into(),
+        shared(
+            "first",
+            "10.96.0.74",
+            "2026-01-01T00:00:00Z",
+            "192.168.0.0/16",
+        )
+        .into(),
+        Slice::v4("first").tcp("http", HTTP).ready(&[A]).into(),
+    ];
+    all.extend(second());
+    c.apply("ranges", all);
     let took = c.until_served(Ext, Tcp, at("203.0.113.21", 80), &[A, B]);
     println!("services written -> nested ranges admit ext: {took:?}");
     let took = c.until_served(Ext, Tcp, at("203.0.113.22", 80), &[A]);
@@ -59,19 +63,7 @@ pub fn nested_source_ranges_admit_clients_in_one_service_and_across_two_sharing_
     // Both Services stay served at their ClusterIPs.
     served_by(&c.tcp_n(Client, at("10.96.0.75", 80), 10), &[B]).unwrap();
     // The older one goes: the newer one takes the address, with its own range.
-    c.apply(
-        "ranges",
-        vec![
-            shared(
-                "second",
-                "10.96.0.75",
-                "2026-02-01T00:00:00Z",
-                "192.168.50.0/24",
-            )
-            .into(),
-            Slice::v4("second").tcp("http", HTTP).ready(&[B]).into(),
-        ],
-    );
+    c.apply("ranges", second());
     let took = c.until_served(Ext, Tcp, at("203.0.113.22", 80), &[B]);
     println!("older Service deleted -> the newer one serves the LB IP: {took:?}");
 }
