@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use super::loop_tests::{hc_get, nn, spn, start};
+use super::loop_tests::{hc_get, nn, service_with, spn, start};
 use crate::backends::fake::Call;
 use crate::model::*;
 use crate::watch::Change;
@@ -21,15 +21,7 @@ fn lb(name: &str, vip: &str, age: u64, edit: impl FnOnce(&mut ServicePort)) -> C
     sp.node_port = Some(30000 + age as u16);
     sp.created = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(age));
     edit(&mut sp);
-    Change::Service(
-        nn(name),
-        Some(Service {
-            name: nn(name),
-            ports: vec![sp],
-            has_selector: true,
-            origin: None,
-        }),
-    )
+    service_with(name, sp)
 }
 
 #[tokio::test(start_paused = true)]

@@ -29,6 +29,11 @@ pub(super) fn spn(name: &str) -> ServicePortName {
 
 fn service(name: &str, port: u16) -> Change {
     let sp = ServicePort::cluster_ip(spn(name), "10.96.0.10".parse().unwrap(), port);
+    service_with(name, sp)
+}
+
+/// Service `name` with the one port `sp`, as a source sends it.
+pub(super) fn service_with(name: &str, sp: ServicePort) -> Change {
     Change::Service(
         nn(name),
         Some(Service {
