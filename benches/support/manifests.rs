@@ -110,8 +110,8 @@ pub fn slice(i: u32, eps: u32) -> Value {
     let endpoints: Vec<(IpAddr, String)> = match super::slice(i, eps, 0) {
         kproxy::watch::Change::Slice(_, Some(s)) => s
             .endpoints
-            .into_iter()
-            .map(|e| (e.ip, e.node_name.unwrap_or_default()))
+            .iter()
+            .map(|e| (e.ip, e.node_name.clone().unwrap_or_default()))
             .collect(),
         _ => unreachable!("support::slice yields a slice"),
     };

@@ -70,12 +70,12 @@ pub fn service(i: u32) -> Change {
     }
     Change::Service(
         name(i),
-        Some(Service {
+        Some(std::sync::Arc::new(Service {
             name: name(i),
             ports: vec![p],
             has_selector: true,
             origin: None,
-        }),
+        })),
     )
 }
 
@@ -101,17 +101,20 @@ pub fn slice(i: u32, eps: u32, generation: u32) -> Change {
     let key = NamespacedName::new("default", format!("svc-{i}-abcde"));
     Change::Slice(
         key,
-        Some(Slice {
-            service: name(i),
-            family: IpFamily::V4,
-            ports: vec![SlicePort {
-                name: "http".into(),
-                port: 8080,
-                protocol: Protocol::Tcp,
-            }],
-            endpoints,
-            trigger_time: None,
-        }),
+        Some(
+            Slice {
+                service: name(i),
+                family: IpFamily::V4,
+                ports: vec![SlicePort {
+                    name: "http".into(),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                }],
+                endpoints,
+                trigger_time: None,
+            }
+            .into(),
+        ),
     )
 }
 
@@ -123,7 +126,8 @@ pub fn slice_one_replaced(i: u32, eps: u32, generation: u32) -> Change {
         unreachable!("slice yields a slice")
     };
     let k = eps / 2;
-    s.endpoints[k as usize].ip = v4(100 + (generation % 100) as u8, i * 16 + k);
+    std::sync::Arc::make_mut(&mut s).endpoints[k as usize].ip =
+        v4(100 + (generation % 100) as u8, i * 16 + k);
     Change::Slice(key, Some(s))
 }
 

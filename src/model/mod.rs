@@ -10,15 +10,16 @@ pub mod types;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 pub use types::*;
 
 /// Everything kproxy currently believes about the cluster.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
-    services: BTreeMap<NamespacedName, Service>,
+    services: BTreeMap<NamespacedName, Arc<Service>>,
     /// EndpointSlices grouped by the Service they belong to, then by slice name.
-    slices: BTreeMap<NamespacedName, BTreeMap<String, Slice>>,
+    slices: BTreeMap<NamespacedName, BTreeMap<String, Arc<Slice>>>,
     /// Slice key (its own namespace/name) -> the Service it belongs to.
     slice_owner: HashMap<NamespacedName, NamespacedName>,
     node: Option<NodeInfo>,
@@ -26,11 +27,11 @@ pub struct Model {
 
 impl Model {
     pub fn service(&self, name: &NamespacedName) -> Option<&Service> {
-        self.services.get(name)
+        self.services.get(name).map(|s| &**s)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.services.values()
+        self.services.values().map(|s| &**s)
     }
 
     pub fn node(&self) -> Option<&NodeInfo> {
@@ -56,6 +57,7 @@ impl Model {
             .get(service)
             .into_iter()
             .flat_map(|m| m.values())
+            .map(|s| &**s)
     }
 
     /// Endpoints of one service port, merged from every slice of its Service: a slice port
@@ -86,7 +88,11 @@ impl Model {
     }
 
     /// Replaces (or with `None` removes) a Service; returns what was there.
-    pub fn set_service(&mut self, name: &NamespacedName, svc: Option<Service>) -> Option<Service> {
+    pub fn set_service(
+        &mut self,
+        name: &NamespacedName,
+        svc: Option<Arc<Service>>,
+    ) -> Option<Arc<Service>> {
         match svc {
             Some(s) => self.services.insert(name.clone(), s),
             None => self.services.remove(name),
@@ -94,7 +100,11 @@ impl Model {
     }
 
     /// Replaces (or removes) a slice, keyed by its own namespace/name; returns what was there.
-    pub fn set_slice(&mut self, key: &NamespacedName, slice: Option<Slice>) -> Option<Slice> {
+    pub fn set_slice(
+        &mut self,
+        key: &NamespacedName,
+        slice: Option<Arc<Slice>>,
+    ) -> Option<Arc<Slice>> {
         let previous = self.slice_owner.remove(key).and_then(|svc| {
             let group = self.slices.get_mut(&svc)?;
             let old = group.remove(&key.name);
@@ -116,7 +126,7 @@ impl Model {
     /// A slice by its own namespace/name.
     pub fn slice(&self, key: &NamespacedName) -> Option<&Slice> {
         let svc = self.slice_owner.get(key)?;
-        self.slices.get(svc)?.get(&key.name)
+        self.slices.get(svc)?.get(&key.name).map(|s| &**s)
     }
 
     pub fn set_node(&mut self, node: Option<NodeInfo>) -> Option<NodeInfo> {

@@ -75,23 +75,22 @@ fn endpoints_are_merged_from_every_slice_of_the_service_by_port_name() {
     let mut m = Model::default();
     m.set_service(
         &nn("web"),
-        Some(service("web", &[("http", 80), ("metrics", 9090)])),
+        Some(service("web", &[("http", 80), ("metrics", 9090)]).into()),
     );
     m.set_slice(
         &nn("web-a"),
-        Some(slice(
-            "web",
-            &[("http", 8080)],
-            vec![endpoint("10.0.0.1", true)],
-        )),
+        Some(slice("web", &[("http", 8080)], vec![endpoint("10.0.0.1", true)]).into()),
     );
     m.set_slice(
         &nn("web-b"),
-        Some(slice(
-            "web",
-            &[("http", 8080), ("metrics", 9100)],
-            vec![endpoint("10.0.0.2", true)],
-        )),
+        Some(
+            slice(
+                "web",
+                &[("http", 8080), ("metrics", 9100)],
+                vec![endpoint("10.0.0.2", true)],
+            )
+            .into(),
+        ),
     );
     let http = m.endpoints(&port_name("web", "http"));
     assert_eq!(
@@ -112,11 +111,11 @@ fn an_address_in_two_slices_is_kept_once_preferring_the_ready_copy() {
     let mut m = Model::default();
     m.set_slice(
         &nn("a"),
-        Some(slice("web", &[("", 80)], vec![endpoint("10.0.0.1", false)])),
+        Some(slice("web", &[("", 80)], vec![endpoint("10.0.0.1", false)]).into()),
     );
     m.set_slice(
         &nn("b"),
-        Some(slice("web", &[("", 80)], vec![endpoint("10.0.0.1", true)])),
+        Some(slice("web", &[("", 80)], vec![endpoint("10.0.0.1", true)]).into()),
     );
     let eps = m.endpoints(&port_name("web", ""));
     assert_eq!(eps.len(), 1);
@@ -128,11 +127,11 @@ fn a_slice_that_moves_to_another_service_leaves_the_first() {
     let mut m = Model::default();
     m.set_slice(
         &nn("s"),
-        Some(slice("one", &[("", 80)], vec![endpoint("10.0.0.1", true)])),
+        Some(slice("one", &[("", 80)], vec![endpoint("10.0.0.1", true)]).into()),
     );
     m.set_slice(
         &nn("s"),
-        Some(slice("two", &[("", 80)], vec![endpoint("10.0.0.1", true)])),
+        Some(slice("two", &[("", 80)], vec![endpoint("10.0.0.1", true)]).into()),
     );
     assert!(m.endpoints(&port_name("one", "")).is_empty());
     assert_eq!(m.endpoints(&port_name("two", "")).len(), 1);
@@ -142,9 +141,9 @@ fn a_slice_that_moves_to_another_service_leaves_the_first() {
 #[test]
 fn a_no_op_service_update_is_dropped() {
     let mut t = ChangeTracker::default();
-    assert!(t.update_service(&nn("web"), Some(service("web", &[("http", 80)]))));
+    assert!(t.update_service(&nn("web"), Some(service("web", &[("http", 80)]).into())));
     t.checkout();
-    assert!(!t.update_service(&nn("web"), Some(service("web", &[("http", 80)]))));
+    assert!(!t.update_service(&nn("web"), Some(service("web", &[("http", 80)]).into())));
     assert_eq!(t.pending_service_changes(), 0);
     assert!(t.checkout().changed.is_empty());
 }
@@ -154,7 +153,7 @@ fn a_changed_port_reports_only_that_service_port() {
     let mut t = ChangeTracker::default();
     t.update_service(
         &nn("web"),
-        Some(service("web", &[("http", 80), ("https", 443)])),
+        Some(service("web", &[("http", 80), ("https", 443)]).into()),
     );
     assert_eq!(
         t.checkout().changed,
@@ -162,7 +161,7 @@ fn a_changed_port_reports_only_that_service_port() {
     );
     t.update_service(
         &nn("web"),
-        Some(service("web", &[("http", 8000), ("https", 443)])),
+        Some(service("web", &[("http", 8000), ("https", 443)]).into()),
     );
     assert_eq!(t.pending_service_changes(), 1);
     assert_eq!(
@@ -176,24 +175,16 @@ fn an_endpoint_change_reports_the_ports_whose_endpoints_changed() {
     let mut t = ChangeTracker::default();
     t.update_service(
         &nn("web"),
-        Some(service("web", &[("http", 80), ("metrics", 9090)])),
+        Some(service("web", &[("http", 80), ("metrics", 9090)]).into()),
     );
     t.update_slice(
         &nn("web-a"),
-        Some(slice(
-            "web",
-            &[("http", 8080)],
-            vec![endpoint("10.0.0.1", true)],
-        )),
+        Some(slice("web", &[("http", 8080)], vec![endpoint("10.0.0.1", true)]).into()),
     );
     t.checkout();
     t.update_slice(
         &nn("web-a"),
-        Some(slice(
-            "web",
-            &[("http", 8080)],
-            vec![endpoint("10.0.0.2", true)],
-        )),
+        Some(slice("web", &[("http", 8080)], vec![endpoint("10.0.0.2", true)]).into()),
     );
     assert_eq!(t.pending_endpoint_changes(), 1);
     assert_eq!(
@@ -205,17 +196,17 @@ fn an_endpoint_change_reports_the_ports_whose_endpoints_changed() {
 #[test]
 fn a_change_undone_before_checkout_reports_nothing() {
     let mut t = ChangeTracker::default();
-    t.update_service(&nn("web"), Some(service("web", &[("http", 80)])));
+    t.update_service(&nn("web"), Some(service("web", &[("http", 80)]).into()));
     t.checkout();
-    assert!(t.update_service(&nn("web"), Some(service("web", &[("http", 81)]))));
-    assert!(t.update_service(&nn("web"), Some(service("web", &[("http", 80)]))));
+    assert!(t.update_service(&nn("web"), Some(service("web", &[("http", 81)]).into())));
+    assert!(t.update_service(&nn("web"), Some(service("web", &[("http", 80)]).into())));
     assert!(t.checkout().changed.is_empty());
 }
 
 #[test]
 fn deleting_a_service_reports_its_ports_and_removes_them() {
     let mut t = ChangeTracker::default();
-    t.update_service(&nn("web"), Some(service("web", &[("http", 80)])));
+    t.update_service(&nn("web"), Some(service("web", &[("http", 80)]).into()));
     t.checkout();
     assert!(t.update_service(&nn("web"), None));
     assert_eq!(
@@ -235,7 +226,7 @@ fn slice_trigger_times_are_collected_until_checkout() {
     let mut s = slice("web", &[("", 80)], vec![endpoint("10.0.0.1", true)]);
     let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
     s.trigger_time = Some(when);
-    t.update_slice(&nn("web-a"), Some(s));
+    t.update_slice(&nn("web-a"), Some(s.into()));
     assert_eq!(t.checkout().trigger_times, vec![when]);
     assert!(t.checkout().trigger_times.is_empty());
 }

@@ -6,6 +6,7 @@
 //! with the view now, so a change undone before the sync (A -> B -> A) reports nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{
@@ -69,8 +70,8 @@ impl ChangeTracker {
     }
 
     /// Sets (or deletes) a Service; false when nothing changed.
-    pub fn update_service(&mut self, name: &NamespacedName, svc: Option<Service>) -> bool {
-        if self.model.service(name) == svc.as_ref() {
+    pub fn update_service(&mut self, name: &NamespacedName, svc: Option<Arc<Service>>) -> bool {
+        if self.model.service(name) == svc.as_deref() {
             return false;
         }
         self.remember(name);
@@ -81,14 +82,14 @@ impl ChangeTracker {
 
     /// Sets (or deletes) an EndpointSlice keyed by its own namespace/name; false when nothing
     /// changed.
-    pub fn update_slice(&mut self, key: &NamespacedName, slice: Option<Slice>) -> bool {
+    pub fn update_slice(&mut self, key: &NamespacedName, slice: Option<Arc<Slice>>) -> bool {
         let old = self.model.slice(key);
-        if old == slice.as_ref() {
+        if old == slice.as_deref() {
             return false;
         }
         let owners: Vec<NamespacedName> = old
             .into_iter()
-            .chain(slice.as_ref())
+            .chain(slice.as_deref())
             .map(|s| s.service.clone())
             .collect();
         for owner in &owners {

@@ -37,12 +37,15 @@ fn service(i: u32) -> Change {
     let name = port_name(i).service;
     Change::Service(
         name.clone(),
-        Some(Service {
-            name,
-            ports: vec![ServicePort::cluster_ip(port_name(i), vip(i), 80)],
-            has_selector: true,
-            origin: Some(Arc::from(format!("svc-{i}.yaml"))),
-        }),
+        Some(
+            Service {
+                name,
+                ports: vec![ServicePort::cluster_ip(port_name(i), vip(i), 80)],
+                has_selector: true,
+                origin: Some(Arc::from(format!("svc-{i}.yaml"))),
+            }
+            .into(),
+        ),
     )
 }
 
@@ -61,17 +64,20 @@ fn slice(i: u32, generation: u8) -> Change {
     };
     Change::Slice(
         key,
-        Some(Slice {
-            service,
-            family: IpFamily::V4,
-            ports: vec![SlicePort {
-                name: "http".into(),
-                port: 8080,
-                protocol: Protocol::Tcp,
-            }],
-            endpoints: vec![endpoint(1), endpoint(2)],
-            trigger_time: None,
-        }),
+        Some(
+            Slice {
+                service,
+                family: IpFamily::V4,
+                ports: vec![SlicePort {
+                    name: "http".into(),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                }],
+                endpoints: vec![endpoint(1), endpoint(2)],
+                trigger_time: None,
+            }
+            .into(),
+        ),
     )
 }
 

@@ -36,12 +36,15 @@ fn service(name: &str, port: u16) -> Change {
 pub(super) fn service_with(name: &str, sp: ServicePort) -> Change {
     Change::Service(
         nn(name),
-        Some(Service {
-            name: nn(name),
-            ports: vec![sp],
-            has_selector: true,
-            origin: None,
-        }),
+        Some(
+            Service {
+                name: nn(name),
+                ports: vec![sp],
+                has_selector: true,
+                origin: None,
+            }
+            .into(),
+        ),
     )
 }
 
@@ -301,7 +304,8 @@ async fn a_local_policy_service_gets_a_health_check_server_that_follows_its_loca
         has_selector: true,
         origin: None,
     };
-    h.tx.send(Change::Service(nn("web"), Some(svc))).unwrap();
+    h.tx.send(Change::Service(nn("web"), Some(svc.into())))
+        .unwrap();
     let slice = |node: &str| Slice {
         service: nn("web"),
         family: IpFamily::V4,
@@ -322,7 +326,7 @@ async fn a_local_policy_service_gets_a_health_check_server_that_follows_its_loca
         }],
         trigger_time: None,
     };
-    h.tx.send(Change::Slice(nn("web-1"), Some(slice("node1"))))
+    h.tx.send(Change::Slice(nn("web-1"), Some(slice("node1").into())))
         .unwrap();
     h.listed();
     let until = |want: &'static str| async move {
@@ -344,7 +348,7 @@ async fn a_local_policy_service_gets_a_health_check_server_that_follows_its_loca
     assert_eq!(body["localEndpoints"], 1);
     assert_eq!(body["service"]["name"], "web");
     // The endpoint moves to another node: this node has none left.
-    h.tx.send(Change::Slice(nn("web-1"), Some(slice("node2"))))
+    h.tx.send(Change::Slice(nn("web-1"), Some(slice("node2").into())))
         .unwrap();
     assert_eq!(until("503").await["localEndpoints"], 0);
 }
@@ -360,7 +364,7 @@ async fn network_programming_latency_counts_only_trigger_times_after_start() {
             endpoints: vec![],
             trigger_time: Some(trigger),
         };
-        Change::Slice(nn(name), Some(s))
+        Change::Slice(nn(name), Some(s.into()))
     };
     let before_start = std::time::SystemTime::now() - Duration::from_secs(3600);
     h.tx.send(service("web", 80)).unwrap();
@@ -436,12 +440,15 @@ async fn conntrack_is_reconciled_after_full_syncs_and_udp_changes_but_not_tcp_on
     );
     h.tx.send(Change::Service(
         nn("dns"),
-        Some(Service {
-            name: nn("dns"),
-            ports: vec![dns],
-            has_selector: true,
-            origin: None,
-        }),
+        Some(
+            Service {
+                name: nn("dns"),
+                ports: vec![dns],
+                has_selector: true,
+                origin: None,
+            }
+            .into(),
+        ),
     ))
     .unwrap();
     h.settle().await;

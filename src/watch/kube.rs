@@ -147,7 +147,7 @@ impl Watched for K8sService {
         seen(validate::service(self))
     }
     fn change(key: NamespacedName, value: Option<Service>) -> Change {
-        Change::Service(key, value)
+        Change::Service(key, value.map(Arc::new))
     }
 }
 
@@ -162,7 +162,7 @@ impl Watched for EndpointSlice {
         seen(validate::endpoint_slice(self).map(|found| found.map(|(_, slice)| slice)))
     }
     fn change(key: NamespacedName, value: Option<Slice>) -> Change {
-        Change::Slice(key, value)
+        Change::Slice(key, value.map(Arc::new))
     }
 }
 

@@ -8,6 +8,8 @@
 pub mod kube;
 pub mod manifests;
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
 use crate::model::{NamespacedName, NodeInfo, Service, Slice};
@@ -23,10 +25,11 @@ pub enum Kind {
 /// One change to the model, as a source saw it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
-    /// A Service was created or updated (`Some`) or deleted (`None`).
-    Service(NamespacedName, Option<Service>),
-    /// An EndpointSlice, keyed by its own namespace/name.
-    Slice(NamespacedName, Option<Slice>),
+    /// A Service was created or updated (`Some`) or deleted (`None`). Shared, not copied: the
+    /// model keeps this allocation.
+    Service(NamespacedName, Option<Arc<Service>>),
+    /// An EndpointSlice, keyed by its own namespace/name; shared like a Service.
+    Slice(NamespacedName, Option<Arc<Slice>>),
     /// This node's Node object.
     Node(Option<NodeInfo>),
     /// The initial list of this kind is complete.

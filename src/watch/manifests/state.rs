@@ -155,7 +155,7 @@ impl State {
                     _ => None,
                 };
                 let change = update(&mut self.sent_services, &name, want)?;
-                Some(Change::Service(name, change))
+                Some(Change::Service(name, change.map(Arc::new)))
             }
             Out::Slice(name) => {
                 // A slice written in the directory wins over a mirrored one of the same name.
@@ -164,7 +164,7 @@ impl State {
                     _ => self.mirrored.get(&name),
                 };
                 let change = update(&mut self.sent_slices, &name, want)?;
-                Some(Change::Slice(name, change))
+                Some(Change::Slice(name, change.map(Arc::new)))
             }
             Out::Node => {
                 let want = match winner(&self.claims, &Key::Node) {

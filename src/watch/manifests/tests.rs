@@ -58,7 +58,7 @@ fn services(changes: &[Change]) -> Vec<(String, Option<Service>)> {
     changes
         .iter()
         .filter_map(|c| match c {
-            Change::Service(n, s) => Some((n.name.clone(), s.clone())),
+            Change::Service(n, s) => Some((n.name.clone(), s.as_deref().cloned())),
             _ => None,
         })
         .collect()
@@ -315,7 +315,7 @@ async fn next_service(rx: &mut ChangeRx, name: &str, want: impl Fn(&Option<Servi
             .expect("the change before the deadline")
             .expect("the source is running");
         match change {
-            Change::Service(n, s) if n == nn(name) && want(&s) => return,
+            Change::Service(n, s) if n == nn(name) && want(&s.as_deref().cloned()) => return,
             Change::Service(n, _) if n == nn(name) => {}
             other => panic!("unexpected change {other:?}"),
         }
@@ -391,7 +391,7 @@ async fn a_file_replaced_by_rename_is_served_anew() {
         next(&mut rx).await,
         Change::Service(
             nn("web"),
-            services_of(&service("web", true, 81), "web.yaml")
+            services_of(&service("web", true, 81), "web.yaml").map(Arc::new)
         )
     );
     println!(
