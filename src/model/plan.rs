@@ -19,12 +19,30 @@ use serde::Serialize;
 use super::{Endpoint, IpFamily, ServicePort, TrafficPolicy};
 use crate::node::NodeFacts;
 
+/// One endpoint a packet can be sent to: all a backend needs of it (its conditions, node and
+/// hints were used by the plan). 20 bytes, no heap: plans hold two or three lists of them per
+/// port, so they must not copy whole `Endpoint`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Target {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+impl From<&Endpoint> for Target {
+    fn from(e: &Endpoint) -> Target {
+        Target {
+            ip: e.ip,
+            port: e.port,
+        }
+    }
+}
+
 /// Where one class of traffic goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "verdict", content = "endpoints")]
 pub enum Targets {
     /// Load-balance over these endpoints (never empty, sorted by (ip, port)).
-    Endpoints(Vec<Endpoint>),
+    Endpoints(Vec<Target>),
     /// The Service has no usable endpoints at all: reject ("connection refused").
     Reject,
     /// Local policy without local endpoints: drop.
@@ -310,7 +328,7 @@ fn targets(has_any: bool, chosen: &[&Endpoint], when_empty: Targets) -> Targets 
     } else if chosen.is_empty() {
         when_empty
     } else {
-        Targets::Endpoints(chosen.iter().map(|e| (*e).clone()).collect())
+        Targets::Endpoints(chosen.iter().map(|e| Target::from(*e)).collect())
     }
 }
 

@@ -14,8 +14,8 @@ use std::net::IpAddr;
 pub use super::fixed::{compile_fixed, masq_mark};
 use super::names::{self, PortChain};
 use crate::backends::{BackendConfig, Plans};
-use crate::model::plan::{Planned, Targets};
-use crate::model::{Endpoint, IpFamily, Protocol, ServicePortName};
+use crate::model::plan::{Planned, Target, Targets};
+use crate::model::{IpFamily, Protocol, ServicePortName};
 use crate::node::NodeFacts;
 
 /// The tables kproxy writes, in the order they are restored: nat first, so that traffic a
@@ -324,10 +324,10 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
 /// DNAT over `eps`: with ClientIP affinity, first a rule per endpoint that sends a client seen
 /// within the timeout back to it (and refreshes it); then `-m statistic` picks uniformly: rule i
 /// of n matches with probability 1/(n-i), the last always, so each endpoint gets 1/n.
-fn lb_rules(planned: &Planned, eps: &[Endpoint], affinity: Option<u32>) -> Vec<String> {
+fn lb_rules(planned: &Planned, eps: &[Target], affinity: Option<u32>) -> Vec<String> {
     let pr = planned.port.name.protocol.lower();
     let service = &planned.port.name.service;
-    let dest = |e: &Endpoint| match e.ip {
+    let dest = |e: &Target| match e.ip {
         IpAddr::V4(ip) => format!("{ip}:{}", e.port),
         IpAddr::V6(ip) => format!("[{ip}]:{}", e.port),
     };
