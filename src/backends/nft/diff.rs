@@ -11,10 +11,12 @@
 //! claiming one VIP port) is resolved in favour of the later writer.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::compile::{self, Desired, FamilyState};
 use super::transaction::{DynChain, Op, Transaction};
 use crate::backends::{BackendConfig, Plans};
+use crate::model::plan::Planned;
 use crate::model::{IpFamily, ServicePortName};
 use crate::node::NodeFacts;
 
@@ -29,37 +31,55 @@ pub enum Scope<'a> {
     Ports(&'a BTreeSet<ServicePortName>),
 }
 
-/// The desired state split by owner. For a partial diff `ports` holds only the changed ports,
-/// `None` for a port that is gone.
-#[derive(Clone, Debug, Default)]
-pub struct Parts {
+/// The desired state: the node's own elements, compiled, and the plans, compiled port by port
+/// only where the diff needs them (a port whose plan and node facts equal the mirror's is never
+/// compiled). Cheap to build and to clone.
+#[derive(Clone, Debug)]
+pub struct Parts<'a> {
     pub node: Desired,
-    pub ports: BTreeMap<ServicePortName, Option<Desired>>,
+    plans: &'a Plans,
+    facts: NodeFacts,
 }
 
-impl Parts {
-    /// Every port and the node. O(all).
-    pub fn full(plans: &Plans, node: &NodeFacts, config: &BackendConfig) -> Parts {
+impl<'a> Parts<'a> {
+    /// Every port and the node. The diff compiles only the ports that changed.
+    pub fn full(plans: &'a Plans, node: &NodeFacts, config: &BackendConfig) -> Parts<'a> {
         Parts {
             node: compile::compile_node(node, config),
-            ports: plans
-                .iter()
-                .map(|(name, p)| (name.clone(), Some(compile::compile_one(p, node))))
-                .collect(),
+            plans,
+            facts: node.clone(),
         }
     }
 
-    /// Only the `changed` ports. O(changed).
+    /// The same view, for a partial diff: its `Scope::Ports` decides which ports are looked at.
     pub fn partial(
-        plans: &Plans,
-        changed: &BTreeSet<ServicePortName>,
+        plans: &'a Plans,
+        _changed: &BTreeSet<ServicePortName>,
         node: &NodeFacts,
         config: &BackendConfig,
-    ) -> Parts {
-        Parts {
-            node: compile::compile_node(node, config),
-            ports: compile::compile_ports(plans, changed, node),
-        }
+    ) -> Parts<'a> {
+        Parts::full(plans, node, config)
+    }
+}
+
+/// What one service port contributed: its plan and the node facts it was compiled with, both
+/// shared with the sync loop, so the mirror holds no compiled state per port. Compiling them
+/// again gives exactly the elements the port owns (compile is pure and deterministic).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Owner {
+    planned: Arc<Planned>,
+    facts: Arc<NodeFacts>,
+}
+
+impl Owner {
+    fn compile(&self) -> Desired {
+        compile::compile_one(&self.planned, &self.facts)
+    }
+
+    /// Compiling `planned` with `facts` would give what this owner contributed.
+    fn same(&self, planned: &Arc<Planned>, facts: &Arc<NodeFacts>) -> bool {
+        (Arc::ptr_eq(&self.planned, planned) || self.planned == *planned)
+            && (Arc::ptr_eq(&self.facts, facts) || self.facts == *facts)
     }
 }
 
@@ -132,7 +152,9 @@ pub struct Mirror {
     /// The tables, sets and fixed chains exist.
     loaded: bool,
     node: Desired,
-    ports: BTreeMap<ServicePortName, Desired>,
+    ports: BTreeMap<ServicePortName, Owner>,
+    /// The node facts of the last diff that compiled a port (shared by the owners it wrote).
+    facts: Option<Arc<NodeFacts>>,
     v4: FamilyMirror,
     v6: FamilyMirror,
 }
@@ -150,7 +172,8 @@ pub struct Diff {
 struct Update {
     loaded: bool,
     node: Option<Desired>,
-    ports: Vec<(ServicePortName, Option<Desired>)>,
+    ports: Vec<(ServicePortName, Option<Owner>)>,
+    facts: Option<Arc<NodeFacts>>,
     entries: BTreeMap<ElemKey, Option<Entry>>,
     chains: BTreeMap<(IpFamily, DynChain), usize>,
 }
@@ -218,6 +241,9 @@ impl Mirror {
         self.loaded |= u.loaded;
         if let Some(node) = u.node {
             self.node = node;
+        }
+        if u.facts.is_some() {
+            self.facts = u.facts;
         }
         for (name, d) in u.ports {
             match d {
@@ -327,37 +353,86 @@ pub fn diff(mirror: &Mirror, desired: &Parts, scope: Scope<'_>) -> Diff {
     into_diff(mirror, desired.clone(), scope)
 }
 
-/// `diff`, consuming `desired`: each port's compiled state moves into the mirror update
-/// instead of being copied (the backend's path; a full sync at 10,000 Services holds ~40 MiB
-/// less at its peak).
-pub fn into_diff(mirror: &Mirror, mut desired: Parts, scope: Scope<'_>) -> Diff {
+/// The ports a diff looks at, each once, in order, with the mirror's owner and the plan.
+fn ports_in_scope<'m>(
+    mirror: &'m Mirror,
+    plans: &'m Plans,
+    scope: Scope<'m>,
+) -> Box<
+    dyn Iterator<
+            Item = (
+                &'m ServicePortName,
+                Option<&'m Owner>,
+                Option<&'m Arc<Planned>>,
+            ),
+        > + 'm,
+> {
+    match scope {
+        Scope::Ports(changed) => Box::new(
+            changed
+                .iter()
+                .map(|n| (n, mirror.ports.get(n), plans.get(n))),
+        ),
+        Scope::Full => {
+            // A merge of two sorted maps: nothing is collected, nothing cloned.
+            let mut old = mirror.ports.iter().peekable();
+            let mut new = plans.iter().peekable();
+            Box::new(std::iter::from_fn(move || match (old.peek(), new.peek()) {
+                (None, None) => None,
+                (Some((o, _)), Some((n, _))) if o == n => {
+                    let (name, owner) = old.next()?;
+                    let (_, planned) = new.next()?;
+                    Some((name, Some(owner), Some(planned)))
+                }
+                (Some((o, _)), Some((n, _))) if o < n => {
+                    let (name, owner) = old.next()?;
+                    Some((name, Some(owner), None))
+                }
+                (Some(_), None) => {
+                    let (name, owner) = old.next()?;
+                    Some((name, Some(owner), None))
+                }
+                _ => {
+                    let (name, planned) = new.next()?;
+                    Some((name, None, Some(planned)))
+                }
+            }))
+        }
+    }
+}
+
+/// `diff`, consuming `desired`. Each port is compiled only when its plan or the node facts
+/// differ from what the mirror holds for it, and only its own elements are held while it is
+/// diffed: a periodic full sync of an unchanged cluster compiles nothing.
+pub fn into_diff(mirror: &Mirror, desired: Parts, scope: Scope<'_>) -> Diff {
     let mut o = Overlay {
         mirror,
         entries: BTreeMap::new(),
         chains: BTreeMap::new(),
     };
     let mut update = Update::default();
-    let names: Vec<ServicePortName> = match scope {
-        Scope::Full => {
-            let all: BTreeSet<&ServicePortName> =
-                mirror.ports.keys().chain(desired.ports.keys()).collect();
-            all.into_iter().cloned().collect()
-        }
-        Scope::Ports(changed) => changed.iter().cloned().collect(),
+    let facts = match &mirror.facts {
+        Some(f) if **f == desired.facts => f.clone(),
+        _ => Arc::new(desired.facts.clone()),
     };
-    for name in names {
-        let old = mirror.ports.get(&name);
-        let new = desired.ports.remove(&name).flatten();
-        if old == new.as_ref() {
+    for (name, old, new) in ports_in_scope(mirror, desired.plans, scope) {
+        if let (Some(old), Some(new)) = (old, new)
+            && old.same(new, &facts)
+        {
             continue;
         }
         if let Some(old) = old {
-            o.withdraw(old);
+            o.withdraw(&old.compile());
         }
-        if let Some(new) = &new {
-            o.contribute(new);
+        let owner = new.map(|planned| Owner {
+            planned: planned.clone(),
+            facts: facts.clone(),
+        });
+        if let Some(new) = &owner {
+            o.contribute(&new.compile());
+            update.facts = Some(facts.clone());
         }
-        update.ports.push((name, new));
+        update.ports.push((name.clone(), owner));
     }
     let node_changed =
         matches!(scope, Scope::Full) && (mirror.node != desired.node || !mirror.loaded);
