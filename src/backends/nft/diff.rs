@@ -353,20 +353,19 @@ pub fn diff(mirror: &Mirror, desired: &Parts, scope: Scope<'_>) -> Diff {
     into_diff(mirror, desired.clone(), scope)
 }
 
+/// One port a diff looks at: its name, the mirror's owner and the plan.
+type InScope<'m> = (
+    &'m ServicePortName,
+    Option<&'m Owner>,
+    Option<&'m Arc<Planned>>,
+);
+
 /// The ports a diff looks at, each once, in order, with the mirror's owner and the plan.
 fn ports_in_scope<'m>(
     mirror: &'m Mirror,
     plans: &'m Plans,
     scope: Scope<'m>,
-) -> Box<
-    dyn Iterator<
-            Item = (
-                &'m ServicePortName,
-                Option<&'m Owner>,
-                Option<&'m Arc<Planned>>,
-            ),
-        > + 'm,
-> {
+) -> Box<dyn Iterator<Item = InScope<'m>> + 'm> {
     match scope {
         Scope::Ports(changed) => Box::new(
             changed
