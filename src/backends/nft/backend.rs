@@ -100,7 +100,14 @@ impl<T: Transport> Backend for NftBackend<T> {
         if self.adopt {
             return self.adopt_and_load(parts);
         }
-        let d = diff::into_diff(&self.mirror, parts, Scope::Full);
+        let d = diff::into_diff(&self.mirror, parts.clone(), Scope::Full);
+        if d.unknown > 0 {
+            tracing::info!(
+                elements = d.unknown,
+                "an element goes back to a value no changed port wrote; reloading"
+            );
+            return self.adopt_and_load(parts);
+        }
         let report = self.send(&d.tx)?;
         self.mirror.commit(d);
         Ok(report)
@@ -117,6 +124,14 @@ impl<T: Transport> Backend for NftBackend<T> {
         }
         let parts = Parts::partial(plans, changed, node, &self.config);
         let d = diff::into_diff(&self.mirror, parts, Scope::Ports(changed));
+        if d.unknown > 0 {
+            // A full load compiles every owner and knows every value.
+            tracing::info!(
+                elements = d.unknown,
+                "an element goes back to a value no changed port wrote; reloading"
+            );
+            return self.adopt_and_load(Parts::full(plans, node, &self.config));
+        }
         let report = self.send(&d.tx)?;
         self.mirror.commit(d);
         Ok(report)

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::compile::{self, Desired, FamilyState};
+use super::elements::{ElemId, Held, Table, value_hash};
 use super::transaction::{DynChain, Op, Transaction};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::Planned;
@@ -83,66 +84,18 @@ impl Owner {
     }
 }
 
-/// One element as the kernel holds it, and who wants it: `refs` owners want exactly `value`;
-/// `others` holds the values of owners that want the same key with another value (two Services
-/// claiming one VIP port: the later writer wins, and when it leaves, an earlier one's value
-/// comes back). `others` is empty, and allocates nothing, in every non-conflicting case.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Entry {
-    value: String,
-    refs: usize,
-    others: Vec<String>,
-}
-
-impl Entry {
-    fn new(value: &str) -> Entry {
-        Entry {
-            value: value.to_string(),
-            refs: 1,
-            others: Vec::new(),
-        }
-    }
-
-    /// One more owner wants `v` (and becomes the writer when `v` differs).
-    fn want(&mut self, v: &str) {
-        if v == self.value {
-            self.refs += 1;
-            return;
-        }
-        let old = std::mem::replace(&mut self.value, v.to_string());
-        self.others.extend(std::iter::repeat_n(old, self.refs));
-        self.refs = 1;
-        let before = self.others.len();
-        self.others.retain(|o| o != v);
-        self.refs += before - self.others.len();
-    }
-
-    /// One owner of `v` is gone; false when nobody wants the key any more.
-    fn unwant(&mut self, v: &str) -> bool {
-        if v != self.value {
-            if let Some(i) = self.others.iter().position(|o| o == v) {
-                self.others.swap_remove(i);
-            }
-            return true;
-        }
-        self.refs = self.refs.saturating_sub(1);
-        if self.refs > 0 {
-            return true;
-        }
-        let Some(next) = self.others.last().cloned() else {
-            return false;
-        };
-        let before = self.others.len();
-        self.others.retain(|o| *o != next);
-        self.refs = before - self.others.len();
-        self.value = next;
-        true
-    }
+/// One element as a diff sees it: who wants it (the mirror's record, changed by the owners
+/// withdrawn and contributed so far) and the text of its value when this diff knows it (the
+/// value of an owner it compiled).
+#[derive(Debug)]
+struct Pending {
+    held: Option<Held>,
+    text: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct FamilyMirror {
-    sets: BTreeMap<&'static str, BTreeMap<String, Entry>>,
+    elements: Table,
     chains: BTreeMap<DynChain, usize>,
 }
 
@@ -166,6 +119,11 @@ type ElemKey = (IpFamily, &'static str, String);
 pub struct Diff {
     pub tx: Transaction,
     update: Update,
+    /// Elements whose value goes back to one of an owner this diff did not compile (two
+    /// owners wrote one key, and the later left): their text is not known, so `tx` is
+    /// incomplete and must not be applied. The caller adopts instead (a full load compiles
+    /// every owner). The plan's claims keep owners from disagreeing, so this is 0 in practice.
+    pub unknown: usize,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -174,7 +132,7 @@ struct Update {
     node: Option<Desired>,
     ports: Vec<(ServicePortName, Option<Owner>)>,
     facts: Option<Arc<NodeFacts>>,
-    entries: BTreeMap<ElemKey, Option<Entry>>,
+    entries: Vec<(IpFamily, ElemId, Option<Held>)>,
     chains: BTreeMap<(IpFamily, DynChain), usize>,
 }
 
@@ -193,8 +151,8 @@ impl Mirror {
         }
     }
 
-    fn entry(&self, (family, set, key): &ElemKey) -> Option<&Entry> {
-        self.family(*family).sets.get(set)?.get(key)
+    fn held(&self, (family, set, key): &ElemKey) -> Option<&Held> {
+        self.family(*family).elements.get(&ElemId::of(set, key))
     }
 
     /// Whether kproxy's tables were created (or adopted) by a committed transaction.
@@ -206,8 +164,7 @@ impl Mirror {
     pub fn elements(&self) -> usize {
         FAMILIES
             .iter()
-            .flat_map(|f| self.family(*f).sets.values())
-            .map(BTreeMap::len)
+            .map(|f| self.family(*f).elements.len())
             .sum()
     }
 
@@ -251,18 +208,12 @@ impl Mirror {
                 None => self.ports.remove(&name),
             };
         }
-        for ((family, set, key), entry) in u.entries {
-            let sets = &mut self.family_mut(family).sets;
-            match entry {
-                Some(e) => {
-                    sets.entry(set).or_default().insert(key, e);
-                }
-                None => {
-                    if let Some(s) = sets.get_mut(set) {
-                        s.remove(&key);
-                    }
-                }
-            }
+        for (family, id, held) in u.entries {
+            let elements = &mut self.family_mut(family).elements;
+            match held {
+                Some(h) => elements.insert(id, h),
+                None => elements.remove(&id),
+            };
         }
         for ((family, chain), refs) in u.chains {
             let chains = &mut self.family_mut(family).chains;
@@ -288,17 +239,18 @@ fn chains_of(fam: &FamilyState) -> impl Iterator<Item = DynChain> + '_ {
 /// Accumulates the changes of several owners on top of the mirror.
 struct Overlay<'m> {
     mirror: &'m Mirror,
-    entries: BTreeMap<ElemKey, Option<Entry>>,
+    entries: BTreeMap<ElemKey, Pending>,
     chains: BTreeMap<(IpFamily, DynChain), usize>,
 }
 
 impl Overlay<'_> {
     /// The element as the overlay sees it: its pending state, else the mirror's.
-    fn entry(&mut self, k: ElemKey) -> &mut Option<Entry> {
+    fn entry(&mut self, k: ElemKey) -> &mut Pending {
         let m = self.mirror;
-        self.entries
-            .entry(k)
-            .or_insert_with_key(|k| m.entry(k).cloned())
+        self.entries.entry(k).or_insert_with_key(|k| Pending {
+            held: m.held(k).cloned(),
+            text: None,
+        })
     }
 
     /// How many owners want chain `c`: the pending count, else the mirror's.
@@ -314,11 +266,16 @@ impl Overlay<'_> {
             let fam = d.family(family);
             for (set, elements) in &fam.sets {
                 for (key, value) in elements {
-                    let e = self.entry((family, *set, key.clone()));
-                    if let Some(entry) = e
-                        && !entry.unwant(value)
-                    {
-                        *e = None;
+                    let p = self.entry((family, *set, key.clone()));
+                    if let Some(held) = p.held.as_mut() {
+                        let before = held.value;
+                        if !held.unwant(value_hash(value)) {
+                            p.held = None;
+                            p.text = None;
+                        } else if held.value != before {
+                            // Another owner's value came back; its text is not known here.
+                            p.text = None;
+                        }
                     }
                 }
             }
@@ -334,11 +291,13 @@ impl Overlay<'_> {
             let fam = d.family(family);
             for (set, elements) in &fam.sets {
                 for (key, value) in elements {
-                    let e = self.entry((family, *set, key.clone()));
-                    match e {
-                        Some(entry) => entry.want(value),
-                        None => *e = Some(Entry::new(value)),
+                    let p = self.entry((family, *set, key.clone()));
+                    let v = value_hash(value);
+                    match p.held.as_mut() {
+                        Some(held) => held.want(v),
+                        None => p.held = Some(Held::new(v)),
                     }
+                    p.text = Some(value.clone());
                 }
             }
             for c in chains_of(fam) {
@@ -441,6 +400,7 @@ pub fn into_diff(mirror: &Mirror, desired: Parts, scope: Scope<'_>) -> Diff {
     }
 
     let mut tx = Transaction::default();
+    let mut unknown = 0;
     if !mirror.loaded {
         tx.extend(super::transaction::skeleton(&desired.node));
         update.loaded = true;
@@ -453,33 +413,38 @@ pub fn into_diff(mirror: &Mirror, desired: Parts, scope: Scope<'_>) -> Diff {
             tx.extend(chain.create(*family));
         }
     }
-    for (key, new) in &o.entries {
-        let old = mirror.entry(key);
-        if old.is_some() && new.as_ref().map(|e| &e.value) != old.map(|e| &e.value) {
-            tx.push(Op::DeleteElement(key.0, key.1, key.2.clone()));
+    // Deletions first, then additions; the texts move from the overlay into the operations.
+    let mut adds = Vec::new();
+    for ((family, set, key), p) in o.entries {
+        let id = ElemId::of(set, &key);
+        let old = mirror.family(family).elements.get(&id).map(|h| h.value);
+        let new = p.held.as_ref().map(|h| h.value);
+        if old != new {
+            match (new, p.text) {
+                (Some(_), Some(text)) => {
+                    if old.is_some() {
+                        tx.push(Op::DeleteElement(family, set, key.clone()));
+                    }
+                    adds.push(Op::AddElement(family, set, key, text));
+                }
+                (Some(_), None) => unknown += 1,
+                (None, _) => tx.push(Op::DeleteElement(family, set, key)),
+            }
         }
+        update.entries.push((family, id, p.held));
     }
-    for (key, new) in &o.entries {
-        let old = mirror.entry(key);
-        if let Some(new) = new
-            && old.map(|e| &e.value) != Some(&new.value)
-        {
-            tx.push(Op::AddElement(
-                key.0,
-                key.1,
-                key.2.clone(),
-                new.value.clone(),
-            ));
-        }
-    }
+    tx.extend(adds);
     for ((family, chain), refs) in &o.chains {
         if *refs == 0 && mirror.family(*family).chains.contains_key(chain) {
             tx.push(Op::DeleteChain(*family, chain.name()));
         }
     }
-    update.entries = o.entries;
     update.chains = o.chains;
-    Diff { tx, update }
+    Diff {
+        tx,
+        update,
+        unknown,
+    }
 }
 
 /// The transaction from `mirror` to `desired` within `scope` (the diff without its update).

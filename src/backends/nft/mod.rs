@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod compile;
 pub mod diff;
+mod elements;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake_transport;
 pub mod reconcile;
