@@ -1,6 +1,7 @@
 //! kproxy: a kube-proxy dataplane. Sources (`watch`) feed a model (`model`); the sync loop
 //! (`sync`) plans every service port and hands the plans to a backend (`backends`).
 
+pub mod alloc;
 pub mod backends;
 pub mod config;
 pub mod conntrack;

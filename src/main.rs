@@ -5,6 +5,10 @@
 //! configuration (one line on stderr), 1 on any other failure.
 
 use std::process::ExitCode;
+
+/// kproxy's own allocations go to mimalloc, away from libnftables' heap (see `kproxy::alloc`).
+#[global_allocator]
+static ALLOCATOR: kproxy::alloc::MiMalloc = kproxy::alloc::MiMalloc;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -17,6 +21,7 @@ use kproxy::sync::{self, Shared, Syncer, Timing};
 use kproxy::watch::{self, ChangeTx};
 
 fn main() -> ExitCode {
+    kproxy::alloc::configure();
     let cfg = match config::parse(std::env::args_os()) {
         Ok(Parsed::Run(cfg)) => cfg,
         Ok(Parsed::Help(text)) | Ok(Parsed::Version(text)) => {

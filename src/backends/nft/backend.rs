@@ -80,11 +80,12 @@ impl<T: Transport> NftBackend<T> {
             listed.push((family, listing.as_deref().map(reconcile::parse_listing)));
         }
         let mut report = SyncReport::default();
-        for tx in reconcile::plan(&load.tx, &listed) {
+        let (tx, update) = load.split();
+        for tx in reconcile::plan(tx, &listed) {
             report.operations += self.send(&tx)?.operations;
         }
         self.mirror = Mirror::default();
-        self.mirror.commit(load);
+        self.mirror.commit(update);
         self.adopt = false;
         Ok(report)
     }

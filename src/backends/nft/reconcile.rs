@@ -100,8 +100,9 @@ fn is_verdict_map(set: &str) -> bool {
 }
 
 /// The transactions that turn `listed` (per family; `None`: no table) into the state that
-/// `load` (a full load into an empty kernel, as `diff` produces it) describes.
-pub fn plan(load: &Transaction, listed: &[(IpFamily, Option<Listed>)]) -> Vec<Transaction> {
+/// `load` (a full load into an empty kernel, as `diff` produces it) describes. The load's
+/// texts move into the transactions: nothing is copied.
+pub fn plan(load: Transaction, listed: &[(IpFamily, Option<Listed>)]) -> Vec<Transaction> {
     let mut first = Transaction::default();
     let empty = Listed::default();
     let listed_of = |family: IpFamily| {
@@ -118,18 +119,18 @@ pub fn plan(load: &Transaction, listed: &[(IpFamily, Option<Listed>)]) -> Vec<Tr
     }
     // Desired elements, and every non-element operation of the load (tables, sets, chains,
     // rules), which goes into the first transaction.
-    let mut want: HashMap<(IpFamily, &'static str), BTreeMap<&str, &str>> = HashMap::new();
-    let mut wanted_chains: BTreeSet<(IpFamily, &str)> = BTreeSet::new();
-    for op in load.ops() {
+    let mut want: HashMap<(IpFamily, &'static str), BTreeMap<String, String>> = HashMap::new();
+    let mut wanted_chains: BTreeSet<(IpFamily, String)> = BTreeSet::new();
+    for op in load.into_ops() {
         match op {
             Op::AddElement(f, set, k, v) => {
-                want.entry((*f, set)).or_default().insert(k, v);
+                want.entry((f, set)).or_default().insert(k, v);
             }
-            Op::AddChain(f, name, _) => {
-                wanted_chains.insert((*f, name));
-                first.push(op.clone());
+            Op::AddChain(f, ref name, _) => {
+                wanted_chains.insert((f, name.clone()));
+                first.push(op);
             }
-            other => first.push(other.clone()),
+            other => first.push(other),
         }
     }
 
@@ -142,23 +143,24 @@ pub fn plan(load: &Transaction, listed: &[(IpFamily, Option<Listed>)]) -> Vec<Tr
                 continue;
             }
             let verdicts = is_verdict_map(set);
-            let no_want = BTreeMap::new();
-            let w = want.get(&(family, set)).unwrap_or(&no_want);
+            let w = want.remove(&(family, set)).unwrap_or_default();
             let h = have.sets.get(set).map(|(_, e)| e);
-            for (k, v) in w {
-                let add = Op::AddElement(family, set, k.to_string(), v.to_string());
-                let group = match h.and_then(|h| h.get(*k)) {
-                    Some(old) if old == v => continue,
-                    Some(_) => vec![Op::DeleteElement(family, set, k.to_string()), add],
-                    None => vec![add],
-                };
-                phases[usize::from(verdicts)].push(group);
-            }
             for k in h.into_iter().flat_map(|h| h.keys()) {
                 if !w.contains_key(k.as_str()) {
                     let del = vec![Op::DeleteElement(family, set, k.clone())];
                     phases[if verdicts { 2 } else { 3 }].push(del);
                 }
+            }
+            for (k, v) in w {
+                let group = match h.and_then(|h| h.get(&k)) {
+                    Some(old) if *old == v => continue,
+                    Some(_) => vec![
+                        Op::DeleteElement(family, set, k.clone()),
+                        Op::AddElement(family, set, k, v),
+                    ],
+                    None => vec![Op::AddElement(family, set, k, v)],
+                };
+                phases[usize::from(verdicts)].push(group);
             }
         }
     }
@@ -167,7 +169,7 @@ pub fn plan(load: &Transaction, listed: &[(IpFamily, Option<Listed>)]) -> Vec<Tr
     for (family, l) in listed {
         let Some(l) = l else { continue };
         for chain in &l.chains {
-            if !wanted_chains.contains(&(*family, chain.as_str())) {
+            if !wanted_chains.contains(&(*family, chain.clone())) {
                 last.push(Op::DeleteChain(*family, chain.clone()));
             }
         }

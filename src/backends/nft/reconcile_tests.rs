@@ -82,7 +82,7 @@ fn is_verdict_element(op: &Op) -> bool {
 #[test]
 fn a_cold_start_is_split_into_bounded_chunks_with_endpoints_before_the_verdicts_using_them() {
     let plans = many(2000, 10);
-    let txs = plan(&load(&plans), &[(IpFamily::V4, None), (IpFamily::V6, None)]);
+    let txs = plan(load(&plans), &[(IpFamily::V4, None), (IpFamily::V6, None)]);
     let total: usize = txs.iter().map(Transaction::len).sum();
     assert!(txs.len() >= 3, "{} transactions", txs.len());
     assert_eq!(total, load(&plans).len(), "nothing lost, nothing added");
@@ -130,7 +130,7 @@ fn adopting_keeps_what_is_right_replaces_what_changed_and_deletes_leftovers_last
         };
     set_endpoints(&mut plans, 2, &["10.1.0.2", "10.77.0.1"]);
     let txs = plan(
-        &load(&plans),
+        load(&plans),
         &[(IpFamily::V4, Some(old)), (IpFamily::V6, None)],
     );
     let ops: Vec<&Op> = txs.iter().flat_map(|t| t.ops()).collect();

@@ -117,6 +117,11 @@ impl Transaction {
         self.ops.is_empty()
     }
 
+    /// The operations, moved out.
+    pub fn into_ops(self) -> Vec<Op> {
+        self.ops
+    }
+
     pub fn ops(&self) -> &[Op] {
         &self.ops
     }
