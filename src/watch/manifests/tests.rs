@@ -242,6 +242,46 @@ fn a_change_to_one_file_among_many_sends_only_its_objects() {
     assert!(changed.iter().all(|n| n.starts_with("s7-")));
 }
 
+/// The `Arc`s a batch of changes sets, Services and slices alike, by name.
+fn sent_arcs(changes: Vec<Change>) -> Vec<(String, Arc<dyn std::any::Any + Send + Sync>)> {
+    changes
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::Service(n, Some(s)) => {
+                Some((n.name, s as Arc<dyn std::any::Any + Send + Sync>))
+            }
+            Change::Slice(n, Some(s)) => Some((n.name, s as Arc<dyn std::any::Any + Send + Sync>)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_source_keeps_one_allocation_per_object_the_one_it_sent_even_after_an_equal_reparse() {
+    let tmp = TempDir::new().unwrap();
+    let db = [service("db", false, 5432), endpoints("db", "")].join("---\n");
+    write(tmp.path(), "db.yaml", &db);
+    let mut s = scanner(tmp.path());
+    let sent = sent_arcs(s.scan().unwrap());
+    let names: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["db", "db-mirror-0"]);
+    // Held by this test, by what the source sent and by the winning definition: nothing else.
+    for (name, arc) in &sent {
+        assert_eq!(Arc::strong_count(arc), 3, "{name}");
+    }
+    // Other bytes, same objects: parsed again, nothing sent, and the fresh copies dropped.
+    write(tmp.path(), "db.yaml", &format!("# edited\n{db}"));
+    assert_eq!(s.scan().unwrap(), vec![]);
+    for (name, arc) in &sent {
+        assert_eq!(Arc::strong_count(arc), 3, "{name}");
+    }
+    fs::remove_file(tmp.path().join("db.yaml")).unwrap();
+    assert_eq!(s.scan().unwrap().len(), 2);
+    for (name, arc) in &sent {
+        assert_eq!(Arc::strong_count(arc), 1, "{name}");
+    }
+}
+
 #[test]
 fn this_nodes_node_is_sent_and_withdrawn() {
     let tmp = TempDir::new().unwrap();
@@ -414,14 +454,14 @@ async fn a_deleted_file_withdraws_its_objects() {
     );
 }
 
-/// The model Service one manifest document yields.
 /// The Service `yaml` defines, as read from the file `origin`.
 fn services_of(yaml: &str, origin: &str) -> Option<Service> {
     match parse::parse_file(origin, yaml.as_bytes(), "node1")
         .objects
         .pop()
     {
-        Some((_, parse::Object::Service { service, .. })) => service.map(|mut s| {
+        Some((_, parse::Object::Service { service, .. })) => service.map(|s| {
+            let mut s = Service::clone(&s);
             s.origin = Some(origin.into());
             s
         }),
