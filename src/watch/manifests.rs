@@ -8,62 +8,64 @@
 //! - A document that does not parse, has fields of the wrong type or fails `validate` is skipped
 //!   with one warn line (file, 0-based document index, reason) and counted in
 //!   `kproxy_rejected_objects_total`; the rest of its file and every other file keep being
-//!   served, and fixing the file takes effect on the next scan.
+//!   served, and fixing the file takes effect as soon as it is seen.
 //! - The same object in two files: the lexically last file name wins (see `state`).
-//! - An unreadable directory keeps everything served as it was, and is retried every poll
-//!   (one warn line per outage); nothing, not even `Listed`, is sent before the first listing.
-//! - A file that cannot be read (permissions) keeps serving what it held, until its stat changes.
+//! - Each Service and slice is held once, as the `Arc` that is sent to the model (see `state`);
+//!   neither a file's bytes nor its parsed YAML are kept after parsing.
+//! - An unreadable or missing directory keeps everything served as it was, and is retried every
+//!   100 ms (one warn line per outage); nothing, not even `Listed`, is sent before the first
+//!   listing.
+//! - A file that cannot be read (permissions) keeps serving what it held, until it changes.
 //!
-//! Change detection polls `(name, mtime, size, inode, device)` of every file every 100 ms
-//! instead of using inotify. Polling sees every way a file can change: editors that write a temp
-//! file and rename it over the original (a new inode), Kubernetes ConfigMap volumes that swap a
-//! `..data` symlink (stat follows symlinks), network filesystems that send no events, and events
-//! that would be lost when an inotify queue overflows. A stat per file per poll is cheap, even
-//! for 10,000 files (about 2 ms per idle poll of 1,000 files in a release build), and only files
-//! whose stat changed are read again; a file whose content hash is unchanged is not re-parsed. A file modified within the last 100 ms is read again on the
-//! next poll too, since a second write within the filesystem's timestamp granularity could leave
-//! the stat unchanged.
+//! Change detection (see `watcher`): an inotify watch on the directory names the files that were
+//! created, written, renamed, deleted or touched; after a few milliseconds of debouncing only
+//! those files are read again, and a file whose content hash is unchanged is not re-parsed. Any
+//! other event (on a name that is not a manifest, such as the `..data` symlink a ConfigMap volume
+//! swaps, when manifests are symlinks; the directory itself; a queue overflow) rescans the
+//! directory: one stat per file, reading only files whose `(mtime, size, inode, device)` changed
+//! (stat follows symlinks). The same rescan runs every 30 s, to repair events that never came
+//! (network filesystems, a symlink to a file outside the directory), and every 100 ms instead of
+//! events while inotify is unavailable or the directory is missing. On a rescan, a file modified
+//! within the last 100 ms is read again by the next rescan too, since a second write within the
+//! filesystem's timestamp granularity could leave its stat unchanged; an event-driven read never
+//! trusts the stat.
 
 mod mirror;
 mod parse;
 mod state;
+mod watcher;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, Metadata};
 use std::hash::{DefaultHasher, Hasher};
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
 use super::{Change, ChangeTx, Kind};
 use crate::metrics::Metrics;
 use state::State;
+use watcher::{Watcher, Work};
 
-/// How often the directory is polled; with parsing, changes are served well within 200 ms.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Files modified more recently than this are read again on the next poll (see the module doc).
+/// Files modified more recently than this are read again on the next rescan (see the module doc).
 const RACY_WINDOW: Duration = Duration::from_millis(100);
 
 /// Serves the manifests in `dir` to `tx` until the receiver goes away.
 pub async fn run(dir: PathBuf, tx: ChangeTx, metrics: Arc<Metrics>, node_name: String) {
     info!(dir = %dir.display(), "serving manifests");
+    let mut watcher = Watcher::new(dir.clone());
     let mut scanner = Scanner::new(dir, node_name, metrics);
-    let mut ticks = tokio::time::interval(POLL_INTERVAL);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut work = Work::Rescan;
     let mut listed = false;
     loop {
-        ticks.tick().await;
-        if tx.is_closed() {
-            return;
-        }
+        watcher.ensure_watch();
         // Reading and parsing are blocking file I/O: keep them off the async workers.
         let scanned = tokio::task::spawn_blocking(move || {
-            let changes = scanner.scan();
+            let changes = scanner.apply(work);
             (scanner, changes)
         })
         .await;
@@ -73,21 +75,26 @@ pub async fn run(dir: PathBuf, tx: ChangeTx, metrics: Arc<Metrics>, node_name: S
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => return, // the runtime is shutting down
         };
-        let Some(changes) = changes else { continue };
-        let firsts = if listed {
-            Vec::new()
-        } else {
-            vec![Kind::Services, Kind::EndpointSlices, Kind::Nodes]
-        };
-        listed = true;
-        for change in changes
-            .into_iter()
-            .chain(firsts.into_iter().map(Change::Listed))
-        {
-            if tx.send(change).is_err() {
-                return;
+        if let Some(changes) = changes {
+            let firsts = if listed {
+                Vec::new()
+            } else {
+                vec![Kind::Services, Kind::EndpointSlices, Kind::Nodes]
+            };
+            listed = true;
+            for change in changes
+                .into_iter()
+                .chain(firsts.into_iter().map(Change::Listed))
+            {
+                if tx.send(change).is_err() {
+                    return;
+                }
             }
         }
+        work = tokio::select! {
+            work = watcher.next(scanner.dir_failing) => work,
+            () = tx.closed() => return,
+        };
     }
 }
 
@@ -131,7 +138,7 @@ struct FileState {
     racy: bool,
 }
 
-/// Polls one directory; `scan` is synchronous so tests can drive it step by step.
+/// Reads one directory; synchronous, so tests can drive it step by step.
 struct Scanner {
     dir: PathBuf,
     node_name: String,
@@ -140,6 +147,10 @@ struct Scanner {
     state: State,
     /// The directory could not be listed on the last scan (logged once per outage).
     dir_failing: bool,
+    /// Some manifest is a symlink: then a change to any other name may change what it reads.
+    has_links: bool,
+    /// The (device, inode) of the directory last listed.
+    dir_id: Option<(u64, u64)>,
 }
 
 impl Scanner {
@@ -151,10 +162,60 @@ impl Scanner {
             files: HashMap::new(),
             state: State::default(),
             dir_failing: false,
+            has_links: false,
+            dir_id: None,
         }
     }
 
-    /// One poll: the changes since the last one, or `None` when the directory cannot be listed.
+    /// Does `work`: the changes since the last call, or `None` when the directory cannot be
+    /// listed.
+    fn apply(&mut self, work: Work) -> Option<Vec<Change>> {
+        match work {
+            Work::Rescan => self.scan(),
+            Work::Files { others: true, .. } if self.has_links => self.scan(),
+            Work::Files { .. } if self.dir_failing => self.scan(),
+            Work::Files { names, .. } => self.refresh(names),
+        }
+    }
+
+    /// Reads the named manifest files again, whatever their stat says. When the directory is
+    /// gone or another one, it is rescanned instead: its files are not withdrawn one by one.
+    fn refresh(&mut self, names: BTreeSet<String>) -> Option<Vec<Change>> {
+        if dir_id(&self.dir) != self.dir_id {
+            return self.scan();
+        }
+        let now = SystemTime::now();
+        for name in names {
+            let path = self.dir.join(&name);
+            let meta = fs::symlink_metadata(&path).and_then(|m| {
+                if m.is_symlink() {
+                    self.has_links = true;
+                    fs::metadata(&path)
+                } else {
+                    Ok(m)
+                }
+            });
+            match meta {
+                Ok(m) if m.is_file() => self.load(name.into(), Stat::of(&m), now),
+                Ok(_) => self.forget(&name),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => self.forget(&name),
+                // Keep serving what the file held; its next event or a rescan tries again.
+                Err(e) => debug!(file = name, error = %e, "cannot stat manifest"),
+            }
+        }
+        Some(self.state.changes())
+    }
+
+    /// Withdraws what a file that is gone defined.
+    fn forget(&mut self, name: &str) {
+        if let Some((file, _)) = self.files.remove_entry(name) {
+            debug!(file = &*file, "manifest removed");
+            self.state.set_file(&file, Vec::new());
+        }
+    }
+
+    /// One rescan: the changes since the last call, or `None` when the directory cannot be
+    /// listed.
     fn scan(&mut self) -> Option<Vec<Change>> {
         let present = match self.list() {
             Ok(present) => {
@@ -179,9 +240,7 @@ impl Scanner {
             .cloned()
             .collect();
         for file in gone {
-            debug!(file = &*file, "manifest removed");
-            self.files.remove(&file);
-            self.state.set_file(&file, Vec::new());
+            self.forget(&file);
         }
         let now = SystemTime::now();
         for (name, stat) in present {
@@ -194,8 +253,10 @@ impl Scanner {
     }
 
     /// The manifest files in the directory and their stats, sorted by name.
-    fn list(&self) -> io::Result<BTreeMap<String, Stat>> {
+    fn list(&mut self) -> io::Result<BTreeMap<String, Stat>> {
         let mut present = BTreeMap::new();
+        self.has_links = false;
+        self.dir_id = dir_id(&self.dir);
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
             let Ok(name) = entry.file_name().into_string() else {
@@ -203,6 +264,9 @@ impl Scanner {
             };
             if !is_manifest(&name) {
                 continue;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                self.has_links = true;
             }
             match fs::metadata(entry.path()) {
                 Ok(m) if m.is_file() => {
@@ -251,8 +315,9 @@ impl Scanner {
         if unchanged {
             return;
         }
-        debug!(file = &*name, "parsing manifest");
+        let started = std::time::Instant::now();
         let parsed = parse::parse_file(&name, &bytes, &self.node_name);
+        debug!(file = &*name, objects = parsed.objects.len(), took = ?started.elapsed(), "parsed manifest");
         for r in &parsed.rejected {
             warn!(
                 file = &*name,
@@ -266,6 +331,14 @@ impl Scanner {
         }
         self.state.set_file(&name, parsed.objects);
     }
+}
+
+/// The (device, inode) of `dir`, when it is a directory.
+fn dir_id(dir: &Path) -> Option<(u64, u64)> {
+    fs::metadata(dir)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// `*.yaml`, `*.yml` or `*.json`, and not hidden (editor swap files, `..data` of ConfigMap

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -34,7 +35,7 @@ pub(super) struct Mirror {
     /// False when the Endpoints opted out (skip-mirror label) or is a leader-election lock.
     pub enabled: bool,
     /// Keyed by the mirrored slice's own namespace/name.
-    pub slices: Vec<(NamespacedName, Slice)>,
+    pub slices: Vec<(NamespacedName, Arc<Slice>)>,
 }
 
 /// Validates an Endpoints object and computes its mirrored slices.
@@ -114,7 +115,7 @@ pub(super) fn mirror(ep: &Endpoints) -> Result<(NamespacedName, Mirror), Rejecti
                 Rejection::new(r.reason, format!("subsets[{i}] mirrored as {}", r.detail))
             })?;
             // None only when the Endpoints' own labels mark it headless: upstream copies labels.
-            slices.extend(validated);
+            slices.extend(validated.map(|(key, slice)| (key, Arc::new(slice))));
         }
     }
     Ok((key, Mirror { enabled, slices }))

@@ -7,6 +7,7 @@
 //! defaults to "default" here, as `kubectl apply` would; the node's own Node is the only Node kept.
 
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -40,16 +41,17 @@ impl fmt::Display for Key {
     }
 }
 
-/// A validated object, of the kind its `Key` names.
+/// A validated object, of the kind its `Key` names. Services and slices are shared: the same
+/// allocation is kept by the source's state and sent to the model.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Object {
     /// `service` is `None` for a Service kproxy ignores (headless, ExternalName, ...): it still
     /// exists, which matters for mirroring.
     Service {
         has_selector: bool,
-        service: Option<Service>,
+        service: Option<Arc<Service>>,
     },
-    Slice(Slice),
+    Slice(Arc<Slice>),
     Endpoints(Mirror),
     Node(NodeInfo),
 }
@@ -259,7 +261,7 @@ impl Parser<'_> {
             Key::Service(key),
             Object::Service {
                 has_selector,
-                service,
+                service: service.map(Arc::new),
             },
         ));
         Ok(())
@@ -271,7 +273,7 @@ impl Parser<'_> {
             Some((key, slice)) => self
                 .parsed
                 .objects
-                .push((Key::Slice(key), Object::Slice(slice))),
+                .push((Key::Slice(key), Object::Slice(Arc::new(slice)))),
             None => {
                 debug!(file = self.file, name = ?slice.metadata.name, "ignoring an EndpointSlice")
             }

@@ -3,9 +3,12 @@
 //! only the objects whose served value changed.
 //!
 //! Invariants: when several files define the same object, the lexically last file name wins (and
-//! within one file, the last document). `sent_*` is exactly what the receiver has been told.
-//! Work per `changes()` is proportional to the objects of the files replaced since the last call,
-//! never to the size of the directory.
+//! within one file, the last document). `sent_*` is exactly what the receiver has been told, and
+//! holds the very `Arc` that was sent: each Service and slice exists once, shared by the winning
+//! definition, `sent_*` and the model. A re-parse that yields an equal value sends nothing and
+//! its definition takes over the sent allocation, so the fresh copy is dropped. Work per
+//! `changes()` is proportional to the objects of the files replaced since the last call, never
+//! to the size of the directory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::mem;
@@ -31,11 +34,12 @@ pub(super) struct State {
     claims: HashMap<Key, BTreeMap<Arc<str>, Object>>,
     /// The keys each file defines, to withdraw them when the file changes.
     by_file: HashMap<Arc<str>, Vec<Key>>,
-    /// Mirrored slices by their own key, and the mirrored slice keys of each Endpoints.
-    mirrored: HashMap<NamespacedName, Slice>,
+    /// The Endpoints each mirrored slice comes from (the slice itself stays in that Endpoints'
+    /// claim), and the mirrored slice keys of each Endpoints.
+    mirrored: HashMap<NamespacedName, NamespacedName>,
     mirrors_of: HashMap<NamespacedName, Vec<NamespacedName>>,
-    sent_services: HashMap<NamespacedName, Service>,
-    sent_slices: HashMap<NamespacedName, Slice>,
+    sent_services: HashMap<NamespacedName, Arc<Service>>,
+    sent_slices: HashMap<NamespacedName, Arc<Slice>>,
     sent_node: Option<NodeInfo>,
     /// Keys whose definitions changed since the last `changes()`.
     touched: BTreeSet<Key>,
@@ -58,8 +62,10 @@ impl State {
             if let Object::Service {
                 service: Some(s), ..
             } = &mut object
+                && s.origin.as_ref() != Some(file)
             {
-                s.origin = Some(file.clone());
+                // Fresh from the parser, so not shared yet: this does not copy.
+                Arc::make_mut(s).origin = Some(file.clone());
             }
             if self
                 .claims
@@ -138,8 +144,8 @@ impl State {
             return;
         }
         let mut keys = Vec::with_capacity(mirror.slices.len());
-        for (key, slice) in &mirror.slices {
-            self.mirrored.insert(key.clone(), slice.clone());
+        for (key, _) in &mirror.slices {
+            self.mirrored.insert(key.clone(), name.clone());
             out.insert(Out::Slice(key.clone()));
             keys.push(key.clone());
         }
@@ -150,21 +156,35 @@ impl State {
     fn diff(&mut self, o: Out) -> Option<Change> {
         match o {
             Out::Service(name) => {
-                let want = match winner(&self.claims, &Key::Service(name.clone())) {
-                    Some(Object::Service { service, .. }) => service.as_ref(),
+                let want = match winner_mut(&mut self.claims, &Key::Service(name.clone())) {
+                    Some(Object::Service { service, .. }) => service.as_mut(),
                     _ => None,
                 };
                 let change = update(&mut self.sent_services, &name, want)?;
-                Some(Change::Service(name, change.map(Arc::new)))
+                Some(Change::Service(name, change))
             }
             Out::Slice(name) => {
                 // A slice written in the directory wins over a mirrored one of the same name.
-                let want = match winner(&self.claims, &Key::Slice(name.clone())) {
-                    Some(Object::Slice(slice)) => Some(slice),
-                    _ => self.mirrored.get(&name),
+                let key = Key::Slice(name.clone());
+                let want = if matches!(winner(&self.claims, &key), Some(Object::Slice(_))) {
+                    match winner_mut(&mut self.claims, &key) {
+                        Some(Object::Slice(slice)) => Some(slice),
+                        _ => None,
+                    }
+                } else {
+                    self.mirrored.get(&name).and_then(|ep| {
+                        match winner_mut(&mut self.claims, &Key::Endpoints(ep.clone())) {
+                            Some(Object::Endpoints(m)) => m
+                                .slices
+                                .iter_mut()
+                                .find(|(k, _)| *k == name)
+                                .map(|(_, s)| s),
+                            _ => None,
+                        }
+                    })
                 };
                 let change = update(&mut self.sent_slices, &name, want)?;
-                Some(Change::Slice(name, change.map(Arc::new)))
+                Some(Change::Slice(name, change))
             }
             Out::Node => {
                 let want = match winner(&self.claims, &Key::Node) {
@@ -189,18 +209,34 @@ fn winner<'a>(
     claims.get(key)?.values().next_back()
 }
 
-/// Records `want` as sent for `name`; returns it when it differs from what was sent before.
-fn update<V: Clone + PartialEq>(
-    sent: &mut HashMap<NamespacedName, V>,
+fn winner_mut<'a>(
+    claims: &'a mut HashMap<Key, BTreeMap<Arc<str>, Object>>,
+    key: &Key,
+) -> Option<&'a mut Object> {
+    claims.get_mut(key)?.values_mut().next_back()
+}
+
+/// Records `want` as sent for `name`; returns it when it differs from what was sent before. An
+/// equal value in a different allocation is replaced by the sent one (one copy of each object).
+fn update<V: PartialEq>(
+    sent: &mut HashMap<NamespacedName, Arc<V>>,
     name: &NamespacedName,
-    want: Option<&V>,
-) -> Option<Option<V>> {
-    if sent.get(name) == want {
-        return None;
+    want: Option<&mut Arc<V>>,
+) -> Option<Option<Arc<V>>> {
+    match (sent.get(name), want) {
+        (None, None) => None,
+        (Some(old), Some(new)) if Arc::ptr_eq(old, new) => None,
+        (Some(old), Some(new)) if **old == **new => {
+            *new = old.clone();
+            None
+        }
+        (_, Some(new)) => {
+            sent.insert(name.clone(), new.clone());
+            Some(Some(new.clone()))
+        }
+        (Some(_), None) => {
+            sent.remove(name);
+            Some(None)
+        }
     }
-    match want {
-        Some(v) => sent.insert(name.clone(), v.clone()),
-        None => sent.remove(name),
-    };
-    Some(want.cloned())
 }

@@ -1,20 +1,14 @@
-//! Tests of the manifests source: a `Scanner` driven scan by scan over a temporary directory,
-//! and `run` observed through its channel with a deadline on every change.
+//! Tests of the manifests source: a `Scanner` driven scan by scan over a temporary directory
+//! (here), and `run` observed through its channel (`run`).
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
 
 use tempfile::TempDir;
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::model::validate::RejectReason;
 use crate::model::{NamespacedName, Service};
-use crate::watch::ChangeRx;
-
-/// Generous for a loaded 2-core machine; the source itself reacts within ~100-200 ms.
-const DEADLINE: Duration = Duration::from_secs(3);
 
 fn service(name: &str, selector: bool, port: u16) -> String {
     let selector = if selector {
@@ -242,6 +236,46 @@ fn a_change_to_one_file_among_many_sends_only_its_objects() {
     assert!(changed.iter().all(|n| n.starts_with("s7-")));
 }
 
+/// The `Arc`s a batch of changes sets, Services and slices alike, by name.
+fn sent_arcs(changes: Vec<Change>) -> Vec<(String, Arc<dyn std::any::Any + Send + Sync>)> {
+    changes
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::Service(n, Some(s)) => {
+                Some((n.name, s as Arc<dyn std::any::Any + Send + Sync>))
+            }
+            Change::Slice(n, Some(s)) => Some((n.name, s as Arc<dyn std::any::Any + Send + Sync>)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_source_keeps_one_allocation_per_object_the_one_it_sent_even_after_an_equal_reparse() {
+    let tmp = TempDir::new().unwrap();
+    let db = [service("db", false, 5432), endpoints("db", "")].join("---\n");
+    write(tmp.path(), "db.yaml", &db);
+    let mut s = scanner(tmp.path());
+    let sent = sent_arcs(s.scan().unwrap());
+    let names: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["db", "db-mirror-0"]);
+    // Held by this test, by what the source sent and by the winning definition: nothing else.
+    for (name, arc) in &sent {
+        assert_eq!(Arc::strong_count(arc), 3, "{name}");
+    }
+    // Other bytes, same objects: parsed again, nothing sent, and the fresh copies dropped.
+    write(tmp.path(), "db.yaml", &format!("# edited\n{db}"));
+    assert_eq!(s.scan().unwrap(), vec![]);
+    for (name, arc) in &sent {
+        assert_eq!(Arc::strong_count(arc), 3, "{name}");
+    }
+    fs::remove_file(tmp.path().join("db.yaml")).unwrap();
+    assert_eq!(s.scan().unwrap().len(), 2);
+    for (name, arc) in &sent {
+        assert_eq!(Arc::strong_count(arc), 1, "{name}");
+    }
+}
+
 #[test]
 fn this_nodes_node_is_sent_and_withdrawn() {
     let tmp = TempDir::new().unwrap();
@@ -280,151 +314,4 @@ fn the_example_cluster_loads_without_rejections() {
     );
 }
 
-/// Starts `run` on `dir` and checks the initial list: `initial` changes, then the three `Listed`.
-async fn start(dir: &Path, initial: usize) -> ChangeRx {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(
-        dir.to_path_buf(),
-        tx,
-        Arc::new(Metrics::new()),
-        "node1".into(),
-    ));
-    for _ in 0..initial {
-        assert!(!matches!(next(&mut rx).await, Change::Listed(_)));
-    }
-    for kind in [Kind::Services, Kind::EndpointSlices, Kind::Nodes] {
-        assert_eq!(next(&mut rx).await, Change::Listed(kind));
-    }
-    rx
-}
-
-async fn next(rx: &mut ChangeRx) -> Change {
-    tokio::time::timeout(DEADLINE, rx.recv())
-        .await
-        .expect("a change before the deadline")
-        .expect("the source is running")
-}
-
-/// The next change to Service `name` with a value satisfying `want`. A plain write can be seen
-/// half-done (truncated), so intermediate values of the same Service are let through.
-async fn next_service(rx: &mut ChangeRx, name: &str, want: impl Fn(&Option<Service>) -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let change = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("the change before the deadline")
-            .expect("the source is running");
-        match change {
-            Change::Service(n, s) if n == nn(name) && want(&s.as_deref().cloned()) => return,
-            Change::Service(n, _) if n == nn(name) => {}
-            other => panic!("unexpected change {other:?}"),
-        }
-    }
-}
-
-#[tokio::test]
-async fn run_sends_every_object_then_listed_for_each_kind() {
-    let tmp = TempDir::new().unwrap();
-    write(tmp.path(), "a.yaml", &service("a", true, 80));
-    write(tmp.path(), "b.yml", &service("b", true, 80));
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(
-        tmp.path().to_path_buf(),
-        tx,
-        Arc::new(Metrics::new()),
-        "node1".into(),
-    ));
-    let mut names = Vec::new();
-    for _ in 0..2 {
-        let Change::Service(n, Some(_)) = next(&mut rx).await else {
-            panic!("a Service first")
-        };
-        names.push(n.name);
-    }
-    assert_eq!(names, ["a", "b"]);
-    for kind in [Kind::Services, Kind::EndpointSlices, Kind::Nodes] {
-        assert_eq!(next(&mut rx).await, Change::Listed(kind));
-    }
-}
-
-#[tokio::test]
-async fn a_created_file_is_served() {
-    let tmp = TempDir::new().unwrap();
-    let mut rx = start(tmp.path(), 0).await;
-    let t = std::time::Instant::now();
-    write(tmp.path(), "web.yaml", &service("web", true, 80));
-    next_service(&mut rx, "web", |s| port_of(s) == Some(80)).await;
-    println!(
-        "manifests: a created file was served after {:?}",
-        t.elapsed()
-    );
-}
-
-#[tokio::test]
-async fn a_file_modified_in_place_is_served_anew() {
-    let tmp = TempDir::new().unwrap();
-    write(tmp.path(), "web.yaml", &service("web", true, 80));
-    let mut rx = start(tmp.path(), 1).await;
-    let t = std::time::Instant::now();
-    write(tmp.path(), "web.yaml", &service("web", true, 8080));
-    next_service(&mut rx, "web", |s| port_of(s) == Some(8080)).await;
-    println!(
-        "manifests: a modified file was served after {:?}",
-        t.elapsed()
-    );
-}
-
-#[tokio::test]
-async fn a_file_replaced_by_rename_is_served_anew() {
-    let tmp = TempDir::new().unwrap();
-    write(tmp.path(), "web.yaml", &service("web", true, 80));
-    let mut rx = start(tmp.path(), 1).await;
-    // As editors and `kubectl`-style tools save: write a hidden temp file, rename it over.
-    let t = std::time::Instant::now();
-    write(tmp.path(), ".web.yaml.tmp", &service("web", true, 81));
-    fs::rename(
-        tmp.path().join(".web.yaml.tmp"),
-        tmp.path().join("web.yaml"),
-    )
-    .unwrap();
-    assert_eq!(
-        next(&mut rx).await,
-        Change::Service(
-            nn("web"),
-            services_of(&service("web", true, 81), "web.yaml").map(Arc::new)
-        )
-    );
-    println!(
-        "manifests: a renamed-over file was served after {:?}",
-        t.elapsed()
-    );
-}
-
-#[tokio::test]
-async fn a_deleted_file_withdraws_its_objects() {
-    let tmp = TempDir::new().unwrap();
-    write(tmp.path(), "web.yaml", &service("web", true, 80));
-    let mut rx = start(tmp.path(), 1).await;
-    let t = std::time::Instant::now();
-    fs::remove_file(tmp.path().join("web.yaml")).unwrap();
-    assert_eq!(next(&mut rx).await, Change::Service(nn("web"), None));
-    println!(
-        "manifests: a deleted file was withdrawn after {:?}",
-        t.elapsed()
-    );
-}
-
-/// The model Service one manifest document yields.
-/// The Service `yaml` defines, as read from the file `origin`.
-fn services_of(yaml: &str, origin: &str) -> Option<Service> {
-    match parse::parse_file(origin, yaml.as_bytes(), "node1")
-        .objects
-        .pop()
-    {
-        Some((_, parse::Object::Service { service, .. })) => service.map(|mut s| {
-            s.origin = Some(origin.into());
-            s
-        }),
-        other => panic!("not a Service: {other:?}"),
-    }
-}
+mod run;
