@@ -1,20 +1,35 @@
-//! The real kproxy binary at scale (issue 4), with each `--nftables-transport` (libnftables,
-//! the `nft` command): peak RSS of the process holding the model and the nftables mirror, per
-//! cluster size; and end to end, 10,000 generated Services in a
-//! `--manifests` directory inside throwaway network namespaces: the time from start until a
-//! ClusterIP connection is answered by its endpoint, and from an EndpointSlice file change until
-//! the traffic has moved (median and p90 of several).
+//! The real kproxy binary at scale (issues 4 and 17), in throwaway network namespaces, on
+//! generated clusters in a `--manifests` directory.
 //!
-//! Invariants: root only (kproxy programs nftables in a throwaway node namespace; without root
-//! the bench says why and does nothing, a failure under CI=true). Hosts: a `node` namespace
-//! where kproxy runs and from which the client connects, pods `a` (10.244.1.2) and `b`
+//! - **Rows** (issue 17): per proxy mode and cluster size (Services × endpoints), the time from
+//!   start until a ClusterIP connection is answered by its endpoint (start→traffic) and the
+//!   process's peak RSS over the whole run up to its first sync, cold start included (`VmHWM`).
+//!   nftables (`--nftables-transport library`, the default) at 10,000 × 10 and 5,000 × 50, and
+//!   with KPROXY_BENCH_LARGE=1 at 50,000 × 10 and 100,000 × 10; iptables mode (iptables-nft,
+//!   which `--iptables-variant auto` picks in an empty namespace) at 10,000 × 10; and nftables
+//!   through the `nft` command at 10,000 × 10 for comparison. The two nftables 10,000 × 10 rows
+//!   also time an EndpointSlice file change until the traffic has moved (twice per repetition).
+//! - **Peak RSS per transport**: each `--nftables-transport` at 1k and 10k Services × 10 (and 50k
+//!   with KPROXY_BENCH_LARGE=1), in a bare namespace, after the first sync.
+//!
+//! One line per repetition (`row nftables 10000x10 (library): start→traffic 2.41 s, VmHWM 439.0
+//! MiB`); start→traffic and slice moves go into `timings`, whose medians are printed at the end.
+//! Arguments that do not start with `-` filter: only rows and peak RSS runs whose label contains
+//! one of them run (`cargo bench --bench binary -- 100000x10`).
+//!
+//! Invariants: root only (kproxy programs the kernel in a throwaway node namespace; without root
+//! the bench says why and does nothing, a failure under CI=true; so is a missing `nft`, or a
+//! missing `iptables-nft`/`iptables-nft-restore` for the iptables rows). Hosts: a `node`
+//! namespace where kproxy runs and from which the client connects, pods `a` (10.244.1.2) and `b`
 //! (10.244.2.2) wired to it by veth pairs, each answering its name on TCP 8080. The node routes
 //! 10.0.0.0/8 (every generated VIP) to pod `b`, which takes it as its own: a VIP that kproxy has
 //! not DNATed yet is refused at once by `b` (nothing listens on port 80), so waiting never
 //! means a timeout. The target Service has one endpoint, on `a` or `b`, in a file of its own.
-//! Without `--bench` (`cargo test --all-targets` runs benches once in test mode) it runs a
-//! 200-Service cluster once, which still checks every step. Nothing is ever sent outside these
-//! namespaces; they are deleted on drop, also on panic.
+//! Every repetition starts cold: `kproxy --cleanup` first (the target must then be refused), a
+//! fresh process, and a row's hosts are fresh namespaces. Waits poll with a deadline (10 minutes
+//! for start→traffic and the first sync). Without `--bench` (`cargo test --all-targets` runs
+//! benches once in test mode) every row kind runs once on 200 Services, which still checks every
+//! step. Nothing is ever sent outside these namespaces; they are deleted on drop, also on panic.
 
 mod support;
 
@@ -35,6 +50,11 @@ const TRANSPORTS: [&str; 2] = ["library", "command"];
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let selected = |label: &str| filter.is_empty() || filter.iter().any(|f| label.contains(f));
     let Some(probe) = Netns::create(BENCH) else {
         return;
     };
@@ -42,20 +62,105 @@ fn main() {
     if !support::netns::have(BENCH, "nft") {
         return;
     }
-    let (sizes, e2e_n, reps) = if bench {
-        (support::sizes(), 10_000, 7)
-    } else {
-        (vec![200], 200, 1)
-    };
+    let large = std::env::var("KPROXY_BENCH_LARGE").as_deref() == Ok("1");
+    let sizes = if bench { support::sizes() } else { vec![200] };
     for n in sizes {
         for transport in TRANSPORTS {
-            peak_rss(n, transport);
+            if selected(&format!("peak {n}x10 ({transport})")) {
+                peak_rss(n, transport);
+            }
         }
     }
-    for transport in TRANSPORTS {
-        end_to_end(e2e_n, reps, transport);
+    let rows: Vec<Row> = rows(bench, large)
+        .into_iter()
+        .filter(|r| selected(&r.label()))
+        .collect();
+    let iptables = rows.iter().any(|r| r.mode == Mode::Iptables)
+        && support::netns::have(BENCH, "iptables-nft")
+        && support::netns::have(BENCH, "iptables-nft-restore");
+    for row in rows {
+        if row.mode == Mode::Iptables && !iptables {
+            continue;
+        }
+        run_row(&row);
     }
     timings::report();
+}
+
+/// How kproxy programs the kernel in a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `--proxy-mode nftables --nftables-transport <transport>`.
+    Nftables(&'static str),
+    /// `--proxy-mode iptables` with the default `--iptables-variant auto` (iptables-nft here).
+    Iptables,
+}
+
+impl Mode {
+    fn args(self) -> Vec<&'static str> {
+        match self {
+            Mode::Nftables(transport) => vec![
+                "--proxy-mode",
+                "nftables",
+                "--nftables-transport",
+                transport,
+            ],
+            Mode::Iptables => vec!["--proxy-mode", "iptables"],
+        }
+    }
+}
+
+/// One row: a mode, `n` Services × `eps` endpoints, `reps` cold starts, and whether each
+/// repetition also moves the target's traffic by changing its slice file.
+struct Row {
+    mode: Mode,
+    n: u32,
+    eps: u32,
+    reps: usize,
+    moves: bool,
+}
+
+impl Row {
+    /// `nftables 10000x10 (library)`, `iptables 10000x10 (iptables-nft)`.
+    fn label(&self) -> String {
+        let (mode, how) = match self.mode {
+            Mode::Nftables(transport) => ("nftables", transport),
+            Mode::Iptables => ("iptables", "iptables-nft"),
+        };
+        format!("{mode} {}x{} ({how})", self.n, self.eps)
+    }
+}
+
+/// The rows of a run (see the module docs); the large ones last.
+fn rows(bench: bool, large: bool) -> Vec<Row> {
+    let row = |mode, n, eps, reps, moves| Row {
+        mode,
+        n,
+        eps,
+        reps,
+        moves,
+    };
+    let library = Mode::Nftables("library");
+    let command = Mode::Nftables("command");
+    if !bench {
+        return vec![
+            row(library, 200, 10, 1, true),
+            row(command, 200, 10, 1, true),
+            row(library, 200, 50, 1, false),
+            row(Mode::Iptables, 200, 10, 1, false),
+        ];
+    }
+    let mut rows = vec![
+        row(library, 10_000, 10, 3, true),
+        row(library, 5_000, 50, 3, false),
+        row(Mode::Iptables, 10_000, 10, 3, false),
+        row(command, 10_000, 10, 3, true),
+    ];
+    if large {
+        rows.push(row(library, 50_000, 10, 1, false));
+        rows.push(row(library, 100_000, 10, 1, false));
+    }
+    rows
 }
 
 /// kproxy, running in the calling thread's namespace on a manifests directory; killed on drop
@@ -66,17 +171,13 @@ struct Kproxy {
 }
 
 impl Kproxy {
-    fn spawn(manifests: &Path, transport: &str, log: PathBuf) -> Kproxy {
+    fn spawn(manifests: &Path, mode: Mode, log: PathBuf) -> Kproxy {
         let out = std::fs::File::create(&log).expect("kproxy log");
         let err = out.try_clone().expect("kproxy log");
         let child = Command::new(env!("CARGO_BIN_EXE_kproxy"))
-            .args([
-                "--proxy-mode",
-                "nftables",
-                "--hostname-override",
-                support::NODE,
-            ])
-            .args(["--min-sync-period", "0s", "--nftables-transport", transport])
+            .args(mode.args())
+            .args(["--hostname-override", support::NODE])
+            .args(["--min-sync-period", "0s"])
             .arg("--manifests")
             .arg(manifests)
             .env("RUST_LOG", "warn")
@@ -161,14 +262,15 @@ fn poll<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Option<T>)
 
 /// Peak RSS of kproxy holding `n` Services × 10 endpoints after its first sync, in a fresh
 /// namespace (so the sync is a cold start).
-fn peak_rss(n: u32, transport: &str) {
+fn peak_rss(n: u32, transport: &'static str) {
     let node = Netns::enter(BENCH).expect("a namespace (root was checked)");
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = dir.path().join("cluster");
     std::fs::create_dir(&cluster).expect("cluster dir");
     manifests::write_cluster(&cluster, n, 10, &[], "192.168.0.2");
     let start = Instant::now();
-    let mut kproxy = Kproxy::spawn(&cluster, transport, dir.path().join("kproxy.log"));
+    let log = dir.path().join("kproxy.log");
+    let mut kproxy = Kproxy::spawn(&cluster, Mode::Nftables(transport), log);
     poll("first sync", Duration::from_secs(600), || {
         kproxy.synced().then_some(())
     });
@@ -268,27 +370,36 @@ fn point_at(dir: &Path, target: u32, pod: u8) {
     );
 }
 
-fn end_to_end(n: u32, reps: usize, transport: &str) {
+/// The target Service's ClusterIP and port.
+fn vip_of(target: u32) -> SocketAddr {
+    match support::service(target) {
+        kproxy::watch::Change::Service(_, Some(s)) => {
+            SocketAddr::new(s.ports[0].cluster_ips[0], 80)
+        }
+        _ => unreachable!("support::service yields a Service"),
+    }
+}
+
+/// Runs `row` (see the module docs): fresh hosts and cluster, then per repetition a cold start
+/// timed until the target's ClusterIP is answered by pod `a`, the first sync, `VmHWM`, and the
+/// slice moves when the row has them.
+fn run_row(row: &Row) {
+    let label = row.label();
     let hosts = Hosts::build();
     kproxy::netns::enter(&hosts.node.0).expect("enter the node namespace");
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = dir.path().join("cluster");
     std::fs::create_dir(&cluster).expect("cluster dir");
-    let target = n / 2;
-    manifests::write_cluster(&cluster, n, 10, &[target], "10.244.1.1");
+    let target = row.n / 2;
+    manifests::write_cluster(&cluster, row.n, row.eps, &[target], "10.244.1.1");
     point_at(&cluster, target, 1);
-    let vip: SocketAddr = match support::service(target) {
-        kproxy::watch::Change::Service(_, Some(s)) => {
-            SocketAddr::new(s.ports[0].cluster_ips[0], 80)
-        }
-        _ => unreachable!("support::service yields a Service"),
-    };
+    let vip = vip_of(target);
     assert_eq!(answer(vip), None, "{vip} answered before kproxy ran");
-    let start_name =
-        format!("e2e {n} Services, {transport}: start until a ClusterIP connection is answered");
-    let move_name =
-        format!("e2e {n} Services, {transport}: slice file changed until traffic moved");
-    for rep in 0..reps {
+    let start_name = format!("row {label}: start→traffic");
+    let move_name = format!("row {label}: slice file changed until traffic moved");
+    let mut took_all = Vec::with_capacity(row.reps);
+    let mut hwm_mib = Vec::with_capacity(row.reps);
+    for rep in 0..row.reps {
         let cleanup = Command::new(env!("CARGO_BIN_EXE_kproxy"))
             .arg("--cleanup")
             .output()
@@ -297,41 +408,77 @@ fn end_to_end(n: u32, reps: usize, transport: &str) {
         assert_eq!(answer(vip), None, "{vip} answered after --cleanup");
         let start = Instant::now();
         let log = dir.path().join(format!("kproxy-{rep}.log"));
-        let mut kproxy = Kproxy::spawn(&cluster, transport, log);
+        let mut kproxy = Kproxy::spawn(&cluster, row.mode, log);
         let who = poll(
             "answer from the ClusterIP",
-            Duration::from_secs(120),
+            Duration::from_secs(600),
             || {
                 kproxy.assert_running();
                 answer(vip)
             },
         );
         let took = start.elapsed();
-        timings::record(&start_name, took);
         assert_eq!(
             who, "a",
             "the ClusterIP was answered by {who}, not its endpoint"
         );
-        println!("{start_name}: {took:.2?}");
-        poll("first sync metric", Duration::from_secs(60), || {
+        timings::record(&start_name, took);
+        took_all.push(took);
+        poll("first sync metric", Duration::from_secs(600), || {
             kproxy.synced().then_some(())
         });
-        for (i, (pod, name)) in [(2, "b"), (1, "a")].into_iter().enumerate() {
-            point_at(&cluster, target, pod);
-            let start = Instant::now();
-            poll(
-                "traffic on the new endpoint",
-                Duration::from_secs(30),
-                || {
-                    kproxy.assert_running();
-                    (answer(vip).as_deref() == Some(name)).then_some(())
-                },
-            );
-            let took = start.elapsed();
-            timings::record(&move_name, took);
-            println!("{move_name} (rep {rep}, move {i}): {took:.2?}");
+        let (hwm, _) = kproxy.memory_kib();
+        let hwm = hwm as f64 / 1024.0;
+        hwm_mib.push(hwm);
+        println!(
+            "row {label}: start→traffic {:.2} s, VmHWM {hwm:.1} MiB",
+            took.as_secs_f64()
+        );
+        if row.mode == Mode::Iptables {
+            assert_iptables_nft();
+        }
+        if row.moves {
+            for (i, (pod, name)) in [(2, "b"), (1, "a")].into_iter().enumerate() {
+                point_at(&cluster, target, pod);
+                let start = Instant::now();
+                poll(
+                    "traffic on the new endpoint",
+                    Duration::from_secs(30),
+                    || {
+                        kproxy.assert_running();
+                        (answer(vip).as_deref() == Some(name)).then_some(())
+                    },
+                );
+                let took = start.elapsed();
+                timings::record(&move_name, took);
+                println!("{move_name} (rep {rep}, move {i}): {took:.2?}");
+            }
         }
         kproxy.stop();
     }
+    if row.reps > 1 {
+        hwm_mib.sort_by(f64::total_cmp);
+        let took = timings::percentile(&took_all, 50).expect("one per repetition");
+        println!(
+            "row {label}: median of {}: start→traffic {:.2} s, VmHWM {:.1} MiB",
+            row.reps,
+            took.as_secs_f64(),
+            hwm_mib[(hwm_mib.len() - 1) / 2]
+        );
+    }
     drop(hosts);
+}
+
+/// Panics unless kproxy's chains are in iptables-nft's nat table (the iptables rows measure
+/// iptables-nft, which `--iptables-variant auto` must have picked).
+fn assert_iptables_nft() {
+    let out = Command::new("iptables-nft-save")
+        .args(["-t", "nat"])
+        .output()
+        .expect("iptables-nft-save");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.lines().any(|l| l.starts_with(":KPROXY-")),
+        "no KPROXY-* chain in iptables-nft's nat table: {text}"
+    );
 }
