@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 /// kproxy's own allocations go to mimalloc, away from libnftables' heap (see `kproxy::alloc`).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: kproxy::alloc::MiMalloc = kproxy::alloc::MiMalloc;
 use std::sync::Arc;
