@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 need=()
-for pair in nft:nftables iptables:iptables conntrack:conntrack ip:iproute2 ipset:ipset python3:python3 strace:strace systemd-analyze:systemd setpriv:util-linux; do
+for pair in cc:gcc nft:nftables iptables:iptables conntrack:conntrack ip:iproute2 ipset:ipset python3:python3 strace:strace systemd-analyze:systemd setpriv:util-linux; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
