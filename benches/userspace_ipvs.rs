@@ -158,6 +158,10 @@ fn bench(c: &mut Criterion) {
                 assert!(rt.block_on(syncer.sync(Due::Full)).applied());
             })
         });
+        // One cold full sync outside criterion too: a label filter may have skipped the above.
+        *kernel.state() = Default::default();
+        syncer.drifted();
+        assert!(rt.block_on(syncer.sync(Due::Full)).applied());
         let messages = |k: &FakeKernel| k.state().ipvs_messages;
         println!(
             "{n} Services: a cold full sync sent {} IPVS messages",
