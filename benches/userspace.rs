@@ -78,7 +78,7 @@ fn bench(c: &mut Criterion) {
         // print the transaction.
         g.bench_function(BenchmarkId::new("full_sync_text", n), |b| {
             b.iter(|| {
-                let parts = Parts::full(&plans, &node, &support::config());
+                let parts = Parts::new(&plans, &node, &support::config());
                 let d = diff(&Mirror::default(), &parts, Scope::Full);
                 d.tx.to_string().len()
             })

@@ -66,6 +66,16 @@ impl<T: Transport> NftBackend<T> {
         Ok(SyncReport { operations })
     }
 
+    /// A diff left `unknown` elements without a value it could name (`Diff::unknown`): loads
+    /// everything instead, which compiles every owner and so knows every value.
+    fn reload(&mut self, unknown: usize, parts: Parts) -> Result<SyncReport, BackendError> {
+        tracing::info!(
+            elements = unknown,
+            "an element goes back to a value no changed port wrote; reloading"
+        );
+        self.adopt_and_load(parts)
+    }
+
     /// Adoption: lists kproxy's tables, then reconciles them with `parts` in bounded
     /// transactions (see `reconcile.rs`). The mirror is replaced only when every transaction
     /// went through; a failure part-way leaves `adopt` set, so the next full sync lists again.
@@ -97,17 +107,13 @@ impl<T: Transport> Backend for NftBackend<T> {
     }
 
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
-        let parts = Parts::full(plans, node, &self.config);
+        let parts = Parts::new(plans, node, &self.config);
         if self.adopt {
             return self.adopt_and_load(parts);
         }
         let d = diff::into_diff(&self.mirror, parts.clone(), Scope::Full);
         if d.unknown > 0 {
-            tracing::info!(
-                elements = d.unknown,
-                "an element goes back to a value no changed port wrote; reloading"
-            );
-            return self.adopt_and_load(parts);
+            return self.reload(d.unknown, parts);
         }
         let report = self.send(&d.tx)?;
         self.mirror.commit(d);
@@ -123,15 +129,10 @@ impl<T: Transport> Backend for NftBackend<T> {
         if self.adopt || !self.mirror.is_loaded() {
             return Err(BackendError::not_loaded());
         }
-        let parts = Parts::partial(plans, changed, node, &self.config);
-        let d = diff::into_diff(&self.mirror, parts, Scope::Ports(changed));
+        let parts = Parts::new(plans, node, &self.config);
+        let d = diff::into_diff(&self.mirror, parts.clone(), Scope::Ports(changed));
         if d.unknown > 0 {
-            // A full load compiles every owner and knows every value.
-            tracing::info!(
-                elements = d.unknown,
-                "an element goes back to a value no changed port wrote; reloading"
-            );
-            return self.adopt_and_load(Parts::full(plans, node, &self.config));
+            return self.reload(d.unknown, parts);
         }
         let report = self.send(&d.tx)?;
         self.mirror.commit(d);

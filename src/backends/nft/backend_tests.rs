@@ -47,7 +47,7 @@ fn the_first_full_sync_is_a_full_load() {
     let (mut b, fake) = backend();
     let plans = cluster_ips();
     let report = b.sync_full(&plans, &node()).unwrap();
-    let parts = Parts::full(&plans, &node(), &config());
+    let parts = Parts::new(&plans, &node(), &config());
     let load = transaction(&Mirror::default(), &parts, Scope::Full);
     let s = fake.state.lock().unwrap();
     assert_eq!(s.applied.len(), 1, "a small load is one transaction");

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use super::skeleton;
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::{FamilyPlan, Planned, Targets};
-use crate::model::{IpFamily, Protocol, ServicePortName};
+use crate::model::{IpFamily, Protocol};
 use crate::node::NodeFacts;
 
 pub use super::render::render;
@@ -314,19 +314,6 @@ pub fn compile_one(planned: &Planned, node: &NodeFacts) -> Desired {
     let mut d = Desired::default();
     compile_port(&mut d, planned, node);
     d
-}
-
-/// The contributions of the `changed` ports only (`None`: the port is gone). Costs
-/// O(changed), whatever the number of Services. Pure.
-pub fn compile_ports(
-    plans: &Plans,
-    changed: &BTreeSet<ServicePortName>,
-    node: &NodeFacts,
-) -> BTreeMap<ServicePortName, Option<Desired>> {
-    changed
-        .iter()
-        .map(|name| (name.clone(), plans.get(name).map(|p| compile_one(p, node))))
-        .collect()
 }
 
 /// The elements owned by the node and the configuration rather than by a service port

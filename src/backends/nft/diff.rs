@@ -1,14 +1,17 @@
 //! The mirror of what kproxy applied to its nftables tables, and the diff from the mirror to the
 //! desired state as a `Transaction` (see `transaction.rs`).
 //!
-//! Invariants: the mirror holds, per owner (the node, or one service port), what that owner
-//! contributed, and per family every element with the number of owners that want it, and every
-//! `lb-N` / `affinity-T` chain with the number of owners that use it. A partial diff touches only
-//! the changed owners, so it costs O(changed), whatever the number of Services. Chains are added
-//! before, and deleted after, the elements that jump to them. The mirror changes only through
-//! `Mirror::commit`, which the caller runs after the kernel accepted the transaction; a failed
-//! apply leaves it as it was. Two owners wanting one key with different values (two Services
-//! claiming one VIP port) is resolved in favour of the later writer.
+//! Invariants: the mirror holds the node's compiled contribution, and per service port the plan
+//! and node facts it was compiled from (compiling them again gives what it contributed); per
+//! family every element as a hashed record with the number of owners that want it
+//! (`elements.rs`), and every `lb-N` / `affinity-T` chain with the number of owners that use it.
+//! A diff compiles only the ports whose plan or facts changed, so a partial diff costs
+//! O(changed), whatever the number of Services. Chains are added before, and deleted after, the
+//! elements that jump to them. The mirror changes only through `Mirror::commit`, which the caller
+//! runs after the kernel accepted the transaction; a failed apply leaves it as it was. Two owners
+//! wanting one key with different values (two Services claiming one VIP port) is resolved in
+//! favour of the later writer; when it leaves, the diff reports the value it cannot name
+//! (`Diff::unknown`) instead of writing one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -43,23 +46,14 @@ pub struct Parts<'a> {
 }
 
 impl<'a> Parts<'a> {
-    /// Every port and the node. The diff compiles only the ports that changed.
-    pub fn full(plans: &'a Plans, node: &NodeFacts, config: &BackendConfig) -> Parts<'a> {
+    /// The node's elements and every port's plan; the diff's `Scope` decides which ports it
+    /// looks at, and it compiles only those that changed.
+    pub fn new(plans: &'a Plans, node: &NodeFacts, config: &BackendConfig) -> Parts<'a> {
         Parts {
             node: compile::compile_node(node, config),
             plans,
             facts: node.clone(),
         }
-    }
-
-    /// The same view, for a partial diff: its `Scope::Ports` decides which ports are looked at.
-    pub fn partial(
-        plans: &'a Plans,
-        _changed: &BTreeSet<ServicePortName>,
-        node: &NodeFacts,
-        config: &BackendConfig,
-    ) -> Parts<'a> {
-        Parts::full(plans, node, config)
     }
 }
 
@@ -89,6 +83,9 @@ impl Owner {
 /// value of an owner it compiled).
 #[derive(Debug)]
 struct Pending {
+    id: ElemId,
+    /// The value the mirror holds (the kernel has), if any.
+    was: Option<u64>,
     held: Option<Held>,
     text: Option<String>,
 }
@@ -156,10 +153,6 @@ impl Mirror {
             IpFamily::V4 => &mut self.v4,
             IpFamily::V6 => &mut self.v6,
         }
-    }
-
-    fn held(&self, (family, set, key): &ElemKey) -> Option<&Held> {
-        self.family(*family).elements.get(&ElemId::of(set, key))
     }
 
     /// Whether kproxy's tables were created (or adopted) by a committed transaction.
@@ -254,10 +247,18 @@ impl Overlay<'_> {
     /// The element as the overlay sees it: its pending state, else the mirror's.
     fn entry(&mut self, k: ElemKey) -> &mut Pending {
         let m = self.mirror;
-        self.entries.entry(k).or_insert_with_key(|k| Pending {
-            held: m.held(k).cloned(),
-            text: None,
-        })
+        self.entries
+            .entry(k)
+            .or_insert_with_key(|(family, set, key)| {
+                let id = ElemId::of(set, key);
+                let held = m.family(*family).elements.get(&id).cloned();
+                Pending {
+                    id,
+                    was: held.as_ref().map(|h| h.value),
+                    held,
+                    text: None,
+                }
+            })
     }
 
     /// How many owners want chain `c`: the pending count, else the mirror's.
@@ -423,13 +424,11 @@ pub fn into_diff(mirror: &Mirror, desired: Parts, scope: Scope<'_>) -> Diff {
     // Deletions first, then additions; the texts move from the overlay into the operations.
     let mut adds = Vec::new();
     for ((family, set, key), p) in o.entries {
-        let id = ElemId::of(set, &key);
-        let old = mirror.family(family).elements.get(&id).map(|h| h.value);
         let new = p.held.as_ref().map(|h| h.value);
-        if old != new {
+        if p.was != new {
             match (new, p.text) {
                 (Some(_), Some(text)) => {
-                    if old.is_some() {
+                    if p.was.is_some() {
                         tx.push(Op::DeleteElement(family, set, key.clone()));
                     }
                     adds.push(Op::AddElement(family, set, key, text));
@@ -438,7 +437,7 @@ pub fn into_diff(mirror: &Mirror, desired: Parts, scope: Scope<'_>) -> Diff {
                 (None, _) => tx.push(Op::DeleteElement(family, set, key)),
             }
         }
-        update.entries.push((family, id, p.held));
+        update.entries.push((family, p.id, p.held));
     }
     tx.extend(adds);
     for ((family, chain), refs) in &o.chains {

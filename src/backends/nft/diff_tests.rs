@@ -42,7 +42,7 @@ fn applied(plans: &Plans) -> Mirror {
     let mut m = Mirror::default();
     m.commit(diff(
         &m,
-        &Parts::full(plans, &node(), &config()),
+        &Parts::new(plans, &node(), &config()),
         Scope::Full,
     ));
     m
@@ -60,7 +60,7 @@ pub(super) fn set_endpoints(plans: &mut Plans, i: u32, endpoints: &[&str]) {
 
 fn partial(mirror: &Mirror, plans: &Plans, changed: &[ServicePortName]) -> Transaction {
     let changed: BTreeSet<ServicePortName> = changed.iter().cloned().collect();
-    let parts = Parts::partial(plans, &changed, &node(), &config());
+    let parts = Parts::new(plans, &node(), &config());
     transaction(mirror, &parts, Scope::Ports(&changed))
 }
 
@@ -157,7 +157,7 @@ fn a_changed_port_moves_the_service_elements_to_the_new_key() {
 #[test]
 fn a_full_diff_against_an_empty_mirror_is_a_complete_load() {
     for plans in [cluster_ips(), external(), many(50, 3)] {
-        let parts = Parts::full(&plans, &node(), &config());
+        let parts = Parts::new(&plans, &node(), &config());
         let tx = transaction(&Mirror::default(), &parts, Scope::Full);
         let d = compile(&plans, &node(), &config());
         let mut load = Transaction::default();
@@ -188,7 +188,7 @@ fn a_full_diff_against_an_empty_mirror_is_a_complete_load() {
 fn a_full_diff_against_an_equal_mirror_is_empty() {
     for plans in [cluster_ips(), external(), many(50, 3)] {
         let mirror = applied(&plans);
-        let parts = Parts::full(&plans, &node(), &config());
+        let parts = Parts::new(&plans, &node(), &config());
         let tx = transaction(&mirror, &parts, Scope::Full);
         assert!(tx.is_empty(), "{tx}");
     }
@@ -201,7 +201,7 @@ fn partial_commits_leave_the_same_mirror_as_a_full_one() {
     set_endpoints(&mut plans, 4, &["10.1.4.0"]);
     plans.remove(&svc(5));
     let changed: BTreeSet<_> = [svc(4), svc(5)].into_iter().collect();
-    let parts = Parts::partial(&plans, &changed, &node(), &config());
+    let parts = Parts::new(&plans, &node(), &config());
     mirror.commit(diff(&mirror, &parts, Scope::Ports(&changed)));
     assert_eq!(mirror, applied(&plans));
 }
@@ -213,7 +213,7 @@ fn an_uncommitted_diff_leaves_the_mirror_as_it_was() {
     let before = mirror.clone();
     let _ = diff(
         &mirror,
-        &Parts::full(&Plans::new(), &node(), &config()),
+        &Parts::new(&Plans::new(), &node(), &config()),
         Scope::Full,
     );
     assert_eq!(mirror, before);
@@ -252,7 +252,7 @@ fn when_one_of_two_services_claiming_one_vip_port_leaves_the_diff_says_which_val
     let changed = BTreeSet::from([b]);
     let d = diff(
         &mirror,
-        &Parts::partial(&plans, &changed, &node(), &config()),
+        &Parts::new(&plans, &node(), &config()),
         Scope::Ports(&changed),
     );
     assert_eq!(d.unknown, 2, "the services element and slot 0: {}", d.tx);
@@ -264,7 +264,7 @@ fn when_one_of_two_services_claiming_one_vip_port_leaves_the_diff_says_which_val
     // A full load knows every owner's value.
     let load = diff(
         &Mirror::default(),
-        &Parts::full(&plans, &node(), &config()),
+        &Parts::new(&plans, &node(), &config()),
         Scope::Full,
     );
     assert_eq!(load.unknown, 0);

@@ -22,7 +22,7 @@ fn libnftables_applies_a_full_transaction_and_its_changes_as_nft_does() {
     let Some(ns) = Netns::new() else { return };
     let mut t = lib(&ns);
     for plans in [cluster_ips(), external()] {
-        let parts = Parts::full(&plans, &node(), &config());
+        let parts = Parts::new(&plans, &node(), &config());
         let tx = transaction(&Mirror::default(), &parts, Scope::Full);
         let script = tx.to_string();
         t.apply(&script).unwrap_or_else(|e| panic!("{e}\n{script}"));

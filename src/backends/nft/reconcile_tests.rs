@@ -69,7 +69,7 @@ fn nft_listings_parse_into_chains_sets_and_elements_over_several_lines() {
 fn load(plans: &Plans) -> Transaction {
     diff(
         &Mirror::default(),
-        &Parts::full(plans, &node(), &config()),
+        &Parts::new(plans, &node(), &config()),
         Scope::Full,
     )
     .tx

@@ -97,7 +97,7 @@ fn nft_cli_loads_a_full_transaction_from_an_empty_mirror() {
     let Some(ns) = Netns::new() else { return };
     let mut nft = NftCli::in_netns(&ns.name);
     for plans in [cluster_ips(), external()] {
-        let parts = Parts::full(&plans, &node(), &config());
+        let parts = Parts::new(&plans, &node(), &config());
         let tx = transaction(&Mirror::default(), &parts, Scope::Full);
         let script = tx.to_string();
         let start = Instant::now();
