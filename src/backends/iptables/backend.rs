@@ -6,8 +6,11 @@
 //! nat and filter tables and rewrites every kproxy chain in place (`adopt.rs`). Later full syncs
 //! diff against the mirror; partial syncs diff only the changed ports and never list the kernel.
 //! A failed restore is logged with iptables' own message and makes the next full sync adopt.
-//! `drift` compares a probe snapshot (`probe.rs`) with the one taken after the last restore, at
-//! most once per `PROBE_PERIOD`.
+//! `drift` compares a probe snapshot (`probe.rs`) with the baseline, at most once per
+//! `PROBE_PERIOD`. Someone else's change is never taken into the baseline by a sync that
+//! happens before the next probe: with iptables-nft the baseline follows from the mirror
+//! (checked against the kernel after every full sync); with legacy each sync first compares
+//! the kernel with the old baseline and keeps what it found for `drift` to report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -25,6 +28,11 @@ use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, Sy
 use crate::model::{IpFamily, ServicePortName};
 use crate::node::NodeFacts;
 
+/// Full syncs in a row whose check found the kernel unlike the mirror, after which the
+/// iptables-nft baseline is measured instead (a foreign rule naming a `KPROXY-` chain in a
+/// built-in chain would otherwise be "repaired" forever).
+const MISMATCHES_TRUSTED: u8 = 3;
+
 /// The shortest interval between two probes: the sync loop asks every 400 ms, so each ask
 /// probes (0.21 ms with iptables-nft, 12 µs with legacy); this only bounds a faster caller.
 pub const PROBE_PERIOD: Duration = Duration::from_millis(300);
@@ -39,7 +47,12 @@ pub struct IptablesBackend {
     families: Vec<IpFamily>,
     mirrors: BTreeMap<IpFamily, Mirror>,
     adopt: bool,
+    /// What the probe should find; None before the first full sync and when the probe fails.
     baseline: Option<Snapshot>,
+    /// Drift found during a sync, reported by the next `drift`.
+    found: Option<String>,
+    /// Full syncs in a row after which the iptables-nft probe differed from the mirror.
+    mismatches: u8,
     last_probe: Option<Instant>,
     /// Lines of the last restore input per table (`…_iptables_last`).
     last_lines: usize,
@@ -58,6 +71,8 @@ impl IptablesBackend {
             mirrors: BTreeMap::new(),
             adopt: true,
             baseline: None,
+            found: None,
+            mismatches: 0,
             last_probe: None,
             last_lines: 0,
         }
@@ -132,16 +147,75 @@ impl IptablesBackend {
         Ok(text)
     }
 
-    /// Takes the probe snapshot that later drift checks compare with.
-    fn rebaseline(&mut self) {
-        self.baseline = match probe::snapshot(self.variant, &self.families) {
-            Ok(s) => Some(s),
+    /// Before a write with legacy iptables: compares the kernel with the baseline and keeps a
+    /// difference for `drift` to report (the write would hide it in the next baseline).
+    /// Returns whether drift is known.
+    fn drift_before_write(&mut self) -> bool {
+        if self.variant == Variant::Legacy
+            && !self.adopt
+            && self.found.is_none()
+            && let Some(before) = &self.baseline
+            && let Ok(now) = probe::snapshot(self.variant, &self.families)
+            && &now != before
+        {
+            self.found = Some(self.describe(before, &now));
+        }
+        self.found.is_some()
+    }
+
+    /// After a restore: the baseline later drift checks compare with. Legacy's is measured.
+    /// iptables-nft's follows from the mirror; a partial sync leaves it alone (it writes no
+    /// probed chain) and a full sync checks the kernel against it at once.
+    fn rebaseline(&mut self, full: bool, adopted: bool) {
+        if self.found.is_some() && !adopted {
+            // Drift found before this write: the old baseline stays until the repair.
+            return;
+        }
+        if self.variant == Variant::Nft && !full && self.baseline.is_some() {
+            return;
+        }
+        self.last_probe = Some(Instant::now());
+        let measured = match probe::snapshot(self.variant, &self.families) {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take the iptables drift snapshot");
-                None
+                self.baseline = None;
+                return;
             }
         };
-        self.last_probe = Some(Instant::now());
+        if self.variant == Variant::Legacy {
+            self.baseline = Some(measured);
+            return;
+        }
+        let fixed = self
+            .mirrors
+            .iter()
+            .filter_map(|(family, m)| Some((*family, m.fixed.as_ref()?)));
+        let expected = probe::expected(fixed);
+        if measured == expected {
+            self.mismatches = 0;
+            self.baseline = Some(expected);
+            return;
+        }
+        self.mismatches = self.mismatches.saturating_add(1);
+        let what = self.describe(&expected, &measured);
+        if self.mismatches < MISMATCHES_TRUSTED {
+            self.found = Some(what);
+            self.baseline = Some(expected);
+        } else {
+            if self.mismatches == MISMATCHES_TRUSTED {
+                tracing::warn!(drift = %what, "the kernel still differs from kproxy's rules after {MISMATCHES_TRUSTED} full syncs in a row; drift checks now compare with what was measured");
+            }
+            self.baseline = Some(measured);
+        }
+    }
+
+    fn describe(&self, want: &Snapshot, found: &Snapshot) -> String {
+        format!(
+            "iptables-{}: {}",
+            self.variant.as_str(),
+            probe::describe(want, found)
+        )
     }
 
     fn set_route_localnet(&self) {
@@ -168,7 +242,7 @@ impl Backend for IptablesBackend {
         self.last_lines = 0;
         let mut desired = compile(plans, node, &self.config);
         desired.retain(|family, _| self.families.contains(family));
-        let adopting = self.adopt;
+        let adopting = self.adopt || self.drift_before_write();
         if adopting {
             self.set_route_localnet();
         }
@@ -183,7 +257,7 @@ impl Backend for IptablesBackend {
             self.mirrors.insert(family, Mirror::from(rules));
         }
         self.adopt = false;
-        self.rebaseline();
+        self.rebaseline(true, adopting);
         Ok(report)
     }
 
@@ -197,6 +271,7 @@ impl Backend for IptablesBackend {
             return Err(BackendError::not_loaded());
         }
         self.last_lines = 0;
+        self.drift_before_write();
         let mut report = SyncReport::default();
         for family in self.families.clone() {
             let desired: BTreeMap<_, _> = changed
@@ -215,11 +290,15 @@ impl Backend for IptablesBackend {
             }
             mirror.ports.extend(desired);
         }
-        self.rebaseline();
+        self.rebaseline(false, false);
         Ok(report)
     }
 
     fn drift(&mut self) -> Result<Option<String>, BackendError> {
+        if let Some(what) = self.found.take() {
+            self.adopt = true;
+            return Ok(Some(what));
+        }
         if self.adopt || self.baseline.is_none() {
             return Ok(None);
         }
@@ -234,24 +313,7 @@ impl Backend for IptablesBackend {
             return Ok(None);
         }
         self.adopt = true;
-        let what: Vec<String> = before
-            .iter()
-            .filter(|(k, v)| now.get(*k) != Some(*v))
-            .take(3)
-            .map(|((family, key), v)| {
-                format!(
-                    "{} {key}: {} -> {}",
-                    family.as_str(),
-                    v,
-                    now.get(&(*family, key.clone())).copied().unwrap_or(0)
-                )
-            })
-            .collect();
-        Ok(Some(format!(
-            "iptables-{}: {}",
-            self.variant.as_str(),
-            what.join("; ")
-        )))
+        Ok(Some(self.describe(before, &now)))
     }
 
     fn rules_per_table(&self) -> BTreeMap<&'static str, usize> {
@@ -268,6 +330,7 @@ impl Backend for IptablesBackend {
         self.mirrors.clear();
         self.adopt = true;
         self.baseline = None;
+        self.found = None;
         crate::backends::leftovers::remove_iptables()
             .map(|_| ())
             .map_err(|e| BackendError::at(Step::Cleanup, RestoreError::from(e)))

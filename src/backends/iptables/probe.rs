@@ -1,20 +1,22 @@
 //! The drift probe: a cheap, in-process snapshot of what would change if someone else removed
-//! kproxy's rules (firewalld reloading, `iptables -F`, `iptables -X`). The backend takes one
-//! after each successful restore and compares later ones with it.
+//! kproxy's rules (firewalld reloading, `iptables -F`, `iptables -X`), and what it should find.
 //!
 //! - iptables-nft: one filtered `NFT_MSG_GETRULE` dump per chain (kproxy's canary and entry
 //!   chains, and the built-in chains it hooks): each chain's rule count, and for built-in chains
 //!   only the rules that mention `KPROXY-` (its hooks), so other components adding their own
-//!   rules is not drift. About 24 small dumps, well under a millisecond.
+//!   rules is not drift. About 24 small dumps, well under a millisecond. Every chain probed is a
+//!   fixed one, so what it should find follows from the mirror (`expected`), never from a
+//!   measurement that someone else's flush could slip into.
 //! - iptables-legacy: the kernel keeps each table as one blob; `IPT_SO_GET_INFO` returns its
 //!   entry count and size without copying it. Any change to the nat or filter table, by anyone,
 //!   changes the snapshot, so another component editing those tables also causes a resync.
+//!   What it should find can only be measured after kproxy's own restore.
 //!
 //! Invariants: never writes; a missing table or chain is a value in the snapshot, not an error.
 
 use std::collections::BTreeMap;
 
-use super::compile::Table;
+use super::compile::{Fixed, Table};
 use super::names;
 use super::variant::Variant;
 use crate::model::IpFamily;
@@ -63,6 +65,52 @@ pub fn snapshot(variant: Variant, families: &[IpFamily]) -> Result<Snapshot, Pro
         }
     }
     Ok(out)
+}
+
+/// What an iptables-nft snapshot finds while the fixed chains and hooks are `fixed` in each
+/// family: each probed kproxy chain's rules, and kproxy's hooks in each built-in chain.
+pub fn expected<'a>(fixed: impl IntoIterator<Item = (IpFamily, &'a Fixed)>) -> Snapshot {
+    let mut out = Snapshot::new();
+    for (family, fixed) in fixed {
+        for (table, chains) in CHAINS {
+            for chain in *chains {
+                let value = if chain.starts_with("KPROXY-") {
+                    fixed
+                        .chains
+                        .iter()
+                        .filter(|(t, c, _)| t == table && c == chain)
+                        .map(|(_, _, rules)| rules.len())
+                        .sum()
+                } else {
+                    fixed
+                        .hooks
+                        .iter()
+                        .filter(|(t, c, _)| t == table && c == chain)
+                        .count()
+                };
+                out.insert((family, format!("{table}/{chain}")), value as u64);
+            }
+        }
+    }
+    out
+}
+
+/// The first (up to three) differences, e.g. `IPv4 nat/KPROXY-SERVICES: 2 -> 0`.
+pub fn describe(want: &Snapshot, found: &Snapshot) -> String {
+    let keys: std::collections::BTreeSet<&(IpFamily, String)> =
+        want.keys().chain(found.keys()).collect();
+    let diffs: Vec<String> = keys
+        .into_iter()
+        .filter_map(|key| {
+            let (w, f) = (want.get(key), found.get(key));
+            (w != f).then(|| {
+                let (w, f) = (w.copied().unwrap_or(0), f.copied().unwrap_or(0));
+                format!("{} {}: {w} -> {f}", key.0.as_str(), key.1)
+            })
+        })
+        .take(3)
+        .collect();
+    diffs.join("; ")
 }
 
 fn nft(family: IpFamily, out: &mut Snapshot) -> Result<(), ProbeError> {
