@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::OnceLock;
 
+use super::elements::{ElementBatch, ElementSocket};
 use super::transport::{NftCli, NftError, Transport};
 use crate::model::IpFamily;
 
@@ -165,6 +166,8 @@ impl Drop for Ctx {
 /// The libnftables transport (see the module invariants).
 pub struct NftLib {
     ctx: Option<Ctx>,
+    /// Element batches go over netlink, on a socket opened in the transport's namespace.
+    elements: ElementSocket,
     /// Where listing and the drift probe go, and the namespace of the context.
     cli: NftCli,
 }
@@ -181,7 +184,11 @@ impl NftLib {
     }
 
     fn with(cli: NftCli) -> Result<NftLib, NftError> {
-        let mut lib = NftLib { ctx: None, cli };
+        let mut lib = NftLib {
+            ctx: None,
+            elements: ElementSocket::default(),
+            cli,
+        };
         let ctx = lib.on_ns_thread(|_| Ctx::new())??;
         lib.ctx = Some(ctx);
         Ok(lib)
@@ -218,6 +225,25 @@ impl Transport for NftLib {
                 status: "libnftables".into(),
                 stderr,
             })
+    }
+
+    fn sends_element_batches(&self) -> bool {
+        true
+    }
+
+    fn apply_elements(&mut self, batch: ElementBatch) -> Result<(), NftError> {
+        let Some(ns) = self.cli.netns.clone() else {
+            return Ok(self.elements.send(batch)?);
+        };
+        // The socket is opened (on first use, or after an error) inside the namespace.
+        let elements = &mut self.elements;
+        std::thread::scope(|s| {
+            s.spawn(|| crate::netns::enter(&ns).map(|()| elements.send(batch)))
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+        .map_err(|e| NftError::Netns(ns, e))??;
+        Ok(())
     }
 
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError> {
@@ -273,6 +299,14 @@ impl Nft {
 impl Transport for Nft {
     fn apply(&mut self, script: &str) -> Result<(), NftError> {
         self.inner().apply(script)
+    }
+
+    fn sends_element_batches(&self) -> bool {
+        matches!(self, Nft::Lib(_))
+    }
+
+    fn apply_elements(&mut self, batch: ElementBatch) -> Result<(), NftError> {
+        self.inner().apply_elements(batch)
     }
 
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError> {

@@ -1,10 +1,12 @@
 //! The nftables machinery the nftables and IPVS backends share: applying a script atomically
 //! (`transport`: the `nft` command; `libnft`: libnftables in-process, preferred), listing one
-//! table, and counting a table's rules per chain over netlink (`netlink`, the drift probe).
+//! table, counting a table's rules per chain over netlink (`netlink`, the drift probe), and
+//! set elements as netlink batches (`elements`, which the libnftables transport sends).
 //!
 //! Invariants: nothing here knows which table a caller owns: every call names it; scripts are
 //! applied whole or not at all.
 
+pub mod elements;
 pub mod libnft;
 pub mod netlink;
 pub mod transport;

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
+use super::elements::ElementBatch;
 use super::family_name;
 use crate::backends::process::{RunError, run_piped};
 use crate::model::IpFamily;
@@ -40,6 +41,10 @@ pub enum NftError {
     Netns(String, std::io::Error),
     #[error("libnftables cannot be used: {0}")]
     LibraryUnavailable(String),
+    #[error(transparent)]
+    Elements(#[from] super::elements::ElementsError),
+    #[error("this transport sends no element batches")]
+    NoElementBatches,
     #[error("injected failure: {0}")]
     Injected(String),
 }
@@ -49,6 +54,15 @@ pub enum NftError {
 pub trait Transport: Send {
     /// Applies `script` (nft -f syntax) as one atomic transaction.
     fn apply(&mut self, script: &str) -> Result<(), NftError>;
+    /// Whether `apply_elements` sends element batches over netlink (else callers send the
+    /// elements' text through `apply`).
+    fn sends_element_batches(&self) -> bool {
+        false
+    }
+    /// Applies element additions and deletions as one atomic transaction.
+    fn apply_elements(&mut self, _batch: ElementBatch) -> Result<(), NftError> {
+        Err(NftError::NoElementBatches)
+    }
     /// The text of `table` in `family`, or `None` when it does not exist. For adoption at
     /// start-up only.
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError>;

@@ -1,6 +1,8 @@
 //! `NftBackend`: the `Backend` contract on top of compile, diff and a `Transport`.
 //!
-//! Invariants: the mirror changes only after the transport accepted a transaction. The first full
+//! Invariants: the mirror changes only after the transport accepted a transaction. A
+//! transaction of element operations only goes as one netlink batch when the transport sends
+//! those (libnftables'), else as `nft -f` text; both are one atomic transaction. The first full
 //! sync (and the first after any failure, drift or cleanup) adopts: it lists kproxy's tables and
 //! reconciles them element by element in bounded transactions (`reconcile.rs`, at most
 //! `CHUNK_OPS` element operations each); the tables and the elements that are still right are
@@ -16,6 +18,7 @@ use std::collections::BTreeSet;
 
 use super::compile::{compile, render};
 use super::diff::{self, Mirror, Parts, Scope};
+use super::encode;
 use super::reconcile;
 use super::transaction::Transaction;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
@@ -30,6 +33,7 @@ pub struct NftBackend<T: Transport> {
     /// The next full sync lists the kernel and replaces the tables' contents.
     adopt: bool,
     failures: u64,
+    batches: u64,
 }
 
 impl<T: Transport> NftBackend<T> {
@@ -40,6 +44,7 @@ impl<T: Transport> NftBackend<T> {
             mirror: Mirror::default(),
             adopt: true,
             failures: 0,
+            batches: 0,
         }
     }
 
@@ -52,11 +57,30 @@ impl<T: Transport> NftBackend<T> {
         &self.mirror
     }
 
-    /// Sends a transaction; a failure is logged, counted, and makes the next full sync adopt.
+    /// Transactions sent as netlink element batches so far (the rest went as text).
+    pub fn element_batches(&self) -> u64 {
+        self.batches
+    }
+
+    /// Sends a transaction: as one element batch when the transport sends those and the
+    /// transaction is only elements `encode` knows, else as text. A failure is logged, counted,
+    /// and makes the next full sync adopt.
     fn send(&mut self, tx: &Transaction) -> Result<SyncReport, BackendError> {
         let operations = tx.len();
         if !tx.is_empty() {
-            self.transport.apply(&tx.to_string()).map_err(|e| {
+            let batch = self
+                .transport
+                .sends_element_batches()
+                .then(|| encode::batch(tx))
+                .flatten();
+            let result = match batch {
+                Some(batch) => {
+                    self.batches += 1;
+                    self.transport.apply_elements(batch)
+                }
+                None => self.transport.apply(&tx.to_string()),
+            };
+            result.map_err(|e| {
                 self.failures += 1;
                 self.adopt = true;
                 tracing::warn!(error = %e, operations, "nftables transaction failed");

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod compile;
 pub mod diff;
 mod elements;
+pub mod encode;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake_transport;
 pub mod reconcile;
@@ -26,6 +27,8 @@ pub(crate) mod fake_kernel;
 mod fake_kernel_tests;
 #[cfg(test)]
 mod libnft_tests;
+#[cfg(test)]
+mod native_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]

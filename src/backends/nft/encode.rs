@@ -1,0 +1,188 @@
+//! Element operations, as compile writes their text, to the bytes nf_tables stores: an
+//! `ElementBatch` the libnftables transport sends over netlink instead of having libnftables
+//! parse and resolve the text (most of a cold start's time at scale).
+//!
+//! Invariants: a set's layout is read from its declaration in `skeleton::SETS`, the one source
+//! of truth; in a concatenation every field takes whole 4-byte registers (nft's padding), a
+//! single field its own length; addresses and ports in network order, `numgen` slots in host
+//! order. A transaction holding anything this does not encode (a chain or rule, an interval or
+//! dynamic set, text it does not parse) yields `None` and goes as text whole: never half a
+//! batch. The result is checked against the text path on the live kernel (`native_tests.rs`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::OnceLock;
+
+use super::skeleton::{self, TABLE};
+use super::transaction::{Op, Transaction};
+use crate::model::IpFamily;
+use crate::nftables::elements::{self, Data, ElementBatch, Verb};
+
+/// One field of a key or value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    /// The family's address (`{addr}`, `{ip} daddr`).
+    Addr,
+    /// `inet_proto`, `meta l4proto`: one byte.
+    Proto,
+    /// `inet_service`, `tcp dport`: two bytes, network order.
+    Port,
+    /// `numgen random mod N`: a 32-bit integer in host order.
+    Slot,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Value {
+    None,
+    Verdict,
+    Fields(Vec<Field>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Layout {
+    key: Vec<Field>,
+    value: Value,
+}
+
+/// Every set's layout, by name; `None` for the sets this does not encode.
+fn layouts() -> &'static HashMap<&'static str, Option<Layout>> {
+    static LAYOUTS: OnceLock<HashMap<&'static str, Option<Layout>>> = OnceLock::new();
+    LAYOUTS.get_or_init(|| {
+        skeleton::SETS
+            .iter()
+            .map(|s| (s.name, layout(s.decl)))
+            .collect()
+    })
+}
+
+/// A declaration's layout (`type {addr} . inet_proto . inet_service : verdict;`); `None` for
+/// interval and dynamic sets and for types this does not know.
+fn layout(decl: &str) -> Option<Layout> {
+    let body = decl.split(';').next()?;
+    if decl.contains("flags") {
+        return None;
+    }
+    let body = body
+        .strip_prefix("typeof ")
+        .or_else(|| body.strip_prefix("type "))?;
+    let (key, value) = match body.split_once(" : ") {
+        Some((key, "verdict")) => (key, Value::Verdict),
+        Some((key, value)) => (key, Value::Fields(fields(value)?)),
+        None => (body, Value::None),
+    };
+    Some(Layout {
+        key: fields(key)?,
+        value,
+    })
+}
+
+fn fields(text: &str) -> Option<Vec<Field>> {
+    text.split(" . ")
+        .map(|f| match f.trim() {
+            "{addr}" | "{ip} daddr" | "{ip} saddr" => Some(Field::Addr),
+            "inet_proto" | "meta l4proto" => Some(Field::Proto),
+            "inet_service" | "tcp dport" | "udp dport" | "sctp dport" => Some(Field::Port),
+            "numgen random mod 1" => Some(Field::Slot),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Appends `text`'s bytes (`10.0.0.1 . tcp . 80`) as `fields` lay them out; false when the text
+/// does not fit them.
+fn encode(out: &mut Vec<u8>, fields: &[Field], family: IpFamily, text: &str) -> bool {
+    let concat = fields.len() > 1;
+    let mut parts = text.split(" . ");
+    for field in fields {
+        let Some(part) = parts.next() else {
+            return false;
+        };
+        let start = out.len();
+        let ok = match field {
+            Field::Addr => match part.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) if family == IpFamily::V4 => {
+                    out.extend_from_slice(&ip.octets());
+                    true
+                }
+                Ok(IpAddr::V6(ip)) if family == IpFamily::V6 => {
+                    out.extend_from_slice(&ip.octets());
+                    true
+                }
+                _ => false,
+            },
+            Field::Proto => match part {
+                "tcp" => Some(6),
+                "udp" => Some(17),
+                "sctp" => Some(132),
+                n => n.parse::<u8>().ok(),
+            }
+            .map(|p| out.push(p))
+            .is_some(),
+            Field::Port => part
+                .parse::<u16>()
+                .map(|p| out.extend_from_slice(&p.to_be_bytes()))
+                .is_ok(),
+            Field::Slot => part
+                .parse::<u32>()
+                .map(|s| out.extend_from_slice(&s.to_ne_bytes()))
+                .is_ok(),
+        };
+        if !ok {
+            return false;
+        }
+        if concat {
+            let len = out.len() - start;
+            out.resize(start + len.div_ceil(4) * 4, 0);
+        }
+    }
+    parts.next().is_none()
+}
+
+/// A verdict's text (`goto lb-3`, `drop`) as nf_tables numbers it.
+fn verdict(text: &str) -> Option<(i32, Option<&str>)> {
+    match text.split_once(' ') {
+        Some(("goto", chain)) => Some((elements::NFT_GOTO, Some(chain))),
+        Some(("jump", chain)) => Some((elements::NFT_JUMP, Some(chain))),
+        None if text == "drop" => Some((elements::NF_DROP, None)),
+        None if text == "accept" => Some((elements::NF_ACCEPT, None)),
+        _ => None,
+    }
+}
+
+/// `tx` as one element batch, when it holds only element operations this encodes.
+pub fn batch(tx: &Transaction) -> Option<ElementBatch> {
+    let mut batch = ElementBatch::new(TABLE);
+    let (mut key, mut value) = (Vec::new(), Vec::new());
+    for op in tx.ops() {
+        let (verb, family, set, k, v) = match op {
+            Op::AddElement(f, s, k, v) => (Verb::Add, *f, *s, k, Some(v)),
+            Op::DeleteElement(f, s, k) => (Verb::Delete, *f, *s, k, None),
+            _ => return None,
+        };
+        let layout = layouts().get(set)?.as_ref()?;
+        key.clear();
+        if !encode(&mut key, &layout.key, family, k) {
+            return None;
+        }
+        let data = match (&layout.value, v) {
+            (_, None) | (Value::None, Some(_)) => None,
+            (Value::Verdict, Some(v)) => {
+                let (code, chain) = verdict(v)?;
+                Some(Data::Verdict { code, chain })
+            }
+            (Value::Fields(fields), Some(v)) => {
+                value.clear();
+                if !encode(&mut value, fields, family, v) {
+                    return None;
+                }
+                Some(Data::Value(&value))
+            }
+        };
+        batch.push(verb, family, set, &key, data);
+    }
+    Some(batch)
+}
+
+#[cfg(test)]
+#[path = "encode_tests.rs"]
+mod tests;

@@ -1,0 +1,117 @@
+//! Tests of the element encoding: layouts read from the declarations, the bytes of each field
+//! kind, and which transactions stay text.
+
+use super::*;
+
+fn bytes(fields: &[Field], family: IpFamily, text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    encode(&mut out, fields, family, text).then_some(out)
+}
+
+#[test]
+fn every_declared_set_has_a_layout_unless_it_is_an_interval_or_dynamic_set() {
+    for s in skeleton::SETS {
+        let flagged = s.decl.contains("flags");
+        assert_eq!(
+            layouts()[s.name].is_none(),
+            flagged,
+            "{}: {} (a type encode does not know?)",
+            s.name,
+            s.decl
+        );
+    }
+    let services = layouts()["services"].clone().unwrap();
+    assert_eq!(services.key, [Field::Addr, Field::Proto, Field::Port]);
+    assert_eq!(services.value, Value::Verdict);
+    let endpoints = layouts()["endpoints-udp"].clone().unwrap();
+    assert_eq!(
+        endpoints.key,
+        [Field::Addr, Field::Proto, Field::Port, Field::Slot]
+    );
+    assert_eq!(
+        endpoints.value,
+        Value::Fields(vec![Field::Addr, Field::Port])
+    );
+    assert_eq!(layouts()["hairpin"].clone().unwrap().value, Value::None);
+}
+
+#[test]
+fn concatenated_fields_take_whole_registers_and_a_single_field_its_own_length() {
+    use Field::*;
+    let key = bytes(
+        &[Addr, Proto, Port, Slot],
+        IpFamily::V4,
+        "10.96.0.10 . tcp . 80 . 2",
+    );
+    let mut want = vec![10, 96, 0, 10, 6, 0, 0, 0, 0, 80, 0, 0];
+    want.extend_from_slice(&2u32.to_ne_bytes());
+    assert_eq!(key.unwrap(), want);
+    assert_eq!(
+        bytes(&[Addr, Port], IpFamily::V4, "10.0.1.1 . 8080").unwrap(),
+        [10, 0, 1, 1, 0x1f, 0x90, 0, 0]
+    );
+    assert_eq!(bytes(&[Port], IpFamily::V4, "8080").unwrap(), [0x1f, 0x90]);
+    assert_eq!(
+        bytes(&[Proto, Port], IpFamily::V6, "sctp . 30000").unwrap(),
+        [132, 0, 0, 0, 0x75, 0x30, 0, 0]
+    );
+    let v6 = bytes(&[Addr], IpFamily::V6, "fd00::1").unwrap();
+    assert_eq!(v6.len(), 16);
+    assert_eq!(v6[15], 1);
+}
+
+#[test]
+fn text_that_does_not_fit_the_layout_is_not_encoded() {
+    use Field::*;
+    assert_eq!(
+        bytes(&[Addr], IpFamily::V6, "10.0.0.1"),
+        None,
+        "wrong family"
+    );
+    assert_eq!(
+        bytes(&[Addr, Port], IpFamily::V4, "10.0.0.1"),
+        None,
+        "too few"
+    );
+    assert_eq!(
+        bytes(&[Addr], IpFamily::V4, "10.0.0.1 . 80"),
+        None,
+        "too many"
+    );
+    assert_eq!(bytes(&[Port], IpFamily::V4, "http"), None);
+    assert_eq!(bytes(&[Addr], IpFamily::V4, "10.0.0.0/8"), None);
+    assert_eq!(
+        verdict("goto lb-3"),
+        Some((elements::NFT_GOTO, Some("lb-3")))
+    );
+    assert_eq!(verdict("drop"), Some((elements::NF_DROP, None)));
+    assert_eq!(verdict("queue"), None);
+}
+
+#[test]
+fn only_a_transaction_of_encodable_elements_becomes_a_batch() {
+    let mut tx = Transaction::default();
+    tx.push(Op::AddElement(
+        IpFamily::V4,
+        "services",
+        "10.96.0.10 . tcp . 80".into(),
+        "goto lb-3".into(),
+    ));
+    tx.push(Op::DeleteElement(
+        IpFamily::V6,
+        "cluster-ports",
+        "fd00::10 . udp . 53".into(),
+    ));
+    assert_eq!(batch(&tx).map(|b| b.len()), Some(2));
+    let mut interval = tx.clone();
+    interval.push(Op::AddElement(
+        IpFamily::V4,
+        "cluster-cidrs",
+        "10.0.0.0/16".into(),
+        String::new(),
+    ));
+    assert!(batch(&interval).is_none(), "interval sets go as text");
+    let mut chain = tx.clone();
+    chain.push(Op::AddChain(IpFamily::V4, "lb-4".into(), None));
+    assert!(batch(&chain).is_none(), "chains go as text");
+}

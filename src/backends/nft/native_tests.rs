@@ -1,0 +1,169 @@
+//! Live tests of element batches over netlink (`encode` + `nftables::elements`), each in
+//! throwaway network namespaces: what a batch leaves in the kernel is exactly what the same
+//! operations as `nft -f` text leave (compared by `nft list table`, both families), a refused
+//! batch names its set and changes nothing, and the backend on libnftables sends its element
+//! changes as batches with the same result as the `nft` command.
+//!
+//! Invariants: as `transport_tests` (root only; skip without, failure under CI=true).
+
+use crate::backends::Backend;
+use crate::backends::nft::NftBackend;
+use crate::backends::nft::diff::{Mirror, Parts, Scope, transaction};
+use crate::backends::nft::encode;
+use crate::backends::nft::transaction::{Op, Transaction};
+use crate::backends::nft::transport_tests::Netns;
+use crate::model::{IpFamily, Protocol};
+use crate::nftables::transport::{NftCli, NftError, Transport};
+use crate::nftables::{NftLib, elements};
+use crate::testing::{add, cluster_ips, config, ep, external, name, node};
+
+fn lib(ns: &Netns) -> NftLib {
+    NftLib::in_netns(&ns.name).unwrap_or_else(|e| panic!("libnftables must load here: {e}"))
+}
+
+fn listing(ns: &Netns) -> String {
+    let v4 = ns.run(&["nft", "list", "table", "ip", "kproxy"]);
+    let v6 = ns.run(&["nft", "list", "table", "ip6", "kproxy"]);
+    format!("{v4}{v6}")
+}
+
+fn tx_of(ops: impl IntoIterator<Item = Op>) -> Transaction {
+    let mut tx = Transaction::default();
+    tx.extend(ops);
+    tx
+}
+
+/// Whether `op` is an element operation a batch can carry.
+fn encodable(op: &Op) -> bool {
+    encode::batch(&tx_of([op.clone()])).is_some()
+}
+
+#[test]
+fn a_batch_leaves_exactly_what_the_same_elements_as_nft_text_leave() {
+    let (Some(text), Some(native)) = (Netns::new(), Netns::new()) else {
+        return;
+    };
+    let mut cli = NftCli::in_netns(&text.name);
+    let mut lib = lib(&native);
+    let mut batched = 0;
+    for plans in [cluster_ips(), external()] {
+        let parts = Parts::new(&plans, &node(), &config());
+        let ops = transaction(&Mirror::default(), &parts, Scope::Full).into_ops();
+        let (elements, rest): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(encodable);
+        let rest = tx_of(rest).to_string();
+        cli.apply(&rest).unwrap_or_else(|e| panic!("{e}\n{rest}"));
+        lib.apply(&rest).unwrap_or_else(|e| panic!("{e}\n{rest}"));
+        let adds = tx_of(elements.clone());
+        cli.apply(&adds.to_string()).unwrap();
+        let batch = encode::batch(&adds).expect("encodable");
+        batched += batch.len();
+        lib.apply_elements(batch).unwrap();
+        assert_eq!(listing(&native), listing(&text));
+        assert!(
+            listing(&native).contains(" : goto lb-"),
+            "{}",
+            listing(&native)
+        );
+
+        let deletes = tx_of(elements.iter().filter_map(|op| match op {
+            Op::AddElement(f, s, k, _) => Some(Op::DeleteElement(*f, s, k.clone())),
+            _ => None,
+        }));
+        cli.apply(&deletes.to_string()).unwrap();
+        lib.apply_elements(encode::batch(&deletes).unwrap())
+            .unwrap();
+        assert_eq!(listing(&native), listing(&text));
+        for ns in [&text, &native] {
+            ns.run(&["nft", "delete", "table", "ip", "kproxy"]);
+            ns.run(&["nft", "delete", "table", "ip6", "kproxy"]);
+        }
+    }
+    assert!(batched > 20, "only {batched} elements went as batches");
+}
+
+#[test]
+fn a_refused_batch_names_its_set_and_changes_nothing() {
+    let Some(ns) = Netns::new() else { return };
+    let mut lib = lib(&ns);
+    let plans = cluster_ips();
+    let parts = Parts::new(&plans, &node(), &config());
+    lib.apply(&transaction(&Mirror::default(), &parts, Scope::Full).to_string())
+        .unwrap();
+    let before = listing(&ns);
+    let ops = [
+        Op::AddElement(
+            IpFamily::V4,
+            "cluster-ports",
+            "10.96.9.9 . tcp . 80".into(),
+            String::new(),
+        ),
+        // Not there: the kernel refuses, and the addition above must not stay either.
+        Op::DeleteElement(
+            IpFamily::V4,
+            "endpoints-udp",
+            "10.96.9.9 . udp . 53 . 0".into(),
+        ),
+    ];
+    let err = lib
+        .apply_elements(encode::batch(&tx_of(ops)).unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            NftError::Elements(elements::ElementsError::Refused { set, .. }) if set == "endpoints-udp"
+        ),
+        "{err}"
+    );
+    assert_eq!(listing(&ns), before, "a refused batch changed the kernel");
+    // The transport goes on: a good batch after it applies.
+    let good = [Op::AddElement(
+        IpFamily::V4,
+        "cluster-ports",
+        "10.96.9.9 . tcp . 80".into(),
+        String::new(),
+    )];
+    lib.apply_elements(encode::batch(&tx_of(good)).unwrap())
+        .unwrap();
+    assert!(listing(&ns).contains("10.96.9.9 . tcp . 80"));
+}
+
+#[test]
+fn the_backend_on_libnftables_sends_element_changes_as_batches_with_the_commands_result() {
+    let (Some(text), Some(native)) = (Netns::new(), Netns::new()) else {
+        return;
+    };
+    let mut by_cli = NftBackend::new(config(), NftCli::in_netns(&text.name));
+    let mut by_lib = NftBackend::new(config(), lib(&native));
+    let mut plans = cluster_ips();
+    let web = name("web", "http", Protocol::Tcp);
+    for b in [&mut by_cli as &mut dyn Backend, &mut by_lib] {
+        b.sync_full(&plans, &node()).unwrap();
+    }
+    assert_eq!(listing(&native), listing(&text));
+    // One endpoint moves: a partial sync of elements only (no new lb-N chain).
+    let port = plans[&web].port.clone();
+    let eps = vec![
+        ep("10.0.1.1", 8080, "node-a"),
+        ep("10.0.2.1", 8080, "node-b"),
+        ep("10.0.4.1", 8080, "node-c"),
+    ];
+    add(&mut plans, port, eps);
+    let changed = [web].into_iter().collect();
+    for b in [&mut by_cli as &mut dyn Backend, &mut by_lib] {
+        let r = b.sync_partial(&plans, &changed, &node()).unwrap();
+        assert!(r.operations > 0);
+    }
+    assert_eq!(
+        by_cli.element_batches(),
+        0,
+        "the command transport sends text"
+    );
+    assert_eq!(
+        by_lib.element_batches(),
+        1,
+        "the partial sync went as a batch"
+    );
+    let after = listing(&native);
+    assert!(after.contains("10.0.4.1 . 8080"), "{after}");
+    assert_eq!(after, listing(&text));
+}
