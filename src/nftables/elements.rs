@@ -26,6 +26,7 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
@@ -106,13 +107,15 @@ impl ElementBatch {
         self.elements == 0
     }
 
-    /// Appends one element: its key, and for a map its data (deletions need only the key).
+    /// Appends one element: its key, the last key of its range in a concatenation with a range
+    /// (`flags interval`), and for a map its data (deletions need only the key and key end).
     pub fn push(
         &mut self,
         verb: Verb,
         family: IpFamily,
         set: &str,
         key: &[u8],
+        key_end: Option<&[u8]>,
         data: Option<Data>,
     ) {
         let same = self.open.as_ref().is_some_and(|o| {
@@ -129,6 +132,11 @@ impl ElementBatch {
         let k = begin_nest(&mut self.buf, NFTA_SET_ELEM_KEY);
         nfnetlink::attr(&mut self.buf, NFTA_DATA_VALUE, key);
         end_nest(&mut self.buf, k);
+        if let Some(end) = key_end {
+            let e = begin_nest(&mut self.buf, NFTA_SET_ELEM_KEY_END);
+            nfnetlink::attr(&mut self.buf, NFTA_DATA_VALUE, end);
+            end_nest(&mut self.buf, e);
+        }
         if let Some(data) = data {
             let d = begin_nest(&mut self.buf, NFTA_SET_ELEM_DATA);
             match data {

@@ -45,10 +45,31 @@ fn ack(seq: u32, errno: i32) -> Vec<u8> {
 #[test]
 fn a_batch_is_begin_one_message_per_run_of_one_set_and_verb_then_end() {
     let mut b = ElementBatch::new("kproxy");
-    b.push(Verb::Add, IpFamily::V4, "services", &[10, 0, 0, 1], None);
-    b.push(Verb::Add, IpFamily::V4, "services", &[10, 0, 0, 2], None);
-    b.push(Verb::Delete, IpFamily::V4, "services", &[10, 0, 0, 3], None);
-    b.push(Verb::Add, IpFamily::V6, "services", &[0; 16], None);
+    b.push(
+        Verb::Add,
+        IpFamily::V4,
+        "services",
+        &[10, 0, 0, 1],
+        None,
+        None,
+    );
+    b.push(
+        Verb::Add,
+        IpFamily::V4,
+        "services",
+        &[10, 0, 0, 2],
+        None,
+        None,
+    );
+    b.push(
+        Verb::Delete,
+        IpFamily::V4,
+        "services",
+        &[10, 0, 0, 3],
+        None,
+        None,
+    );
+    b.push(Verb::Add, IpFamily::V6, "services", &[0; 16], None, None);
     assert_eq!(b.len(), 4);
     let (bytes, sets) = b.finish();
     let m = messages(&bytes);
@@ -88,7 +109,7 @@ fn a_long_run_is_split_into_messages_of_bounded_size() {
             code: NFT_GOTO,
             chain: Some("lb-3"),
         };
-        b.push(Verb::Add, IpFamily::V4, "services", &key, Some(data));
+        b.push(Verb::Add, IpFamily::V4, "services", &key, None, Some(data));
     }
     let (bytes, sets) = b.finish();
     let m = messages(&bytes);
@@ -106,6 +127,7 @@ fn nested_attributes_carry_their_lengths_and_the_nested_flag() {
         IpFamily::V4,
         "endpoints-tcp",
         &[1, 2, 3, 4],
+        None,
         Some(data),
     );
     let (bytes, _) = b.finish();

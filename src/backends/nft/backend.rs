@@ -101,10 +101,10 @@ impl<T: Transport> NftBackend<T> {
     }
 
     /// Adoption: lists kproxy's tables, then reconciles them with `parts` in bounded
-    /// transactions (see `reconcile.rs`). The mirror is replaced only when every transaction
+    /// transactions (see `reconcile.rs`); with nothing listed, streams the load instead
+    /// (`load.rs`). The mirror is replaced only when every transaction
     /// went through; a failure part-way leaves `adopt` set, so the next full sync lists again.
     fn adopt_and_load(&mut self, parts: Parts) -> Result<SyncReport, BackendError> {
-        let load = diff::into_diff(&Mirror::default(), parts, Scope::Full);
         let mut listed = Vec::new();
         for family in [IpFamily::V4, IpFamily::V6] {
             let listing = self
@@ -114,6 +114,17 @@ impl<T: Transport> NftBackend<T> {
             listed.push((family, listing.as_deref().map(reconcile::parse_listing)));
         }
         let mut report = SyncReport::default();
+        if listed.iter().all(|(_, l)| l.is_none()) {
+            // Nothing to adopt: stream the load, port by port.
+            let mirror = diff::load_fresh(parts, reconcile::CHUNK_OPS, |tx| {
+                report.operations += self.send(&tx)?.operations;
+                Ok::<_, BackendError>(())
+            })?;
+            self.mirror = mirror;
+            self.adopt = false;
+            return Ok(report);
+        }
+        let load = diff::into_diff(&Mirror::default(), parts, Scope::Full);
         let (tx, update) = load.split();
         for tx in reconcile::plan(tx, &listed) {
             report.operations += self.send(&tx)?.operations;

@@ -24,6 +24,10 @@ use crate::model::plan::Planned;
 use crate::model::{IpFamily, ServicePortName};
 use crate::node::NodeFacts;
 
+#[path = "load.rs"]
+mod load;
+pub use load::load_fresh;
+
 const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
 
 /// What a diff covers.

@@ -5,12 +5,15 @@
 //! Invariants: a set's layout is read from its declaration in `skeleton::SETS`, the one source
 //! of truth; in a concatenation every field takes whole 4-byte registers (nft's padding), a
 //! single field its own length; addresses and ports in network order, `numgen` slots in host
-//! order. A transaction holding anything this does not encode (a chain or rule, an interval or
+//! order; a range in a concatenation (`firewall-allow`) as a key and a key end. A transaction
+//! holding anything this does not encode (a chain or rule, a one-field interval set or a
 //! dynamic set, text it does not parse) yields `None` and goes as text whole: never half a
 //! batch. The result is checked against the text path on the live kernel (`native_tests.rs`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 use std::sync::OnceLock;
 
 use super::skeleton::{self, TABLE};
@@ -42,6 +45,9 @@ enum Value {
 struct Layout {
     key: Vec<Field>,
     value: Value,
+    /// A concatenation whose last field is a range (`flags interval`): the element carries the
+    /// range's first and last address as its key and key end.
+    interval: bool,
 }
 
 /// Every set's layout, by name; `None` for the sets this does not encode.
@@ -56,10 +62,13 @@ fn layouts() -> &'static HashMap<&'static str, Option<Layout>> {
 }
 
 /// A declaration's layout (`type {addr} . inet_proto . inet_service : verdict;`); `None` for
-/// interval and dynamic sets and for types this does not know.
+/// dynamic sets, interval sets of one field (their ranges are pairs of elements) and types this
+/// does not know.
 fn layout(decl: &str) -> Option<Layout> {
     let body = decl.split(';').next()?;
-    if decl.contains("flags") {
+    let flags = decl.split_once("flags ").map_or("", |(_, f)| f);
+    let interval = flags.starts_with("interval;");
+    if !flags.is_empty() && !interval {
         return None;
     }
     let body = body
@@ -70,9 +79,14 @@ fn layout(decl: &str) -> Option<Layout> {
         Some((key, value)) => (key, Value::Fields(fields(value)?)),
         None => (body, Value::None),
     };
+    let key = fields(key)?;
+    if interval && (key.len() < 2 || key.last() != Some(&Field::Addr)) {
+        return None;
+    }
     Some(Layout {
-        key: fields(key)?,
+        key,
         value,
+        interval,
     })
 }
 
@@ -138,6 +152,46 @@ fn encode(out: &mut Vec<u8>, fields: &[Field], family: IpFamily, text: &str) -> 
     parts.next().is_none()
 }
 
+/// Appends an interval concatenation's key and key end: the fields before the last as
+/// `encode` lays them out, then the range's first address to `key` and its last to `end`.
+fn encode_range(
+    key: &mut Vec<u8>,
+    end: &mut Vec<u8>,
+    fields: &[Field],
+    family: IpFamily,
+    text: &str,
+) -> bool {
+    let Some((head, range)) = text.rsplit_once(" . ") else {
+        return false;
+    };
+    let Some((_, prefix)) = fields.split_last() else {
+        return false;
+    };
+    if !encode(key, prefix, family, head) {
+        return false;
+    }
+    end.extend_from_slice(key);
+    let net = match range.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => match range.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => return false,
+        },
+    };
+    match (net.network(), net.broadcast()) {
+        (IpAddr::V4(first), IpAddr::V4(last)) if family == IpFamily::V4 => {
+            key.extend_from_slice(&first.octets());
+            end.extend_from_slice(&last.octets());
+        }
+        (IpAddr::V6(first), IpAddr::V6(last)) if family == IpFamily::V6 => {
+            key.extend_from_slice(&first.octets());
+            end.extend_from_slice(&last.octets());
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// A verdict's text (`goto lb-3`, `drop`) as nf_tables numbers it.
 fn verdict(text: &str) -> Option<(i32, Option<&str>)> {
     match text.split_once(' ') {
@@ -152,7 +206,7 @@ fn verdict(text: &str) -> Option<(i32, Option<&str>)> {
 /// `tx` as one element batch, when it holds only element operations this encodes.
 pub fn batch(tx: &Transaction) -> Option<ElementBatch> {
     let mut batch = ElementBatch::new(TABLE);
-    let (mut key, mut value) = (Vec::new(), Vec::new());
+    let (mut key, mut end, mut value) = (Vec::new(), Vec::new(), Vec::new());
     for op in tx.ops() {
         let (verb, family, set, k, v) = match op {
             Op::AddElement(f, s, k, v) => (Verb::Add, *f, *s, k, Some(v)),
@@ -161,9 +215,16 @@ pub fn batch(tx: &Transaction) -> Option<ElementBatch> {
         };
         let layout = layouts().get(set)?.as_ref()?;
         key.clear();
-        if !encode(&mut key, &layout.key, family, k) {
+        end.clear();
+        let encoded = if layout.interval {
+            encode_range(&mut key, &mut end, &layout.key, family, k)
+        } else {
+            encode(&mut key, &layout.key, family, k)
+        };
+        if !encoded {
             return None;
         }
+        let key_end = layout.interval.then_some(end.as_slice());
         let data = match (&layout.value, v) {
             (_, None) | (Value::None, Some(_)) => None,
             (Value::Verdict, Some(v)) => {
@@ -178,7 +239,7 @@ pub fn batch(tx: &Transaction) -> Option<ElementBatch> {
                 Some(Data::Value(&value))
             }
         };
-        batch.push(verb, family, set, &key, data);
+        batch.push(verb, family, set, &key, key_end, data);
     }
     Some(batch)
 }

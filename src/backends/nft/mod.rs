@@ -28,6 +28,8 @@ mod fake_kernel_tests;
 #[cfg(test)]
 mod libnft_tests;
 #[cfg(test)]
+mod load_tests;
+#[cfg(test)]
 mod native_tests;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -46,6 +46,7 @@ fn a_batch_leaves_exactly_what_the_same_elements_as_nft_text_leave() {
     let mut cli = NftCli::in_netns(&text.name);
     let mut lib = lib(&native);
     let mut batched = 0;
+    let mut ranges = 0;
     for plans in [cluster_ips(), external()] {
         let parts = Parts::new(&plans, &node(), &config());
         let ops = transaction(&Mirror::default(), &parts, Scope::Full).into_ops();
@@ -53,6 +54,10 @@ fn a_batch_leaves_exactly_what_the_same_elements_as_nft_text_leave() {
         let rest = tx_of(rest).to_string();
         cli.apply(&rest).unwrap_or_else(|e| panic!("{e}\n{rest}"));
         lib.apply(&rest).unwrap_or_else(|e| panic!("{e}\n{rest}"));
+        ranges += elements
+            .iter()
+            .filter(|op| matches!(op, Op::AddElement(_, "firewall-allow", ..)))
+            .count();
         let adds = tx_of(elements.clone());
         cli.apply(&adds.to_string()).unwrap();
         let batch = encode::batch(&adds).expect("encodable");
@@ -79,6 +84,7 @@ fn a_batch_leaves_exactly_what_the_same_elements_as_nft_text_leave() {
         }
     }
     assert!(batched > 20, "only {batched} elements went as batches");
+    assert!(ranges > 0, "no source range went as a batch");
 }
 
 #[test]

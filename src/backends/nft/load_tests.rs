@@ -1,0 +1,115 @@
+//! Tests of the streamed load (`load.rs`) against a whole load as one diff, on the fake kernel:
+//! the same mirror, the same tables, transactions of bounded size in whole ports, and nothing
+//! returned when a transaction is refused part-way.
+//!
+//! Invariants: pure (the fake kernel); plans from the helpers of `tests.rs` and `diff_tests.rs`.
+
+use std::net::IpAddr;
+
+use super::diff::{Mirror, Parts, Scope, diff, load_fresh};
+use super::diff_tests::many;
+use super::fake_kernel::{ApplyError, FakeKernel};
+use super::transaction::{Op, Transaction};
+use crate::backends::Plans;
+use crate::model::{Protocol, ServicePort};
+use crate::testing::{add, cluster_ips, config, ep, external, name, node};
+
+/// Two Services claiming one VIP port (the later writer's value wins) and a third beside them.
+fn conflicting() -> Plans {
+    let vip = IpAddr::from([10, 96, 7, 7]);
+    let mut plans = Plans::new();
+    for (svc, eps) in [("a", 1u8), ("b", 3), ("c", 2)] {
+        let endpoints = (1..=eps)
+            .map(|i| ep(&format!("10.1.{eps}.{i}"), 80, "node-b"))
+            .collect();
+        let at = if svc == "c" {
+            IpAddr::from([10, 96, 7, 8])
+        } else {
+            vip
+        };
+        let port = ServicePort::cluster_ip(name(svc, "http", Protocol::Tcp), at, 80);
+        add(&mut plans, port, endpoints);
+    }
+    plans
+}
+
+fn streamed(plans: &Plans, chunk: usize) -> (Mirror, FakeKernel, Vec<Transaction>) {
+    let kernel = FakeKernel::new();
+    let mut sent = Vec::new();
+    let parts = Parts::new(plans, &node(), &config());
+    let mirror = load_fresh(parts, chunk, |tx: Transaction| {
+        kernel.apply_script(&tx.to_string())?;
+        sent.push(tx);
+        Ok::<_, ApplyError>(())
+    })
+    .unwrap_or_else(|e| panic!("chunk {chunk}: {e}"));
+    (mirror, kernel, sent)
+}
+
+#[test]
+fn a_streamed_load_builds_the_mirror_and_the_tables_of_one_whole_load() {
+    for plans in [cluster_ips(), external(), many(120, 10), conflicting()] {
+        let whole = diff(
+            &Mirror::default(),
+            &Parts::new(&plans, &node(), &config()),
+            Scope::Full,
+        );
+        let kernel = FakeKernel::new();
+        kernel.apply_script(&whole.tx.to_string()).unwrap();
+        let mut mirror = Mirror::default();
+        mirror.commit(whole);
+        for chunk in [1, 50, 10_000] {
+            let (m, k, _) = streamed(&plans, chunk);
+            assert!(m == mirror, "chunk {chunk}: another mirror");
+            assert!(k.tables() == kernel.tables(), "chunk {chunk}: other tables");
+        }
+    }
+}
+
+#[test]
+fn a_small_load_is_one_transaction_and_a_large_one_comes_in_whole_ports() {
+    let (_, _, sent) = streamed(&cluster_ips(), 10_000);
+    assert_eq!(sent.len(), 1, "a small load stays one atomic transaction");
+    // 120 Services × (10 slots + a dispatch and a cluster-ports element + 10 hairpins).
+    let (_, _, sent) = streamed(&many(120, 10), 100);
+    assert!(sent.len() > 10, "{}", sent.len());
+    for tx in &sent[1..] {
+        let elements_only = tx
+            .ops()
+            .iter()
+            .all(|op| matches!(op, Op::AddElement(..) | Op::DeleteElement(..)));
+        assert!(
+            elements_only,
+            "after the first, element transactions only:\n{tx}"
+        );
+        assert!(tx.len() < 100 + 30, "{} operations", tx.len());
+        // Whole ports: every dispatch element comes with all of its port's slots.
+        let text = tx.to_string();
+        for line in text.lines().filter(|l| l.contains(" services ")) {
+            for vip in line.split(", ").filter_map(|e| e.split(" . ").next()) {
+                let vip = vip.rsplit(' ').next().unwrap_or(vip);
+                let slots = text.matches(&format!("{vip} . tcp . 80 . ")).count();
+                assert_eq!(slots, 10, "{vip} split across transactions:\n{text}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_refusal_part_way_stops_the_load_and_returns_no_mirror() {
+    let kernel = FakeKernel::new();
+    let plans = many(120, 10);
+    let parts = Parts::new(&plans, &node(), &config());
+    let mut sent = 0;
+    let result = load_fresh(parts, 100, |tx: Transaction| {
+        sent += 1;
+        if sent == 3 {
+            return Err("refused");
+        }
+        kernel
+            .apply_script(&tx.to_string())
+            .map_err(|_| "fake kernel")
+    });
+    assert_eq!(result.err(), Some("refused"));
+    assert_eq!(sent, 3, "nothing is sent after a refusal");
+}
