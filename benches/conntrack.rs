@@ -59,10 +59,7 @@ fn plans() -> Plans {
                 ready: true,
                 serving: true,
                 terminating: false,
-                node_name: Some(format!("node{}", k % 7)),
-                zone: None,
-                zone_hints: Default::default(),
-                node_hints: Default::default(),
+                place: kproxy::model::types::Place::on_node(&format!("node{}", k % 7)),
             })
             .collect();
         let p = plan(&port, &endpoints, &node());

@@ -34,10 +34,7 @@ pub(crate) fn ep(addr: &str, port: u16, node: &str) -> Endpoint {
         ready: true,
         serving: true,
         terminating: false,
-        node_name: Some(node.into()),
-        zone: None,
-        zone_hints: Default::default(),
-        node_hints: Default::default(),
+        place: crate::model::types::Place::on_node(node),
     }
 }
 

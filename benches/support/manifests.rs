@@ -111,7 +111,7 @@ pub fn slice(i: u32, eps: u32) -> Value {
         kproxy::watch::Change::Slice(_, Some(s)) => s
             .endpoints
             .iter()
-            .map(|e| (e.ip, e.node_name.clone().unwrap_or_default()))
+            .map(|e| (e.ip, e.place.node_name.clone().unwrap_or_default()))
             .collect(),
         _ => unreachable!("support::slice yields a slice"),
     };

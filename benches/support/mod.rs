@@ -21,8 +21,8 @@ pub mod upstream_iptables;
 
 use kproxy::backends::BackendConfig;
 use kproxy::model::{
-    IpFamily, NamespacedName, Protocol, Service, ServicePort, ServicePortName, ServiceType, Slice,
-    SliceEndpoint, SlicePort,
+    IpFamily, NamespacedName, Place, Protocol, Service, ServicePort, ServicePortName, ServiceType,
+    Slice, SliceEndpoint, SlicePort,
 };
 use kproxy::watch::{Change, Kind};
 
@@ -88,14 +88,11 @@ pub fn slice(i: u32, eps: u32, generation: u32) -> Change {
             ready: true,
             serving: true,
             terminating: false,
-            node_name: Some(if k % 5 == 0 {
+            place: Place::on_node(&if k % 5 == 0 {
                 NODE.into()
             } else {
                 format!("node{}", 2 + k % 7)
             }),
-            zone: None,
-            zone_hints: Default::default(),
-            node_hints: Default::default(),
         })
         .collect();
     let key = NamespacedName::new("default", format!("svc-{i}-abcde"));

@@ -232,10 +232,7 @@ impl Svc {
                 ready: e.state == State::Ready,
                 serving: e.state != State::NotReady,
                 terminating: e.state == State::Terminating,
-                node_name: Some(e.node.into()),
-                zone: None,
-                zone_hints: Default::default(),
-                node_hints: Default::default(),
+                place: crate::model::types::Place::on_node(e.node),
             });
             add(plans, sp, eps.collect());
         }

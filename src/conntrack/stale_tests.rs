@@ -25,10 +25,12 @@ fn ep(addr: &str, serving: bool) -> Endpoint {
         ready: serving,
         serving,
         terminating: !serving,
-        node_name: Some("node-b".into()),
-        zone: None,
-        zone_hints: Default::default(),
-        node_hints: Default::default(),
+        place: crate::model::types::Place::intern(crate::model::types::Place {
+            node_name: Some("node-b".into()),
+            zone: None,
+            zone_hints: Default::default(),
+            node_hints: Default::default(),
+        }),
     }
 }
 

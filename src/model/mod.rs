@@ -4,6 +4,7 @@
 //! Invariants: every object stored here came through `validate`, so addresses parse, ports are in
 //! range and protocols are known. The model is pure data: no I/O, no clocks.
 
+pub mod place;
 pub mod plan;
 pub mod tracker;
 pub mod types;

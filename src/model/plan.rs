@@ -288,12 +288,12 @@ fn topology_mode(endpoints: &[Endpoint], node: &str, zone: &str) -> Topology {
     if ready.is_empty() {
         return Topology::Any;
     }
-    let all_node_hinted = ready.iter().all(|e| !e.node_hints.is_empty());
-    if all_node_hinted && ready.iter().any(|e| e.node_hints.contains(node)) {
+    let all_node_hinted = ready.iter().all(|e| !e.place.node_hints.is_empty());
+    if all_node_hinted && ready.iter().any(|e| e.place.node_hints.contains(node)) {
         return Topology::SameNode;
     }
-    let all_zone_hinted = ready.iter().all(|e| !e.zone_hints.is_empty());
-    if all_zone_hinted && ready.iter().any(|e| e.zone_hints.contains(zone)) {
+    let all_zone_hinted = ready.iter().all(|e| !e.place.zone_hints.is_empty());
+    if all_zone_hinted && ready.iter().any(|e| e.place.zone_hints.contains(zone)) {
         return Topology::SameZone;
     }
     Topology::Any
@@ -302,14 +302,14 @@ fn topology_mode(endpoints: &[Endpoint], node: &str, zone: &str) -> Topology {
 fn available(e: &Endpoint, mode: Topology, node: &str, zone: &str) -> bool {
     match mode {
         Topology::Any => true,
-        Topology::SameNode => e.node_hints.contains(node),
-        Topology::SameZone => e.zone_hints.contains(zone),
+        Topology::SameNode => e.place.node_hints.contains(node),
+        Topology::SameZone => e.place.zone_hints.contains(zone),
     }
 }
 
 /// Upstream: `endpoint.NodeName != nil && *endpoint.NodeName == nodeName`.
 fn is_local(e: &Endpoint, node: &str) -> bool {
-    e.node_name.as_deref() == Some(node)
+    e.place.node_name.as_deref() == Some(node)
 }
 
 fn serving_terminating(e: &Endpoint) -> bool {

@@ -42,10 +42,12 @@ fn endpoint(ip: &str, ready: bool) -> SliceEndpoint {
         ready,
         serving: ready,
         terminating: false,
-        node_name: None,
-        zone: None,
-        zone_hints: BTreeSet::new(),
-        node_hints: BTreeSet::new(),
+        place: crate::model::types::Place::intern(crate::model::types::Place {
+            node_name: None,
+            zone: None,
+            zone_hints: BTreeSet::new(),
+            node_hints: BTreeSet::new(),
+        }),
     }
 }
 

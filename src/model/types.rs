@@ -4,14 +4,16 @@
 //! Invariants: plain data with `Eq`, so "did this update change anything" is `==`; `Serialize` is
 //! for `/debug/state` only and its field names are part of that endpoint's contract.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
 use serde::Serialize;
+
+pub use super::place::Place;
 
 /// A namespaced object's key, displayed as `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -243,10 +245,9 @@ pub struct SliceEndpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
-    pub zone_hints: BTreeSet<String>,
-    pub node_hints: BTreeSet<String>,
+    /// Node, zone and hints, shared with every endpoint that has the same.
+    #[serde(flatten)]
+    pub place: Arc<Place>,
 }
 
 impl SliceEndpoint {
@@ -257,10 +258,7 @@ impl SliceEndpoint {
             ready: self.ready,
             serving: self.serving,
             terminating: self.terminating,
-            node_name: self.node_name.clone(),
-            zone: self.zone.clone(),
-            zone_hints: self.zone_hints.clone(),
-            node_hints: self.node_hints.clone(),
+            place: self.place.clone(),
         }
     }
 }
@@ -273,10 +271,9 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
-    pub zone_hints: BTreeSet<String>,
-    pub node_hints: BTreeSet<String>,
+    /// Node, zone and hints, shared (see `Place`).
+    #[serde(flatten)]
+    pub place: Arc<Place>,
 }
 
 /// What kproxy knows of its own Node object.

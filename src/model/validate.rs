@@ -9,6 +9,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use crate::model::Place;
+
 use k8s_openapi::api::core::v1::{Node, Service as K8sService, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -274,16 +276,18 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<(NamespacedName, S
             ready,
             serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-            node_name: ep.node_name.clone(),
-            zone: ep.zone.clone(),
-            zone_hints: hints
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).collect())
-                .unwrap_or_else(BTreeSet::new),
-            node_hints: hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.clone()).collect())
-                .unwrap_or_else(BTreeSet::new),
+            place: Place::intern(Place {
+                node_name: ep.node_name.clone(),
+                zone: ep.zone.clone(),
+                zone_hints: hints
+                    .and_then(|h| h.for_zones.as_ref())
+                    .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                    .unwrap_or_else(BTreeSet::new),
+                node_hints: hints
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .map(|n| n.iter().map(|n| n.name.clone()).collect())
+                    .unwrap_or_else(BTreeSet::new),
+            }),
         });
     }
 

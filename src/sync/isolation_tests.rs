@@ -57,10 +57,12 @@ fn slice(i: u32, generation: u8) -> Change {
         ready: true,
         serving: true,
         terminating: false,
-        node_name: Some("node-b".into()),
-        zone: None,
-        zone_hints: BTreeSet::new(),
-        node_hints: BTreeSet::new(),
+        place: crate::model::types::Place::intern(crate::model::types::Place {
+            node_name: Some("node-b".into()),
+            zone: None,
+            zone_hints: BTreeSet::new(),
+            node_hints: BTreeSet::new(),
+        }),
     };
     Change::Slice(
         key,

@@ -319,10 +319,12 @@ async fn a_local_policy_service_gets_a_health_check_server_that_follows_its_loca
             ready: true,
             serving: true,
             terminating: false,
-            node_name: Some(node.into()),
-            zone: None,
-            zone_hints: BTreeSet::new(),
-            node_hints: BTreeSet::new(),
+            place: crate::model::types::Place::intern(crate::model::types::Place {
+                node_name: Some(node.into()),
+                zone: None,
+                zone_hints: BTreeSet::new(),
+                node_hints: BTreeSet::new(),
+            }),
         }],
         trigger_time: None,
     };

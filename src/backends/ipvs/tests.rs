@@ -46,7 +46,7 @@ fn a_local_policy_node_port_without_local_endpoints_has_servers_but_drops() {
         .unwrap()
         .clone();
     let mut eps = lb.endpoints.clone();
-    eps.retain(|e| e.node_name.as_deref() != Some("node-a"));
+    eps.retain(|e| e.place.node_name.as_deref() != Some("node-a"));
     let port = lb.port.clone();
     plans.clear();
     crate::testing::add(&mut plans, port, eps);

@@ -31,10 +31,12 @@ fn ep(addr: &str) -> Endpoint {
         ready: true,
         serving: true,
         terminating: false,
-        node_name: Some("node-b".into()),
-        zone: None,
-        zone_hints: BTreeSet::new(),
-        node_hints: BTreeSet::new(),
+        place: crate::model::types::Place::intern(crate::model::types::Place {
+            node_name: Some("node-b".into()),
+            zone: None,
+            zone_hints: BTreeSet::new(),
+            node_hints: BTreeSet::new(),
+        }),
     }
 }
 
@@ -72,7 +74,7 @@ fn endpoints_are_split_by_family_and_categorised_within_their_family() {
     let mut svc = port(&["10.96.0.1", "fd96::1"]);
     svc.internal_traffic_policy = crate::model::TrafficPolicy::Local;
     let mut local = ep("10.0.0.1");
-    local.node_name = Some("node-a".into());
+    std::sync::Arc::make_mut(&mut local.place).node_name = Some("node-a".into());
     let p = plan(&svc, &[local, ep("fd10::1")], &node());
     let v4 = p.family(IpFamily::V4).unwrap();
     let v6 = p.family(IpFamily::V6).unwrap();

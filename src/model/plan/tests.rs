@@ -68,10 +68,12 @@ fn ep(ip: &str) -> Endpoint {
         ready: true,
         serving: true,
         terminating: false,
-        node_name: Some("node-b".into()),
-        zone: None,
-        zone_hints: BTreeSet::new(),
-        node_hints: BTreeSet::new(),
+        place: crate::model::types::Place::intern(crate::model::types::Place {
+            node_name: Some("node-b".into()),
+            zone: None,
+            zone_hints: BTreeSet::new(),
+            node_hints: BTreeSet::new(),
+        }),
     }
 }
 
@@ -93,7 +95,7 @@ impl Ep for Endpoint {
         self.on(Some(NODE))
     }
     fn on(mut self, node: Option<&str>) -> Self {
-        self.node_name = node.map(String::from);
+        std::sync::Arc::make_mut(&mut self.place).node_name = node.map(String::from);
         self
     }
     fn port(mut self, port: u16) -> Self {
@@ -113,11 +115,13 @@ impl Ep for Endpoint {
         self
     }
     fn zones(mut self, zones: &[&str]) -> Self {
-        self.zone_hints = zones.iter().map(|z| z.to_string()).collect();
+        std::sync::Arc::make_mut(&mut self.place).zone_hints =
+            zones.iter().map(|z| z.to_string()).collect();
         self
     }
     fn nodes(mut self, nodes: &[&str]) -> Self {
-        self.node_hints = nodes.iter().map(|n| n.to_string()).collect();
+        std::sync::Arc::make_mut(&mut self.place).node_hints =
+            nodes.iter().map(|n| n.to_string()).collect();
         self
     }
 }

@@ -370,10 +370,10 @@ fn only_the_first_address_of_an_endpoint_is_used_and_topology_is_kept() {
         panic!("one endpoint expected")
     };
     assert_eq!(e.ip, ip("fd00:10:244::1"));
-    assert_eq!(e.node_name.as_deref(), Some("node1"));
-    assert_eq!(e.zone.as_deref(), Some("zone-a"));
-    assert_eq!(e.zone_hints, BTreeSet::from(["zone-a".to_string()]));
-    assert_eq!(e.node_hints, BTreeSet::from(["node1".to_string()]));
+    assert_eq!(e.place.node_name.as_deref(), Some("node1"));
+    assert_eq!(e.place.zone.as_deref(), Some("zone-a"));
+    assert_eq!(e.place.zone_hints, BTreeSet::from(["zone-a".to_string()]));
+    assert_eq!(e.place.node_hints, BTreeSet::from(["node1".to_string()]));
 }
 
 #[test]

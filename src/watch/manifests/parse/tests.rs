@@ -202,7 +202,7 @@ fn endpoints_mirror_to_one_slice_per_subset_and_family() {
     let eps: Vec<_> = v4
         .endpoints
         .iter()
-        .map(|e| (e.ip.to_string(), e.ready, e.node_name.clone()))
+        .map(|e| (e.ip.to_string(), e.ready, e.place.node_name.clone()))
         .collect();
     assert_eq!(
         eps,
