@@ -10,7 +10,7 @@
 //! `changes()` is proportional to the objects of the files replaced since the last call, never
 //! to the size of the directory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::mem;
 use std::sync::Arc;
 
@@ -28,10 +28,58 @@ enum Out {
     Node,
 }
 
+/// The definitions of one object, by defining file, sorted by file name (the last one wins).
+/// Almost always one: a `Vec`, not an ordered map, whose nodes cost a kilobyte each.
+#[derive(Debug, Default)]
+struct Defs(Vec<(Arc<str>, Object)>);
+
+impl Defs {
+    fn at(&self, file: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(f, _)| (**f).cmp(file))
+    }
+
+    /// Sets `file`'s definition; the one it replaces, if any.
+    fn insert(&mut self, file: Arc<str>, object: Object) -> Option<Object> {
+        match self.at(&file) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, object)),
+            Err(i) => {
+                self.0.insert(i, (file, object));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, file: &str) {
+        if let Ok(i) = self.at(file) {
+            self.0.remove(i);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn files(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(f, _)| &**f)
+    }
+
+    fn winner(&self) -> Option<&Object> {
+        self.0.last().map(|(_, o)| o)
+    }
+
+    fn winner_mut(&mut self) -> Option<&mut Object> {
+        self.0.last_mut().map(|(_, o)| o)
+    }
+}
+
 #[derive(Debug, Default)]
 pub(super) struct State {
-    /// Every definition of every object, by defining file (sorted: the last one wins).
-    claims: HashMap<Key, BTreeMap<Arc<str>, Object>>,
+    /// Every definition of every object.
+    claims: HashMap<Key, Defs>,
     /// The keys each file defines, to withdraw them when the file changes.
     by_file: HashMap<Arc<str>, Vec<Key>>,
     /// The Endpoints each mirrored slice comes from (the slice itself stays in that Endpoints'
@@ -117,7 +165,7 @@ impl State {
 
     fn warn_if_contested(&self, key: &Key) {
         if let Some(defs) = self.claims.get(key).filter(|d| d.len() > 1) {
-            let files: Vec<&str> = defs.keys().map(|f| &**f).collect();
+            let files: Vec<&str> = defs.files().collect();
             let winner = files.last().copied().unwrap_or_default();
             warn!(object = %key, ?files, winner, "object defined in several files; the lexically last file wins");
         }
@@ -202,18 +250,12 @@ impl State {
 }
 
 /// The definition of `key` that wins: the one from the lexically last file.
-fn winner<'a>(
-    claims: &'a HashMap<Key, BTreeMap<Arc<str>, Object>>,
-    key: &Key,
-) -> Option<&'a Object> {
-    claims.get(key)?.values().next_back()
+fn winner<'a>(claims: &'a HashMap<Key, Defs>, key: &Key) -> Option<&'a Object> {
+    claims.get(key)?.winner()
 }
 
-fn winner_mut<'a>(
-    claims: &'a mut HashMap<Key, BTreeMap<Arc<str>, Object>>,
-    key: &Key,
-) -> Option<&'a mut Object> {
-    claims.get_mut(key)?.values_mut().next_back()
+fn winner_mut<'a>(claims: &'a mut HashMap<Key, Defs>, key: &Key) -> Option<&'a mut Object> {
+    claims.get_mut(key)?.winner_mut()
 }
 
 /// Records `want` as sent for `name`; returns it when it differs from what was sent before. An
