@@ -7,8 +7,8 @@
 //! Invariants: the mirror built is exactly the one committing the whole load as one diff would
 //! give (`a_streamed_load_builds_the_mirror_and_sends_the_operations_of_one_whole_load`);
 //! it is returned only when every transaction was accepted. The first transaction holds the
-//! skeleton, the node's elements and the first ports: a load of at most `chunk` operations is
-//! one atomic transaction, as before. After it, each transaction holds whole ports, so a
+//! skeleton, the node's elements and the first ports, up to `FIRST_CHUNK_OPS`: a load that
+//! small is one atomic transaction. After it, each transaction holds whole ports, so a
 //! Service appears complete at once; a chain a later port needs first goes in a transaction of
 //! its own just before (chains and rules are text; element-only transactions can go as
 //! netlink batches). Two owners of one key: the later writer's value wins, as in a diff.
@@ -19,6 +19,11 @@ use super::{Desired, Held, Mirror, Owner, Parts, Table, chains_of, value_hash};
 use crate::backends::nft::elements::ElemId;
 use crate::backends::nft::transaction::{Op, Transaction, skeleton};
 use crate::model::IpFamily;
+
+/// The first transaction's size: it is text (the skeleton's chains and rules are), which
+/// libnftables parses in kproxy's heap (~1.7 KiB per operation), so it stays small; a load that
+/// fits stays one atomic transaction.
+const FIRST_CHUNK_OPS: usize = 1_000;
 
 /// Streams `desired` into empty tables through `send`, in transactions of about `chunk`
 /// operations (never splitting a port); the mirror of it all once every one went through.
@@ -52,7 +57,12 @@ pub fn load_fresh<E>(
         l.add(owner.compile());
         l.mirror.ports.insert(name.clone(), owner);
         l.mirror.facts = Some(facts.clone());
-        if l.tx.len() >= chunk {
+        let limit = if l.first {
+            chunk.min(FIRST_CHUNK_OPS)
+        } else {
+            chunk
+        };
+        if l.tx.len() >= limit {
             l.flush(&mut send)?;
         }
     }

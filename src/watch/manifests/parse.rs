@@ -12,7 +12,11 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_yaml_ng::Value;
 use tracing::debug;
 
@@ -87,10 +91,10 @@ pub(super) fn parse_file(file: &str, bytes: &[u8], node_name: &str) -> Parsed {
         }
     };
     if file.ends_with(".json") {
-        let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
-        for (document, value) in stream.enumerate() {
-            match value {
-                Ok(value) => p.document(value, document, None),
+        let stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
+        for (document, raw) in stream.enumerate() {
+            match raw {
+                Ok(raw) => p.json_document(raw, document, None),
                 Err(e) => {
                     // A JSON syntax error leaves no way to find where the next value starts.
                     p.reject(document, None, RejectReason::Parse, e.to_string());
@@ -146,6 +150,23 @@ fn split_documents(text: &str) -> Vec<&str> {
     documents
 }
 
+/// What the JSON fast path reads first: the kind, and a List's items left unparsed.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "apiVersion", borrow, default)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    items: Option<Vec<&'a RawValue>>,
+}
+
+/// Whether a List item names its own kind and apiVersion.
+fn has_kind(raw: &RawValue) -> bool {
+    serde_json::from_str::<Head>(raw.get())
+        .is_ok_and(|h| h.kind.is_some() && h.api_version.is_some())
+}
+
 struct Parser<'a> {
     file: &'a str,
     node_name: &'a str,
@@ -165,6 +186,67 @@ impl Parser<'_> {
             item,
             rejection: Rejection::new(reason, detail),
         });
+    }
+
+    /// A JSON document (or List item) read straight into its typed object: no generic tree in
+    /// between, which halves the parse of a large directory. Anything unusual (a List item
+    /// without its own kind, a malformed or refused object, a kind kproxy skips) goes through
+    /// `document`, so what is accepted, refused and said is the same as for YAML.
+    fn json_document(&mut self, raw: &RawValue, document: usize, item: Option<usize>) {
+        let slow = |p: &mut Self| match serde_json::from_str::<Value>(raw.get()) {
+            Ok(value) => p.document(value, document, item),
+            Err(e) => p.reject(document, item, RejectReason::Parse, e.to_string()),
+        };
+        let Ok(head) = serde_json::from_str::<Head>(raw.get()) else {
+            return slow(self);
+        };
+        let (Some(api_version), Some(kind)) = (head.api_version.as_deref(), head.kind.as_deref())
+        else {
+            return slow(self);
+        };
+        let at = (document, item);
+        let done = match (api_version, kind) {
+            ("v1", "Service") => self.typed_json(raw, at, |p, svc: K8sService| p.service(svc)),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                self.typed_json(raw, at, |p, slice: EndpointSlice| p.slice(slice))
+            }
+            ("v1", "Endpoints") => self.typed_json(raw, at, |p, ep: Endpoints| p.endpoints(ep)),
+            ("v1", "Node") => self.typed_json(raw, at, |p, node: Node| p.node(node)),
+            (_, list) if list.ends_with("List") => match &head.items {
+                Some(items) if items.iter().all(|i| has_kind(i)) => {
+                    for (i, raw) in items.iter().enumerate() {
+                        self.json_document(raw, document, item.or(Some(i)));
+                    }
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !done {
+            slow(self);
+        }
+    }
+
+    /// Reads `raw` as a `T` and hands it to `accept`; false (nothing done) when it does not
+    /// read, so the caller can take the path that says why.
+    fn typed_json<T: DeserializeOwned>(
+        &mut self,
+        raw: &RawValue,
+        (document, item): (usize, Option<usize>),
+        accept: impl FnOnce(&mut Self, T) -> Result<(), Rejection>,
+    ) -> bool {
+        let Ok(object) = serde_json::from_str::<T>(raw.get()) else {
+            return false;
+        };
+        if let Err(rejection) = accept(self, object) {
+            self.parsed.rejected.push(Rejected {
+                document,
+                item,
+                rejection,
+            });
+        }
+        true
     }
 
     /// One document, or one item of a List (then `item` is its index in the outermost List).

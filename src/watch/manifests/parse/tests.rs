@@ -232,3 +232,44 @@ fn endpoints_with_skip_mirror_or_a_bad_address_are_not_mirrored() {
         [(0, None, RejectReason::BadIp)]
     );
 }
+
+#[test]
+fn json_read_straight_into_objects_gives_what_the_yaml_path_gives_for_the_same_text() {
+    // YAML is a superset of JSON: the same text as `.yaml` takes the generic path.
+    let cases = [
+        // A List whose items name their kind, one of them refused (port 0), one skipped.
+        r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"},
+             "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b"},
+             "spec": {"clusterIP": "10.96.0.2", "ports": [{"port": 0}]}},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "a-1", "labels": {"kubernetes.io/service-name": "a"}},
+             "addressType": "IPv4", "ports": [{"port": 8080}],
+             "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "node1"}]}]}"#,
+        // A typed List lends its kind to items without one.
+        r#"{"apiVersion": "v1", "kind": "ServiceList", "items": [
+            {"metadata": {"name": "d", "namespace": "x"},
+             "spec": {"clusterIP": "10.96.0.4", "ports": [{"port": 80}]}}]}"#,
+        // The wrong type for a field, a document without a kind, null, this node.
+        r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "e"}, "spec": {"ports": 7}}"#,
+        r#"{"metadata": {"name": "f"}}"#,
+        "null",
+        r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1",
+             "labels": {"topology.kubernetes.io/zone": "z1"}}}"#,
+        // Items that are not a sequence.
+        r#"{"apiVersion": "v1", "kind": "List", "items": {"a": 1}}"#,
+    ];
+    for text in cases {
+        let (json, yaml) = (parse("x.json", text), parse("x.yaml", text));
+        assert_eq!(keys(&json), keys(&yaml), "{text}");
+        assert_eq!(reasons(&json), reasons(&yaml), "{text}");
+        let details = |p: &Parsed| -> Vec<String> {
+            p.rejected.iter().map(|r| r.rejection.to_string()).collect()
+        };
+        assert_eq!(details(&json), details(&yaml), "{text}");
+        assert_eq!(format!("{:?}", json.objects), format!("{:?}", yaml.objects));
+    }
+    assert!(!keys(&parse("x.json", cases[0])).is_empty());
+}
