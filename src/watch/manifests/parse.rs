@@ -56,8 +56,9 @@ pub(super) enum Object {
         service: Option<Arc<Service>>,
     },
     Slice(Arc<Slice>),
-    Endpoints(Mirror),
-    Node(NodeInfo),
+    // Boxed: an object is one of 10,000s in the merged state, these two are rare and large.
+    Endpoints(Box<Mirror>),
+    Node(Box<NodeInfo>),
 }
 
 /// A document (or one item of a List document) that was refused.
@@ -368,14 +369,16 @@ impl Parser<'_> {
         let (key, mirror) = mirror::mirror(&ep)?;
         self.parsed
             .objects
-            .push((Key::Endpoints(key), Object::Endpoints(mirror)));
+            .push((Key::Endpoints(key), Object::Endpoints(Box::new(mirror))));
         Ok(())
     }
 
     fn node(&mut self, node: Node) -> Result<(), Rejection> {
         let info = validate::node(&node)?;
         if info.name == self.node_name {
-            self.parsed.objects.push((Key::Node, Object::Node(info)));
+            self.parsed
+                .objects
+                .push((Key::Node, Object::Node(Box::new(info))));
         }
         Ok(())
     }

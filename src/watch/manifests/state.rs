@@ -43,6 +43,8 @@ impl Defs {
         match self.at(&file) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, object)),
             Err(i) => {
+                // Exactly one more: a Vec's first growth would make room for four.
+                self.0.reserve_exact(1);
                 self.0.insert(i, (file, object));
                 None
             }
@@ -236,7 +238,7 @@ impl State {
             }
             Out::Node => {
                 let want = match winner(&self.claims, &Key::Node) {
-                    Some(Object::Node(node)) => Some(node),
+                    Some(Object::Node(node)) => Some(&**node),
                     _ => None,
                 };
                 if self.sent_node.as_ref() == want {
