@@ -20,6 +20,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::OnceLock;
 
 use super::elements::{ElementBatch, ElementSocket};
+use super::listing::{self, Element, Shape};
 use super::transport::{NftCli, NftError, Transport};
 use crate::model::IpFamily;
 
@@ -250,6 +251,41 @@ impl Transport for NftLib {
         self.cli.list_table(family, table)
     }
 
+    fn read_table(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        each: &mut (dyn FnMut(&str, Element<'_>) + Send),
+    ) -> Option<Result<Shape, NftError>> {
+        let mut read = || -> Result<_, NftError> {
+            let (chains, sets) = listing::table(family, table)?;
+            for set in sets.iter().filter(|s| s.flags & listing::NFT_SET_EVAL == 0) {
+                listing::elements(family, table, &set.name, |e| each(&set.name, e))?;
+            }
+            Ok((chains, sets))
+        };
+        let Some(ns) = self.cli.netns.clone() else {
+            return Some(read());
+        };
+        // The dump sockets must be opened inside the namespace.
+        let result = std::thread::scope(|s| {
+            let ns = &ns;
+            s.spawn(move || crate::netns::enter(ns).map(|()| read()))
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        });
+        Some(result.map_err(|e| NftError::Netns(ns, e)).and_then(|r| r))
+    }
+
+    fn list_set(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        set: &str,
+    ) -> Result<Option<String>, NftError> {
+        self.cli.list_set(family, table, set)
+    }
+
     fn rule_counts(
         &mut self,
         family: IpFamily,
@@ -311,6 +347,24 @@ impl Transport for Nft {
 
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError> {
         self.inner().list_table(family, table)
+    }
+
+    fn read_table(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        each: &mut (dyn FnMut(&str, Element<'_>) + Send),
+    ) -> Option<Result<Shape, NftError>> {
+        self.inner().read_table(family, table, each)
+    }
+
+    fn list_set(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        set: &str,
+    ) -> Result<Option<String>, NftError> {
+        self.inner().list_set(family, table, set)
     }
 
     fn rule_counts(

@@ -8,6 +8,7 @@
 
 pub mod elements;
 pub mod libnft;
+pub mod listing;
 pub mod netlink;
 pub mod transport;
 

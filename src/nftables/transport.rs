@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 
 use super::elements::ElementBatch;
 use super::family_name;
+use super::listing::{Element, Shape};
 use crate::backends::process::{RunError, run_piped};
 use crate::model::IpFamily;
 
@@ -66,6 +67,26 @@ pub trait Transport: Send {
     /// The text of `table` in `family`, or `None` when it does not exist. For adoption at
     /// start-up only.
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError>;
+    /// `table` in `family` read over netlink, for adoption at start-up: its chains and sets,
+    /// and through `each` every element of every set the packet path does not write, as
+    /// stored. `None` when this transport does not read over netlink (list the text instead).
+    fn read_table(
+        &mut self,
+        _family: IpFamily,
+        _table: &str,
+        _each: &mut (dyn FnMut(&str, Element<'_>) + Send),
+    ) -> Option<Result<Shape, NftError>> {
+        None
+    }
+    /// The text of one set (`nft list set`), `None` when it does not exist.
+    fn list_set(
+        &mut self,
+        _family: IpFamily,
+        _table: &str,
+        _set: &str,
+    ) -> Result<Option<String>, NftError> {
+        Ok(None)
+    }
     /// Rule count per chain of `table` in `family` (empty when the table is gone). Cheap (no
     /// elements are read): the drift check runs it several times a second.
     fn rule_counts(
@@ -155,6 +176,29 @@ impl Transport for NftCli {
         Err(NftError::ListFailed {
             family: fam,
             table: table.to_string(),
+            status: out.status.to_string(),
+            stderr,
+        })
+    }
+
+    fn list_set(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        set: &str,
+    ) -> Result<Option<String>, NftError> {
+        let fam = family_name(family);
+        let out = self.run(&["list", "set", fam, table, set], None)?;
+        if out.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+        }
+        let stderr = stderr_of(&out);
+        if stderr.contains("No such file or directory") {
+            return Ok(None);
+        }
+        Err(NftError::ListFailed {
+            family: fam,
+            table: format!("{table} set {set}"),
             status: out.status.to_string(),
             stderr,
         })

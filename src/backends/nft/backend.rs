@@ -20,10 +20,12 @@ use super::compile::{compile, render};
 use super::diff::{self, Mirror, Parts, Scope};
 use super::encode;
 use super::reconcile;
+use super::transaction::SetKind;
 use super::transaction::Transaction;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
-use crate::nftables::transport::Transport;
+use crate::nftables::listing::{self, Element};
+use crate::nftables::transport::{NftError, Transport};
 use crate::node::NodeFacts;
 
 pub struct NftBackend<T: Transport> {
@@ -108,10 +110,9 @@ impl<T: Transport> NftBackend<T> {
         let mut listed = Vec::new();
         for family in [IpFamily::V4, IpFamily::V6] {
             let listing = self
-                .transport
-                .list_table(family, super::skeleton::TABLE)
+                .listing(family)
                 .map_err(|e| BackendError::at(Step::Adopt, e))?;
-            listed.push((family, listing.as_deref().map(reconcile::parse_listing)));
+            listed.push((family, listing));
         }
         let mut report = SyncReport::default();
         if listed.iter().all(|(_, l)| l.is_none()) {
@@ -133,6 +134,62 @@ impl<T: Transport> NftBackend<T> {
         self.mirror.commit(update);
         self.adopt = false;
         Ok(report)
+    }
+}
+
+impl<T: Transport> NftBackend<T> {
+    /// kproxy's table in `family` as adoption sees it (`None`: there is none): read over
+    /// netlink when the transport can, each element decoded to compile's text at once; a set
+    /// whose elements do not decode (the interval set `cluster-cidrs`) is listed as text, and
+    /// so is everything through a transport that cannot read.
+    pub fn listing(&mut self, family: IpFamily) -> Result<Option<reconcile::Listed>, NftError> {
+        use std::collections::BTreeMap;
+        let table = super::skeleton::TABLE;
+        let mut elements: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut undecoded: BTreeSet<String> = BTreeSet::new();
+        let mut each = |set: &str, e: Element<'_>| match encode::decode(set, family, &e) {
+            Some((k, v)) => {
+                if !elements.contains_key(set) {
+                    elements.insert(set.to_string(), BTreeMap::new());
+                }
+                if let Some(m) = elements.get_mut(set) {
+                    m.insert(k, v);
+                }
+            }
+            None => {
+                undecoded.insert(set.to_string());
+            }
+        };
+        let Some(read) = self.transport.read_table(family, table, &mut each) else {
+            let text = self.transport.list_table(family, table)?;
+            return Ok(text.as_deref().map(reconcile::parse_listing));
+        };
+        let (chains, sets) = read?;
+        if chains.is_empty() && sets.is_empty() {
+            return Ok(None);
+        }
+        let mut listed = reconcile::Listed {
+            chains: chains.into_iter().collect(),
+            sets: BTreeMap::new(),
+        };
+        for set in sets {
+            let kind = if set.flags & listing::NFT_SET_MAP != 0 {
+                SetKind::Map
+            } else {
+                SetKind::Set
+            };
+            let mut known = elements.remove(&set.name).unwrap_or_default();
+            if undecoded.contains(&set.name) {
+                let text = self.transport.list_set(family, table, &set.name)?;
+                let parsed = text.as_deref().map(reconcile::parse_listing);
+                known = parsed
+                    .and_then(|mut p| p.sets.remove(&set.name))
+                    .map(|(_, e)| e)
+                    .unwrap_or_default();
+            }
+            listed.sets.insert(set.name, (kind, known));
+        }
+        Ok(Some(listed))
     }
 }
 

@@ -20,6 +20,7 @@ use super::skeleton::{self, TABLE};
 use super::transaction::{Op, Transaction};
 use crate::model::IpFamily;
 use crate::nftables::elements::{self, Data, ElementBatch, Verb};
+use crate::nftables::listing::{DataRef, Element};
 
 /// One field of a key or value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,6 +202,95 @@ fn verdict(text: &str) -> Option<(i32, Option<&str>)> {
         None if text == "accept" => Some((elements::NF_ACCEPT, None)),
         _ => None,
     }
+}
+
+/// Text of `bytes` as `fields` lay them out (the inverse of `encode`); `None` when they do not
+/// fit.
+fn decode_fields(fields: &[Field], family: IpFamily, mut bytes: &[u8]) -> Option<String> {
+    let concat = fields.len() > 1;
+    let mut parts = Vec::with_capacity(fields.len());
+    for field in fields {
+        let (len, text): (usize, String) = match field {
+            Field::Addr => match family {
+                IpFamily::V4 => (
+                    4,
+                    IpAddr::from(<[u8; 4]>::try_from(bytes.get(..4)?).ok()?).to_string(),
+                ),
+                IpFamily::V6 => {
+                    let octets = <[u8; 16]>::try_from(bytes.get(..16)?).ok()?;
+                    (16, IpAddr::from(octets).to_string())
+                }
+            },
+            Field::Proto => (
+                1,
+                match *bytes.first()? {
+                    6 => "tcp".to_string(),
+                    17 => "udp".to_string(),
+                    132 => "sctp".to_string(),
+                    n => n.to_string(),
+                },
+            ),
+            Field::Port => (
+                2,
+                u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?).to_string(),
+            ),
+            Field::Slot => (
+                4,
+                u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?).to_string(),
+            ),
+        };
+        let taken = if concat { len.div_ceil(4) * 4 } else { len };
+        bytes = bytes.get(taken..)?;
+        parts.push(text);
+    }
+    bytes.is_empty().then(|| parts.join(" . "))
+}
+
+/// An element read back from the kernel as the key and value texts compile writes; `None` for
+/// a set whose layout this does not know or bytes that do not fit it.
+pub fn decode(set: &str, family: IpFamily, e: &Element) -> Option<(String, String)> {
+    let layout = layouts().get(set)?.as_ref()?;
+    let key = if layout.interval {
+        let (last, prefix) = layout.key.split_last()?;
+        let width = match family {
+            IpFamily::V4 => 4,
+            IpFamily::V6 => 16,
+        };
+        let split = e.key.len().checked_sub(width)?;
+        let end = e.key_end.unwrap_or(e.key);
+        if end.len() != e.key.len() || end[..split] != e.key[..split] {
+            return None;
+        }
+        let head = decode_fields(prefix, family, &e.key[..split])?;
+        let first = decode_fields(&[*last], family, &e.key[split..])?
+            .parse::<IpAddr>()
+            .ok()?;
+        let last = decode_fields(&[*last], family, &end[split..])?
+            .parse::<IpAddr>()
+            .ok()?;
+        // The one prefix whose first and last addresses these are.
+        let range = (0..=width as u8 * 8)
+            .filter_map(|len| IpNet::new(first, len).ok())
+            .find(|net| net.network() == first && net.broadcast() == last)?;
+        format!("{head} . {range}")
+    } else {
+        decode_fields(&layout.key, family, e.key)?
+    };
+    let value = match (&layout.value, e.data) {
+        (Value::None, None) => String::new(),
+        (Value::Verdict, Some(DataRef::Verdict { code, chain })) => match (code, chain) {
+            (elements::NFT_GOTO, Some(chain)) => format!("goto {chain}"),
+            (elements::NFT_JUMP, Some(chain)) => format!("jump {chain}"),
+            (elements::NF_DROP, None) => "drop".to_string(),
+            (elements::NF_ACCEPT, None) => "accept".to_string(),
+            _ => return None,
+        },
+        (Value::Fields(fields), Some(DataRef::Value(bytes))) => {
+            decode_fields(fields, family, bytes)?
+        }
+        _ => return None,
+    };
+    Some((key, value))
 }
 
 /// `tx` as one element batch, when it holds only element operations this encodes.

@@ -173,3 +173,34 @@ fn the_backend_on_libnftables_sends_element_changes_as_batches_with_the_commands
     assert!(after.contains("10.0.4.1 . 8080"), "{after}");
     assert_eq!(after, listing(&text));
 }
+
+#[test]
+fn a_table_read_over_netlink_is_what_its_nft_listing_says_and_a_restart_rewrites_no_element() {
+    let Some(ns) = Netns::new() else { return };
+    let mut plans = cluster_ips();
+    plans.extend(external());
+    let mut first = NftBackend::new(config(), lib(&ns));
+    first.sync_full(&plans, &node()).unwrap();
+    let mut by_cli = NftBackend::new(config(), NftCli::in_netns(&ns.name));
+    let mut by_lib = NftBackend::new(config(), lib(&ns));
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let text = by_cli.listing(family).unwrap().expect("listed");
+        let read = by_lib.listing(family).unwrap().expect("read");
+        assert_eq!(read, text, "{family:?}");
+        let elements: usize = read.sets.values().map(|(_, e)| e.len()).sum();
+        assert!(elements > 5, "{family:?}: {elements} elements");
+    }
+    let cidrs = by_lib.listing(IpFamily::V4).unwrap().unwrap();
+    assert_eq!(
+        cidrs.sets["cluster-cidrs"].1.len(),
+        1,
+        "read as text: {cidrs:?}"
+    );
+    // A restart adopts: chains are reloaded, every element is already right.
+    let before = listing(&ns);
+    let report = by_lib.sync_full(&plans, &node()).unwrap();
+    let reloaded = by_cli.sync_full(&plans, &node()).unwrap();
+    assert_eq!(report.operations, reloaded.operations, "the same reconcile");
+    assert_eq!(listing(&ns), before);
+    assert_eq!(by_lib.element_batches(), 0, "no element was written");
+}

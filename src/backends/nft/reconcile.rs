@@ -9,7 +9,7 @@
 //! where nothing waits: additions and changes of plain sets and endpoint maps, then of the
 //! verdict maps that point at them, then deletions from the verdict maps, then from the rest; a
 //! changed element's delete and add travel in one chunk. The last transaction deletes chains
-//! and sets kproxy no longer declares. The packet-written `affinity` map is never touched.
+//! and sets kproxy no longer declares. The packet-written `affinity` maps are never touched.
 //! Elements whose text differs from nft's listing only in form are replaced, which is harmless.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -138,10 +138,11 @@ pub fn plan(load: Transaction, listed: &[(IpFamily, Option<Listed>)]) -> Vec<Tra
     let mut phases: [Vec<Vec<Op>>; 4] = Default::default();
     for family in [IpFamily::V4, IpFamily::V6] {
         let have = listed_of(family);
-        for set in skeleton::SETS.iter().map(|s| s.name) {
-            if set == "affinity" {
-                continue;
-            }
+        // The packet path writes the dynamic maps (affinity): never touched.
+        let written = skeleton::SETS
+            .iter()
+            .filter(|s| !s.decl.contains("dynamic"));
+        for set in written.map(|s| s.name) {
             let verdicts = is_verdict_map(set);
             let w = want.remove(&(family, set)).unwrap_or_default();
             let h = have.sets.get(set).map(|(_, e)| e);
