@@ -17,14 +17,13 @@ use crate::backends::error::Step;
 use std::collections::BTreeSet;
 
 use super::compile::{compile, render};
-use super::diff::{self, Mirror, Parts, Scope};
+use super::diff::{self, Found, Mirror, Parts, Scope, Sink, Unwanted};
 use super::encode;
+use super::read;
 use super::reconcile;
-use super::transaction::SetKind;
 use super::transaction::Transaction;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
-use crate::nftables::listing::{self, Element};
 use crate::nftables::transport::{NftError, Transport};
 use crate::node::NodeFacts;
 
@@ -107,89 +106,65 @@ impl<T: Transport> NftBackend<T> {
     /// (`load.rs`). The mirror is replaced only when every transaction
     /// went through; a failure part-way leaves `adopt` set, so the next full sync lists again.
     fn adopt_and_load(&mut self, parts: Parts) -> Result<SyncReport, BackendError> {
-        let mut listed = Vec::new();
-        for family in [IpFamily::V4, IpFamily::V6] {
-            let listing = self
-                .listing(family)
-                .map_err(|e| BackendError::at(Step::Adopt, e))?;
-            listed.push((family, listing));
+        let mut found = [None, None];
+        for (slot, family) in found.iter_mut().zip([IpFamily::V4, IpFamily::V6]) {
+            let mut f = Found::default();
+            let shape = read::read(&mut self.transport, family, &mut |set, k, v| {
+                f.element(set, &k, &v)
+            })
+            .map_err(|e| BackendError::at(Step::Adopt, e))?;
+            *slot = shape.map(|(chains, sets)| {
+                f.chains = chains;
+                f.sets = sets;
+                f
+            });
         }
-        let mut report = SyncReport::default();
-        if listed.iter().all(|(_, l)| l.is_none()) {
-            // Nothing to adopt: stream the load, port by port.
-            let mirror = diff::load_fresh(parts, reconcile::CHUNK_OPS, |tx| {
-                report.operations += self.send(&tx)?.operations;
-                Ok::<_, BackendError>(())
-            })?;
-            self.mirror = mirror;
-            self.adopt = false;
-            return Ok(report);
-        }
-        let load = diff::into_diff(&Mirror::default(), parts, Scope::Full);
-        let (tx, update) = load.split();
-        for tx in reconcile::plan(tx, &listed) {
-            report.operations += self.send(&tx)?.operations;
-        }
-        self.mirror = Mirror::default();
-        self.mirror.commit(update);
+        let mut sink = Adopting {
+            backend: self,
+            operations: 0,
+        };
+        let mirror = diff::load(parts, found, reconcile::CHUNK_OPS, &mut sink)?;
+        let operations = sink.operations;
+        self.mirror = mirror;
         self.adopt = false;
-        Ok(report)
+        Ok(SyncReport { operations })
+    }
+
+    /// kproxy's table in `family` as adoption reads it, collected as texts (`read.rs`).
+    pub fn listing(&mut self, family: IpFamily) -> Result<Option<reconcile::Listed>, NftError> {
+        read::listing(&mut self.transport, family)
     }
 }
 
-impl<T: Transport> NftBackend<T> {
-    /// kproxy's table in `family` as adoption sees it (`None`: there is none): read over
-    /// netlink when the transport can, each element decoded to compile's text at once; a set
-    /// whose elements do not decode (the interval set `cluster-cidrs`) is listed as text, and
-    /// so is everything through a transport that cannot read.
-    pub fn listing(&mut self, family: IpFamily) -> Result<Option<reconcile::Listed>, NftError> {
-        use std::collections::BTreeMap;
-        let table = super::skeleton::TABLE;
-        let mut elements: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        let mut undecoded: BTreeSet<String> = BTreeSet::new();
-        let mut each = |set: &str, e: Element<'_>| match encode::decode(set, family, &e) {
-            Some((k, v)) => {
-                if !elements.contains_key(set) {
-                    elements.insert(set.to_string(), BTreeMap::new());
-                }
-                if let Some(m) = elements.get_mut(set) {
-                    m.insert(k, v);
-                }
+/// An adoption's sink: sends through the backend, reads the table again for what no port
+/// wanted.
+struct Adopting<'a, T: Transport> {
+    backend: &'a mut NftBackend<T>,
+    operations: usize,
+}
+
+impl<T: Transport> Sink for Adopting<'_, T> {
+    type Error = BackendError;
+
+    fn send(&mut self, tx: Transaction) -> Result<(), BackendError> {
+        self.operations += self.backend.send(&tx)?.operations;
+        Ok(())
+    }
+
+    fn unwanted(
+        &mut self,
+        family: IpFamily,
+        pick: Unwanted,
+    ) -> Result<Vec<(&'static str, String)>, BackendError> {
+        let mut out = Vec::new();
+        read::read(&mut self.backend.transport, family, &mut |set, k, _| {
+            let name = super::skeleton::SETS.iter().find(|s| s.name == set);
+            if let Some(s) = name.filter(|_| pick(set, &k)) {
+                out.push((s.name, k));
             }
-            None => {
-                undecoded.insert(set.to_string());
-            }
-        };
-        let Some(read) = self.transport.read_table(family, table, &mut each) else {
-            let text = self.transport.list_table(family, table)?;
-            return Ok(text.as_deref().map(reconcile::parse_listing));
-        };
-        let (chains, sets) = read?;
-        if chains.is_empty() && sets.is_empty() {
-            return Ok(None);
-        }
-        let mut listed = reconcile::Listed {
-            chains: chains.into_iter().collect(),
-            sets: BTreeMap::new(),
-        };
-        for set in sets {
-            let kind = if set.flags & listing::NFT_SET_MAP != 0 {
-                SetKind::Map
-            } else {
-                SetKind::Set
-            };
-            let mut known = elements.remove(&set.name).unwrap_or_default();
-            if undecoded.contains(&set.name) {
-                let text = self.transport.list_set(family, table, &set.name)?;
-                let parsed = text.as_deref().map(reconcile::parse_listing);
-                known = parsed
-                    .and_then(|mut p| p.sets.remove(&set.name))
-                    .map(|(_, e)| e)
-                    .unwrap_or_default();
-            }
-            listed.sets.insert(set.name, (kind, known));
-        }
-        Ok(Some(listed))
+        })
+        .map_err(|e| BackendError::at(Step::Adopt, e))?;
+        Ok(out)
     }
 }
 

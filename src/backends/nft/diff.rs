@@ -26,7 +26,7 @@ use crate::node::NodeFacts;
 
 #[path = "load.rs"]
 mod load;
-pub use load::load_fresh;
+pub use load::{Found, Sink, Unwanted, load, load_fresh, writes};
 
 const FAMILIES: [IpFamily; 2] = [IpFamily::V4, IpFamily::V6];
 

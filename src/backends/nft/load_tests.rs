@@ -6,12 +6,14 @@
 
 use std::net::IpAddr;
 
-use super::diff::{Mirror, Parts, Scope, diff, load_fresh};
-use super::diff_tests::many;
+use super::diff::{Found, Mirror, Parts, Scope, Sink, Unwanted, diff, load, load_fresh};
+use super::diff_tests::{many, set_endpoints};
 use super::fake_kernel::{ApplyError, FakeKernel};
+use super::reconcile::{Listed, parse_listing};
+use super::skeleton;
 use super::transaction::{Op, Transaction};
 use crate::backends::Plans;
-use crate::model::{Protocol, ServicePort};
+use crate::model::{IpFamily, Protocol, ServicePort};
 use crate::testing::{add, cluster_ips, config, ep, external, name, node};
 
 /// Two Services claiming one VIP port (the later writer's value wins) and a third beside them.
@@ -112,4 +114,113 @@ fn a_refusal_part_way_stops_the_load_and_returns_no_mirror() {
     });
     assert_eq!(result.err(), Some("refused"));
     assert_eq!(sent, 3, "nothing is sent after a refusal");
+}
+
+/// Records what an adoption sends; the unwanted elements come from `listed` (IPv4 only).
+struct Recorder {
+    listed: Listed,
+    sent: Vec<Transaction>,
+}
+
+impl Sink for Recorder {
+    type Error = ();
+    fn send(&mut self, tx: Transaction) -> Result<(), ()> {
+        self.sent.push(tx);
+        Ok(())
+    }
+    fn unwanted(
+        &mut self,
+        family: IpFamily,
+        pick: Unwanted,
+    ) -> Result<Vec<(&'static str, String)>, ()> {
+        let mut out = Vec::new();
+        for s in skeleton::SETS.iter().filter(|_| family == IpFamily::V4) {
+            let elements = self.listed.sets.get(s.name).map(|(_, e)| e);
+            for k in elements.into_iter().flat_map(|e| e.keys()) {
+                if pick(s.name, k) {
+                    out.push((s.name, k.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn adopting_keeps_what_is_right_replaces_what_changed_and_deletes_leftovers_last() {
+    // The kernel as a previous run left it: s1 had other endpoints, s9 existed, lb-7 too.
+    let mut older = many(3, 2);
+    set_endpoints(&mut older, 1, &["10.9.9.1", "10.9.9.2"]);
+    let text = super::compile::render(&super::compile::compile(&older, &node(), &config()));
+    let mut listed = parse_listing(text.split("table ip6 ").next().unwrap());
+    let services = &mut listed.sets.get_mut("services").unwrap().1;
+    services.insert("10.96.0.99 . tcp . 80".into(), "goto lb-7".into());
+    listed.chains.insert("lb-7".into());
+    let mut found = Found::default();
+    for (set, (kind, elements)) in &listed.sets {
+        found.sets.insert(set.clone(), *kind);
+        for (k, v) in elements {
+            found.element(set, k, v);
+        }
+    }
+    found.chains = listed.chains.clone();
+
+    let mut plans = many(3, 2);
+    set_endpoints(&mut plans, 2, &["10.1.0.2", "10.77.0.1"]);
+    let mut r = Recorder {
+        listed,
+        sent: Vec::new(),
+    };
+    let parts = Parts::new(&plans, &node(), &config());
+    let mirror = load(parts, [Some(found), None], 10_000, &mut r).unwrap();
+    let whole = diff(
+        &Mirror::default(),
+        &Parts::new(&plans, &node(), &config()),
+        Scope::Full,
+    );
+    let mut fresh = Mirror::default();
+    fresh.commit(whole);
+    assert!(mirror == fresh, "the mirror of a fresh load");
+
+    assert_eq!(
+        r.sent.len(),
+        1,
+        "a small adoption is one atomic transaction"
+    );
+    let ops = r.sent[0].ops();
+    let text = r.sent[0].to_string();
+    assert!(text.starts_with("flush chain ip kproxy "), "{text}");
+    assert!(
+        !text.contains("flush map") && !text.contains("flush set"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("element ip kproxy affinity "),
+        "the affinity map's entries are never touched: {text}"
+    );
+    // s0 is unchanged: none of its elements is sent.
+    assert!(!text.contains("10.96.0.1 . tcp . 80 . 0"), "{text}");
+    // s1 moved back: delete + add of each slot, adjacent.
+    let slot = "10.96.0.2 . tcp . 80 . 0";
+    let del = ops
+        .iter()
+        .position(|op| matches!(op, Op::DeleteElement(_, "endpoints-tcp", k) if k == slot))
+        .unwrap();
+    assert!(matches!(&ops[del + 1], Op::AddElement(_, "endpoints-tcp", k, _) if k == slot));
+    // The stale Service goes after every addition and before its chain, which goes last.
+    let stale = ops
+        .iter()
+        .position(
+            |op| matches!(op, Op::DeleteElement(_, "services", k) if k == "10.96.0.99 . tcp . 80"),
+        )
+        .unwrap();
+    let last_add = ops
+        .iter()
+        .rposition(|op| matches!(op, Op::AddElement(..)))
+        .unwrap();
+    assert!(last_add < stale, "{text}");
+    assert_eq!(
+        ops.last(),
+        Some(&Op::DeleteChain(IpFamily::V4, "lb-7".into()))
+    );
 }

@@ -11,6 +11,7 @@ mod elements;
 pub mod encode;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake_transport;
+pub mod read;
 pub mod reconcile;
 pub mod render;
 pub mod skeleton;

@@ -10,6 +10,7 @@ use crate::backends::Backend;
 use crate::backends::nft::NftBackend;
 use crate::backends::nft::diff::{Mirror, Parts, Scope, transaction};
 use crate::backends::nft::encode;
+use crate::backends::nft::reconcile::parse_listing;
 use crate::backends::nft::transaction::{Op, Transaction};
 use crate::backends::nft::transport_tests::Netns;
 use crate::model::{IpFamily, Protocol};
@@ -203,4 +204,65 @@ fn a_table_read_over_netlink_is_what_its_nft_listing_says_and_a_restart_rewrites
     assert_eq!(report.operations, reloaded.operations, "the same reconcile");
     assert_eq!(listing(&ns), before);
     assert_eq!(by_lib.element_batches(), 0, "no element was written");
+}
+
+#[test]
+fn a_restart_over_netlink_on_fewer_services_leaves_what_a_fresh_load_of_them_leaves() {
+    let (Some(old), Some(fresh)) = (Netns::new(), Netns::new()) else {
+        return;
+    };
+    let mut plans = cluster_ips();
+    plans.extend(external());
+    NftBackend::new(config(), lib(&old))
+        .sync_full(&plans, &node())
+        .unwrap();
+    // While kproxy was down, two Services went (their elements and an lb chain are left over)
+    // and one endpoint moved.
+    let gone: Vec<_> = plans.keys().take(2).cloned().collect();
+    for name in &gone {
+        plans.remove(name);
+    }
+    let web = name("web", "http", Protocol::Tcp);
+    if let Some(port) = plans.get(&web).map(|p| p.port.clone()) {
+        let eps = vec![
+            ep("10.0.1.1", 8080, "node-a"),
+            ep("10.0.9.9", 8080, "node-b"),
+        ];
+        add(&mut plans, port, eps);
+    }
+    let mut restarted = NftBackend::new(config(), lib(&old));
+    let report = restarted.sync_full(&plans, &node()).unwrap();
+    assert!(report.operations > 0);
+    NftBackend::new(config(), lib(&fresh))
+        .sync_full(&plans, &node())
+        .unwrap();
+    // The same elements, chains and rules (the order nft prints them in follows their history).
+    let (a, b) = (listing(&old), listing(&fresh));
+    assert_eq!(parse_listing(&a), parse_listing(&b), "gone: {gone:?}");
+    assert_eq!(rules(&a), rules(&b));
+    assert!(
+        !a.contains("10.96.0.53"),
+        "the dns Service's elements are gone: {a}"
+    );
+}
+
+/// Each chain's rules, from `nft list table` text.
+fn rules(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut chain: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line
+            .strip_prefix("chain ")
+            .and_then(|l| l.strip_suffix(" {"))
+        {
+            chain = Some(name.to_string());
+        } else if line == "}" {
+            chain = None;
+        } else if let Some(c) = &chain {
+            out.entry(c.clone())
+                .or_insert_with(Vec::new)
+                .push(line.to_string());
+        }
+    }
+    out
 }

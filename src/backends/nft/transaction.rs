@@ -27,6 +27,21 @@ pub enum DynChain {
 }
 
 impl DynChain {
+    /// The dynamic chain named `name` (`lb-3`, `np-affinity-10800`), if it is one.
+    pub fn parse(name: &str) -> Option<DynChain> {
+        let (prefix, n) = name.rsplit_once('-')?;
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if let Some((p, _)) = skeleton::LB_FAMILIES.iter().find(|(p, _)| *p == prefix) {
+            return Some(DynChain::Lb(p, n.parse().ok()?));
+        }
+        let (p, _) = skeleton::AFFINITY_FAMILIES
+            .iter()
+            .find(|(p, _)| *p == prefix)?;
+        Some(DynChain::Affinity(p, n.parse().ok()?))
+    }
+
     pub fn name(&self) -> String {
         match self {
             DynChain::Lb(prefix, n) => format!("{prefix}-{n}"),
