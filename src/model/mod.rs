@@ -15,12 +15,50 @@ use std::sync::Arc;
 
 pub use types::*;
 
+/// One Service's slices, sorted by slice name. Usually one: a `Vec`, not an ordered map, whose
+/// node would cost ~370 bytes per Service.
+#[derive(Clone, Debug, Default)]
+struct SliceGroup(Vec<(String, Arc<Slice>)>);
+
+impl SliceGroup {
+    fn at(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&Arc<Slice>> {
+        self.at(name).ok().map(|i| &self.0[i].1)
+    }
+
+    fn insert(&mut self, name: String, slice: Arc<Slice>) {
+        match self.at(&name) {
+            Ok(i) => self.0[i].1 = slice,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (name, slice));
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<Slice>> {
+        let i = self.at(name).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Arc<Slice>> {
+        self.0.iter().map(|(_, s)| s)
+    }
+}
+
 /// Everything kproxy currently believes about the cluster.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     services: BTreeMap<NamespacedName, Arc<Service>>,
     /// EndpointSlices grouped by the Service they belong to, then by slice name.
-    slices: BTreeMap<NamespacedName, BTreeMap<String, Arc<Slice>>>,
+    slices: BTreeMap<NamespacedName, SliceGroup>,
     /// Slice key (its own namespace/name) -> the Service it belongs to.
     slice_owner: HashMap<NamespacedName, NamespacedName>,
     node: Option<NodeInfo>,
