@@ -46,11 +46,11 @@ fn node() -> NodeFacts {
 fn plans() -> Plans {
     let mut plans = Plans::new();
     for i in 0..SERVICES {
-        let name = ServicePortName {
-            service: NamespacedName::new("default", format!("dns-{i}")),
-            port: "dns".into(),
-            protocol: Protocol::Udp,
-        };
+        let name = ServicePortName::new(
+            NamespacedName::new("default", format!("dns-{i}")),
+            "dns",
+            Protocol::Udp,
+        );
         let port = ServicePort::cluster_ip(name.clone(), v4(10, i), 53);
         let endpoints: Vec<Endpoint> = (0..ENDPOINTS)
             .map(|k| Endpoint {

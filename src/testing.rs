@@ -20,11 +20,7 @@ pub(crate) fn ip(s: &str) -> IpAddr {
 }
 
 pub(crate) fn name(svc: &str, port: &str, protocol: Protocol) -> ServicePortName {
-    ServicePortName {
-        service: NamespacedName::new("default", svc),
-        port: port.into(),
-        protocol,
-    }
+    ServicePortName::new(NamespacedName::new("default", svc), port, protocol)
 }
 
 pub(crate) fn ep(addr: &str, port: u16, node: &str) -> Endpoint {

@@ -37,11 +37,7 @@ pub fn name(i: u32) -> NamespacedName {
 }
 
 pub fn port_name(i: u32) -> ServicePortName {
-    ServicePortName {
-        service: name(i),
-        port: "http".into(),
-        protocol: Protocol::Tcp,
-    }
+    ServicePortName::new(name(i), "http", Protocol::Tcp)
 }
 
 /// Service i (VIP 10.x from i).

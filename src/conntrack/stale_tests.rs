@@ -41,11 +41,7 @@ fn node() -> NodeFacts {
 }
 
 fn port(protocol: Protocol) -> ServicePort {
-    let name = ServicePortName {
-        service: NamespacedName::new("default", "dns"),
-        port: "dns".into(),
-        protocol,
-    };
+    let name = ServicePortName::new(NamespacedName::new("default", "dns"), "dns", protocol);
     let mut p = ServicePort::cluster_ip(name, ip("10.96.0.53"), 53);
     p.service_type = ServiceType::LoadBalancer;
     p.node_port = Some(30053);
@@ -146,7 +142,8 @@ fn tcp_flows_and_flows_to_other_addresses_ports_or_hosts_are_never_stale() {
 fn sctp_service_ports_are_reconciled_like_udp() {
     let mut p = plans(vec![ep("10.0.1.1", true)]);
     let mut sctp = (**p.values().next().unwrap()).clone();
-    sctp.port.name.protocol = Protocol::Sctp;
+    let n = &sctp.port.name;
+    sctp.port.name = ServicePortName::new(n.service.clone(), n.port.clone(), Protocol::Sctp);
     p.insert(sctp.port.name.clone(), Arc::new(sctp));
     let index = Index::new(&p, &node());
     assert!(index.is_stale(&flow(Protocol::Sctp, "10.96.0.53:53", "10.0.9.9:5353")));

@@ -11,11 +11,7 @@ fn nn(name: &str) -> NamespacedName {
 }
 
 fn port_name(svc: &str, port: &str) -> ServicePortName {
-    ServicePortName {
-        service: nn(svc),
-        port: port.into(),
-        protocol: Protocol::Tcp,
-    }
+    ServicePortName::new(nn(svc), port, Protocol::Tcp)
 }
 
 fn service(name: &str, ports: &[(&str, u16)]) -> Service {

@@ -85,12 +85,48 @@ impl FromStr for Protocol {
 
 /// One port of one Service: `namespace/name:portname/PROTO`. The unit of change tracking,
 /// planning and partial sync.
+///
+/// One shared allocation however many places hold it (plans, claims, the backends' mirrors,
+/// the change tracker): cloning it is a reference count, not three strings. Its fields read
+/// through `Deref`; equality, order and hashing are those of the fields.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ServicePortName(Arc<PortKey>);
+
+/// The fields of a `ServicePortName`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct ServicePortName {
+pub struct PortKey {
     pub service: NamespacedName,
     /// The port's name; empty for a Service's single unnamed port.
     pub port: String,
     pub protocol: Protocol,
+}
+
+impl ServicePortName {
+    pub fn new(service: NamespacedName, port: impl Into<String>, protocol: Protocol) -> Self {
+        ServicePortName(Arc::new(PortKey {
+            service,
+            port: port.into(),
+            protocol,
+        }))
+    }
+}
+
+impl std::ops::Deref for ServicePortName {
+    type Target = PortKey;
+    fn deref(&self) -> &PortKey {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServicePortName")
+            .field("service", &self.service)
+            .field("port", &self.port)
+            .field("protocol", &self.protocol)
+            .finish()
+    }
 }
 
 impl fmt::Display for ServicePortName {

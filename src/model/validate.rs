@@ -190,11 +190,7 @@ pub fn service(svc: &K8sService) -> Result<Option<Service>, Rejection> {
             (Some(n), _) => Some(parse_port(n, &format!("{field}.nodePort"))?),
         };
         out.push(ServicePort {
-            name: ServicePortName {
-                service: name.clone(),
-                port: port_name,
-                protocol,
-            },
+            name: ServicePortName::new(name.clone(), port_name, protocol),
             service_type,
             cluster_ips: cluster_ips.clone(),
             port,

@@ -26,15 +26,15 @@ fn vip(i: u32) -> IpAddr {
 }
 
 fn port_name(i: u32) -> ServicePortName {
-    ServicePortName {
-        service: NamespacedName::new("default", format!("svc-{i}")),
-        port: "http".into(),
-        protocol: Protocol::Tcp,
-    }
+    ServicePortName::new(
+        NamespacedName::new("default", format!("svc-{i}")),
+        "http",
+        Protocol::Tcp,
+    )
 }
 
 fn service(i: u32) -> Change {
-    let name = port_name(i).service;
+    let name = port_name(i).service.clone();
     Change::Service(
         name.clone(),
         Some(
@@ -50,7 +50,7 @@ fn service(i: u32) -> Change {
 }
 
 fn slice(i: u32, generation: u8) -> Change {
-    let service = port_name(i).service;
+    let service = port_name(i).service.clone();
     let key = NamespacedName::new("default", format!("svc-{i}-x"));
     let endpoint = |k: u8| SliceEndpoint {
         ip: IpAddr::from([10, 1, (i % 250) as u8, k + generation]),

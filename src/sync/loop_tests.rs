@@ -20,11 +20,7 @@ pub(super) fn nn(name: &str) -> NamespacedName {
 }
 
 pub(super) fn spn(name: &str) -> ServicePortName {
-    ServicePortName {
-        service: nn(name),
-        port: "http".into(),
-        protocol: Protocol::Tcp,
-    }
+    ServicePortName::new(nn(name), "http", Protocol::Tcp)
 }
 
 fn service(name: &str, port: u16) -> Change {
@@ -432,11 +428,7 @@ async fn conntrack_is_reconciled_after_full_syncs_and_udp_changes_but_not_tcp_on
     h.settle().await;
     assert_eq!(reconciled(), 1, "a TCP-only change needs no reconcile");
     let dns = ServicePort::cluster_ip(
-        ServicePortName {
-            service: nn("dns"),
-            port: "dns".into(),
-            protocol: Protocol::Udp,
-        },
+        ServicePortName::new(nn("dns"), "dns", Protocol::Udp),
         "10.96.0.53".parse().unwrap(),
         53,
     );

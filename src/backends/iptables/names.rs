@@ -96,11 +96,11 @@ mod tests {
     use crate::model::Protocol;
 
     fn port(name: &str) -> ServicePortName {
-        ServicePortName {
-            service: NamespacedName::new("a-very-long-namespace-name-indeed", name),
-            port: "a-port-name-that-is-long".into(),
-            protocol: Protocol::Sctp,
-        }
+        ServicePortName::new(
+            NamespacedName::new("a-very-long-namespace-name-indeed", name),
+            "a-port-name-that-is-long",
+            Protocol::Sctp,
+        )
     }
 
     #[test]

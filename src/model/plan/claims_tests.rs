@@ -14,11 +14,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn name(svc: &str, port: &str) -> ServicePortName {
-    ServicePortName {
-        service: NamespacedName::new("default", svc),
-        port: port.into(),
-        protocol: Protocol::Tcp,
-    }
+    ServicePortName::new(NamespacedName::new("default", svc), port, Protocol::Tcp)
 }
 
 /// A LoadBalancer port of `svc` at 192.0.2.60:80, created `age` seconds after the epoch.

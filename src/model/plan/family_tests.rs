@@ -14,11 +14,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn port(cluster_ips: &[&str]) -> ServicePort {
-    let name = ServicePortName {
-        service: NamespacedName::new("default", "web"),
-        port: "http".into(),
-        protocol: Protocol::Tcp,
-    };
+    let name = ServicePortName::new(NamespacedName::new("default", "web"), "http", Protocol::Tcp);
     let mut p = ServicePort::cluster_ip(name, ip(cluster_ips[0]), 80);
     p.cluster_ips = cluster_ips.iter().map(|s| ip(s)).collect();
     p

@@ -17,11 +17,7 @@ const NODE: &str = "node-a";
 const ZONE: &str = "zone-a";
 
 fn svc() -> ServicePort {
-    let name = ServicePortName {
-        service: NamespacedName::new("default", "web"),
-        port: "http".into(),
-        protocol: Protocol::Tcp,
-    };
+    let name = ServicePortName::new(NamespacedName::new("default", "web"), "http", Protocol::Tcp);
     ServicePort::cluster_ip(name, "10.96.0.10".parse().unwrap(), 80)
 }
 
