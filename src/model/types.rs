@@ -15,19 +15,42 @@ use serde::Serialize;
 
 pub use super::place::Place;
 
-/// A namespaced object's key, displayed as `namespace/name`.
+/// A namespaced object's key, displayed as `namespace/name`. One shared allocation however many
+/// indexes hold it: cloning it is a reference count. Its fields read through `Deref`; equality,
+/// order and hashing are those of the fields.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct NamespacedName(Arc<NameKey>);
+
+/// The fields of a `NamespacedName`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct NamespacedName {
+pub struct NameKey {
     pub namespace: String,
     pub name: String,
 }
 
 impl NamespacedName {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        NamespacedName {
+        NamespacedName(Arc::new(NameKey {
             namespace: namespace.into(),
             name: name.into(),
-        }
+        }))
+    }
+}
+
+impl std::ops::Deref for NamespacedName {
+    type Target = NameKey;
+    fn deref(&self) -> &NameKey {
+        &self.0
+    }
+}
+
+impl fmt::Debug for NamespacedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NamespacedName")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .finish()
     }
 }
 

@@ -242,9 +242,11 @@ fn sent_arcs(changes: Vec<Change>) -> Vec<(String, Arc<dyn std::any::Any + Send 
         .into_iter()
         .filter_map(|c| match c {
             Change::Service(n, Some(s)) => {
-                Some((n.name, s as Arc<dyn std::any::Any + Send + Sync>))
+                Some((n.name.clone(), s as Arc<dyn std::any::Any + Send + Sync>))
             }
-            Change::Slice(n, Some(s)) => Some((n.name, s as Arc<dyn std::any::Any + Send + Sync>)),
+            Change::Slice(n, Some(s)) => {
+                Some((n.name.clone(), s as Arc<dyn std::any::Any + Send + Sync>))
+            }
             _ => None,
         })
         .collect()

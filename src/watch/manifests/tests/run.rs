@@ -71,7 +71,7 @@ async fn run_sends_every_object_then_listed_for_each_kind() {
         let Change::Service(n, Some(_)) = next(&mut rx).await else {
             panic!("a Service first")
         };
-        names.push(n.name);
+        names.push(n.name.clone());
     }
     assert_eq!(names, ["a", "b"]);
     for kind in [Kind::Services, Kind::EndpointSlices, Kind::Nodes] {
