@@ -157,9 +157,14 @@ impl<T: Transport> Sink for Adopting<'_, T> {
         pick: Unwanted,
     ) -> Result<Vec<(&'static str, String)>, BackendError> {
         let mut out = Vec::new();
+        // An element can come twice (a set listed again as text after one of its elements
+        // did not decode); deleting it twice would fail the transaction.
+        let mut taken = std::collections::HashSet::new();
         read::read(&mut self.backend.transport, family, &mut |set, k, _| {
             let name = super::skeleton::SETS.iter().find(|s| s.name == set);
-            if let Some(s) = name.filter(|_| pick(set, &k)) {
+            if let Some(s) = name.filter(|_| pick(set, &k))
+                && taken.insert(super::elements::ElemId::of(set, &k))
+            {
                 out.push((s.name, k));
             }
         })

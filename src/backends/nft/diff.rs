@@ -258,7 +258,7 @@ impl Overlay<'_> {
                 let held = m.family(*family).elements.get(&id).cloned();
                 Pending {
                     id,
-                    was: held.as_ref().map(|h| h.value),
+                    was: held.as_ref().map(|h| h.value()),
                     held,
                     text: None,
                 }
@@ -280,11 +280,11 @@ impl Overlay<'_> {
                 for (key, value) in elements {
                     let p = self.entry((family, *set, key.clone()));
                     if let Some(held) = p.held.as_mut() {
-                        let before = held.value;
+                        let before = held.value();
                         if !held.unwant(value_hash(value)) {
                             p.held = None;
                             p.text = None;
-                        } else if held.value != before {
+                        } else if held.value() != before {
                             // Another owner's value came back; its text is not known here.
                             p.text = None;
                         }
@@ -428,7 +428,7 @@ pub fn into_diff(mirror: &Mirror, desired: Parts, scope: Scope<'_>) -> Diff {
     // Deletions first, then additions; the texts move from the overlay into the operations.
     let mut adds = Vec::new();
     for ((family, set, key), p) in o.entries {
-        let new = p.held.as_ref().map(|h| h.value);
+        let new = p.held.as_ref().map(|h| h.value());
         if p.was != new {
             match (new, p.text) {
                 (Some(_), Some(text)) => {

@@ -7,8 +7,8 @@
 //! many owners want the element's current value (`refs`, never 0 in the table) and, only when
 //! owners disagree about the value (two Services writing one key; the plan's claims make that
 //! rare), the values of the others. Values are hashes too: the text of a value is known only
-//! while a diff compiles the owner that wants it (see `diff.rs`). About 40 bytes per element
-//! instead of ~200 as text in ordered maps.
+//! while a diff compiles the owner that wants it (see `diff.rs`). 32 bytes per element instead
+//! of ~200 as text in ordered maps.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
@@ -68,77 +68,106 @@ impl Hasher for IdHasher {
 /// Every element of one family's table.
 pub type Table = HashMap<ElemId, Held, BuildHasherDefault<IdHasher>>;
 
-/// Who wants one element: `refs` owners want `value`; `others` holds one value per owner that
-/// wants the key with another value (the later writer wins; when it leaves, an earlier one's
-/// value comes back). `others` is `None`, and allocates nothing, in every non-conflicting case.
+/// Who wants one element: `refs` owners want its value; when owners disagree about the value
+/// (two Services writing one key; the plan's claims make that rare), the others' values too
+/// (the later writer wins; when it leaves, an earlier one's value comes back). 16 bytes: the
+/// disagreeing case is boxed, and allocates only then.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Held {
-    pub value: u64,
+pub struct Held(State);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    Agreed { value: u64, refs: u32 },
+    Contested(Box<Contest>),
+}
+
+/// The writer's value and owners, and one value per owner of another value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Contest {
+    value: u64,
     refs: u32,
-    // Boxed on purpose: 8 bytes in every record instead of a Vec's 24, for a list that exists
-    // only in conflicts.
-    #[allow(clippy::box_collection)]
-    others: Option<Box<Vec<u64>>>,
+    others: Vec<u64>,
 }
 
 impl Held {
     pub fn new(value: u64) -> Held {
-        Held {
-            value,
-            refs: 1,
-            others: None,
+        Held(State::Agreed { value, refs: 1 })
+    }
+
+    /// The value the kernel holds for the element.
+    pub fn value(&self) -> u64 {
+        match &self.0 {
+            State::Agreed { value, .. } => *value,
+            State::Contested(c) => c.value,
         }
+    }
+
+    /// Runs `f` on the record as a `Contest`, then stores it back in its smallest form.
+    fn edit<T>(&mut self, f: impl FnOnce(&mut Contest) -> T) -> T {
+        let mut c = match std::mem::replace(&mut self.0, State::Agreed { value: 0, refs: 0 }) {
+            State::Agreed { value, refs } => Contest {
+                value,
+                refs,
+                others: Vec::new(),
+            },
+            State::Contested(c) => *c,
+        };
+        let out = f(&mut c);
+        self.0 = if c.others.is_empty() {
+            State::Agreed {
+                value: c.value,
+                refs: c.refs,
+            }
+        } else {
+            State::Contested(Box::new(c))
+        };
+        out
     }
 
     /// One more owner wants `v` (and becomes the writer when `v` differs).
     pub fn want(&mut self, v: u64) {
-        if v == self.value {
-            self.refs += 1;
+        if let State::Agreed { value, refs } = &mut self.0
+            && *value == v
+        {
+            *refs += 1;
             return;
         }
-        let old = std::mem::replace(&mut self.value, v);
-        let others = self.others.get_or_insert_with(Default::default);
-        others.extend(std::iter::repeat_n(old, self.refs as usize));
-        let before = others.len();
-        others.retain(|o| *o != v);
-        self.refs = 1 + (before - others.len()) as u32;
-        if others.is_empty() {
-            self.others = None;
-        }
+        self.edit(|c| {
+            if v == c.value {
+                c.refs += 1;
+                return;
+            }
+            let old = std::mem::replace(&mut c.value, v);
+            c.others.extend(std::iter::repeat_n(old, c.refs as usize));
+            let before = c.others.len();
+            c.others.retain(|o| *o != v);
+            c.refs = 1 + (before - c.others.len()) as u32;
+        })
     }
 
     /// One owner of `v` is gone; false when nobody wants the key any more. When the writer's
     /// last owner leaves, the latest other value becomes the value.
     pub fn unwant(&mut self, v: u64) -> bool {
-        if v != self.value {
-            if let Some(others) = self.others.as_mut() {
-                if let Some(i) = others.iter().position(|o| *o == v) {
-                    others.swap_remove(i);
+        self.edit(|c| {
+            if v != c.value {
+                if let Some(i) = c.others.iter().position(|o| *o == v) {
+                    c.others.swap_remove(i);
                 }
-                if others.is_empty() {
-                    self.others = None;
-                }
+                return true;
             }
-            return true;
-        }
-        self.refs = self.refs.saturating_sub(1);
-        if self.refs > 0 {
-            return true;
-        }
-        let Some(others) = self.others.as_mut() else {
-            return false;
-        };
-        let Some(next) = others.last().copied() else {
-            return false;
-        };
-        let before = others.len();
-        others.retain(|o| *o != next);
-        self.refs = (before - others.len()) as u32;
-        self.value = next;
-        if others.is_empty() {
-            self.others = None;
-        }
-        true
+            c.refs = c.refs.saturating_sub(1);
+            if c.refs > 0 {
+                return true;
+            }
+            let Some(next) = c.others.last().copied() else {
+                return false;
+            };
+            let before = c.others.len();
+            c.others.retain(|o| *o != next);
+            c.refs = (before - c.others.len()) as u32;
+            c.value = next;
+            true
+        })
     }
 }
 
@@ -162,9 +191,9 @@ mod tests {
         let mut h = Held::new(a);
         h.want(a);
         h.want(b);
-        assert_eq!(h.value, b);
+        assert_eq!(h.value(), b);
         assert!(h.unwant(b), "two owners of a are left");
-        assert_eq!(h.value, a);
+        assert_eq!(h.value(), a);
         assert!(h.unwant(a));
         assert!(!h.unwant(a), "nobody wants the key any more");
     }
@@ -173,7 +202,7 @@ mod tests {
     fn an_element_without_conflict_allocates_nothing() {
         let mut h = Held::new(value_hash(""));
         h.want(value_hash(""));
-        assert!(h.others.is_none());
-        assert!(std::mem::size_of::<(ElemId, Held)>() <= 40);
+        assert!(matches!(h.0, State::Agreed { refs: 2, .. }));
+        assert!(std::mem::size_of::<(ElemId, Held)>() <= 32);
     }
 }

@@ -380,9 +380,9 @@ fn add_element(
             }
         }
         Some(held) => {
-            let before = held.value;
+            let before = held.value();
             held.want(v);
-            if held.value != before {
+            if held.value() != before {
                 // Already sent with another owner's value: the later writer's replaces it.
                 tx.push(Op::DeleteElement(family, set, key.clone()));
                 tx.push(Op::AddElement(family, set, key, value));
