@@ -11,6 +11,7 @@ pub mod libnft;
 pub mod listing;
 pub mod netlink;
 pub mod transport;
+pub mod uapi;
 
 pub use libnft::{Nft, NftLib};
 pub use transport::{NftCli, NftError, Transport};

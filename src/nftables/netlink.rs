@@ -12,19 +12,12 @@
 
 use std::collections::BTreeMap;
 
+use super::uapi::{
+    NFNL_SUBSYS_NFTABLES, NFT_MSG_GETRULE, NFT_MSG_NEWRULE, NFTA_RULE_CHAIN, NFTA_RULE_TABLE,
+    NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+};
 use crate::model::IpFamily;
 use crate::nfnetlink;
-
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_GETRULE: u16 = 7;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// Why the probe failed, named after the failing step.
 #[derive(Debug, thiserror::Error)]
