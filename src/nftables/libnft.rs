@@ -201,17 +201,23 @@ impl NftLib {
         &mut self,
         f: impl FnOnce(&mut Option<Ctx>) -> T + Send,
     ) -> Result<T, NftError> {
-        let Some(ns) = self.cli.netns.clone() else {
-            return Ok(f(&mut self.ctx));
-        };
         let ctx = &mut self.ctx;
-        std::thread::scope(|s| {
-            s.spawn(|| crate::netns::enter(&ns).map(|()| f(ctx)))
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
-        .map_err(|e| NftError::Netns(ns, e))
+        in_netns(self.cli.netns.as_deref(), || f(ctx))
     }
+}
+
+/// Runs `f` on a thread inside the named network namespace (on this thread when there is
+/// none): sockets opened there belong to it.
+fn in_netns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> T + Send) -> Result<T, NftError> {
+    let Some(ns) = ns else {
+        return Ok(f());
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| crate::netns::enter(ns).map(|()| f()))
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+    .map_err(|e| NftError::Netns(ns.to_string(), e))
 }
 
 impl Transport for NftLib {
@@ -233,18 +239,11 @@ impl Transport for NftLib {
     }
 
     fn apply_elements(&mut self, batch: ElementBatch) -> Result<(), NftError> {
-        let Some(ns) = self.cli.netns.clone() else {
-            return Ok(self.elements.send(batch)?);
-        };
         // The socket is opened (on first use, or after an error) inside the namespace.
         let elements = &mut self.elements;
-        std::thread::scope(|s| {
-            s.spawn(|| crate::netns::enter(&ns).map(|()| elements.send(batch)))
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
-        .map_err(|e| NftError::Netns(ns, e))??;
-        Ok(())
+        Ok(in_netns(self.cli.netns.as_deref(), || {
+            elements.send(batch)
+        })??)
     }
 
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError> {
@@ -257,24 +256,15 @@ impl Transport for NftLib {
         table: &str,
         each: &mut (dyn FnMut(&str, Element<'_>) + Send),
     ) -> Option<Result<Shape, NftError>> {
-        let mut read = || -> Result<_, NftError> {
+        let read = || -> Result<_, NftError> {
             let (chains, sets) = listing::table(family, table)?;
             for set in sets.iter().filter(|s| s.flags & listing::NFT_SET_EVAL == 0) {
                 listing::elements(family, table, &set.name, |e| each(&set.name, e))?;
             }
             Ok((chains, sets))
         };
-        let Some(ns) = self.cli.netns.clone() else {
-            return Some(read());
-        };
         // The dump sockets must be opened inside the namespace.
-        let result = std::thread::scope(|s| {
-            let ns = &ns;
-            s.spawn(move || crate::netns::enter(ns).map(|()| read()))
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        });
-        Some(result.map_err(|e| NftError::Netns(ns, e)).and_then(|r| r))
+        Some(in_netns(self.cli.netns.as_deref(), read).and_then(|r| r))
     }
 
     fn list_set(

@@ -147,6 +147,36 @@ impl NftCli {
     }
 }
 
+impl NftCli {
+    /// `nft list <what…>` in `family` (`what`: `table NAME`, `set TABLE NAME`); `None` when it
+    /// does not exist; `named` names it in an error.
+    fn list(
+        &self,
+        family: IpFamily,
+        what: &[&str],
+        named: String,
+    ) -> Result<Option<String>, NftError> {
+        let fam = family_name(family);
+        let (kind, rest) = what.split_first().expect("what to list");
+        let mut args = vec!["list", kind, fam];
+        args.extend_from_slice(rest);
+        let out = self.run(&args, None)?;
+        if out.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+        }
+        let stderr = stderr_of(&out);
+        if stderr.contains("No such file or directory") {
+            return Ok(None);
+        }
+        Err(NftError::ListFailed {
+            family: fam,
+            table: named,
+            status: out.status.to_string(),
+            stderr,
+        })
+    }
+}
+
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_string()
 }
@@ -164,21 +194,7 @@ impl Transport for NftCli {
     }
 
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError> {
-        let fam = family_name(family);
-        let out = self.run(&["list", "table", fam, table], None)?;
-        if out.status.success() {
-            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-        }
-        let stderr = stderr_of(&out);
-        if stderr.contains("No such file or directory") {
-            return Ok(None);
-        }
-        Err(NftError::ListFailed {
-            family: fam,
-            table: table.to_string(),
-            status: out.status.to_string(),
-            stderr,
-        })
+        self.list(family, &["table", table], table.to_string())
     }
 
     fn list_set(
@@ -187,21 +203,7 @@ impl Transport for NftCli {
         table: &str,
         set: &str,
     ) -> Result<Option<String>, NftError> {
-        let fam = family_name(family);
-        let out = self.run(&["list", "set", fam, table, set], None)?;
-        if out.status.success() {
-            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-        }
-        let stderr = stderr_of(&out);
-        if stderr.contains("No such file or directory") {
-            return Ok(None);
-        }
-        Err(NftError::ListFailed {
-            family: fam,
-            table: format!("{table} set {set}"),
-            status: out.status.to_string(),
-            stderr,
-        })
+        self.list(family, &["set", table, set], format!("{table} set {set}"))
     }
 
     fn rule_counts(
