@@ -137,13 +137,6 @@ struct Update {
     chains: BTreeMap<(IpFamily, DynChain), usize>,
 }
 
-impl Diff {
-    /// The transaction, moved out, and the diff left to commit (its transaction empty).
-    pub fn split(mut self) -> (Transaction, Diff) {
-        (std::mem::take(&mut self.tx), self)
-    }
-}
-
 impl Mirror {
     fn family(&self, family: IpFamily) -> &FamilyMirror {
         match family {

@@ -160,7 +160,6 @@ pub fn load<S: Sink>(
         };
         l.add(owner.compile());
         l.mirror.ports.insert(name.clone(), owner);
-        l.mirror.facts = Some(facts.clone());
         let limit = if l.first {
             chunk.min(FIRST_CHUNK_OPS)
         } else {
@@ -169,6 +168,10 @@ pub fn load<S: Sink>(
         if l.tx.len() >= limit {
             l.flush(sink)?;
         }
+    }
+    if !desired.plans.is_empty() {
+        // As a diff records it: the facts the ports were compiled with.
+        l.mirror.facts = Some(facts);
     }
     let (deletes, last) = l.leftovers(sink)?;
     if l.first && l.tx.len() + deletes.len() + last.len() <= chunk.min(FIRST_CHUNK_OPS) {
