@@ -14,6 +14,7 @@ use super::ipvs::kernel::KernelError;
 use super::ipvs::socket::SocketError;
 use super::process::RunError;
 use crate::nftables::NftError;
+use crate::nftables::elements::ElementsError;
 
 /// The step of a backend that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +201,11 @@ fn nft_class(e: &NftError) -> Class {
             Class::Fatal
         }
         NftError::ApplyRefused { stderr, .. } => message_class(stderr),
+        // An element batch the kernel answered with an errno: the same classes as the text
+        // libnftables would have printed for it, so a refused element is quarantined too.
+        NftError::Elements(ElementsError::Refused { source, .. }) => {
+            source.raw_os_error().map_or(Class::Resync, errno_class)
+        }
         NftError::Injected(m) => message_class(m),
         _ => Class::Resync,
     }
@@ -259,5 +265,25 @@ mod tests {
         assert_eq!(errno_class(libc::EPERM), Class::Fatal);
         assert_eq!(errno_class(libc::EINTR), Class::Transient);
         assert_eq!(errno_class(libc::EIO), Class::Resync);
+    }
+
+    #[test]
+    fn an_element_batch_the_kernel_refuses_is_classed_by_its_errno_like_the_same_text() {
+        let batch = |errno| {
+            let source = std::io::Error::from_raw_os_error(errno);
+            let e = ElementsError::Refused {
+                set: "endpoints-tcp".into(),
+                source,
+            };
+            nft_class(&NftError::Elements(e))
+        };
+        assert_eq!(
+            batch(libc::EEXIST),
+            Class::Refused,
+            "quarantined, not resynced"
+        );
+        assert_eq!(batch(libc::ENOENT), Class::Refused);
+        assert_eq!(batch(libc::EPERM), Class::Fatal);
+        assert_eq!(batch(libc::EBUSY), Class::Transient);
     }
 }
