@@ -53,6 +53,28 @@ pub(crate) fn add(plans: &mut Plans, port: ServicePort, endpoints: Vec<Endpoint>
     );
 }
 
+/// `plans` planned again as the sync loop plans them: through the claims, so of two ports that
+/// claim one address and port (or NodePort) only the older (then first by name) has it.
+pub(crate) fn claimed(plans: &Plans) -> Plans {
+    let mut claims = crate::model::plan::claims::Claims::default();
+    for (name, planned) in plans {
+        claims.update(name, Some(&planned.port));
+    }
+    plans
+        .iter()
+        .map(|(name, p)| {
+            let lost = claims.lost(name);
+            let plan = crate::model::plan::plan_claimed(&p.port, &p.endpoints, &node(), lost);
+            let planned = Planned {
+                port: p.port.clone(),
+                endpoints: p.endpoints.clone(),
+                plan,
+            };
+            (name.clone(), Arc::new(planned))
+        })
+        .collect()
+}
+
 /// ClusterIPs: three endpoints over TCP, a UDP port without endpoints, an IPv6 Service.
 pub(crate) fn cluster_ips() -> Plans {
     let mut plans = Plans::new();

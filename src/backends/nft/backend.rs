@@ -91,16 +91,6 @@ impl<T: Transport> NftBackend<T> {
         Ok(SyncReport { operations })
     }
 
-    /// A diff left `unknown` elements without a value it could name (`Diff::unknown`): loads
-    /// everything instead, which compiles every owner and so knows every value.
-    fn reload(&mut self, unknown: usize, parts: Parts) -> Result<SyncReport, BackendError> {
-        tracing::info!(
-            elements = unknown,
-            "an element goes back to a value no changed port wrote; reloading"
-        );
-        self.adopt_and_load(parts)
-    }
-
     /// Adoption: lists kproxy's tables, then reconciles them with `parts` in bounded
     /// transactions (see `reconcile.rs`); with nothing listed, streams the load instead
     /// (`load.rs`). The mirror is replaced only when every transaction
@@ -183,10 +173,7 @@ impl<T: Transport> Backend for NftBackend<T> {
         if self.adopt {
             return self.adopt_and_load(parts);
         }
-        let d = diff::into_diff(&self.mirror, parts.clone(), Scope::Full);
-        if d.unknown > 0 {
-            return self.reload(d.unknown, parts);
-        }
+        let d = diff::into_diff(&self.mirror, parts, Scope::Full);
         let report = self.send(&d.tx)?;
         self.mirror.commit(d);
         Ok(report)
@@ -202,10 +189,7 @@ impl<T: Transport> Backend for NftBackend<T> {
             return Err(BackendError::not_loaded());
         }
         let parts = Parts::new(plans, node, &self.config);
-        let d = diff::into_diff(&self.mirror, parts.clone(), Scope::Ports(changed));
-        if d.unknown > 0 {
-            return self.reload(d.unknown, parts);
-        }
+        let d = diff::into_diff(&self.mirror, parts, Scope::Ports(changed));
         let report = self.send(&d.tx)?;
         self.mirror.commit(d);
         Ok(report)

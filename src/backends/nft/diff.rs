@@ -3,21 +3,22 @@
 //!
 //! Invariants: the mirror holds the node's compiled contribution, and per service port the plan
 //! and node facts it was compiled from (compiling them again gives what it contributed); per
-//! family every element as a hashed record with the number of owners that want it
-//! (`elements.rs`), and every `lb-N` / `affinity-T` chain with the number of owners that use it.
-//! A diff compiles only the ports whose plan or facts changed, so a partial diff costs
-//! O(changed), whatever the number of Services. Chains are added before, and deleted after, the
-//! elements that jump to them. The mirror changes only through `Mirror::commit`, which the caller
-//! runs after the kernel accepted the transaction; a failed apply leaves it as it was. Two owners
-//! wanting one key with different values (two Services claiming one VIP port) is resolved in
-//! favour of the later writer; when it leaves, the diff reports the value it cannot name
-//! (`Diff::unknown`) instead of writing one.
+//! family a count of owners for every element of a shared set (`elements.rs`), and every `lb-N` /
+//! `affinity-T` chain with the number of owners that use it. Every other element has exactly
+//! one owner, because the plan's claims give each address and port (and NodePort) to one
+//! service port: what the kernel holds for it is what its owner's compiled plan says, so it has
+//! no record. A diff compiles only the ports whose plan or facts changed, so a partial diff
+//! costs O(changed), whatever the number of Services. Chains are added before, and deleted
+//! after, the elements that jump to them. The mirror changes only through `Mirror::commit`,
+//! which the caller runs after the kernel accepted the transaction; a failed apply leaves it
+//! as it was.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::compile::{self, Desired, FamilyState};
-use super::elements::{ElemId, Held, Table, value_hash};
+use super::elements::{ElemId, Table, value_hash};
+use super::skeleton::shared;
 use super::transaction::{DynChain, Op, Transaction};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::Planned;
@@ -82,16 +83,17 @@ impl Owner {
     }
 }
 
-/// One element as a diff sees it: who wants it (the mirror's record, changed by the owners
-/// withdrawn and contributed so far) and the text of its value when this diff knows it (the
-/// value of an owner it compiled).
+/// One element as a diff sees it, changed by the owners withdrawn and contributed so far.
 #[derive(Debug)]
-struct Pending {
-    id: ElemId,
-    /// The value the mirror holds (the kernel has), if any.
-    was: Option<u64>,
-    held: Option<Held>,
-    text: Option<String>,
+enum Pending {
+    /// An element of a shared set: how many owners wanted it in the mirror, and want it now.
+    Shared { id: ElemId, was: u32, now: u32 },
+    /// An element with one owner: the value its old owner wrote (the kernel has it), and the
+    /// text of the value its new owner wants.
+    Owned {
+        was: Option<u64>,
+        now: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -120,11 +122,6 @@ type ElemKey = (IpFamily, &'static str, String);
 pub struct Diff {
     pub tx: Transaction,
     update: Update,
-    /// Elements whose value goes back to one of an owner this diff did not compile (two
-    /// owners wrote one key, and the later left): their text is not known, so `tx` is
-    /// incomplete and must not be applied. The caller adopts instead (a full load compiles
-    /// every owner). The plan's claims keep owners from disagreeing, so this is 0 in practice.
-    pub unknown: usize,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -133,7 +130,7 @@ struct Update {
     node: Option<Desired>,
     ports: Vec<(ServicePortName, Option<Owner>)>,
     facts: Option<Arc<NodeFacts>>,
-    entries: Vec<(IpFamily, ElemId, Option<Held>)>,
+    entries: Vec<(IpFamily, ElemId, u32)>,
     chains: BTreeMap<(IpFamily, DynChain), usize>,
 }
 
@@ -157,8 +154,9 @@ impl Mirror {
         self.loaded
     }
 
-    /// Number of elements held, over both families.
-    pub fn elements(&self) -> usize {
+    /// Number of element records held (shared elements), over both families.
+    #[cfg(test)]
+    pub fn records(&self) -> usize {
         FAMILIES
             .iter()
             .map(|f| self.family(*f).elements.len())
@@ -205,12 +203,13 @@ impl Mirror {
                 None => self.ports.remove(&name),
             };
         }
-        for (family, id, held) in u.entries {
+        for (family, id, refs) in u.entries {
             let elements = &mut self.family_mut(family).elements;
-            match held {
-                Some(h) => elements.insert(id, h),
-                None => elements.remove(&id),
-            };
+            if refs == 0 {
+                elements.remove(&id);
+            } else {
+                elements.insert(id, refs);
+            }
         }
         for ((family, chain), refs) in u.chains {
             let chains = &mut self.family_mut(family).chains;
@@ -247,13 +246,15 @@ impl Overlay<'_> {
         self.entries
             .entry(k)
             .or_insert_with_key(|(family, set, key)| {
-                let id = ElemId::of(set, key);
-                let held = m.family(*family).elements.get(&id).cloned();
-                Pending {
-                    id,
-                    was: held.as_ref().map(|h| h.value()),
-                    held,
-                    text: None,
+                if shared(set) {
+                    let id = ElemId::of(set, key);
+                    let was = m.family(*family).elements.get(&id).copied().unwrap_or(0);
+                    Pending::Shared { id, was, now: was }
+                } else {
+                    Pending::Owned {
+                        was: None,
+                        now: None,
+                    }
                 }
             })
     }
@@ -271,16 +272,11 @@ impl Overlay<'_> {
             let fam = d.family(family);
             for (set, elements) in &fam.sets {
                 for (key, value) in elements {
-                    let p = self.entry((family, *set, key.clone()));
-                    if let Some(held) = p.held.as_mut() {
-                        let before = held.value();
-                        if !held.unwant(value_hash(value)) {
-                            p.held = None;
-                            p.text = None;
-                        } else if held.value() != before {
-                            // Another owner's value came back; its text is not known here.
-                            p.text = None;
-                        }
+                    match self.entry((family, *set, key.clone())) {
+                        Pending::Shared { now, .. } => *now = now.saturating_sub(1),
+                        // Its only owner leaves: the kernel has this value (a new owner may
+                        // have contributed already, ports being diffed in name order).
+                        Pending::Owned { was, .. } => *was = Some(value_hash(value)),
                     }
                 }
             }
@@ -296,13 +292,20 @@ impl Overlay<'_> {
             let fam = d.family(family);
             for (set, elements) in &fam.sets {
                 for (key, value) in elements {
-                    let p = self.entry((family, *set, key.clone()));
-                    let v = value_hash(value);
-                    match p.held.as_mut() {
-                        Some(held) => held.want(v),
-                        None => p.held = Some(Held::new(v)),
+                    match self.entry((family, *set, key.clone())) {
+                        Pending::Shared { now, .. } => *now += 1,
+                        Pending::Owned { now, .. } => {
+                            if now.is_some() {
+                                // Two owners of one key in one diff: the claims failed.
+                                tracing::error!(
+                                    set,
+                                    key,
+                                    "two service ports write one element; the later one wins"
+                                );
+                            }
+                            *now = Some(value.clone());
+                        }
                     }
-                    p.text = Some(value.clone());
                 }
             }
             for c in chains_of(fam) {
@@ -405,7 +408,6 @@ pub fn into_diff(mirror: &Mirror, desired: Parts, scope: Scope<'_>) -> Diff {
     }
 
     let mut tx = Transaction::default();
-    let mut unknown = 0;
     if !mirror.loaded {
         tx.extend(super::transaction::skeleton(&desired.node));
         update.loaded = true;
@@ -421,20 +423,34 @@ pub fn into_diff(mirror: &Mirror, desired: Parts, scope: Scope<'_>) -> Diff {
     // Deletions first, then additions; the texts move from the overlay into the operations.
     let mut adds = Vec::new();
     for ((family, set, key), p) in o.entries {
-        let new = p.held.as_ref().map(|h| h.value());
-        if p.was != new {
-            match (new, p.text) {
-                (Some(_), Some(text)) => {
-                    if p.was.is_some() {
+        match p {
+            Pending::Shared { id, was, now } => {
+                if was == 0 && now > 0 {
+                    adds.push(Op::AddElement(family, set, key, String::new()));
+                } else if was > 0 && now == 0 {
+                    tx.push(Op::DeleteElement(family, set, key));
+                }
+                if was != now {
+                    update.entries.push((family, id, now));
+                }
+            }
+            Pending::Owned { was, now: None } => {
+                if was.is_some() {
+                    tx.push(Op::DeleteElement(family, set, key));
+                }
+            }
+            Pending::Owned {
+                was,
+                now: Some(text),
+            } => {
+                if was != Some(value_hash(&text)) {
+                    if was.is_some() {
                         tx.push(Op::DeleteElement(family, set, key.clone()));
                     }
                     adds.push(Op::AddElement(family, set, key, text));
                 }
-                (Some(_), None) => unknown += 1,
-                (None, _) => tx.push(Op::DeleteElement(family, set, key)),
             }
         }
-        update.entries.push((family, p.id, p.held));
     }
     tx.extend(adds);
     for ((family, chain), refs) in &o.chains {
@@ -443,11 +459,7 @@ pub fn into_diff(mirror: &Mirror, desired: Parts, scope: Scope<'_>) -> Diff {
         }
     }
     update.chains = o.chains;
-    Diff {
-        tx,
-        update,
-        unknown,
-    }
+    Diff { tx, update }
 }
 
 /// The transaction from `mirror` to `desired` within `scope` (the diff without its update).

@@ -220,54 +220,50 @@ fn an_uncommitted_diff_leaves_the_mirror_as_it_was() {
 }
 
 #[test]
-fn when_one_of_two_services_claiming_one_vip_port_leaves_the_diff_says_which_values_it_cannot_name()
-{
-    let vip = IpAddr::from([10, 96, 7, 7]);
+fn an_element_two_ports_share_stays_until_the_last_of_them_leaves() {
+    // One pod behind two Services: one hairpin pair, wanted by both.
     let (a, b) = (
         name("a", "http", Protocol::Tcp),
         name("b", "http", Protocol::Tcp),
     );
     let mut plans = Plans::new();
-    let three = vec![
-        ep("10.1.0.1", 80, "node-b"),
-        ep("10.1.0.2", 80, "node-b"),
-        ep("10.1.0.3", 80, "node-b"),
-    ];
-    add(
-        &mut plans,
-        ServicePort::cluster_ip(a.clone(), vip, 80),
-        vec![ep("10.2.0.1", 80, "node-b")],
-    );
-    add(
-        &mut plans,
-        ServicePort::cluster_ip(b.clone(), vip, 80),
-        three,
-    );
-    let mirror = applied(&plans);
-    // The later writer (b, by name order) holds the key with three slots. When b leaves, a's
-    // value comes back, but a did not change, so this diff never compiled it: its text (and
-    // that of its slot 0) is unknown, and the diff says so instead of writing a wrong value.
-    // The backend then reloads (`fake_kernel_tests`: the other Service is reached).
-    plans.remove(&b);
-    let changed = BTreeSet::from([b]);
-    let d = diff(
-        &mirror,
-        &Parts::new(&plans, &node(), &config()),
-        Scope::Ports(&changed),
-    );
-    assert_eq!(d.unknown, 2, "the services element and slot 0: {}", d.tx);
-    let t = d.tx.to_string();
-    assert!(
-        !t.contains("goto lb-3 }"),
-        "b's value is not written again: {t}"
-    );
-    // A full load knows every owner's value.
-    let load = diff(
+    for (svc, vip) in [(&a, [10, 96, 7, 7]), (&b, [10, 96, 7, 8])] {
+        let port = ServicePort::cluster_ip(svc.clone(), IpAddr::from(vip), 80);
+        add(&mut plans, port, vec![ep("10.1.0.1", 80, "node-b")]);
+    }
+    let hairpin = |op: &Op| matches!(op, Op::DeleteElement(_, "hairpin", _));
+    let load = transaction(
         &Mirror::default(),
         &Parts::new(&plans, &node(), &config()),
         Scope::Full,
     );
-    assert_eq!(load.unknown, 0);
-    let t = load.tx.to_string();
-    assert!(t.contains("10.96.7.7 . tcp . 80 : goto lb-1"), "{t}");
+    let pairs = load
+        .ops()
+        .iter()
+        .filter(|op| matches!(op, Op::AddElement(_, "hairpin", ..)))
+        .count();
+    assert_eq!(pairs, 1, "one pair for both: {load}");
+    let mut mirror = applied(&plans);
+    for (gone, deleted) in [(&a, false), (&b, true)] {
+        plans.remove(gone);
+        let changed = BTreeSet::from([gone.clone()]);
+        let d = diff(
+            &mirror,
+            &Parts::new(&plans, &node(), &config()),
+            Scope::Ports(&changed),
+        );
+        assert_eq!(
+            position(&d.tx, hairpin).is_some(),
+            deleted,
+            "{gone} left: {}",
+            d.tx
+        );
+        mirror.commit(d);
+    }
+    let node_only = applied(&Plans::new()).records();
+    assert_eq!(
+        mirror.records(),
+        node_only,
+        "only the node's records are left"
+    );
 }

@@ -14,7 +14,7 @@
 //! small is one atomic transaction. After it, each transaction holds whole ports, so a
 //! Service appears complete at once; a chain a later port needs first goes in a transaction of
 //! its own just before (chains and rules are text; element-only transactions can go as
-//! netlink batches). Two owners of one key: the later writer's value wins, as in a diff. Over a
+//! netlink batches). Over a
 //! found table the first transaction also empties every chain found and reloads the rules of
 //! each (a dynamic chain's follow from its name), so no packet meets an empty chain; chains
 //! and sets kproxy no longer uses go in the last transaction.
@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{Desired, Held, Mirror, Owner, Parts, Table, chains_of, value_hash};
+use super::{Desired, Mirror, Owner, Parts, Table, chains_of, shared, value_hash};
 use crate::backends::nft::elements::ElemId;
 use crate::backends::nft::skeleton;
 use crate::backends::nft::transaction::{
@@ -201,22 +201,16 @@ fn families(found: &[Option<Found>; 2]) -> impl Iterator<Item = (IpFamily, &Foun
         .filter_map(|(family, f)| Some((family, f.as_ref()?)))
 }
 
-/// About how many elements `plans` give per family (a slot and a hairpin pair per endpoint,
-/// a few per address): reserved up front, the element table never grows by doubling during a
-/// load, which held the old and the new table at once (~11 MiB more at 10,000 × 10).
+/// About how many shared elements (the only ones with a record) `plans` give per family: a
+/// hairpin pair per endpoint, and a live pair per endpoint of an affinity port; reserved up
+/// front, the element table never grows by doubling during a load, which held the old and the
+/// new table at once.
 fn estimate(plans: &crate::backends::Plans) -> [(IpFamily, usize); 2] {
     let (mut v4, mut v6) = (0, 0);
     for planned in plans.values() {
+        let per = 1 + usize::from(planned.port.affinity_timeout_seconds.is_some());
         for e in &planned.endpoints {
-            *if e.ip.is_ipv4() { &mut v4 } else { &mut v6 } += 2;
-        }
-        for fp in &planned.plan.families {
-            let addresses =
-                fp.cluster_ips.len() + fp.external_ips.len() + fp.load_balancer_ips.len();
-            *match fp.family {
-                IpFamily::V4 => &mut v4,
-                IpFamily::V6 => &mut v6,
-            } += 2 * addresses + 2;
+            *if e.ip.is_ipv4() { &mut v4 } else { &mut v6 } += per;
         }
     }
     [(IpFamily::V4, v4), (IpFamily::V6, v6)]
@@ -361,35 +355,37 @@ fn grouped(mut ops: Vec<Op>) -> Transaction {
     tx
 }
 
+/// One owner's element: sent unless adoption found it with its value; a shared one only for
+/// its first owner.
 fn add_element(
     table: &mut Table,
     found: Option<&mut Found>,
     tx: &mut Transaction,
     (family, set, key, value): (IpFamily, &'static str, String, String),
 ) {
-    let id = ElemId::of(set, &key);
-    let v = value_hash(&value);
-    match table.get_mut(&id) {
-        None => {
-            table.insert(id, Held::new(v));
-            match found.and_then(|f| f.elements.get_mut(&id)) {
-                Some(seen) if seen.value == v => seen.wanted = true,
-                Some(seen) => {
-                    seen.wanted = true;
-                    tx.push(Op::DeleteElement(family, set, key.clone()));
-                    tx.push(Op::AddElement(family, set, key, value));
-                }
-                None => tx.push(Op::AddElement(family, set, key, value)),
-            }
+    let id = if shared(set) {
+        let id = ElemId::of(set, &key);
+        let refs = table.entry(id).or_insert(0);
+        *refs += 1;
+        if *refs > 1 {
+            return;
         }
-        Some(held) => {
-            let before = held.value();
-            held.want(v);
-            if held.value() != before {
-                // Already sent with another owner's value: the later writer's replaces it.
-                tx.push(Op::DeleteElement(family, set, key.clone()));
-                tx.push(Op::AddElement(family, set, key, value));
-            }
+        Some(id)
+    } else {
+        None
+    };
+    let Some(found) = found else {
+        tx.push(Op::AddElement(family, set, key, value));
+        return;
+    };
+    let id = id.unwrap_or_else(|| ElemId::of(set, &key));
+    match found.elements.get_mut(&id) {
+        Some(seen) if seen.value == value_hash(&value) => seen.wanted = true,
+        Some(seen) => {
+            seen.wanted = true;
+            tx.push(Op::DeleteElement(family, set, key.clone()));
+            tx.push(Op::AddElement(family, set, key, value));
         }
+        None => tx.push(Op::AddElement(family, set, key, value)),
     }
 }

@@ -16,19 +16,16 @@ use crate::backends::Plans;
 use crate::model::{IpFamily, Protocol, ServicePort};
 use crate::testing::{add, cluster_ips, config, ep, external, name, node};
 
-/// Two Services claiming one VIP port (the later writer's value wins) and a third beside them.
-fn conflicting() -> Plans {
-    let vip = IpAddr::from([10, 96, 7, 7]);
+/// Three Services, two of them behind one pod (a shared hairpin element) and one on another
+/// port of it.
+fn sharing() -> Plans {
     let mut plans = Plans::new();
-    for (svc, eps) in [("a", 1u8), ("b", 3), ("c", 2)] {
-        let endpoints = (1..=eps)
-            .map(|i| ep(&format!("10.1.{eps}.{i}"), 80, "node-b"))
-            .collect();
-        let at = if svc == "c" {
-            IpAddr::from([10, 96, 7, 8])
-        } else {
-            vip
-        };
+    for (svc, vip, port) in [("a", 7u8, 80), ("b", 8, 80), ("c", 9, 8080)] {
+        let endpoints = vec![
+            ep("10.1.0.1", port, "node-b"),
+            ep(&format!("10.1.{vip}.2"), port, "node-b"),
+        ];
+        let at = IpAddr::from([10, 96, 7, vip]);
         let port = ServicePort::cluster_ip(name(svc, "http", Protocol::Tcp), at, 80);
         add(&mut plans, port, endpoints);
     }
@@ -50,7 +47,7 @@ fn streamed(plans: &Plans, chunk: usize) -> (Mirror, FakeKernel, Vec<Transaction
 
 #[test]
 fn a_streamed_load_builds_the_mirror_and_the_tables_of_one_whole_load() {
-    for plans in [cluster_ips(), external(), many(120, 10), conflicting()] {
+    for plans in [cluster_ips(), external(), many(120, 10), sharing()] {
         let whole = diff(
             &Mirror::default(),
             &Parts::new(&plans, &node(), &config()),

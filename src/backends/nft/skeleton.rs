@@ -177,6 +177,19 @@ pub const SETS: &[SetDecl] = &[
     },
 ];
 
+/// The sets whose keys several owners can want at once: the endpoint-address pairs (`hairpin`:
+/// every port an endpoint serves; `affinity-live`: every affinity port of one ClusterIP) and
+/// the node's own (`nodeport-ips`, `cluster-cidrs`). All are plain sets (no value), so owners
+/// can only agree. Every other set kproxy writes is keyed by a claimed address and port, or a
+/// claimed NodePort (its key starts with one): the plan's claims give each such key one owner
+/// at a time, so the mirror keeps no record of it (`diff.rs`).
+pub const SHARED_SETS: &[&str] = &["hairpin", "affinity-live", "nodeport-ips", "cluster-cidrs"];
+
+/// Whether several owners can want one key of `set` (see `SHARED_SETS`).
+pub fn shared(set: &str) -> bool {
+    SHARED_SETS.contains(&set)
+}
+
 /// A base chain: name, type, hook, numeric priority (upstream's named priority in the comment).
 pub struct BaseChain {
     pub name: &'static str,
@@ -381,4 +394,38 @@ pub fn fill(template: &str, family: IpFamily) -> String {
         IpFamily::V6 => ("ip6", "ipv6_addr"),
     };
     template.replace("{ip}", ip).replace("{addr}", addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_sets_are_plain_and_every_other_written_set_is_keyed_by_a_claim() {
+        // A claim is an address, protocol and port, or a NodePort's protocol and port.
+        let claimed = [
+            "type {addr} . inet_proto . inet_service",
+            "type inet_proto . inet_service",
+            "typeof {ip} daddr . meta l4proto . ",
+            "typeof meta l4proto . ",
+        ];
+        for s in SETS.iter().filter(|s| !s.decl.contains("dynamic")) {
+            if shared(s.name) {
+                assert!(!s.decl.contains(" : "), "{} has values", s.name);
+            } else {
+                assert!(
+                    claimed.iter().any(|c| s.decl.starts_with(c)),
+                    "{} is not keyed by a claim: {}",
+                    s.name,
+                    s.decl
+                );
+            }
+        }
+        for name in SHARED_SETS {
+            assert!(
+                SETS.iter().any(|s| s.name == *name),
+                "{name} is not declared"
+            );
+        }
+    }
 }
