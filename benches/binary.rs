@@ -7,8 +7,9 @@
 //!   nftables (`--nftables-transport library`, the default) at 10,000 × 10 and 5,000 × 50, and
 //!   with KPROXY_BENCH_LARGE=1 at 50,000 × 10 and 100,000 × 10; iptables mode (iptables-nft,
 //!   which `--iptables-variant auto` picks in an empty namespace) at 10,000 × 10; and nftables
-//!   through the `nft` command at 10,000 × 10 for comparison. The two nftables 10,000 × 10 rows
-//!   also time an EndpointSlice file change until the traffic has moved (twice per repetition).
+//!   through the other two transports (`netlink`: the `nft` command with elements over netlink;
+//!   `command`) at 10,000 × 10 for comparison. The three nftables 10,000 × 10 rows also time an
+//!   EndpointSlice file change until the traffic has moved (twice per repetition).
 //! - **Peak RSS per transport**: each `--nftables-transport` at 1k and 10k Services × 10 (and 50k
 //!   with KPROXY_BENCH_LARGE=1), in a bare namespace, after the first sync.
 //!
@@ -46,7 +47,7 @@ use support::{manifests, timings};
 const BENCH: &str = "binary bench";
 
 /// The values of `--nftables-transport` measured.
-const TRANSPORTS: [&str; 2] = ["library", "command"];
+const TRANSPORTS: [&str; 3] = ["library", "netlink", "command"];
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
@@ -141,10 +142,12 @@ fn rows(bench: bool, large: bool) -> Vec<Row> {
         moves,
     };
     let library = Mode::Nftables("library");
+    let netlink = Mode::Nftables("netlink");
     let command = Mode::Nftables("command");
     if !bench {
         return vec![
             row(library, 200, 10, 1, true),
+            row(netlink, 200, 10, 1, true),
             row(command, 200, 10, 1, true),
             row(library, 200, 50, 1, false),
             row(Mode::Iptables, 200, 10, 1, false),
@@ -154,6 +157,7 @@ fn rows(bench: bool, large: bool) -> Vec<Row> {
         row(library, 10_000, 10, 3, true),
         row(library, 5_000, 50, 3, false),
         row(Mode::Iptables, 10_000, 10, 3, false),
+        row(netlink, 10_000, 10, 3, true),
         row(command, 10_000, 10, 3, true),
     ];
     if large {

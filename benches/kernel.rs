@@ -1,6 +1,7 @@
 //! Kernel cost of a sync (issue 4, parts 2 to 4), nftables backend: a cold start into an empty
 //! kernel, one endpoint changed (one of ten replaced), one endpoint set changed (all ten), one
-//! Service added, each timed until `nft` returned (the kernel has committed), for 1k and 10k
+//! Service added, through each transport (`library`, `netlink`, `command`), each timed until the
+//! transaction returned (the kernel has committed), for 1k and 10k
 //! Services × 10 endpoints (50k with KPROXY_BENCH_LARGE=1); the time split of one endpoint
 //! change (ours, the nft process, the kernel); and upstream's ruleset shape as the baseline.
 //! Every single operation is also recorded for the median / p90 table printed at the end.
@@ -26,6 +27,7 @@ use kproxy::backends::nft::fake_transport::FakeTransport;
 use kproxy::backends::nft::{Nft, NftBackend, NftCli, NftLib};
 use kproxy::backends::{Backend, Plans};
 use kproxy::nftables::transport::Transport;
+use kproxy::nftables::{NftNetlink, NftTransport};
 use kproxy::node::NodeFacts;
 use kproxy::sync::Syncer;
 use kproxy::sync::runner::Due;
@@ -82,14 +84,15 @@ fn bench(c: &mut Criterion) {
     for n in support::sizes() {
         let f = plans(&rt, n);
         let changed: BTreeSet<_> = [support::port_name(n / 2)].into_iter().collect();
-        for (group, command) in [
-            ("kernel_nftables_libnftables", false),
-            ("kernel_nftables_command", true),
+        for (group, which) in [
+            ("kernel_nftables_libnftables", NftTransport::Library),
+            ("kernel_nftables_netlink", NftTransport::Netlink),
+            ("kernel_nftables_command", NftTransport::Command),
         ] {
             let mut g = c.benchmark_group(group);
             g.sample_size(10).measurement_time(Duration::from_secs(10));
-            let mut backend = steps(&mut g, group, command, n, &f);
-            if !command {
+            let mut backend = steps(&mut g, group, which, n, &f);
+            if which == NftTransport::Library {
                 split(n, &f, &changed, &mut backend);
                 backend.cleanup().expect("cleanup");
                 split_cold_start(n, &f);
@@ -100,22 +103,21 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// The transport of a bench backend: the `nft` command or libnftables (in this thread's
-/// namespace), never a silent fallback.
-fn transport(command: bool) -> Nft {
-    if command {
-        Nft::Cli(NftCli::default())
-    } else {
-        Nft::Lib(NftLib::open().expect("libnftables (it ships with nft)"))
+/// The transport of a bench backend (in this thread's namespace), never a silent fallback.
+fn transport(which: NftTransport) -> Nft {
+    match which {
+        NftTransport::Command => Nft::Cli(NftCli::default()),
+        NftTransport::Netlink => Nft::Netlink(NftNetlink::default()),
+        NftTransport::Library => Nft::Lib(NftLib::open().expect("libnftables (it ships with nft)")),
     }
 }
 
 /// Cold start, one endpoint changed, one endpoint set changed, one Service added, through
-/// `transport(command)`; returns the backend, holding the base plans.
+/// `transport(which)`; returns the backend, holding the base plans.
 fn steps(
     g: &mut BenchmarkGroup<'_, WallTime>,
     group: &str,
-    command: bool,
+    which: NftTransport,
     n: u32,
     f: &Fixture,
 ) -> NftBackend<Nft> {
@@ -127,7 +129,7 @@ fn steps(
             for _ in 0..iters {
                 let mut cleaner = NftBackend::new(support::config(), NftCli::default());
                 cleaner.cleanup().expect("cleanup");
-                let mut backend = NftBackend::new(support::config(), transport(command));
+                let mut backend = NftBackend::new(support::config(), transport(which));
                 total += timings::time(&name("cold_start"), || {
                     backend.sync_full(&f.base, node).expect("cold start");
                 });
@@ -135,7 +137,7 @@ fn steps(
             total
         })
     });
-    let mut backend = NftBackend::new(support::config(), transport(command));
+    let mut backend = NftBackend::new(support::config(), transport(which));
     backend.sync_full(&f.base, node).expect("load");
     let changed: BTreeSet<_> = [support::port_name(n / 2)].into_iter().collect();
     for (what, other) in [

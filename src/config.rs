@@ -76,9 +76,9 @@ pub struct Config {
     /// Read objects from YAML files in this directory instead of the API server.
     pub manifests: Option<PathBuf>,
     pub dry_run: bool,
-    /// `--nftables-transport command`: program nftables through the `nft` command, not
-    /// libnftables.
-    pub nft_command: bool,
+    /// `--nftables-transport`: libnftables in-process, or the `nft` command (with elements
+    /// over netlink, or not).
+    pub nft_transport: crate::nftables::NftTransport,
     /// `--iptables-variant`.
     pub iptables_variant: crate::backends::iptables::VariantChoice,
     /// `--iptables-localhost-nodeports` / `iptables.localhostNodePorts` (default true).
@@ -103,7 +103,7 @@ impl Config {
         BackendConfig {
             cluster_cidrs: self.cluster_cidrs.clone(),
             masquerade_all: self.masquerade_all,
-            nft_command: self.nft_command,
+            nft_transport: self.nft_transport,
             localhost_nodeports: self.localhost_nodeports,
             iptables_variant: self.iptables_variant,
             masquerade_bit: Some(self.masquerade_bit),
@@ -333,7 +333,8 @@ fn resolve(
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
         dry_run: bool_flag(m, "dry-run")?.unwrap_or(false),
-        nft_command: flag(m, "nftables-transport", values::parse_nft_command)?.unwrap_or(false),
+        nft_transport: flag(m, "nftables-transport", values::parse_nft_transport)?
+            .unwrap_or_default(),
         iptables_variant: flag(
             m,
             "iptables-variant",

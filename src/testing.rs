@@ -159,7 +159,7 @@ pub(crate) fn config() -> BackendConfig {
     BackendConfig {
         cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
         masquerade_all: false,
-        nft_command: false,
+        nft_transport: Default::default(),
         localhost_nodeports: false,
         iptables_variant: Default::default(),
         masquerade_bit: None,

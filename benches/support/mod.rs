@@ -175,7 +175,7 @@ pub fn config() -> BackendConfig {
     BackendConfig {
         cluster_cidrs: vec!["10.96.0.0/12".parse().expect("static CIDR")],
         masquerade_all: false,
-        nft_command: false,
+        nft_transport: Default::default(),
         localhost_nodeports: true,
         iptables_variant: Default::default(),
         masquerade_bit: None,

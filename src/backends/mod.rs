@@ -39,8 +39,9 @@ pub type Plans = BTreeMap<ServicePortName, Arc<Planned>>;
 pub struct BackendConfig {
     pub cluster_cidrs: Vec<ipnet::IpNet>,
     pub masquerade_all: bool,
-    /// nftables mode: use the `nft` command instead of libnftables.
-    pub nft_command: bool,
+    /// `--nftables-transport`: how nftables mode (and IPVS mode's companion table) reaches
+    /// the kernel.
+    pub nft_transport: crate::nftables::NftTransport,
     /// iptables mode: NodePorts answer on 127.0.0.0/8 too (IPv4; sets route_localnet).
     pub localhost_nodeports: bool,
     /// iptables mode: iptables-nft or iptables-legacy.
@@ -141,7 +142,7 @@ pub fn host_families() -> Vec<crate::model::IpFamily> {
 pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
     match mode {
         ProxyMode::Nftables => {
-            let transport = crate::nftables::Nft::detect(config.nft_command);
+            let transport = crate::nftables::Nft::open(config.nft_transport);
             tracing::debug!(transport = transport.kind(), "nftables transport");
             Box::new(nft::NftBackend::new(config, transport))
         }
@@ -150,7 +151,7 @@ pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
             Box::new(iptables::IptablesBackend::new(config, variant))
         }
         ProxyMode::Ipvs => {
-            let nft = crate::nftables::Nft::detect(config.nft_command);
+            let nft = crate::nftables::Nft::open(config.nft_transport);
             let kernel = Box::new(ipvs::kernel::LiveKernel::new(nft));
             Box::new(ipvs::IpvsBackend::new(&config, kernel))
         }

@@ -224,7 +224,7 @@ pub fn command() -> Command {
             value(
                 "nftables-transport",
                 "WAY",
-                "library (libnftables in-process; the nft command when it is missing) or command",
+                "library (libnftables in-process; netlink when it is missing), netlink (the nft command for chains and rules, set elements over netlink; no libnftables) or command (the nft command for everything)",
             )
             .default_value("library"),
         )

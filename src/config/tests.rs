@@ -468,7 +468,7 @@ fn the_backend_config_carries_cidrs_and_masquerading() {
         BackendConfig {
             cluster_cidrs: vec![net("10.244.0.0/16")],
             masquerade_all: true,
-            nft_command: false,
+            nft_transport: Default::default(),
             localhost_nodeports: true,
             iptables_variant: Default::default(),
             masquerade_bit: Some(14),
@@ -480,21 +480,25 @@ fn the_backend_config_carries_cidrs_and_masquerading() {
 }
 
 #[test]
-fn nftables_transport_command_selects_the_nft_command_and_a_bad_value_is_refused() {
-    assert!(!run(&[]).backend_config().nft_command);
-    assert!(
-        !run(&["--nftables-transport=library"])
-            .backend_config()
-            .nft_command
+fn nftables_transport_selects_how_nftables_is_reached_and_a_bad_value_is_refused() {
+    use crate::nftables::NftTransport;
+    let transport = |args: &[&str]| run(args).backend_config().nft_transport;
+    assert_eq!(transport(&[]), NftTransport::default());
+    assert_eq!(
+        transport(&["--nftables-transport=library"]),
+        NftTransport::Library
     );
-    assert!(
-        run(&["--nftables-transport", "command"])
-            .backend_config()
-            .nft_command
+    assert_eq!(
+        transport(&["--nftables-transport", "netlink"]),
+        NftTransport::Netlink
     );
-    let e = error(&["--nftables-transport=netlink"]);
+    assert_eq!(
+        transport(&["--nftables-transport", "command"]),
+        NftTransport::Command
+    );
+    let e = error(&["--nftables-transport=json"]);
     assert!(
-        e.contains("--nftables-transport") && e.contains("library or command"),
+        e.contains("--nftables-transport") && e.contains("library, netlink or command"),
         "{e}"
     );
 }

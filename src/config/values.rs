@@ -41,13 +41,17 @@ pub fn parse_log_format(s: &str) -> Result<Option<LogFormat>, String> {
     }
 }
 
-/// How nftables mode reaches the kernel: `library` (libnftables) or `command` (`nft -f`); true
-/// for `command`.
-pub fn parse_nft_command(s: &str) -> Result<bool, String> {
+/// How nftables mode reaches the kernel: `library` (libnftables in-process), `netlink` (the
+/// `nft` command, elements over netlink) or `command` (the `nft` command for everything).
+pub fn parse_nft_transport(s: &str) -> Result<crate::nftables::NftTransport, String> {
+    use crate::nftables::NftTransport;
     match s {
-        "library" => Ok(false),
-        "command" => Ok(true),
-        _ => Err(format!("unknown value {s:?} (want library or command)")),
+        "library" => Ok(NftTransport::Library),
+        "netlink" => Ok(NftTransport::Netlink),
+        "command" => Ok(NftTransport::Command),
+        _ => Err(format!(
+            "unknown value {s:?} (want library, netlink or command)"
+        )),
     }
 }
 

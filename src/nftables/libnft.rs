@@ -19,8 +19,10 @@ use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::OnceLock;
 
-use super::elements::{ElementBatch, ElementSocket};
-use super::listing::{self, Element, Shape};
+use super::NftTransport;
+use super::elements::ElementBatch;
+use super::listing::{Element, Shape};
+use super::mixed::{NftNetlink, in_netns};
 use super::transport::{NftCli, NftError, Transport};
 use crate::model::IpFamily;
 
@@ -167,10 +169,9 @@ impl Drop for Ctx {
 /// The libnftables transport (see the module invariants).
 pub struct NftLib {
     ctx: Option<Ctx>,
-    /// Element batches go over netlink, on a socket opened in the transport's namespace.
-    elements: ElementSocket,
-    /// Where listing and the drift probe go, and the namespace of the context.
-    cli: NftCli,
+    /// Everything but scripts: element batches and reads over netlink, set listings and the
+    /// drift probe; and the namespace of the context.
+    net: NftNetlink,
 }
 
 impl NftLib {
@@ -187,8 +188,7 @@ impl NftLib {
     fn with(cli: NftCli) -> Result<NftLib, NftError> {
         let mut lib = NftLib {
             ctx: None,
-            elements: ElementSocket::default(),
-            cli,
+            net: NftNetlink::with(cli),
         };
         let ctx = lib.on_ns_thread(|_| Ctx::new())??;
         lib.ctx = Some(ctx);
@@ -202,22 +202,8 @@ impl NftLib {
         f: impl FnOnce(&mut Option<Ctx>) -> T + Send,
     ) -> Result<T, NftError> {
         let ctx = &mut self.ctx;
-        in_netns(self.cli.netns.as_deref(), || f(ctx))
+        in_netns(self.net.cli.netns.as_deref(), || f(ctx))
     }
-}
-
-/// Runs `f` on a thread inside the named network namespace (on this thread when there is
-/// none): sockets opened there belong to it.
-fn in_netns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> T + Send) -> Result<T, NftError> {
-    let Some(ns) = ns else {
-        return Ok(f());
-    };
-    std::thread::scope(|s| {
-        s.spawn(|| crate::netns::enter(ns).map(|()| f()))
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
-    .map_err(|e| NftError::Netns(ns.to_string(), e))
 }
 
 impl Transport for NftLib {
@@ -239,15 +225,11 @@ impl Transport for NftLib {
     }
 
     fn apply_elements(&mut self, batch: ElementBatch) -> Result<(), NftError> {
-        // The socket is opened (on first use, or after an error) inside the namespace.
-        let elements = &mut self.elements;
-        Ok(in_netns(self.cli.netns.as_deref(), || {
-            elements.send(batch)
-        })??)
+        self.net.apply_elements(batch)
     }
 
     fn list_table(&mut self, family: IpFamily, table: &str) -> Result<Option<String>, NftError> {
-        self.cli.list_table(family, table)
+        self.net.list_table(family, table)
     }
 
     fn read_table(
@@ -256,15 +238,7 @@ impl Transport for NftLib {
         table: &str,
         each: &mut (dyn FnMut(&str, Element<'_>) + Send),
     ) -> Option<Result<Shape, NftError>> {
-        let read = || -> Result<_, NftError> {
-            let (chains, sets) = listing::table(family, table)?;
-            for set in sets.iter().filter(|s| s.flags & listing::NFT_SET_EVAL == 0) {
-                listing::elements(family, table, &set.name, |e| each(&set.name, e))?;
-            }
-            Ok((chains, sets))
-        };
-        // The dump sockets must be opened inside the namespace.
-        Some(in_netns(self.cli.netns.as_deref(), read).and_then(|r| r))
+        self.net.read_table(family, table, each)
     }
 
     fn list_set(
@@ -273,7 +247,7 @@ impl Transport for NftLib {
         table: &str,
         set: &str,
     ) -> Result<Option<String>, NftError> {
-        self.cli.list_set(family, table, set)
+        self.net.list_set(family, table, set)
     }
 
     fn rule_counts(
@@ -281,35 +255,51 @@ impl Transport for NftLib {
         family: IpFamily,
         table: &str,
     ) -> Result<BTreeMap<String, usize>, NftError> {
-        self.cli.rule_counts(family, table)
+        self.net.rule_counts(family, table)
     }
 }
 
-/// The transport kproxy uses: libnftables when it loads, else the `nft` command.
+/// The transport kproxy uses (`--nftables-transport`).
 pub enum Nft {
+    /// libnftables in-process for scripts; elements and reads over netlink.
     Lib(NftLib),
+    /// The `nft` command for scripts; elements and reads over netlink.
+    Netlink(NftNetlink),
+    /// The `nft` command for everything.
     Cli(NftCli),
 }
 
 impl Nft {
-    /// libnftables unless `command` is set or the library cannot be used (then says why, once).
-    pub fn detect(command: bool) -> Nft {
-        if command {
-            return Nft::Cli(NftCli::default());
-        }
-        match NftLib::open() {
-            Ok(lib) => Nft::Lib(lib),
-            Err(error) => {
-                tracing::info!(%error, "libnftables unavailable: programming nftables through the nft command");
-                Nft::Cli(NftCli::default())
-            }
+    /// The transport `choice` names; `library` falls back to `netlink` when libnftables cannot
+    /// be used (and says why, once).
+    pub fn open(choice: NftTransport) -> Nft {
+        match choice {
+            NftTransport::Command => Nft::Cli(NftCli::default()),
+            NftTransport::Netlink => Nft::Netlink(NftNetlink::default()),
+            NftTransport::Library => match NftLib::open() {
+                Ok(lib) => Nft::Lib(lib),
+                Err(error) => {
+                    tracing::info!(%error, "libnftables unavailable: programming nftables through the nft command, elements over netlink");
+                    Nft::Netlink(NftNetlink::default())
+                }
+            },
         }
     }
 
-    /// Which transport this is, for logs: `libnftables` or `nft command`.
+    /// The `nft` command when `command` is set, else libnftables (see `open`).
+    pub fn detect(command: bool) -> Nft {
+        Nft::open(if command {
+            NftTransport::Command
+        } else {
+            NftTransport::Library
+        })
+    }
+
+    /// Which transport this is, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
             Nft::Lib(_) => "libnftables",
+            Nft::Netlink(_) => "nft command, elements over netlink",
             Nft::Cli(_) => "nft command",
         }
     }
@@ -317,6 +307,7 @@ impl Nft {
     fn inner(&mut self) -> &mut dyn Transport {
         match self {
             Nft::Lib(t) => t,
+            Nft::Netlink(t) => t,
             Nft::Cli(t) => t,
         }
     }
@@ -328,7 +319,7 @@ impl Transport for Nft {
     }
 
     fn sends_element_batches(&self) -> bool {
-        matches!(self, Nft::Lib(_))
+        !matches!(self, Nft::Cli(_))
     }
 
     fn apply_elements(&mut self, batch: ElementBatch) -> Result<(), NftError> {

@@ -1,7 +1,8 @@
 //! The nftables machinery the nftables and IPVS backends share: applying a script atomically
-//! (`transport`: the `nft` command; `libnft`: libnftables in-process, preferred), listing one
-//! table, counting a table's rules per chain over netlink (`netlink`, the drift probe), and
-//! set elements as netlink batches (`elements`, which the libnftables transport sends).
+//! (`transport`: the `nft` command; `libnft`: libnftables in-process), set elements as netlink
+//! batches (`elements`) and reading a table over netlink (`listing`), which the `mixed`
+//! (`nft` command + netlink) and libnftables transports do, counting a table's rules per chain
+//! over netlink (`netlink`, the drift probe). `--nftables-transport` picks one (`NftTransport`).
 //!
 //! Invariants: nothing here knows which table a caller owns: every call names it; scripts are
 //! applied whole or not at all.
@@ -9,14 +10,30 @@
 pub mod elements;
 pub mod libnft;
 pub mod listing;
+pub mod mixed;
 pub mod netlink;
 pub mod transport;
 pub mod uapi;
 
 pub use libnft::{Nft, NftLib};
+pub use mixed::NftNetlink;
 pub use transport::{NftCli, NftError, Transport};
 
 use crate::model::IpFamily;
+
+/// How nftables mode (and IPVS mode's companion table) reaches the kernel:
+/// `--nftables-transport`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NftTransport {
+    /// libnftables in-process for scripts, kproxy's netlink for elements and reads.
+    #[default]
+    Library,
+    /// The `nft` command for scripts, kproxy's netlink for elements and reads.
+    Netlink,
+    /// The `nft` command for everything.
+    Command,
+}
 
 /// nft's name of an IP family's table family (`ip`, `ip6`).
 pub fn family_name(family: IpFamily) -> &'static str {

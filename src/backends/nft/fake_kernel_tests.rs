@@ -31,7 +31,7 @@ pub(super) fn config() -> BackendConfig {
     BackendConfig {
         cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap(), "fd10::/64".parse().unwrap()],
         masquerade_all: false,
-        nft_command: false,
+        nft_transport: Default::default(),
         localhost_nodeports: false,
         iptables_variant: Default::default(),
         masquerade_bit: None,

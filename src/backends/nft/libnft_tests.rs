@@ -108,6 +108,10 @@ fn one_libnftables_context_keeps_working_across_many_element_changes() {
 #[test]
 fn the_detected_transport_is_libnftables_unless_the_command_is_asked_for() {
     assert_eq!(Nft::detect(true).kind(), "nft command");
+    assert_eq!(
+        Nft::open(crate::nftables::NftTransport::Netlink).kind(),
+        "nft command, elements over netlink"
+    );
     if std::process::Command::new("nft")
         .arg("--version")
         .output()

@@ -1,8 +1,8 @@
 //! Live tests of element batches over netlink (`encode` + `nftables::elements`), each in
 //! throwaway network namespaces: what a batch leaves in the kernel is exactly what the same
 //! operations as `nft -f` text leave (compared by `nft list table`, both families), a refused
-//! batch names its set and changes nothing, and the backend on libnftables sends its element
-//! changes as batches with the same result as the `nft` command.
+//! batch names its set and changes nothing, and the backend on libnftables or on the `netlink`
+//! transport sends its element changes as batches with the same result as the `nft` command.
 //!
 //! Invariants: as `transport_tests` (root only; skip without, failure under CI=true).
 
@@ -15,7 +15,7 @@ use crate::backends::nft::transaction::{Op, Transaction};
 use crate::backends::nft::transport_tests::Netns;
 use crate::model::{IpFamily, Protocol};
 use crate::nftables::transport::{NftCli, NftError, Transport};
-use crate::nftables::{NftLib, elements};
+use crate::nftables::{NftLib, NftNetlink, elements};
 use crate::testing::{add, cluster_ips, config, ep, external, name, node};
 
 fn lib(ns: &Netns) -> NftLib {
@@ -135,18 +135,21 @@ fn a_refused_batch_names_its_set_and_changes_nothing() {
 }
 
 #[test]
-fn the_backend_on_libnftables_sends_element_changes_as_batches_with_the_commands_result() {
-    let (Some(text), Some(native)) = (Netns::new(), Netns::new()) else {
+fn the_backend_on_libnftables_or_netlink_sends_element_changes_as_batches_with_the_commands_result()
+{
+    let (Some(text), Some(native), Some(mixed)) = (Netns::new(), Netns::new(), Netns::new()) else {
         return;
     };
     let mut by_cli = NftBackend::new(config(), NftCli::in_netns(&text.name));
     let mut by_lib = NftBackend::new(config(), lib(&native));
+    let mut by_net = NftBackend::new(config(), NftNetlink::in_netns(&mixed.name));
     let mut plans = cluster_ips();
     let web = name("web", "http", Protocol::Tcp);
-    for b in [&mut by_cli as &mut dyn Backend, &mut by_lib] {
+    for b in [&mut by_cli as &mut dyn Backend, &mut by_lib, &mut by_net] {
         b.sync_full(&plans, &node()).unwrap();
     }
     assert_eq!(listing(&native), listing(&text));
+    assert_eq!(listing(&mixed), listing(&text));
     // One endpoint moves: a partial sync of elements only (no new lb-N chain).
     let port = plans[&web].port.clone();
     let eps = vec![
@@ -156,7 +159,7 @@ fn the_backend_on_libnftables_sends_element_changes_as_batches_with_the_commands
     ];
     add(&mut plans, port, eps);
     let changed = [web].into_iter().collect();
-    for b in [&mut by_cli as &mut dyn Backend, &mut by_lib] {
+    for b in [&mut by_cli as &mut dyn Backend, &mut by_lib, &mut by_net] {
         let r = b.sync_partial(&plans, &changed, &node()).unwrap();
         assert!(r.operations > 0);
     }
@@ -165,14 +168,16 @@ fn the_backend_on_libnftables_sends_element_changes_as_batches_with_the_commands
         0,
         "the command transport sends text"
     );
-    assert_eq!(
-        by_lib.element_batches(),
-        1,
-        "the partial sync went as a batch"
-    );
+    for (b, which) in [
+        (&by_lib.element_batches(), "libnftables"),
+        (&by_net.element_batches(), "netlink"),
+    ] {
+        assert_eq!(*b, 1, "{which}: the partial sync went as a batch");
+    }
     let after = listing(&native);
     assert!(after.contains("10.0.4.1 . 8080"), "{after}");
     assert_eq!(after, listing(&text));
+    assert_eq!(listing(&mixed), listing(&text));
 }
 
 #[test]
@@ -208,12 +213,19 @@ fn a_table_read_over_netlink_is_what_its_nft_listing_says_and_a_restart_rewrites
 
 #[test]
 fn a_restart_over_netlink_on_fewer_services_leaves_what_a_fresh_load_of_them_leaves() {
+    restart_on_fewer_services(lib);
+    restart_on_fewer_services(|ns| NftNetlink::in_netns(&ns.name));
+}
+
+/// Loads Services through `transport`, removes two and moves an endpoint, restarts: the
+/// kernel must then hold what a fresh load of what is left holds.
+fn restart_on_fewer_services<T: Transport + 'static>(transport: impl Fn(&Netns) -> T) {
     let (Some(old), Some(fresh)) = (Netns::new(), Netns::new()) else {
         return;
     };
     let mut plans = cluster_ips();
     plans.extend(external());
-    NftBackend::new(config(), lib(&old))
+    NftBackend::new(config(), transport(&old))
         .sync_full(&plans, &node())
         .unwrap();
     // While kproxy was down, two Services went (their elements and an lb chain are left over)
@@ -230,10 +242,10 @@ fn a_restart_over_netlink_on_fewer_services_leaves_what_a_fresh_load_of_them_lea
         ];
         add(&mut plans, port, eps);
     }
-    let mut restarted = NftBackend::new(config(), lib(&old));
+    let mut restarted = NftBackend::new(config(), transport(&old));
     let report = restarted.sync_full(&plans, &node()).unwrap();
     assert!(report.operations > 0);
-    NftBackend::new(config(), lib(&fresh))
+    NftBackend::new(config(), transport(&fresh))
         .sync_full(&plans, &node())
         .unwrap();
     // The same elements, chains and rules (the order nft prints them in follows their history).

@@ -276,7 +276,7 @@ fn live_traffic_reaches_the_cluster_ip_endpoints() {
     let config = BackendConfig {
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         masquerade_all: false,
-        nft_command: false,
+        nft_transport: Default::default(),
         localhost_nodeports: false,
         iptables_variant: Default::default(),
         masquerade_bit: None,
