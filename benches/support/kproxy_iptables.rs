@@ -23,8 +23,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use kproxy::backends::fake::FakeBackend;
-use kproxy::backends::iptables::compile::compile_port;
-use kproxy::backends::iptables::restore::diff_partial;
+use kproxy::backends::iptables::mirror::Scope;
 use kproxy::backends::iptables::{IptablesBackend, Variant};
 use kproxy::backends::{Backend, BackendConfig, Plans};
 use kproxy::model::{IpFamily, ServicePortName};
@@ -296,16 +295,16 @@ fn split(variant: Variant, f: &Fixture, backend: &IptablesBackend, rounds: usize
     };
     let port = super::port_name(n / 2);
     let changed: BTreeSet<ServicePortName> = [port.clone()].into_iter().collect();
-    let compiled = |plans: &Plans| -> BTreeMap<_, _> {
-        let rules = compile_port(&plans[&port], IpFamily::V4, &config());
-        [(port.clone(), rules)].into_iter().collect()
-    };
-    let (one, base) = (compiled(&f.one), compiled(&f.base));
     let mirror = backend.mirror(IpFamily::V4).expect("v4 loaded");
-    let change = diff_partial(mirror, &one, &changed).to_string();
+    let scope = Scope::Ports(&changed);
+    let change = mirror.diff(&f.one, scope, IpFamily::V4, &config());
     let mut after = mirror.clone();
-    after.ports.extend(one);
-    let undo = diff_partial(&after, &base, &changed).to_string();
+    after.commit(change.clone());
+    let change = change.restore.to_string();
+    let undo = after
+        .diff(&f.base, scope, IpFamily::V4, &config())
+        .restore
+        .to_string();
     assert!(!change.is_empty() && !undo.is_empty());
     let restore = variant.restore(IpFamily::V4);
     let args = ["-w", "5", "--noflush"];

@@ -1,18 +1,19 @@
 //! Start-up (and after any failure or drift): reconcile the kernel's iptables with the desired
-//! ruleset without flushing what works. Reads `iptables-save` of the nat and filter tables once
-//! and plans one restore per family.
+//! ruleset without flushing what works. Reads `iptables-save` of the nat and filter tables once,
+//! line by line (`SaveParser`), and decides what the load (`load.rs`) does besides writing every
+//! desired chain (`adjust`).
 //!
 //! Invariants: every desired chain is declared and refilled in the same table commit, so a
 //! packet never sees it empty (each table is one atomic commit in iptables-nft and -legacy);
 //! kproxy's hooks already in the built-in chains are kept when they are exactly right; only
 //! rules that jump to `KPROXY-*` chains are ever deleted from built-in chains; `KPROXY-*` chains
 //! that are no longer wanted are deleted last. Other components' rules are never touched.
-//! Parsing is pure (`parse_save`, `plan`).
+//! Parsing and planning are pure (`parse_save`, `adjust`); only kproxy's chains and the jumps
+//! into them are kept from a listing, never the listing itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::compile::{FamilyRules, Table};
-use super::restore::{Restore, diff_fixed, diff_port};
+use super::compile::Table;
 use crate::backends::leftovers::PREFIX;
 
 /// What `iptables-save` shows of kproxy in one table.
@@ -24,20 +25,25 @@ pub struct Saved {
     pub jumps: Vec<(String, String)>,
 }
 
-/// Parses `iptables-save` output (any tables) into what kproxy owns per table.
-pub fn parse_save(save: &str) -> BTreeMap<Table, Saved> {
-    let mut out: BTreeMap<Table, Saved> = BTreeMap::new();
-    let mut table = None;
-    for line in save.lines() {
+/// Reads `iptables-save` output (any tables) line by line into what kproxy owns per table, so
+/// the listing itself is never held.
+#[derive(Debug, Default)]
+pub struct SaveParser {
+    out: BTreeMap<Table, Saved>,
+    table: Option<Table>,
+}
+
+impl SaveParser {
+    pub fn line(&mut self, line: &str) {
         if let Some(t) = line.strip_prefix('*') {
-            table = Table::ALL.into_iter().find(|x| x.as_str() == t.trim());
-            if let Some(t) = table {
-                out.entry(t).or_default();
+            self.table = Table::ALL.into_iter().find(|x| x.as_str() == t.trim());
+            if let Some(t) = self.table {
+                self.out.entry(t).or_default();
             }
-            continue;
+            return;
         }
-        let Some(t) = table else { continue };
-        let saved = out.entry(t).or_default();
+        let Some(t) = self.table else { return };
+        let saved = self.out.entry(t).or_default();
         if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or_default();
             if name.starts_with(PREFIX) {
@@ -54,50 +60,70 @@ pub fn parse_save(save: &str) -> BTreeMap<Table, Saved> {
             }
         }
     }
-    out
+
+    pub fn finish(self) -> BTreeMap<Table, Saved> {
+        self.out
+    }
 }
 
-/// The restore that turns what `saved` shows into `desired`: every desired chain written,
-/// missing hooks inserted at the top of their built-in chain, stray or duplicate jumps into
-/// `KPROXY-*` chains deleted, and unwanted `KPROXY-*` chains removed.
-pub fn plan(desired: &FamilyRules, saved: &BTreeMap<Table, Saved>) -> Restore {
-    let mut out = Restore::default();
-    diff_fixed(&mut out, None, &desired.fixed);
-    for port in desired.ports.values() {
-        diff_port(&mut out, None, Some(port));
+/// Parses `iptables-save` output (any tables) into what kproxy owns per table.
+pub fn parse_save(save: &str) -> BTreeMap<Table, Saved> {
+    let mut parser = SaveParser::default();
+    for line in save.lines() {
+        parser.line(line);
     }
+    parser.finish()
+}
+
+/// What adoption does in one table besides writing every desired chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Adjust {
+    /// `-D <chain> <args>`: stray or duplicate jumps into `KPROXY-*` chains.
+    pub deletes: Vec<String>,
+    /// `-I <chain> 1 <args>`: missing hooks, at the top of their built-in chain.
+    pub inserts: Vec<String>,
+    /// `KPROXY-*` chains that are no longer wanted (to declare, so flush, and delete).
+    pub remove: BTreeSet<String>,
+}
+
+/// What turns `saved` (one table) into the desired hooks, given the chains the restore
+/// `declared`: missing hooks inserted, stray or duplicate jumps deleted, unwanted `KPROXY-*`
+/// chains removed.
+pub fn adjust(
+    table: Table,
+    hooks: &[(Table, &'static str, String)],
+    saved: Option<&Saved>,
+    declared: &BTreeSet<String>,
+) -> Adjust {
+    let mut out = Adjust::default();
     let empty = Saved::default();
-    for table in Table::ALL {
-        let saved = saved.get(&table).unwrap_or(&empty);
-        let mut wanted: Vec<(&str, &str)> = desired
-            .fixed
-            .hooks
+    let saved = saved.unwrap_or(&empty);
+    let mut wanted: Vec<(&str, &str)> = hooks
+        .iter()
+        .filter(|(t, _, _)| *t == table)
+        .map(|(_, chain, args)| (*chain, args.as_str()))
+        .collect();
+    for (chain, args) in &saved.jumps {
+        match wanted
             .iter()
-            .filter(|(t, _, _)| *t == table)
-            .map(|(_, chain, args)| (*chain, args.as_str()))
-            .collect();
-        let ops = out.table(table);
-        for (chain, args) in &saved.jumps {
-            match wanted
-                .iter()
-                .position(|w| *w == (chain.as_str(), args.as_str()))
-            {
-                Some(i) => {
-                    wanted.remove(i);
-                }
-                None => ops.deletes.push(format!("-D {chain} {args}")),
+            .position(|w| *w == (chain.as_str(), args.as_str()))
+        {
+            Some(i) => {
+                wanted.remove(i);
             }
-        }
-        // Reversed, so that each built-in chain ends up with the hooks in their listed order.
-        for (chain, args) in wanted.into_iter().rev() {
-            ops.inserts.push(format!("-I {chain} 1 {args}"));
-        }
-        for chain in &saved.chains {
-            if !ops.declare.contains(chain) {
-                ops.remove_chain(chain);
-            }
+            None => out.deletes.push(format!("-D {chain} {args}")),
         }
     }
+    // Reversed, so that each built-in chain ends up with the hooks in their listed order.
+    for (chain, args) in wanted.into_iter().rev() {
+        out.inserts.push(format!("-I {chain} 1 {args}"));
+    }
+    out.remove = saved
+        .chains
+        .iter()
+        .filter(|c| !declared.contains(*c))
+        .cloned()
+        .collect();
     out
 }
 
@@ -139,11 +165,11 @@ COMMIT
     fn adoption_keeps_one_right_hook_deletes_the_duplicate_and_removes_stale_chains() {
         let node = crate::node::NodeFacts::new("n");
         let config = crate::backends::BackendConfig::default();
-        let desired = FamilyRules {
+        let desired = super::super::compile::FamilyRules {
             fixed: super::super::compile::compile_fixed(crate::model::IpFamily::V4, &node, &config),
             ports: Default::default(),
         };
-        let text = plan(&desired, &parse_save(SAVE)).to_string();
+        let text = super::super::load::plan(&desired, &parse_save(SAVE));
         let lines: Vec<&str> = text.lines().collect();
         let dup =
             "-D PREROUTING -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES";

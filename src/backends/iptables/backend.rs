@@ -13,17 +13,19 @@
 //! the kernel with the old baseline and keeps what it found for `drift` to report.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::adopt;
-use super::compile::{compile, compile_port};
+use super::adopt::{SaveParser, Saved};
+use super::compile::{Fixed, Table, compile_fixed};
+use super::load::{self, Load};
+use super::mirror::{Mirror, Scope};
 use super::probe::{self, Snapshot};
-use super::restore::{Mirror, Restore, diff_full, diff_partial};
+use super::restore::Restore;
 use super::restore_error::RestoreError;
+use super::tools;
 use super::variant::Variant;
 use crate::backends::error::Step;
-use crate::backends::process::run_piped;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
 use crate::node::NodeFacts;
@@ -91,60 +93,60 @@ impl IptablesBackend {
         self.last_lines
     }
 
-    /// Runs one family's restore; on failure, iptables' message is the error.
-    fn restore(&mut self, family: IpFamily, input: &Restore) -> Result<usize, BackendError> {
+    /// Runs one family's restore of `lines` lines, whose input `input` writes; on failure,
+    /// iptables' message is the error.
+    fn restore(
+        &mut self,
+        family: IpFamily,
+        lines: usize,
+        input: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<usize, BackendError> {
+        let program = self.variant.restore(family);
+        if let Err(error) = tools::restore(&program, input) {
+            self.adopt = true;
+            tracing::warn!(program, %error, lines, "iptables-restore failed");
+            return Err(BackendError::at(Step::Apply, error));
+        }
+        self.last_lines += lines;
+        Ok(lines)
+    }
+
+    /// Runs one family's restore of a diff (nothing when it is empty).
+    fn restore_diff(&mut self, family: IpFamily, input: &Restore) -> Result<usize, BackendError> {
         if input.is_empty() {
             return Ok(0);
         }
-        let text = input.to_string();
-        let program = self.variant.restore(family);
-        let mut cmd = Command::new(&program);
-        cmd.args(["-w", "5", "--noflush"]);
-        let result = run_piped(cmd, Some(&text));
-        let failure = match result {
-            Ok(out) if out.status.success() => None,
-            Ok(out) => Some(RestoreError::Refused {
-                program: program.to_string(),
-                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            }),
-            Err(source) => Some(RestoreError::Run {
-                program: program.to_string(),
-                source,
-            }),
-        };
-        if let Some(error) = failure {
-            self.adopt = true;
-            tracing::warn!(program, %error, lines = input.len(), "iptables-restore failed");
-            return Err(BackendError::at(Step::Apply, error));
-        }
-        self.last_lines += input.len();
-        Ok(input.len())
+        self.restore(family, input.len(), &mut |w| write!(w, "{input}"))
     }
 
-    fn save(&self, family: IpFamily) -> Result<String, BackendError> {
+    /// Adopts in one family: reads what the kernel holds, then loads `fixed` and every port of
+    /// `plans` over it, streamed. Returns the lines restored and the mirror it leaves.
+    fn load(
+        &mut self,
+        family: IpFamily,
+        fixed: Fixed,
+        plans: &Plans,
+    ) -> Result<(usize, Mirror), BackendError> {
+        let saved = self.save(family)?;
+        // A copy (a few addresses), as `restore` takes the backend mutably.
+        let config = self.config.clone();
+        let ports = load::compiled(plans, family, &config);
+        let load = Load::new(&fixed, &saved, &ports);
+        drop(saved);
+        let lines = self.restore(family, load.len(), &mut |w| load.write(w, &ports))?;
+        let port_rules = load.port_rules().clone();
+        Ok((lines, Mirror::loaded(fixed, plans, port_rules)))
+    }
+
+    /// What `iptables-save` shows of kproxy in the nat and filter tables of `family`.
+    fn save(&self, family: IpFamily) -> Result<BTreeMap<Table, Saved>, BackendError> {
         let program = self.variant.save(family);
-        let mut text = String::new();
-        for table in ["nat", "filter"] {
-            let mut cmd = Command::new(&program);
-            cmd.args(["-t", table]);
-            let out = run_piped(cmd, None).map_err(|source| {
-                let program = program.to_string();
-                BackendError::at(Step::Adopt, RestoreError::Run { program, source })
-            })?;
-            if !out.status.success() {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                // A table that was never created (no module loaded yet) lists as nothing.
-                if !stderr.contains("does not exist") {
-                    let error = RestoreError::Save {
-                        program: format!("{program} -t {table}"),
-                        message: stderr.trim().to_string(),
-                    };
-                    return Err(BackendError::at(Step::Adopt, error));
-                }
-            }
-            text.push_str(&String::from_utf8_lossy(&out.stdout));
+        let mut parser = SaveParser::default();
+        for table in Table::ALL {
+            tools::save(&program, table.as_str(), &mut |line| parser.line(line))
+                .map_err(|e| BackendError::at(Step::Adopt, e))?;
         }
-        Ok(text)
+        Ok(parser.finish())
     }
 
     /// Before a write with legacy iptables: compares the kernel with the baseline and keeps a
@@ -240,21 +242,26 @@ impl Backend for IptablesBackend {
 
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
         self.last_lines = 0;
-        let mut desired = compile(plans, node, &self.config);
-        desired.retain(|family, _| self.families.contains(family));
         let adopting = self.adopt || self.drift_before_write();
         if adopting {
             self.set_route_localnet();
         }
         let mut report = SyncReport::default();
-        for (family, rules) in desired {
-            let input = if adopting {
-                adopt::plan(&rules, &adopt::parse_save(&self.save(family)?))
-            } else {
-                diff_full(self.mirrors.entry(family).or_default(), &rules)
-            };
-            report.operations += self.restore(family, &input)?;
-            self.mirrors.insert(family, Mirror::from(rules));
+        let families = IpFamily::ALL
+            .into_iter()
+            .filter(|f| self.families.contains(f));
+        for family in families.collect::<Vec<_>>() {
+            let fixed = compile_fixed(family, node, &self.config);
+            if adopting {
+                let (lines, mirror) = self.load(family, fixed, plans)?;
+                report.operations += lines;
+                self.mirrors.insert(family, mirror);
+                continue;
+            }
+            let mirror = self.mirrors.entry(family).or_default();
+            let diff = mirror.diff(plans, Scope::Full(&fixed), family, &self.config);
+            report.operations += self.restore_diff(family, &diff.restore)?;
+            self.mirrors.entry(family).or_default().commit(diff);
         }
         self.adopt = false;
         self.rebaseline(true, adopting);
@@ -274,21 +281,11 @@ impl Backend for IptablesBackend {
         self.drift_before_write();
         let mut report = SyncReport::default();
         for family in self.families.clone() {
-            let desired: BTreeMap<_, _> = changed
-                .iter()
-                .filter_map(|name| {
-                    let rules = compile_port(plans.get(name)?, family, &self.config);
-                    (!rules.is_empty()).then(|| (name.clone(), rules))
-                })
-                .collect();
-            let mirror = &self.mirrors[&family];
-            let input = diff_partial(mirror, &desired, changed);
-            report.operations += self.restore(family, &input)?;
+            let scope = Scope::Ports(changed);
+            let diff = self.mirrors[&family].diff(plans, scope, family, &self.config);
+            report.operations += self.restore_diff(family, &diff.restore)?;
             let mirror = self.mirrors.get_mut(&family).expect("loaded above");
-            for name in changed {
-                mirror.ports.remove(name);
-            }
-            mirror.ports.extend(desired);
+            mirror.commit(diff);
         }
         self.rebaseline(false, false);
         Ok(report)
@@ -341,8 +338,10 @@ impl Backend for IptablesBackend {
             "# kproxy iptables ruleset for node {:?} (--dry-run): the input of `iptables-restore --noflush` and `ip6tables-restore --noflush` on a host without kproxy's chains\n",
             node.name
         );
-        for (family, rules) in compile(plans, node, &self.config) {
-            let input = adopt::plan(&rules, &Default::default());
+        for family in IpFamily::ALL {
+            let fixed = compile_fixed(family, node, &self.config);
+            let ports = load::compiled(plans, family, &self.config);
+            let input = Load::new(&fixed, &BTreeMap::new(), &ports).text(&ports);
             let program = match family {
                 IpFamily::V4 => "iptables-restore",
                 IpFamily::V6 => "ip6tables-restore",

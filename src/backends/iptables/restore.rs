@@ -1,5 +1,5 @@
-//! The `iptables-restore --noflush` input as a value (`Restore`), the mirror of what was last
-//! restored, and the diff between them.
+//! The `iptables-restore --noflush` input of a diff as a value (`Restore`), and the diff of one
+//! service port's rules and of the fixed chains (`mirror.rs` decides which ports to diff).
 //!
 //! Invariants: `Display` is exactly what `iptables-restore --noflush` reads; within a table,
 //! chain declarations (which create or flush) come first, then the rules of the declared
@@ -12,8 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::compile::{FamilyRules, Fixed, PortRules, Table};
-use crate::model::ServicePortName;
+use super::compile::{Fixed, PortRules, Table};
 
 /// What one table's part of a restore does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -117,51 +116,6 @@ impl fmt::Display for Restore {
     }
 }
 
-/// What was last restored successfully in one family.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Mirror {
-    pub fixed: Option<Fixed>,
-    pub ports: BTreeMap<ServicePortName, PortRules>,
-}
-
-impl From<FamilyRules> for Mirror {
-    /// What the kernel holds once `rules` were restored.
-    fn from(rules: FamilyRules) -> Mirror {
-        Mirror {
-            fixed: Some(rules.fixed),
-            ports: rules.ports,
-        }
-    }
-}
-
-impl Mirror {
-    pub fn is_loaded(&self) -> bool {
-        self.fixed.is_some()
-    }
-
-    /// Rules kproxy owns per table (the `…_iptables_total{table}` metric).
-    pub fn rules_per_table(&self) -> BTreeMap<Table, usize> {
-        let mut out: BTreeMap<Table, usize> = Table::ALL.iter().map(|t| (*t, 0)).collect();
-        if let Some(fixed) = &self.fixed {
-            for (table, _, rules) in &fixed.chains {
-                *out.entry(*table).or_default() += rules.len();
-            }
-            for (table, _, _) in &fixed.hooks {
-                *out.entry(*table).or_default() += 1;
-            }
-        }
-        for port in self.ports.values() {
-            for ((table, _), rules) in &port.chains {
-                *out.entry(*table).or_default() += rules.len();
-            }
-            for (table, _, _) in &port.dispatch {
-                *out.entry(*table).or_default() += 1;
-            }
-        }
-        out
-    }
-}
-
 /// Adds to `out` what turns `old` into `new` for one service port.
 pub fn diff_port(out: &mut Restore, old: Option<&PortRules>, new: Option<&PortRules>) {
     let empty = PortRules::default();
@@ -198,32 +152,4 @@ pub fn diff_fixed(out: &mut Restore, old: Option<&Fixed>, new: &Fixed) {
             out.table(*table).write_chain(chain, rules);
         }
     }
-}
-
-/// The diff of a full sync against the mirror (no kernel listing). The dispatch chains are
-/// fixed chains whose contents are the ports' dispatch rules, so they are never redeclared
-/// here: only single rules are added or deleted.
-pub fn diff_full(mirror: &Mirror, desired: &FamilyRules) -> Restore {
-    let mut out = Restore::default();
-    diff_fixed(&mut out, mirror.fixed.as_ref(), &desired.fixed);
-    let names: BTreeSet<&ServicePortName> =
-        mirror.ports.keys().chain(desired.ports.keys()).collect();
-    for name in names {
-        diff_port(&mut out, mirror.ports.get(name), desired.ports.get(name));
-    }
-    out
-}
-
-/// The diff of a partial sync: only `changed` ports, compiled into `desired` (absent there
-/// when removed).
-pub fn diff_partial(
-    mirror: &Mirror,
-    desired: &BTreeMap<ServicePortName, PortRules>,
-    changed: &BTreeSet<ServicePortName>,
-) -> Restore {
-    let mut out = Restore::default();
-    for name in changed {
-        diff_port(&mut out, mirror.ports.get(name), desired.get(name));
-    }
-    out
 }

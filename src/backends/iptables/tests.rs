@@ -7,9 +7,9 @@
 
 use std::collections::BTreeSet;
 
-use super::adopt;
-use super::compile::{Table, compile, compile_port};
-use super::restore::{Mirror, diff_partial};
+use super::compile::{Table, compile, compile_fixed};
+use super::load;
+use super::mirror::{Mirror, Scope};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::{IpFamily, Protocol, ServicePort};
 use crate::testing::{add, cluster_ips, config, ep, external, ip, name, node, services};
@@ -29,7 +29,7 @@ fn fresh_load(plans: &Plans) -> String {
             format!(
                 "# {}\n{}",
                 family.as_str(),
-                adopt::plan(rules, &Default::default())
+                load::plan(rules, &Default::default())
             )
         })
         .collect()
@@ -49,15 +49,20 @@ fn external_traffic_compiles_to_the_golden_restore_input() {
     golden("external.rules", &fresh_load(&external()));
 }
 
+/// The v4 mirror after a load of `plans`.
+fn loaded(plans: &Plans, config: &BackendConfig) -> Mirror {
+    let fixed = compile_fixed(IpFamily::V4, &node(), config);
+    let ports = load::compiled(plans, IpFamily::V4, config);
+    let load = load::Load::new(&fixed, &Default::default(), &ports);
+    let port_rules = load.port_rules().clone();
+    Mirror::loaded(fixed, plans, port_rules)
+}
+
 /// The restore input of a partial sync that changes one Service's endpoints and adds another.
 fn partial_input(n: u32) -> String {
     let config = iptables_config();
     let mut plans = services(n);
-    let desired = compile(&plans, &node(), &config);
-    let mirror = Mirror {
-        fixed: Some(desired[&IpFamily::V4].fixed.clone()),
-        ports: desired[&IpFamily::V4].ports.clone(),
-    };
+    let mirror = loaded(&plans, &config);
     let changed_name = name("s1", "", Protocol::Tcp);
     let added = name("added", "", Protocol::Tcp);
     add(
@@ -71,11 +76,9 @@ fn partial_input(n: u32) -> String {
         vec![ep("10.2.0.1", 80, "node-b")],
     );
     let changed = BTreeSet::from([changed_name, added]);
-    let ports = changed
-        .iter()
-        .map(|n| (n.clone(), compile_port(&plans[n], IpFamily::V4, &config)))
-        .collect();
-    diff_partial(&mirror, &ports, &changed).to_string()
+    let scope = Scope::Ports(&changed);
+    let diff = mirror.diff(&plans, scope, IpFamily::V4, &config);
+    diff.restore.to_string()
 }
 
 #[test]
@@ -98,14 +101,12 @@ fn a_partial_restore_is_the_same_size_among_ten_or_ten_thousand_services() {
 #[test]
 fn a_removed_service_loses_its_dispatch_rule_before_its_chain() {
     let config = iptables_config();
-    let plans = services(3);
-    let desired = compile(&plans, &node(), &config);
-    let mirror = Mirror {
-        fixed: Some(desired[&IpFamily::V4].fixed.clone()),
-        ports: desired[&IpFamily::V4].ports.clone(),
-    };
+    let mut plans = services(3);
+    let mirror = loaded(&plans, &config);
     let gone = BTreeSet::from([name("s1", "", Protocol::Tcp)]);
-    let text = diff_partial(&mirror, &Default::default(), &gone).to_string();
+    plans.remove(&name("s1", "", Protocol::Tcp));
+    let diff = mirror.diff(&plans, Scope::Ports(&gone), IpFamily::V4, &config);
+    let text = diff.restore.to_string();
     let delete = text
         .find("-D KPROXY-PORTALS ")
         .expect("dispatch rule deleted");

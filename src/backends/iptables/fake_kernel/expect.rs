@@ -48,7 +48,7 @@ pub(super) fn fresh(plans: &Plans, cfg: &BackendConfig) -> BTreeMap<IpFamily, Fa
     rules
         .iter()
         .map(|(f, r)| {
-            let input = adopt::plan(r, &Default::default()).to_string();
+            let input = load::plan(r, &Default::default());
             (*f, restored(*f, &input))
         })
         .collect()

@@ -1,11 +1,12 @@
 //! A long randomized (seeded, deterministic) sequence of Service and endpoint additions,
 //! changes and removals applied to `FakeIptables` (one per family) as the backend's partial
-//! syncs apply them (`compile_port` + `diff_partial` against a `Mirror` updated as
-//! `IptablesBackend::sync_partial` updates it), and in parallel as full syncs (`diff_full`),
+//! syncs apply them (`Mirror::diff` of the changed ports, committed as
+//! `IptablesBackend::sync_partial` does), and in parallel as full syncs (`Scope::Full`),
 //! checked after every step: every restore is accepted, both end where a fresh load of the
 //! plans does, and the changed Services' packets reach what the plans say; every 25 steps all
-//! Services' packets, a full sync's diff against the partial syncs' mirror (empty), and a
-//! restart's adoption over the partially synced fake (exactly a fresh load).
+//! Services' packets, a full sync's diff against the partial syncs' mirror (empty), its rule
+//! counts (a fresh load's), and a restart's adoption over the partially synced fake (exactly a
+//! fresh load).
 //!
 //! Invariants: the generator is shared with the nftables test (`backends::random_world`: only what
 //! the API server accepts, every VIP, NodePort and port number unique), with ClientIP affinity
@@ -21,9 +22,10 @@ use crate::backends::random_world::World;
 use std::process::Command;
 
 use super::super::adopt;
-use super::super::compile::{compile, compile_port};
+use super::super::compile::{compile, compile_fixed};
 use super::super::fake_kernel::{FakeIptables, Fate, Packet};
-use super::super::restore::{Mirror, diff_full, diff_partial};
+use super::super::load::{self, Load};
+use super::super::mirror::{Mirror, Scope};
 use super::{expected, probes, same_fates};
 use crate::backends::iptables::variant::Variant;
 use crate::backends::nft::transport_tests::Netns;
@@ -66,19 +68,20 @@ fn load(plans: &Plans, cfg: &BackendConfig) -> Driven {
         mirrors: BTreeMap::new(),
         log: Vec::new(),
     };
-    for (family, rules) in compile(plans, &node(), cfg) {
+    for family in IpFamily::ALL {
         let mut fake = FakeIptables::new(family);
-        let input = adopt::plan(&rules, &Default::default()).to_string();
+        let fixed = compile_fixed(family, &node(), cfg);
+        let ports = load::compiled(plans, family, cfg);
+        let planned = Load::new(&fixed, &Default::default(), &ports);
+        let input = planned.text(&ports);
         if let Err(e) = fake.restore(&input) {
             panic!("the fake refused a fresh load: {e}\n{input}");
         }
         d.fakes.insert(family, fake);
         d.log.push((family, input));
-        let mirror = Mirror {
-            fixed: Some(rules.fixed),
-            ports: rules.ports,
-        };
-        d.mirrors.insert(family, mirror);
+        let port_rules = planned.port_rules().clone();
+        d.mirrors
+            .insert(family, Mirror::loaded(fixed, plans, port_rules));
     }
     d
 }
@@ -92,14 +95,8 @@ fn sync_partial(
 ) -> Result<usize, String> {
     let mut lines = 0;
     for family in IpFamily::ALL {
-        let desired: BTreeMap<_, _> = changed
-            .iter()
-            .filter_map(|name| {
-                let rules = compile_port(plans.get(name)?, family, cfg);
-                (!rules.is_empty()).then(|| (name.clone(), rules))
-            })
-            .collect();
-        let input = diff_partial(&d.mirrors[&family], &desired, changed);
+        let diff = d.mirrors[&family].diff(plans, Scope::Ports(changed), family, cfg);
+        let input = &diff.restore;
         if !input.is_empty() {
             let text = input.to_string();
             let fake = d.fakes.get_mut(&family).expect("loaded");
@@ -108,30 +105,23 @@ fn sync_partial(
             lines += input.len();
             d.log.push((family, text));
         }
-        let mirror = d.mirrors.get_mut(&family).expect("loaded");
-        for name in changed {
-            mirror.ports.remove(name);
-        }
-        mirror.ports.extend(desired);
+        d.mirrors.get_mut(&family).expect("loaded").commit(diff);
     }
     Ok(lines)
 }
 
 /// `IptablesBackend::sync_full` after the first (no adoption): the diff against the mirror.
 fn sync_full(d: &mut Driven, plans: &Plans, cfg: &BackendConfig) -> Result<(), String> {
-    for (family, rules) in compile(plans, &node(), cfg) {
-        let input = diff_full(&d.mirrors[&family], &rules);
-        if !input.is_empty() {
-            let text = input.to_string();
+    for family in IpFamily::ALL {
+        let fixed = compile_fixed(family, &node(), cfg);
+        let diff = d.mirrors[&family].diff(plans, Scope::Full(&fixed), family, cfg);
+        if !diff.restore.is_empty() {
+            let text = diff.restore.to_string();
             let fake = d.fakes.get_mut(&family).expect("loaded");
             fake.restore(&text)
                 .map_err(|e| format!("{}: {e}\n{text}", family.as_str()))?;
         }
-        let mirror = Mirror {
-            fixed: Some(rules.fixed),
-            ports: rules.ports,
-        };
-        d.mirrors.insert(family, mirror);
+        d.mirrors.get_mut(&family).expect("loaded").commit(diff);
     }
     Ok(())
 }
@@ -147,8 +137,8 @@ fn assert_restart_adopts_into_a_fresh_load(
 ) {
     for (family, rules) in compile(plans, &node(), &random_config()) {
         let mut fake = d.fakes[&family].clone();
-        let plan = adopt::plan(&rules, &adopt::parse_save(&fake.save()));
-        if let Err(e) = fake.restore(&plan.to_string()) {
+        let plan = load::plan(&rules, &adopt::parse_save(&fake.save()));
+        if let Err(e) = fake.restore(&plan) {
             panic!("{context}: the fake refused the adoption: {e}\n{plan}");
         }
         assert_eq!(
@@ -341,12 +331,20 @@ fn random_sequence(steps: usize) -> Driven {
         }
         if full_check {
             assert_restart_adopts_into_a_fresh_load(&driven, &fresh, &plans, &context);
-            let desired = compile(&plans, &node(), &cfg);
-            for (family, rules) in &desired {
-                let diff = diff_full(&driven.mirrors[family], rules);
+            for family in IpFamily::ALL {
+                let fixed = compile_fixed(family, &node(), &cfg);
+                let mirror = &driven.mirrors[&family];
+                let diff = mirror
+                    .diff(&plans, Scope::Full(&fixed), family, &cfg)
+                    .restore;
                 assert!(
                     diff.is_empty(),
                     "{context}: a full sync after partial ones: {diff}"
+                );
+                assert_eq!(
+                    mirror.rules_per_table(),
+                    fresh.mirrors[&family].rules_per_table(),
+                    "{context}: the rules the partial syncs' mirror counts"
                 );
             }
         }
