@@ -217,47 +217,53 @@ impl IpvsBackend {
         script
     }
 
-    /// Applies `changes` after the companion `script`. `after` is the state each server the
-    /// changes touch should be left in. When IPVS refuses a message because it differs from the
-    /// mirror (someone else added or deleted a server or destination), those servers are read
-    /// back and the difference to `after` is sent, once; a second refusal is an error, and the
-    /// sync loop's full resync reads everything. Returns how many messages were sent, and the
-    /// servers read back with the state they were left in (for the mirror).
+    /// Applies `changes` after the companion `script`, moving its messages to the kernel (they
+    /// are not copied). `after` is the state each server the changes touch should be left in.
+    /// When IPVS refuses a message because it differs from the mirror (someone else added or
+    /// deleted a server or destination), those servers are read back and the difference to
+    /// `after` is sent, once; a second refusal is an error, and the sync loop's full resync
+    /// reads everything. Returns how many messages were sent, and the servers read back with
+    /// the state they were left in (for the mirror).
     fn apply(
         &mut self,
-        changes: &Changes,
+        changes: &mut Changes,
         script: &str,
         after: &dyn Fn(&ServiceKey) -> Option<Applied>,
     ) -> Result<(usize, Reread), BackendError> {
         if !script.is_empty() {
             self.kernel.nft(script).map_err(apply_err)?;
         }
-        let (mut sent, reread) = match self.kernel.ipvs(changes.ipvs.clone()) {
+        let messages = std::mem::take(&mut changes.ipvs);
+        // The servers the messages touch, kept for a read-back: the messages go to the kernel.
+        let touched: BTreeSet<ServiceKey> = messages
+            .iter()
+            .filter_map(|m| VirtualServer::from_attrs(m.service_attrs()?))
+            .map(|vs| vs.key)
+            .collect();
+        let (mut sent, reread) = match self.kernel.ipvs(messages) {
             Ok(n) => (n, Reread::new()),
             Err(e) if e.is_state_mismatch() => {
                 tracing::info!(error = %e, "IPVS differs from what kproxy applied; reading the servers concerned back");
-                self.resend(&changes.ipvs, after)?
+                self.resend(touched, after)?
             }
             Err(e) => return Err(apply_err(e)),
         };
         sent += self
             .kernel
-            .bind(changes.bind.clone(), changes.unbind.clone())
+            .bind(
+                std::mem::take(&mut changes.bind),
+                std::mem::take(&mut changes.unbind),
+            )
             .map_err(apply_err)?;
         Ok((sent, reread))
     }
 
-    /// Reads back every server that `messages` touch and sends what turns each into `after`.
+    /// Reads back every server in `keys` and sends what turns each into `after`.
     fn resend(
         &mut self,
-        messages: &[IpvsMessage],
+        keys: BTreeSet<ServiceKey>,
         after: &dyn Fn(&ServiceKey) -> Option<Applied>,
     ) -> Result<(usize, Reread), BackendError> {
-        let keys: BTreeSet<ServiceKey> = messages
-            .iter()
-            .filter_map(|m| VirtualServer::from_attrs(m.service_attrs()?))
-            .map(|vs| vs.key)
-            .collect();
         let mut fix = Changes::default();
         let mut reread = Reread::new();
         for key in keys {
@@ -391,7 +397,8 @@ impl IpvsBackend {
                 next.elements.keys().filter(|e| !old.contains_key(e)),
             )
         };
-        let (sent, reread) = self.apply(&changes, &script, &|k| next.servers.get(k).cloned())?;
+        let (sent, reread) =
+            self.apply(&mut changes, &script, &|k| next.servers.get(k).cloned())?;
         for (key, state) in reread {
             match state {
                 Some(a) => next.servers.insert(key, a),
@@ -422,9 +429,9 @@ impl IpvsBackend {
         &mut self,
         desired: BTreeMap<ServicePortName, Option<PortState>>,
     ) -> Result<SyncReport, BackendError> {
-        let (changes, mut delta) = self.mirror.diff_ports(&desired);
+        let (mut changes, mut delta) = self.mirror.diff_ports(&desired);
         let script = elements_script(changes.del_elements.iter(), changes.add_elements.iter());
-        let (sent, reread) = self.apply(&changes, &script, &|k| {
+        let (sent, reread) = self.apply(&mut changes, &script, &|k| {
             delta.servers.get(k).cloned().flatten()
         })?;
         delta.servers.extend(reread);
