@@ -15,15 +15,17 @@
 //! after a failure, drift or cleanup; otherwise only their elements' difference is sent.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::compile::{self, Element, IpvsSettings, PortState, Server, TABLE};
 use super::kernel::{Kernel, KernelError};
-use super::mirror::{self, Applied, Changes, Mirror};
-use super::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey, VirtualServer};
+use super::mirror::{self, Applied, Changes, Mirror, Owner};
+use super::netlink::{DestKey, ServiceKey, VirtualServer};
 use super::render;
 
 mod between;
+mod full;
 use crate::backends::error::Step;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
@@ -150,66 +152,47 @@ impl IpvsBackend {
         Ok(())
     }
 
-    fn compile(
-        &self,
-        plans: &Plans,
-        name: &ServicePortName,
-        node: &NodeFacts,
-    ) -> Option<PortState> {
-        plans
-            .get(name)
-            .map(|p| compile::compile_port(p, node, &self.settings))
+    /// The node facts to compile with, shared: the mirror's when they are equal to `node`.
+    fn facts(&self, node: &NodeFacts) -> Arc<NodeFacts> {
+        match &self.mirror.facts {
+            Some(f) if **f == *node => f.clone(),
+            _ => Arc::new(node.clone()),
+        }
     }
 
-    /// The kernel's virtual servers that are kproxy's (see the invariants; `wanted`: the keys
-    /// the service ports want), with their destinations.
-    fn read_ours(
-        &mut self,
-        bound: &BTreeSet<std::net::IpAddr>,
-        wanted: &BTreeSet<ServiceKey>,
-    ) -> Result<BTreeMap<ServiceKey, Applied>, BackendError> {
-        let adopt = |e: KernelError| BackendError::at(Step::Adopt, e);
-        let mut out = BTreeMap::new();
-        for vs in self.kernel.services().map_err(adopt)? {
-            let ours = vs.owned || wanted.contains(&vs.key) || bound.contains(&vs.key.addr);
-            if !ours {
-                continue;
-            }
-            let dests = self
-                .kernel
-                .dests(&vs.key)
-                .map_err(adopt)?
-                .into_iter()
-                .map(|d| (d.key, d.weight))
-                .collect();
-            out.insert(vs.key, Applied { vs, dests });
-        }
-        Ok(out)
+    /// `vs` with its destinations as the kernel has them.
+    fn read_dests(&mut self, vs: VirtualServer) -> Result<Applied, KernelError> {
+        let dests = self
+            .kernel
+            .dests(&vs.key)?
+            .into_iter()
+            .map(|d| (d.key, d.weight))
+            .collect();
+        Ok(Applied { vs, dests })
     }
 
     /// Server `key` as the kernel has it now, with its destinations.
     fn read_server(&mut self, key: &ServiceKey) -> Result<Option<Applied>, KernelError> {
-        let Some(vs) = self.kernel.service(key)? else {
-            return Ok(None);
-        };
-        let dests = self
-            .kernel
-            .dests(key)?
-            .into_iter()
-            .map(|d| (d.key, d.weight))
-            .collect();
-        Ok(Some(Applied { vs, dests }))
+        match self.kernel.service(key)? {
+            Some(vs) => Ok(Some(self.read_dests(vs)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// What replaces the companion table of `family` in one transaction, before its elements:
+    /// the table made sure of, deleted, and created again without elements.
+    fn companion_table(&self, family: IpFamily) -> String {
+        let f = family_name(family);
+        let mut script = format!("table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\n");
+        script.push_str(&compile::table(family, &self.settings));
+        script
     }
 
     /// The whole companion ruleset with `elements`, replacing what is there in one transaction.
     fn companion_script<'a>(&self, elements: impl Iterator<Item = &'a Element> + Clone) -> String {
         let mut script = String::new();
         for fam in &self.families {
-            let f = family_name(*fam);
-            script.push_str(&format!(
-                "table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\n"
-            ));
-            script.push_str(&compile::table(*fam, &self.settings));
+            script.push_str(&self.companion_table(*fam));
             for e in elements.clone().filter(|e| e.family == *fam) {
                 script.push_str(&element_line("add", e));
             }
@@ -307,9 +290,16 @@ impl Backend for IpvsBackend {
         if self.rewrite {
             return Err(BackendError::not_loaded());
         }
-        let desired: BTreeMap<ServicePortName, Option<PortState>> = changed
+        let facts = self.facts(node);
+        let desired: BTreeMap<ServicePortName, Option<Owner>> = changed
             .iter()
-            .map(|name| (name.clone(), self.compile(plans, name, node)))
+            .map(|name| {
+                let owner = plans.get(name).map(|p| Owner {
+                    planned: p.clone(),
+                    facts: facts.clone(),
+                });
+                (name.clone(), owner)
+            })
             .collect();
         let result = self.apply_ports(desired);
         self.rewrite |= result.is_err();
@@ -345,91 +335,13 @@ impl Backend for IpvsBackend {
 }
 
 impl IpvsBackend {
-    /// A full sync: reads the kernel's servers and the dummy's addresses, keeps what is right
-    /// and sends what differs; the companion tables get the difference of their elements from
-    /// the mirror, or are rewritten whole in one transaction when `rewrite` is set.
-    fn adopt_all(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
-        self.prepare()?;
-        let bound = self
-            .kernel
-            .addresses()
-            .map_err(|e| BackendError::at(Step::Adopt, e))?;
-        let desired: BTreeMap<ServicePortName, Option<PortState>> = plans
-            .keys()
-            .map(|name| (name.clone(), self.compile(plans, name, node)))
-            .collect();
-        let wanted: BTreeSet<ServiceKey> = desired
-            .values()
-            .flatten()
-            .flat_map(|p| p.servers.keys().copied())
-            .collect();
-        let kernel = self.read_ours(&bound, &wanted)?;
-        let base = Mirror {
-            servers: kernel.clone(),
-            ..Mirror::default()
-        };
-        let (mut changes, delta) = base.diff_ports(&desired);
-        let mut next = base;
-        next.commit(delta);
-        for key in kernel.keys().filter(|k| !next.owners.contains_key(k)) {
-            changes
-                .ipvs
-                .push(IpvsMessage::service(Cmd::DelService, key.attrs()));
-            next.servers.remove(key);
-        }
-        changes.bind = next
-            .addresses
-            .keys()
-            .filter(|a| !bound.contains(a))
-            .copied()
-            .collect();
-        changes.unbind = bound
-            .iter()
-            .filter(|a| !next.addresses.contains_key(a))
-            .copied()
-            .collect();
-        let script = if self.rewrite {
-            self.companion_script(next.elements.keys())
-        } else {
-            let old = &self.mirror.elements;
-            elements_script(
-                old.keys().filter(|e| !next.elements.contains_key(e)),
-                next.elements.keys().filter(|e| !old.contains_key(e)),
-            )
-        };
-        let (sent, reread) =
-            self.apply(&mut changes, &script, &|k| next.servers.get(k).cloned())?;
-        for (key, state) in reread {
-            match state {
-                Some(a) => next.servers.insert(key, a),
-                None => next.servers.remove(&key),
-            };
-        }
-        // Destinations found at weight 0 were draining under a previous kproxy.
-        let adopted: Vec<(ServiceKey, DestKey)> = next
-            .servers
-            .iter()
-            .flat_map(|(s, a)| {
-                a.dests
-                    .iter()
-                    .filter(|(_, w)| **w == 0)
-                    .map(move |(d, _)| (*s, *d))
-            })
-            .collect();
-        self.mirror = next;
-        self.track_drains(&adopted);
-        Ok(SyncReport {
-            operations: sent + script.lines().count(),
-        })
-    }
-
     /// Sends what turns the mirror's state of each port in `desired` into its new state
     /// (None: the port is gone), companion elements included; never reads the kernel.
     fn apply_ports(
         &mut self,
-        desired: BTreeMap<ServicePortName, Option<PortState>>,
+        desired: BTreeMap<ServicePortName, Option<Owner>>,
     ) -> Result<SyncReport, BackendError> {
-        let (mut changes, mut delta) = self.mirror.diff_ports(&desired);
+        let (mut changes, mut delta) = self.mirror.diff_ports(desired, &self.settings);
         let script = elements_script(changes.del_elements.iter(), changes.add_elements.iter());
         let (sent, reread) = self.apply(&mut changes, &script, &|k| {
             delta.servers.get(k).cloned().flatten()
