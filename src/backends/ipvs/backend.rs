@@ -1,8 +1,8 @@
 //! The IPVS backend: compile each service port (`compile.rs`), diff against the mirror of what
 //! was applied (`mirror.rs`), apply through the kernel (`kernel.rs`). Full syncs read the
 //! kernel's virtual servers and the dummy interface's addresses and reconcile them (adoption:
-//! nothing that is right is removed or re-added); partial syncs send only the messages of the
-//! changed ports. Removed TCP destinations drain at weight 0 and are deleted once IPVS counts no
+//! nothing that is right is removed or re-added), streamed port by port in batches
+//! (`backend/full.rs`); partial syncs send only the messages of the changed ports. Removed TCP destinations drain at weight 0 and are deleted once IPVS counts no
 //! connection on them, or after `DRAIN_LIMIT`.
 //!
 //! Invariants: the mirror changes only after everything of a sync was applied; any failure
@@ -10,7 +10,8 @@
 //! (`F_KPROXY`), those at a key a service port wants, and those on addresses bound to the dummy
 //! interface (only kproxy binds there); nothing else in IPVS is touched, on the node's own
 //! addresses neither; a refusal that says IPVS differs from the mirror (EEXIST, ESRCH,
-//! ENOENT) makes the sync read the servers it touched back and send the difference, once; the
+//! ENOENT) makes the sync read the servers its batch touched back and send the difference, once
+//! per batch (a partial sync is one batch); the
 //! companion tables are rewritten whole, atomically, only by the first full sync and the first
 //! after a failure, drift or cleanup; otherwise only their elements' difference is sent.
 
