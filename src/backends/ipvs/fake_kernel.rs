@@ -52,8 +52,9 @@ pub struct FakeState {
     pub host_addresses: BTreeSet<IpAddr>,
     /// Companion tables present, by family name ("ip", "ip6").
     pub tables: BTreeSet<String>,
-    /// (family, set, key) of every companion set element.
-    pub elements: BTreeSet<(String, String, String)>,
+    /// (family, set, key) of every companion set element (family and set names are static:
+    /// only the key is held as text).
+    pub elements: BTreeSet<(&'static str, &'static str, String)>,
     pub sysctls: BTreeMap<String, String>,
     /// The connection timeouts set (SET_CONFIG attributes).
     pub timeouts: Vec<super::netlink::CmdAttr>,
@@ -273,7 +274,7 @@ impl FakeState {
                 }
                 Op::DeleteTable(fam) => {
                     self.tables.remove(fam);
-                    self.elements.retain(|(f, _, _)| f != fam);
+                    self.elements.retain(|(f, _, _)| *f != fam);
                 }
                 Op::Add(e) => {
                     self.elements.insert(owned(e));
@@ -288,10 +289,27 @@ impl FakeState {
 }
 
 /// (family, set, key) of an element, as the script writes it.
-type Elem<'a> = (&'a str, &'a str, &'a str);
+type Elem<'a> = (&'static str, &'static str, &'a str);
 
-fn owned((fam, set, key): Elem) -> (String, String, String) {
-    (fam.to_string(), set.to_string(), key.to_string())
+fn owned((fam, set, key): Elem) -> (&'static str, &'static str, String) {
+    (fam, set, key.to_string())
+}
+
+/// The companion table's families and sets (`compile::table`).
+const FAMILIES: [&str; 2] = ["ip", "ip6"];
+const SETS: [&str; 7] = [
+    "cluster-ips",
+    "external-masq",
+    "dropped",
+    "rejected",
+    "firewall",
+    "firewall-allow",
+    "hairpin",
+];
+
+/// `name` as one of `names`.
+fn known(names: &[&'static str], name: &str) -> Option<&'static str> {
+    names.iter().copied().find(|n| *n == name)
 }
 
 /// One step of an nft script.
@@ -335,6 +353,12 @@ fn ops(script: &str) -> impl Iterator<Item = Result<Op<'_>, KernelError>> {
                     .and_then(|(_, rest)| rest.trim_end().strip_suffix('}'))
                     .map(str::trim)
                     .unwrap_or_default();
+                let (Some(fam), Some(set)) = (known(&FAMILIES, fam), known(&SETS, set)) else {
+                    return Some(Err(script_refused(
+                        &format!("no set {fam} {set}"),
+                        "ENOENT",
+                    )));
+                };
                 if *verb == "add" {
                     Op::Add((fam, set, key))
                 } else {
