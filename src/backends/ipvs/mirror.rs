@@ -86,9 +86,42 @@ pub struct Mirror {
     pub facts: Option<Arc<NodeFacts>>,
     pub servers: BTreeMap<ServiceKey, Applied>,
     /// The ports that declare each server (two only when Services collide).
-    pub owners: BTreeMap<ServiceKey, BTreeSet<ServicePortName>>,
+    pub owners: BTreeMap<ServiceKey, Owners>,
     pub addresses: BTreeMap<IpAddr, usize>,
     pub elements: Counts,
+}
+
+/// The ports that declare one server, in name order: the first declares it. Two only when
+/// Services collide, so a list, grown one at a time (8 bytes for the usual one owner).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owners(Vec<ServicePortName>);
+
+impl Owners {
+    pub fn insert(&mut self, name: ServicePortName) {
+        if let Err(at) = self.0.binary_search(&name) {
+            self.0.reserve_exact(1);
+            self.0.insert(at, name);
+        }
+    }
+
+    pub fn remove(&mut self, name: &ServicePortName) {
+        if let Ok(at) = self.0.binary_search(name) {
+            self.0.remove(at);
+        }
+    }
+
+    /// The port that declares the server.
+    pub fn first(&self) -> Option<&ServicePortName> {
+        self.0.first()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The messages that turn `have` into `want` for one virtual server.
@@ -162,7 +195,7 @@ pub struct Delta {
     ports: BTreeMap<ServicePortName, Option<Owner>>,
     facts: Option<Arc<NodeFacts>>,
     pub servers: BTreeMap<ServiceKey, Option<Applied>>,
-    owners: BTreeMap<ServiceKey, BTreeSet<ServicePortName>>,
+    owners: BTreeMap<ServiceKey, Owners>,
     addresses: BTreeMap<IpAddr, usize>,
     elements: Counts,
 }
@@ -313,8 +346,7 @@ impl Mirror {
         for key in touched {
             // The server as its first remaining owner declares it.
             let want = delta.owners[&key]
-                .iter()
-                .next()
+                .first()
                 .and_then(|owner| match states.get(owner) {
                     Some(s) => s.servers.get(&key).cloned(),
                     None => self
