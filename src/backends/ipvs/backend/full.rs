@@ -27,7 +27,7 @@ use crate::backends::{BackendError, Plans, SyncReport};
 use crate::node::NodeFacts;
 
 /// IPVS messages per batch of a full sync (~0.7 KiB each before encoding).
-const CHUNK: usize = 4096;
+const CHUNK: usize = 1024;
 
 /// The companion elements a full sync leaves: counted afresh (a rewrite), or the mirror's
 /// counts changed by an overlay (0: the element is gone).
