@@ -437,3 +437,22 @@ fn a_streamed_full_sync_builds_the_mirror_that_diffing_every_port_at_once_builds
         (&d.services, &d.addresses, &d.elements)
     );
 }
+
+#[test]
+fn a_cold_start_sends_the_companion_elements_with_their_batches_and_a_restart_in_one_script() {
+    let plans = services(1000);
+    let kernel = FakeKernel::default();
+    backend(&kernel).sync_full(&plans, &node()).unwrap();
+    let cold = kernel.state().scripts;
+    assert!(cold > 1, "no table was there: one script per batch");
+    // The tables are there now: replacing them must never leave an element missing.
+    backend(&kernel).sync_full(&plans, &node()).unwrap();
+    assert_eq!(kernel.state().scripts, cold + 1);
+    let fresh = FakeKernel::default();
+    backend(&fresh).sync_full(&plans, &node()).unwrap();
+    let (s, f) = (kernel.state(), fresh.state());
+    assert_eq!(
+        (&s.services, &s.addresses, &s.elements, &s.tables),
+        (&f.services, &f.addresses, &f.elements, &f.tables)
+    );
+}

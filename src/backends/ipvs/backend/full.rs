@@ -1,6 +1,8 @@
-//! A full sync, streamed port by port. First the companion tables: rewritten whole in one
-//! transaction (`rewrite`: every port compiled for its elements, only their text held), or
-//! given the difference of the elements of the ports whose plan or node facts changed. Then
+//! A full sync, streamed port by port. First the companion tables: replaced whole in one
+//! transaction when they are there and must be rewritten (`rewrite`: every port compiled for
+//! its elements, only their text held), or given the difference of the elements of the ports
+//! whose plan or node facts changed. When none is there to replace (a cold start, after a
+//! cleanup), the first batch creates them and each batch carries its ports' elements. Then
 //! the virtual servers and addresses: each port is compiled, the servers it declares are read
 //! from the kernel (when listed there) and diffed, and the messages go out in batches of
 //! `CHUNK`, each followed by the addresses its ports bind. Last, kproxy's servers that no port
@@ -9,7 +11,9 @@
 //!
 //! Invariants: what reaches the kernel, and the mirror built, are those of diffing every port
 //! at once against what the kernel holds (the same servers read, the same messages per server,
-//! the same element and address changes); a server shared by two ports is declared by the
+//! the same element and address changes); a port's elements reach the kernel no later than its
+//! servers, and tables that exist are never replaced piecemeal (no element of theirs goes
+//! missing meanwhile); a server shared by two ports is declared by the
 //! first in name order, as in a diff; the mirror is replaced only once every batch was
 //! accepted; a batch IPVS refuses as differing from what was read is read back and repaired
 //! once (`IpvsBackend::apply`).
@@ -28,6 +32,14 @@ use crate::node::NodeFacts;
 
 /// IPVS messages per batch of a full sync (~0.7 KiB each before encoding).
 const CHUNK: usize = 1024;
+
+/// A rewrite's companion elements, streamed with their ports' batches: their counts, and the
+/// text of the batch being filled (the tables themselves in the first) with its element lines.
+struct Stream {
+    counts: Counts,
+    script: String,
+    lines: usize,
+}
 
 /// The companion elements a full sync leaves: counted afresh (a rewrite), or the mirror's
 /// counts changed by an overlay (0: the element is gone).
@@ -53,16 +65,31 @@ impl IpvsBackend {
             .map(|vs| (vs.key, vs))
             .collect();
         let facts = self.facts(node);
-        let (elements, script) = if self.rewrite {
-            self.all_elements(plans, &facts)
-        } else {
-            self.changed_elements(plans, &facts)
+        let mut operations = 0;
+        // No companion table to replace: its elements go with their ports' batches, the
+        // tables with the first.
+        let mut stream = (self.rewrite && self.companion_gone()).then(|| Stream {
+            counts: Counts::default(),
+            script: (self.families.iter())
+                .map(|f| self.companion_table(*f))
+                .collect(),
+            lines: 0,
+        });
+        let elements = match stream {
+            Some(_) => None,
+            None => {
+                let (elements, script) = if self.rewrite {
+                    self.all_elements(plans, &facts)
+                } else {
+                    self.changed_elements(plans, &facts)
+                };
+                operations += script.lines().count();
+                if !script.is_empty() {
+                    self.kernel.nft(&script).map_err(apply_err)?;
+                }
+                Some(elements)
+            }
         };
-        let mut operations = script.lines().count();
-        if !script.is_empty() {
-            self.kernel.nft(&script).map_err(apply_err)?;
-        }
-        drop(script);
         let mut next = Mirror {
             facts: Some(facts.clone()),
             ..Mirror::default()
@@ -74,6 +101,16 @@ impl IpvsBackend {
                 facts: facts.clone(),
             };
             let state = owner.compile(&self.settings);
+            if let Some(stream) = &mut stream {
+                for e in &state.elements {
+                    let n = stream.counts.entry(ElemId::of(e)).or_insert(0);
+                    *n += 1;
+                    if *n == 1 && self.families.contains(&e.family) {
+                        stream.script.push_str(&element_line("add", e));
+                        stream.lines += 1;
+                    }
+                }
+            }
             for (key, server) in state.servers {
                 let owners = next.owners.entry(key).or_default();
                 owners.insert(name.clone());
@@ -98,8 +135,9 @@ impl IpvsBackend {
                 }
             }
             next.ports.insert(name.clone(), owner);
-            if chunk.ipvs.len() >= CHUNK {
-                operations += self.send(&mut chunk, &mut next)?;
+            let lines = stream.as_ref().map_or(0, |s| s.lines);
+            if chunk.ipvs.len() >= CHUNK || lines >= CHUNK {
+                operations += self.send(&mut chunk, stream.as_mut(), &mut next)?;
             }
         }
         for (key, vs) in &listed {
@@ -114,10 +152,12 @@ impl IpvsBackend {
             .filter(|a| !next.addresses.contains_key(a))
             .copied()
             .collect();
-        operations += self.send(&mut chunk, &mut next)?;
-        next.elements = match elements {
-            Elements::Fresh(counts) => counts,
-            Elements::Overlay(overlay) => {
+        operations += self.send(&mut chunk, stream.as_mut(), &mut next)?;
+        next.elements = match (elements, stream) {
+            (_, Some(stream)) => stream.counts,
+            (Some(Elements::Fresh(counts)), None) => counts,
+            (None, None) => unreachable!("the elements are streamed or counted first"),
+            (Some(Elements::Overlay(overlay)), None) => {
                 let mut counts = std::mem::take(&mut self.mirror.elements);
                 mirror::commit_elements(&mut counts, overlay);
                 counts
@@ -136,11 +176,34 @@ impl IpvsBackend {
         Ok(SyncReport { operations })
     }
 
-    /// Sends one batch (its messages, then its addresses) and records in `next` what a
-    /// read-back found; how many messages and addresses went.
-    fn send(&mut self, chunk: &mut Changes, next: &mut Mirror) -> Result<usize, BackendError> {
+    /// Whether no companion table is there to replace (none has rules): then a rewrite can
+    /// create them in its first batch and add each port's elements with its servers, since no
+    /// element is there to go missing meanwhile.
+    fn companion_gone(&mut self) -> bool {
+        let families = self.families.clone();
+        (families.iter()).all(|f| self.kernel.companion_rules(*f).is_ok_and(|n| n == 0))
+    }
+
+    /// Sends one batch (the companion elements streamed with it, its messages, then its
+    /// addresses) and records in `next` what a read-back found; how many elements, messages
+    /// and addresses went.
+    fn send(
+        &mut self,
+        chunk: &mut Changes,
+        stream: Option<&mut Stream>,
+        next: &mut Mirror,
+    ) -> Result<usize, BackendError> {
+        let script = match stream {
+            Some(s) => {
+                s.lines = 0;
+                std::mem::take(&mut s.script)
+            }
+            None => String::new(),
+        };
         let servers = &next.servers;
-        let (sent, reread) = self.apply(chunk, "", &|k| servers.get(k).cloned())?;
+        let (sent, reread) = self.apply(chunk, &script, &|k| servers.get(k).cloned())?;
+        // Counted by lines, the tables' text too, as a whole rewrite's is.
+        let lines = script.lines().count();
         for (key, state) in reread {
             match state {
                 Some(a) => next.servers.insert(key, a),
@@ -149,7 +212,7 @@ impl IpvsBackend {
         }
         // Draining destinations are found in `next.servers` at the end.
         chunk.drain.clear();
-        Ok(sent)
+        Ok(sent + lines)
     }
 
     /// The whole companion ruleset with every port's elements, and their counts. Each port is
