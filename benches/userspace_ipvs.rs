@@ -15,15 +15,24 @@
 //! nothing else runs then, so its figures are exact byte deltas from the measurement's start.
 //! The peak includes the change list a source would send and the fake kernel's copy of the
 //! virtual servers, addresses and set elements (a real kernel holds those outside the
-//! process); "held" excludes that copy (its size is printed on its own line).
+//! process); "held" excludes that copy (its size is printed on its own line). A third line gives
+//! both figures without the blocks allocated inside a fake kernel call (its state, its script
+//! checks, the messages it encodes and decodes back), wherever they are freed: what IPVS
+//! mode's own user space holds. It does not include what the live kernel path costs in the
+//! process and the fake does not (libnftables parsing a companion script, the socket's
+//! buffers).
 
 mod support;
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kproxy::backends::ipvs::IpvsBackend;
 use kproxy::backends::ipvs::fake_kernel::FakeKernel;
+use kproxy::backends::ipvs::kernel::{Kernel, KernelError};
+use kproxy::backends::ipvs::netlink::{DestState, IpvsMessage, ServiceKey, VirtualServer};
 use kproxy::model::IpFamily;
 use kproxy::sync::runner::Due;
 
@@ -31,7 +40,9 @@ use kproxy::sync::runner::Due;
 static HEAP: heap::Counting = heap::Counting;
 
 /// A global allocator that forwards to the system's and, while enabled, keeps the net bytes
-/// allocated since `start` and their peak.
+/// allocated since `start` and their peak, in all and without the fake kernel's own: every
+/// block carries a header saying whether it was allocated inside a fake kernel call
+/// (`InKernel`), and counts as the fake kernel's until it is freed, wherever that happens.
 mod heap {
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -39,50 +50,81 @@ mod heap {
     pub struct Counting;
 
     static ON: AtomicBool = AtomicBool::new(false);
+    static KERNEL: AtomicBool = AtomicBool::new(false);
     static NET: AtomicI64 = AtomicI64::new(0);
     static PEAK: AtomicI64 = AtomicI64::new(0);
+    /// The part of `NET` in blocks allocated inside the fake kernel.
+    static NET_KERNEL: AtomicI64 = AtomicI64::new(0);
+    /// The peak of `NET - NET_KERNEL`.
+    static PEAK_OWN: AtomicI64 = AtomicI64::new(0);
 
-    fn grew(bytes: i64) {
+    fn grew(bytes: i64, kernel: bool) {
         if ON.load(Ordering::Relaxed) {
             let now = NET.fetch_add(bytes, Ordering::Relaxed) + bytes;
             PEAK.fetch_max(now, Ordering::Relaxed);
+            let k = if kernel {
+                NET_KERNEL.fetch_add(bytes, Ordering::Relaxed) + bytes
+            } else {
+                NET_KERNEL.load(Ordering::Relaxed)
+            };
+            PEAK_OWN.fetch_max(now - k, Ordering::Relaxed);
         }
     }
 
-    // SAFETY: every call forwards to `System` with the caller's arguments unchanged; counting
-    // only touches atomics and never allocates.
+    /// The header before each block (at least 16 bytes, so blocks keep their alignment); its
+    /// first byte is 1 for a block allocated inside the fake kernel.
+    fn header(layout: Layout) -> usize {
+        layout.align().max(16)
+    }
+
+    fn outer(layout: Layout, size: usize) -> Layout {
+        let h = header(layout);
+        Layout::from_size_align(size + h, h).expect("a valid layout stays valid with its header")
+    }
+
+    // SAFETY: every block is the caller's layout with a header in front, allocated and freed
+    // with `System` under the same outer layout; counting only touches atomics and never
+    // allocates.
     unsafe impl GlobalAlloc for Counting {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            // SAFETY: the caller's contract for `alloc`, passed on.
-            let p = unsafe { System.alloc(layout) };
-            if !p.is_null() {
-                grew(layout.size() as i64);
+            // SAFETY: the outer layout has a non-zero size.
+            let p = unsafe { System.alloc(outer(layout, layout.size())) };
+            if p.is_null() {
+                return p;
             }
-            p
-        }
-
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            // SAFETY: the caller's contract for `alloc_zeroed`, passed on.
-            let p = unsafe { System.alloc_zeroed(layout) };
-            if !p.is_null() {
-                grew(layout.size() as i64);
-            }
-            p
+            let kernel = KERNEL.load(Ordering::Relaxed);
+            // SAFETY: the header is inside the block just allocated.
+            unsafe { p.write(u8::from(kernel)) };
+            grew(layout.size() as i64, kernel);
+            // SAFETY: the header's size is less than the block's.
+            unsafe { p.add(header(layout)) }
         }
 
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: the caller's contract for `dealloc`, passed on.
-            unsafe { System.dealloc(ptr, layout) };
-            grew(-(layout.size() as i64));
+            // SAFETY: `ptr` came from `alloc` or `realloc` above, a header after the block's start.
+            let base = unsafe { ptr.sub(header(layout)) };
+            // SAFETY: the header was written when the block was allocated.
+            let kernel = unsafe { base.read() } == 1;
+            // SAFETY: the block was allocated with this outer layout.
+            unsafe { System.dealloc(base, outer(layout, layout.size())) };
+            grew(-(layout.size() as i64), kernel);
         }
 
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            // SAFETY: the caller's contract for `realloc`, passed on.
-            let p = unsafe { System.realloc(ptr, layout, new_size) };
-            if !p.is_null() {
-                grew(new_size as i64 - layout.size() as i64);
+            let h = header(layout);
+            // SAFETY: as in `dealloc`.
+            let base = unsafe { ptr.sub(h) };
+            // SAFETY: the block was allocated with this outer layout; the new one keeps its
+            // alignment; realloc keeps the header's byte.
+            let p = unsafe { System.realloc(base, outer(layout, layout.size()), new_size + h) };
+            if p.is_null() {
+                return p;
             }
-            p
+            // SAFETY: the header moved with the block.
+            let kernel = unsafe { p.read() } == 1;
+            grew(new_size as i64 - layout.size() as i64, kernel);
+            // SAFETY: as in `alloc`.
+            unsafe { p.add(h) }
         }
     }
 
@@ -90,18 +132,86 @@ mod heap {
     pub fn start() {
         NET.store(0, Ordering::Relaxed);
         PEAK.store(0, Ordering::Relaxed);
+        NET_KERNEL.store(0, Ordering::Relaxed);
+        PEAK_OWN.store(0, Ordering::Relaxed);
         ON.store(true, Ordering::SeqCst);
     }
 
-    /// Net bytes allocated since `start`.
-    pub fn net() -> i64 {
-        NET.load(Ordering::Relaxed)
+    /// Net bytes allocated since `start`, and the part of them the fake kernel allocated.
+    pub fn net() -> (i64, i64) {
+        (
+            NET.load(Ordering::Relaxed),
+            NET_KERNEL.load(Ordering::Relaxed),
+        )
     }
 
-    /// Stops counting; the peak of the net bytes since `start`.
-    pub fn stop() -> i64 {
+    /// Stops counting; the peak of the net bytes since `start`, and of those outside the fake
+    /// kernel's blocks.
+    pub fn stop() -> (i64, i64) {
         ON.store(false, Ordering::SeqCst);
-        PEAK.load(Ordering::Relaxed)
+        (
+            PEAK.load(Ordering::Relaxed),
+            PEAK_OWN.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Runs `f` as the fake kernel: what it allocates is the fake kernel's.
+    pub fn in_kernel<T>(f: impl FnOnce() -> T) -> T {
+        KERNEL.store(true, Ordering::Relaxed);
+        let out = f();
+        KERNEL.store(false, Ordering::Relaxed);
+        out
+    }
+}
+
+/// The fake kernel, with what it allocates counted as its own (`heap::in_kernel`).
+struct InKernel(FakeKernel);
+
+impl Kernel for InKernel {
+    fn load_ipvs(&mut self) -> Result<(), KernelError> {
+        heap::in_kernel(|| self.0.load_ipvs())
+    }
+    fn ipvs(&mut self, messages: Vec<IpvsMessage>) -> Result<usize, KernelError> {
+        heap::in_kernel(|| self.0.ipvs(messages))
+    }
+    fn ipvs_loaded(&mut self) -> bool {
+        heap::in_kernel(|| self.0.ipvs_loaded())
+    }
+    fn services(&mut self) -> Result<Vec<VirtualServer>, KernelError> {
+        heap::in_kernel(|| self.0.services())
+    }
+    fn dests(&mut self, service: &ServiceKey) -> Result<Vec<DestState>, KernelError> {
+        heap::in_kernel(|| self.0.dests(service))
+    }
+    fn service(&mut self, service: &ServiceKey) -> Result<Option<VirtualServer>, KernelError> {
+        heap::in_kernel(|| self.0.service(service))
+    }
+    fn addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError> {
+        heap::in_kernel(|| self.0.addresses())
+    }
+    fn bind(&mut self, add: Vec<IpAddr>, remove: Vec<IpAddr>) -> Result<usize, KernelError> {
+        heap::in_kernel(|| self.0.bind(add, remove))
+    }
+    fn link_present(&mut self) -> Result<bool, KernelError> {
+        heap::in_kernel(|| self.0.link_present())
+    }
+    fn is_local(&mut self, ip: IpAddr) -> Result<bool, KernelError> {
+        heap::in_kernel(|| self.0.is_local(ip))
+    }
+    fn nft(&mut self, script: &str) -> Result<(), KernelError> {
+        heap::in_kernel(|| self.0.nft(script))
+    }
+    fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError> {
+        heap::in_kernel(|| self.0.companion_rules(family))
+    }
+    fn sysctl(&mut self, path: &str, value: &str) -> Result<(), KernelError> {
+        heap::in_kernel(|| self.0.sysctl(path, value))
+    }
+    fn delete_link(&mut self) -> Result<bool, KernelError> {
+        heap::in_kernel(|| self.0.delete_link())
+    }
+    fn host_addresses(&mut self) -> Result<BTreeSet<IpAddr>, KernelError> {
+        heap::in_kernel(|| self.0.host_addresses())
     }
 }
 
@@ -111,14 +221,14 @@ fn heap_of_full_sync(rt: &tokio::runtime::Runtime, n: u32) {
     let mib = |bytes: i64| bytes as f64 / (1024.0 * 1024.0);
     heap::start();
     let kernel = FakeKernel::default();
-    let backend = IpvsBackend::new(&support::config(), Box::new(kernel.clone()))
+    let backend = IpvsBackend::new(&support::config(), Box::new(InKernel(kernel.clone())))
         .with_families(vec![IpFamily::V4]);
     let (mut syncer, shared) = support::syncer(Box::new(backend), n);
     assert!(rt.block_on(syncer.sync(Due::Full)).applied());
-    let with_kernel = heap::net();
+    let (with_kernel, _) = heap::net();
     *kernel.state() = Default::default();
-    let held = heap::net();
-    let peak = heap::stop();
+    let (held, in_kernel) = heap::net();
+    let (peak, peak_own) = heap::stop();
     println!(
         "IPVS user space, {n} Services × 10: peak heap {:.1} MiB, held after sync {:.1} MiB",
         mib(peak),
@@ -128,6 +238,13 @@ fn heap_of_full_sync(rt: &tokio::runtime::Runtime, n: u32) {
         "IPVS user space, {n} Services × 10: the fake kernel's state {:.1} MiB (in the peak, not \
          in held)",
         mib(with_kernel - held)
+    );
+    println!(
+        "IPVS user space, {n} Services × 10: without the blocks the fake kernel allocated (its \
+         state, its parsing, the messages it decodes): peak heap {:.1} MiB, held after sync \
+         {:.1} MiB",
+        mib(peak_own),
+        mib(held - in_kernel)
     );
     drop((syncer, shared));
 }

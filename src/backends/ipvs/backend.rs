@@ -1,8 +1,8 @@
 //! The IPVS backend: compile each service port (`compile.rs`), diff against the mirror of what
 //! was applied (`mirror.rs`), apply through the kernel (`kernel.rs`). Full syncs read the
 //! kernel's virtual servers and the dummy interface's addresses and reconcile them (adoption:
-//! nothing that is right is removed or re-added); partial syncs send only the messages of the
-//! changed ports. Removed TCP destinations drain at weight 0 and are deleted once IPVS counts no
+//! nothing that is right is removed or re-added), streamed port by port in batches
+//! (`backend/full.rs`); partial syncs send only the messages of the changed ports. Removed TCP destinations drain at weight 0 and are deleted once IPVS counts no
 //! connection on them, or after `DRAIN_LIMIT`.
 //!
 //! Invariants: the mirror changes only after everything of a sync was applied; any failure
@@ -10,20 +10,23 @@
 //! (`F_KPROXY`), those at a key a service port wants, and those on addresses bound to the dummy
 //! interface (only kproxy binds there); nothing else in IPVS is touched, on the node's own
 //! addresses neither; a refusal that says IPVS differs from the mirror (EEXIST, ESRCH,
-//! ENOENT) makes the sync read the servers it touched back and send the difference, once; the
+//! ENOENT) makes the sync read the servers its batch touched back and send the difference, once
+//! per batch (a partial sync is one batch); the
 //! companion tables are rewritten whole, atomically, only by the first full sync and the first
 //! after a failure, drift or cleanup; otherwise only their elements' difference is sent.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::compile::{self, Element, IpvsSettings, PortState, Server, TABLE};
 use super::kernel::{Kernel, KernelError};
-use super::mirror::{self, Applied, Changes, Mirror};
-use super::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey, VirtualServer};
+use super::mirror::{self, Applied, Changes, Mirror, Owner};
+use super::netlink::{DestKey, ServiceKey, VirtualServer};
 use super::render;
 
 mod between;
+mod full;
 use crate::backends::error::Step;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
@@ -150,66 +153,47 @@ impl IpvsBackend {
         Ok(())
     }
 
-    fn compile(
-        &self,
-        plans: &Plans,
-        name: &ServicePortName,
-        node: &NodeFacts,
-    ) -> Option<PortState> {
-        plans
-            .get(name)
-            .map(|p| compile::compile_port(p, node, &self.settings))
+    /// The node facts to compile with, shared: the mirror's when they are equal to `node`.
+    fn facts(&self, node: &NodeFacts) -> Arc<NodeFacts> {
+        match &self.mirror.facts {
+            Some(f) if **f == *node => f.clone(),
+            _ => Arc::new(node.clone()),
+        }
     }
 
-    /// The kernel's virtual servers that are kproxy's (see the invariants; `wanted`: the keys
-    /// the service ports want), with their destinations.
-    fn read_ours(
-        &mut self,
-        bound: &BTreeSet<std::net::IpAddr>,
-        wanted: &BTreeSet<ServiceKey>,
-    ) -> Result<BTreeMap<ServiceKey, Applied>, BackendError> {
-        let adopt = |e: KernelError| BackendError::at(Step::Adopt, e);
-        let mut out = BTreeMap::new();
-        for vs in self.kernel.services().map_err(adopt)? {
-            let ours = vs.owned || wanted.contains(&vs.key) || bound.contains(&vs.key.addr);
-            if !ours {
-                continue;
-            }
-            let dests = self
-                .kernel
-                .dests(&vs.key)
-                .map_err(adopt)?
-                .into_iter()
-                .map(|d| (d.key, d.weight))
-                .collect();
-            out.insert(vs.key, Applied { vs, dests });
-        }
-        Ok(out)
+    /// `vs` with its destinations as the kernel has them.
+    fn read_dests(&mut self, vs: VirtualServer) -> Result<Applied, KernelError> {
+        let dests = self
+            .kernel
+            .dests(&vs.key)?
+            .into_iter()
+            .map(|d| (d.key, d.weight))
+            .collect();
+        Ok(Applied { vs, dests })
     }
 
     /// Server `key` as the kernel has it now, with its destinations.
     fn read_server(&mut self, key: &ServiceKey) -> Result<Option<Applied>, KernelError> {
-        let Some(vs) = self.kernel.service(key)? else {
-            return Ok(None);
-        };
-        let dests = self
-            .kernel
-            .dests(key)?
-            .into_iter()
-            .map(|d| (d.key, d.weight))
-            .collect();
-        Ok(Some(Applied { vs, dests }))
+        match self.kernel.service(key)? {
+            Some(vs) => Ok(Some(self.read_dests(vs)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// What replaces the companion table of `family` in one transaction, before its elements:
+    /// the table made sure of, deleted, and created again without elements.
+    fn companion_table(&self, family: IpFamily) -> String {
+        let f = family_name(family);
+        let mut script = format!("table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\n");
+        script.push_str(&compile::table(family, &self.settings));
+        script
     }
 
     /// The whole companion ruleset with `elements`, replacing what is there in one transaction.
     fn companion_script<'a>(&self, elements: impl Iterator<Item = &'a Element> + Clone) -> String {
         let mut script = String::new();
         for fam in &self.families {
-            let f = family_name(*fam);
-            script.push_str(&format!(
-                "table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\n"
-            ));
-            script.push_str(&compile::table(*fam, &self.settings));
+            script.push_str(&self.companion_table(*fam));
             for e in elements.clone().filter(|e| e.family == *fam) {
                 script.push_str(&element_line("add", e));
             }
@@ -217,47 +201,53 @@ impl IpvsBackend {
         script
     }
 
-    /// Applies `changes` after the companion `script`. `after` is the state each server the
-    /// changes touch should be left in. When IPVS refuses a message because it differs from the
-    /// mirror (someone else added or deleted a server or destination), those servers are read
-    /// back and the difference to `after` is sent, once; a second refusal is an error, and the
-    /// sync loop's full resync reads everything. Returns how many messages were sent, and the
-    /// servers read back with the state they were left in (for the mirror).
+    /// Applies `changes` after the companion `script`, moving its messages to the kernel (they
+    /// are not copied). `after` is the state each server the changes touch should be left in.
+    /// When IPVS refuses a message because it differs from the mirror (someone else added or
+    /// deleted a server or destination), those servers are read back and the difference to
+    /// `after` is sent, once; a second refusal is an error, and the sync loop's full resync
+    /// reads everything. Returns how many messages were sent, and the servers read back with
+    /// the state they were left in (for the mirror).
     fn apply(
         &mut self,
-        changes: &Changes,
+        changes: &mut Changes,
         script: &str,
         after: &dyn Fn(&ServiceKey) -> Option<Applied>,
     ) -> Result<(usize, Reread), BackendError> {
         if !script.is_empty() {
             self.kernel.nft(script).map_err(apply_err)?;
         }
-        let (mut sent, reread) = match self.kernel.ipvs(changes.ipvs.clone()) {
+        let messages = std::mem::take(&mut changes.ipvs);
+        // The servers the messages touch, kept for a read-back: the messages go to the kernel.
+        let touched: BTreeSet<ServiceKey> = messages
+            .iter()
+            .filter_map(|m| VirtualServer::from_attrs(m.service_attrs()?))
+            .map(|vs| vs.key)
+            .collect();
+        let (mut sent, reread) = match self.kernel.ipvs(messages) {
             Ok(n) => (n, Reread::new()),
             Err(e) if e.is_state_mismatch() => {
                 tracing::info!(error = %e, "IPVS differs from what kproxy applied; reading the servers concerned back");
-                self.resend(&changes.ipvs, after)?
+                self.resend(touched, after)?
             }
             Err(e) => return Err(apply_err(e)),
         };
         sent += self
             .kernel
-            .bind(changes.bind.clone(), changes.unbind.clone())
+            .bind(
+                std::mem::take(&mut changes.bind),
+                std::mem::take(&mut changes.unbind),
+            )
             .map_err(apply_err)?;
         Ok((sent, reread))
     }
 
-    /// Reads back every server that `messages` touch and sends what turns each into `after`.
+    /// Reads back every server in `keys` and sends what turns each into `after`.
     fn resend(
         &mut self,
-        messages: &[IpvsMessage],
+        keys: BTreeSet<ServiceKey>,
         after: &dyn Fn(&ServiceKey) -> Option<Applied>,
     ) -> Result<(usize, Reread), BackendError> {
-        let keys: BTreeSet<ServiceKey> = messages
-            .iter()
-            .filter_map(|m| VirtualServer::from_attrs(m.service_attrs()?))
-            .map(|vs| vs.key)
-            .collect();
         let mut fix = Changes::default();
         let mut reread = Reread::new();
         for key in keys {
@@ -301,9 +291,16 @@ impl Backend for IpvsBackend {
         if self.rewrite {
             return Err(BackendError::not_loaded());
         }
-        let desired: BTreeMap<ServicePortName, Option<PortState>> = changed
+        let facts = self.facts(node);
+        let desired: BTreeMap<ServicePortName, Option<Owner>> = changed
             .iter()
-            .map(|name| (name.clone(), self.compile(plans, name, node)))
+            .map(|name| {
+                let owner = plans.get(name).map(|p| Owner {
+                    planned: p.clone(),
+                    facts: facts.clone(),
+                });
+                (name.clone(), owner)
+            })
             .collect();
         let result = self.apply_ports(desired);
         self.rewrite |= result.is_err();
@@ -339,92 +336,15 @@ impl Backend for IpvsBackend {
 }
 
 impl IpvsBackend {
-    /// A full sync: reads the kernel's servers and the dummy's addresses, keeps what is right
-    /// and sends what differs; the companion tables get the difference of their elements from
-    /// the mirror, or are rewritten whole in one transaction when `rewrite` is set.
-    fn adopt_all(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
-        self.prepare()?;
-        let bound = self
-            .kernel
-            .addresses()
-            .map_err(|e| BackendError::at(Step::Adopt, e))?;
-        let desired: BTreeMap<ServicePortName, Option<PortState>> = plans
-            .keys()
-            .map(|name| (name.clone(), self.compile(plans, name, node)))
-            .collect();
-        let wanted: BTreeSet<ServiceKey> = desired
-            .values()
-            .flatten()
-            .flat_map(|p| p.servers.keys().copied())
-            .collect();
-        let kernel = self.read_ours(&bound, &wanted)?;
-        let base = Mirror {
-            servers: kernel.clone(),
-            ..Mirror::default()
-        };
-        let (mut changes, delta) = base.diff_ports(&desired);
-        let mut next = base;
-        next.commit(delta);
-        for key in kernel.keys().filter(|k| !next.owners.contains_key(k)) {
-            changes
-                .ipvs
-                .push(IpvsMessage::service(Cmd::DelService, key.attrs()));
-            next.servers.remove(key);
-        }
-        changes.bind = next
-            .addresses
-            .keys()
-            .filter(|a| !bound.contains(a))
-            .copied()
-            .collect();
-        changes.unbind = bound
-            .iter()
-            .filter(|a| !next.addresses.contains_key(a))
-            .copied()
-            .collect();
-        let script = if self.rewrite {
-            self.companion_script(next.elements.keys())
-        } else {
-            let old = &self.mirror.elements;
-            elements_script(
-                old.keys().filter(|e| !next.elements.contains_key(e)),
-                next.elements.keys().filter(|e| !old.contains_key(e)),
-            )
-        };
-        let (sent, reread) = self.apply(&changes, &script, &|k| next.servers.get(k).cloned())?;
-        for (key, state) in reread {
-            match state {
-                Some(a) => next.servers.insert(key, a),
-                None => next.servers.remove(&key),
-            };
-        }
-        // Destinations found at weight 0 were draining under a previous kproxy.
-        let adopted: Vec<(ServiceKey, DestKey)> = next
-            .servers
-            .iter()
-            .flat_map(|(s, a)| {
-                a.dests
-                    .iter()
-                    .filter(|(_, w)| **w == 0)
-                    .map(move |(d, _)| (*s, *d))
-            })
-            .collect();
-        self.mirror = next;
-        self.track_drains(&adopted);
-        Ok(SyncReport {
-            operations: sent + script.lines().count(),
-        })
-    }
-
     /// Sends what turns the mirror's state of each port in `desired` into its new state
     /// (None: the port is gone), companion elements included; never reads the kernel.
     fn apply_ports(
         &mut self,
-        desired: BTreeMap<ServicePortName, Option<PortState>>,
+        desired: BTreeMap<ServicePortName, Option<Owner>>,
     ) -> Result<SyncReport, BackendError> {
-        let (changes, mut delta) = self.mirror.diff_ports(&desired);
+        let (mut changes, mut delta) = self.mirror.diff_ports(desired, &self.settings);
         let script = elements_script(changes.del_elements.iter(), changes.add_elements.iter());
-        let (sent, reread) = self.apply(&changes, &script, &|k| {
+        let (sent, reread) = self.apply(&mut changes, &script, &|k| {
             delta.servers.get(k).cloned().flatten()
         })?;
         delta.servers.extend(reread);

@@ -95,8 +95,8 @@ fn a_full_sync_programs_servers_addresses_sets_and_sysctls() {
         ]
     );
     assert!(s.elements.contains(&(
-        "ip".into(),
-        "firewall-allow".into(),
+        "ip",
+        "firewall-allow",
         "198.51.100.7 . tcp . 443 . 203.0.113.0/24".into()
     )));
     assert_eq!(s.sysctls["net/ipv4/vs/conntrack"], "1");
@@ -415,5 +415,44 @@ fn connection_timeouts_are_set_once_and_only_when_given() {
     assert_eq!(
         kernel.state().timeouts,
         [super::netlink::CmdAttr::TimeoutTcpFin(30)]
+    );
+}
+
+#[test]
+fn a_streamed_full_sync_builds_the_mirror_that_diffing_every_port_at_once_builds() {
+    // 1,000 Services: a cold full sync sends its messages in several batches.
+    let plans = services(1000);
+    let streamed = FakeKernel::default();
+    let mut a = backend(&streamed);
+    a.sync_full(&plans, &node()).unwrap();
+    let diffed = FakeKernel::default();
+    let mut b = backend(&diffed);
+    b.sync_full(&Plans::new(), &node()).unwrap();
+    let every: BTreeSet<ServicePortName> = plans.keys().cloned().collect();
+    b.sync_partial(&plans, &every, &node()).unwrap();
+    assert_eq!(a.mirror(), b.mirror());
+    let (s, d) = (streamed.state(), diffed.state());
+    assert_eq!(
+        (&s.services, &s.addresses, &s.elements),
+        (&d.services, &d.addresses, &d.elements)
+    );
+}
+
+#[test]
+fn a_cold_start_sends_the_companion_elements_with_their_batches_and_a_restart_in_one_script() {
+    let plans = services(1000);
+    let kernel = FakeKernel::default();
+    backend(&kernel).sync_full(&plans, &node()).unwrap();
+    let cold = kernel.state().scripts;
+    assert!(cold > 1, "no table was there: one script per batch");
+    // The tables are there now: replacing them must never leave an element missing.
+    backend(&kernel).sync_full(&plans, &node()).unwrap();
+    assert_eq!(kernel.state().scripts, cold + 1);
+    let fresh = FakeKernel::default();
+    backend(&fresh).sync_full(&plans, &node()).unwrap();
+    let (s, f) = (kernel.state(), fresh.state());
+    assert_eq!(
+        (&s.services, &s.addresses, &s.elements, &s.tables),
+        (&f.services, &f.addresses, &f.elements, &f.tables)
     );
 }

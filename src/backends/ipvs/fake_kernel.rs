@@ -52,8 +52,9 @@ pub struct FakeState {
     pub host_addresses: BTreeSet<IpAddr>,
     /// Companion tables present, by family name ("ip", "ip6").
     pub tables: BTreeSet<String>,
-    /// (family, set, key) of every companion set element.
-    pub elements: BTreeSet<(String, String, String)>,
+    /// (family, set, key) of every companion set element (family and set names are static:
+    /// only the key is held as text).
+    pub elements: BTreeSet<(&'static str, &'static str, String)>,
     pub sysctls: BTreeMap<String, String>,
     /// The connection timeouts set (SET_CONFIG attributes).
     pub timeouts: Vec<super::netlink::CmdAttr>,
@@ -214,36 +215,47 @@ impl FakeState {
     }
 
     /// Applies an nft script of the shapes the backend writes, atomically: every line is
-    /// checked against the state as the earlier lines leave it before anything changes.
+    /// checked against the state as the earlier lines leave it before anything changes. The
+    /// script is read line by line, three times (the elements it deletes; the checks; the
+    /// changes), so checking a whole table's load holds no copy of its elements.
     fn script(&mut self, script: &str) -> Result<(), KernelError> {
-        let ops = parse(script)?;
+        let mut deleted: BTreeSet<Elem> = BTreeSet::new();
+        for op in ops(script) {
+            if let Op::Delete(e) = op? {
+                deleted.insert(e);
+            }
+        }
         let mut tables: BTreeMap<&str, bool> = BTreeMap::new();
-        let mut elements: BTreeMap<&(String, String, String), bool> = BTreeMap::new();
+        // Only the elements the script deletes need tracking: adding one never fails.
+        let mut elements: BTreeMap<Elem, bool> = BTreeMap::new();
         let mut cleared: BTreeSet<&str> = BTreeSet::new();
-        for op in &ops {
+        for op in ops(script) {
+            let op = op?;
             match op {
                 Op::Table(fam) | Op::Create(fam) => {
                     tables.insert(fam, true);
                 }
                 Op::DeleteTable(fam) => {
-                    let present = tables.get(fam.as_str()).copied();
+                    let present = tables.get(fam).copied();
                     if !present.unwrap_or_else(|| self.tables.contains(fam)) {
                         return Err(script_refused("delete table", "ENOENT"));
                     }
                     tables.insert(fam, false);
                     cleared.insert(fam);
-                    elements.retain(|(f, _, _), _| f != fam);
+                    elements.retain(|(f, _, _), _| *f != fam);
                 }
                 Op::Add(e) | Op::Delete(e) => {
-                    let fam = e.0.as_str();
+                    let fam = e.0;
                     let table = tables.get(fam).copied();
                     if !table.unwrap_or_else(|| self.tables.contains(fam)) {
                         return Err(script_refused("element of a missing table", "ENOENT"));
                     }
-                    let present = elements
-                        .get(e)
-                        .copied()
-                        .unwrap_or_else(|| !cleared.contains(fam) && self.elements.contains(e));
+                    if !deleted.contains(&e) {
+                        continue;
+                    }
+                    let present = elements.get(&e).copied().unwrap_or_else(|| {
+                        !cleared.contains(fam) && self.elements.contains(&owned(e))
+                    });
                     if matches!(op, Op::Delete(_)) && !present {
                         return Err(script_refused("delete element", "ENOENT"));
                     }
@@ -251,24 +263,24 @@ impl FakeState {
                 }
             }
         }
-        for op in ops {
-            match op {
+        for op in ops(script) {
+            match op? {
                 Op::Table(fam) => {
-                    self.tables.insert(fam);
+                    self.tables.insert(fam.to_string());
                 }
                 Op::Create(fam) => {
-                    self.tables.insert(fam);
+                    self.tables.insert(fam.to_string());
                     self.tables_created += 1;
                 }
                 Op::DeleteTable(fam) => {
-                    self.tables.remove(&fam);
+                    self.tables.remove(fam);
                     self.elements.retain(|(f, _, _)| *f != fam);
                 }
                 Op::Add(e) => {
-                    self.elements.insert(e);
+                    self.elements.insert(owned(e));
                 }
                 Op::Delete(e) => {
-                    self.elements.remove(&e);
+                    self.elements.remove(&owned(e));
                 }
             }
         }
@@ -276,32 +288,56 @@ impl FakeState {
     }
 }
 
-/// One step of an nft script.
-enum Op {
-    Table(String),
-    /// A table with its body (sets, chains).
-    Create(String),
-    DeleteTable(String),
-    Add((String, String, String)),
-    Delete((String, String, String)),
+/// (family, set, key) of an element, as the script writes it.
+type Elem<'a> = (&'static str, &'static str, &'a str);
+
+fn owned((fam, set, key): Elem) -> (&'static str, &'static str, String) {
+    (fam, set, key.to_string())
 }
 
-fn parse(script: &str) -> Result<Vec<Op>, KernelError> {
-    let mut ops = Vec::new();
+/// The companion table's families and sets (`compile::table`).
+const FAMILIES: [&str; 2] = ["ip", "ip6"];
+const SETS: [&str; 7] = [
+    "cluster-ips",
+    "external-masq",
+    "dropped",
+    "rejected",
+    "firewall",
+    "firewall-allow",
+    "hairpin",
+];
+
+/// `name` as one of `names`.
+fn known(names: &[&'static str], name: &str) -> Option<&'static str> {
+    names.iter().copied().find(|n| *n == name)
+}
+
+/// One step of an nft script.
+enum Op<'a> {
+    Table(&'a str),
+    /// A table with its body (sets, chains).
+    Create(&'a str),
+    DeleteTable(&'a str),
+    Add(Elem<'a>),
+    Delete(Elem<'a>),
+}
+
+/// The steps of `script`, in order, read as they are asked for.
+fn ops(script: &str) -> impl Iterator<Item = Result<Op<'_>, KernelError>> {
     let mut in_table = false;
-    for line in script.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
+    script.lines().filter_map(move |line| {
         if in_table {
             in_table = line != "}";
-            continue;
+            return None;
         }
-        match words.as_slice() {
-            ["table", fam, "kproxy-ipvs", "{}"] => ops.push(Op::Table(fam.to_string())),
+        let words: Vec<&str> = line.split_whitespace().take(7).collect();
+        let op = match words.as_slice() {
+            ["table", fam, "kproxy-ipvs", "{}"] => Op::Table(fam),
             ["table", fam, "kproxy-ipvs", "{"] => {
-                ops.push(Op::Create(fam.to_string()));
                 in_table = true;
+                Op::Create(fam)
             }
-            ["delete", "table", fam, "kproxy-ipvs"] => ops.push(Op::DeleteTable(fam.to_string())),
+            ["delete", "table", fam, "kproxy-ipvs"] => Op::DeleteTable(fam),
             [
                 verb @ ("add" | "delete"),
                 "element",
@@ -309,21 +345,34 @@ fn parse(script: &str) -> Result<Vec<Op>, KernelError> {
                 "kproxy-ipvs",
                 set,
                 "{",
-                rest @ ..,
+                ..,
             ] => {
-                let key = rest[..rest.len() - 1].join(" ");
-                let e = (fam.to_string(), set.to_string(), key);
-                ops.push(if *verb == "add" {
-                    Op::Add(e)
+                // The key: the words between the braces (single spaces, as kproxy writes them).
+                let key = line
+                    .split_once(" { ")
+                    .and_then(|(_, rest)| rest.trim_end().strip_suffix('}'))
+                    .map(str::trim)
+                    .unwrap_or_default();
+                let (Some(fam), Some(set)) = (known(&FAMILIES, fam), known(&SETS, set)) else {
+                    return Some(Err(script_refused(
+                        &format!("no set {fam} {set}"),
+                        "ENOENT",
+                    )));
+                };
+                if *verb == "add" {
+                    Op::Add((fam, set, key))
                 } else {
-                    Op::Delete(e)
-                });
+                    Op::Delete((fam, set, key))
+                }
             }
-            [] => {}
-            _ => return Err(script_refused(&format!("unknown line {line:?}"), "EINVAL")),
-        }
-    }
-    Ok(ops)
+            [] => return None,
+            _ => {
+                let what = format!("unknown line {line:?}");
+                return Some(Err(script_refused(&what, "EINVAL")));
+            }
+        };
+        Some(Ok(op))
+    })
 }
 
 impl Kernel for FakeKernel {

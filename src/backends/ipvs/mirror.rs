@@ -1,21 +1,50 @@
-//! What IPVS mode last applied successfully, and the diff of a desired state against it: the
-//! netlink messages for virtual servers and destinations, the addresses to bind and unbind, and
-//! the companion set elements to add and delete. Pure.
+//! What IPVS mode last applied successfully, and the diff of the changed service ports against
+//! it: the netlink messages for virtual servers and destinations, the addresses to bind and
+//! unbind, and the companion set elements to add and delete. Pure.
 //!
-//! Invariants: `servers` is the kernel's state as kproxy left it, including destinations that
-//! are draining (weight 0); addresses and elements are reference-counted over the service
-//! ports that want them (a ClusterIP shared by several ports stays bound until the last one
+//! Invariants: per service port the mirror holds only the plan and node facts it was compiled
+//! from (`Owner`, shared with the sync loop): compiling them again gives what the port
+//! contributed, so a diff compiles the old and the new state of the ports it covers and no
+//! compiled state is kept between syncs; `servers` is the kernel's state as kproxy left it,
+//! including destinations that are draining (weight 0); addresses and elements are
+//! reference-counted over the service ports that want them, elements by a hash of their text
+//! (`ids.rs`) (a ClusterIP shared by several ports stays bound until the last one
 //! goes); a removed TCP destination is drained (weight 0) instead of deleted, UDP and SCTP ones
 //! are deleted at once, as upstream (expire_nodest_conn ends their flows); a destination that
 //! comes back while draining gets its weight back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use super::compile::{Element, PortState, Server};
+use super::compile::{self, Element, IpvsSettings, PortState, Server};
+use super::ids::{Counts, ElemId};
 use super::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey, VirtualServer};
 use super::socket::dest_message;
+use crate::model::plan::Planned;
 use crate::model::{Protocol, ServicePortName};
+use crate::node::NodeFacts;
+
+/// What one service port contributed: its plan and the node facts it was compiled with, both
+/// shared (with the sync loop, and between ports), so the mirror holds no compiled state per
+/// port. Compiling them again gives exactly what the port contributed (compile is pure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub planned: Arc<Planned>,
+    pub facts: Arc<NodeFacts>,
+}
+
+impl Owner {
+    pub fn compile(&self, settings: &IpvsSettings) -> PortState {
+        compile::compile_port(&self.planned, &self.facts, settings)
+    }
+
+    /// Whether compiling `other` gives what this owner contributed.
+    pub fn same(&self, other: &Owner) -> bool {
+        (Arc::ptr_eq(&self.planned, &other.planned) || self.planned == other.planned)
+            && (Arc::ptr_eq(&self.facts, &other.facts) || self.facts == other.facts)
+    }
+}
 
 /// A virtual server as the kernel has it: destinations with their weights.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,12 +81,47 @@ impl Changes {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Mirror {
-    pub ports: BTreeMap<ServicePortName, PortState>,
+    pub ports: BTreeMap<ServicePortName, Owner>,
+    /// The node facts of the last sync that compiled a port (shared by the owners it wrote).
+    pub facts: Option<Arc<NodeFacts>>,
     pub servers: BTreeMap<ServiceKey, Applied>,
     /// The ports that declare each server (two only when Services collide).
-    pub owners: BTreeMap<ServiceKey, BTreeSet<ServicePortName>>,
+    pub owners: BTreeMap<ServiceKey, Owners>,
     pub addresses: BTreeMap<IpAddr, usize>,
-    pub elements: BTreeMap<Element, usize>,
+    pub elements: Counts,
+}
+
+/// The ports that declare one server, in name order: the first declares it. Two only when
+/// Services collide, so a list, grown one at a time (8 bytes for the usual one owner).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owners(Vec<ServicePortName>);
+
+impl Owners {
+    pub fn insert(&mut self, name: ServicePortName) {
+        if let Err(at) = self.0.binary_search(&name) {
+            self.0.reserve_exact(1);
+            self.0.insert(at, name);
+        }
+    }
+
+    pub fn remove(&mut self, name: &ServicePortName) {
+        if let Ok(at) = self.0.binary_search(name) {
+            self.0.remove(at);
+        }
+    }
+
+    /// The port that declares the server.
+    pub fn first(&self) -> Option<&ServicePortName> {
+        self.0.first()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The messages that turn `have` into `want` for one virtual server.
@@ -128,11 +192,12 @@ pub fn after(have: Option<&Applied>, want: Option<&Server>) -> Option<Applied> {
 /// so a partial sync costs O(change), not O(Services).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Delta {
-    ports: BTreeMap<ServicePortName, Option<PortState>>,
+    ports: BTreeMap<ServicePortName, Option<Owner>>,
+    facts: Option<Arc<NodeFacts>>,
     pub servers: BTreeMap<ServiceKey, Option<Applied>>,
-    owners: BTreeMap<ServiceKey, BTreeSet<ServicePortName>>,
+    owners: BTreeMap<ServiceKey, Owners>,
     addresses: BTreeMap<IpAddr, usize>,
-    elements: BTreeMap<Element, usize>,
+    elements: Counts,
 }
 
 /// Counts `old` → `new` into `overlay` (seeded from `counts` on first touch); the keys whose
@@ -167,50 +232,112 @@ fn count<K: Ord + Clone>(
     }
 }
 
+/// `count` for elements, keyed by their ids; the texts of the elements whose count went from
+/// 0 to 1 are `added`, from 1 to 0 `removed`.
+pub fn count_elements(
+    counts: &Counts,
+    overlay: &mut Counts,
+    old: &BTreeSet<Element>,
+    new: &BTreeSet<Element>,
+    added: &mut Vec<Element>,
+    removed: &mut Vec<Element>,
+) {
+    for e in new.difference(old) {
+        let id = ElemId::of(e);
+        let n = overlay
+            .entry(id)
+            .or_insert_with(|| counts.get(&id).copied().unwrap_or(0));
+        *n += 1;
+        if *n == 1 {
+            added.push(e.clone());
+        }
+    }
+    for e in old.difference(new) {
+        let id = ElemId::of(e);
+        let n = overlay
+            .entry(id)
+            .or_insert_with(|| counts.get(&id).copied().unwrap_or(0));
+        if *n > 0 {
+            *n -= 1;
+            if *n == 0 {
+                removed.push(e.clone());
+            }
+        }
+    }
+}
+
+/// Applies an overlay of element counts (0: the element is gone).
+pub fn commit_elements(counts: &mut Counts, overlay: Counts) {
+    for (id, n) in overlay {
+        if n == 0 {
+            counts.remove(&id);
+        } else {
+            counts.insert(id, n);
+        }
+    }
+}
+
 impl Mirror {
-    /// The changes that replace the applied state of each port in `ports` by its new state
-    /// (None: the port is gone), and the delta that brings the mirror there once they are
-    /// applied (`commit`).
+    /// The changes that replace the applied state of each port in `ports` by the state its new
+    /// owner compiles to (None: the port is gone), and the delta that brings the mirror there
+    /// once they are applied (`commit`). Compiles the old and new state of each port whose
+    /// owner changed, and the state of another owner of a server they touch.
     pub fn diff_ports(
         &self,
-        ports: &BTreeMap<ServicePortName, Option<PortState>>,
+        ports: BTreeMap<ServicePortName, Option<Owner>>,
+        settings: &IpvsSettings,
     ) -> (Changes, Delta) {
         let mut out = Changes::default();
         let mut delta = Delta::default();
-        let empty = PortState::default();
         let mut touched: BTreeSet<ServiceKey> = BTreeSet::new();
+        // The new state of the ports compiled here.
+        let mut states: BTreeMap<ServicePortName, PortState> = BTreeMap::new();
         for (name, new) in ports {
-            let old = self.ports.get(name).unwrap_or(&empty);
-            let new_ref = new.as_ref().unwrap_or(&empty);
-            for key in old.servers.keys().chain(new_ref.servers.keys()) {
+            let old = self.ports.get(&name);
+            if let (Some(o), Some(n)) = (old, &new)
+                && o.same(n)
+            {
+                delta.ports.insert(name, new);
+                continue;
+            }
+            if let Some(n) = &new {
+                delta.facts = Some(n.facts.clone());
+            }
+            let old = old.map(|o| o.compile(settings)).unwrap_or_default();
+            let new_state = new
+                .as_ref()
+                .map(|o| o.compile(settings))
+                .unwrap_or_default();
+            for key in old.servers.keys().chain(new_state.servers.keys()) {
                 touched.insert(*key);
                 let owners = delta
                     .owners
                     .entry(*key)
                     .or_insert_with(|| self.owners.get(key).cloned().unwrap_or_default());
-                if new_ref.servers.contains_key(key) {
+                if new_state.servers.contains_key(key) {
                     owners.insert(name.clone());
                 } else {
-                    owners.remove(name);
+                    owners.remove(&name);
                 }
             }
             count(
                 &self.addresses,
                 &mut delta.addresses,
                 &old.addresses,
-                &new_ref.addresses,
+                &new_state.addresses,
                 &mut out.bind,
                 &mut out.unbind,
             );
-            count(
+            count_elements(
                 &self.elements,
                 &mut delta.elements,
                 &old.elements,
-                &new_ref.elements,
+                &new_state.elements,
                 &mut out.add_elements,
                 &mut out.del_elements,
             );
-            delta.ports.insert(name.clone(), new.clone());
+            states.insert(name.clone(), new_state);
+            delta.ports.insert(name, new);
         }
         // An address or element given up by one port and taken by another in the same sync
         // is neither bound nor unbound.
@@ -218,27 +345,32 @@ impl Mirror {
         cancel(&mut out.add_elements, &mut out.del_elements);
         for key in touched {
             // The server as its first remaining owner declares it.
-            let want = delta.owners[&key].iter().next().and_then(|owner| {
-                let state = match delta.ports.get(owner) {
-                    Some(new) => new.as_ref(),
-                    None => self.ports.get(owner),
-                };
-                state.and_then(|s| s.servers.get(&key))
-            });
+            let want = delta.owners[&key]
+                .first()
+                .and_then(|owner| match states.get(owner) {
+                    Some(s) => s.servers.get(&key).cloned(),
+                    None => self
+                        .ports
+                        .get(owner)
+                        .and_then(|o| o.compile(settings).servers.remove(&key)),
+                });
             let have = self.servers.get(&key);
-            diff_server(&key, have, want, &mut out);
-            delta.servers.insert(key, after(have, want));
+            diff_server(&key, have, want.as_ref(), &mut out);
+            delta.servers.insert(key, after(have, want.as_ref()));
         }
         (out, delta)
     }
 
     /// Applies `delta` (after its changes reached the kernel).
     pub fn commit(&mut self, delta: Delta) {
-        for (name, state) in delta.ports {
-            match state {
-                Some(s) => self.ports.insert(name, s),
+        for (name, owner) in delta.ports {
+            match owner {
+                Some(o) => self.ports.insert(name, o),
                 None => self.ports.remove(&name),
             };
+        }
+        if delta.facts.is_some() {
+            self.facts = delta.facts;
         }
         for (key, applied) in delta.servers {
             match applied {
@@ -254,7 +386,7 @@ impl Mirror {
             }
         }
         commit_counts(&mut self.addresses, delta.addresses);
-        commit_counts(&mut self.elements, delta.elements);
+        commit_elements(&mut self.elements, delta.elements);
     }
 }
 
@@ -268,7 +400,8 @@ fn commit_counts<K: Ord>(counts: &mut BTreeMap<K, usize>, overlay: BTreeMap<K, u
     }
 }
 
-fn cancel<K: Ord + Clone>(added: &mut Vec<K>, removed: &mut Vec<K>) {
+/// Drops what is both added and removed from both lists.
+pub fn cancel<K: Ord + Clone>(added: &mut Vec<K>, removed: &mut Vec<K>) {
     let a: BTreeSet<K> = added.iter().cloned().collect();
     let r: BTreeSet<K> = removed.iter().cloned().collect();
     added.retain(|k| !r.contains(k));

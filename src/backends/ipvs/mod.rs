@@ -10,6 +10,7 @@ mod backend;
 pub mod cleanup;
 pub mod compile;
 mod conn;
+pub mod ids;
 pub mod kernel;
 pub mod link;
 pub mod mirror;

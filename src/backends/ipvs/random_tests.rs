@@ -89,15 +89,12 @@ fn expected(plans: &Plans, node: &NodeFacts, p: &Packet) -> Fate {
 fn trace(s: &FakeState, p: &Packet) -> Fate {
     let family = if p.daddr.is_ipv4() { "ip" } else { "ip6" };
     let triple = format!("{} . {} . {}", p.daddr, p.proto.lower(), p.dport);
-    let has = |set: &str| {
-        s.elements
-            .contains(&(family.to_string(), set.to_string(), triple.clone()))
-    };
+    let has = |set: &'static str| s.elements.contains(&(family, set, triple.clone()));
     if has("firewall") {
         let prefix = format!("{triple} . ");
         let admitted = s.elements.iter().any(|(f, set, key)| {
-            f == family
-                && set == "firewall-allow"
+            *f == family
+                && *set == "firewall-allow"
                 && key
                     .strip_prefix(&prefix)
                     .and_then(|r| r.parse::<ipnet::IpNet>().ok())
@@ -186,7 +183,7 @@ fn backend(kernel: &FakeKernel) -> IpvsBackend {
 type Held = (
     BTreeMap<ServiceKey, BTreeSet<(IpAddr, u16)>>,
     BTreeSet<IpAddr>,
-    BTreeSet<(String, String, String)>,
+    BTreeSet<(&'static str, &'static str, String)>,
 );
 
 fn held(s: &FakeState) -> Held {
