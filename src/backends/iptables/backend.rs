@@ -135,6 +135,7 @@ impl IptablesBackend {
         drop(saved);
         let lines = self.restore(family, load.len(), &mut |w| load.write(w, &ports))?;
         let port_rules = load.port_rules().clone();
+        drop(load);
         Ok((lines, Mirror::loaded(fixed, plans, port_rules)))
     }
 

@@ -6,12 +6,12 @@
 //! port's rules, as diffs from nothing, plus adoption's adjustments (`adopt::adjust`) prints
 //! (pinned by `golden/`): per table, the declarations sorted, the fixed chains' rules, the ports'
 //! chain rules in port order, adoption's deletions and insertions, the ports' dispatch rules as
-//! appends in port order, chain deletions, COMMIT. The ports are compiled twice (`Ports` is
-//! called once per pass and must yield the same rules each time): `Load::new` learns every
-//! chain to declare and keeps the dispatch rules and the port chains of the tables after nat
-//! (few: filter chains exist only for some eTP=Local and firewall cases); `write` compiles
-//! again and streams the nat chains' rules. So memory is O(chains + dispatch rules), never
-//! O(rules), and nothing of the text is held.
+//! appends in port order, chain deletions, COMMIT. The ports are compiled several times
+//! (`Ports` is called once per pass and must yield the same rules each time): `Load::new`
+//! learns every chain to declare and keeps the port chains of the tables after nat (few: filter
+//! chains exist only for some eTP=Local and firewall cases); `write` compiles again to stream
+//! the nat chains' rules, and once more per table that has dispatch rules to stream those. So
+//! memory is O(chains), never O(rules), and nothing of the text is held.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
@@ -37,8 +37,8 @@ struct Part {
     /// The ports' chain rules (`-A <chain> <rule>`), outside the streamed table.
     held: Vec<String>,
     adjust: Adjust,
-    /// The ports' dispatch rules (`-A <chain> <args>`).
-    appends: Vec<String>,
+    /// The ports' dispatch rules, appended (`-A <chain> <args>`) by a pass of their own.
+    appends: usize,
 }
 
 impl Part {
@@ -46,7 +46,7 @@ impl Part {
         self.declare.is_empty()
             && self.adjust.deletes.is_empty()
             && self.adjust.inserts.is_empty()
-            && self.appends.is_empty()
+            && self.appends == 0
     }
 
     fn len(&self) -> usize {
@@ -54,7 +54,7 @@ impl Part {
             + self.rules
             + self.adjust.deletes.len()
             + self.adjust.inserts.len()
-            + self.appends.len()
+            + self.appends
             + self.adjust.remove.len()
     }
 }
@@ -89,9 +89,8 @@ impl<'a> Load<'a> {
                 }
                 *port_rules.entry(*table).or_default() += rules.len();
             }
-            for (table, chain, args) in &port.dispatch {
-                let part = parts.entry(*table).or_default();
-                part.appends.push(format!("-A {chain} {args}"));
+            for (table, _, _) in &port.dispatch {
+                parts.entry(*table).or_default().appends += 1;
                 *port_rules.entry(*table).or_default() += 1;
             }
         });
@@ -140,21 +139,27 @@ impl<'a> Load<'a> {
                 }
             }
             if *table == STREAMED {
-                let mut result = Ok(());
-                ports(&mut |port| {
-                    for ((_, chain), rules) in port.chains.iter().filter(|c| c.0.0 == *table) {
+                stream(out, ports, &mut |port, line| {
+                    let chains = port.chains.iter().filter(|c| c.0.0 == *table);
+                    for ((_, chain), rules) in chains {
                         for rule in rules {
-                            if result.is_ok() {
-                                result = writeln!(out, "-A {chain} {rule}");
-                            }
+                            line(format_args!("-A {chain} {rule}"))?;
                         }
                     }
-                });
-                result?;
+                    Ok(())
+                })?;
             }
             let lines = part.held.iter().chain(&part.adjust.deletes);
-            for line in lines.chain(&part.adjust.inserts).chain(&part.appends) {
+            for line in lines.chain(&part.adjust.inserts) {
                 writeln!(out, "{line}")?;
+            }
+            if part.appends > 0 {
+                stream(out, ports, &mut |port, line| {
+                    for (_, chain, args) in port.dispatch.iter().filter(|d| d.0 == *table) {
+                        line(format_args!("-A {chain} {args}"))?;
+                    }
+                    Ok(())
+                })?;
             }
             for chain in &part.adjust.remove {
                 writeln!(out, "-X {chain}")?;
@@ -171,6 +176,25 @@ impl<'a> Load<'a> {
         String::from_utf8(out).expect("rules are text")
     }
 }
+
+/// Compiles every port again and writes the lines `each` gives for it; stops at the first
+/// error.
+fn stream(
+    out: &mut dyn Write,
+    ports: &Ports<'_>,
+    each: &mut dyn FnMut(&PortRules, &mut Line<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut result = Ok(());
+    ports(&mut |port| {
+        if result.is_ok() {
+            result = each(port, &mut |line| writeln!(out, "{line}"));
+        }
+    });
+    result
+}
+
+/// Writes one line.
+type Line<'a> = dyn FnMut(std::fmt::Arguments<'_>) -> io::Result<()> + 'a;
 
 /// Every port of `plans` compiled for `family`, one at a time.
 pub fn compiled<'a>(

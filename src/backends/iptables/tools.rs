@@ -1,6 +1,6 @@
 //! Running the iptables tools without holding what goes through them: `iptables-restore -w 5
 //! --noflush` with its input written to its stdin as it is produced (`restore`), and
-//! `iptables-save -t TABLE` read line by line (`save`).
+//! `iptables-save` read line by line (`save`, `lines`).
 //!
 //! Invariants: a restore's stderr is read only after all of its input was written, and a
 //! save's after its stdout ended: the tools read all their input before they write more than an
@@ -9,7 +9,7 @@
 //! kept whole in the error.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use super::restore_error::RestoreError;
 use crate::backends::process::RunError;
@@ -57,13 +57,29 @@ pub fn save(program: &str, table: &str, line: &mut dyn FnMut(&str)) -> Result<()
         program: program.to_string(),
         source,
     };
-    let mut child = Command::new(program)
-        .args(["-t", table])
+    let mut cmd = Command::new(program);
+    cmd.args(["-t", table]);
+    let out = lines(cmd, line).map_err(run)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || stderr.contains("does not exist") {
+        return Ok(());
+    }
+    Err(RestoreError::Save {
+        program: format!("{program} -t {table}"),
+        message: stderr.trim().to_string(),
+    })
+}
+
+/// Runs `cmd` and hands each line of its stdout to `line` (without the `\n` or `\r\n`, as
+/// `str::lines`; invalid UTF-8 replaced, as `String::from_utf8_lossy`). Returns its exit
+/// status and stderr, whatever the status.
+pub fn lines(mut cmd: Command, line: &mut dyn FnMut(&str)) -> Result<Output, RunError> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| run(RunError::Spawn(e)))?;
+        .map_err(RunError::Spawn)?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut reader = BufReader::with_capacity(CHUNK, stdout);
     let mut buf = Vec::new();
@@ -73,7 +89,6 @@ pub fn save(program: &str, table: &str, line: &mut dyn FnMut(&str)) -> Result<()
             Ok(0) => break Ok(()),
             Ok(_) => {
                 let text = String::from_utf8_lossy(&buf);
-                // As `str::lines`: without the `\n` or `\r\n`.
                 match text.strip_suffix('\n') {
                     Some(l) => line(l.strip_suffix('\r').unwrap_or(l)),
                     None => line(&text),
@@ -83,15 +98,7 @@ pub fn save(program: &str, table: &str, line: &mut dyn FnMut(&str)) -> Result<()
         }
     };
     drop(reader);
-    let out = child.wait_with_output().map_err(|e| run(RunError::Wait(e)));
-    read.map_err(|e| run(RunError::Wait(e)))?;
-    let out = out?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() || stderr.contains("does not exist") {
-        return Ok(());
-    }
-    Err(RestoreError::Save {
-        program: format!("{program} -t {table}"),
-        message: stderr.trim().to_string(),
-    })
+    let out = child.wait_with_output().map_err(RunError::Wait);
+    read.map_err(RunError::Wait)?;
+    out
 }

@@ -8,6 +8,7 @@
 
 use std::process::Command;
 
+use super::tools;
 use crate::model::IpFamily;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -110,14 +111,12 @@ pub fn decide(nft: &Seen, legacy: &Seen) -> Variant {
 pub fn look(variant: Variant) -> Seen {
     let mut seen = Seen::default();
     for family in IpFamily::ALL {
-        let Ok(out) = Command::new(variant.save(family)).output() else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&out.stdout);
-        seen.hint |= text.lines().any(|l| {
-            l.starts_with(":KUBE-IPTABLES-HINT ") || l.starts_with(":KUBE-KUBELET-CANARY ")
+        // Line by line: a node's whole ruleset is never held.
+        let _ = tools::lines(Command::new(variant.save(family)), &mut |l| {
+            seen.hint |=
+                l.starts_with(":KUBE-IPTABLES-HINT ") || l.starts_with(":KUBE-KUBELET-CANARY ");
+            seen.rules += usize::from(l.starts_with("-A "));
         });
-        seen.rules += text.lines().filter(|l| l.starts_with("-A ")).count();
     }
     seen
 }
