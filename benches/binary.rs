@@ -229,6 +229,13 @@ impl Kproxy {
         (field("VmHWM:"), field("VmRSS:"))
     }
 
+    /// Whether libnftables is mapped into the process.
+    fn maps_libnftables(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.child.id()))
+            .expect("read /proc/PID/maps")
+            .contains("libnftables")
+    }
+
     /// SIGTERM, then waits (up to 30 s) for a clean exit.
     fn stop(mut self) {
         // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
@@ -441,6 +448,13 @@ fn run_row(row: &Row) {
         if row.mode == Mode::Iptables {
             assert_iptables_nft();
         }
+        // Only the library transport may load libnftables (the others promise it is not).
+        let library = row.mode == Mode::Nftables("library");
+        assert_eq!(
+            kproxy.maps_libnftables(),
+            library,
+            "{label}: libnftables mapped into the process"
+        );
         if row.moves {
             for (i, (pod, name)) in [(2, "b"), (1, "a")].into_iter().enumerate() {
                 point_at(&cluster, target, pod);

@@ -7,7 +7,7 @@
 //!
 //! Invariants: the library is loaded with `dlopen("libnftables.so.1")` (the nftables package's
 //! own library, which `nft` itself links), so kproxy has no link-time dependency and falls back
-//! to the command when it is missing (`Nft::detect`). One context per transport, used by one
+//! to the `netlink` transport when it is missing (`Nft::open`). One context per transport, used by one
 //! thread at a time (`&mut self`); its netlink socket belongs to the network namespace it was
 //! opened in, so an `in_netns` transport opens and uses its context only on threads inside that
 //! namespace (libnftables reopens the socket in the caller's namespace after some errors).

@@ -87,9 +87,15 @@ fn remove_tables(
     kernel.nft(&script)
 }
 
+/// The transport of a one-off cleanup: its script goes through the `nft` command, so a start-up
+/// in another mode never loads libnftables (`--nftables-transport netlink` promises it is not).
+fn one_off() -> crate::nftables::Nft {
+    crate::nftables::Nft::open(crate::nftables::NftTransport::Netlink)
+}
+
 /// `remove` on the live kernel, for the other modes' start-up and `leftovers.rs`.
 pub fn remove_leftovers() -> Result<(), KernelError> {
-    let mut kernel = super::kernel::LiveKernel::new(crate::nftables::Nft::detect(false));
+    let mut kernel = super::kernel::LiveKernel::new(one_off());
     remove(&mut kernel, &crate::backends::host_families())
 }
 
@@ -97,10 +103,7 @@ pub fn remove_leftovers() -> Result<(), KernelError> {
 /// `kube-ipvs0` (while it exists), `kube-ipvs0` itself, and upstream's nftables mode tables
 /// `ip kube-proxy` and `ip6 kube-proxy`.
 pub fn remove_upstream() -> Result<(), KernelError> {
-    let mut kernel = super::kernel::LiveKernel::for_link(
-        crate::nftables::Nft::detect(false),
-        UPSTREAM_IPVS_LINK,
-    );
+    let mut kernel = super::kernel::LiveKernel::for_link(one_off(), UPSTREAM_IPVS_LINK);
     remove_owned(
         &mut kernel,
         &crate::backends::host_families(),
