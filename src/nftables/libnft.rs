@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::OnceLock;
 
-use super::NftTransport;
 use super::elements::ElementBatch;
 use super::listing::{Element, Shape};
 use super::mixed::{NftNetlink, in_netns};
@@ -257,6 +256,20 @@ impl Transport for NftLib {
     ) -> Result<BTreeMap<String, usize>, NftError> {
         self.net.rule_counts(family, table)
     }
+}
+
+/// How nftables mode (and IPVS mode's companion table) reaches the kernel:
+/// `--nftables-transport`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NftTransport {
+    /// libnftables in-process for scripts, kproxy's netlink for elements and reads.
+    #[default]
+    Library,
+    /// The `nft` command for scripts, kproxy's netlink for elements and reads.
+    Netlink,
+    /// The `nft` command for everything.
+    Command,
 }
 
 /// The transport kproxy uses (`--nftables-transport`).

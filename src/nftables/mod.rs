@@ -15,25 +15,11 @@ pub mod netlink;
 pub mod transport;
 pub mod uapi;
 
-pub use libnft::{Nft, NftLib};
+pub use libnft::{Nft, NftLib, NftTransport};
 pub use mixed::NftNetlink;
 pub use transport::{NftCli, NftError, Transport};
 
 use crate::model::IpFamily;
-
-/// How nftables mode (and IPVS mode's companion table) reaches the kernel:
-/// `--nftables-transport`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NftTransport {
-    /// libnftables in-process for scripts, kproxy's netlink for elements and reads.
-    #[default]
-    Library,
-    /// The `nft` command for scripts, kproxy's netlink for elements and reads.
-    Netlink,
-    /// The `nft` command for everything.
-    Command,
-}
 
 /// nft's name of an IP family's table family (`ip`, `ip6`).
 pub fn family_name(family: IpFamily) -> &'static str {

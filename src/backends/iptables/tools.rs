@@ -1,6 +1,6 @@
 //! Running the iptables tools without holding what goes through them: `iptables-restore -w 5
 //! --noflush` with its input written to its stdin as it is produced (`restore`), and
-//! `iptables-save` read line by line (`save`, `lines`).
+//! `iptables-save` read line by line (`save`, through `backends::process::run_lines`).
 //!
 //! Invariants: a restore's stderr is read only after all of its input was written, and a
 //! save's after its stdout ended: the tools read all their input before they write more than an
@@ -8,11 +8,11 @@
 //! `backends::process`). The child is always waited for. What the tool printed on failure is
 //! kept whole in the error.
 
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::process::{Command, Output, Stdio};
+use std::io::{BufWriter, Write};
+use std::process::{Command, Stdio};
 
 use super::restore_error::RestoreError;
-use crate::backends::process::RunError;
+use crate::backends::process::{RunError, run_lines};
 
 /// The pipe's buffer: the tool reads while the rest is produced.
 const CHUNK: usize = 64 << 10;
@@ -59,7 +59,7 @@ pub fn save(program: &str, table: &str, line: &mut dyn FnMut(&str)) -> Result<()
     };
     let mut cmd = Command::new(program);
     cmd.args(["-t", table]);
-    let out = lines(cmd, line).map_err(run)?;
+    let out = run_lines(cmd, line).map_err(run)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.success() || stderr.contains("does not exist") {
         return Ok(());
@@ -68,37 +68,4 @@ pub fn save(program: &str, table: &str, line: &mut dyn FnMut(&str)) -> Result<()
         program: format!("{program} -t {table}"),
         message: stderr.trim().to_string(),
     })
-}
-
-/// Runs `cmd` and hands each line of its stdout to `line` (without the `\n` or `\r\n`, as
-/// `str::lines`; invalid UTF-8 replaced, as `String::from_utf8_lossy`). Returns its exit
-/// status and stderr, whatever the status.
-pub fn lines(mut cmd: Command, line: &mut dyn FnMut(&str)) -> Result<Output, RunError> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(RunError::Spawn)?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut reader = BufReader::with_capacity(CHUNK, stdout);
-    let mut buf = Vec::new();
-    let read = loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&buf);
-                match text.strip_suffix('\n') {
-                    Some(l) => line(l.strip_suffix('\r').unwrap_or(l)),
-                    None => line(&text),
-                }
-            }
-            Err(e) => break Err(e),
-        }
-    };
-    drop(reader);
-    let out = child.wait_with_output().map_err(RunError::Wait);
-    read.map_err(RunError::Wait)?;
-    out
 }

@@ -8,7 +8,6 @@
 
 use std::process::Command;
 
-use super::tools;
 use crate::model::IpFamily;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,7 +111,7 @@ pub fn look(variant: Variant) -> Seen {
     let mut seen = Seen::default();
     for family in IpFamily::ALL {
         // Line by line: a node's whole ruleset is never held.
-        let _ = tools::lines(Command::new(variant.save(family)), &mut |l| {
+        let _ = crate::backends::process::run_lines(Command::new(variant.save(family)), &mut |l| {
             seen.hint |=
                 l.starts_with(":KUBE-IPTABLES-HINT ") || l.starts_with(":KUBE-KUBELET-CANARY ");
             seen.rules += usize::from(l.starts_with("-A "));
