@@ -6,6 +6,7 @@ pub mod backends;
 pub mod config;
 pub mod conntrack;
 pub mod health;
+pub mod instance;
 pub mod metrics;
 pub mod model;
 pub mod netns;

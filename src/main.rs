@@ -1,8 +1,9 @@
 //! The kproxy binary: parse flags, start a source, the HTTP endpoints and the sync loop; or
 //! clean up, or print the ruleset once (--dry-run).
 //!
-//! Exit codes: 0 on success and on SIGTERM/SIGINT (rules left in place), 2 on bad flags or
-//! configuration (one line on stderr), 1 on any other failure.
+//! Exit codes: 0 on success and on SIGTERM/SIGINT (rules left in place; SIGHUP is logged and
+//! ignored), 2 on bad flags or configuration (one line on stderr), 1 on any other failure, such
+//! as another kproxy in this network namespace (`kproxy::instance`).
 
 use std::process::ExitCode;
 
@@ -96,6 +97,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!("upstream kube-proxy's rules removed");
         return Ok(());
     }
+    // The daemon: one per network namespace, and signals handled from here on.
+    let _lock = if cfg.dry_run {
+        None
+    } else {
+        Some(kproxy::instance::take()?)
+    };
+    let signals = Signals::install();
     let metrics = Arc::new(Metrics::new());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     start_source(&cfg, tx, metrics.clone()).await?;
@@ -149,7 +157,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         min_sync_period: cfg.min_sync_period,
         sync_period: cfg.sync_period,
     };
-    sync::run(syncer, rx, timing, shutdown_signal()).await;
+    sync::run(syncer, rx, timing, signals.shutdown()).await;
     Ok(())
 }
 
@@ -190,17 +198,42 @@ async fn start_source(cfg: &Config, tx: ChangeTx, metrics: Arc<Metrics>) -> anyh
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop kproxy with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+/// SIGTERM and SIGINT stop kproxy (rules left in place); SIGHUP is logged and ignored (kproxy
+/// reloads nothing: restart it to apply a changed `--config`). Installed at start-up, so a signal
+/// that comes early is handled too.
+struct Signals {
+    streams: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let streams = (|| {
+            Some([
+                signal(SignalKind::terminate()).ok()?,
+                signal(SignalKind::interrupt()).ok()?,
+                signal(SignalKind::hangup()).ok()?,
+            ])
+        })();
+        if streams.is_none() {
+            tracing::error!("cannot install signal handlers; stop kproxy with SIGKILL");
+        }
+        Signals { streams }
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn shutdown(self) {
+        let Some([mut term, mut int, mut hup]) = self.streams else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return tracing::info!("SIGTERM: stopping"),
+                _ = int.recv() => return tracing::info!("SIGINT: stopping"),
+                _ = hup.recv() => tracing::info!(
+                    "SIGHUP: ignored (kproxy reloads nothing; restart it to apply a changed --config)"
+                ),
+            }
+        }
     }
 }

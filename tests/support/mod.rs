@@ -204,6 +204,11 @@ impl Kproxy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// kproxy's pid (the child is kproxy itself: `ip netns exec` execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Panics (with the log) if the process has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {

@@ -1,0 +1,120 @@
+//! One kproxy per network namespace, and signals: a second daemon in the namespace of a running
+//! one exits at once, non-zero, naming the first's pid in one line, while one in another
+//! namespace runs; SIGHUP is logged once and ignored, and SIGTERM still stops kproxy with 0.
+//! Root only, inside throwaway network namespaces, on the bundled example manifests.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::Kproxy;
+use support::netns::{self, Netns};
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster");
+
+/// Waits (up to 30 s, polling) until kproxy answers /metrics after its first sync.
+async fn synced(k: &mut Kproxy) {
+    let start = Instant::now();
+    loop {
+        let last = match k
+            .metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds")
+            .await
+        {
+            Ok(t) if t > 0.0 => return,
+            other => format!("{other:?}"),
+        };
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no first sync within 30 s: {last}; log:\n{}",
+            k.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_kproxy_in_one_network_namespace_exits_at_once_naming_the_first() {
+    if !netns::can_run("a_second_kproxy_in_one_network_namespace_exits") {
+        return;
+    }
+    let (ns, other) = (Netns::new("one"), Netns::new("other"));
+    let mut first = Kproxy::spawn(&ns, &["--manifests", EXAMPLE]);
+    synced(&mut first).await;
+    // Other ports than the first's, so only the lock can stop it.
+    let started = Instant::now();
+    let mut second = ns
+        .cmd(env!("CARGO_BIN_EXE_kproxy"))
+        .args(["--manifests", EXAMPLE, "--hostname-override", "node1"])
+        .args(["--metrics-bind-address", "127.0.0.1:10250"])
+        .args(["--healthz-bind-address", "127.0.0.1:10257"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the second kproxy");
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second kproxy still runs after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = second.wait_with_output().expect("its output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "second kproxy exited after {:?} with {status}: {stderr}",
+        started.elapsed()
+    );
+    assert!(!status.success(), "it must fail: {stderr}");
+    let naming = format!("another kproxy (pid {})", first.pid());
+    assert_eq!(
+        stderr.matches(&naming).count(),
+        1,
+        "one line naming the first: {stderr}"
+    );
+    assert!(
+        !stderr.contains("kproxy started"),
+        "it started nothing: {stderr}"
+    );
+    first.assert_running();
+    // The lock is the namespace's: a kproxy in another one runs beside the first.
+    let mut beside = Kproxy::spawn(&other, &["--manifests", EXAMPLE]);
+    synced(&mut beside).await;
+    assert!(first.stop().success());
+    assert!(beside.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_logged_once_and_ignored_and_sigterm_still_stops_kproxy() {
+    if !netns::can_run("sighup_is_logged_once_and_ignored") {
+        return;
+    }
+    let ns = Netns::new("hup");
+    let mut k = Kproxy::spawn(&ns, &["--manifests", EXAMPLE]);
+    synced(&mut k).await;
+    // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+    let rc = unsafe { libc::kill(k.pid() as i32, libc::SIGHUP) };
+    assert_eq!(rc, 0, "SIGHUP: {}", std::io::Error::last_os_error());
+    let line = "SIGHUP: ignored";
+    support::eventually("the SIGHUP log line", Duration::from_secs(10), || {
+        let log = k.log();
+        async move {
+            match log.matches(line).count() {
+                1 => Ok(()),
+                n => Err(format!("{n} lines saying {line:?}")),
+            }
+        }
+    })
+    .await;
+    // Still serving: it answers and syncs again.
+    synced(&mut k).await;
+    k.assert_running();
+    let status = k.stop();
+    assert!(status.success(), "SIGTERM after SIGHUP: {status}");
+    assert_eq!(k.log().matches(line).count(), 1, "{}", k.log());
+}
