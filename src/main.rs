@@ -188,6 +188,12 @@ async fn start_source(cfg: &Config, tx: ChangeTx, metrics: Arc<Metrics>) -> anyh
             "--manifests {}: not a directory",
             dir.display()
         );
+        if cfg.dry_run {
+            // A dry run prints what it can read now: a directory it cannot list would leave it
+            // waiting forever for a first read (the daemon waits, not ready, and logs it).
+            std::fs::read_dir(&dir)
+                .with_context(|| format!("--manifests {}: cannot list it", dir.display()))?;
+        }
         tokio::spawn(watch::manifests::run(dir, tx, metrics, node));
     } else {
         let client = watch::kube::client(cfg.kubeconfig.as_deref(), cfg.master.as_deref())

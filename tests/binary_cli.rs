@@ -38,6 +38,59 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
     }
 }
 
+/// Root-only: a dry run on a manifests directory that is missing, or that it cannot list (root
+/// without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, through `setpriv`, on a mode-000
+/// directory), exits non-zero at once with one line naming the directory; it waited forever.
+#[test]
+fn a_dry_run_on_a_manifests_directory_it_cannot_list_exits_at_once_naming_it() {
+    if !netns::can_run("a_dry_run_on_a_manifests_directory_it_cannot_list") {
+        return;
+    }
+    let parent = tempfile::tempdir().unwrap();
+    let locked = parent.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let missing = parent.path().join("missing");
+    for dir in [&locked, &missing] {
+        let started = Instant::now();
+        let mut child = Command::new("setpriv")
+            .args(["--bounding-set", "-dac_override,-dac_read_search", "--"])
+            .arg(env!("CARGO_BIN_EXE_kproxy"))
+            .args(["--manifests", dir.to_str().unwrap()])
+            .args(["--hostname-override", "node1", "--dry-run"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("setpriv kproxy");
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("--dry-run on {} still runs after 10 s", dir.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "{}: {status} after {:?}: {stderr}",
+            dir.display(),
+            started.elapsed()
+        );
+        assert!(!status.success(), "{}: {stderr}", dir.display());
+        let naming: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(dir.to_str().unwrap()))
+            .collect();
+        assert_eq!(naming.len(), 1, "one line names it: {stderr}");
+        assert!(out.stdout.is_empty(), "no ruleset printed");
+    }
+}
+
 fn dry_run(mode: &str) -> String {
     let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster");
     let out = kproxy()
