@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::compile::{self, Element, IpvsSettings, PortState, Server};
-use super::ids::{Counts, ElemId};
+use super::ids::{Counts, id_of};
 use super::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey, VirtualServer};
 use super::socket::dest_message;
 use crate::model::plan::Planned;
@@ -243,7 +243,7 @@ pub fn count_elements(
     removed: &mut Vec<Element>,
 ) {
     for e in new.difference(old) {
-        let id = ElemId::of(e);
+        let id = id_of(e);
         let n = overlay
             .entry(id)
             .or_insert_with(|| counts.get(&id).copied().unwrap_or(0));
@@ -253,7 +253,7 @@ pub fn count_elements(
         }
     }
     for e in old.difference(new) {
-        let id = ElemId::of(e);
+        let id = id_of(e);
         let n = overlay
             .entry(id)
             .or_insert_with(|| counts.get(&id).copied().unwrap_or(0));

@@ -153,7 +153,7 @@ impl<T: Transport> Sink for Adopting<'_, T> {
         read::read(&mut self.backend.transport, family, &mut |set, k, _| {
             let name = super::skeleton::SETS.iter().find(|s| s.name == set);
             if let Some(s) = name.filter(|_| pick(set, &k))
-                && taken.insert(super::elements::ElemId::of(set, &k))
+                && taken.insert(super::elements::ElemId::of(&[set, &k]))
             {
                 out.push((s.name, k));
             }

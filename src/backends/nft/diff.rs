@@ -247,7 +247,7 @@ impl Overlay<'_> {
             .entry(k)
             .or_insert_with_key(|(family, set, key)| {
                 if shared(set) {
-                    let id = ElemId::of(set, key);
+                    let id = ElemId::of(&[set, key]);
                     let was = m.family(*family).elements.get(&id).copied().unwrap_or(0);
                     Pending::Shared { id, was, now: was }
                 } else {

@@ -53,7 +53,7 @@ impl Found {
                 value: value_hash(value),
                 wanted: false,
             };
-            self.elements.insert(ElemId::of(set, key), seen);
+            self.elements.insert(ElemId::of(&[set, key]), seen);
         }
     }
 }
@@ -298,7 +298,7 @@ impl Loader {
             }
             let pick = |set: &str, key: &str| {
                 f.elements
-                    .get(&ElemId::of(set, key))
+                    .get(&ElemId::of(&[set, key]))
                     .is_some_and(|s| !s.wanted)
             };
             for (set, key) in sink.unwanted(family, &pick)? {
@@ -364,7 +364,7 @@ fn add_element(
     (family, set, key, value): (IpFamily, &'static str, String, String),
 ) {
     let id = if shared(set) {
-        let id = ElemId::of(set, &key);
+        let id = ElemId::of(&[set, &key]);
         let refs = table.entry(id).or_insert(0);
         *refs += 1;
         if *refs > 1 {
@@ -378,7 +378,7 @@ fn add_element(
         tx.push(Op::AddElement(family, set, key, value));
         return;
     };
-    let id = id.unwrap_or_else(|| ElemId::of(set, &key));
+    let id = id.unwrap_or_else(|| ElemId::of(&[set, &key]));
     match found.elements.get_mut(&id) {
         Some(seen) if seen.value == value_hash(&value) => seen.wanted = true,
         Some(seen) => {

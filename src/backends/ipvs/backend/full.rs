@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::{IpvsBackend, apply_err, element_line, elements_script};
 use crate::backends::error::Step;
 use crate::backends::ipvs::compile;
-use crate::backends::ipvs::ids::{Counts, ElemId};
+use crate::backends::ipvs::ids::{Counts, id_of};
 use crate::backends::ipvs::mirror::{self, Changes, Mirror, Owner};
 use crate::backends::ipvs::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey, VirtualServer};
 use crate::backends::{BackendError, Plans, SyncReport};
@@ -103,7 +103,7 @@ impl IpvsBackend {
             let state = owner.compile(&self.settings);
             if let Some(stream) = &mut stream {
                 for e in &state.elements {
-                    let n = stream.counts.entry(ElemId::of(e)).or_insert(0);
+                    let n = stream.counts.entry(id_of(e)).or_insert(0);
                     *n += 1;
                     if *n == 1 && self.families.contains(&e.family) {
                         stream.script.push_str(&element_line("add", e));
@@ -226,7 +226,7 @@ impl IpvsBackend {
         for planned in plans.values() {
             let state = compile::compile_port(planned, facts, &self.settings);
             for e in &state.elements {
-                let n = counts.entry(ElemId::of(e)).or_insert(0);
+                let n = counts.entry(id_of(e)).or_insert(0);
                 *n += 1;
                 let at = self.families.iter().position(|f| *f == e.family);
                 if let (1, Some(at)) = (*n, at) {
