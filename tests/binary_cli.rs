@@ -63,16 +63,8 @@ fn a_dry_run_on_a_manifests_directory_it_cannot_list_exits_at_once_naming_it() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("setpriv kproxy");
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("--dry-run on {} still runs after 10 s", dir.display());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let Some(status) = support::exit_within(&mut child, Duration::from_secs(10)) else {
+            panic!("--dry-run on {} still runs after 10 s", dir.display());
         };
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

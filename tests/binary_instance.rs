@@ -53,16 +53,8 @@ async fn a_second_kproxy_in_one_network_namespace_exits_at_once_naming_the_first
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the second kproxy");
-    let status = loop {
-        if let Some(status) = second.try_wait().expect("wait") {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = second.kill();
-            let _ = second.wait();
-            panic!("the second kproxy still runs after 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = support::exit_within(&mut second, Duration::from_secs(10)) else {
+        panic!("the second kproxy still runs after 10 s");
     };
     let out = second.wait_with_output().expect("its output");
     let stderr = String::from_utf8_lossy(&out.stderr);

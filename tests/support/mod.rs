@@ -122,6 +122,22 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
     })
 }
 
+/// Polls `child` until it exits (its status) or `timeout` passes (then kills it: `None`).
+pub fn exit_within(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return Some(status);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The kproxy binary, running; killed (and its log shown if the test failed) on drop.
 pub struct Kproxy {
     child: Child,
