@@ -13,6 +13,7 @@ pub mod netns;
 pub mod nfnetlink;
 pub mod nftables;
 pub mod node;
+pub mod own;
 pub mod state;
 pub mod sync;
 #[cfg(test)]

@@ -7,8 +7,10 @@
 
 use std::os::fd::AsRawFd;
 
-/// Moves the current thread into the named namespace.
+/// Moves the current thread into the named namespace (and remembers it as kproxy's own: its
+/// nf_tables commits are kproxy's, `crate::own`).
 pub fn enter(name: &str) -> std::io::Result<()> {
+    crate::own::remember_this_thread();
     let file = std::fs::File::open(format!("/var/run/netns/{name}"))?;
     // SAFETY: setns with a valid namespace fd; it changes only the calling thread.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {

@@ -476,9 +476,11 @@ pub async fn run(
     tracing::info!("sync loop stopped; rules left in place");
 }
 
-/// How often the loop asks the backend whether someone else changed kproxy's rules (the
-/// nftables backend answers with one small netlink dump per family).
-pub const DRIFT_CHECK_PERIOD: Duration = Duration::from_millis(400);
+/// How often the loop asks the backend whether someone else changed kproxy's rules. The
+/// nftables backend (and IPVS mode's companion table) answers by reading the kernel's change
+/// notifications, one `recv` when nothing happened; backends whose checks cost more pace
+/// themselves.
+pub const DRIFT_CHECK_PERIOD: Duration = Duration::from_millis(100);
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)

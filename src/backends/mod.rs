@@ -145,7 +145,8 @@ pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
         ProxyMode::Nftables => {
             let transport = crate::nftables::Nft::open(config.nft_transport);
             tracing::debug!(transport = transport.kind(), "nftables transport");
-            Box::new(nft::NftBackend::new(config, transport))
+            let watched = crate::nftables::Watched::new(transport, None, nft::kproxy_tables);
+            Box::new(nft::NftBackend::new(config, watched))
         }
         ProxyMode::Iptables => {
             let variant = config.iptables_variant.resolve();

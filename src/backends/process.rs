@@ -4,10 +4,19 @@
 //! Invariants: the whole script is written before anything is read; the tools used this way
 //! read all their input before writing output, so this cannot deadlock on a full pipe. A tool
 //! whose output is large (`iptables-save`) is read line by line (`run_lines`), its stderr
-//! only after its stdout ended (such tools print little there).
+//! only after its stdout ended (such tools print little there). Every child's pid is
+//! remembered as kproxy's own (`crate::own`), so nf_tables notifications of its commits are not
+//! taken for someone else's.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+
+/// Starts `cmd`, remembering its pid as kproxy's own.
+pub fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
+    let child = cmd.spawn()?;
+    crate::own::remember(child.id());
+    Ok(child)
+}
 
 /// Which step of running the tool failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,16 +32,14 @@ pub enum RunError {
 /// Runs `cmd` with `stdin` (or none), stdout and stderr captured; the exit status is the
 /// caller's to judge.
 pub fn run_piped(mut cmd: Command, stdin: Option<&str>) -> Result<Output, RunError> {
-    let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(RunError::Spawn)?;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = spawn(&mut cmd).map_err(RunError::Spawn)?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes())
             .map_err(RunError::WriteInput)?;
@@ -44,12 +51,10 @@ pub fn run_piped(mut cmd: Command, stdin: Option<&str>) -> Result<Output, RunErr
 /// `str::lines`; invalid UTF-8 replaced, as `String::from_utf8_lossy`). Returns its exit
 /// status and stderr, whatever the status.
 pub fn run_lines(mut cmd: Command, line: &mut dyn FnMut(&str)) -> Result<Output, RunError> {
-    let mut child = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(RunError::Spawn)?;
+        .stderr(Stdio::piped());
+    let mut child = spawn(&mut cmd).map_err(RunError::Spawn)?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut reader = BufReader::with_capacity(64 << 10, stdout);
     let mut buf = Vec::new();

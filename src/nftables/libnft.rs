@@ -240,6 +240,16 @@ impl Transport for NftLib {
         self.net.read_table(family, table, each)
     }
 
+    fn read_set(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        set: &str,
+        each: &mut (dyn FnMut(Element<'_>) + Send),
+    ) -> Option<Result<bool, NftError>> {
+        self.net.read_set(family, table, set, each)
+    }
+
     fn list_set(
         &mut self,
         family: IpFamily,
@@ -350,6 +360,16 @@ impl Transport for Nft {
         each: &mut (dyn FnMut(&str, Element<'_>) + Send),
     ) -> Option<Result<Shape, NftError>> {
         self.inner().read_table(family, table, each)
+    }
+
+    fn read_set(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        set: &str,
+        each: &mut (dyn FnMut(Element<'_>) + Send),
+    ) -> Option<Result<bool, NftError>> {
+        self.inner().read_set(family, table, set, each)
     }
 
     fn list_set(

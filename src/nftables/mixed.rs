@@ -92,6 +92,24 @@ impl Transport for NftNetlink {
         Some(in_netns(self.cli.netns.as_deref(), read).and_then(|r| r))
     }
 
+    fn read_set(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        set: &str,
+        each: &mut (dyn FnMut(Element<'_>) + Send),
+    ) -> Option<Result<bool, NftError>> {
+        let read = || -> Result<bool, NftError> {
+            let (_, sets) = listing::table(family, table)?;
+            if !sets.iter().any(|s| s.name == set) {
+                return Ok(false);
+            }
+            listing::elements(family, table, set, &mut *each)?;
+            Ok(true)
+        };
+        Some(in_netns(self.cli.netns.as_deref(), read).and_then(|r| r))
+    }
+
     fn list_set(
         &mut self,
         family: IpFamily,

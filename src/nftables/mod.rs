@@ -2,7 +2,9 @@
 //! (`transport`: the `nft` command; `libnft`: libnftables in-process), set elements as netlink
 //! batches (`elements`) and reading a table over netlink (`listing`), which the `mixed`
 //! (`nft` command + netlink) and libnftables transports do, counting a table's rules per chain
-//! over netlink (`netlink`, the drift probe). `--nftables-transport` picks one (`NftTransport`).
+//! over netlink (`netlink`, the old drift probe), and who changed a table (`monitor`: the
+//! kernel's change notifications; `watched`: a transport whose writes the monitor knows as
+//! kproxy's). `--nftables-transport` picks one (`NftTransport`).
 //!
 //! Invariants: nothing here knows which table a caller owns: every call names it; scripts are
 //! applied whole or not at all.
@@ -11,13 +13,16 @@ pub mod elements;
 pub mod libnft;
 pub mod listing;
 pub mod mixed;
+pub mod monitor;
 pub mod netlink;
 pub mod transport;
 pub mod uapi;
+pub mod watched;
 
 pub use libnft::{Nft, NftLib, NftTransport};
 pub use mixed::NftNetlink;
 pub use transport::{NftCli, NftError, Transport};
+pub use watched::Watched;
 
 use crate::model::IpFamily;
 

@@ -38,6 +38,8 @@ pub enum NftError {
     },
     #[error("probing kproxy's rules over netlink: {0}")]
     Probe(#[from] super::netlink::ProbeError),
+    #[error(transparent)]
+    Monitor(#[from] super::monitor::MonitorError),
     #[error("entering network namespace {0}: {1}")]
     Netns(String, std::io::Error),
     #[error("libnftables cannot be used: {0}")]
@@ -78,6 +80,18 @@ pub trait Transport: Send {
     ) -> Option<Result<Shape, NftError>> {
         None
     }
+    /// Every element of one set read over netlink, as stored (for a repair of what someone
+    /// else changed in it); `Some(Ok(false))` when the set does not exist, `None` when this
+    /// transport does not read over netlink (list the set's text instead).
+    fn read_set(
+        &mut self,
+        _family: IpFamily,
+        _table: &str,
+        _set: &str,
+        _each: &mut (dyn FnMut(Element<'_>) + Send),
+    ) -> Option<Result<bool, NftError>> {
+        None
+    }
     /// The text of one set (`nft list set`), `None` when it does not exist.
     fn list_set(
         &mut self,
@@ -94,6 +108,13 @@ pub trait Transport: Send {
         family: IpFamily,
         table: &str,
     ) -> Result<BTreeMap<String, usize>, NftError>;
+    /// What others changed in the watched tables since the last call (`watched.rs`); `None`
+    /// when this transport watches nothing (then count rules).
+    fn foreign_changes(
+        &mut self,
+    ) -> Option<Result<super::monitor::Foreign, super::monitor::MonitorError>> {
+        None
+    }
 }
 
 /// Runs the `nft` command, optionally inside a network namespace (`ip netns exec NAME nft …`,

@@ -27,13 +27,13 @@ pub fn restore(
         program: program.to_string(),
         source,
     };
-    let mut child = Command::new(program)
-        .args(["-w", "5", "--noflush"])
+    let mut cmd = Command::new(program);
+    cmd.args(["-w", "5", "--noflush"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| run(RunError::Spawn(e)))?;
+        .stderr(Stdio::piped());
+    let mut child =
+        crate::backends::process::spawn(&mut cmd).map_err(|e| run(RunError::Spawn(e)))?;
     let written = {
         let stdin = child.stdin.take().expect("stdin is piped");
         let mut pipe = BufWriter::with_capacity(CHUNK, stdin);

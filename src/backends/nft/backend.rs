@@ -10,8 +10,10 @@
 //! mirror; partial syncs diff only the changed ports and never list the kernel. A failure is
 //! logged with nft's message, counted (`failures()`; the sync loop exports
 //! kubeproxy_sync_proxy_rules_nftables_sync_failures_total) and makes the next full sync adopt
-//! again. `drift` compares the kernel's rule count per chain (one small netlink dump, no
-//! elements) with the mirror's; a difference makes the next full sync adopt, which repairs it.
+//! again. `drift` asks the transport what others committed to kproxy's tables (the kernel's
+//! change notifications, `nftables::monitor`), or, when it watches nothing, compares the
+//! kernel's rule count per chain with the mirror's; either makes the next full sync adopt,
+//! which repairs what differs.
 
 use crate::backends::error::Step;
 use std::collections::BTreeSet;
@@ -33,8 +35,12 @@ pub struct NftBackend<T: Transport> {
     mirror: Mirror,
     /// The next full sync lists the kernel and replaces the tables' contents.
     adopt: bool,
+    /// Sets and chains someone else changed: the next full sync repairs them in place.
+    repair: super::repair::Repair,
     failures: u64,
     batches: u64,
+    /// Adoptions so far (start-up, failures, drift that could not be repaired in place).
+    adoptions: u64,
 }
 
 impl<T: Transport> NftBackend<T> {
@@ -44,8 +50,10 @@ impl<T: Transport> NftBackend<T> {
             transport,
             mirror: Mirror::default(),
             adopt: true,
+            repair: Default::default(),
             failures: 0,
             batches: 0,
+            adoptions: 0,
         }
     }
 
@@ -56,6 +64,11 @@ impl<T: Transport> NftBackend<T> {
 
     pub fn mirror(&self) -> &Mirror {
         &self.mirror
+    }
+
+    /// Adoptions so far: how often the tables were read whole and reconciled.
+    pub fn adoptions(&self) -> u64 {
+        self.adoptions
     }
 
     /// Transactions sent as netlink element batches so far (the rest went as text).
@@ -96,6 +109,9 @@ impl<T: Transport> NftBackend<T> {
     /// (`load.rs`). The mirror is replaced only when every transaction
     /// went through; a failure part-way leaves `adopt` set, so the next full sync lists again.
     fn adopt_and_load(&mut self, parts: Parts) -> Result<SyncReport, BackendError> {
+        // What others changed so far is in what is about to be read.
+        let _ = self.transport.foreign_changes();
+        self.adoptions += 1;
         let mut found = [None, None];
         for (slot, family) in found.iter_mut().zip([IpFamily::V4, IpFamily::V6]) {
             let mut f = Found::default();
@@ -118,6 +134,49 @@ impl<T: Transport> NftBackend<T> {
         self.mirror = mirror;
         self.adopt = false;
         Ok(SyncReport { operations })
+    }
+
+    /// What the next full sync does about `foreign` changes: repair in place the sets whose
+    /// elements and the chains whose rules changed, adopt for anything else.
+    fn plan_repair(&mut self, foreign: &crate::nftables::monitor::Foreign) {
+        use crate::nftables::monitor::Kind;
+        let touched = foreign.commits.iter().flat_map(|c| c.2.keys());
+        for (kind, _, family, _, name) in touched {
+            let family = match family {
+                2 => IpFamily::V4,
+                _ => IpFamily::V6,
+            };
+            match kind {
+                Kind::Element if super::repair::repairable_set(name) => {
+                    self.repair.sets.insert((family, name.clone()));
+                }
+                Kind::Rule => {
+                    self.repair.chains.insert((family, name.clone()));
+                }
+                _ => self.adopt = true,
+            }
+        }
+        if foreign.lost || foreign.more > 0 {
+            self.adopt = true;
+        }
+    }
+
+    /// Makes the sets and chains someone else changed what the mirror says; false when they
+    /// cannot be repaired in place (then the caller adopts).
+    fn repair_sets(&mut self) -> Result<bool, BackendError> {
+        let sets = std::mem::take(&mut self.repair);
+        let txs =
+            super::repair::transactions(&mut self.transport, &self.mirror, &sets).map_err(|e| {
+                self.adopt = true;
+                BackendError::at(Step::Adopt, e)
+            })?;
+        let Some(txs) = txs else {
+            return Ok(false);
+        };
+        for tx in &txs {
+            self.send(tx)?;
+        }
+        Ok(true)
     }
 
     /// kproxy's table in `family` as adoption reads it, collected as texts (`read.rs`).
@@ -170,7 +229,11 @@ impl<T: Transport> Backend for NftBackend<T> {
 
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
         let parts = Parts::new(plans, node, &self.config);
+        if !self.adopt && !self.repair.is_empty() && !self.repair_sets()? {
+            self.adopt = true;
+        }
         if self.adopt {
+            self.repair = Default::default();
             return self.adopt_and_load(parts);
         }
         let d = diff::into_diff(&self.mirror, parts, Scope::Full);
@@ -196,6 +259,14 @@ impl<T: Transport> Backend for NftBackend<T> {
     }
 
     fn drift(&mut self) -> Result<Option<String>, BackendError> {
+        if let Some(foreign) = self.transport.foreign_changes() {
+            let foreign = foreign.map_err(|e| BackendError::at(Step::Probe, NftError::from(e)))?;
+            if foreign.is_empty() || self.adopt || !self.mirror.is_loaded() {
+                return Ok(None);
+            }
+            self.plan_repair(&foreign);
+            return Ok(Some(foreign.to_string()));
+        }
         if self.adopt || !self.mirror.is_loaded() {
             return Ok(None);
         }
@@ -232,6 +303,11 @@ impl<T: Transport> Backend for NftBackend<T> {
             render(&compile(plans, node, &self.config))
         )
     }
+}
+
+/// Whether a notification is about kproxy's tables (the monitor's interest).
+pub fn kproxy_tables(touch: &crate::nftables::monitor::Touch<'_>) -> bool {
+    touch.table == super::skeleton::TABLE && (touch.family == 2 || touch.family == 10)
 }
 
 /// One line naming the first chains whose rule counts differ, e.g. `ip kproxy: chain services

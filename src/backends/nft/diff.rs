@@ -187,6 +187,32 @@ impl Mirror {
         counts
     }
 
+    /// The node's compiled contribution, as applied.
+    pub fn node(&self) -> &Desired {
+        &self.node
+    }
+
+    /// Whether some port uses dynamic chain `c` in `family`.
+    pub fn uses_chain(&self, family: IpFamily, c: &DynChain) -> bool {
+        self.family(family).chains.contains_key(c)
+    }
+
+    /// Every element of `set` in `family` as the mirror says the kernel holds it (key ->
+    /// value): the node's and every port's, each port compiled again. O(ports).
+    pub fn set_contents(&self, family: IpFamily, set: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut take = |d: &Desired| {
+            if let Some(elements) = d.family(family).sets.get(set) {
+                out.extend(elements.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        };
+        take(&self.node);
+        for owner in self.ports.values() {
+            take(&owner.compile());
+        }
+        out
+    }
+
     /// Records a transaction the kernel accepted. Costs O(size of the diff).
     pub fn commit(&mut self, diff: Diff) {
         let u = diff.update;

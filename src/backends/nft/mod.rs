@@ -14,11 +14,12 @@ pub mod fake_transport;
 pub mod read;
 pub mod reconcile;
 pub mod render;
+pub mod repair;
 pub mod skeleton;
 pub mod transaction;
 
 pub use crate::nftables::{Nft, NftCli, NftLib};
-pub use backend::NftBackend;
+pub use backend::{NftBackend, kproxy_tables};
 
 #[cfg(test)]
 pub(crate) mod diff_tests;
@@ -32,6 +33,8 @@ mod libnft_tests;
 mod load_tests;
 #[cfg(test)]
 mod native_tests;
+#[cfg(test)]
+mod repair_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]

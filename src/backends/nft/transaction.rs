@@ -177,6 +177,28 @@ pub fn skeleton(node: &Desired) -> Vec<Op> {
     ops
 }
 
+/// The operations that empty fixed chain `name` and load its rules again (`None` for a name
+/// that is not a fixed chain).
+pub fn reload_fixed(family: IpFamily, name: &str, node: &Desired) -> Option<Vec<Op>> {
+    let rules: Vec<String> = if let Some(c) = skeleton::CHAINS.iter().find(|c| c.name == name) {
+        let cidrs = compile::has_cluster_cidrs(node.family(family));
+        compile::static_rules(c, node.masquerade_all, cidrs)
+            .iter()
+            .map(|r| fill(r, family))
+            .collect()
+    } else {
+        let b = skeleton::BASE_CHAINS.iter().find(|b| b.name == name)?;
+        b.rules.iter().map(|r| fill(r, family)).collect()
+    };
+    let mut ops = vec![Op::FlushChain(family, name.to_string())];
+    ops.extend(
+        rules
+            .into_iter()
+            .map(|r| Op::AddRule(family, name.to_string(), r)),
+    );
+    Some(ops)
+}
+
 /// The names of the fixed chains (base and regular).
 pub fn static_chain_names() -> BTreeSet<&'static str> {
     let regular = skeleton::CHAINS.iter().map(|c| c.name);
