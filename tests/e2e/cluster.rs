@@ -116,16 +116,24 @@ impl Cluster {
 
     /// Polls kproxy's `/metrics` until `sample` is present and > 0.
     pub fn until_metric_positive(&mut self, sample: &str) -> Duration {
+        self.until_metric_above(sample, 0.0)
+    }
+
+    /// Polls kproxy's `/metrics` until `sample` is present and above `floor`.
+    pub fn until_metric_above(&mut self, sample: &str, floor: f64) -> Duration {
         let start = Instant::now();
-        client::poll(sample, client::WAIT, || {
-            let k = self.kproxy.as_mut().expect("kproxy is running");
-            match self.rt.block_on(k.metric(sample)) {
-                Ok(v) if v > 0.0 => Ok(()),
-                Ok(v) => Err(format!("{sample} = {v}")),
-                Err(e) => Err(e),
-            }
+        client::poll(sample, client::WAIT, || match self.metric(sample) {
+            Ok(v) if v > floor => Ok(()),
+            Ok(v) => Err(format!("{sample} = {v}")),
+            Err(e) => Err(e),
         });
         start.elapsed()
+    }
+
+    /// One sample of kproxy's `/metrics` now.
+    pub fn metric(&mut self, sample: &str) -> Result<f64, String> {
+        let k = self.kproxy.as_mut().expect("kproxy is running");
+        self.rt.block_on(k.metric(sample))
     }
 
     /// The manifests directory.

@@ -91,7 +91,7 @@ macro_rules! scenarios {
             scenarios_changes::a_changed_service_port_moves_traffic_to_the_new_port,
             scenarios_changes::a_deleted_service_is_no_longer_proxied,
             scenarios_changes::a_broken_manifest_leaves_the_good_services_working,
-            scenarios_lifecycle::rules_flushed_by_someone_else_are_restored,
+            scenarios_lifecycle::rules_wrecked_by_someone_else_are_restored,
             scenarios_lifecycle::restarting_kproxy_fails_no_connection,
             scenarios_lifecycle::cleanup_removes_every_kproxy_table,
             scenarios_conntrack::a_pinned_udp_client_moves_to_the_new_endpoint_of_a_cluster_ip,

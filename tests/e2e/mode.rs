@@ -72,16 +72,61 @@ impl Mode {
             .join("\n")
     }
 
-    /// Removes this mode's rules behind kproxy's back, as another agent on the node might.
-    pub fn sabotage(&self, node: &Netns) {
+    /// The ways someone else wrecks this mode's rules for Service `web` (10.96.0.10:8080 over
+    /// pod-a, pod-b and pod-c, `manifests::web`), as another agent on the node might: (what,
+    /// the command). Every one of them breaks some of web's traffic until kproxy repairs it.
+    pub fn sabotages(&self) -> Vec<(&'static str, Vec<String>)> {
+        let words = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
         match self.name {
-            "nftables" => node.exec("nft", &["flush", "table", "ip", "kproxy"]),
-            "iptables" => node.exec(
-                &self.tool(false, ""),
-                &["-t", "nat", "-F", "KPROXY-SERVICES"],
-            ),
-            _ => node.exec("ipvsadm", &["-C"]),
-        };
+            "nftables" => vec![
+                ("table flushed", words("nft flush table ip kproxy")),
+                (
+                    "services map flushed",
+                    words("nft flush map ip kproxy services"),
+                ),
+                (
+                    "web's element deleted",
+                    words("nft delete element ip kproxy services { 10.96.0.10 . tcp . 8080 }"),
+                ),
+                (
+                    "services chain flushed",
+                    words("nft flush chain ip kproxy services"),
+                ),
+                ("table deleted", words("nft delete table ip kproxy")),
+            ],
+            "iptables" => {
+                let tool = self.tool(false, "");
+                vec![
+                    (
+                        "entry chain flushed",
+                        words(&format!("{tool} -t nat -F KPROXY-SERVICES")),
+                    ),
+                    (
+                        "portals flushed",
+                        words(&format!("{tool} -t nat -F KPROXY-PORTALS")),
+                    ),
+                    (
+                        "first portal rule deleted",
+                        words(&format!("{tool} -t nat -D KPROXY-PORTALS 1")),
+                    ),
+                ]
+            }
+            _ => vec![
+                ("every virtual server removed", words("ipvsadm -C")),
+                (
+                    "web's virtual server deleted",
+                    words("ipvsadm -D -t 10.96.0.10:8080"),
+                ),
+                (
+                    "one destination of web deleted",
+                    words("ipvsadm -d -t 10.96.0.10:8080 -r 10.244.1.2:8080"),
+                ),
+                (
+                    "companion table flushed",
+                    words("nft flush table ip kproxy-ipvs"),
+                ),
+            ],
+        }
     }
 
     /// What of this mode is still in the kernel (empty when nothing is).

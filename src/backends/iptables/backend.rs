@@ -6,8 +6,9 @@
 //! nat and filter tables and rewrites every kproxy chain in place (`adopt.rs`). Later full syncs
 //! diff against the mirror; partial syncs diff only the changed ports and never list the kernel.
 //! A failed restore is logged with iptables' own message and makes the next full sync adopt.
-//! `drift` compares a probe snapshot (`probe.rs`) with the baseline, at most once per
-//! `PROBE_PERIOD`. Someone else's change is never taken into the baseline by a sync that
+//! `drift` first asks the kernel's nf_tables notifications (iptables-nft: anyone else's
+//! commit that touched a `KPROXY-` chain or a rule naming one, `nftables::monitor`), then
+//! compares a probe snapshot (`probe.rs`) with the baseline, at most once per `PROBE_PERIOD`. Someone else's change is never taken into the baseline by a sync that
 //! happens before the next probe: with iptables-nft the baseline follows from the mirror
 //! (checked against the kernel after every full sync); with legacy each sync first compares
 //! the kernel with the old baseline and keeps what it found for `drift` to report.
@@ -28,6 +29,7 @@ use super::variant::Variant;
 use crate::backends::error::Step;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
+use crate::nftables::monitor::{Kind, Monitor, Touch};
 use crate::node::NodeFacts;
 
 /// Full syncs in a row whose check found the kernel unlike the mirror, after which the
@@ -58,6 +60,21 @@ pub struct IptablesBackend {
     last_probe: Option<Instant>,
     /// Lines of the last restore input per table (`…_iptables_last`).
     last_lines: usize,
+    /// iptables-nft: the kernel's notifications of who changed kproxy's chains (and the hooks
+    /// into them); `None` for legacy, or when it cannot be opened.
+    monitor: Option<Monitor>,
+}
+
+/// Whether an nf_tables notification is about kproxy's iptables-nft rules: a `KPROXY-` chain
+/// or a rule in one, a rule anywhere that names one (the hooks in the built-in chains), or
+/// the deletion of a whole nat or filter table.
+pub fn kproxy_chains(t: &Touch<'_>) -> bool {
+    const PREFIX: &[u8] = b"KPROXY-";
+    (t.family == 2 || t.family == 10)
+        && matches!(t.table, "nat" | "filter")
+        && (t.name.starts_with("KPROXY-")
+            || (t.kind == Kind::Table && t.deleted)
+            || (t.kind == Kind::Rule && t.attrs.windows(PREFIX.len()).any(|w| w == PREFIX)))
 }
 
 impl IptablesBackend {
@@ -77,6 +94,13 @@ impl IptablesBackend {
             mismatches: 0,
             last_probe: None,
             last_lines: 0,
+            monitor: (variant == Variant::Nft)
+                .then(|| {
+                    Monitor::open(None, kproxy_chains)
+                        .inspect_err(|error| tracing::warn!(%error, "cannot watch nf_tables changes; drift is noticed by counting rules only"))
+                        .ok()
+                })
+                .flatten(),
         }
     }
 
@@ -102,7 +126,11 @@ impl IptablesBackend {
         input: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<usize, BackendError> {
         let program = self.variant.restore(family);
-        if let Err(error) = tools::restore(&program, input) {
+        let result = match &mut self.monitor {
+            Some(m) => m.writing(|| tools::restore(&program, input)),
+            None => tools::restore(&program, input),
+        };
+        if let Err(error) = result {
             self.adopt = true;
             tracing::warn!(program, %error, lines, "iptables-restore failed");
             return Err(BackendError::at(Step::Apply, error));
@@ -246,6 +274,10 @@ impl Backend for IptablesBackend {
         let adopting = self.adopt || self.drift_before_write();
         if adopting {
             self.set_route_localnet();
+            // What others changed so far is in what adoption is about to read.
+            if let Some(m) = &mut self.monitor {
+                let _ = m.foreign();
+            }
         }
         let mut report = SyncReport::default();
         let families = IpFamily::ALL
@@ -296,6 +328,15 @@ impl Backend for IptablesBackend {
         if let Some(what) = self.found.take() {
             self.adopt = true;
             return Ok(Some(what));
+        }
+        if let Some(m) = &mut self.monitor {
+            let foreign = m
+                .foreign()
+                .map_err(|e| BackendError::at(Step::Probe, RestoreError::from(e)))?;
+            if !foreign.is_empty() && !self.adopt && self.baseline.is_some() {
+                self.adopt = true;
+                return Ok(Some(format!("iptables-nft: {foreign}")));
+            }
         }
         if self.adopt || self.baseline.is_none() {
             return Ok(None);

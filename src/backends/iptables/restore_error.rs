@@ -22,5 +22,7 @@ pub enum RestoreError {
     #[error(transparent)]
     Probe(#[from] probe::ProbeError),
     #[error(transparent)]
+    Monitor(#[from] crate::nftables::monitor::MonitorError),
+    #[error(transparent)]
     Cleanup(#[from] LeftoverError),
 }
