@@ -26,6 +26,8 @@ use super::netlink::{DestKey, ServiceKey, VirtualServer};
 use super::render;
 
 mod between;
+#[cfg(test)]
+pub use between::DEST_CHECKS;
 mod full;
 use crate::backends::error::Step;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
@@ -66,6 +68,10 @@ pub struct IpvsBackend {
     /// The next full sync rewrites the companion tables whole (at start, and after a failure,
     /// drift or cleanup); otherwise it sends their elements' difference from the mirror.
     rewrite: bool,
+    /// The scan of every virtual server (and of some servers' destinations, in rotation):
+    /// when it last ran, and the last server whose destinations it compared.
+    last_scan: Instant,
+    dest_cursor: Option<ServiceKey>,
 }
 
 /// Servers read back from the kernel during a sync, with the state the sync left them in.
@@ -114,6 +120,8 @@ impl IpvsBackend {
             last_drain_check: Instant::now(),
             prepared: false,
             rewrite: true,
+            last_scan: Instant::now(),
+            dest_cursor: None,
         }
     }
 
@@ -311,8 +319,11 @@ impl Backend for IpvsBackend {
         let found = self.probe()?;
         if found.is_some() {
             self.rewrite = true;
+            return Ok(found);
         }
-        Ok(found)
+        // Virtual servers and destinations: a full sync reads and repairs them; the companion
+        // tables need no rewrite for that.
+        self.scan()
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {

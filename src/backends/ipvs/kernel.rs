@@ -14,8 +14,8 @@ use super::link::{self, DummyLink, LinkError};
 use super::netlink::{DestState, IpvsMessage, ServiceKey, VirtualServer};
 use super::socket::{IpvsSocket, SocketError};
 use crate::model::IpFamily;
-use crate::nftables::Nft;
 use crate::nftables::transport::{NftError, Transport};
+use crate::nftables::{Nft, Watched};
 use crate::node::IPVS_LINK;
 
 /// Why a kernel step failed.
@@ -82,6 +82,11 @@ pub trait Kernel: Send {
     fn nft(&mut self, script: &str) -> Result<(), KernelError>;
     /// Rules in the companion table's `services` chain of `family` (0 when the table is gone).
     fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError>;
+    /// What someone else changed in the companion tables since the last call, in words;
+    /// `None` when nothing (or when this kernel does not watch them).
+    fn companion_foreign(&mut self) -> Result<Option<String>, KernelError> {
+        Ok(None)
+    }
     /// Writes `value` to /proc/sys/`path` unless it holds that value already.
     fn sysctl(&mut self, path: &str, value: &str) -> Result<(), KernelError>;
     /// Removes the dummy interface; whether it existed.
@@ -95,16 +100,27 @@ pub struct LiveKernel {
     link: Option<DummyLink>,
     /// The dummy interface: kproxy's (`kproxy-ipvs0`), or upstream's for its cleanup.
     link_name: &'static str,
-    nft: Nft,
+    /// The companion tables' transport, watched for anyone else's changes (kproxy's own
+    /// kernel only; a kernel for upstream's cleanup watches nothing).
+    nft: Watched<Nft>,
+}
+
+/// Whether an nf_tables notification is about IPVS mode's companion tables.
+pub fn companion_tables(t: &crate::nftables::monitor::Touch<'_>) -> bool {
+    t.table == super::compile::TABLE && (t.family == 2 || t.family == 10)
 }
 
 impl LiveKernel {
     pub fn new(nft: Nft) -> LiveKernel {
-        LiveKernel::for_link(nft, IPVS_LINK)
+        LiveKernel::with(Watched::new(nft, None, companion_tables), IPVS_LINK)
     }
 
     /// A kernel whose dummy interface is `link_name` (upstream's `kube-ipvs0`, to clean it up).
     pub fn for_link(nft: Nft, link_name: &'static str) -> LiveKernel {
+        LiveKernel::with(Watched::unwatched(nft), link_name)
+    }
+
+    fn with(nft: Watched<Nft>, link_name: &'static str) -> LiveKernel {
         LiveKernel {
             ipvs: None,
             link: None,
@@ -214,6 +230,16 @@ impl Kernel for LiveKernel {
 
     fn nft(&mut self, script: &str) -> Result<(), KernelError> {
         Ok(self.nft.apply(script)?)
+    }
+
+    fn companion_foreign(&mut self) -> Result<Option<String>, KernelError> {
+        match self.nft.foreign_changes() {
+            Some(found) => {
+                let found = found.map_err(NftError::from)?;
+                Ok((!found.is_empty()).then(|| found.to_string()))
+            }
+            None => Ok(None),
+        }
     }
 
     fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError> {

@@ -313,3 +313,78 @@ fn a_periodic_full_sync_sends_nothing_when_nothing_changed_and_never_recreates_t
     assert_eq!(programmed(&kernel), fresh(&fewer));
     assert!(kernel.state().tables_created > 0);
 }
+
+#[test]
+fn a_virtual_server_someone_deleted_is_noticed_by_the_next_scan_and_repaired() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&plans(), &node()).unwrap();
+    b.scan_due();
+    assert_eq!(b.drift().unwrap(), None, "nothing changed");
+    // The last server: the probe's own check looks at the first one only.
+    let last = *kernel.state().services.keys().next_back().unwrap();
+    kernel.state().services.remove(&last);
+    b.scan_due();
+    let what = b.drift().unwrap().expect("a deleted server is drift");
+    assert!(what.contains("1 of kproxy's"), "{what}");
+    b.sync_full(&plans(), &node()).unwrap();
+    assert_eq!(programmed(&kernel), fresh(&plans()));
+    b.scan_due();
+    assert_eq!(b.drift().unwrap(), None, "repaired");
+}
+
+#[test]
+fn a_virtual_server_with_kproxys_mark_that_no_service_wants_is_noticed_and_removed() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&plans(), &node()).unwrap();
+    let stray = key("10.96.9.9", Protocol::Tcp, 80);
+    {
+        let mut s = kernel.state();
+        let (vs, _) = s.services.values().next().unwrap().clone();
+        s.services.insert(
+            stray,
+            (VirtualServer { key: stray, ..vs }, Default::default()),
+        );
+    }
+    b.scan_due();
+    let what = b.drift().unwrap().expect("a stray marked server is drift");
+    assert!(what.contains("10.96.9.9:80"), "{what}");
+    b.sync_full(&plans(), &node()).unwrap();
+    assert_eq!(programmed(&kernel), fresh(&plans()));
+}
+
+#[test]
+fn a_destination_someone_deleted_or_reweighted_is_noticed_within_one_rotation_of_scans() {
+    for change in ["delete", "reweight"] {
+        let kernel = FakeKernel::default();
+        let mut b = backend(&kernel);
+        b.sync_full(&plans(), &node()).unwrap();
+        let servers = kernel.state().services.len();
+        {
+            let mut s = kernel.state();
+            let (_, dests) = s
+                .services
+                .values_mut()
+                .rev()
+                .find(|(_, d)| !d.is_empty())
+                .unwrap();
+            let first = *dests.keys().next().unwrap();
+            match change {
+                "delete" => {
+                    dests.remove(&first);
+                }
+                _ => dests.get_mut(&first).unwrap().weight += 5,
+            }
+        }
+        let rounds = servers.div_ceil(super::backend::DEST_CHECKS) + 1;
+        let found = (0..rounds).find_map(|_| {
+            b.scan_due();
+            b.drift().unwrap()
+        });
+        let what = found.unwrap_or_else(|| panic!("{change}: not noticed in {rounds} scans"));
+        assert!(what.contains("destination(s) gone"), "{change}: {what}");
+        b.sync_full(&plans(), &node()).unwrap();
+        assert_eq!(programmed(&kernel), fresh(&plans()), "{change}");
+    }
+}

@@ -1,11 +1,18 @@
-//! Between syncs: the drift probe (cheap checks that someone else changed what IPVS mode
-//! programmed) and the end of graceful termination (draining destinations deleted once idle).
+//! Between syncs: the drift checks (someone else changed what IPVS mode programmed) and the
+//! end of graceful termination (draining destinations deleted once idle). The probe, every
+//! check: anyone else's commit to the companion tables (the nf_tables change monitor), the
+//! dummy interface and its addresses. The scan, every `SCAN_PERIOD`: every virtual server
+//! listed (one dump) and compared with the mirror, and the destinations of up to
+//! `DEST_CHECKS` servers, in rotation (IPVS lists destinations one server at a time).
 //!
-//! Invariants: the probe never dumps a whole table or every server; draining entries exist only
-//! for destinations the mirror holds at weight 0.
+//! Invariants: the probe never dumps a whole table or every server; the scan compares only
+//! servers' keys and destinations (what a full sync repairs), never their settings, so a
+//! difference it reports is one a full sync removes; draining entries exist only for
+//! destinations the mirror holds at weight 0.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::ops::Bound;
+use std::time::{Duration, Instant};
 
 use super::{DRAIN_CHECK_PERIOD, DRAIN_LIMIT, IpvsBackend, apply_err};
 use crate::backends::BackendError;
@@ -15,7 +22,103 @@ use crate::backends::ipvs::kernel::KernelError;
 use crate::backends::ipvs::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey};
 use crate::nftables::family_name;
 
+/// How often every virtual server is listed and compared with the mirror.
+pub const SCAN_PERIOD: Duration = Duration::from_millis(500);
+/// Servers whose destinations one scan compares (one dump each), in rotation.
+pub const DEST_CHECKS: usize = 256;
+
+fn show(key: &ServiceKey) -> String {
+    format!(
+        "{} {}",
+        key.protocol.as_str(),
+        std::net::SocketAddr::new(key.addr, key.port)
+    )
+}
+
 impl IpvsBackend {
+    /// The scan (see the module's comment): `Some(what)` when IPVS differs from the mirror.
+    pub(super) fn scan(&mut self) -> Result<Option<String>, BackendError> {
+        if !self.prepared || self.last_scan.elapsed() < SCAN_PERIOD {
+            return Ok(None);
+        }
+        self.last_scan = Instant::now();
+        let probe = |e: KernelError| BackendError::at(Step::Probe, e);
+        let listed: BTreeMap<ServiceKey, bool> = self
+            .kernel
+            .services()
+            .map_err(probe)?
+            .into_iter()
+            .map(|vs| (vs.key, vs.owned))
+            .collect();
+        let servers = &self.mirror.servers;
+        let missing: Vec<&ServiceKey> =
+            servers.keys().filter(|k| !listed.contains_key(k)).collect();
+        if let Some(first) = missing.first() {
+            return Ok(Some(format!(
+                "{} of kproxy's {} virtual servers are gone ({} first)",
+                missing.len(),
+                servers.len(),
+                show(first)
+            )));
+        }
+        let added = listed
+            .iter()
+            .find(|(k, owned)| **owned && !servers.contains_key(k));
+        if let Some((k, _)) = added {
+            return Ok(Some(format!(
+                "virtual server {} carries kproxy's mark but no Service wants it",
+                show(k)
+            )));
+        }
+        let after = match self.dest_cursor {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let mut keys: Vec<ServiceKey> = servers
+            .range((after, Bound::Unbounded))
+            .map(|(k, _)| *k)
+            .take(DEST_CHECKS)
+            .collect();
+        if keys.len() < DEST_CHECKS {
+            let more = DEST_CHECKS - keys.len();
+            let wrapped: Vec<ServiceKey> = servers
+                .keys()
+                .take(more)
+                .filter(|k| !keys.contains(k))
+                .copied()
+                .collect();
+            keys.extend(wrapped);
+        }
+        self.dest_cursor = keys.last().copied();
+        for key in keys {
+            let found: BTreeMap<DestKey, u32> = self
+                .kernel
+                .dests(&key)
+                .map_err(probe)?
+                .into_iter()
+                .map(|d| (d.key, d.weight))
+                .collect();
+            let want = &self.mirror.servers[&key].dests;
+            if &found != want {
+                let gone = want.keys().filter(|d| !found.contains_key(d)).count();
+                let added = found.keys().filter(|d| !want.contains_key(d)).count();
+                return Ok(Some(format!(
+                    "virtual server {}: {gone} destination(s) gone, {added} added, or weights changed",
+                    show(&key)
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes the next drift check scan (tests: no waiting for `SCAN_PERIOD`).
+    #[cfg(test)]
+    pub(crate) fn scan_due(&mut self) {
+        self.last_scan = Instant::now()
+            .checked_sub(SCAN_PERIOD)
+            .unwrap_or(self.last_scan);
+    }
+
     /// Forgets draining entries of servers or destinations that are gone, and starts the clock
     /// for the new ones.
     pub(super) fn track_drains(&mut self, started: &[(ServiceKey, DestKey)]) {
@@ -76,6 +179,9 @@ impl IpvsBackend {
             self.finish_drains()?;
         }
         let probe = |e: KernelError| BackendError::at(Step::Probe, e);
+        if let Some(what) = self.kernel.companion_foreign().map_err(probe)? {
+            return Ok(Some(what));
+        }
         for fam in self.families.clone() {
             if self.kernel.companion_rules(fam).map_err(probe)? == 0 {
                 return Ok(Some(format!(
