@@ -154,7 +154,7 @@ fn live_someone_elses_flush_is_foreign_and_kproxys_own_write_is_not() {
     };
     let mut monitor = Monitor::open(Some(&ns.name), kproxy).unwrap();
     let mut cli = NftCli::in_netns(&ns.name);
-    monitor.writing(|| cli.apply(TABLE)).unwrap();
+    monitor.writing(false, || cli.apply(TABLE)).unwrap();
     assert!(monitor.foreign().unwrap().is_empty(), "kproxy's own write");
     stranger_nft(&ns, "add element ip cni pods { 10.1.0.1 }");
     assert!(monitor.foreign().unwrap().is_empty(), "another table");
@@ -193,7 +193,7 @@ fn live_without_global_pids_kproxys_write_outside_its_window_is_foreign() {
     let mut monitor = Monitor::open(Some(&ns.name), kproxy).unwrap();
     monitor.without_pids();
     let mut cli = NftCli::in_netns(&ns.name);
-    monitor.writing(|| cli.apply(TABLE)).unwrap();
+    monitor.writing(false, || cli.apply(TABLE)).unwrap();
     assert!(monitor.foreign().unwrap().is_empty());
     cli.apply("add element ip kproxy services { 10.0.0.3 : drop }")
         .unwrap();

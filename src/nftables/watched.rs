@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use super::elements::ElementBatch;
 use super::listing::{Element, Shape};
-use super::monitor::{Foreign, Interest, Monitor, MonitorError};
+use super::monitor::{Foreign, Interest, LARGE, Monitor, MonitorError};
 use super::transport::{NftError, Transport};
 use crate::model::IpFamily;
 
@@ -51,7 +51,8 @@ impl<T: Transport> Watched<T> {
 impl<T: Transport> Transport for Watched<T> {
     fn apply(&mut self, script: &str) -> Result<(), NftError> {
         match &mut self.monitor {
-            Some(m) => m.writing(|| self.inner.apply(script)),
+            // ~40 bytes per operation in nft's syntax.
+            Some(m) => m.writing(script.len() > LARGE * 40, || self.inner.apply(script)),
             None => self.inner.apply(script),
         }
     }
@@ -62,7 +63,7 @@ impl<T: Transport> Transport for Watched<T> {
 
     fn apply_elements(&mut self, batch: ElementBatch) -> Result<(), NftError> {
         match &mut self.monitor {
-            Some(m) => m.writing(|| self.inner.apply_elements(batch)),
+            Some(m) => m.writing(batch.len() > LARGE, || self.inner.apply_elements(batch)),
             None => self.inner.apply_elements(batch),
         }
     }

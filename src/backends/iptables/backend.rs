@@ -29,7 +29,7 @@ use super::variant::Variant;
 use crate::backends::error::Step;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
-use crate::nftables::monitor::{Kind, Monitor, Touch};
+use crate::nftables::monitor::{Kind, LARGE, Monitor, Touch};
 use crate::node::NodeFacts;
 
 /// Full syncs in a row whose check found the kernel unlike the mirror, after which the
@@ -63,6 +63,11 @@ pub struct IptablesBackend {
     /// iptables-nft: the kernel's notifications of who changed kproxy's chains (and the hooks
     /// into them); `None` for legacy, or when it cannot be opened.
     monitor: Option<Monitor>,
+    /// kproxy's chains whose rules someone else changed: the next full sync rewrites them
+    /// from the mirror (iptables-nft, whose notifications name them).
+    repair: BTreeSet<(IpFamily, Table, String)>,
+    /// Adoptions so far (start-up, failures, drift that could not be repaired in place).
+    adoptions: u64,
 }
 
 /// Whether an nf_tables notification is about kproxy's iptables-nft rules: a `KPROXY-` chain
@@ -101,7 +106,61 @@ impl IptablesBackend {
                         .ok()
                 })
                 .flatten(),
+            repair: BTreeSet::new(),
+            adoptions: 0,
         }
+    }
+
+    /// How often the tables were read back whole and rewritten.
+    pub fn adoptions(&self) -> u64 {
+        self.adoptions
+    }
+
+    /// What the next full sync does about `foreign` changes: rewrite the `KPROXY-` chains
+    /// whose rules changed, adopt for anything else (chains or tables created or deleted, the
+    /// hooks in the built-in chains, notifications lost).
+    fn plan_repair(&mut self, foreign: &crate::nftables::monitor::Foreign) {
+        if foreign.lost || foreign.more > 0 {
+            self.adopt = true;
+        }
+        for (kind, _, family, table, chain) in foreign.commits.iter().flat_map(|c| c.2.keys()) {
+            let table = Table::ALL.into_iter().find(|t| t.as_str() == table);
+            let family = if *family == 2 {
+                IpFamily::V4
+            } else {
+                IpFamily::V6
+            };
+            match table {
+                Some(t) if *kind == Kind::Rule && chain.starts_with("KPROXY-") => {
+                    self.repair.insert((family, t, chain.clone()));
+                }
+                _ => self.adopt = true,
+            }
+        }
+    }
+
+    /// Rewrites the chains someone else changed, each with the rules the mirror says; false
+    /// when one of them is not kproxy's (then the caller adopts).
+    fn repair_chains(&mut self) -> Result<bool, BackendError> {
+        let chains = std::mem::take(&mut self.repair);
+        let mut restores: BTreeMap<IpFamily, Restore> = BTreeMap::new();
+        for (family, table, chain) in chains {
+            let Some(mirror) = self.mirrors.get(&family) else {
+                return Ok(false);
+            };
+            let Some(rules) = mirror.chain_rules(table, &chain, family, &self.config) else {
+                return Ok(false);
+            };
+            restores
+                .entry(family)
+                .or_default()
+                .table(table)
+                .write_chain(&chain, &rules);
+        }
+        for (family, restore) in restores {
+            self.restore_diff(family, &restore)?;
+        }
+        Ok(true)
     }
 
     pub fn variant(&self) -> Variant {
@@ -127,7 +186,7 @@ impl IptablesBackend {
     ) -> Result<usize, BackendError> {
         let program = self.variant.restore(family);
         let result = match &mut self.monitor {
-            Some(m) => m.writing(|| tools::restore(&program, input)),
+            Some(m) => m.writing(lines > LARGE, || tools::restore(&program, input)),
             None => tools::restore(&program, input),
         };
         if let Err(error) = result {
@@ -271,8 +330,13 @@ impl Backend for IptablesBackend {
 
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
         self.last_lines = 0;
+        if !self.adopt && !self.repair.is_empty() && !self.repair_chains()? {
+            self.adopt = true;
+        }
+        self.repair.clear();
         let adopting = self.adopt || self.drift_before_write();
         if adopting {
+            self.adoptions += 1;
             self.set_route_localnet();
             // What others changed so far is in what adoption is about to read.
             if let Some(m) = &mut self.monitor {
@@ -334,8 +398,12 @@ impl Backend for IptablesBackend {
                 .foreign()
                 .map_err(|e| BackendError::at(Step::Probe, RestoreError::from(e)))?;
             if !foreign.is_empty() && !self.adopt && self.baseline.is_some() {
-                self.adopt = true;
+                self.plan_repair(&foreign);
                 return Ok(Some(format!("iptables-nft: {foreign}")));
+            }
+            if !self.repair.is_empty() {
+                // The rule counts differ until the repair: not news.
+                return Ok(None);
             }
         }
         if self.adopt || self.baseline.is_none() {

@@ -276,3 +276,92 @@ fn a_foreign_rule_naming_a_kproxy_chain_is_repaired_a_few_times_then_lived_with(
     })
     .unwrap();
 }
+
+/// What iptables-nft-save shows of both families, without its comment lines (dates).
+fn saved_here() -> String {
+    IpFamily::ALL
+        .into_iter()
+        .map(|f| {
+            let out = std::process::Command::new(Variant::Nft.save(f))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+        })
+        .collect()
+}
+
+#[test]
+fn iptables_nft_chains_someone_else_changed_are_rewritten_in_place_and_the_rest_adopted() {
+    let Some(ns) = Netns::new() else { return };
+    crate::netns::run_in(&ns.name.clone(), move || {
+        let mut b = IptablesBackend::new(iptables_config(), Variant::Nft);
+        b.sync_full(&plans(), &node()).expect("the first load");
+        let want = saved_here();
+        let svc = want
+            .lines()
+            .find_map(|l| l.strip_prefix(":KPROXY-SVC-"))
+            .map(|l| format!("KPROXY-SVC-{}", l.split(' ').next().unwrap()))
+            .expect("a service chain");
+        let changes: Vec<(Vec<&str>, String, bool)> = vec![
+            (
+                vec!["-t", "nat", "-F", "KPROXY-PORTALS"],
+                "rule(s) in ip nat KPROXY-PORTALS".into(),
+                true,
+            ),
+            (
+                vec!["-t", "nat", "-D", "KPROXY-PORTALS", "1"],
+                "deleted 1 rule(s) in ip nat KPROXY-PORTALS".into(),
+                true,
+            ),
+            (
+                vec![
+                    "-t",
+                    "nat",
+                    "-I",
+                    "KPROXY-PORTALS",
+                    "-d",
+                    "10.255.0.1/32",
+                    "-j",
+                    "RETURN",
+                ],
+                "added 1 rule(s) in ip nat KPROXY-PORTALS".into(),
+                true,
+            ),
+            (
+                vec!["-t", "nat", "-F", &svc],
+                format!("in ip nat {svc}"),
+                true,
+            ),
+            (
+                vec!["-t", "filter", "-F", "KPROXY-FILTER"],
+                "in ip filter KPROXY-FILTER".into(),
+                true,
+            ),
+            // A hook in a built-in chain: adoption puts it back.
+            (
+                vec!["-t", "nat", "-D", "PREROUTING", "1"],
+                "in ip nat PREROUTING".into(),
+                false,
+            ),
+        ];
+        for (args, words, in_place) in changes {
+            let status = std::process::Command::new(Variant::Nft.cli(IpFamily::V4))
+                .args(&args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{args:?}");
+            let what = until_drift(&mut b);
+            assert!(what.contains(&words), "{args:?}: {what}");
+            let adoptions = b.adoptions();
+            b.sync_full(&plans(), &node()).expect("repair");
+            assert_eq!(saved_here(), want, "after {args:?}");
+            assert_eq!(b.adoptions() == adoptions, in_place, "{args:?} in place?");
+            assert_no_drift(&mut b, "the repair");
+        }
+    })
+    .unwrap();
+}

@@ -77,6 +77,42 @@ impl Mirror {
         self.fixed.is_some()
     }
 
+    /// Every rule of kproxy's chain `chain` in `table` as the mirror says the kernel holds it
+    /// (a fixed chain's own rules, then the ports' dispatch rules in port order, as a load
+    /// writes them; or a port's chain), compiling every port again; `None` for a chain that
+    /// is not kproxy's. O(ports).
+    pub fn chain_rules(
+        &self,
+        table: Table,
+        chain: &str,
+        family: IpFamily,
+        config: &BackendConfig,
+    ) -> Option<Vec<String>> {
+        let fixed = self.fixed.as_ref()?;
+        let mut own = fixed
+            .chains
+            .iter()
+            .find(|(t, c, _)| *t == table && *c == chain)
+            .map(|(_, _, rules)| rules.clone());
+        for planned in self.ports.values() {
+            let port = compile_port(planned, family, config);
+            match own.as_mut() {
+                Some(rules) => rules.extend(
+                    port.dispatch
+                        .iter()
+                        .filter(|(t, c, _)| *t == table && *c == chain)
+                        .map(|(_, _, args)| args.clone()),
+                ),
+                None => {
+                    if let Some(rules) = port.chains.get(&(table, chain.to_string())) {
+                        return Some(rules.clone());
+                    }
+                }
+            }
+        }
+        own
+    }
+
     /// Rules kproxy owns per table (the `…_iptables_total{table}` metric).
     pub fn rules_per_table(&self) -> BTreeMap<Table, usize> {
         let mut out: BTreeMap<Table, usize> = Table::ALL.iter().map(|t| (*t, 0)).collect();
