@@ -9,7 +9,10 @@
 //!   which `--iptables-variant auto` picks in an empty namespace) at 10,000 × 10; and nftables
 //!   through the other two transports (`netlink`: the `nft` command with elements over netlink;
 //!   `command`) at 10,000 × 10 for comparison. The three nftables 10,000 × 10 rows also time an
-//!   EndpointSlice file change until the traffic has moved (twice per repetition).
+//!   EndpointSlice file change until the traffic has moved (twice per repetition); they and the
+//!   iptables row then wreck the target's rules several ways as someone else would (a map or
+//!   chain flushed, its element deleted, the table deleted, `iptables -t nat -F`) and time each
+//!   until the target's traffic is repaired (issue 18).
 //! - **Peak RSS per transport**: each `--nftables-transport` at 1k and 10k Services × 10 (and 50k
 //!   with KPROXY_BENCH_LARGE=1), in a bare namespace, after the first sync.
 //!
@@ -119,6 +122,9 @@ struct Row {
     eps: u32,
     reps: usize,
     moves: bool,
+    /// Each repetition also wrecks the target's rules several ways (`sabotages`) and times
+    /// each until its traffic is repaired (issue 18).
+    drift: bool,
 }
 
 impl Row {
@@ -140,6 +146,7 @@ fn rows(bench: bool, large: bool) -> Vec<Row> {
         eps,
         reps,
         moves,
+        drift: moves || mode == Mode::Iptables,
     };
     let library = Mode::Nftables("library");
     let netlink = Mode::Nftables("netlink");
@@ -472,6 +479,24 @@ fn run_row(row: &Row) {
                 println!("{move_name} (rep {rep}, move {i}): {took:.2?}");
             }
         }
+        if row.drift {
+            for (what, command) in sabotages(row.mode, vip) {
+                let name = format!("row {label}: {what} until traffic repaired");
+                let start = Instant::now();
+                let out = Command::new(&command[0])
+                    .args(&command[1..])
+                    .output()
+                    .expect("run the foreign change");
+                assert!(out.status.success(), "{command:?}: {out:?}");
+                poll(&name, Duration::from_secs(60), || {
+                    kproxy.assert_running();
+                    (answer(vip).as_deref() == Some("a")).then_some(())
+                });
+                let took = start.elapsed();
+                timings::record(&name, took);
+                println!("{name} (rep {rep}): {took:.2?}");
+            }
+        }
         kproxy.stop();
     }
     if row.reps > 1 {
@@ -485,6 +510,38 @@ fn run_row(row: &Row) {
         );
     }
     drop(hosts);
+}
+
+/// How someone else wrecks the rules that serve `vip` (TCP port 80), per mode: (what, command).
+/// Each breaks the target's traffic until kproxy repairs it.
+fn sabotages(mode: Mode, vip: SocketAddr) -> Vec<(&'static str, Vec<String>)> {
+    let words = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+    let element = format!("{{ {} . tcp . {} }}", vip.ip(), vip.port());
+    match mode {
+        Mode::Nftables(_) => vec![
+            ("map flushed", words("nft flush map ip kproxy services")),
+            (
+                "its element deleted",
+                words(&format!("nft delete element ip kproxy services {element}")),
+            ),
+            (
+                "entry chain flushed",
+                words("nft flush chain ip kproxy services"),
+            ),
+            ("table deleted", words("nft delete table ip kproxy")),
+        ],
+        Mode::Iptables => vec![
+            (
+                "KPROXY-PORTALS flushed",
+                words("iptables-nft -t nat -F KPROXY-PORTALS"),
+            ),
+            (
+                "KPROXY-SERVICES flushed",
+                words("iptables-nft -t nat -F KPROXY-SERVICES"),
+            ),
+            ("nat table flushed", words("iptables-nft -t nat -F")),
+        ],
+    }
 }
 
 /// Panics unless kproxy's chains are in iptables-nft's nat table (the iptables rows measure

@@ -75,6 +75,8 @@ pub struct Config {
     pub verbosity: u8,
     /// Read objects from YAML files in this directory instead of the API server.
     pub manifests: Option<PathBuf>,
+    /// `--manifests-max-file-size`: larger files are refused unread.
+    pub manifests_max_file_size: u64,
     pub dry_run: bool,
     /// `--nftables-transport`: libnftables in-process, or the `nft` command (with elements
     /// over netlink, or not).
@@ -332,6 +334,8 @@ fn resolve(
         manifests: flags::explicit(m, "manifests")
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
+        manifests_max_file_size: flag(m, "manifests-max-file-size", values::parse_size)?
+            .unwrap_or(crate::watch::manifests::DEFAULT_MAX_FILE_SIZE),
         dry_run: bool_flag(m, "dry-run")?.unwrap_or(false),
         nft_transport: flag(m, "nftables-transport", values::parse_nft_transport)?
             .unwrap_or_default(),

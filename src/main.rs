@@ -183,18 +183,29 @@ fn cleanup(config: &BackendConfig) -> anyhow::Result<()> {
 async fn start_source(cfg: &Config, tx: ChangeTx, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let node = cfg.node_name.clone();
     if let Some(dir) = cfg.manifests.clone() {
-        anyhow::ensure!(
-            dir.is_dir(),
-            "--manifests {}: not a directory",
-            dir.display()
-        );
         if cfg.dry_run {
             // A dry run prints what it can read now: a directory it cannot list would leave it
-            // waiting forever for a first read (the daemon waits, not ready, and logs it).
+            // waiting forever for a first read.
+            anyhow::ensure!(
+                dir.is_dir(),
+                "--manifests {}: not a directory",
+                dir.display()
+            );
             std::fs::read_dir(&dir)
                 .with_context(|| format!("--manifests {}: cannot list it", dir.display()))?;
+        } else if !dir.is_dir() {
+            // The daemon waits for it (a volume mounted late): nothing is programmed and
+            // /healthz turns 503 after its timeout, as for any update never applied; the
+            // source logs once and serves as soon as the directory can be listed.
+            tracing::warn!(dir = %dir.display(), "--manifests: not a directory (yet); waiting for it");
         }
-        tokio::spawn(watch::manifests::run(dir, tx, metrics, node));
+        tokio::spawn(watch::manifests::run(
+            dir,
+            tx,
+            metrics,
+            node,
+            cfg.manifests_max_file_size,
+        ));
     } else {
         let client = watch::kube::client(cfg.kubeconfig.as_deref(), cfg.master.as_deref())
             .await

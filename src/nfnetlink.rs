@@ -1,6 +1,7 @@
 //! Netfilter netlink by hand, for the two places that need bytes no crate writes for them (the
 //! nf_tables rule-count probe, and conntrack dumps filtered with CTA_FILTER): a socket, one
-//! attribute, and one request (nlmsghdr, nfgenmsg, attributes).
+//! attribute, and one request (nlmsghdr, nfgenmsg, attributes); and a receive buffer made
+//! large, for any netlink socket.
 //!
 //! Invariants: native byte order for headers and lengths (netlink's), values as given; every
 //! attribute is padded to 4 bytes; the request's length field is its whole length.
@@ -11,6 +12,25 @@ pub fn socket() -> std::io::Result<netlink_sys::Socket> {
     socket.bind_auto()?;
     socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
     Ok(socket)
+}
+
+/// Raises a netlink socket's receive buffer to `size` bytes (beyond net.core.rmem_max with
+/// CAP_NET_ADMIN; as far as that allows without). The memory is taken only while messages wait.
+pub fn grow_receive_buffer(socket: &netlink_sys::Socket, size: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt with a valid fd and a pointer to an int of the given length.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if forced != 0 {
+        let _ = socket.set_rx_buf_sz(size);
+    }
 }
 
 /// The address family byte of nfgenmsg for an IP family (NFPROTO_IPV4 / NFPROTO_IPV6, which

@@ -112,8 +112,8 @@ pub trait Backend: Send {
         node: &NodeFacts,
     ) -> Result<SyncReport, BackendError>;
     /// Whether someone else changed kproxy's rules since the last sync: `Some(what)` when they
-    /// did (the backend then expects a full sync). Cheap enough to run several times a second;
-    /// never lists set elements. Backends without a check say `None`.
+    /// did (the backend then expects a full sync, which repairs it). Cheap enough to run ten
+    /// times a second; never lists set elements. Backends without a check say `None`.
     fn drift(&mut self) -> Result<Option<String>, BackendError> {
         Ok(None)
     }

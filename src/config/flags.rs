@@ -212,6 +212,11 @@ pub fn command() -> Command {
             "DIR",
             "read Services and EndpointSlices from YAML files in DIR, not the API",
         ))
+        .arg(value(
+            "manifests-max-file-size",
+            "SIZE",
+            "with --manifests: refuse files larger than SIZE bytes (or Ki, Mi, Gi) unread [default: 64Mi]",
+        ))
         .arg(boolean(
             "cleanup-kube-proxy",
             "remove upstream kube-proxy's rules (KUBE-* chains and ipsets, its kube-proxy nftables tables, kube-ipvs0 and its IPVS servers), then exit",

@@ -63,6 +63,23 @@ pub fn parse_masquerade_bit(s: &str) -> Result<u8, String> {
         .ok_or_else(|| format!("invalid bit {s:?} (want 0 to 31)"))
 }
 
+/// A size in bytes: a number, optionally with a binary suffix (`Ki`, `Mi`, `Gi`), as
+/// Kubernetes quantities write them (`64Mi`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (number, shift) = [("Ki", 10), ("Mi", 20), ("Gi", 30)]
+        .iter()
+        .find_map(|(suffix, shift)| s.strip_suffix(suffix).map(|n| (n, *shift)))
+        .unwrap_or((s, 0));
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            format!("invalid size {s:?} (want bytes, or a number with Ki, Mi or Gi, above 0)")
+        })
+}
+
 /// A klog verbosity level.
 pub fn parse_verbosity(s: &str) -> Result<u8, String> {
     s.parse()

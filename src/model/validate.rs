@@ -54,10 +54,14 @@ pub enum RejectReason {
     BadProtocol,
     /// Any other value the API server would refuse (bad CIDR, unknown policy, ...).
     Invalid,
+    /// A manifests file larger than `--manifests-max-file-size` (not read).
+    TooLarge,
+    /// A manifests file nesting collections deeper than the limit (not parsed).
+    TooDeep,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Parse,
         RejectReason::WrongType,
         RejectReason::MissingName,
@@ -65,6 +69,8 @@ impl RejectReason {
         RejectReason::BadPort,
         RejectReason::BadProtocol,
         RejectReason::Invalid,
+        RejectReason::TooLarge,
+        RejectReason::TooDeep,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +82,8 @@ impl RejectReason {
             RejectReason::BadPort => "bad_port",
             RejectReason::BadProtocol => "bad_protocol",
             RejectReason::Invalid => "invalid",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::TooDeep => "too_deep",
         }
     }
 }

@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::os::fd::AsRawFd;
 
 use super::uapi::{NFNL_SUBSYS_NFTABLES, NLA_TYPE_MASK, NLMSG_ERROR};
 
@@ -368,21 +367,7 @@ fn subscribe() -> std::io::Result<netlink_sys::Socket> {
     socket.bind_auto()?;
     socket.add_membership(NFNLGRP_NFTABLES)?;
     socket.set_non_blocking(true)?;
-    let size = RECEIVE_BUFFER;
-    // SAFETY: setsockopt with a valid fd and a pointer to an int of the given length.
-    let forced = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if forced != 0 {
-        // Without CAP_NET_ADMIN: as large as net.core.rmem_max allows.
-        let _ = socket.set_rx_buf_sz(size);
-    }
+    crate::nfnetlink::grow_receive_buffer(&socket, RECEIVE_BUFFER);
     Ok(socket)
 }
 

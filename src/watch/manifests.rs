@@ -30,6 +30,7 @@
 //! filesystem's timestamp granularity could leave its stat unchanged; an event-driven read never
 //! trusts the stat.
 
+mod limits;
 mod mirror;
 mod parse;
 mod state;
@@ -54,11 +55,21 @@ use watcher::{Watcher, Work};
 /// Files modified more recently than this are read again on the next rescan (see the module doc).
 const RACY_WINDOW: Duration = Duration::from_millis(100);
 
-/// Serves the manifests in `dir` to `tx` until the receiver goes away.
-pub async fn run(dir: PathBuf, tx: ChangeTx, metrics: Arc<Metrics>, node_name: String) {
+pub use limits::DEFAULT_MAX_FILE_SIZE;
+
+/// Serves the manifests in `dir` to `tx` until the receiver goes away; files larger than
+/// `max_file_size` bytes are refused unread.
+pub async fn run(
+    dir: PathBuf,
+    tx: ChangeTx,
+    metrics: Arc<Metrics>,
+    node_name: String,
+    max_file_size: u64,
+) {
     info!(dir = %dir.display(), "serving manifests");
     let mut watcher = Watcher::new(dir.clone());
     let mut scanner = Scanner::new(dir, node_name, metrics);
+    scanner.max_file_size = max_file_size;
     let mut work = Work::Rescan;
     let mut listed = false;
     loop {
@@ -151,6 +162,8 @@ struct Scanner {
     has_links: bool,
     /// The (device, inode) of the directory last listed.
     dir_id: Option<(u64, u64)>,
+    /// Files larger than this are refused unread (`--manifests-max-file-size`).
+    max_file_size: u64,
 }
 
 impl Scanner {
@@ -164,6 +177,7 @@ impl Scanner {
             dir_failing: false,
             has_links: false,
             dir_id: None,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
         }
     }
 
@@ -289,8 +303,32 @@ impl Scanner {
     /// (Re)reads one file whose stat changed, and re-parses it if its content did.
     fn load(&mut self, name: Arc<str>, stat: Stat, now: SystemTime) {
         let racy = stat.is_racy(now);
-        let bytes = match fs::read(self.dir.join(&*name)) {
-            Ok(bytes) => bytes,
+        let limit = self.max_file_size;
+        let read = if stat.size > limit {
+            Ok(None)
+        } else {
+            read_at_most(&self.dir.join(&*name), limit)
+        };
+        let bytes = match read {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                warn!(
+                    file = &*name,
+                    size = stat.size,
+                    limit,
+                    "manifest is larger than --manifests-max-file-size; not read, nothing of it is served"
+                );
+                self.metrics
+                    .reject(crate::model::validate::RejectReason::TooLarge);
+                let state = FileState {
+                    stat,
+                    hash: None,
+                    racy: false,
+                };
+                self.files.insert(name.clone(), state);
+                self.state.set_file(&name, Vec::new());
+                return;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return, // gone; next scan removes it
             Err(e) => {
                 warn!(file = &*name, error = %e, "cannot read manifest; serving what it held before");
@@ -331,6 +369,17 @@ impl Scanner {
         }
         self.state.set_file(&name, parsed.objects);
     }
+}
+
+/// The file's bytes, or `None` when it holds more than `limit` (it may have grown since its
+/// stat): never more than `limit + 1` bytes are read.
+fn read_at_most(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
 
 /// The (device, inode) of `dir`, when it is a directory.

@@ -62,6 +62,7 @@ impl Conn {
     pub fn open(protocol: isize) -> Result<Conn, ConnError> {
         let mut socket = netlink_sys::Socket::new(protocol).map_err(ConnError::Open)?;
         socket.bind_auto().map_err(ConnError::Open)?;
+        crate::nfnetlink::grow_receive_buffer(&socket, RECEIVE_BUFFER);
         socket
             .connect(&netlink_sys::SocketAddr::new(0, 0))
             .map_err(ConnError::Open)?;
@@ -171,6 +172,12 @@ impl Conn {
         }
     }
 }
+
+/// Room for the acknowledgements of one `BATCH_BYTES` datagram: each comes as its own
+/// socket buffer (~0.7 KiB of accounting for ~40 bytes), so the ~300 of a full datagram
+/// overflow the default 208 KiB and the receive fails with ENOBUFS (seen at 10,000 Services).
+/// Taken only while answers wait.
+const RECEIVE_BUFFER: i32 = 4 << 20;
 
 fn serialize<T: NetlinkSerializable + Debug>(payload: T, flags: u16, seq: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();

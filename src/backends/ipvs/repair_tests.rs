@@ -388,3 +388,21 @@ fn a_destination_someone_deleted_or_reweighted_is_noticed_within_one_rotation_of
         assert_eq!(programmed(&kernel), fresh(&plans()), "{change}");
     }
 }
+
+#[test]
+fn scans_of_many_servers_find_nothing_until_one_is_deleted() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    let plans = crate::testing::services(3000);
+    b.sync_full(&plans, &node()).unwrap();
+    let servers = kernel.state().services.len();
+    for _ in 0..servers.div_ceil(super::backend::DEST_CHECKS) + 1 {
+        b.scan_due();
+        assert_eq!(b.drift().unwrap(), None, "nothing changed");
+    }
+    let first = *kernel.state().services.keys().next().unwrap();
+    kernel.state().services.remove(&first);
+    b.scan_due();
+    let what = b.drift().unwrap().expect("a deleted server is drift");
+    assert!(what.contains("gone"), "{what}");
+}

@@ -91,6 +91,14 @@ pub(super) fn parse_file(file: &str, bytes: &[u8], node_name: &str) -> Parsed {
             return p.parsed;
         }
     };
+    if let Some(line) = super::limits::too_deep(text, super::limits::MAX_DEPTH) {
+        let detail = format!(
+            "nests collections deeper than {} levels (line {line}); the file is not parsed",
+            super::limits::MAX_DEPTH
+        );
+        p.reject(0, None, RejectReason::TooDeep, detail);
+        return p.parsed;
+    }
     if file.ends_with(".json") {
         let stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
         for (document, raw) in stream.enumerate() {

@@ -317,3 +317,55 @@ fn the_example_cluster_loads_without_rejections() {
 }
 
 mod run;
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_unread_and_served_again_once_it_fits() {
+    let tmp = TempDir::new().unwrap();
+    write(tmp.path(), "a.yaml", &service("small", true, 80));
+    let big = format!("{}# {}\n", service("big", true, 81), "x".repeat(4096));
+    write(tmp.path(), "b.yaml", &big);
+    let mut s = scanner(tmp.path());
+    s.max_file_size = 2048;
+    let names: Vec<String> = services(&s.scan().unwrap())
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    assert_eq!(names, ["small"]);
+    assert_eq!(rejections(&s.metrics, RejectReason::TooLarge), 1);
+    // Growing past the limit withdraws what the file held.
+    write(tmp.path(), "a.yaml", &big.replace("big", "small"));
+    let withdrawn = services(&s.scan().unwrap());
+    assert_eq!(withdrawn, [("small".to_string(), None)]);
+    assert_eq!(rejections(&s.metrics, RejectReason::TooLarge), 2);
+    write(tmp.path(), "b.yaml", &service("big", true, 81));
+    assert_eq!(port_of(&services(&s.scan().unwrap())[0].1), Some(81));
+}
+
+#[test]
+fn a_deeply_nested_file_is_refused_before_parsing_and_the_others_are_served() {
+    let tmp = TempDir::new().unwrap();
+    // 140 KB of nested lists took the YAML parser 13 s.
+    let nested: String = (0..200)
+        .map(|i| format!("{}- x{i}\n", "  ".repeat(i)))
+        .collect();
+    let nested = nested.repeat(140_000 / nested.len() + 1);
+    write(tmp.path(), "deep.yaml", &nested);
+    write(
+        tmp.path(),
+        "deep.json",
+        &format!("{}1{}", "[".repeat(70_000), "]".repeat(70_000)),
+    );
+    write(tmp.path(), "web.yaml", &service("web", true, 80));
+    let mut s = scanner(tmp.path());
+    let started = std::time::Instant::now();
+    let names: Vec<String> = services(&s.scan().unwrap())
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    eprintln!(
+        "three files, two refused as too deep, read in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(names, ["web"]);
+    assert_eq!(rejections(&s.metrics, RejectReason::TooDeep), 2);
+}

@@ -38,7 +38,9 @@ fn show(key: &ServiceKey) -> String {
 impl IpvsBackend {
     /// The scan (see the module's comment): `Some(what)` when IPVS differs from the mirror.
     pub(super) fn scan(&mut self) -> Result<Option<String>, BackendError> {
-        if !self.prepared || self.last_scan.elapsed() < SCAN_PERIOD {
+        // After a failure (`rewrite`) the mirror may not be what was applied, and the next
+        // full sync reads everything anyway.
+        if !self.prepared || self.rewrite || self.last_scan.elapsed() < SCAN_PERIOD {
             return Ok(None);
         }
         self.last_scan = Instant::now();

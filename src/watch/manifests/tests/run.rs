@@ -20,6 +20,7 @@ async fn start(dir: &Path, initial: usize) -> ChangeRx {
         tx,
         Arc::new(Metrics::new()),
         "node1".into(),
+        DEFAULT_MAX_FILE_SIZE,
     ));
     for _ in 0..initial {
         assert!(!matches!(next(&mut rx).await, Change::Listed(_)));
@@ -65,6 +66,7 @@ async fn run_sends_every_object_then_listed_for_each_kind() {
         tx,
         Arc::new(Metrics::new()),
         "node1".into(),
+        DEFAULT_MAX_FILE_SIZE,
     ));
     let mut names = Vec::new();
     for _ in 0..2 {
