@@ -186,3 +186,96 @@ async fn binary_serves_a_manifests_directory_through_changes_breakage_and_delete
         "at least the initial full sync: {full:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_waits_for_a_manifests_directory_that_does_not_exist_yet_and_serves_it() {
+    if !netns::can_run("binary_waits_for_a_manifests_directory") {
+        return;
+    }
+    let ns = Netns::new("mw");
+    let parent = tempfile::tempdir().unwrap();
+    let d = parent.path().join("later");
+    let mut kproxy = Kproxy::spawn(&ns, &["--manifests", d.to_str().unwrap()]);
+    let (_, took) = support::eventually("the waiting line", WAIT, || {
+        let log = kproxy.log();
+        async move {
+            log.contains("not a directory (yet); waiting for it")
+                .then_some(())
+                .ok_or_else(|| "not logged yet".to_string())
+        }
+    })
+    .await;
+    println!("started without its directory, said so after {took:?}");
+    kproxy.assert_running();
+    std::fs::create_dir(&d).unwrap();
+    write(&d, "node.yaml", &docs(&[node("node1", "192.168.0.1")]));
+    write(
+        &d,
+        "web.yaml",
+        &service_file("web", "10.96.0.10", 80, &["10.0.0.1"]),
+    );
+    let took = until(&mut kproxy, "web served", |s, _| ports_are(s, &["web"])).await;
+    println!("directory created -> served: {took:?}");
+    let synced = kproxy
+        .metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds")
+        .await
+        .unwrap();
+    assert!(synced > 0.0, "synced after the directory appeared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_refuses_an_oversized_and_a_too_deep_file_and_serves_the_rest() {
+    if !netns::can_run("binary_refuses_an_oversized") {
+        return;
+    }
+    let ns = Netns::new("ml");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "node.yaml", &docs(&[node("node1", "192.168.0.1")]));
+    write(
+        d,
+        "web.yaml",
+        &service_file("web", "10.96.0.10", 80, &["10.0.0.1"]),
+    );
+    let big = format!(
+        "{}\n# {}\n",
+        service_file("big", "10.96.0.11", 80, &["10.0.0.2"]),
+        "x".repeat(20_000)
+    );
+    write(d, "big.yaml", &big);
+    write(
+        d,
+        "deep.json",
+        &format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000)),
+    );
+    let mut kproxy = Kproxy::spawn(
+        &ns,
+        &[
+            "--manifests",
+            d.to_str().unwrap(),
+            "--manifests-max-file-size",
+            "16Ki",
+        ],
+    );
+    until(&mut kproxy, "web served, big and deep refused", |s, m| {
+        ports_are(s, &["web"])?;
+        expect_eq(rejected(m, "too_large"), 1.0)?;
+        expect_eq(rejected(m, "too_deep"), 1.0).map(|_| ())
+    })
+    .await;
+    let log = kproxy.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("big.yaml")).collect();
+    assert_eq!(lines.len(), 1, "one line for the oversized file: {lines:?}");
+    assert!(
+        lines[0].contains("16384"),
+        "names the limit: {}",
+        lines[0]
+    );
+    let deep: Vec<&str> = log.lines().filter(|l| l.contains("deep.json")).collect();
+    assert_eq!(deep.len(), 1, "one line for the deep file: {deep:?}");
+    assert!(
+        deep[0].contains("deeper than 64 levels"),
+        "names the limit: {}",
+        deep[0]
+    );
+}
