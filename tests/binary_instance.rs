@@ -110,3 +110,66 @@ async fn sighup_is_logged_once_and_ignored_and_sigterm_still_stops_kproxy() {
     assert!(status.success(), "SIGTERM after SIGHUP: {status}");
     assert_eq!(k.log().matches(line).count(), 1, "{}", k.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_long_first_sync_exits_zero_at_once() {
+    if !netns::can_run("sigterm_during_a_long_first_sync") {
+        return;
+    }
+    use support::objects::{node, service, slice};
+    let ns = Netns::new("st");
+    let dir = tempfile::tempdir().unwrap();
+    // 3,000 Services: the first sync through iptables-restore takes seconds.
+    let mut docs = vec![node("node1", "192.168.0.1").to_string()];
+    for i in 0..3000u32 {
+        let (a, b) = (i / 250, i % 250);
+        let name = format!("s{i}");
+        docs.push(service("default", &name, &format!("10.96.{a}.{b}"), 80).to_string());
+        let ips: Vec<String> = (1..=5).map(|e| format!("10.1{e}.{a}.{b}")).collect();
+        let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+        docs.push(slice("default", &format!("{name}-1"), &name, &ips, 8080).to_string());
+    }
+    std::fs::write(dir.path().join("all.yaml"), docs.join("\n---\n")).unwrap();
+    let args = [
+        "--manifests",
+        dir.path().to_str().unwrap(),
+        "--proxy-mode",
+        "iptables",
+        "--iptables-variant",
+        "nft",
+    ];
+    let mut k = Kproxy::spawn(&ns, &args);
+    // Mid-sync: kproxy's iptables-restore child is running.
+    let started = Instant::now();
+    while !restoring(k.pid()) {
+        k.assert_running();
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never saw the first sync's restore; log:\n{}",
+            k.log()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let loaded = started.elapsed();
+    let stopping = Instant::now();
+    let status = k.stop();
+    let took = stopping.elapsed();
+    println!(
+        "restore running after {loaded:?}; SIGTERM during the first sync -> exit {status} after {took:?} (requirement: 2 s)"
+    );
+    assert!(status.success(), "SIGTERM during a sync: {status}");
+}
+
+/// Whether a child of `pid` is an iptables restore (comm `iptables-nft-re`, `xtables-nft-mul`).
+fn restoring(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.split_whitespace().any(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/comm"))
+                .is_ok_and(|comm| comm.contains("tables"))
+        })
+    })
+}

@@ -266,11 +266,7 @@ async fn binary_refuses_an_oversized_and_a_too_deep_file_and_serves_the_rest() {
     let log = kproxy.log();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("big.yaml")).collect();
     assert_eq!(lines.len(), 1, "one line for the oversized file: {lines:?}");
-    assert!(
-        lines[0].contains("16384"),
-        "names the limit: {}",
-        lines[0]
-    );
+    assert!(lines[0].contains("16384"), "names the limit: {}", lines[0]);
     let deep: Vec<&str> = log.lines().filter(|l| l.contains("deep.json")).collect();
     assert_eq!(deep.len(), 1, "one line for the deep file: {deep:?}");
     assert!(
