@@ -275,3 +275,54 @@ async fn binary_refuses_an_oversized_and_a_too_deep_file_and_serves_the_rest() {
         deep[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_logs_a_directory_a_fifo_and_a_symlink_loop_named_like_manifests_once_each() {
+    if !netns::can_run("binary_logs_a_directory_a_fifo") {
+        return;
+    }
+    let ns = Netns::new("ms");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "node.yaml", &docs(&[node("node1", "192.168.0.1")]));
+    write(
+        d,
+        "web.yaml",
+        &service_file("web", "10.96.0.10", 80, &["10.0.0.1"]),
+    );
+    std::fs::create_dir(d.join("dir.yaml")).unwrap();
+    let fifo = std::ffi::CString::new(d.join("fifo.yaml").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink("loop.yaml", d.join("loop.yaml")).unwrap();
+    let mut kproxy = Kproxy::spawn(&ns, &["--manifests", d.to_str().unwrap()]);
+    until(&mut kproxy, "web served", |s, _| ports_are(s, &["web"])).await;
+    // Rescans (an event on a name that is not a manifest rescans the directory).
+    for i in 0..3 {
+        std::fs::write(d.join("other.txt"), format!("{i}")).unwrap();
+        write(
+            d,
+            "web.yaml",
+            &service_file("web", "10.96.0.10", 80 + i, &["10.0.0.1"]),
+        );
+        let want = Value::from(80 + i);
+        until(&mut kproxy, "web's port", |s, _| {
+            expect_eq(
+                s["servicePorts"][port("web")]["port"]["port"].clone(),
+                want.clone(),
+            )
+            .map(|_| ())
+        })
+        .await;
+    }
+    let log = kproxy.log();
+    for (name, what) in [
+        ("dir.yaml", "a directory"),
+        ("fifo.yaml", "a FIFO"),
+        ("loop.yaml", "a symlink loop"),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(name)).collect();
+        assert_eq!(lines.len(), 1, "{name} logged once: {lines:?}");
+        assert!(lines[0].contains(what), "{name}: {}", lines[0]);
+    }
+}

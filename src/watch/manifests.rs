@@ -164,6 +164,9 @@ struct Scanner {
     dir_id: Option<(u64, u64)>,
     /// Files larger than this are refused unread (`--manifests-max-file-size`).
     max_file_size: u64,
+    /// Manifest names that are not regular files (directories, FIFOs, symlink loops), with
+    /// what they are: each is logged once, again only after it changed or went away.
+    skipped: HashMap<String, &'static str>,
 }
 
 impl Scanner {
@@ -178,6 +181,7 @@ impl Scanner {
             has_links: false,
             dir_id: None,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
+            skipped: HashMap::new(),
         }
     }
 
@@ -269,6 +273,7 @@ impl Scanner {
     /// The manifest files in the directory and their stats, sorted by name.
     fn list(&mut self) -> io::Result<BTreeMap<String, Stat>> {
         let mut present = BTreeMap::new();
+        let mut skipped = HashMap::new();
         self.has_links = false;
         self.dir_id = dir_id(&self.dir);
         for entry in fs::read_dir(&self.dir)? {
@@ -286,7 +291,12 @@ impl Scanner {
                 Ok(m) if m.is_file() => {
                     present.insert(name, Stat::of(&m));
                 }
-                Ok(_) => {}
+                Ok(m) => {
+                    skipped.insert(name, kind_of(&m));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    skipped.insert(name, "a symlink loop");
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {} // deleted since listing
                 Err(e) => {
                     // Keep serving what the file held rather than treating it as deleted.
@@ -297,6 +307,15 @@ impl Scanner {
                 }
             }
         }
+        for (name, what) in &skipped {
+            if self.skipped.get(name) != Some(what) {
+                warn!(
+                    file = name,
+                    "skipping a manifest name that is {what}, not a file"
+                );
+            }
+        }
+        self.skipped = skipped;
         Ok(present)
     }
 
@@ -380,6 +399,23 @@ fn read_at_most(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
         .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+/// What a manifest name that is not a regular file is, for the log.
+fn kind_of(m: &Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// The (device, inode) of `dir`, when it is a directory.
