@@ -271,13 +271,13 @@ fn bench(c: &mut Criterion) {
                 // tables too; without the drift check the backend's mirror still holds them and
                 // the next partial sync fails on a missing table.
                 *kernel.state() = Default::default();
-                syncer.drifted();
+                rt.block_on(syncer.drifted());
                 assert!(rt.block_on(syncer.sync(Due::Full)).applied());
             })
         });
         // One cold full sync outside criterion too: a label filter may have skipped the above.
         *kernel.state() = Default::default();
-        syncer.drifted();
+        rt.block_on(syncer.drifted());
         assert!(rt.block_on(syncer.sync(Due::Full)).applied());
         let messages = |k: &FakeKernel| k.state().ipvs_messages;
         println!(

@@ -269,9 +269,11 @@ impl Syncer {
     }
 
     /// Between syncs: whether the backend's rules were changed by someone else. Counted, logged
-    /// and answered by the caller with a full resync.
-    pub fn drifted(&mut self) -> bool {
-        let result = self.backend.lock().expect("backend lock").drift();
+    /// and answered by the caller with a full resync. The check talks to the kernel (IPVS mode
+    /// lists every virtual server), so it runs off the async workers.
+    pub async fn drifted(&mut self) -> bool {
+        let backend = self.backend.clone();
+        let result = apply::blocking(move || backend.lock().expect("backend lock").drift()).await;
         let failing = std::mem::replace(&mut self.drift_probe_failing, result.is_err());
         match result {
             Ok(None) => false,
@@ -450,7 +452,7 @@ pub async fn run(
             },
             _ = tokio::time::sleep_until(wake) => {}
             _ = drift_check.tick(), if syncer.ready() => {
-                if syncer.drifted() {
+                if syncer.drifted().await {
                     runner.request_repair();
                 }
             }
