@@ -214,13 +214,16 @@ async fn binary_waits_for_a_manifests_directory_that_does_not_exist_yet_and_serv
         "web.yaml",
         &service_file("web", "10.96.0.10", 80, &["10.0.0.1"]),
     );
-    let took = until(&mut kproxy, "web served", |s, _| ports_are(s, &["web"])).await;
-    println!("directory created -> served: {took:?}");
-    let synced = kproxy
-        .metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds")
-        .await
-        .unwrap();
-    assert!(synced > 0.0, "synced after the directory appeared");
+    let took = until(&mut kproxy, "web served and synced", |s, m| {
+        ports_are(s, &["web"])?;
+        let synced =
+            support::metric(m, "kubeproxy_sync_proxy_rules_last_timestamp_seconds").unwrap_or(0.0);
+        (synced > 0.0)
+            .then_some(())
+            .ok_or_else(|| "no sync yet".to_string())
+    })
+    .await;
+    println!("directory created -> served and synced: {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
