@@ -290,6 +290,13 @@ impl IptablesBackend {
         self.mismatches = self.mismatches.saturating_add(1);
         let what = self.describe(&expected, &measured);
         if self.mismatches < MISMATCHES_TRUSTED {
+            // Only kproxy's own chains differ: rewrite them in place, as when the
+            // notifications name them (a change that slipped in while kproxy wrote unsubscribed).
+            if self.monitor.is_some()
+                && let Some(chains) = probe::differing_kproxy_chains(&expected, &measured)
+            {
+                self.repair.extend(chains);
+            }
             self.found = Some(what);
             self.baseline = Some(expected);
         } else {
@@ -389,22 +396,26 @@ impl Backend for IptablesBackend {
     }
 
     fn drift(&mut self) -> Result<Option<String>, BackendError> {
-        if let Some(what) = self.found.take() {
-            self.adopt = true;
-            return Ok(Some(what));
-        }
         if let Some(m) = &mut self.monitor {
             let foreign = m
                 .foreign()
                 .map_err(|e| BackendError::at(Step::Probe, RestoreError::from(e)))?;
             if !foreign.is_empty() && !self.adopt && self.baseline.is_some() {
+                // The notifications say what changed: a difference the last sync's check
+                // found is this change (repaired in place), not a reason to adopt.
+                self.found = None;
                 self.plan_repair(&foreign);
                 return Ok(Some(format!("iptables-nft: {foreign}")));
             }
-            if !self.repair.is_empty() {
-                // The rule counts differ until the repair: not news.
-                return Ok(None);
-            }
+        }
+        if let Some(what) = self.found.take() {
+            // Adopt, unless the difference is only kproxy's chains (`rebaseline`).
+            self.adopt |= self.repair.is_empty();
+            return Ok(Some(what));
+        }
+        if self.monitor.is_some() && !self.repair.is_empty() {
+            // The rule counts differ until the repair: not news.
+            return Ok(None);
         }
         if self.adopt || self.baseline.is_none() {
             return Ok(None);

@@ -95,6 +95,26 @@ pub fn expected<'a>(fixed: impl IntoIterator<Item = (IpFamily, &'a Fixed)>) -> S
     out
 }
 
+/// The kproxy chains whose rule counts differ between two iptables-nft snapshots, as (family,
+/// table, chain); `None` when anything else differs too (a hook in a built-in chain).
+pub fn differing_kproxy_chains(
+    want: &Snapshot,
+    found: &Snapshot,
+) -> Option<Vec<(IpFamily, Table, String)>> {
+    let keys: std::collections::BTreeSet<&(IpFamily, String)> =
+        want.keys().chain(found.keys()).collect();
+    keys.into_iter()
+        .filter(|key| want.get(*key) != found.get(*key))
+        .map(|(family, key)| {
+            let (table, chain) = key.split_once('/')?;
+            let table = Table::ALL.into_iter().find(|t| t.as_str() == table)?;
+            chain
+                .starts_with("KPROXY-")
+                .then(|| (*family, table, chain.to_string()))
+        })
+        .collect()
+}
+
 /// The first (up to three) differences, e.g. `IPv4 nat/KPROXY-SERVICES: 2 -> 0`.
 pub fn describe(want: &Snapshot, found: &Snapshot) -> String {
     let keys: std::collections::BTreeSet<&(IpFamily, String)> =
