@@ -10,7 +10,9 @@ use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressMessage, AddressScope,
+};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{AddressMessageBuilder, LinkDummy, LinkUnspec};
 
@@ -127,7 +129,9 @@ impl DummyLink {
         })
     }
 
-    /// The addresses bound to the interface now.
+    /// The addresses bound to the interface now, but for its link-scope ones: the kernel gives
+    /// an interface that is up an IPv6 link-local address of its own, which kproxy neither
+    /// binds nor may unbind (every full sync tried, and failed quietly).
     pub fn addresses(&mut self) -> Result<BTreeSet<IpAddr>, LinkError> {
         let answers = self
             .conn
@@ -143,7 +147,9 @@ impl DummyLink {
         Ok(answers
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) if a.header.index == self.index => {
+                RouteNetlinkMessage::NewAddress(a)
+                    if a.header.index == self.index && a.header.scope != AddressScope::Link =>
+                {
                     address_of(&a)
                 }
                 _ => None,

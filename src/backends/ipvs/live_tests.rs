@@ -99,6 +99,15 @@ fn the_kernel_holds_what_was_compiled_and_a_restart_changes_nothing() {
         again.sync_full(&plans(), &node()).expect("adoption");
         assert_eq!(kernel_state(), state);
         assert_eq!(again.drift().unwrap(), None);
+        // A periodic full sync with nothing changed sends nothing (the kernel's own IPv6
+        // link-local address on the interface is not kproxy's to unbind).
+        let periodic = again
+            .sync_full(&plans(), &node())
+            .expect("a periodic full sync");
+        assert_eq!(
+            periodic.operations, 0,
+            "a periodic full sync sent something"
+        );
     })
     .unwrap();
     let addrs = ns.run(&["ip", "-o", "addr", "show", "dev", "kproxy-ipvs0"]);
