@@ -42,6 +42,14 @@ pub fn nfproto(family: crate::model::IpFamily) -> u8 {
     }
 }
 
+/// The IP family of nfgenmsg's family byte (`nfproto`'s inverse); `None` for the others
+/// (inet, arp, bridge, netdev).
+pub fn ip_family(nfproto: u8) -> Option<crate::model::IpFamily> {
+    crate::model::IpFamily::ALL
+        .into_iter()
+        .find(|f| self::nfproto(*f) == nfproto)
+}
+
 /// Appends one attribute (header, value, padding to 4 bytes) to `out`.
 pub fn attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());

@@ -42,6 +42,16 @@ fn service_file(name: &str, ip: &str, port: u16, endpoints: &[&str]) -> String {
     ])
 }
 
+/// This node's Node and Service `web` (10.96.0.10:80, one endpoint), each in its file.
+fn node_and_web(dir: &Path) {
+    write(dir, "node.yaml", &docs(&[node("node1", "192.168.0.1")]));
+    write(
+        dir,
+        "web.yaml",
+        &service_file("web", "10.96.0.10", 80, &["10.0.0.1"]),
+    );
+}
+
 async fn until(
     kproxy: &mut Kproxy,
     what: &str,
@@ -208,12 +218,7 @@ async fn binary_waits_for_a_manifests_directory_that_does_not_exist_yet_and_serv
     println!("started without its directory, said so after {took:?}");
     kproxy.assert_running();
     std::fs::create_dir(&d).unwrap();
-    write(&d, "node.yaml", &docs(&[node("node1", "192.168.0.1")]));
-    write(
-        &d,
-        "web.yaml",
-        &service_file("web", "10.96.0.10", 80, &["10.0.0.1"]),
-    );
+    node_and_web(&d);
     let took = until(&mut kproxy, "web served and synced", |s, m| {
         ports_are(s, &["web"])?;
         let synced =
@@ -234,12 +239,7 @@ async fn binary_refuses_an_oversized_and_a_too_deep_file_and_serves_the_rest() {
     let ns = Netns::new("ml");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(d, "node.yaml", &docs(&[node("node1", "192.168.0.1")]));
-    write(
-        d,
-        "web.yaml",
-        &service_file("web", "10.96.0.10", 80, &["10.0.0.1"]),
-    );
+    node_and_web(d);
     let big = format!(
         "{}\n# {}\n",
         service_file("big", "10.96.0.11", 80, &["10.0.0.2"]),
@@ -287,12 +287,7 @@ async fn binary_logs_a_directory_a_fifo_and_a_symlink_loop_named_like_manifests_
     let ns = Netns::new("ms");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(d, "node.yaml", &docs(&[node("node1", "192.168.0.1")]));
-    write(
-        d,
-        "web.yaml",
-        &service_file("web", "10.96.0.10", 80, &["10.0.0.1"]),
-    );
+    node_and_web(d);
     std::fs::create_dir(d.join("dir.yaml")).unwrap();
     let fifo = std::ffi::CString::new(d.join("fifo.yaml").to_str().unwrap()).unwrap();
     // SAFETY: mkfifo with a NUL-terminated path.

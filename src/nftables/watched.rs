@@ -38,14 +38,6 @@ impl<T: Transport> Watched<T> {
             monitor: None,
         }
     }
-
-    pub fn inner(&self) -> &T {
-        &self.inner
-    }
-
-    pub fn monitor_mut(&mut self) -> Option<&mut Monitor> {
-        self.monitor.as_mut()
-    }
 }
 
 impl<T: Transport> Transport for Watched<T> {

@@ -75,7 +75,7 @@ pub struct IptablesBackend {
 /// the deletion of a whole nat or filter table.
 pub fn kproxy_chains(t: &Touch<'_>) -> bool {
     const PREFIX: &[u8] = b"KPROXY-";
-    (t.family == 2 || t.family == 10)
+    crate::nfnetlink::ip_family(t.family).is_some()
         && matches!(t.table, "nat" | "filter")
         && (t.name.starts_with("KPROXY-")
             || (t.kind == Kind::Table && t.deleted)
@@ -125,13 +125,8 @@ impl IptablesBackend {
         }
         for (kind, _, family, table, chain) in foreign.commits.iter().flat_map(|c| c.2.keys()) {
             let table = Table::ALL.into_iter().find(|t| t.as_str() == table);
-            let family = if *family == 2 {
-                IpFamily::V4
-            } else {
-                IpFamily::V6
-            };
-            match table {
-                Some(t) if *kind == Kind::Rule && chain.starts_with("KPROXY-") => {
+            match (table, crate::nfnetlink::ip_family(*family)) {
+                (Some(t), Some(family)) if *kind == Kind::Rule && chain.starts_with("KPROXY-") => {
                     self.repair.insert((family, t, chain.clone()));
                 }
                 _ => self.adopt = true,
@@ -142,20 +137,22 @@ impl IptablesBackend {
     /// Rewrites the chains someone else changed, each with the rules the mirror says; false
     /// when one of them is not kproxy's (then the caller adopts).
     fn repair_chains(&mut self) -> Result<bool, BackendError> {
-        let chains = std::mem::take(&mut self.repair);
+        let mut chains: BTreeMap<IpFamily, BTreeSet<(Table, String)>> = BTreeMap::new();
+        for (family, table, chain) in std::mem::take(&mut self.repair) {
+            chains.entry(family).or_default().insert((table, chain));
+        }
         let mut restores: BTreeMap<IpFamily, Restore> = BTreeMap::new();
-        for (family, table, chain) in chains {
+        for (family, chains) in chains {
             let Some(mirror) = self.mirrors.get(&family) else {
                 return Ok(false);
             };
-            let Some(rules) = mirror.chain_rules(table, &chain, family, &self.config) else {
+            let Some(rules) = mirror.chains_rules(&chains, family, &self.config) else {
                 return Ok(false);
             };
-            restores
-                .entry(family)
-                .or_default()
-                .table(table)
-                .write_chain(&chain, &rules);
+            let restore = restores.entry(family).or_default();
+            for ((table, chain), rules) in rules {
+                restore.table(table).write_chain(&chain, &rules);
+            }
         }
         for (family, restore) in restores {
             self.restore_diff(family, &restore)?;

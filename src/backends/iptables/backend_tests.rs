@@ -369,6 +369,26 @@ fn iptables_nft_chains_someone_else_changed_are_rewritten_in_place_and_the_rest_
             assert_eq!(b.adoptions() == adoptions, in_place, "{args:?} in place?");
             assert_no_drift(&mut b, "the repair");
         }
+        // Two of kproxy's chains flushed in one commit (a dispatch chain and a port's chain):
+        // both rewritten in one restore.
+        let mut restore = std::process::Command::new(Variant::Nft.restore(IpFamily::V4))
+            .arg("--noflush")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = format!("*nat\n:KPROXY-PORTALS - [0:0]\n:{svc} - [0:0]\nCOMMIT\n");
+        std::io::Write::write_all(&mut restore.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        assert!(restore.wait().unwrap().success());
+        let what = until_drift(&mut b);
+        assert!(
+            what.contains("KPROXY-PORTALS") && what.contains(&svc),
+            "{what}"
+        );
+        let adoptions = b.adoptions();
+        b.sync_full(&plans(), &node()).expect("repair");
+        assert_eq!(saved_here(), want, "after two chains flushed");
+        assert_eq!(b.adoptions(), adoptions, "two chains repaired in place");
+        assert_no_drift(&mut b, "the repair");
     })
     .unwrap();
 }

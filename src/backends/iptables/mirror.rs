@@ -77,40 +77,53 @@ impl Mirror {
         self.fixed.is_some()
     }
 
-    /// Every rule of kproxy's chain `chain` in `table` as the mirror says the kernel holds it
-    /// (a fixed chain's own rules, then the ports' dispatch rules in port order, as a load
-    /// writes them; or a port's chain), compiling every port again; `None` for a chain that
-    /// is not kproxy's. O(ports).
-    pub fn chain_rules(
+    /// Every rule of each of kproxy's `chains` (table, chain) as the mirror says the kernel
+    /// holds it (a fixed chain's own rules, then the ports' dispatch rules in port order, as a
+    /// load writes them; or a port's chain), compiling every port again once for all of them;
+    /// `None` when one of them is not kproxy's. O(ports).
+    pub fn chains_rules(
         &self,
-        table: Table,
-        chain: &str,
+        chains: &BTreeSet<(Table, String)>,
         family: IpFamily,
         config: &BackendConfig,
-    ) -> Option<Vec<String>> {
+    ) -> Option<BTreeMap<(Table, String), Vec<String>>> {
         let fixed = self.fixed.as_ref()?;
-        let mut own = fixed
-            .chains
+        // Fixed chains start with their own rules; a port's chain is None until its port.
+        let mut out: BTreeMap<(Table, String), Option<Vec<String>>> = chains
             .iter()
-            .find(|(t, c, _)| *t == table && *c == chain)
-            .map(|(_, _, rules)| rules.clone());
+            .map(|(table, chain)| {
+                let own = fixed
+                    .chains
+                    .iter()
+                    .find(|(t, c, _)| t == table && c == chain)
+                    .map(|(_, _, rules)| rules.clone());
+                ((*table, chain.clone()), own)
+            })
+            .collect();
+        let fixed_chains: BTreeSet<(Table, String)> = out
+            .iter()
+            .filter(|(_, own)| own.is_some())
+            .map(|(key, _)| key.clone())
+            .collect();
         for planned in self.ports.values() {
             let port = compile_port(planned, family, config);
-            match own.as_mut() {
-                Some(rules) => rules.extend(
-                    port.dispatch
-                        .iter()
-                        .filter(|(t, c, _)| *t == table && *c == chain)
-                        .map(|(_, _, args)| args.clone()),
-                ),
-                None => {
-                    if let Some(rules) = port.chains.get(&(table, chain.to_string())) {
-                        return Some(rules.clone());
-                    }
+            for (table, chain, args) in &port.dispatch {
+                let key = (*table, chain.to_string());
+                if fixed_chains.contains(&key)
+                    && let Some(Some(rules)) = out.get_mut(&key)
+                {
+                    rules.push(args.clone());
+                }
+            }
+            for (key, rules) in &port.chains {
+                if let Some(slot @ None) = out.get_mut(key) {
+                    *slot = Some(rules.clone());
                 }
             }
         }
-        own
+        out.into_iter()
+            .map(|(key, rules)| Some((key, rules?)))
+            .collect()
     }
 
     /// Rules kproxy owns per table (the `…_iptables_total{table}` metric).

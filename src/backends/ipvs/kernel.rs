@@ -107,7 +107,7 @@ pub struct LiveKernel {
 
 /// Whether an nf_tables notification is about IPVS mode's companion tables.
 pub fn companion_tables(t: &crate::nftables::monitor::Touch<'_>) -> bool {
-    t.table == super::compile::TABLE && (t.family == 2 || t.family == 10)
+    t.table == super::compile::TABLE && crate::nfnetlink::ip_family(t.family).is_some()
 }
 
 impl LiveKernel {

@@ -142,9 +142,10 @@ impl<T: Transport> NftBackend<T> {
         use crate::nftables::monitor::Kind;
         let touched = foreign.commits.iter().flat_map(|c| c.2.keys());
         for (kind, _, family, _, name) in touched {
-            let family = match family {
-                2 => IpFamily::V4,
-                _ => IpFamily::V6,
+            // Only kproxy's ip and ip6 tables are watched.
+            let Some(family) = crate::nfnetlink::ip_family(*family) else {
+                self.adopt = true;
+                continue;
             };
             match kind {
                 Kind::Element if super::repair::repairable_set(name) => {
@@ -307,7 +308,7 @@ impl<T: Transport> Backend for NftBackend<T> {
 
 /// Whether a notification is about kproxy's tables (the monitor's interest).
 pub fn kproxy_tables(touch: &crate::nftables::monitor::Touch<'_>) -> bool {
-    touch.table == super::skeleton::TABLE && (touch.family == 2 || touch.family == 10)
+    touch.table == super::skeleton::TABLE && crate::nfnetlink::ip_family(touch.family).is_some()
 }
 
 /// One line naming the first chains whose rule counts differ, e.g. `ip kproxy: chain services

@@ -197,13 +197,19 @@ impl Mirror {
         self.family(family).chains.contains_key(c)
     }
 
-    /// Every element of `set` in `family` as the mirror says the kernel holds it (key ->
-    /// value): the node's and every port's, each port compiled again. O(ports).
-    pub fn set_contents(&self, family: IpFamily, set: &str) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
+    /// Every element of each of `sets` as the mirror says the kernel holds it (key -> value):
+    /// the node's and every port's, each port compiled again once for all of them. O(ports).
+    pub fn sets_contents(
+        &self,
+        sets: &BTreeSet<(IpFamily, &'static str)>,
+    ) -> BTreeMap<(IpFamily, &'static str), BTreeMap<String, String>> {
+        let mut out: BTreeMap<_, BTreeMap<String, String>> =
+            sets.iter().map(|s| (*s, BTreeMap::new())).collect();
         let mut take = |d: &Desired| {
-            if let Some(elements) = d.family(family).sets.get(set) {
-                out.extend(elements.iter().map(|(k, v)| (k.clone(), v.clone())));
+            for ((family, set), contents) in out.iter_mut() {
+                if let Some(elements) = d.family(*family).sets.get(set) {
+                    contents.extend(elements.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
             }
         };
         take(&self.node);

@@ -65,7 +65,7 @@ pub fn transactions<T: Transport>(
             None => return Ok(None),
         }
     }
-    let mut ops = Vec::new();
+    let mut found = BTreeMap::new();
     for (family, set) in &repair.sets {
         let Some(decl) = SETS.iter().find(|s| s.name == set) else {
             return Ok(None);
@@ -74,18 +74,23 @@ pub fn transactions<T: Transport>(
             // Written by packets (affinity): nothing kproxy keeps there.
             continue;
         }
-        let Some(found) = read(transport, *family, decl.name)? else {
+        let Some(elements) = read(transport, *family, decl.name)? else {
             return Ok(None);
         };
-        let want = mirror.set_contents(*family, decl.name);
-        for (k, v) in &found {
+        found.insert((*family, decl.name), elements);
+    }
+    let sets: BTreeSet<(IpFamily, &'static str)> = found.keys().copied().collect();
+    let mut ops = Vec::new();
+    for ((family, set), want) in mirror.sets_contents(&sets) {
+        let found = &found[&(family, set)];
+        for (k, v) in found {
             if want.get(k) != Some(v) {
-                ops.push(Op::DeleteElement(*family, decl.name, k.clone()));
+                ops.push(Op::DeleteElement(family, set, k.clone()));
             }
         }
         for (k, v) in want {
             if found.get(&k) != Some(&v) {
-                ops.push(Op::AddElement(*family, decl.name, k, v));
+                ops.push(Op::AddElement(family, set, k, v));
             }
         }
     }

@@ -211,11 +211,7 @@ impl IpvsBackend {
         if let Some(key) = self.mirror.servers.keys().next().copied()
             && self.kernel.service(&key).map_err(probe)?.is_none()
         {
-            return Ok(Some(format!(
-                "virtual server {} {} is gone",
-                key.protocol.as_str(),
-                std::net::SocketAddr::new(key.addr, key.port)
-            )));
+            return Ok(Some(format!("virtual server {} is gone", show(&key))));
         }
         Ok(None)
     }
