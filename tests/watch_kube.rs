@@ -3,116 +3,14 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use kproxy::metrics::Metrics;
-use kproxy::model::NamespacedName;
-use kproxy::watch::kube::{LABEL_SELECTOR, client, run};
-use kproxy::watch::{Change, ChangeRx, Kind};
+use kproxy::watch::kube::LABEL_SELECTOR;
+use kproxy::watch::{Change, Kind};
 use support::apiserver::ApiServer;
+use support::eventually;
 use support::objects::{node, service, slice, with_label};
-use support::{eventually, expect_eq, metric};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-
-const WAIT: Duration = Duration::from_secs(15);
-
-/// `run` in a task, and what it sent.
-struct Source {
-    rx: ChangeRx,
-    metrics: Arc<Metrics>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Source {
-    async fn start(server: &ApiServer) -> Source {
-        let client = client(None, Some(&server.url()))
-            .await
-            .expect("client for --master");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let metrics = Arc::new(Metrics::new());
-        let task = tokio::spawn(run(client, "node1".into(), tx, metrics.clone()));
-        Source { rx, metrics, task }
-    }
-
-    async fn next(&mut self) -> Change {
-        match tokio::time::timeout(WAIT, self.rx.recv()).await {
-            Ok(Some(change)) => change,
-            Ok(None) => panic!("the source stopped"),
-            Err(_) => panic!("no change within {WAIT:?}"),
-        }
-    }
-
-    /// Changes received until `Listed` arrived for every kind in `kinds`.
-    async fn until_listed(&mut self, kinds: &[Kind]) -> Vec<Change> {
-        let mut missing = kinds.to_vec();
-        let mut changes = Vec::new();
-        while !missing.is_empty() {
-            let change = self.next().await;
-            if let Change::Listed(kind) = &change {
-                missing.retain(|k| k != kind);
-            }
-            changes.push(change);
-        }
-        changes
-    }
-
-    /// The next change that is not about Nodes or slices: the Service changes of a test.
-    async fn next_service(&mut self) -> Change {
-        loop {
-            match self.next().await {
-                c @ (Change::Service(..) | Change::Listed(Kind::Services)) => return c,
-                _ => continue,
-            }
-        }
-    }
-
-    fn rejected(&self, reason: &str) -> f64 {
-        metric(
-            &self.metrics.render(),
-            &format!("kproxy_rejected_objects_total{{reason=\"{reason}\"}}"),
-        )
-        .unwrap_or(-1.0)
-    }
-}
-
-const ALL: [Kind; 3] = [Kind::Services, Kind::EndpointSlices, Kind::Nodes];
-
-fn nn(name: &str) -> NamespacedName {
-    NamespacedName::new("default", name)
-}
-
-/// A Service change reduced to (name, first port number or None for a delete).
-fn svc_summary(change: &Change) -> Option<(String, Option<u16>)> {
-    match change {
-        Change::Service(key, svc) => {
-            Some((key.name.clone(), svc.as_ref().map(|s| s.ports[0].port)))
-        }
-        _ => None,
-    }
-}
-
-fn watches(server: &ApiServer, kind: Kind) -> Vec<support::apiserver::Request> {
-    server
-        .requests_for(kind)
-        .into_iter()
-        .filter(|r| r.is_watch())
-        .collect()
-}
-
-async fn wait_for_watch(server: &ApiServer, kind: Kind) {
-    eventually(&format!("an open {kind:?} watch"), WAIT, || async {
-        expect_eq(server.open_watches(kind), 1)
-    })
-    .await;
-}
+use support::source::{ALL, Source, WAIT, nn, svc_summary, wait_for_watch, watches};
 
 #[tokio::test]
 async fn initial_list_sends_every_valid_object_then_listed_once_per_kind() {

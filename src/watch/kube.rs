@@ -4,8 +4,9 @@
 //! Invariants: only validated objects are sent. A rejected object is treated as absent: if it
 //! was valid before, a delete is sent, so the model is always what a freshly started kproxy would
 //! build from the API server's current contents (state never depends on history). Each rejection
-//! is logged and counted once per resourceVersion. Watcher errors are logged and retried with
-//! kube's default backoff; the streams never end. A relist keeps serving the previous state until
+//! is logged and counted once per resourceVersion. Watcher errors are retried with kube's default
+//! backoff (client-go's: 0.8 s doubling to 30 s) and logged as `trouble` says (a warning per
+//! streak, a reminder a minute); the streams never end. A relist keeps serving the previous state until
 //! it completes, then sends updates for what is present and deletes only for what vanished.
 //! Lists use kube's default `MostRecent` semantic (a consistent read), so a relist after a 410
 //! cannot briefly resurrect deleted objects from a stale watch cache.
@@ -13,6 +14,7 @@
 mod relist;
 #[cfg(test)]
 mod tests;
+mod trouble;
 
 use std::fmt::{Debug, Display};
 use std::path::{Path, PathBuf};
@@ -27,12 +29,13 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{Change, ChangeTx, Kind};
 use crate::metrics::Metrics;
 use crate::model::{NamespacedName, NodeInfo, Service, Slice, validate};
 use relist::{Input, Relist, Seen};
+use trouble::{Class, Report, Streak};
 
 /// Upstream's selector for Services and EndpointSlices: skip objects owned by another proxy and
 /// headless Services' slices.
@@ -194,15 +197,19 @@ fn input<K: Watched>(event: Event<K>) -> Input<K::Key, K::Value> {
 /// One kind's watch loop; returns only when the change receiver is gone.
 async fn watch<K: Watched>(api: Api<K>, config: watcher::Config, tx: &ChangeTx, metrics: &Metrics) {
     let mut state = Relist::<K::Key, K::Value>::default();
+    let mut streak = Streak::default();
     let mut events = pin!(watcher::watcher(api, config).default_backoff());
     while let Some(item) = events.next().await {
         let event = match item {
             Ok(event) => event,
             Err(error) => {
-                warn!(kind = ?K::KIND, %error, "watch failed; retrying with backoff");
+                report::<K>(&mut streak, &error);
                 continue;
             }
         };
+        if let Some((failures, lasted)) = streak.succeeded(std::time::Instant::now()) {
+            info!(kind = ?K::KIND, failures, lasted = ?lasted, "receiving again");
+        }
         if matches!(event, Event::Init) {
             debug!(kind = ?K::KIND, "listing");
         }
@@ -220,5 +227,20 @@ async fn watch<K: Watched>(api: Api<K>, config: watcher::Config, tx: &ChangeTx, 
         if out.listed && tx.send(Change::Listed(K::KIND)).is_err() {
             return;
         }
+    }
+}
+
+/// Logs one watch failure as `trouble` says: a warning for the first of a streak, a reminder a
+/// minute, debug in between.
+fn report<K: Watched>(streak: &mut Streak, error: &watcher::Error) {
+    let class = Class::of(error);
+    let meaning = class.meaning();
+    match streak.failed(class, std::time::Instant::now()) {
+        Report::Routine => info!(kind = ?K::KIND, %error, "{meaning}"),
+        Report::First => warn!(kind = ?K::KIND, %error, "watch failed: {meaning}"),
+        Report::Repeat { failures, since } => {
+            warn!(kind = ?K::KIND, %error, failures, since = ?since, "watch still failing: {meaning}")
+        }
+        Report::Quiet => debug!(kind = ?K::KIND, %error, "watch failed again"),
     }
 }

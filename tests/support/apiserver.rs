@@ -1,11 +1,13 @@
 //! A test Kubernetes API server: list and watch of Services, EndpointSlices and Nodes over real
-//! HTTP/1.1 on 127.0.0.1, with knobs to force relists and to go away and come back.
+//! HTTP/1.1 on 127.0.0.1, with knobs to force relists, to go away and come back, and to fail in
+//! the ways real ones do (`faults`).
 //!
 //! Invariants: one global resourceVersion counter (as etcd); every mutation appends to a history
 //! that watches replay from any resourceVersion not older than `compact()`'s mark; label and field
 //! selectors filter lists and watches (an object leaving a watch's selector arrives as DELETED).
-//! Every request is recorded. The state survives `stop()`/`start()`; open connections do not.
-//! Limits: `limit`/`continue` are ignored (one page); only cluster-wide paths are served.
+//! Lists are paged by `limit`/`continue` in key order (a continued page reads the current objects,
+//! not a snapshot). Every request is recorded. The state survives `stop()`/`start()`; open
+//! connections do not. Limits: only cluster-wide paths are served.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+mod faults;
 mod serve;
 
 use serve::serve;
@@ -147,6 +150,7 @@ struct State {
     held: bool,
     open_watches: HashMap<Kind, usize>,
     requests: Vec<Request>,
+    faults: faults::Faults,
 }
 
 struct Shared {
@@ -283,6 +287,23 @@ impl ApiServer {
             });
             rv
         })
+    }
+
+    /// Creates many objects at once, with no history (as if compacted right after): for large
+    /// clusters, whose history nobody replays.
+    pub fn load(&self, objects: impl IntoIterator<Item = Value>) {
+        let objects: Vec<Value> = objects.into_iter().collect();
+        for obj in objects {
+            self.apply(obj);
+        }
+        self.shared.mutate(|s| {
+            assert!(
+                s.open_watches.values().all(|&n| n == 0),
+                "load() with open watches: their history would vanish"
+            );
+            s.history.clear();
+            s.compacted = s.rv;
+        });
     }
 
     /// Deletes an object; returns the resourceVersion of the deletion. Panics if it is absent.

@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod netns;
 pub mod objects;
 pub mod selector;
+pub mod source;
 
 use std::fmt::Debug;
 use std::future::Future;

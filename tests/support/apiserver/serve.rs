@@ -2,8 +2,10 @@
 //! (chunked newline-delimited events replayed from the history, then live).
 //!
 //! Invariants: a watch ends the connection; a watch whose kind's epoch changes sends ERROR 410
-//! before anything else; while watches are held nothing but that ERROR is delivered.
+//! before anything else; while watches are held nothing but that ERROR is delivered. Faults
+//! (`faults.rs`) apply before anything else is answered: delay first, then 403, then 410s.
 
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use super::{Entry, EventType, KINDS, Request, Shared, info};
+use super::{Entry, EventType, KINDS, Key, Request, Shared, info};
 use crate::support::selector::Selector;
 
 /// Serves one connection: keep-alive GETs until a watch, which ends the connection.
@@ -52,18 +54,37 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         };
         shared.lock().requests.push(req.clone());
         let kind = KINDS.into_iter().find(|&k| info(k).path == req.path);
+        let (delay, forbidden) = match kind {
+            Some(kind) => {
+                let s = shared.lock();
+                let delay = s.faults.delay.get(&kind).copied();
+                (delay, s.faults.forbidden.contains(&kind))
+            }
+            None => (None, false),
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let result = match kind {
+            Some(kind) if forbidden => {
+                let resource = info(kind).path.rsplit('/').next().unwrap_or_default();
+                let message = format!(
+                    "{resource} is forbidden: User \"system:serviceaccount:kube-system:kproxy\" \
+                     cannot list resource \"{resource}\" at the cluster scope"
+                );
+                respond(&mut wr, 403, &status(403, "Forbidden", &message)).await
+            }
             Some(kind) if req.method == "GET" && req.is_watch() => {
                 let _ = watch_kind(&shared, &mut wr, kind, &req).await;
                 return;
             }
-            Some(kind) if req.method == "GET" => {
-                respond(&mut wr, 200, &list(&shared, kind, &req)).await
-            }
+            Some(kind) if req.method == "GET" => match list(&shared, kind, &req) {
+                Ok(list) => respond(&mut wr, 200, &list).await,
+                Err(gone) => respond(&mut wr, 410, &gone).await,
+            },
             _ => {
-                let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "code": 404, "reason": "NotFound", "message": format!("{} not served", req.path)});
-                respond(&mut wr, 404, &status).await
+                let message = format!("{} not served", req.path);
+                respond(&mut wr, 404, &status(404, "NotFound", &message)).await
             }
         };
         if result.is_err() {
@@ -72,9 +93,20 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     }
 }
 
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "code": code, "reason": reason, "message": message})
+}
+
 async fn respond(wr: &mut OwnedWriteHalf, code: u16, body: &Value) -> std::io::Result<()> {
     let body = body.to_string();
-    let reason = if code == 200 { "OK" } else { "Not Found" };
+    let reason = match code {
+        200 => "OK",
+        403 => "Forbidden",
+        404 => "Not Found",
+        410 => "Gone",
+        _ => "Error",
+    };
     let head = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -109,16 +141,52 @@ impl Filter {
     }
 }
 
-fn list(shared: &Shared, kind: Kind, req: &Request) -> Value {
+/// One page of a list: `limit` items (all when absent or 0) after the `continue` token's key,
+/// in key order. The token is `rv/namespace/name` of the page's first list and its last key.
+fn list(shared: &Shared, kind: Kind, req: &Request) -> Result<Value, Value> {
     let filter = Filter::of(req);
-    let s = shared.lock();
+    let mut s = shared.lock();
     let ki = info(kind);
-    let items: Vec<Value> = s
-        .objects
-        .get(&kind)
+    let limit = req
+        .param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|&l| l > 0)
+        .unwrap_or(usize::MAX);
+    let token = req.param("continue").filter(|c| !c.is_empty());
+    if token.is_some() && s.faults.take_expired_continue() {
+        return Err(status(
+            410,
+            "Expired",
+            "The provided continue parameter is too old to display a consistent list result. \
+             You can start a new list without the continue parameter.",
+        ));
+    }
+    let (rv, after) = match token
+        .as_deref()
+        .map(|t| t.splitn(3, '/').collect::<Vec<_>>())
+    {
+        Some(parts) if parts.len() == 3 => (
+            parts[0].to_string(),
+            Some((parts[1].to_string(), parts[2].to_string())),
+        ),
+        _ => (s.rv.to_string(), None),
+    };
+    let empty = Default::default();
+    let objects = s.objects.get(&kind).unwrap_or(&empty);
+    let range = match &after {
+        Some(key) => objects.range::<Key, _>((Excluded(key), Unbounded)),
+        None => objects.range::<Key, _>(..),
+    };
+    let mut matching = range.filter(|(_, o)| filter.matches(o));
+    let page: Vec<(&Key, &Value)> = matching.by_ref().take(limit).collect();
+    let remaining = matching.count();
+    let next = match page.last() {
+        Some((key, _)) if remaining > 0 => Some(format!("{rv}/{}/{}", key.0, key.1)),
+        _ => None,
+    };
+    let items: Vec<Value> = page
         .into_iter()
-        .flat_map(|m| m.values())
-        .filter(|o| filter.matches(o))
+        .map(|(_, o)| o)
         .map(|o| {
             // As the real API server, list items carry no kind/apiVersion.
             let mut o = o.clone();
@@ -129,8 +197,15 @@ fn list(shared: &Shared, kind: Kind, req: &Request) -> Value {
             o
         })
         .collect();
-    json!({"kind": format!("{}List", ki.kind), "apiVersion": ki.api_version,
-        "metadata": {"resourceVersion": s.rv.to_string()}, "items": items})
+    let mut metadata = json!({"resourceVersion": rv});
+    if let Some(next) = next {
+        metadata["continue"] = json!(next);
+        metadata["remainingItemCount"] = json!(remaining);
+    }
+    Ok(
+        json!({"kind": format!("{}List", ki.kind), "apiVersion": ki.api_version,
+        "metadata": metadata, "items": items}),
+    )
 }
 
 fn expired() -> Value {
@@ -193,16 +268,15 @@ async fn watch_kind(
     )
     .await?;
     let mut changed = shared.changed.subscribe();
-    let (mut cursor, epoch, initial) = {
-        let s = shared.lock();
+    let (mut cursor, epoch, cut, initial) = {
+        let mut s = shared.lock();
         let epoch = s.epochs.get(&kind).copied().unwrap_or(0);
-        match since {
-            Some(rv) if rv < s.compacted => (0, epoch, Err(())),
-            Some(rv) => (
-                s.history.partition_point(|e| e.rv <= rv),
-                epoch,
-                Ok(Vec::new()),
-            ),
+        let cut = s.faults.cut(kind).epoch;
+        let gone = s.faults.take_gone_watch(kind);
+        let (cursor, initial) = match since {
+            _ if gone => (0, Err(())),
+            Some(rv) if rv < s.compacted => (0, Err(())),
+            Some(rv) => (s.history.partition_point(|e| e.rv <= rv), Ok(Vec::new())),
             // No resourceVersion (or 0): the current state as ADDED, then what follows.
             None => {
                 let added = s.objects.get(&kind).into_iter().flat_map(|m| m.values());
@@ -210,9 +284,10 @@ async fn watch_kind(
                     .filter(|o| filter.matches(o))
                     .map(|o| json!({"type": "ADDED", "object": o}).to_string())
                     .collect();
-                (s.history.len(), epoch, Ok(added))
+                (s.history.len(), Ok(added))
             }
-        }
+        };
+        (cursor, epoch, cut, initial)
     };
     let Ok(initial) = initial else {
         chunk(wr, &expired().to_string()).await?;
@@ -225,23 +300,43 @@ async fn watch_kind(
     }
     loop {
         changed.borrow_and_update();
-        let (lines, end) = {
+        let (lines, end, cut_now) = {
             let s = shared.lock();
+            let cut_now = Some(s.faults.cut(kind)).filter(|c| c.epoch != cut);
             if s.epochs.get(&kind).copied().unwrap_or(0) != epoch {
-                (vec![expired().to_string()], true)
+                (vec![expired().to_string()], true, None)
+            } else if cut_now.is_some_and(|c| !c.mid_event) {
+                (Vec::new(), false, cut_now)
             } else if s.held {
-                (Vec::new(), false)
+                (Vec::new(), false, None)
             } else {
-                let lines = s.history[cursor..]
+                let lines: Vec<String> = s.history[cursor..]
                     .iter()
                     .filter(|e| e.kind == kind)
                     .filter_map(|e| event_for(e, &filter, bookmarks))
                     .map(|v| v.to_string())
                     .collect();
-                cursor = s.history.len();
-                (lines, false)
+                // A mid-event cut waits for an event to cut in half.
+                if lines.is_empty() && cut_now.is_some() {
+                    (lines, false, None)
+                } else {
+                    cursor = s.history.len();
+                    (lines, false, cut_now)
+                }
             }
         };
+        if let Some(cut) = cut_now {
+            if cut.mid_event {
+                let half = &lines[0].as_bytes()[..lines[0].len() / 2];
+                wr.write_all(format!("{:x}\r\n", half.len()).as_bytes())
+                    .await?;
+                wr.write_all(half).await?;
+                wr.write_all(b"\r\n").await?;
+                wr.flush().await?;
+            }
+            // Ends the connection with no final chunk, as a broken one.
+            return Err(std::io::Error::other("watch cut"));
+        }
         for line in &lines {
             chunk(wr, line).await?;
         }

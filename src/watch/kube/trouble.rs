@@ -1,0 +1,188 @@
+//! How one watched kind's failures are told to the operator: the first failure of a streak as a
+//! warning that says what it means, repeats at most once a minute with their count, and the end
+//! of a streak once, when the kind receives again. A 410 (history expired) is routine: it only
+//! says that a relist follows.
+//!
+//! Invariants: pure (the caller passes the clock); a streak is the failures since the last
+//! successful event; every failure is either logged or counted into the next repeat line.
+
+use std::time::{Duration, Instant};
+
+use kube::runtime::watcher;
+
+/// Repeats of one streak are logged at most this often.
+pub const REPEAT_EVERY: Duration = Duration::from_secs(60);
+
+/// What a failure means, for the log line.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Class {
+    /// 410: the watch's history was compacted; kube relists (the model is diffed, not flushed).
+    Expired,
+    /// 401/403: credentials or RBAC; nothing changes until an administrator acts.
+    Forbidden,
+    /// Anything else: the API server is unreachable, slow or failing; retried with backoff.
+    Failing,
+}
+
+impl Class {
+    pub fn of(error: &watcher::Error) -> Class {
+        let code = match error {
+            watcher::Error::InitialListFailed(e)
+            | watcher::Error::WatchStartFailed(e)
+            | watcher::Error::WatchFailed(e) => match e {
+                kube::Error::Api(status) => Some(status.code),
+                _ => None,
+            },
+            watcher::Error::WatchError(status) => Some(status.code),
+            _ => None,
+        };
+        match code {
+            Some(410) => Class::Expired,
+            Some(401 | 403) => Class::Forbidden,
+            _ => Class::Failing,
+        }
+    }
+
+    /// What the operator should know, after the error itself.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Class::Expired => "history expired; relisting (what is still there stays programmed)",
+            Class::Forbidden => {
+                "refused by the API server: check kproxy's credentials and RBAC (list and watch, \
+                 deploy/daemonset.yaml); the rules stay as last seen meanwhile"
+            }
+            Class::Failing => {
+                "the API server is unreachable or failing; the rules stay as last seen, retrying \
+                 with backoff (up to 30 s apart)"
+            }
+        }
+    }
+}
+
+/// What to log for one failure.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    /// Routine (410): one info line.
+    Routine,
+    /// The first failure of a streak, or a different class than the last one: a warning.
+    First,
+    /// A repeat due for a reminder: a warning with how many failed and since when.
+    Repeat { failures: u32, since: Duration },
+    /// A repeat within `REPEAT_EVERY` of the last line: debug only.
+    Quiet,
+}
+
+/// The failures since the last successful event of one kind.
+#[derive(Debug, Default)]
+pub struct Streak {
+    failures: u32,
+    started: Option<Instant>,
+    warned: Option<Instant>,
+    class: Option<Class>,
+}
+
+impl Streak {
+    pub fn failed(&mut self, class: Class, now: Instant) -> Report {
+        if class == Class::Expired {
+            return Report::Routine;
+        }
+        self.failures += 1;
+        let started = *self.started.get_or_insert(now);
+        let report = match (self.class, self.warned) {
+            (Some(last), Some(warned)) if last == class => {
+                if now.duration_since(warned) < REPEAT_EVERY {
+                    return Report::Quiet;
+                }
+                Report::Repeat {
+                    failures: self.failures,
+                    since: now.duration_since(started),
+                }
+            }
+            _ => Report::First,
+        };
+        self.class = Some(class);
+        self.warned = Some(now);
+        report
+    }
+
+    /// An event arrived: ends the streak; returns its failures and length if there was one.
+    pub fn succeeded(&mut self, now: Instant) -> Option<(u32, Duration)> {
+        let ended = self
+            .started
+            .map(|started| (self.failures, now.duration_since(started)));
+        *self = Streak::default();
+        ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(start: Instant, secs: u64) -> Instant {
+        start + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn an_outage_warns_once_then_once_a_minute_with_its_count_and_its_end_once() {
+        let t = Instant::now();
+        let mut s = Streak::default();
+        assert_eq!(s.failed(Class::Failing, t), Report::First);
+        for secs in [1, 3, 7, 15, 45] {
+            assert_eq!(s.failed(Class::Failing, at(t, secs)), Report::Quiet);
+        }
+        assert_eq!(
+            s.failed(Class::Failing, at(t, 75)),
+            Report::Repeat {
+                failures: 7,
+                since: Duration::from_secs(75)
+            }
+        );
+        assert_eq!(s.failed(Class::Failing, at(t, 105)), Report::Quiet);
+        assert_eq!(s.succeeded(at(t, 110)), Some((8, Duration::from_secs(110))));
+        assert_eq!(s.succeeded(at(t, 111)), None, "the end is told once");
+        assert_eq!(s.failed(Class::Failing, at(t, 120)), Report::First);
+    }
+
+    #[test]
+    fn a_different_kind_of_failure_is_a_new_warning() {
+        let t = Instant::now();
+        let mut s = Streak::default();
+        assert_eq!(s.failed(Class::Failing, t), Report::First);
+        assert_eq!(s.failed(Class::Forbidden, at(t, 1)), Report::First);
+        assert_eq!(s.failed(Class::Forbidden, at(t, 2)), Report::Quiet);
+    }
+
+    #[test]
+    fn expired_history_is_routine_and_neither_starts_nor_extends_a_streak() {
+        let t = Instant::now();
+        let mut s = Streak::default();
+        assert_eq!(s.failed(Class::Expired, t), Report::Routine);
+        assert_eq!(s.succeeded(at(t, 1)), None);
+    }
+
+    #[test]
+    fn status_codes_are_classified_as_upstream_reads_them() {
+        let status = |code: u16| {
+            let mut s = kube::core::Status::failure("x", "y");
+            s.code = code;
+            Box::new(s)
+        };
+        assert_eq!(
+            Class::of(&watcher::Error::WatchError(status(410))),
+            Class::Expired
+        );
+        assert_eq!(
+            Class::of(&watcher::Error::InitialListFailed(kube::Error::Api(
+                status(403)
+            ))),
+            Class::Forbidden
+        );
+        assert_eq!(
+            Class::of(&watcher::Error::WatchStartFailed(kube::Error::Api(status(
+                500
+            )))),
+            Class::Failing
+        );
+    }
+}
