@@ -11,7 +11,7 @@ use serde_json::Value;
 use support::apiserver::ApiServer;
 use support::eventually;
 use support::objects::{node, service, slice};
-use support::source::{ALL, Source, svc_summary, wait_for_watch, watches};
+use support::source::{ALL, Source, WAIT, svc_summary, wait_for_watch, watches};
 
 fn lists(server: &ApiServer, kind: Kind) -> usize {
     server
@@ -95,6 +95,19 @@ async fn repeated_410s_relist_each_time_and_never_delete_what_is_still_there() {
     }
     println!("four 410s in a row -> four relists: {:?}", t.elapsed());
     assert_eq!(lists(&server, Kind::Services), 5);
+    // The first 410 is relisted at once; 410 after 410 backs off (0.8 s doubling).
+    let at: Vec<Instant> = server
+        .requests_for(Kind::Services)
+        .iter()
+        .filter(|r| !r.is_watch())
+        .map(|r| r.at)
+        .collect();
+    let gaps: Vec<f64> = at[1..]
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    println!("waits between the relists: {gaps:.2?} s");
+    assert!(gaps[2] > 2.0, "410 after 410 backs off: {gaps:?}");
     let deletes: Vec<&String> = seen
         .iter()
         .filter(|(_, port)| port.is_none())
@@ -131,6 +144,27 @@ async fn a_forbidden_resource_stops_only_itself_and_is_read_again_once_allowed()
         "Nodes are forbidden: {first:?}"
     );
     wait_for_watch(&server, Kind::EndpointSlices).await;
+    // Refused lists back off as failures do (0.8 s doubling): the wait before the fourth retry
+    // is over 2 s. kube's own backoff restarts at every list attempt: 0.8-1.6 s forever.
+    let (refused, _) = eventually("five refused Node lists", WAIT, || async {
+        let lists: Vec<Instant> = server
+            .requests_for(Kind::Nodes)
+            .iter()
+            .map(|r| r.at)
+            .collect();
+        if lists.len() >= 5 {
+            Ok(lists)
+        } else {
+            Err(format!("{} so far", lists.len()))
+        }
+    })
+    .await;
+    let gaps: Vec<f64> = refused
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    println!("waits between refused Node lists: {gaps:.2?} s");
+    assert!(gaps[3] > 2.0, "backs off: {gaps:?}");
 
     // RBAC for EndpointSlices revoked while running: its watch is cut and every retry refused.
     server.forbid(Kind::EndpointSlices, true);
@@ -255,7 +289,11 @@ async fn lists_are_paged_and_an_expired_continue_token_restarts_the_list_deletin
         ["s00007"],
         "only the deleted one, though a list broke off"
     );
-    assert_eq!(relisted.len(), N, "N-1 updates and one delete");
+    assert_eq!(
+        relisted.len(),
+        500 + N,
+        "the broken list's first page, then N-1 updates and one delete"
+    );
     // First list: 3 requests; the broken one: 2 (the second got 410); the full one: 3.
     assert_eq!(lists(&server, Kind::Services), 8);
     assert_eq!(server.continued_lists(Kind::Services), 5);

@@ -4,13 +4,15 @@
 //! Invariants: only validated objects are sent. A rejected object is treated as absent: if it
 //! was valid before, a delete is sent, so the model is always what a freshly started kproxy would
 //! build from the API server's current contents (state never depends on history). Each rejection
-//! is logged and counted once per resourceVersion. Watcher errors are retried with kube's default
-//! backoff (client-go's: 0.8 s doubling to 30 s) and logged as `trouble` says (a warning per
-//! streak, a reminder a minute); the streams never end. A relist keeps serving the previous state until
-//! it completes, then sends updates for what is present and deletes only for what vanished.
+//! is logged and counted once per resourceVersion. Watcher errors are retried after `backoff`'s
+//! wait (client-go's 0.8 s doubling to 30 s, at once for a first 410) and logged as `trouble`
+//! says (a warning per streak, a reminder a minute); the streams never end. A relist, read in
+//! pages of 500, forwards each object as it reads it and deletes only what a complete list did
+//! not contain (`relist`): never a flush, and no second copy of the cluster while it runs.
 //! Lists use kube's default `MostRecent` semantic (a consistent read), so a relist after a 410
 //! cannot briefly resurrect deleted objects from a stale watch cache.
 
+mod backoff;
 mod relist;
 #[cfg(test)]
 mod tests;
@@ -25,7 +27,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -34,6 +35,7 @@ use tracing::{debug, info, warn};
 use super::{Change, ChangeTx, Kind};
 use crate::metrics::Metrics;
 use crate::model::{NamespacedName, NodeInfo, Service, Slice, validate};
+use backoff::Backoff;
 use relist::{Input, Relist, Seen};
 use trouble::{Class, Report, Streak};
 
@@ -198,16 +200,27 @@ fn input<K: Watched>(event: Event<K>) -> Input<K::Key, K::Value> {
 async fn watch<K: Watched>(api: Api<K>, config: watcher::Config, tx: &ChangeTx, metrics: &Metrics) {
     let mut state = Relist::<K::Key, K::Value>::default();
     let mut streak = Streak::default();
-    let mut events = pin!(watcher::watcher(api, config).default_backoff());
+    let mut backoff = Backoff::default();
+    let mut events = pin!(watcher::watcher(api, config));
     while let Some(item) = events.next().await {
         let event = match item {
             Ok(event) => event,
             Err(error) => {
-                report::<K>(&mut streak, &error);
+                let class = Class::of(&error);
+                report::<K>(&mut streak, class, &error);
+                // The watcher is lazy: not polling it is the wait.
+                let wait = backoff.after(class, std::time::Instant::now(), backoff::draw());
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
-        if let Some((failures, lasted)) = streak.succeeded(std::time::Instant::now()) {
+        if matches!(event, Event::Apply(_) | Event::Delete(_)) {
+            backoff.reset();
+        }
+        // `Init` comes before every list attempt, also those that fail.
+        if !matches!(event, Event::Init)
+            && let Some((failures, lasted)) = streak.succeeded(std::time::Instant::now())
+        {
             info!(kind = ?K::KIND, failures, lasted = ?lasted, "receiving again");
         }
         if matches!(event, Event::Init) {
@@ -232,9 +245,9 @@ async fn watch<K: Watched>(api: Api<K>, config: watcher::Config, tx: &ChangeTx, 
 
 /// Logs one watch failure as `trouble` says: a warning for the first of a streak, a reminder a
 /// minute, debug in between.
-fn report<K: Watched>(streak: &mut Streak, error: &watcher::Error) {
-    let class = Class::of(error);
+fn report<K: Watched>(streak: &mut Streak, class: Class, error: &watcher::Error) {
     let meaning = class.meaning();
+    let error = trouble::describe(error);
     match streak.failed(class, std::time::Instant::now()) {
         Report::Routine => info!(kind = ?K::KIND, %error, "{meaning}"),
         Report::First => warn!(kind = ?K::KIND, %error, "watch failed: {meaning}"),

@@ -32,6 +32,8 @@ pub struct Request {
     pub query: String,
     /// Header names lower-cased, in order.
     pub headers: Vec<(String, String)>,
+    /// When its headers had arrived.
+    pub at: std::time::Instant,
 }
 
 impl Request {

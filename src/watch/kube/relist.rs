@@ -3,9 +3,13 @@
 //! still present and a delete only for what vanished, never a flush.
 //!
 //! Invariants: pure (no I/O, no clock). `sent` is exactly the set of keys whose last emitted
-//! change was `Some`; while a relist is buffered the previous state stays served, and it is
-//! replaced in one step at `InitDone`. An object is reported as rejected once per
-//! (key, resourceVersion), however many relists see it again.
+//! change was `Some`. A list forwards each object it reads at once (it is that object's current
+//! state, as a live event would be; the model drops what did not change) and remembers only its
+//! key, so a relist of 50,000 objects holds keys, not a second copy of the cluster; what it did
+//! not read is deleted at `InitDone`, after every update (an endpoint moving between two slices
+//! is never transiently absent). A list that breaks off and starts over deletes nothing until a
+//! complete one ends. An object is reported as rejected once per (key, resourceVersion),
+//! however many relists see it again.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,20 +56,30 @@ impl<K, V> Default for Output<K, V> {
     }
 }
 
-/// A relist in progress: what it found so far.
+/// A relist in progress: the keys of the valid and of the rejected objects it read so far.
 #[derive(Debug)]
-struct Pending<K, V> {
-    valid: BTreeMap<K, V>,
+struct Pending<K> {
+    valid: BTreeSet<K>,
     rejected: BTreeSet<K>,
+}
+
+impl<K> Default for Pending<K> {
+    fn default() -> Self {
+        Pending {
+            valid: BTreeSet::new(),
+            rejected: BTreeSet::new(),
+        }
+    }
 }
 
 /// Per-kind state between events.
 #[derive(Debug)]
 pub struct Relist<K, V> {
     sent: BTreeSet<K>,
-    pending: Option<Pending<K, V>>,
+    pending: Option<Pending<K>>,
     /// Rejected objects by key, with the resourceVersion last reported.
     rejected: BTreeMap<K, Option<String>>,
+    _values: std::marker::PhantomData<fn(V)>,
 }
 
 impl<K, V> Default for Relist<K, V> {
@@ -74,6 +88,7 @@ impl<K, V> Default for Relist<K, V> {
             sent: BTreeSet::new(),
             pending: None,
             rejected: BTreeMap::new(),
+            _values: std::marker::PhantomData,
         }
     }
 }
@@ -82,52 +97,36 @@ impl<K: Ord + Clone, V> Relist<K, V> {
     pub fn step(&mut self, input: Input<K, V>) -> Output<K, V> {
         let mut out = Output::default();
         match input {
-            Input::Init => {
-                self.pending = Some(Pending {
-                    valid: BTreeMap::new(),
-                    rejected: BTreeSet::new(),
-                });
-            }
+            Input::Init => self.pending = Some(Pending::default()),
             Input::InitApply(key, version, seen) => {
-                let pending = self.pending.get_or_insert_with(|| Pending {
-                    valid: BTreeMap::new(),
-                    rejected: BTreeSet::new(),
-                });
+                let pending = self.pending.get_or_insert_with(Pending::default);
                 match seen {
                     Seen::Valid(v) => {
                         pending.rejected.remove(&key);
-                        pending.valid.insert(key, v);
+                        pending.valid.insert(key.clone());
+                        self.sent.insert(key.clone());
+                        out.changes.push((key, Some(v)));
                     }
                     Seen::Ignored => {
                         pending.rejected.remove(&key);
                         pending.valid.remove(&key);
+                        self.remove(key, &mut out);
                     }
                     Seen::Rejected(why) => {
                         pending.valid.remove(&key);
                         pending.rejected.insert(key.clone());
-                        self.note_rejected(key, version, why, &mut out);
+                        self.note_rejected(key.clone(), version, why, &mut out);
+                        self.remove(key, &mut out);
                     }
                 }
             }
             Input::InitDone => {
-                let Pending { valid, rejected } = self.pending.take().unwrap_or(Pending {
-                    valid: BTreeMap::new(),
-                    rejected: BTreeSet::new(),
-                });
+                let Pending { valid, rejected } = self.pending.take().unwrap_or_default();
                 // Forget rejections of objects that are gone or valid now, so that they are
                 // reported again if they come back broken.
                 self.rejected.retain(|k, _| rejected.contains(k));
-                let vanished: Vec<K> = self
-                    .sent
-                    .iter()
-                    .filter(|k| !valid.contains_key(*k))
-                    .cloned()
-                    .collect();
-                self.sent = valid.keys().cloned().collect();
-                // Updates before deletes: an endpoint moving between two slices is never
-                // transiently absent.
-                out.changes
-                    .extend(valid.into_iter().map(|(k, v)| (k, Some(v))));
+                let vanished: Vec<K> = self.sent.difference(&valid).cloned().collect();
+                self.sent = valid;
                 out.changes.extend(vanished.into_iter().map(|k| (k, None)));
                 out.listed = true;
             }

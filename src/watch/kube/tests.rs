@@ -21,28 +21,30 @@ fn rejected(rv: &str) -> Seen<u32> {
     ))
 }
 
-/// Runs a full relist of `objects` and returns what the last step produced.
+/// Runs a full relist of `objects` and returns what it produced, all steps together.
 fn relist(state: &mut R, objects: &[(&'static str, u32)]) -> Output<&'static str, u32> {
     assert_eq!(
         state.step(Input::Init),
         Output::default(),
         "Init alone emits nothing"
     );
+    let mut changes = Vec::new();
     for &(k, v) in objects {
         let out = state.step(init_apply(k, v));
-        assert!(
-            out.changes.is_empty() && !out.listed,
-            "InitApply is buffered until InitDone"
-        );
+        assert!(!out.listed, "listed only at InitDone");
+        changes.extend(out.changes);
     }
-    state.step(Input::InitDone)
+    let mut done = state.step(Input::InitDone);
+    changes.append(&mut done.changes);
+    done.changes = changes;
+    done
 }
 
 #[test]
 fn initial_list_sends_every_object_then_listed() {
     let mut state = R::default();
     let out = relist(&mut state, &[("b", 2), ("a", 1)]);
-    assert_eq!(out.changes, vec![("a", Some(1)), ("b", Some(2))]);
+    assert_eq!(out.changes, vec![("b", Some(2)), ("a", Some(1))]);
     assert!(out.listed);
     assert!(out.rejected.is_empty());
 }
@@ -92,10 +94,32 @@ fn an_interrupted_relist_is_discarded_and_the_next_one_counts() {
     let mut state = R::default();
     relist(&mut state, &[("a", 1), ("b", 2)]);
     state.step(Input::Init);
-    state.step(init_apply("zzz", 9));
-    // The list failed half-way; the watcher starts over with a new Init.
+    assert_eq!(
+        state.step(init_apply("zzz", 9)).changes,
+        vec![("zzz", Some(9))],
+        "what a list reads is forwarded at once: it is that object's current state"
+    );
+    // The list failed half-way: nothing was deleted for it.
+    // The watcher starts over with a new Init; only the complete list deletes.
     let out = relist(&mut state, &[("b", 2)]);
-    assert_eq!(out.changes, vec![("b", Some(2)), ("a", None)]);
+    assert_eq!(
+        out.changes,
+        vec![("b", Some(2)), ("a", None), ("zzz", None)]
+    );
+}
+
+#[test]
+fn a_list_holds_keys_not_objects_and_forwards_updates_before_any_delete() {
+    let mut state = R::default();
+    relist(&mut state, &[("a", 1), ("b", 2)]);
+    state.step(Input::Init);
+    assert_eq!(state.step(init_apply("b", 3)).changes, vec![("b", Some(3))]);
+    assert_eq!(state.step(init_apply("c", 4)).changes, vec![("c", Some(4))]);
+    assert_eq!(
+        state.step(Input::InitDone).changes,
+        vec![("a", None)],
+        "the delete comes last"
+    );
 }
 
 #[test]
@@ -103,8 +127,12 @@ fn object_ignored_on_relist_is_deleted() {
     let mut state = R::default();
     relist(&mut state, &[("a", 1)]);
     state.step(Input::Init);
-    state.step(Input::InitApply("a", Some("rv2".into()), Seen::Ignored));
-    assert_eq!(state.step(Input::InitDone).changes, vec![("a", None)]);
+    let out = state.step(Input::InitApply("a", Some("rv2".into()), Seen::Ignored));
+    assert_eq!(out.changes, vec![("a", None)]);
+    assert!(
+        state.step(Input::InitDone).changes.is_empty(),
+        "deleted once"
+    );
 }
 
 #[test]
@@ -188,12 +216,25 @@ fn deleted_rejected_object_is_reported_again_if_recreated_broken() {
 #[test]
 fn later_duplicate_in_a_list_wins() {
     let mut state = R::default();
-    state.step(Input::Init);
-    state.step(init_apply("a", 1));
-    state.step(Input::InitApply("a", Some("rv2".into()), Seen::Ignored));
-    state.step(init_apply("b", 2));
-    state.step(init_apply("b", 3));
-    assert_eq!(state.step(Input::InitDone).changes, vec![("b", Some(3))]);
+    let mut changes = Vec::new();
+    for input in [
+        Input::Init,
+        init_apply("a", 1),
+        Input::InitApply("a", Some("rv2".into()), Seen::Ignored),
+        init_apply("b", 2),
+        init_apply("b", 3),
+        Input::InitDone,
+    ] {
+        changes.extend(state.step(input).changes);
+    }
+    assert_eq!(changes.last(), Some(&("b", Some(3))));
+    assert_eq!(
+        changes.iter().rev().find(|(k, _)| *k == "a"),
+        Some(&("a", None))
+    );
+    // Afterwards a is absent and b is sent: a delete of b is forwarded, of a not.
+    assert!(state.step(Input::Delete("a")).changes.is_empty());
+    assert_eq!(state.step(Input::Delete("b")).changes, vec![("b", None)]);
 }
 
 #[tokio::test]

@@ -53,10 +53,30 @@ impl Class {
             }
             Class::Failing => {
                 "the API server is unreachable or failing; the rules stay as last seen, retrying \
-                 with backoff (up to 30 s apart)"
+                 0.8 s to 30 s apart"
             }
         }
     }
+}
+
+/// The failure in one line: the step that failed and the API server's status (code, reason,
+/// message) rather than kube's rendering, which repeats the message inside a debug dump.
+pub fn describe(error: &watcher::Error) -> String {
+    let (step, cause) = match error {
+        watcher::Error::InitialListFailed(e) => ("list", e),
+        watcher::Error::WatchStartFailed(e) => ("watch start", e),
+        watcher::Error::WatchFailed(e) => ("watch", e),
+        watcher::Error::WatchError(status) => return format!("watch: {}", status_line(status)),
+        other => return other.to_string(),
+    };
+    match cause {
+        kube::Error::Api(status) => format!("{step}: {}", status_line(status)),
+        other => format!("{step}: {other}"),
+    }
+}
+
+fn status_line(status: &kube::core::Status) -> String {
+    format!("{} {}: {}", status.code, status.reason, status.message)
 }
 
 /// What to log for one failure.
@@ -159,6 +179,17 @@ mod tests {
         let mut s = Streak::default();
         assert_eq!(s.failed(Class::Expired, t), Report::Routine);
         assert_eq!(s.succeeded(at(t, 1)), None);
+    }
+
+    #[test]
+    fn a_refusal_is_described_in_one_line_with_the_api_servers_words_once() {
+        let mut status = kube::core::Status::failure("nodes is forbidden: no", "Forbidden");
+        status.code = 403;
+        let error = watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status)));
+        assert_eq!(
+            describe(&error),
+            "list: 403 Forbidden: nodes is forbidden: no"
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream) {
             path: path.to_string(),
             query: query.to_string(),
             headers,
+            at: std::time::Instant::now(),
         };
         shared.lock().requests.push(req.clone());
         let kind = KINDS.into_iter().find(|&k| info(k).path == req.path);
