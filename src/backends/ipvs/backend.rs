@@ -72,6 +72,9 @@ pub struct IpvsBackend {
     /// when it last ran, and the last server whose destinations it compared.
     last_scan: Instant,
     dest_cursor: Option<ServiceKey>,
+    /// Servers the scan found differing from the mirror: the next full sync puts each back as
+    /// the mirror has it (or deletes it), reading only those, instead of reading every server.
+    repair: BTreeSet<ServiceKey>,
 }
 
 /// Servers read back from the kernel during a sync, with the state the sync left them in.
@@ -122,6 +125,7 @@ impl IpvsBackend {
             rewrite: true,
             last_scan: Instant::now(),
             dest_cursor: None,
+            repair: BTreeSet::new(),
         }
     }
 
@@ -285,7 +289,12 @@ impl Backend for IpvsBackend {
     }
 
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
-        let result = self.adopt_all(plans, node);
+        let result = if !self.rewrite && !self.repair.is_empty() {
+            self.repair_in_place(plans, node)
+        } else {
+            self.repair.clear();
+            self.adopt_all(plans, node)
+        };
         self.rewrite = result.is_err();
         result
     }
@@ -321,8 +330,8 @@ impl Backend for IpvsBackend {
             self.rewrite = true;
             return Ok(found);
         }
-        // Virtual servers and destinations: a full sync reads and repairs them; the companion
-        // tables need no rewrite for that.
+        // Virtual servers and destinations: the next full sync repairs those the scan names,
+        // in place; the companion tables need no rewrite for that.
         self.scan()
     }
 

@@ -60,6 +60,8 @@ pub struct FakeState {
     pub timeouts: Vec<super::netlink::CmdAttr>,
     /// IPVS messages applied, in all.
     pub ipvs_messages: usize,
+    /// Destination lists read (one dump per server), in all.
+    pub dest_reads: usize,
     /// nft scripts applied.
     pub scripts: usize,
     /// Companion tables created with their body (`table ... {` lines applied).
@@ -420,7 +422,8 @@ impl Kernel for FakeKernel {
     }
 
     fn dests(&mut self, service: &ServiceKey) -> Result<Vec<DestState>, KernelError> {
-        let s = self.state();
+        let mut s = self.state();
+        s.dest_reads += 1;
         let (_, dests) = s
             .services
             .get(service)

@@ -406,3 +406,85 @@ fn scans_of_many_servers_find_nothing_until_one_is_deleted() {
     let what = b.drift().unwrap().expect("a deleted server is drift");
     assert!(what.contains("gone"), "{what}");
 }
+
+#[test]
+fn what_the_scan_finds_is_repaired_in_place_reading_only_those_servers() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    let plans = crate::testing::services(500);
+    b.sync_full(&plans, &node()).unwrap();
+    let servers = kernel.state().services.len();
+    assert!(servers >= 500);
+    // Someone deletes one server, adds a stray one with kproxy's mark, and deletes a
+    // destination of a server the next scan's rotation checks.
+    let (gone, checked) = {
+        let mut s = kernel.state();
+        let gone = *s.services.keys().nth(300).unwrap();
+        s.services.remove(&gone);
+        let (vs, _) = s.services.values().next().unwrap().clone();
+        let stray = key("10.96.250.250", Protocol::Tcp, 80);
+        s.services.insert(
+            stray,
+            (VirtualServer { key: stray, ..vs }, Default::default()),
+        );
+        let (checked, (_, dests)) = s
+            .services
+            .iter_mut()
+            .find(|(_, (_, d))| !d.is_empty())
+            .unwrap();
+        let first = *dests.keys().next().unwrap();
+        dests.remove(&first);
+        (gone, *checked)
+    };
+    b.scan_due();
+    let what = b.drift().unwrap().expect("all three are drift");
+    assert!(what.contains("1 of kproxy's"), "{what}");
+    assert!(what.contains("10.96.250.250:80"), "{what}");
+    assert!(what.contains(&show(&checked)), "{what}");
+    let (reads, messages) = {
+        let s = kernel.state();
+        (s.dest_reads, s.ipvs_messages)
+    };
+    b.sync_full(&plans, &node()).unwrap();
+    let s = kernel.state();
+    assert!(
+        s.dest_reads - reads <= 3,
+        "only the servers concerned are read: {} reads",
+        s.dest_reads - reads
+    );
+    assert!(s.ipvs_messages - messages < 30, "a handful of messages");
+    assert!(s.services.contains_key(&gone));
+    drop(s);
+    assert_eq!(
+        programmed(&kernel),
+        fresh(&plans),
+        "exactly a fresh kproxy's"
+    );
+    b.scan_due();
+    assert_eq!(b.drift().unwrap(), None, "repaired");
+}
+
+#[test]
+fn a_repair_in_place_also_applies_what_the_plans_changed_meanwhile() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    b.sync_full(&with_web(&["10.0.0.1", "10.0.0.2"]), &node())
+        .unwrap();
+    let last = *kernel.state().services.keys().next_back().unwrap();
+    kernel.state().services.remove(&last);
+    b.scan_due();
+    assert!(b.drift().unwrap().is_some());
+    let moved = with_web(&["10.0.0.3"]);
+    b.sync_full(&moved, &node()).unwrap();
+    // What the same move does with nothing deleted: the old destinations drain at weight 0.
+    let undisturbed = FakeKernel::default();
+    let mut u = backend(&undisturbed);
+    u.sync_full(&with_web(&["10.0.0.1", "10.0.0.2"]), &node())
+        .unwrap();
+    u.sync_partial(&moved, &changed(), &node()).unwrap();
+    assert_eq!(programmed(&kernel), programmed(&undisturbed));
+}
+
+fn show(k: &ServiceKey) -> String {
+    format!("{}:{}", k.addr, k.port)
+}

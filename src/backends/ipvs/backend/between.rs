@@ -5,22 +5,30 @@
 //! listed (one dump) and compared with the mirror, and the destinations of up to
 //! `DEST_CHECKS` servers, in rotation (IPVS lists destinations one server at a time).
 //!
+//! What the scan finds is repaired in place by the next full sync (`repair_in_place`): each
+//! server it names is read back and put as the mirror has it (a stray one with kproxy's mark is
+//! deleted), then the plans are diffed against the mirror as a partial sync of every port would;
+//! nothing else is read. At 10,000 servers that is a handful of messages instead of 10,000
+//! destination dumps.
+//!
 //! Invariants: the probe never dumps a whole table or every server; the scan compares only
-//! servers' keys and destinations (what a full sync repairs), never their settings, so a
-//! difference it reports is one a full sync removes; draining entries exist only for
-//! destinations the mirror holds at weight 0.
+//! servers' keys and destinations, never their settings, and names every server that differs;
+//! draining entries exist only for destinations the mirror holds at weight 0.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use super::{DRAIN_CHECK_PERIOD, DRAIN_LIMIT, IpvsBackend, apply_err};
-use crate::backends::BackendError;
 use crate::backends::error::Step;
 use crate::backends::ipvs::compile::TABLE;
 use crate::backends::ipvs::kernel::KernelError;
+use crate::backends::ipvs::mirror::{Applied, Owner};
 use crate::backends::ipvs::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey};
+use crate::backends::{BackendError, Plans, SyncReport};
+use crate::model::ServicePortName;
 use crate::nftables::family_name;
+use crate::node::NodeFacts;
 
 /// How often every virtual server is listed and compared with the mirror: a dump of 10,000
 /// servers is the scan's main cost (measured in the VM, BENCHMARKS.md "Drift").
@@ -55,25 +63,14 @@ impl IpvsBackend {
             .map(|vs| (vs.key, vs.owned))
             .collect();
         let servers = &self.mirror.servers;
-        let missing: Vec<&ServiceKey> =
-            servers.keys().filter(|k| !listed.contains_key(k)).collect();
-        if let Some(first) = missing.first() {
-            return Ok(Some(format!(
-                "{} of kproxy's {} virtual servers are gone ({} first)",
-                missing.len(),
-                servers.len(),
-                show(first)
-            )));
-        }
-        let added = listed
-            .iter()
-            .find(|(k, owned)| **owned && !servers.contains_key(k));
-        if let Some((k, _)) = added {
-            return Ok(Some(format!(
-                "virtual server {} carries kproxy's mark but no Service wants it",
-                show(k)
-            )));
-        }
+        let missing: BTreeSet<ServiceKey> = (servers.keys())
+            .filter(|k| !listed.contains_key(k))
+            .copied()
+            .collect();
+        let stray: BTreeSet<ServiceKey> = (listed.iter())
+            .filter(|(k, owned)| **owned && !servers.contains_key(k))
+            .map(|(k, _)| *k)
+            .collect();
         let after = match self.dest_cursor {
             Some(k) => Bound::Excluded(k),
             None => Bound::Unbounded,
@@ -94,7 +91,8 @@ impl IpvsBackend {
             keys.extend(wrapped);
         }
         self.dest_cursor = keys.last().copied();
-        for key in keys {
+        let mut differing = Vec::new();
+        for key in keys.into_iter().filter(|k| !missing.contains(k)) {
             let found: BTreeMap<DestKey, u32> = self
                 .kernel
                 .dests(&key)
@@ -106,13 +104,75 @@ impl IpvsBackend {
             if &found != want {
                 let gone = want.keys().filter(|d| !found.contains_key(d)).count();
                 let added = found.keys().filter(|d| !want.contains_key(d)).count();
-                return Ok(Some(format!(
-                    "virtual server {}: {gone} destination(s) gone, {added} added, or weights changed",
-                    show(&key)
-                )));
+                differing.push((key, gone, added));
             }
         }
-        Ok(None)
+        let mut what = Vec::new();
+        if let Some(first) = missing.first() {
+            what.push(format!(
+                "{} of kproxy's {} virtual servers are gone ({} first)",
+                missing.len(),
+                self.mirror.servers.len(),
+                show(first)
+            ));
+        }
+        if let Some(first) = stray.first() {
+            what.push(format!(
+                "{} virtual server(s) carry kproxy's mark but no Service wants them ({} first)",
+                stray.len(),
+                show(first)
+            ));
+        }
+        if let Some((key, gone, added)) = differing.first() {
+            what.push(format!(
+                "virtual server {}: {gone} destination(s) gone, {added} added, or weights changed{}",
+                show(key),
+                match differing.len() {
+                    1 => String::new(),
+                    n => format!(" ({} more servers differ)", n - 1),
+                }
+            ));
+        }
+        self.repair.extend(missing);
+        self.repair.extend(stray);
+        self.repair.extend(differing.into_iter().map(|(k, ..)| k));
+        Ok((!what.is_empty()).then(|| what.join("; ")))
+    }
+
+    /// Puts back, as the mirror has them, the servers the scan named (deleting those the mirror
+    /// does not have), reading only them; then applies whatever the plans changed since the
+    /// last sync, diffed against the mirror. Any refusal leaves the next full sync to adopt.
+    pub(super) fn repair_in_place(
+        &mut self,
+        plans: &Plans,
+        node: &NodeFacts,
+    ) -> Result<SyncReport, BackendError> {
+        let keys = std::mem::take(&mut self.repair);
+        let want: BTreeMap<ServiceKey, Applied> = (keys.iter())
+            .filter_map(|k| Some((*k, self.mirror.servers.get(k)?.clone())))
+            .collect();
+        let (sent, reread) = self.resend(keys, &|k| want.get(k).cloned())?;
+        for (key, left) in reread {
+            match left {
+                Some(a) => self.mirror.servers.insert(key, a),
+                None => self.mirror.servers.remove(&key),
+            };
+        }
+        let facts = self.facts(node);
+        let mut desired: BTreeMap<ServicePortName, Option<Owner>> = (self.mirror.ports.keys())
+            .map(|n| (n.clone(), None))
+            .collect();
+        for (name, planned) in plans {
+            let owner = Owner {
+                planned: planned.clone(),
+                facts: facts.clone(),
+            };
+            desired.insert(name.clone(), Some(owner));
+        }
+        let report = self.apply_ports(desired)?;
+        Ok(SyncReport {
+            operations: sent + report.operations,
+        })
     }
 
     /// Makes the next drift check scan (tests: no waiting for `SCAN_PERIOD`).
