@@ -289,7 +289,8 @@ impl Backend for IpvsBackend {
     }
 
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
-        let result = if !self.rewrite && !self.repair.is_empty() {
+        let in_place = (1..=between::REPAIR_IN_PLACE_MAX).contains(&self.repair.len());
+        let result = if !self.rewrite && in_place {
             self.repair_in_place(plans, node)
         } else {
             self.repair.clear();

@@ -26,7 +26,7 @@ pub mod fake_kernel;
 #[cfg(test)]
 mod live_tests;
 #[cfg(test)]
-mod random_tests;
+pub(crate) mod random_tests;
 #[cfg(test)]
 mod repair_tests;
 #[cfg(test)]

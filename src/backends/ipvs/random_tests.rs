@@ -27,7 +27,7 @@ const STEPS: usize = 300;
 
 /// What happens to a packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Fate {
+pub(crate) enum Fate {
     /// Sent to one of these destinations.
     Dnat(BTreeSet<(IpAddr, u16)>),
     Reject,
@@ -36,14 +36,14 @@ enum Fate {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Packet {
-    saddr: IpAddr,
-    daddr: IpAddr,
-    proto: Protocol,
-    dport: u16,
+pub(crate) struct Packet {
+    pub(crate) saddr: IpAddr,
+    pub(crate) daddr: IpAddr,
+    pub(crate) proto: Protocol,
+    pub(crate) dport: u16,
 }
 
-fn fate(t: &Targets) -> Fate {
+pub(crate) fn fate(t: &Targets) -> Fate {
     match t {
         Targets::Endpoints(eps) => Fate::Dnat(eps.iter().map(|e| (e.ip, e.port)).collect()),
         Targets::Reject => Fate::Reject,
@@ -53,7 +53,7 @@ fn fate(t: &Targets) -> Fate {
 
 /// What the plans say happens to `p` in IPVS mode (whose eTP=Local traffic from pods and the
 /// node uses the local endpoints too, as upstream's).
-fn expected(plans: &Plans, node: &NodeFacts, p: &Packet) -> Fate {
+pub(crate) fn expected(plans: &Plans, node: &NodeFacts, p: &Packet) -> Fate {
     for planned in plans.values() {
         let port = &planned.port;
         let Some(fp) = planned.plan.family(IpFamily::of(&p.daddr)) else {
@@ -86,7 +86,7 @@ fn expected(plans: &Plans, node: &NodeFacts, p: &Packet) -> Fate {
 
 /// What the fake kernel does with `p`: the companion sets first (hooked before IPVS), then the
 /// virtual server (none: not a service; no live destination: IPVS's own ICMP, a reject).
-fn trace(s: &FakeState, p: &Packet) -> Fate {
+pub(crate) fn trace(s: &FakeState, p: &Packet) -> Fate {
     let family = if p.daddr.is_ipv4() { "ip" } else { "ip6" };
     let triple = format!("{} . {} . {}", p.daddr, p.proto.lower(), p.dport);
     let has = |set: &'static str| s.elements.contains(&(family, set, triple.clone()));
@@ -134,7 +134,7 @@ fn trace(s: &FakeState, p: &Packet) -> Fate {
 
 /// Every packet that can hit a service address of `plans`, from a few sources per family (in
 /// and out of the source ranges the random world uses, a pod, the node).
-fn packets(plans: &Plans, node: &NodeFacts) -> Vec<Packet> {
+pub(crate) fn packets(plans: &Plans, node: &NodeFacts) -> Vec<Packet> {
     let sources = |v4: bool| -> Vec<IpAddr> {
         let list: [&str; 4] = if v4 {
             ["203.0.113.9", "192.0.2.200", "10.0.5.5", "192.168.0.2"]

@@ -488,3 +488,19 @@ fn a_repair_in_place_also_applies_what_the_plans_changed_meanwhile() {
 fn show(k: &ServiceKey) -> String {
     format!("{}:{}", k.addr, k.port)
 }
+
+#[test]
+fn every_server_removed_is_seen_by_the_first_check_and_a_mass_repair_re_adopts() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    let plans = crate::testing::services(1500);
+    b.sync_full(&plans, &node()).unwrap();
+    kernel.state().services.clear();
+    // No scan_due: the first server is the probe's canary, and its absence scans at once.
+    let what = b.drift().unwrap().expect("ipvsadm -C is drift");
+    assert!(what.contains("virtual servers are gone"), "{what}");
+    let gets = kernel.state().ipvs_messages;
+    b.sync_full(&plans, &node()).unwrap();
+    assert_eq!(programmed(&kernel), fresh(&plans));
+    assert!(kernel.state().ipvs_messages > gets);
+}

@@ -1,7 +1,8 @@
 //! Between syncs: the drift checks (someone else changed what IPVS mode programmed) and the
 //! end of graceful termination (draining destinations deleted once idle). The probe, every
 //! check: anyone else's commit to the companion tables (the nf_tables change monitor), the
-//! dummy interface and its addresses. The scan, every `SCAN_PERIOD`: every virtual server
+//! dummy interface and its addresses, and the first virtual server (the canary of `ipvsadm -C`:
+//! gone, it makes the scan run at once). The scan, every `SCAN_PERIOD`: every virtual server
 //! listed (one dump) and compared with the mirror, and the destinations of up to
 //! `DEST_CHECKS` servers, in rotation (IPVS lists destinations one server at a time).
 //!
@@ -36,6 +37,9 @@ pub const SCAN_PERIOD: Duration = Duration::from_secs(1);
 /// Servers whose destinations one scan compares (one dump each), in rotation: at 10,000
 /// servers a destination someone deleted is noticed within ~80 s, at 128 or fewer within 1 s.
 pub const DEST_CHECKS: usize = 128;
+/// Above this many servers to repair, a full sync re-adopts instead (one dump of every server
+/// and its destinations costs less than reading each of thousands back).
+pub const REPAIR_IN_PLACE_MAX: usize = 1_000;
 
 fn show(key: &ServiceKey) -> String {
     format!(
@@ -175,12 +179,17 @@ impl IpvsBackend {
         })
     }
 
-    /// Makes the next drift check scan (tests: no waiting for `SCAN_PERIOD`).
-    #[cfg(test)]
-    pub(crate) fn scan_due(&mut self) {
+    /// Makes the next scan run at once, not at the end of `SCAN_PERIOD`.
+    fn scan_now(&mut self) {
         self.last_scan = Instant::now()
             .checked_sub(SCAN_PERIOD)
             .unwrap_or(self.last_scan);
+    }
+
+    /// Makes the next drift check scan (tests: no waiting for `SCAN_PERIOD`).
+    #[cfg(test)]
+    pub(crate) fn scan_due(&mut self) {
+        self.scan_now();
     }
 
     /// Forgets draining entries of servers or destinations that are gone, and starts the clock
@@ -268,10 +277,11 @@ impl IpvsBackend {
                 crate::node::IPVS_LINK
             )));
         }
+        // The first server is the canary of `ipvsadm -C`: when it is gone, scan now.
         if let Some(key) = self.mirror.servers.keys().next().copied()
             && self.kernel.service(&key).map_err(probe)?.is_none()
         {
-            return Ok(Some(format!("virtual server {} is gone", show(&key))));
+            self.scan_now();
         }
         Ok(None)
     }
