@@ -8,6 +8,7 @@
 //! Invariants: `plan` is pure; backends never re-derive policy, they render a `FamilyPlan`.
 //! A port has a `FamilyPlan` for exactly the families of its ClusterIPs; every address and
 //! endpoint in a `FamilyPlan` is of its family (IPv4-mapped IPv6 addresses are in none);
+//! an address is in at most one of a `FamilyPlan`'s address lists (`not_in`);
 //! `Targets::Endpoints` is never empty, holds each (ip, port) once, and is sorted by (ip, port).
 
 use std::collections::BTreeSet;
@@ -71,9 +72,9 @@ pub struct FamilyPlan {
     pub family: IpFamily,
     /// The port's ClusterIPs of this family (at least one).
     pub cluster_ips: Vec<IpAddr>,
-    /// Its externalIPs of this family.
+    /// Its externalIPs of this family, but for its ClusterIPs and LoadBalancer IPs (`not_in`).
     pub external_ips: Vec<IpAddr>,
-    /// Its LoadBalancer ingress IPs of this family.
+    /// Its LoadBalancer ingress IPs of this family, but for its ClusterIPs.
     pub load_balancer_ips: Vec<IpAddr>,
     /// Its NodePort: listening on the node's NodePort addresses of this family.
     pub node_port: Option<u16>,
@@ -187,6 +188,22 @@ pub fn in_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
         .into_vec()
 }
 
+/// `ips` without those in any of `taken`. One address of a port is planned once: an
+/// externalIP or LoadBalancer IP that is also a ClusterIP of the port is reached as the
+/// ClusterIP (upstream's iptables rules match the ClusterIP first), and an externalIP that is
+/// also a LoadBalancer IP as the LoadBalancer IP, behind its source ranges (upstream filters
+/// them by destination, whichever rule DNATs). Listed twice, it would get two verdicts, and
+/// each backend would pick another.
+fn not_in(ips: Vec<IpAddr>, taken: &[&[IpAddr]]) -> Vec<IpAddr> {
+    let is_taken = |ip: &IpAddr| taken.iter().any(|t| t.contains(ip));
+    if !ips.iter().any(is_taken) {
+        return ips;
+    }
+    let kept = ips.into_iter().filter(|ip| !is_taken(ip));
+    // Exactly sized, as `in_family`'s.
+    kept.collect::<Box<[IpAddr]>>().into_vec()
+}
+
 /// `ranges` of `family`, host bits cleared, each once, none inside another, sorted.
 pub fn normalise_ranges(ranges: &[IpNet], family: IpFamily) -> Vec<IpNet> {
     let mine: BTreeSet<IpNet> = ranges
@@ -210,8 +227,10 @@ fn family_plan(
 ) -> FamilyPlan {
     let zone = node.zone.as_deref().unwrap_or("");
     let c = categorize(endpoints, &node.name, zone);
-    let external_ips = in_family(&port.external_ips, family);
-    let load_balancer_ips = in_family(&port.load_balancer_ips, family);
+    let cluster_ips = in_family(&port.cluster_ips, family);
+    let load_balancer_ips = not_in(in_family(&port.load_balancer_ips, family), &[&cluster_ips]);
+    let taken = [&cluster_ips[..], &load_balancer_ips];
+    let external_ips = not_in(in_family(&port.external_ips, family), &taken);
 
     let local_policy = |policy| policy == TrafficPolicy::Local;
     let internal = if local_policy(port.internal_traffic_policy) {
@@ -236,7 +255,7 @@ fn family_plan(
 
     FamilyPlan {
         family,
-        cluster_ips: in_family(&port.cluster_ips, family),
+        cluster_ips,
         external_ips,
         load_balancer_ips,
         node_port: port.node_port,

@@ -96,6 +96,41 @@ fn addresses_of_a_family_the_service_lacks_are_ignored() {
     assert!(v4.load_balancer_ips.is_empty());
 }
 
+/// Found by `backends::property_tests`: with eTP=Local and no local endpoint, IPVS mode
+/// dropped every packet to the ClusterIP (one virtual server, in the `dropped` set), and
+/// nftables mode dropped those from outside the cluster; iptables mode served them.
+#[test]
+fn an_external_address_that_is_also_a_cluster_ip_of_the_port_is_served_as_the_cluster_ip() {
+    let mut svc = port(&["10.96.0.1", "fd96::1"]);
+    svc.external_ips = vec![ip("10.96.0.1"), ip("192.0.2.1")];
+    svc.load_balancer_ips = vec![ip("fd96::1")];
+    svc.external_traffic_policy = crate::model::TrafficPolicy::Local;
+    let p = plan(&svc, &[ep("10.0.0.1"), ep("fd10::1")], &node());
+    let (v4, v6) = (&p.families[0], &p.families[1]);
+    assert_eq!(v4.cluster_ips, [ip("10.96.0.1")]);
+    assert_eq!(v4.external_ips, [ip("192.0.2.1")]);
+    assert_eq!(v4.external, Some(Targets::Drop), "no local endpoint");
+    assert!(v6.load_balancer_ips.is_empty());
+    assert_eq!(v6.external, None, "no external address left");
+    assert!(matches!(&v6.internal, Targets::Endpoints(e) if e.len() == 1));
+}
+
+/// Found by `backends::property_tests`: iptables mode matched such an address as the
+/// externalIP first, so a source outside the ranges got a reset where the other modes drop.
+#[test]
+fn an_external_ip_that_is_also_a_load_balancer_ip_is_served_behind_the_source_ranges() {
+    let mut svc = port(&["10.96.0.1"]);
+    svc.service_type = crate::model::ServiceType::LoadBalancer;
+    svc.external_ips = vec![ip("192.0.2.1"), ip("192.0.2.2")];
+    svc.load_balancer_ips = vec![ip("192.0.2.1")];
+    svc.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+    let p = plan(&svc, &[], &node());
+    let v4 = &p.families[0];
+    assert_eq!(v4.external_ips, [ip("192.0.2.2")]);
+    assert_eq!(v4.load_balancer_ips, [ip("192.0.2.1")]);
+    assert!(v4.source_ranges.is_some());
+}
+
 #[test]
 fn ipv4_mapped_ipv6_addresses_are_in_no_family() {
     let ips = [ip("::ffff:10.0.0.1"), ip("10.0.0.2"), ip("fd00::1")];
