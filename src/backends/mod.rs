@@ -19,6 +19,8 @@ pub mod leftovers;
 pub mod nft;
 pub mod process;
 #[cfg(test)]
+mod property_tests;
+#[cfg(test)]
 pub(crate) mod random_world;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -436,5 +436,24 @@ fn is_manifest(name: &str) -> bool {
             .any(|ext| name.ends_with(ext))
 }
 
+/// What a first scan of a directory holding only `files` (name, content) sends, and the
+/// documents it refused: each file parsed and merged as `Scanner::load` does, without the file
+/// system. For the property tests that drive random manifests through the whole pipeline
+/// (`backends::property_tests`).
+#[cfg(test)]
+pub(crate) fn first_scan(
+    files: &[(String, String)],
+    node_name: &str,
+) -> (Vec<Change>, Vec<crate::model::validate::Rejection>) {
+    let mut state = State::default();
+    let mut rejected = Vec::new();
+    for (name, text) in files {
+        let parsed = parse::parse_file(name, text.as_bytes(), node_name);
+        rejected.extend(parsed.rejected.into_iter().map(|r| r.rejection));
+        state.set_file(&Arc::from(name.as_str()), parsed.objects);
+    }
+    (state.changes(), rejected)
+}
+
 #[cfg(test)]
 mod tests;

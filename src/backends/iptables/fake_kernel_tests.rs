@@ -10,7 +10,7 @@
 //! together; every assertion prints the packet's paths when it fails.
 
 #[path = "fake_kernel/expect.rs"]
-mod expect;
+pub(crate) mod expect;
 #[path = "fake_kernel/random_tests.rs"]
 mod random;
 #[path = "fake_kernel/restore_tests.rs"]

@@ -29,8 +29,8 @@ pub use variant::{Variant, VariantChoice};
 #[cfg(test)]
 mod backend_tests;
 #[cfg(test)]
-mod fake_kernel;
+pub(crate) mod fake_kernel;
 #[cfg(test)]
-mod fake_kernel_tests;
+pub(crate) mod fake_kernel_tests;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,8 @@
 //! fake kernel (its virtual servers and companion sets, traced here) what the plans say.
 //!
 //! Invariants: the oracle (`expected`) reads only the plans and the node, never the backend's
-//! compile; a failure replays from its step number.
+//! compile; a failure replays from its step number. The oracle, the packets and the tracer
+//! also judge `backends::property_tests`' random cases.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -7,7 +7,8 @@
 //! Invariants: the node is `tests::node()` (`node-a`, 192.168.0.2 / fd00::2); `expected` derives
 //! each packet's fate from the plans alone (never from compile), so the traces check compile,
 //! diff, transaction and the fake kernel together; every helper panics with the packet, both
-//! answers and the state when they disagree.
+//! answers and the state when they disagree. `expected` and `packets` also judge
+//! `backends::property_tests`' random cases.
 
 #[path = "fake_kernel/kernel_tests.rs"]
 mod kernel;
@@ -69,7 +70,7 @@ fn outcome(targets: &Targets, family: IpFamily) -> Outcome {
 }
 
 /// What the plans say happens to `p` (README "The path of a packet"), from the plans alone.
-pub(super) fn expected(plans: &Plans, cfg: &BackendConfig, node: &NodeFacts, p: &Packet) -> Trace {
+pub(crate) fn expected(plans: &Plans, cfg: &BackendConfig, node: &NodeFacts, p: &Packet) -> Trace {
     let family = IpFamily::of(&p.daddr);
     let cidrs: Vec<_> = cfg
         .cluster_cidrs
@@ -144,7 +145,7 @@ fn sources(family: IpFamily) -> [(IpAddr, bool); 4] {
 
 /// Packets to every VIP port and NodePort of `plans` (and to the next port, which may be no
 /// Service), from every kind of source.
-pub(super) fn packets(plans: &Plans, node: &NodeFacts) -> Vec<Packet> {
+pub(crate) fn packets(plans: &Plans, node: &NodeFacts) -> Vec<Packet> {
     packets_of_all(&[plans], node)
 }
 

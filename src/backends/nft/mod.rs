@@ -26,7 +26,7 @@ pub(crate) mod diff_tests;
 #[cfg(test)]
 pub(crate) mod fake_kernel;
 #[cfg(test)]
-mod fake_kernel_tests;
+pub(crate) mod fake_kernel_tests;
 #[cfg(test)]
 mod libnft_tests;
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //!
 //! Invariants: the node is `testing::node()` (`node-a`, 192.168.0.2 / fd00::2), the
 //! configuration that of the golden files; every assertion prints the packet's paths.
+//! `expected`, `probes` and `same_fates` also judge `backends::property_tests`' random cases.
 
 use super::*;
 use crate::model::plan::FamilyPlan;
@@ -94,7 +95,7 @@ pub(super) fn filter(kind: &str, chain: &str) -> Fate {
 }
 
 /// `got` holds exactly the fates of `want`, each with its probability (to 1e-6).
-pub(super) fn same_fates<'a>(
+pub(crate) fn same_fates<'a>(
     got: &BTreeMap<Fate, f64>,
     mut want: impl ExactSizeIterator<Item = (&'a Fate, &'a f64)>,
 ) -> bool {
@@ -115,7 +116,7 @@ pub(super) fn assert_fates(fake: &FakeIptables, p: &Packet, want: &[(Fate, f64)]
 /// destinations to the external targets, or for pods and the node under eTP=Local to the
 /// cluster-wide ones; firewalled LoadBalancer IPs drop other sources; a pod reaching itself is
 /// masqueraded; without usable endpoints the verdict is rejected or dropped in filter.
-pub(super) fn expected(plans: &Plans, cfg: &BackendConfig, p: &Packet) -> BTreeMap<Fate, f64> {
+pub(crate) fn expected(plans: &Plans, cfg: &BackendConfig, p: &Packet) -> BTreeMap<Fate, f64> {
     let family = IpFamily::of(&p.dst);
     let own = |a: &IpAddr| IpFamily::of(a) == family && !a.is_loopback();
     let node_addr = *p.local.iter().find(|a| own(a)).expect("a node address");
@@ -226,7 +227,7 @@ pub(super) fn sources(family: IpFamily) -> [(&'static str, bool); 4] {
 
 /// Packets to every VIP port and NodePort of `plans` (and to the next port, which may be no
 /// Service) from every kind of source, and from the node to its localhost NodePorts.
-pub(super) fn probes<'a>(plans: impl IntoIterator<Item = &'a ServicePort>) -> Vec<Packet> {
+pub(crate) fn probes<'a>(plans: impl IntoIterator<Item = &'a ServicePort>) -> Vec<Packet> {
     let mut dests = Vec::new();
     for p in plans {
         let proto = p.name.protocol;
