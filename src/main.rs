@@ -72,9 +72,15 @@ fn init_tracing(format: LogFormat, verbosity: u8) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("kproxy={level},warn")));
     // kproxy tells watch failures itself, once a streak (`watch::kube::trouble`); kube's watcher
-    // would add a warning of its own for every retry. RUST_LOG naming kube_runtime wins.
-    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube_runtime")) {
-        filter = filter.add_directive("kube_runtime::watcher=error".parse().expect("directive"));
+    // would add a warning, and its HTTP client an error, of their own for every retry. RUST_LOG
+    // naming a kube crate wins.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube_")) {
+        for quiet in [
+            "kube_runtime::watcher=error",
+            "kube_client::client::builder=off",
+        ] {
+            filter = filter.add_directive(quiet.parse().expect("directive"));
+        }
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -71,8 +71,27 @@ pub fn describe(error: &watcher::Error) -> String {
     };
     match cause {
         kube::Error::Api(status) => format!("{step}: {}", status_line(status)),
-        other => format!("{step}: {other}"),
+        other => format!("{step}: {}", causes(other)),
     }
+}
+
+/// An error and its causes, each said once: a cause whose text the previous one already holds
+/// is skipped ("client error (Connect): tcp connect error: Connection refused (os error 111)",
+/// not kube's bare "client error (Connect)").
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut last = out.clone();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        next = cause.source();
+    }
+    out
 }
 
 fn status_line(status: &kube::core::Status) -> String {
@@ -189,6 +208,32 @@ mod tests {
         assert_eq!(
             describe(&error),
             "list: 403 Forbidden: nodes is forbidden: no"
+        );
+    }
+
+    #[test]
+    fn causes_are_appended_once_each() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let refused = E("Connection refused (os error 111)", None);
+        let tcp = E(
+            "tcp connect error: Connection refused (os error 111)",
+            Some(Box::new(refused)),
+        );
+        let client = E("client error (Connect)", Some(Box::new(tcp)));
+        assert_eq!(
+            causes(&client),
+            "client error (Connect): tcp connect error: Connection refused (os error 111)"
         );
     }
 
