@@ -75,6 +75,9 @@ pub struct IpvsBackend {
     /// Servers the scan found differing from the mirror: the next full sync puts each back as
     /// the mirror has it (or deletes it), reading only those, instead of reading every server.
     repair: BTreeSet<ServiceKey>,
+    /// Someone changed the companion tables: the next full sync rewrites them from the mirror,
+    /// without reading IPVS.
+    companion: bool,
 }
 
 /// Servers read back from the kernel during a sync, with the state the sync left them in.
@@ -126,6 +129,7 @@ impl IpvsBackend {
             last_scan: Instant::now(),
             dest_cursor: None,
             repair: BTreeSet::new(),
+            companion: false,
         }
     }
 
@@ -289,10 +293,14 @@ impl Backend for IpvsBackend {
     }
 
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
-        let in_place = (1..=between::REPAIR_IN_PLACE_MAX).contains(&self.repair.len());
-        let result = if !self.rewrite && in_place {
+        let in_place = !self.rewrite
+            && (self.companion || !self.repair.is_empty())
+            && self.repair.len() <= between::REPAIR_IN_PLACE_MAX;
+        let result = if in_place {
             self.repair_in_place(plans, node)
         } else {
+            // An adopting sync rewrites the companion tables only when told to.
+            self.rewrite |= std::mem::take(&mut self.companion);
             self.repair.clear();
             self.adopt_all(plans, node)
         };
@@ -326,10 +334,9 @@ impl Backend for IpvsBackend {
     }
 
     fn drift(&mut self) -> Result<Option<String>, BackendError> {
-        let found = self.probe()?;
-        if found.is_some() {
-            self.rewrite = true;
-            return Ok(found);
+        // The probe flags what it finds for the next full sync (`rewrite` or `companion`).
+        if let Some(found) = self.probe()? {
+            return Ok(Some(found));
         }
         // Virtual servers and destinations: the next full sync repairs those the scan names,
         // in place; the companion tables need no rewrite for that.

@@ -504,3 +504,33 @@ fn every_server_removed_is_seen_by_the_first_check_and_a_mass_repair_re_adopts()
     assert_eq!(programmed(&kernel), fresh(&plans));
     assert!(kernel.state().ipvs_messages > gets);
 }
+
+#[test]
+fn a_companion_table_someone_deleted_is_rewritten_from_the_mirror_without_reading_ipvs() {
+    let kernel = FakeKernel::default();
+    let mut b = backend(&kernel);
+    let plans = crate::testing::services(300);
+    b.sync_full(&plans, &node()).unwrap();
+    {
+        let mut s = kernel.state();
+        s.tables.remove("ip");
+        s.elements.retain(|(fam, ..)| *fam != "ip");
+    }
+    let what = b
+        .drift()
+        .unwrap()
+        .expect("a deleted companion table is drift");
+    assert!(what.contains("companion table ip"), "{what}");
+    let (reads, messages) = {
+        let s = kernel.state();
+        (s.dest_reads, s.ipvs_messages)
+    };
+    b.sync_full(&plans, &node()).unwrap();
+    {
+        let s = kernel.state();
+        assert_eq!(s.dest_reads, reads, "IPVS is not read");
+        assert_eq!(s.ipvs_messages, messages, "nor written");
+    }
+    assert_eq!(programmed(&kernel), fresh(&plans));
+    assert_eq!(b.drift().unwrap(), None, "repaired");
+}

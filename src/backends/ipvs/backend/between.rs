@@ -3,14 +3,16 @@
 //! check: anyone else's commit to the companion tables (the nf_tables change monitor), the
 //! dummy interface and its addresses, and the first virtual server (the canary of `ipvsadm -C`:
 //! gone, it makes the scan run at once). The scan, every `SCAN_PERIOD`: every virtual server
-//! listed (one dump) and compared with the mirror, and the destinations of up to
-//! `DEST_CHECKS` servers, in rotation (IPVS lists destinations one server at a time).
+//! listed (one dump) and compared with the mirror, and the destinations of `DEST_CHECKS`
+//! servers or as many more as `DEST_BUDGET` allows, in rotation (IPVS lists destinations one
+//! server at a time).
 //!
 //! What the scan finds is repaired in place by the next full sync (`repair_in_place`): each
 //! server it names is read back and put as the mirror has it (a stray one with kproxy's mark is
 //! deleted), then the plans are diffed against the mirror as a partial sync of every port would;
-//! nothing else is read. At 10,000 servers that is a handful of messages instead of 10,000
-//! destination dumps.
+//! nothing else is read (at 10,000 servers, a handful of messages instead of 10,000 destination
+//! dumps). Companion tables someone changed are rewritten from the mirror the same way, without
+//! reading IPVS; a lost dummy interface or address re-adopts.
 //!
 //! Invariants: the probe never dumps a whole table or every server; the scan compares only
 //! servers' keys and destinations, never their settings, and names every server that differs;
@@ -34,9 +36,13 @@ use crate::node::NodeFacts;
 /// How often every virtual server is listed and compared with the mirror: a dump of 10,000
 /// servers is the scan's main cost (measured in the VM, BENCHMARKS.md "Drift").
 pub const SCAN_PERIOD: Duration = Duration::from_secs(1);
-/// Servers whose destinations one scan compares (one dump each), in rotation: at 10,000
-/// servers a destination someone deleted is noticed within ~80 s, at 128 or fewer within 1 s.
+/// Servers whose destinations one scan compares at least (one dump each), in rotation: at
+/// 10,000 servers a destination someone deleted is noticed within ~80 s, at 128 or fewer
+/// within 1 s.
 pub const DEST_CHECKS: usize = 128;
+/// How long one scan goes on comparing destinations past `DEST_CHECKS` (1 % of a core at one
+/// scan a second): where a dump is fast, the rotation covers many more servers a second.
+pub const DEST_BUDGET: Duration = Duration::from_millis(10);
 /// Above this many servers to repair, a full sync re-adopts instead (one dump of every server
 /// and its destinations costs less than reading each of thousands back).
 pub const REPAIR_IN_PLACE_MAX: usize = 1_000;
@@ -75,28 +81,25 @@ impl IpvsBackend {
             .filter(|(k, owned)| **owned && !servers.contains_key(k))
             .map(|(k, _)| *k)
             .collect();
-        let after = match self.dest_cursor {
-            Some(k) => Bound::Excluded(k),
-            None => Bound::Unbounded,
-        };
-        let mut keys: Vec<ServiceKey> = servers
-            .range((after, Bound::Unbounded))
-            .map(|(k, _)| *k)
-            .take(DEST_CHECKS)
-            .collect();
-        if keys.len() < DEST_CHECKS {
-            let more = DEST_CHECKS - keys.len();
-            let wrapped: Vec<ServiceKey> = servers
-                .keys()
-                .take(more)
-                .filter(|k| !keys.contains(k))
-                .copied()
-                .collect();
-            keys.extend(wrapped);
-        }
-        self.dest_cursor = keys.last().copied();
+        // Destinations, in rotation from where the last scan stopped: at least `DEST_CHECKS`
+        // servers, more while within `DEST_BUDGET`, never one twice.
+        let started = Instant::now();
+        let total = self.mirror.servers.len();
+        let mut cursor = self.dest_cursor;
+        let mut checked = 0;
         let mut differing = Vec::new();
-        for key in keys.into_iter().filter(|k| !missing.contains(k)) {
+        while checked < total && (checked < DEST_CHECKS || started.elapsed() < DEST_BUDGET) {
+            let servers = &self.mirror.servers;
+            let next = cursor
+                .and_then(|k| servers.range((Bound::Excluded(k), Bound::Unbounded)).next())
+                .or_else(|| servers.iter().next())
+                .map(|(k, _)| *k);
+            let Some(key) = next else { break };
+            cursor = Some(key);
+            checked += 1;
+            if missing.contains(&key) {
+                continue;
+            }
             let found: BTreeMap<DestKey, u32> = self
                 .kernel
                 .dests(&key)
@@ -111,6 +114,7 @@ impl IpvsBackend {
                 differing.push((key, gone, added));
             }
         }
+        self.dest_cursor = cursor;
         let mut what = Vec::new();
         if let Some(first) = missing.first() {
             what.push(format!(
@@ -143,14 +147,19 @@ impl IpvsBackend {
         Ok((!what.is_empty()).then(|| what.join("; ")))
     }
 
-    /// Puts back, as the mirror has them, the servers the scan named (deleting those the mirror
-    /// does not have), reading only them; then applies whatever the plans changed since the
+    /// Rewrites the companion tables from the mirror if the probe said so; puts back, as the
+    /// mirror has them, the servers the scan named (deleting those the mirror does not have),
+    /// reading only them; then applies whatever the plans changed since the
     /// last sync, diffed against the mirror. Any refusal leaves the next full sync to adopt.
     pub(super) fn repair_in_place(
         &mut self,
         plans: &Plans,
         node: &NodeFacts,
     ) -> Result<SyncReport, BackendError> {
+        let mut rewritten = 0;
+        if std::mem::take(&mut self.companion) {
+            rewritten = self.rewrite_companion()?;
+        }
         let keys = std::mem::take(&mut self.repair);
         let want: BTreeMap<ServiceKey, Applied> = (keys.iter())
             .filter_map(|k| Some((*k, self.mirror.servers.get(k)?.clone())))
@@ -175,7 +184,7 @@ impl IpvsBackend {
         }
         let report = self.apply_ports(desired)?;
         Ok(SyncReport {
-            operations: sent + report.operations,
+            operations: rewritten + sent + report.operations,
         })
     }
 
@@ -252,30 +261,37 @@ impl IpvsBackend {
             self.finish_drains()?;
         }
         let probe = |e: KernelError| BackendError::at(Step::Probe, e);
-        if let Some(what) = self.kernel.companion_foreign().map_err(probe)? {
-            return Ok(Some(what));
+        let mut what = Vec::new();
+        if let Some(foreign) = self.kernel.companion_foreign().map_err(probe)? {
+            self.companion = true;
+            what.push(foreign);
         }
         for fam in self.families.clone() {
             if self.kernel.companion_rules(fam).map_err(probe)? == 0 {
-                return Ok(Some(format!(
+                self.companion = true;
+                what.push(format!(
                     "the companion table {} {TABLE} is gone or empty",
                     family_name(fam)
-                )));
+                ));
             }
         }
         if !self.kernel.link_present().map_err(probe)? {
-            return Ok(Some(format!(
+            self.rewrite = true;
+            what.push(format!(
                 "the dummy interface {} is gone",
                 crate::node::IPVS_LINK
-            )));
-        }
-        if let Some(ip) = self.mirror.addresses.keys().next().copied()
+            ));
+        } else if let Some(ip) = self.mirror.addresses.keys().next().copied()
             && !self.kernel.is_local(ip).map_err(probe)?
         {
-            return Ok(Some(format!(
+            self.rewrite = true;
+            what.push(format!(
                 "{ip} is no longer bound to {}",
                 crate::node::IPVS_LINK
-            )));
+            ));
+        }
+        if !what.is_empty() {
+            return Ok(Some(what.join("; ")));
         }
         // The first server is the canary of `ipvsadm -C`: when it is gone, scan now.
         if let Some(key) = self.mirror.servers.keys().next().copied()

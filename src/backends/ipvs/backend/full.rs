@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use super::{IpvsBackend, apply_err, element_line, elements_script};
 use crate::backends::error::Step;
-use crate::backends::ipvs::compile;
+use crate::backends::ipvs::compile::{self, PortState};
 use crate::backends::ipvs::ids::{Counts, id_of};
 use crate::backends::ipvs::mirror::{self, Changes, Mirror, Owner};
 use crate::backends::ipvs::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey, VirtualServer};
@@ -218,13 +218,30 @@ impl IpvsBackend {
     /// The whole companion ruleset with every port's elements, and their counts. Each port is
     /// compiled and dropped; only the script's text is held.
     fn all_elements(&self, plans: &Plans, facts: &Arc<NodeFacts>) -> (Elements, String) {
+        let states = (plans.values()).map(|p| compile::compile_port(p, facts, &self.settings));
+        self.companion_of(states)
+    }
+
+    /// Replaces the companion tables with what the mirror's ports want, touching nothing else
+    /// (someone changed or deleted them); how many lines that took.
+    pub(super) fn rewrite_companion(&mut self) -> Result<usize, BackendError> {
+        let states = (self.mirror.ports.values()).map(|o| o.compile(&self.settings));
+        let (elements, script) = self.companion_of(states);
+        self.kernel.nft(&script).map_err(apply_err)?;
+        if let Elements::Fresh(counts) = elements {
+            self.mirror.elements = counts;
+        }
+        Ok(script.lines().count())
+    }
+
+    /// The companion tables, created afresh, with the elements of `states`.
+    fn companion_of(&self, states: impl Iterator<Item = PortState>) -> (Elements, String) {
         let mut counts = Counts::default();
         // One text per family, the first family's in the script itself.
         let mut texts: Vec<String> = (self.families.iter())
             .map(|f| self.companion_table(*f))
             .collect();
-        for planned in plans.values() {
-            let state = compile::compile_port(planned, facts, &self.settings);
+        for state in states {
             for e in &state.elements {
                 let n = counts.entry(id_of(e)).or_insert(0);
                 *n += 1;
