@@ -193,6 +193,18 @@ impl Cluster {
         to: SocketAddr,
         hosts: &[Host],
     ) -> Duration {
+        self.until_served_within(from, proto, to, hosts, client::WAIT)
+    }
+
+    /// `until_served`, waiting up to `wait` (for what takes many syncs, such as a bisection).
+    pub fn until_served_within(
+        &self,
+        from: Host,
+        proto: Proto,
+        to: SocketAddr,
+        hosts: &[Host],
+        wait: Duration,
+    ) -> Duration {
         // Enough attempts that a host that should answer is missed by chance with probability
         // below 0.1 % (3 hosts: 3 * (2/3)^24), so a pass is not luck.
         let n = 6 * hosts.len() + 6;
@@ -214,7 +226,7 @@ impl Cluster {
             client::served_by(&outcomes, hosts)
         };
         let what = format!("{proto:?} from {from:?} to {to} answered by exactly {hosts:?}");
-        client::poll(&what, client::WAIT, probe).1
+        client::poll(&what, wait, probe).1
     }
 
     /// Polls until an attempt of `proto` from `from` to `to` fails with `kind`; returns how long
