@@ -48,19 +48,30 @@ struct AppState {
     mode: ProxyMode,
 }
 
-fn health_response(state: &AppState, counter: &prometheus::IntCounterVec) -> Response {
-    let (healthy, last) = state.shared.health.status();
+/// Upstream's `/healthz` (with the Node's eligibility) and `/livez` (without it): 503 when
+/// unhealthy. `lastUpdated` is the last successful sync (empty before the first), where
+/// upstream says "now" whenever healthy.
+fn health_response(
+    state: &AppState,
+    counter: &prometheus::IntCounterVec,
+    with_node: bool,
+) -> Response {
+    let (proxy_healthy, last) = state.shared.health.status();
+    let eligible = state.shared.health.node_eligible();
+    let healthy = proxy_healthy && (eligible || !with_node);
     let code = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     counter.with_label_values(&[code.as_str()]).inc();
-    let body = json!({
+    let mut body = json!({
         "lastUpdated": rfc3339(last),
         "currentTime": rfc3339(Some(SystemTime::now())),
-        "nodeEligible": true,
     });
+    if with_node {
+        body["nodeEligible"] = json!(eligible);
+    }
     (
         code,
         [
@@ -73,11 +84,11 @@ fn health_response(state: &AppState, counter: &prometheus::IntCounterVec) -> Res
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {
-    health_response(&s, &s.metrics.healthz_total)
+    health_response(&s, &s.metrics.healthz_total, true)
 }
 
 async fn livez(State(s): State<AppState>) -> Response {
-    health_response(&s, &s.metrics.livez_total)
+    health_response(&s, &s.metrics.livez_total, false)
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -187,6 +198,34 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    async fn answer(state: &AppState, with_node: bool) -> (u16, serde_json::Value) {
+        let counter = &state.metrics.healthz_total;
+        let r = health_response(state, counter, with_node);
+        let code = r.status().as_u16();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (code, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_draining_node_fails_healthz_with_node_eligible_false_and_livez_ignores_it() {
+        let state = AppState {
+            shared: Arc::new(Shared::default()),
+            metrics: Arc::new(Metrics::new()),
+            mode: ProxyMode::Nftables,
+        };
+        let (code, body) = answer(&state, true).await;
+        assert_eq!((code, &body["nodeEligible"]), (200, &json!(true)));
+        state.shared.health.set_node_eligible(false);
+        let (code, body) = answer(&state, true).await;
+        assert_eq!((code, &body["nodeEligible"]), (503, &json!(false)));
+        let (code, body) = answer(&state, false).await;
+        assert_eq!(code, 200, "/livez ignores the node");
+        assert!(
+            body.get("nodeEligible").is_none(),
+            "and says nothing of it: {body}"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn healthz_fails_only_when_a_queued_update_waits_longer_than_the_timeout() {

@@ -67,8 +67,9 @@ impl Syncer {
         base_node: NodeFacts,
         metrics: Arc<Metrics>,
         shared: Arc<Shared>,
-        health_checks: ServiceHealthServers,
+        mut health_checks: ServiceHealthServers,
     ) -> Syncer {
+        health_checks.report_health_of(shared.clone());
         Syncer {
             tracker: ChangeTracker::default(),
             backend: Arc::new(Mutex::new(backend)),
@@ -116,7 +117,28 @@ impl Syncer {
                 }
                 c
             }
-            Change::Node(node) => self.tracker.update_node(node),
+            Change::Node(node) => {
+                // A Node that goes away was deleted (upstream reads its deletionTimestamp);
+                // none seen yet (starting, or --manifests without one) is eligible.
+                let eligible = match &node {
+                    Some(n) => !n.draining,
+                    None => self.tracker.node().is_none(),
+                };
+                if eligible != self.shared.health.node_eligible() {
+                    tracing::info!(
+                        eligible,
+                        "node {}: /healthz now answers {}",
+                        if eligible {
+                            "eligible again"
+                        } else {
+                            "draining (being deleted or tainted ToBeDeletedByClusterAutoscaler)"
+                        },
+                        if eligible { 200 } else { 503 }
+                    );
+                }
+                self.shared.health.set_node_eligible(eligible);
+                self.tracker.update_node(node)
+            }
             Change::Listed(kind) => {
                 self.listed.insert(kind);
                 false

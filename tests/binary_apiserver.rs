@@ -299,3 +299,90 @@ async fn binary_keeps_serving_while_the_api_server_is_down_and_catches_up_when_i
     let (code, _) = kproxy.get("/healthz").await.unwrap();
     assert_eq!(code, 200);
 }
+
+/// `/healthz` and `/livez` as (code, body).
+async fn health(netns: Option<&str>, addr: std::net::SocketAddr) -> ((u16, Value), (u16, Value)) {
+    let parse =
+        |(code, body): (u16, String)| (code, serde_json::from_str(&body).unwrap_or_default());
+    let healthz = http_get_in(netns, addr, "/healthz").await;
+    let livez = http_get_in(netns, addr, "/livez").await;
+    (parse(healthz.unwrap()), parse(livez.unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_fails_healthz_but_not_livez_in_every_mode() {
+    if !netns::can_run("a_draining_node_fails_healthz_but_not_livez_in_every_mode") {
+        return;
+    }
+    for mode in ["nftables", "iptables"] {
+        let ns = Netns::new("drain");
+        let server = ApiServer::start_in(Some(&ns.name)).await;
+        server.apply(service("default", "a", "10.96.0.1", 80));
+        server.apply(slice("default", "a-1", "a", &["10.0.1.1"], 8080));
+        server.apply(node("node1", "192.168.0.1"));
+        let mut kproxy = Kproxy::spawn(&ns, &["--master", &server.url(), "--proxy-mode", mode]);
+        state_where(
+            &mut kproxy,
+            "the initial list",
+            endpoints_are("a", &["10.0.1.1"]),
+        )
+        .await;
+        let (netns, addr) = (kproxy.netns.clone(), kproxy.healthz);
+        let netns = netns.as_deref();
+        let ((code, body), _) = health(netns, addr).await;
+        assert_eq!(
+            (code, &body["nodeEligible"]),
+            (200, &Value::Bool(true)),
+            "{mode}"
+        );
+
+        // The Cluster Autoscaler taints the node before deleting it.
+        let mut tainted = node("node1", "192.168.0.1");
+        tainted["spec"]["taints"] = serde_json::json!([{"key": "ToBeDeletedByClusterAutoscaler",
+            "value": "1700000000", "effect": "NoSchedule"}]);
+        server.apply(tainted);
+        let (((code, body), (live, live_body)), took) =
+            eventually("/healthz 503 for the tainted node", WAIT, || async {
+                let h = health(netns, addr).await;
+                match h.0.0 {
+                    503 => Ok(h),
+                    other => Err(format!("/healthz {other}")),
+                }
+            })
+            .await;
+        println!("{mode}: taint -> /healthz 503 in {took:?}");
+        assert_eq!(body["nodeEligible"], Value::Bool(false), "{mode}: {body}");
+        assert_eq!(code, 503);
+        assert_eq!(live, 200, "{mode}: /livez ignores the node: {live_body}");
+        let (state, _) = state_where(
+            &mut kproxy,
+            "still served",
+            endpoints_are("a", &["10.0.1.1"]),
+        )
+        .await;
+        assert_eq!(
+            verdict(&state, "a"),
+            "endpoints",
+            "{mode}: draining changes no rule"
+        );
+
+        // Untainted (the autoscaler changed its mind): eligible again.
+        server.apply(node("node1", "192.168.0.1"));
+        eventually("/healthz 200 again", WAIT, || async {
+            expect_eq(health(netns, addr).await.0.0, 200)
+        })
+        .await;
+
+        // Deleted: not eligible.
+        server.delete(Kind::Nodes, "", "node1");
+        eventually("/healthz 503 for the deleted node", WAIT, || async {
+            expect_eq(health(netns, addr).await.0.0, 503)
+        })
+        .await;
+        assert_eq!(
+            health(netns, addr).await.1.0,
+            200,
+            "{mode}: /livez still 200"
+        );
+    }
+}

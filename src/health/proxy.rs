@@ -2,9 +2,11 @@
 //! last successful sync; `/healthz` is unhealthy when an update waited past the timeout.
 //!
 //! Invariants: the oldest queued update counts (a later one does not reset it); every method
-//! takes the lock for a few instructions only.
+//! takes the lock for a few instructions only. The Node's eligibility is kept apart: it makes
+//! `/healthz` fail, never `/livez` or a healthCheckNodePort's `serviceProxyHealthy`.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -15,6 +17,8 @@ use tokio::time::Instant;
 pub struct ProxyHealth {
     timeout: Duration,
     inner: Mutex<HealthInner>,
+    /// False while the Node is draining (KEP-3836); true until a Node says otherwise.
+    node_eligible: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +39,7 @@ impl ProxyHealth {
         ProxyHealth {
             timeout,
             inner: Mutex::new(HealthInner::default()),
+            node_eligible: AtomicBool::new(true),
         }
     }
 
@@ -51,7 +56,17 @@ impl ProxyHealth {
         i.last_updated = Some(SystemTime::now());
     }
 
-    /// Healthy, and the last successful sync.
+    /// Whether the Node may take traffic (not being deleted, not tainted for deletion): what
+    /// `/healthz` adds to `status`, and `/livez` and healthCheckNodePorts do not.
+    pub fn set_node_eligible(&self, eligible: bool) {
+        self.node_eligible.store(eligible, Ordering::Relaxed);
+    }
+
+    pub fn node_eligible(&self) -> bool {
+        self.node_eligible.load(Ordering::Relaxed)
+    }
+
+    /// The proxy's own health (the node aside), and the last successful sync.
     pub fn status(&self) -> (bool, Option<SystemTime>) {
         let i = self.inner.lock().expect("health lock");
         let healthy = i.oldest_queued.is_none_or(|q| q.elapsed() < self.timeout);

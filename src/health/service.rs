@@ -1,6 +1,6 @@
 //! healthCheckNodePort servers: for each externalTrafficPolicy=Local Service that has one, an
-//! HTTP server on that port tells load balancers whether this node has local endpoints (200 with
-//! upstream's JSON) or not (503).
+//! HTTP server on that port tells load balancers whether this node has local endpoints and a
+//! healthy proxy (200 with upstream's JSON) or not (503).
 //!
 //! Invariants: one server per port; a Service's local-endpoint count is updated in place (no
 //! rebind); a server is stopped when its Service no longer needs it, and its port is closed
@@ -20,6 +20,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::model::NamespacedName;
+use crate::state::Shared;
 
 struct Served {
     service: NamespacedName,
@@ -31,17 +32,23 @@ struct Served {
 #[derive(Default)]
 pub struct ServiceHealthServers {
     by_service: BTreeMap<NamespacedName, Served>,
+    /// Whose health `serviceProxyHealthy` reports (none: healthy, for tests).
+    shared: Option<Arc<Shared>>,
 }
 
 #[derive(Clone)]
 struct HcState {
     service: NamespacedName,
     local: Arc<AtomicUsize>,
+    shared: Option<Arc<Shared>>,
 }
 
+/// Upstream's answer: 200 when this node has local endpoints and the proxy is healthy (its
+/// rules are not stale: the Node's draining aside, as upstream's `IsHealthy`), else 503.
 async fn answer(State(s): State<HcState>) -> Response {
     let n = s.local.load(Ordering::Relaxed);
-    let code = if n > 0 {
+    let healthy = s.shared.as_ref().is_none_or(|sh| sh.health.status().0);
+    let code = if n > 0 && healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -49,7 +56,7 @@ async fn answer(State(s): State<HcState>) -> Response {
     let body = json!({
         "service": {"namespace": s.service.namespace, "name": s.service.name},
         "localEndpoints": n,
-        "serviceProxyHealthy": true,
+        "serviceProxyHealthy": healthy,
     });
     (
         code,
@@ -80,6 +87,11 @@ async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 impl ServiceHealthServers {
+    /// Answers report (and fail with) the health of `shared`'s proxy.
+    pub fn report_health_of(&mut self, shared: Arc<Shared>) {
+        self.shared = Some(shared);
+    }
+
     /// Ports currently served.
     pub fn ports(&self) -> Vec<u16> {
         self.by_service.values().map(|s| s.port).collect()
@@ -129,6 +141,7 @@ impl ServiceHealthServers {
         let state = HcState {
             service: service.clone(),
             local: local_count.clone(),
+            shared: self.shared.clone(),
         };
         let app = Router::new().fallback(answer).with_state(state);
         let task = tokio::spawn(async move {
@@ -221,5 +234,32 @@ mod tests {
         assert!(down.contains(r#""localEndpoints":0"#), "{down}");
         hc.set(&svc, None).await;
         assert!(hc.ports().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unhealthy_proxy_fails_the_health_check_with_local_endpoints_and_a_draining_node_does_not()
+     {
+        let shared = Arc::new(Shared {
+            health: crate::health::ProxyHealth::new(std::time::Duration::ZERO),
+            ..Shared::default()
+        });
+        let mut hc = ServiceHealthServers::default();
+        hc.report_health_of(shared.clone());
+        let svc = NamespacedName::new("default", "web");
+        let port = free_port();
+        hc.set(&svc, Some((port, 2))).await;
+        shared.health.set_node_eligible(false);
+        let draining = get(port).await;
+        assert!(
+            draining.starts_with("HTTP/1.1 200"),
+            "as upstream's IsHealthy: {draining}"
+        );
+        shared.health.queued();
+        let stale = get(port).await;
+        assert!(stale.starts_with("HTTP/1.1 503"), "{stale}");
+        assert!(stale.contains(r#""serviceProxyHealthy":false"#), "{stale}");
+        assert!(stale.contains(r#""localEndpoints":2"#), "{stale}");
+        shared.health.updated();
+        assert!(get(port).await.starts_with("HTTP/1.1 200"));
     }
 }

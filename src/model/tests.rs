@@ -242,3 +242,21 @@ fn a_node_change_is_reported_once() {
     assert!(t.checkout().node_changed);
     assert!(!t.checkout().node_changed);
 }
+
+#[test]
+fn a_node_that_only_starts_draining_is_kept_but_replans_nothing() {
+    let mut t = ChangeTracker::default();
+    let node = NodeInfo {
+        name: "node1".into(),
+        ..Default::default()
+    };
+    assert!(t.update_node(Some(node.clone())));
+    t.checkout();
+    let draining = NodeInfo {
+        draining: true,
+        ..node
+    };
+    assert!(!t.update_node(Some(draining)), "no plan reads it");
+    assert!(t.node().is_some_and(|n| n.draining), "but it is kept");
+    assert!(!t.checkout().node_changed);
+}

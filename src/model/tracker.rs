@@ -104,11 +104,21 @@ impl ChangeTracker {
     }
 
     /// Sets (or forgets) this node's Node object; false when nothing changed.
+    /// The Node object as last received.
+    pub fn node(&self) -> Option<&NodeInfo> {
+        self.model.node()
+    }
+
     pub fn update_node(&mut self, node: Option<NodeInfo>) -> bool {
-        if self.model.node() == node.as_ref() {
+        let same = match (self.model.node(), node.as_ref()) {
+            (Some(a), Some(b)) => a.same_facts(b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        // Kept even when no fact changed: `draining` is read from it.
+        self.model.set_node(node);
+        if same {
             return false;
         }
-        self.model.set_node(node);
         self.node_changed = true;
         true
     }

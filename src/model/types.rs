@@ -344,4 +344,18 @@ pub struct NodeInfo {
     /// `status.addresses` of type InternalIP (for `--nodeport-addresses primary`).
     pub internal_ips: Vec<IpAddr>,
     pub pod_cidrs: Vec<IpNet>,
+    /// Being deleted, or tainted `ToBeDeletedByClusterAutoscaler` (KEP-3836): `/healthz` then
+    /// answers 503 with `"nodeEligible": false`, so load balancers drain the node first. Not a
+    /// fact any plan depends on (`same_facts`).
+    pub draining: bool,
+}
+
+impl NodeInfo {
+    /// Whether the two differ only in what no plan reads (`draining`).
+    pub fn same_facts(&self, other: &NodeInfo) -> bool {
+        self.name == other.name
+            && self.zone == other.zone
+            && self.internal_ips == other.internal_ips
+            && self.pod_cidrs == other.pod_cidrs
+    }
 }

@@ -316,6 +316,10 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<(NamespacedName, S
 }
 
 /// This node's Node object.
+/// The Cluster Autoscaler's taint on a node it is about to delete (upstream's
+/// `healthcheck.ToBeDeletedTaint`).
+pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
+
 pub fn node(node: &Node) -> Result<NodeInfo, Rejection> {
     let name = match node.metadata.name.as_deref() {
         Some(n) if is_dns1123_subdomain(n) => n.to_string(),
@@ -343,11 +347,15 @@ pub fn node(node: &Node) -> Result<NodeInfo, Rejection> {
             parse_cidr,
         )?,
     };
+    let draining = node.metadata.deletion_timestamp.is_some()
+        || (spec.and_then(|s| s.taints.as_deref()).into_iter().flatten())
+            .any(|t| t.key == TAINT_TO_BE_DELETED);
     Ok(NodeInfo {
         name,
         zone: label(&node.metadata, LABEL_ZONE).map(str::to_string),
         internal_ips,
         pod_cidrs,
+        draining,
     })
 }
 

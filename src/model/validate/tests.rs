@@ -479,6 +479,24 @@ fn a_node_yields_its_zone_internal_ips_and_pod_cidrs() {
 }
 
 #[test]
+fn a_node_being_deleted_or_tainted_for_deletion_is_draining_and_other_taints_are_not() {
+    let yaml = |extra: &str| -> Node {
+        serde_yaml_ng::from_str(&format!("metadata:\n  name: n\n{extra}")).unwrap()
+    };
+    assert!(!node(&yaml("")).unwrap().draining);
+    let tainted = "spec:\n  taints:\n  - {key: ToBeDeletedByClusterAutoscaler, value: '1', effect: NoSchedule}\n";
+    assert!(node(&yaml(tainted)).unwrap().draining);
+    let other =
+        "spec:\n  taints:\n  - {key: node.kubernetes.io/unschedulable, effect: NoSchedule}\n";
+    assert!(
+        !node(&yaml(other)).unwrap().draining,
+        "cordoned is not draining"
+    );
+    let deleted = "  deletionTimestamp: '2026-12-07T10:00:00Z'\n";
+    assert!(node(&yaml(deleted)).unwrap().draining);
+}
+
+#[test]
 fn a_node_falls_back_to_pod_cidr_and_rejects_a_missing_name_or_bad_ip() {
     let n: Node =
         serde_yaml_ng::from_str("metadata: {name: n}\nspec: {podCIDR: 10.244.2.0/24}").unwrap();
