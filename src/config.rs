@@ -87,6 +87,9 @@ pub struct Config {
     pub localhost_nodeports: bool,
     /// `--iptables-masquerade-bit` / `iptables.masqueradeBit` (default 14).
     pub masquerade_bit: u8,
+    /// `--oom-score-adj` / `oomScoreAdj` (default -999, as upstream): written to
+    /// `/proc/self/oom_score_adj` at start, so the OOM killer picks kproxy last.
+    pub oom_score_adj: i32,
     /// `--ipvs-scheduler` / `ipvs.scheduler` (default rr).
     pub ipvs_scheduler: String,
     /// `--ipvs-strict-arp` / `ipvs.strictARP` (default false).
@@ -351,6 +354,9 @@ fn resolve(
         masquerade_bit: flag(m, "iptables-masquerade-bit", values::parse_masquerade_bit)?
             .or(file.iptables.masquerade_bit)
             .unwrap_or(14),
+        oom_score_adj: flag(m, "oom-score-adj", values::parse_oom_score_adj)?
+            .or(file.oom_score_adj)
+            .unwrap_or(-999),
         ipvs_scheduler: flags::explicit(m, "ipvs-scheduler")
             .filter(|s| !s.is_empty())
             .map(str::to_owned)

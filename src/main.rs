@@ -91,6 +91,23 @@ fn init_tracing(format: LogFormat, verbosity: u8) {
     }
 }
 
+/// `--oom-score-adj`, as upstream: the OOM killer should pick kproxy last, since a node without
+/// it loses Service updates. Lowering it needs CAP_SYS_RESOURCE, which neither deploy/'s
+/// container (its kubelet gives a system-node-critical pod -997) nor its systemd unit (which
+/// sets -999 itself) keeps: then one info line, as upstream logs it only at -v=2.
+fn set_oom_score_adj(value: i32) {
+    const PATH: &str = "/proc/self/oom_score_adj";
+    let now = std::fs::read_to_string(PATH).unwrap_or_default();
+    // Already so (systemd's OOMScoreAdjust= in deploy/kproxy.service): nothing to write.
+    if now.trim() == value.to_string() {
+        return;
+    }
+    if let Err(e) = std::fs::write(PATH, value.to_string()) {
+        tracing::info!(value, current = now.trim(), error = %e,
+            "cannot set /proc/self/oom_score_adj (--oom-score-adj; lowering it needs CAP_SYS_RESOURCE)");
+    }
+}
+
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut backend_config = cfg.backend_config();
     if cfg.dry_run {
@@ -114,6 +131,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         Some(kproxy::instance::take()?)
     };
+    if !cfg.dry_run {
+        set_oom_score_adj(cfg.oom_score_adj);
+    }
     let signals = Signals::install();
     let metrics = Arc::new(Metrics::new());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

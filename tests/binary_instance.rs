@@ -173,3 +173,46 @@ fn restoring(pid: u32) -> bool {
         })
     })
 }
+
+fn oom_score_adj(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Whether process `pid` has CAP_SYS_RESOURCE (bit 24 of CapEff), which lowering needs.
+fn may_lower_oom_score(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_sets_its_oom_score_adjustment_to_upstreams_default_or_the_flags() {
+    if !netns::can_run("the_daemon_sets_its_oom_score_adjustment") {
+        return;
+    }
+    for (args, want) in [(&[][..], "-999"), (&["--oom-score-adj", "500"][..], "500")] {
+        let ns = Netns::new("oom");
+        let mut all = vec!["--manifests", EXAMPLE];
+        all.extend_from_slice(args);
+        let mut k = Kproxy::spawn(&ns, &all);
+        synced(&mut k).await;
+        let (got, log) = (oom_score_adj(k.pid()), k.log());
+        let refused = "cannot set /proc/self/oom_score_adj";
+        if want.starts_with('-') && !may_lower_oom_score(k.pid()) {
+            // Lowering needs CAP_SYS_RESOURCE (a container without it): one line, and on.
+            assert_ne!(got, want, "{args:?}");
+            assert_eq!(log.matches(refused).count(), 1, "{log}");
+            println!("no CAP_SYS_RESOURCE here: -999 refused, as the log says");
+        } else {
+            assert_eq!(got, want, "{args:?}; log:\n{log}");
+            assert!(!log.contains(refused), "{log}");
+        }
+        k.assert_running();
+    }
+}

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Instant;
 
-use kproxy::watch::kube::LABEL_SELECTOR;
+use kproxy::watch::kube::{LABEL_SELECTOR, SERVICE_FIELD_SELECTOR};
 use kproxy::watch::{Change, Kind};
 use support::apiserver::ApiServer;
 use support::eventually;
@@ -282,6 +282,13 @@ async fn selectors_and_bookmarks_are_sent_as_upstream() {
         Kind::Services | Kind::EndpointSlices => ("labelSelector", LABEL_SELECTOR.to_string()),
         Kind::Nodes => ("fieldSelector", "metadata.name=node1".to_string()),
     };
+    for r in server.requests_for(Kind::Services) {
+        assert_eq!(
+            r.param("fieldSelector").as_deref(),
+            Some(SERVICE_FIELD_SELECTOR),
+            "headless Services filtered by the API server, as upstream: {r:?}"
+        );
+    }
     for kind in ALL {
         let requests = server.requests_for(kind);
         assert_eq!(

@@ -165,6 +165,8 @@ pub struct FileConfig {
     pub nftables: ModeSection,
     pub verbosity: Option<u8>,
     pub log_format: Option<LogFormat>,
+    /// `oomScoreAdj`.
+    pub oom_score_adj: Option<i32>,
     /// Start-up warnings: unknown fields, settings kproxy does not honour.
     pub warnings: Vec<String>,
 }
@@ -242,6 +244,15 @@ pub fn decode(text: &str) -> Result<FileConfig, String> {
             ),
         },
         log_format: parsed(&doc, "logging.format", parse_log_format)?.flatten(),
+        oom_score_adj: match lookup(&doc, "oomScoreAdj") {
+            None => None,
+            Some(v) => Some(
+                v.as_i64()
+                    .and_then(|n| i32::try_from(n).ok())
+                    .filter(|n| (-1000..=1000).contains(n))
+                    .ok_or_else(|| "oomScoreAdj: want an integer from -1000 to 1000".to_owned())?,
+            ),
+        },
         warnings,
     })
 }

@@ -30,7 +30,7 @@ pub enum Kind {
 
 /// Upstream flags kproxy accepts, checks for type, and ignores with a start-up warning.
 ///
-/// Their effects are outside kproxy's scope (conntrack sysctls, OOM score, profiling, client
+/// Their effects are outside kproxy's scope (conntrack sysctls, profiling, client
 /// tuning, IPVS scheduling, Windows) or not implemented yet (local-traffic detection other than
 /// the cluster CIDR, feature gates, logging knobs beyond `-v` and `--logging-format`). The
 /// deprecated `--healthz-port` and `--metrics-port` are here too: upstream uses them only to
@@ -62,7 +62,6 @@ pub const IGNORED: &[(&str, Kind)] = &[
     ("log-text-info-buffer-size", Kind::Text),
     ("log-text-split-stream", Kind::Bool),
     ("metrics-port", Kind::Int),
-    ("oom-score-adj", Kind::Int),
     ("pod-bridge-interface", Kind::Text),
     ("pod-interface-name-prefix", Kind::Text),
     ("profiling", Kind::Bool),
@@ -182,6 +181,11 @@ pub fn command() -> Command {
             )
             .default_value("0.0.0.0:10256"),
         )
+        .arg(value(
+            "oom-score-adj",
+            "N",
+            "written to /proc/self/oom_score_adj at start (-1000 to 1000); default -999, as upstream",
+        ))
         .arg(boolean(
             "cleanup",
             "remove every rule kproxy created in this mode, then exit",

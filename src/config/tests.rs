@@ -274,7 +274,11 @@ fn each_kind_of_bad_value_is_a_one_line_error_naming_the_flag() {
         ),
         (
             &["--oom-score-adj=lots"],
-            "--oom-score-adj: invalid integer \"lots\"",
+            "--oom-score-adj: invalid value \"lots\" (want an integer from -1000 to 1000)",
+        ),
+        (
+            &["--oom-score-adj=-1001"],
+            "--oom-score-adj: invalid value \"-1001\" (want an integer from -1000 to 1000)",
         ),
         (
             &["--conntrack-tcp-timeout-established=1y"],
@@ -338,7 +342,7 @@ fn help_and_version_are_returned_not_printed() {
 #[test]
 fn ignored_upstream_flags_are_accepted_with_a_warning() {
     let c = run(&[
-        "--oom-score-adj=-999",
+        "--healthz-port=10256",
         "--conntrack-max-per-core",
         "0",
         "--feature-gates=A=true",
@@ -349,7 +353,7 @@ fn ignored_upstream_flags_are_accepted_with_a_warning() {
     ]);
     assert_eq!(c.warnings.len(), 6, "{:?}", c.warnings);
     assert!(c.warnings.contains(
-        &"--oom-score-adj=-999 is accepted for kube-proxy compatibility and ignored".to_owned()
+        &"--healthz-port=10256 is accepted for kube-proxy compatibility and ignored".to_owned()
     ));
     assert!(
         c.warnings
@@ -516,5 +520,15 @@ fn the_masquerade_bit_comes_from_the_flag_or_the_file_and_is_checked() {
     assert!(
         e.contains("--iptables-masquerade-bit") && e.contains("0 to 31"),
         "{e}"
+    );
+}
+
+#[test]
+fn the_oom_score_adjustment_defaults_to_upstreams_and_comes_from_the_flag_or_the_file() {
+    assert_eq!(run(&[]).oom_score_adj, -999);
+    assert_eq!(run(&["--oom-score-adj=-500"]).oom_score_adj, -500);
+    assert!(
+        run(&["--oom-score-adj=0"]).warnings.is_empty(),
+        "acted on, not ignored"
     );
 }

@@ -63,6 +63,14 @@ pub fn parse_masquerade_bit(s: &str) -> Result<u8, String> {
         .ok_or_else(|| format!("invalid bit {s:?} (want 0 to 31)"))
 }
 
+/// `--oom-score-adj`: what the kernel accepts in `/proc/PID/oom_score_adj`.
+pub fn parse_oom_score_adj(s: &str) -> Result<i32, String> {
+    s.parse::<i32>()
+        .ok()
+        .filter(|n| (-1000..=1000).contains(n))
+        .ok_or_else(|| format!("invalid value {s:?} (want an integer from -1000 to 1000)"))
+}
+
 /// A size in bytes: a number, optionally with a binary suffix (`Ki`, `Mi`, `Gi`), as
 /// Kubernetes quantities write them (`64Mi`).
 pub fn parse_size(s: &str) -> Result<u64, String> {

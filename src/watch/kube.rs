@@ -44,6 +44,9 @@ use trouble::{Class, Report, Streak};
 pub const LABEL_SELECTOR: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
+/// Upstream's field selector for Services (k/k#126769): headless Services are not even sent.
+pub const SERVICE_FIELD_SELECTOR: &str = "spec.clusterIP!=None";
+
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     #[error("reading kubeconfig {path}: {source}")]
@@ -113,7 +116,12 @@ pub async fn run(client: Client, node_name: String, tx: ChangeTx, metrics: Arc<M
     let labels = watcher::Config::default().labels(LABEL_SELECTOR);
     let node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     tokio::join!(
-        watch::<K8sService>(Api::all(client.clone()), labels.clone(), &tx, &metrics),
+        watch::<K8sService>(
+            Api::all(client.clone()),
+            labels.clone().fields(SERVICE_FIELD_SELECTOR),
+            &tx,
+            &metrics
+        ),
         watch::<EndpointSlice>(Api::all(client.clone()), labels, &tx, &metrics),
         watch::<Node>(Api::all(client), node, &tx, &metrics),
     );

@@ -144,8 +144,14 @@ async fn kproxy_and_its_tools_stay_inside_the_units_syscall_filter_and_socket_fa
         "yes"
     );
     assert_eq!(unit_value(&entries, "Service", "ProtectSystem"), "strict");
-    // Writable under ProtectSystem=strict: ReadWritePaths=, and the private /dev and /tmp.
-    let mut writable: Vec<String> = ["/dev/", "/tmp/", "/var/tmp/"].map(String::from).to_vec();
+    // Writable under ProtectSystem=strict: ReadWritePaths=, the private /dev and /tmp, and the
+    // process's own /proc files (strict leaves /proc to ProtectKernelTunables=, which covers
+    // /proc/sys and friends, not /proc/self/oom_score_adj; the unit's OOMScoreAdjust= sets the
+    // value first, so under systemd kproxy finds it set and writes nothing).
+    let mut writable: Vec<String> = ["/dev/", "/tmp/", "/var/tmp/", "/proc/self/oom_score_adj"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(unit_value(&entries, "Service", "OOMScoreAdjust"), "-999");
     for v in crate::files::unit_values(&entries, "Service", "ReadWritePaths") {
         writable.extend(
             v.split_whitespace()

@@ -113,6 +113,7 @@ fn a_kubeadm_generated_config_file_loads() {
     assert_eq!(c.min_sync_period, Duration::from_secs(1));
     assert_eq!(c.metrics_bind_address, addr("127.0.0.1:10249"));
     assert_eq!(c.healthz_bind_address, addr("0.0.0.0:10256"));
+    assert_eq!(c.oom_score_adj, -999, "null: upstream's default");
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
 
@@ -125,6 +126,7 @@ fn the_file_sets_what_kproxy_implements() {
         .replace("healthzBindAddress: \"\"", "healthzBindAddress: 10.0.0.5:8080")
         .replace("nodePortAddresses: null", "nodePortAddresses: [primary]")
         .replace("  verbosity: 0", "  verbosity: 3\n  format: json")
+        .replace("oomScoreAdj: null", "oomScoreAdj: -500")
         .replace(
             "  masqueradeAll: false\n  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs",
             "  masqueradeAll: true\n  masqueradeBit: 14\n  minSyncPeriod: 10s\n  syncPeriod: 1m\nipvs",
@@ -141,6 +143,7 @@ fn the_file_sets_what_kproxy_implements() {
     assert_eq!(c.min_sync_period, Duration::from_secs(10));
     assert_eq!(c.verbosity, 3);
     assert_eq!(c.log_format, crate::config::LogFormat::Json);
+    assert_eq!(c.oom_score_adj, -500);
 }
 
 /// A file with distinct settings in each mode's section.
@@ -272,6 +275,11 @@ fn a_bad_file_value_is_a_one_line_error_naming_the_field() {
             "mode: \"\"",
             "mode: userspace",
             "mode: unknown value \"userspace\" (want nftables, iptables or ipvs)",
+        ),
+        (
+            "oomScoreAdj: null",
+            "oomScoreAdj: 5000",
+            "oomScoreAdj: want an integer from -1000 to 1000",
         ),
         (
             "  syncPeriod: 0s\nipvs",

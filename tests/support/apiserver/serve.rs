@@ -136,6 +136,7 @@ impl Filter {
         let fields = |k: &str| match k {
             "metadata.name" => meta["name"].as_str().map(str::to_string),
             "metadata.namespace" => meta["namespace"].as_str().map(str::to_string),
+            "spec.clusterIP" => obj["spec"]["clusterIP"].as_str().map(str::to_string),
             _ => None,
         };
         self.labels.matches(labels) && self.fields.matches(fields)
