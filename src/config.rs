@@ -67,6 +67,9 @@ pub struct Config {
     pub sync_period: Duration,
     pub metrics_bind_address: SocketAddr,
     pub healthz_bind_address: SocketAddr,
+    /// `--bind-address-hard-fail` / `bindAddressHardFail`: a health or metrics address that
+    /// cannot be bound ends kproxy; by default it is retried every 5 s, as upstream.
+    pub bind_address_hard_fail: bool,
     pub config_file: Option<PathBuf>,
     pub cleanup: bool,
     /// `--cleanup-kube-proxy`: remove upstream kube-proxy's leftovers and exit.
@@ -328,6 +331,9 @@ fn resolve(
         sync_period,
         metrics_bind_address,
         healthz_bind_address,
+        bind_address_hard_fail: bool_flag(m, "bind-address-hard-fail")?
+            .or(file.bind_address_hard_fail)
+            .unwrap_or(false),
         config_file,
         cleanup: bool_flag(m, "cleanup")?.unwrap_or(false),
         cleanup_kube_proxy: bool_flag(m, "cleanup-kube-proxy")?.unwrap_or(false),

@@ -155,10 +155,51 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HealthError> 
         .map_err(|source| HealthError::Bind { addr, source })
 }
 
-/// Binds both servers now (so a bad address fails at start-up) and serves them in the background.
+/// How often an address that could not be bound is tried again (upstream's 5 s).
+pub const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `app` on `addr`, binding it now. When that fails: with `hard_fail`, the error (kproxy
+/// exits); otherwise one error line, and the address is tried again every `BIND_RETRY` in the
+/// background until it binds (one info line then), as upstream's `wait.Until` loop.
+async fn serve_on(
+    what: &'static str,
+    addr: SocketAddr,
+    app: Router,
+    hard_fail: bool,
+) -> Result<(), HealthError> {
+    let listener = match bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) if hard_fail => return Err(e),
+        Err(e) => {
+            tracing::error!(error = %e, server = what,
+                "cannot bind; retrying every 5 s (--bind-address-hard-fail exits instead)");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        let listener = match listener {
+            Some(l) => l,
+            None => loop {
+                tokio::time::sleep(BIND_RETRY).await;
+                if let Ok(l) = bind(addr).await {
+                    tracing::info!(server = what, %addr, "bound at last; serving");
+                    break l;
+                }
+            },
+        };
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, server = what, "server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Serves both servers in the background; an address that cannot be bound is retried, or with
+/// `hard_fail` ends kproxy at start-up.
 pub async fn serve(
     metrics_addr: SocketAddr,
     healthz_addr: SocketAddr,
+    hard_fail: bool,
     shared: Arc<Shared>,
     metrics_reg: Arc<Metrics>,
     mode: ProxyMode,
@@ -178,19 +219,8 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .with_state(state);
-    let metrics_listener = bind(metrics_addr).await?;
-    let health_listener = bind(healthz_addr).await?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(metrics_listener, metrics_app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(health_listener, health_app).await {
-            tracing::error!(error = %e, "healthz server stopped");
-        }
-    });
-    Ok(())
+    serve_on("metrics", metrics_addr, metrics_app, hard_fail).await?;
+    serve_on("healthz", healthz_addr, health_app, hard_fail).await
 }
 
 #[cfg(test)]

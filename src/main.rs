@@ -178,6 +178,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     health::serve(
         cfg.metrics_bind_address,
         cfg.healthz_bind_address,
+        cfg.bind_address_hard_fail,
         shared,
         metrics,
         cfg.mode,

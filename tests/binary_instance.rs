@@ -216,3 +216,45 @@ async fn the_daemon_sets_its_oom_score_adjustment_to_upstreams_default_or_the_fl
         k.assert_running();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_health_port_is_retried_every_5_s_unless_bind_address_hard_fail() {
+    if !netns::can_run("a_busy_health_port_is_retried") {
+        return;
+    }
+    // Someone (an upstream kube-proxy not yet stopped, say) holds the health port.
+    let ns = Netns::new("busy");
+    let holder = ns.run(|| std::net::TcpListener::bind("127.0.0.1:10256").expect("hold 10256"));
+    let mut k = Kproxy::spawn(&ns, &["--manifests", EXAMPLE]);
+    synced(&mut k).await;
+    let refused = "cannot bind; retrying every 5 s";
+    assert_eq!(k.log().matches(refused).count(), 1, "{}", k.log());
+    let freed = Instant::now();
+    drop(holder);
+    support::eventually(
+        "/healthz once the port is free",
+        Duration::from_secs(30),
+        || {
+            let (netns, addr) = (k.netns.clone(), k.healthz);
+            async move {
+                match support::http_get_in(netns.as_deref(), addr, "/healthz").await {
+                    Ok((200, _)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    println!("health port freed -> served in {:?}", freed.elapsed());
+    k.assert_running();
+
+    // With --bind-address-hard-fail: exit non-zero at once, naming the address, before any sync.
+    let ns = Netns::new("hard");
+    let _holder = ns.run(|| std::net::TcpListener::bind("127.0.0.1:10256").expect("hold 10256"));
+    let mut k = Kproxy::spawn(&ns, &["--manifests", EXAMPLE, "--bind-address-hard-fail"]);
+    let status = k.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "{status}");
+    let log = k.log();
+    assert!(log.contains("127.0.0.1:10256"), "{log}");
+    assert!(!log.contains(refused), "{log}");
+}

@@ -167,6 +167,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// `oomScoreAdj`.
     pub oom_score_adj: Option<i32>,
+    /// `bindAddressHardFail`.
+    pub bind_address_hard_fail: Option<bool>,
     /// Start-up warnings: unknown fields, settings kproxy does not honour.
     pub warnings: Vec<String>,
 }
@@ -244,6 +246,13 @@ pub fn decode(text: &str) -> Result<FileConfig, String> {
             ),
         },
         log_format: parsed(&doc, "logging.format", parse_log_format)?.flatten(),
+        bind_address_hard_fail: match lookup(&doc, "bindAddressHardFail") {
+            None => None,
+            Some(v) => Some(
+                v.as_bool()
+                    .ok_or_else(|| "bindAddressHardFail: want true or false".to_owned())?,
+            ),
+        },
         oom_score_adj: match lookup(&doc, "oomScoreAdj") {
             None => None,
             Some(v) => Some(

@@ -40,7 +40,6 @@ pub enum Kind {
 /// `--write-config-to` (both exit early upstream). Flags removed from upstream before 1.26
 /// (`--resource-container`, `--udp-timeout`, the klog `--logtostderr` family) are unknown.
 pub const IGNORED: &[(&str, Kind)] = &[
-    ("bind-address-hard-fail", Kind::Bool),
     ("config-sync-period", Kind::Duration),
     ("conntrack-max-per-core", Kind::Int),
     ("conntrack-min", Kind::Int),
@@ -181,6 +180,10 @@ pub fn command() -> Command {
             )
             .default_value("0.0.0.0:10256"),
         )
+        .arg(boolean(
+            "bind-address-hard-fail",
+            "exit when the health or metrics address cannot be bound (default: retry every 5 s, as upstream)",
+        ))
         .arg(value(
             "oom-score-adj",
             "N",

@@ -532,3 +532,15 @@ fn the_oom_score_adjustment_defaults_to_upstreams_and_comes_from_the_flag_or_the
         "acted on, not ignored"
     );
 }
+
+#[test]
+fn bind_address_hard_fail_is_off_by_default_and_comes_from_the_flag() {
+    assert!(!run(&[]).bind_address_hard_fail);
+    let c = run(&["--bind-address-hard-fail"]);
+    assert!(c.bind_address_hard_fail);
+    assert!(
+        c.warnings.is_empty(),
+        "acted on, not ignored: {:?}",
+        c.warnings
+    );
+}

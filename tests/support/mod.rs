@@ -217,6 +217,18 @@ impl Kproxy {
         }
     }
 
+    /// Waits (up to `timeout`) for kproxy to exit on its own; its status. Panics, with the
+    /// log, if it is still running then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        match exit_within(&mut self.child, timeout) {
+            Some(status) => status,
+            None => panic!(
+                "kproxy still running after {timeout:?}; log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -127,6 +127,7 @@ fn the_file_sets_what_kproxy_implements() {
         .replace("nodePortAddresses: null", "nodePortAddresses: [primary]")
         .replace("  verbosity: 0", "  verbosity: 3\n  format: json")
         .replace("oomScoreAdj: null", "oomScoreAdj: -500")
+        .replace("bindAddressHardFail: false", "bindAddressHardFail: true")
         .replace(
             "  masqueradeAll: false\n  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs",
             "  masqueradeAll: true\n  masqueradeBit: 14\n  minSyncPeriod: 10s\n  syncPeriod: 1m\nipvs",
@@ -144,6 +145,7 @@ fn the_file_sets_what_kproxy_implements() {
     assert_eq!(c.verbosity, 3);
     assert_eq!(c.log_format, crate::config::LogFormat::Json);
     assert_eq!(c.oom_score_adj, -500);
+    assert!(c.bind_address_hard_fail);
 }
 
 /// A file with distinct settings in each mode's section.
