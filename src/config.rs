@@ -88,7 +88,8 @@ pub struct Config {
     pub iptables_variant: crate::backends::iptables::VariantChoice,
     /// `--iptables-localhost-nodeports` / `iptables.localhostNodePorts` (default true).
     pub localhost_nodeports: bool,
-    /// `--iptables-masquerade-bit` / `iptables.masqueradeBit` (default 14).
+    /// The packet-mark bit that asks for masquerading (default 14, 0x4000): nftables mode's
+    /// `nftables.masqueradeBit`, or `--iptables-masquerade-bit` / `iptables.masqueradeBit`.
     pub masquerade_bit: u8,
     /// `--oom-score-adj` / `oomScoreAdj` (default -999, as upstream): written to
     /// `/proc/self/oom_score_adj` at start, so the OOM killer picks kproxy last.
@@ -295,6 +296,9 @@ fn resolve(
     })?
     .or(file.metrics_bind_address)
     .unwrap_or(SocketAddr::new(metrics_ip, DEFAULT_METRICS_PORT));
+    // Checked in every mode, used in iptables and IPVS modes.
+    let iptables_masquerade_bit = flag(m, "iptables-masquerade-bit", values::parse_masquerade_bit)?
+        .or(file.iptables.masquerade_bit);
     let healthz_bind_address = flag(m, "healthz-bind-address", |v| {
         values::parse_bind_address(v, DEFAULT_HEALTHZ_PORT)
     })?
@@ -357,9 +361,13 @@ fn resolve(
         localhost_nodeports: bool_flag(m, "iptables-localhost-nodeports")?
             .or(file.iptables.localhost_nodeports)
             .unwrap_or(true),
-        masquerade_bit: flag(m, "iptables-masquerade-bit", values::parse_masquerade_bit)?
-            .or(file.iptables.masquerade_bit)
-            .unwrap_or(14),
+        // As upstream: nftables mode reads `nftables.masqueradeBit`; iptables and IPVS modes
+        // (and an empty mode, as for masqueradeAll) `--iptables-masquerade-bit` / `iptables.`.
+        masquerade_bit: match section_mode {
+            ProxyMode::Nftables => file.nftables.masquerade_bit,
+            _ => iptables_masquerade_bit,
+        }
+        .unwrap_or(14),
         oom_score_adj: flag(m, "oom-score-adj", values::parse_oom_score_adj)?
             .or(file.oom_score_adj)
             .unwrap_or(-999),

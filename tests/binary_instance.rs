@@ -258,3 +258,37 @@ async fn a_busy_health_port_is_retried_every_5_s_unless_bind_address_hard_fail()
     assert!(log.contains("127.0.0.1:10256"), "{log}");
     assert!(!log.contains(refused), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_mode_programs_the_masquerade_bit_of_its_config_section() {
+    if !netns::can_run("nftables_mode_programs_the_masquerade_bit") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+         mode: nftables\nnftables:\n  masqueradeBit: 5\n",
+    )
+    .expect("write the config");
+    let ns = Netns::new("mbit");
+    let config = config.display().to_string();
+    let mut k = Kproxy::spawn(&ns, &["--manifests", EXAMPLE, "--config", &config]);
+    synced(&mut k).await;
+    for (chain, want) in [
+        (
+            "mark-for-masquerade",
+            "meta mark set meta mark | 0x00000020",
+        ),
+        (
+            "masquerading",
+            "meta mark & 0x00000020 == 0x00000000 return",
+        ),
+    ] {
+        let listed = ns.exec("nft", &["list", "chain", "ip", "kproxy", chain]);
+        assert!(listed.contains(want), "{chain}: {listed}");
+        assert!(!listed.contains("0x00004000"), "{chain}: {listed}");
+    }
+    k.assert_running();
+}

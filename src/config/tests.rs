@@ -510,12 +510,13 @@ fn nftables_transport_selects_how_nftables_is_reached_and_a_bad_value_is_refused
 #[test]
 fn the_masquerade_bit_comes_from_the_flag_or_the_file_and_is_checked() {
     assert_eq!(run(&[]).backend_config().masquerade_bit, Some(14));
-    assert_eq!(
-        run(&["--iptables-masquerade-bit=15"])
-            .backend_config()
-            .masquerade_bit,
-        Some(15)
-    );
+    for mode in ["iptables", "ipvs"] {
+        let c = run(&["--iptables-masquerade-bit=15", "--proxy-mode", mode]);
+        assert_eq!(c.backend_config().masquerade_bit, Some(15), "{mode}");
+    }
+    // As upstream, nftables mode reads only nftables.masqueradeBit.
+    let c = run(&["--iptables-masquerade-bit=15", "--proxy-mode", "nftables"]);
+    assert_eq!(c.backend_config().masquerade_bit, Some(14));
     let e = error(&["--iptables-masquerade-bit=32"]);
     assert!(
         e.contains("--iptables-masquerade-bit") && e.contains("0 to 31"),

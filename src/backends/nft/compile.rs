@@ -38,6 +38,8 @@ pub struct Desired {
     pub v4: FamilyState,
     pub v6: FamilyState,
     pub masquerade_all: bool,
+    /// `nftables.masqueradeBit` (`None`: upstream's 14).
+    pub masquerade_bit: Option<u8>,
 }
 
 impl FamilyState {
@@ -300,6 +302,7 @@ fn nodeport_affinity(fam: &mut FamilyState, planned: &Planned, key: &str, target
 pub fn compile(plans: &Plans, node: &NodeFacts, config: &BackendConfig) -> Desired {
     let mut d = Desired {
         masquerade_all: config.masquerade_all,
+        masquerade_bit: config.masquerade_bit,
         ..Desired::default()
     };
     for planned in plans.values() {
@@ -321,6 +324,7 @@ pub fn compile_one(planned: &Planned, node: &NodeFacts) -> Desired {
 pub fn compile_node(node: &NodeFacts, config: &BackendConfig) -> Desired {
     let mut d = Desired {
         masquerade_all: config.masquerade_all,
+        masquerade_bit: config.masquerade_bit,
         ..Desired::default()
     };
     node_elements(&mut d, node, config);
@@ -348,17 +352,19 @@ pub fn has_cluster_cidrs(fam: &FamilyState) -> bool {
     fam.sets.get("cluster-cidrs").is_some_and(|s| !s.is_empty())
 }
 
-/// The rule templates of a fixed chain; `services` depends only on the configuration.
-pub fn static_rules(c: &skeleton::Chain, masquerade_all: bool, cluster_cidrs: bool) -> Vec<String> {
+/// The rule templates of a fixed chain (their `{mark}` filled in); `services` depends only on
+/// the configuration.
+pub fn static_rules(c: &skeleton::Chain, node: &Desired, cluster_cidrs: bool) -> Vec<String> {
     let mut rules: Vec<String> = Vec::new();
     if c.name == "services" {
-        if masquerade_all {
+        if node.masquerade_all {
             rules.push(skeleton::MASQUERADE_ALL_RULE.to_string());
         } else if cluster_cidrs {
             rules.push(skeleton::OUTSIDE_CLUSTER_CIDR_RULE.to_string());
         }
     }
-    rules.extend(c.rules.iter().map(|r| r.to_string()));
+    let mark = skeleton::mark(node.masquerade_bit);
+    rules.extend(c.rules.iter().map(|r| r.replace("{mark}", &mark)));
     rules
 }
 

@@ -170,7 +170,7 @@ impl Mirror {
         let mut counts = BTreeMap::new();
         let cidrs = compile::has_cluster_cidrs(self.node.family(family));
         for c in super::skeleton::CHAINS {
-            let n = compile::static_rules(c, self.node.masquerade_all, cidrs).len();
+            let n = compile::static_rules(c, &self.node, cidrs).len();
             counts.insert(c.name.to_string(), n);
         }
         for b in super::skeleton::BASE_CHAINS {

@@ -424,6 +424,29 @@ fn local_policies_without_local_endpoints_drop_and_udp_sctp_ipv6_and_dual_stack_
 }
 
 #[test]
+fn another_masquerade_bit_marks_and_masquerades_the_same_packets() {
+    let cfg = BackendConfig {
+        masquerade_bit: Some(5),
+        ..config()
+    };
+    let (b, kernel) = loaded(&policies(), &cfg);
+    assert_traces_match_plans(&kernel, &policies(), &cfg);
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let listing = kernel.listing(family).unwrap();
+        assert!(
+            listing.contains("meta mark set meta mark | 0x00000020"),
+            "{listing}"
+        );
+        assert!(!listing.contains("0x00004000"), "{listing}");
+    }
+    let rendered = FakeKernel::new();
+    rendered
+        .apply_script(&b.render(&policies(), &node()))
+        .unwrap();
+    assert_same_state(&rendered, &kernel, "render vs. sync, bit 5");
+}
+
+#[test]
 fn the_dry_run_ruleset_loads_into_the_state_the_backend_programs() {
     for plans in [cluster_ips(), external(), policies()] {
         let (b, kernel) = loaded(&plans, &config());

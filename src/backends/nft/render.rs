@@ -51,7 +51,7 @@ fn render_family(out: &mut String, d: &Desired, family: IpFamily) {
         let _ = writeln!(out, "\t}}");
     }
     for c in skeleton::CHAINS {
-        let rules = static_rules(c, d.masquerade_all, has_cluster_cidrs(fam));
+        let rules = static_rules(c, d, has_cluster_cidrs(fam));
         chain(out, c.name, None, &rules, family);
     }
     for (prefix, n) in &fam.lb_chains {

@@ -2,17 +2,26 @@
 //! chains with upstream's hooks and priorities, and the fixed rules. Nothing here depends on the
 //! Services; per-Service data lives only in the elements of `SETS` (see README.md).
 //!
-//! Invariants: rule templates use `{ip}` (`ip`/`ip6`) and `{addr}` (`ipv4_addr`/`ipv6_addr`)
-//! only; every set a rule names is declared in `SETS`; the order of every table is the render
-//! order, so rendering is deterministic.
+//! Invariants: rule templates use `{ip}` (`ip`/`ip6`), `{addr}` (`ipv4_addr`/`ipv6_addr`) and,
+//! in the fixed chains, `{mark}` (the masquerade mark) only; every set a rule names is declared
+//! in `SETS`; the order of every table is the render order, so rendering is deterministic.
 
 use crate::model::IpFamily;
 
 /// kproxy's table name in both the `ip` and `ip6` families (upstream's is `kube-proxy`).
 pub const TABLE: &str = "kproxy";
 
-/// The bit of `meta mark` that asks postrouting to masquerade (upstream's 0x4000).
-pub const MASQ_MARK: &str = "0x00004000";
+/// The bit of `meta mark` that asks postrouting to masquerade when `nftables.masqueradeBit` is
+/// unset (upstream's 14: 0x4000). Rules name the mark as `{mark}` (`compile::static_rules`).
+pub const DEFAULT_MASQUERADE_BIT: u8 = 14;
+
+/// The mark of `bit` as nft prints it (`0x00004000`).
+pub fn mark(bit: Option<u8>) -> String {
+    format!(
+        "0x{:08x}",
+        1u32 << bit.unwrap_or(DEFAULT_MASQUERADE_BIT).min(31)
+    )
+}
 
 /// One named set or map: name, declaration body (`{addr}` is the family's address type).
 pub struct SetDecl {
@@ -263,7 +272,7 @@ pub const CHAINS: &[Chain] = &[
     },
     Chain {
         name: "mark-for-masquerade",
-        rules: &["meta mark set meta mark | 0x00004000"],
+        rules: &["meta mark set meta mark | {mark}"],
     },
     Chain {
         name: "services",
@@ -271,7 +280,7 @@ pub const CHAINS: &[Chain] = &[
             "{ip} daddr . meta l4proto . th dport @firewall-ports {ip} daddr . meta l4proto . th dport . {ip} saddr != @firewall-allow drop",
             "{ip} daddr . meta l4proto . th dport @external-masq jump mark-for-masquerade",
             "{ip} daddr . meta l4proto . th dport @external-local {ip} saddr @cluster-cidrs {ip} daddr . meta l4proto . th dport vmap @services-from-local",
-            "{ip} daddr . meta l4proto . th dport @external-local fib saddr type local meta mark set meta mark | 0x00004000 {ip} daddr . meta l4proto . th dport vmap @services-from-local",
+            "{ip} daddr . meta l4proto . th dport @external-local fib saddr type local meta mark set meta mark | {mark} {ip} daddr . meta l4proto . th dport vmap @services-from-local",
             "{ip} daddr . meta l4proto . th dport vmap @services",
             "{ip} daddr @nodeport-ips jump nodeports",
         ],
@@ -281,7 +290,7 @@ pub const CHAINS: &[Chain] = &[
         rules: &[
             "meta l4proto . th dport @nodeport-masq jump mark-for-masquerade",
             "meta l4proto . th dport @nodeport-local {ip} saddr @cluster-cidrs meta l4proto . th dport vmap @nodeports-from-local",
-            "meta l4proto . th dport @nodeport-local fib saddr type local meta mark set meta mark | 0x00004000 meta l4proto . th dport vmap @nodeports-from-local",
+            "meta l4proto . th dport @nodeport-local fib saddr type local meta mark set meta mark | {mark} meta l4proto . th dport vmap @nodeports-from-local",
             "meta l4proto . th dport vmap @nodeports",
         ],
     },
@@ -296,8 +305,8 @@ pub const CHAINS: &[Chain] = &[
         name: "masquerading",
         rules: &[
             "ct status dnat {ip} saddr . {ip} daddr @hairpin masquerade fully-random",
-            "meta mark & 0x00004000 == 0x00000000 return",
-            "meta mark set meta mark ^ 0x00004000",
+            "meta mark & {mark} == 0x00000000 return",
+            "meta mark set meta mark ^ {mark}",
             "masquerade fully-random",
         ],
     },

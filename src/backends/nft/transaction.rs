@@ -164,7 +164,7 @@ pub fn skeleton(node: &Desired) -> Vec<Op> {
         }
         let cidrs = compile::has_cluster_cidrs(node.family(family));
         for c in skeleton::CHAINS {
-            for r in compile::static_rules(c, node.masquerade_all, cidrs) {
+            for r in compile::static_rules(c, node, cidrs) {
                 ops.push(Op::AddRule(family, c.name.to_string(), fill(&r, family)));
             }
         }
@@ -182,7 +182,7 @@ pub fn skeleton(node: &Desired) -> Vec<Op> {
 pub fn reload_fixed(family: IpFamily, name: &str, node: &Desired) -> Option<Vec<Op>> {
     let rules: Vec<String> = if let Some(c) = skeleton::CHAINS.iter().find(|c| c.name == name) {
         let cidrs = compile::has_cluster_cidrs(node.family(family));
-        compile::static_rules(c, node.masquerade_all, cidrs)
+        compile::static_rules(c, node, cidrs)
             .iter()
             .map(|r| fill(r, family))
             .collect()

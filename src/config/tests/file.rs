@@ -412,3 +412,21 @@ fn ipvs_timeouts_come_from_the_flags_or_the_file_and_zero_keeps_the_kernels() {
         )
     );
 }
+
+#[test]
+fn nftables_mode_takes_its_masquerade_bit_from_its_own_section_as_upstream() {
+    let text = |mode: &str| {
+        format!(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             mode: \"{mode}\"\niptables:\n  masqueradeBit: 15\nnftables:\n  masqueradeBit: 5\n"
+        )
+    };
+    for (mode, want) in [("nftables", 5), ("iptables", 15), ("ipvs", 15), ("", 15)] {
+        let (_f, flag) = config_file(&text(mode));
+        assert_eq!(
+            run(&[&flag]).backend_config().masquerade_bit,
+            Some(want),
+            "{mode:?}"
+        );
+    }
+}

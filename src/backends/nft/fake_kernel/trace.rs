@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::Table;
 use super::types::{self, Atom, Verdict};
-use crate::backends::nft::skeleton::{LB_FAMILIES, MASQ_MARK};
+use crate::backends::nft::skeleton::{self, LB_FAMILIES};
 use crate::model::{IpFamily, Protocol};
 
 /// The first packet of a connection.
@@ -97,6 +97,16 @@ impl<'a> Program<'a> {
         }
     }
 
+    /// The mark that asks for masquerading, as the table's `mark-for-masquerade` chain sets it
+    /// (upstream's 0x4000 when the chain is missing).
+    fn masquerade_mark(&self) -> u32 {
+        let set = self.t.chains.get("mark-for-masquerade");
+        let rule = set.and_then(|c| c.rules.first());
+        let text = rule.and_then(|r| r.rsplit(' ').next());
+        text.and_then(|t| hex(t).ok())
+            .unwrap_or_else(|| hex(&skeleton::mark(None)).unwrap_or(0x4000))
+    }
+
     /// Traces `p` through this table (kproxy's table of `family`).
     pub fn trace(&self, family: IpFamily, p: &Packet) -> Trace {
         let texts = [
@@ -117,7 +127,7 @@ impl<'a> Program<'a> {
         let outcome = run.base().unwrap_or_else(Outcome::Broken);
         Trace {
             outcome,
-            masquerade: hex(MASQ_MARK).is_ok_and(|m| run.mark & m != 0),
+            masquerade: run.mark & self.masquerade_mark() != 0,
         }
     }
 }
