@@ -118,25 +118,8 @@ impl Syncer {
                 c
             }
             Change::Node(node) => {
-                // A Node that goes away was deleted (upstream reads its deletionTimestamp);
-                // none seen yet (starting, or --manifests without one) is eligible.
-                let eligible = match &node {
-                    Some(n) => !n.draining,
-                    None => self.tracker.node().is_none(),
-                };
-                if eligible != self.shared.health.node_eligible() {
-                    tracing::info!(
-                        eligible,
-                        "node {}: /healthz now answers {}",
-                        if eligible {
-                            "eligible again"
-                        } else {
-                            "draining (being deleted or tainted ToBeDeletedByClusterAutoscaler)"
-                        },
-                        if eligible { 200 } else { 503 }
-                    );
-                }
-                self.shared.health.set_node_eligible(eligible);
+                let known = self.tracker.node().is_some();
+                self.shared.health.node_seen(node.as_ref(), known);
                 self.tracker.update_node(node)
             }
             Change::Listed(kind) => {

@@ -17,6 +17,7 @@ mod backends;
 mod endpoints;
 mod hostile;
 mod manifests;
+mod pools;
 mod real_tools;
 mod services;
 
@@ -35,7 +36,8 @@ use crate::node::{NodeFacts, NodePortAddresses};
 use crate::state::Shared;
 use crate::sync::Syncer;
 use crate::watch::{Change, Kind};
-use manifests::{Case, NODE, Setup};
+use manifests::{Case, Setup};
+use pools::NODE;
 
 /// Cases of the main test: 3,000 take about 27 s on two cores in the debug test profile.
 const CASES: u32 = 3000;

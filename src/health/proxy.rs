@@ -62,6 +62,25 @@ impl ProxyHealth {
         self.node_eligible.store(eligible, Ordering::Relaxed);
     }
 
+    /// The Node as received (`None`: gone), `known` whether one was seen before. A Node that
+    /// goes away was deleted (upstream reads its deletionTimestamp): not eligible; none seen
+    /// yet (starting, or --manifests without one) is. A change is logged once.
+    pub fn node_seen(&self, node: Option<&crate::model::NodeInfo>, known: bool) {
+        let eligible = match node {
+            Some(n) => !n.draining,
+            None => !known,
+        };
+        if self.node_eligible.swap(eligible, Ordering::Relaxed) != eligible {
+            let why = match eligible {
+                true => "eligible again: /healthz answers 200",
+                false => {
+                    "draining (deleted, or tainted ToBeDeletedByClusterAutoscaler): /healthz answers 503"
+                }
+            };
+            tracing::info!(eligible, "node {why}");
+        }
+    }
+
     pub fn node_eligible(&self) -> bool {
         self.node_eligible.load(Ordering::Relaxed)
     }

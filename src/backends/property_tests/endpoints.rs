@@ -13,11 +13,10 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Map, Value, json};
 
-use super::manifests::{
+use super::pools::{
     NAMES, NODE, ODD_IPS, ODD_NAMES, ODD_PORT_NAMES, ODD_PROTOCOLS, ODD_RANGES, PORT_NAMES,
-    PROTOCOLS, number, pick,
+    PROTOCOLS, TARGETS, number, pick,
 };
-use super::services::TARGETS;
 
 const EP_V4: [&str; 5] = ["10.0.1.1", "10.0.1.2", "10.0.2.1", "10.0.5.5", "10.0.3.1"];
 const EP_V6: [&str; 3] = ["fd10::1", "fd10::2", "fd10::99"];

@@ -15,9 +15,9 @@ use proptest::sample::select;
 use serde_json::{Map, Value, json};
 
 use super::endpoints::{self, Endpoint};
-use super::manifests::{
+use super::pools::{
     NAMES, ODD_IPS, ODD_NAMES, ODD_PORT_NAMES, ODD_PROTOCOLS, ODD_RANGES, PORT_NAMES, PROTOCOLS,
-    number, pick,
+    TARGETS, number, pick,
 };
 
 const CLUSTER_V4: [&str; 5] = [
@@ -53,7 +53,6 @@ const RANGES: [&str; 8] = [
 ];
 const PORTS: [i64; 5] = [80, 443, 53, 8080, 9000];
 const NODE_PORTS: [i64; 4] = [30000, 30001, 30002, 32767];
-pub(super) const TARGETS: [i64; 4] = [8080, 8443, 53, 9000];
 
 #[derive(Clone, Debug)]
 struct Port {
