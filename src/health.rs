@@ -246,7 +246,7 @@ mod tests {
         };
         let (code, body) = answer(&state, true).await;
         assert_eq!((code, &body["nodeEligible"]), (200, &json!(true)));
-        state.shared.health.set_node_eligible(false);
+        state.shared.health.node_seen(None, true); // deleted
         let (code, body) = answer(&state, true).await;
         assert_eq!((code, &body["nodeEligible"]), (503, &json!(false)));
         let (code, body) = answer(&state, false).await;

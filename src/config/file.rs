@@ -237,31 +237,10 @@ pub fn decode(text: &str) -> Result<FileConfig, String> {
         iptables: section(&doc, "iptables")?,
         ipvs: section(&doc, "ipvs")?,
         nftables: section(&doc, "nftables")?,
-        verbosity: match lookup(&doc, "logging.verbosity") {
-            None => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .and_then(|n| u8::try_from(n).ok())
-                    .ok_or_else(|| "logging.verbosity: want an integer from 0 to 255".to_owned())?,
-            ),
-        },
+        verbosity: integer(&doc, "logging.verbosity", 0, 255)?.map(|n| n as u8),
         log_format: parsed(&doc, "logging.format", parse_log_format)?.flatten(),
-        bind_address_hard_fail: match lookup(&doc, "bindAddressHardFail") {
-            None => None,
-            Some(v) => Some(
-                v.as_bool()
-                    .ok_or_else(|| "bindAddressHardFail: want true or false".to_owned())?,
-            ),
-        },
-        oom_score_adj: match lookup(&doc, "oomScoreAdj") {
-            None => None,
-            Some(v) => Some(
-                v.as_i64()
-                    .and_then(|n| i32::try_from(n).ok())
-                    .filter(|n| (-1000..=1000).contains(n))
-                    .ok_or_else(|| "oomScoreAdj: want an integer from -1000 to 1000".to_owned())?,
-            ),
-        },
+        bind_address_hard_fail: boolean(&doc, "bindAddressHardFail")?,
+        oom_score_adj: integer(&doc, "oomScoreAdj", -1000, 1000)?.map(|n| n as i32),
         warnings,
     })
 }
@@ -314,6 +293,25 @@ fn string(doc: &Value, path: &str) -> Result<Option<String>, String> {
     }
 }
 
+fn boolean(doc: &Value, path: &str) -> Result<Option<bool>, String> {
+    match lookup(doc, path) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(format!("{path}: want true or false")),
+    }
+}
+
+/// An integer field from `min` to `max` (so any integer type that holds that range).
+fn integer(doc: &Value, path: &str, min: i64, max: i64) -> Result<Option<i64>, String> {
+    lookup(doc, path)
+        .map(|v| {
+            v.as_i64()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| format!("{path}: want an integer from {min} to {max}"))
+        })
+        .transpose()
+}
+
 fn strings(doc: &Value, path: &str) -> Result<Option<Vec<String>>, String> {
     let Some(value) = lookup(doc, path) else {
         return Ok(None);
@@ -344,25 +342,9 @@ fn parsed<T>(
 }
 
 fn section(doc: &Value, name: &str) -> Result<ModeSection, String> {
-    let masquerade_all = match lookup(doc, &format!("{name}.masqueradeAll")) {
-        None => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return Err(format!("{name}.masqueradeAll: want true or false")),
-    };
-    let localhost_nodeports = match lookup(doc, &format!("{name}.localhostNodePorts")) {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return Err(format!("{name}.localhostNodePorts: want true or false")),
-    };
-    let masquerade_bit = match lookup(doc, &format!("{name}.masqueradeBit")) {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .and_then(|n| u8::try_from(n).ok())
-                .filter(|b| *b <= 31)
-                .ok_or_else(|| format!("{name}.masqueradeBit: want an integer from 0 to 31"))?,
-        ),
-    };
+    let masquerade_all = boolean(doc, &format!("{name}.masqueradeAll"))?;
+    let localhost_nodeports = boolean(doc, &format!("{name}.localhostNodePorts"))?;
+    let masquerade_bit = integer(doc, &format!("{name}.masqueradeBit"), 0, 31)?.map(|n| n as u8);
     let duration = |field: &str| -> Result<Option<Duration>, String> {
         let path = format!("{name}.{field}");
         let d = parsed(doc, &path, |s| {
@@ -371,11 +353,7 @@ fn section(doc: &Value, name: &str) -> Result<ModeSection, String> {
         // Upstream defaulting treats zero as unset.
         Ok(d.filter(|d| !d.is_zero()))
     };
-    let strict_arp = match lookup(doc, &format!("{name}.strictARP")) {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => return Err(format!("{name}.strictARP: want true or false")),
-    };
+    let strict_arp = boolean(doc, &format!("{name}.strictARP"))?;
     let scheduler = string(doc, &format!("{name}.scheduler"))?.filter(|s| !s.is_empty());
     Ok(ModeSection {
         masquerade_all,

@@ -56,12 +56,6 @@ impl ProxyHealth {
         i.last_updated = Some(SystemTime::now());
     }
 
-    /// Whether the Node may take traffic (not being deleted, not tainted for deletion): what
-    /// `/healthz` adds to `status`, and `/livez` and healthCheckNodePorts do not.
-    pub fn set_node_eligible(&self, eligible: bool) {
-        self.node_eligible.store(eligible, Ordering::Relaxed);
-    }
-
     /// The Node as received (`None`: gone), `known` whether one was seen before. A Node that
     /// goes away was deleted (upstream reads its deletionTimestamp): not eligible; none seen
     /// yet (starting, or --manifests without one) is. A change is logged once.
@@ -81,6 +75,8 @@ impl ProxyHealth {
         }
     }
 
+    /// Whether the Node may take traffic (not being deleted, not tainted for deletion): what
+    /// `/healthz` adds to `status`, and `/livez` and healthCheckNodePorts do not.
     pub fn node_eligible(&self) -> bool {
         self.node_eligible.load(Ordering::Relaxed)
     }

@@ -248,7 +248,7 @@ mod tests {
         let svc = NamespacedName::new("default", "web");
         let port = free_port();
         hc.set(&svc, Some((port, 2))).await;
-        shared.health.set_node_eligible(false);
+        shared.health.node_seen(None, true); // deleted
         let draining = get(port).await;
         assert!(
             draining.starts_with("HTTP/1.1 200"),

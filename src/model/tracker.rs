@@ -103,12 +103,12 @@ impl ChangeTracker {
         true
     }
 
-    /// Sets (or forgets) this node's Node object; false when nothing changed.
     /// The Node object as last received.
     pub fn node(&self) -> Option<&NodeInfo> {
         self.model.node()
     }
 
+    /// Sets (or forgets) this node's Node object; false when no fact a plan reads changed.
     pub fn update_node(&mut self, node: Option<NodeInfo>) -> bool {
         let same = match (self.model.node(), node.as_ref()) {
             (Some(a), Some(b)) => a.same_facts(b),

@@ -315,11 +315,11 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<(NamespacedName, S
     )))
 }
 
-/// This node's Node object.
 /// The Cluster Autoscaler's taint on a node it is about to delete (upstream's
 /// `healthcheck.ToBeDeletedTaint`).
 pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
 
+/// This node's Node object.
 pub fn node(node: &Node) -> Result<NodeInfo, Rejection> {
     let name = match node.metadata.name.as_deref() {
         Some(n) if is_dns1123_subdomain(n) => n.to_string(),

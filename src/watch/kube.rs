@@ -225,14 +225,11 @@ async fn watch<K: Watched>(api: Api<K>, config: watcher::Config, tx: &ChangeTx, 
         if matches!(event, Event::Apply(_) | Event::Delete(_)) {
             backoff.reset();
         }
-        // `Init` comes before every list attempt, also those that fail.
-        if !matches!(event, Event::Init)
-            && let Some((failures, lasted)) = streak.succeeded(std::time::Instant::now())
-        {
-            info!(kind = ?K::KIND, failures, lasted = ?lasted, "receiving again");
-        }
+        // `Init` comes before every list attempt, also those that fail: it ends no streak.
         if matches!(event, Event::Init) {
             debug!(kind = ?K::KIND, "listing");
+        } else if let Some((failures, lasted)) = streak.succeeded(std::time::Instant::now()) {
+            info!(kind = ?K::KIND, failures, lasted = ?lasted, "receiving again");
         }
         let out = state.step(input(event));
         for (key, why) in out.rejected {
