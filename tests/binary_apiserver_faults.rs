@@ -85,6 +85,17 @@ impl Drop for NftMonitor {
     }
 }
 
+/// Waits until the server has recorded at least `n` requests for `kind` (lists and watches).
+async fn at_least_requests(server: &ApiServer, kind: Watched, n: usize) {
+    eventually(&format!("{n} {kind:?} requests"), WAIT, || async {
+        match server.requests_for(kind).len() {
+            got if got >= n => Ok(()),
+            got => Err(format!("{got} so far")),
+        }
+    })
+    .await;
+}
+
 fn warnings_about(log: &str, kind: &str) -> usize {
     log.lines()
         .filter(|l| l.contains("WARN") && l.contains("watch") && l.contains(kind))
@@ -211,15 +222,7 @@ async fn a_forbidden_resource_is_warned_about_once_and_the_others_are_still_serv
         })
         .await;
     // Three refusals at least (0.8 s, then 1.6 s apart): one warning, naming what to check.
-    eventually("three refused Node requests", WAIT, || async {
-        let n = server.requests_for(Watched::Nodes).len();
-        if n >= 3 {
-            Ok(n)
-        } else {
-            Err(format!("{n} so far"))
-        }
-    })
-    .await;
+    at_least_requests(&server, Watched::Nodes, 3).await;
     let log = kproxy.log();
     assert_eq!(warnings_about(&log, "Nodes"), 1, "{log}");
     assert!(
@@ -234,15 +237,7 @@ async fn a_forbidden_resource_is_warned_about_once_and_the_others_are_still_serv
     // EndpointSlices refused while running: a's endpoints stay; Services still flow.
     let monitor = NftMonitor::start(&ns).await;
     server.forbid(Watched::EndpointSlices, true);
-    eventually("a refused EndpointSlices watch", WAIT, || async {
-        let n = server.requests_for(Watched::EndpointSlices).len();
-        if n >= 3 {
-            Ok(n)
-        } else {
-            Err(format!("{n} so far"))
-        }
-    })
-    .await;
+    at_least_requests(&server, Watched::EndpointSlices, 3).await;
     server.apply(slice("default", "a-1", "a", &["10.0.1.2"], 8080));
     server.apply(service("default", "b", "10.96.0.2", 80));
     let (state, _) = kproxy
@@ -341,11 +336,7 @@ async fn fifty_thousand_services_are_listed_in_pages_and_a_relist_removes_only_w
         t.elapsed(),
     );
     for kind in [Watched::Services, Watched::EndpointSlices] {
-        let lists: Vec<_> = server
-            .requests_for(kind)
-            .into_iter()
-            .filter(|r| !r.is_watch())
-            .collect();
+        let lists = server.lists(kind);
         assert!(
             lists
                 .iter()

@@ -182,11 +182,7 @@ async fn relist_after_410_resends_present_objects_and_deletes_only_what_vanished
         ],
         "a re-sent unchanged, c updated, only b deleted"
     );
-    let lists = server
-        .requests_for(Kind::Services)
-        .iter()
-        .filter(|r| !r.is_watch())
-        .count();
+    let lists = server.lists(Kind::Services).len();
     assert_eq!(lists, 2, "exactly one relist");
 }
 
@@ -213,11 +209,7 @@ async fn watch_resumes_after_server_restart_and_picks_up_changes_made_while_down
         "server back -> changes made while down received: {:?}",
         t.elapsed()
     );
-    let lists = server
-        .requests_for(Kind::Services)
-        .iter()
-        .filter(|r| !r.is_watch())
-        .count();
+    let lists = server.lists(Kind::Services).len();
     assert_eq!(
         lists, 1,
         "history was kept, so the watch resumed without a relist"
@@ -260,11 +252,7 @@ async fn server_restart_with_compacted_history_relists_without_flushing() {
             ("a".into(), None)
         ]
     );
-    let lists = server
-        .requests_for(Kind::Services)
-        .iter()
-        .filter(|r| !r.is_watch())
-        .count();
+    let lists = server.lists(Kind::Services).len();
     assert_eq!(lists, 2, "410 on re-watch forced one relist");
 }
 

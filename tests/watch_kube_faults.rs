@@ -13,14 +13,6 @@ use support::eventually;
 use support::objects::{node, service, slice};
 use support::source::{ALL, Source, WAIT, svc_summary, wait_for_watch, watches};
 
-fn lists(server: &ApiServer, kind: Kind) -> usize {
-    server
-        .requests_for(kind)
-        .iter()
-        .filter(|r| !r.is_watch())
-        .count()
-}
-
 /// Service changes received until the next `Listed(Services)`, as (name, port or None).
 async fn until_services_listed(source: &mut Source) -> Vec<(String, Option<u16>)> {
     let mut out = Vec::new();
@@ -58,7 +50,11 @@ async fn a_watch_cut_in_the_middle_of_an_event_resumes_from_its_resource_version
         "the event cut in half arrives whole, once"
     );
     println!("watch cut mid-event -> event delivered: {:?}", t.elapsed());
-    assert_eq!(lists(&server, Kind::Services), 1, "resumed, not relisted");
+    assert_eq!(
+        server.lists(Kind::Services).len(),
+        1,
+        "resumed, not relisted"
+    );
     let resumed = watches(&server, Kind::Services);
     assert!(resumed.len() >= 2, "a second watch was started");
     assert_eq!(
@@ -94,14 +90,9 @@ async fn repeated_410s_relist_each_time_and_never_delete_what_is_still_there() {
         seen.extend(until_services_listed(&mut source).await);
     }
     println!("four 410s in a row -> four relists: {:?}", t.elapsed());
-    assert_eq!(lists(&server, Kind::Services), 5);
+    assert_eq!(server.lists(Kind::Services).len(), 5);
     // The first 410 is relisted at once; 410 after 410 backs off (0.8 s doubling).
-    let at: Vec<Instant> = server
-        .requests_for(Kind::Services)
-        .iter()
-        .filter(|r| !r.is_watch())
-        .map(|r| r.at)
-        .collect();
+    let at: Vec<Instant> = server.lists(Kind::Services).iter().map(|r| r.at).collect();
     let gaps: Vec<f64> = at[1..]
         .windows(2)
         .map(|w| (w[1] - w[0]).as_secs_f64())
@@ -241,7 +232,7 @@ async fn a_slow_resource_does_not_hold_up_the_others() {
     assert!(applied);
     assert_eq!(order, ["services listed", "b added", "slices listed"]);
     assert_eq!(
-        lists(&server, Kind::EndpointSlices),
+        server.lists(Kind::EndpointSlices).len(),
         1,
         "slow is not failed"
     );
@@ -255,11 +246,10 @@ async fn lists_are_paged_and_an_expired_continue_token_restarts_the_list_deletin
     let mut source = Source::start(&server).await;
     let first = until_services_listed(&mut source).await;
     assert_eq!(first.len(), N);
-    let pages = server.requests_for(Kind::Services);
     assert!(
-        pages
+        server
+            .lists(Kind::Services)
             .iter()
-            .filter(|r| !r.is_watch())
             .all(|r| r.param("limit").as_deref() == Some("500")),
         "every list asks for a page of 500"
     );
@@ -295,6 +285,6 @@ async fn lists_are_paged_and_an_expired_continue_token_restarts_the_list_deletin
         "the broken list's first page, then N-1 updates and one delete"
     );
     // First list: 3 requests; the broken one: 2 (the second got 410); the full one: 3.
-    assert_eq!(lists(&server, Kind::Services), 8);
+    assert_eq!(server.lists(Kind::Services).len(), 8);
     assert_eq!(server.continued_lists(Kind::Services), 5);
 }

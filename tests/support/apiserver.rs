@@ -383,6 +383,13 @@ impl ApiServer {
         self.shared.lock().requests.clone()
     }
 
+    /// Recorded list requests (pages included) for `kind`: its requests that are not watches.
+    pub fn lists(&self, kind: Kind) -> Vec<Request> {
+        let mut lists = self.requests_for(kind);
+        lists.retain(|r| !r.is_watch());
+        lists
+    }
+
     /// Recorded requests for `kind`'s collection path.
     pub fn requests_for(&self, kind: Kind) -> Vec<Request> {
         let path = info(kind).path;

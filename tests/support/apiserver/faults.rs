@@ -105,9 +105,9 @@ impl super::ApiServer {
 
     /// How many list requests of `kind` carried a `continue` token (pages after the first).
     pub fn continued_lists(&self, kind: Kind) -> usize {
-        self.requests_for(kind)
+        self.lists(kind)
             .iter()
-            .filter(|r| !r.is_watch() && r.param("continue").is_some())
+            .filter(|r| r.param("continue").is_some())
             .count()
     }
 }
