@@ -317,17 +317,7 @@ impl Backend for IpvsBackend {
         if self.rewrite {
             return Err(BackendError::not_loaded());
         }
-        let facts = self.facts(node);
-        let desired: BTreeMap<ServicePortName, Option<Owner>> = changed
-            .iter()
-            .map(|name| {
-                let owner = plans.get(name).map(|p| Owner {
-                    planned: p.clone(),
-                    facts: facts.clone(),
-                });
-                (name.clone(), owner)
-            })
-            .collect();
+        let desired = self.desired(plans, changed.iter(), node);
         let result = self.apply_ports(desired);
         self.rewrite |= result.is_err();
         result
@@ -364,6 +354,25 @@ impl Backend for IpvsBackend {
 }
 
 impl IpvsBackend {
+    /// What each port in `names` should become: its owner in `plans`, or `None` (removed).
+    fn desired<'a>(
+        &self,
+        plans: &Plans,
+        names: impl Iterator<Item = &'a ServicePortName>,
+        node: &NodeFacts,
+    ) -> BTreeMap<ServicePortName, Option<Owner>> {
+        let facts = self.facts(node);
+        names
+            .map(|name| {
+                let owner = plans.get(name).map(|p| Owner {
+                    planned: p.clone(),
+                    facts: facts.clone(),
+                });
+                (name.clone(), owner)
+            })
+            .collect()
+    }
+
     /// Sends what turns the mirror's state of each port in `desired` into its new state
     /// (None: the port is gone), companion elements included; never reads the kernel.
     fn apply_ports(

@@ -26,7 +26,7 @@ use super::{DRAIN_CHECK_PERIOD, DRAIN_LIMIT, IpvsBackend, apply_err};
 use crate::backends::error::Step;
 use crate::backends::ipvs::compile::TABLE;
 use crate::backends::ipvs::kernel::KernelError;
-use crate::backends::ipvs::mirror::{Applied, Owner};
+use crate::backends::ipvs::mirror::Applied;
 use crate::backends::ipvs::netlink::{Cmd, DestKey, IpvsMessage, ServiceKey};
 use crate::backends::{BackendError, Plans, SyncReport};
 use crate::model::ServicePortName;
@@ -120,7 +120,7 @@ impl IpvsBackend {
             what.push(format!(
                 "{} of kproxy's {} virtual servers are gone ({} first)",
                 missing.len(),
-                self.mirror.servers.len(),
+                total,
                 show(first)
             ));
         }
@@ -171,17 +171,12 @@ impl IpvsBackend {
                 None => self.mirror.servers.remove(&key),
             };
         }
-        let facts = self.facts(node);
-        let mut desired: BTreeMap<ServicePortName, Option<Owner>> = (self.mirror.ports.keys())
-            .map(|n| (n.clone(), None))
+        // Every port planned or applied: a partial sync of them all.
+        let names: BTreeSet<ServicePortName> = (self.mirror.ports.keys())
+            .chain(plans.keys())
+            .cloned()
             .collect();
-        for (name, planned) in plans {
-            let owner = Owner {
-                planned: planned.clone(),
-                facts: facts.clone(),
-            };
-            desired.insert(name.clone(), Some(owner));
-        }
+        let desired = self.desired(plans, names.iter(), node);
         let report = self.apply_ports(desired)?;
         Ok(SyncReport {
             operations: rewritten + sent + report.operations,
