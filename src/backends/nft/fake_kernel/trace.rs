@@ -68,6 +68,9 @@ pub struct Program<'a> {
     rules: HashMap<&'a str, Vec<(&'a str, Vec<&'a str>)>>,
     /// The elements of every interval set, parsed.
     intervals: HashMap<&'a str, Vec<Vec<Atom>>>,
+    /// The mark that asks for masquerading, as the table's `mark-for-masquerade` chain sets it
+    /// (upstream's 0x4000 when the chain is missing).
+    masquerade_mark: u32,
 }
 
 impl<'a> Program<'a> {
@@ -90,21 +93,20 @@ impl<'a> Program<'a> {
                 (name.as_str(), parsed.collect())
             })
             .collect();
+        let set_mark = t
+            .chains
+            .get("mark-for-masquerade")
+            .and_then(|c| c.rules.first());
+        let masquerade_mark = set_mark
+            .and_then(|r| r.rsplit(' ').next())
+            .and_then(|m| hex(m).ok())
+            .unwrap_or(1 << skeleton::DEFAULT_MASQUERADE_BIT);
         Program {
             t,
             rules,
             intervals,
+            masquerade_mark,
         }
-    }
-
-    /// The mark that asks for masquerading, as the table's `mark-for-masquerade` chain sets it
-    /// (upstream's 0x4000 when the chain is missing).
-    fn masquerade_mark(&self) -> u32 {
-        let set = self.t.chains.get("mark-for-masquerade");
-        let rule = set.and_then(|c| c.rules.first());
-        let text = rule.and_then(|r| r.rsplit(' ').next());
-        text.and_then(|t| hex(t).ok())
-            .unwrap_or_else(|| hex(&skeleton::mark(None)).unwrap_or(0x4000))
     }
 
     /// Traces `p` through this table (kproxy's table of `family`).
@@ -127,7 +129,7 @@ impl<'a> Program<'a> {
         let outcome = run.base().unwrap_or_else(Outcome::Broken);
         Trace {
             outcome,
-            masquerade: run.mark & self.masquerade_mark() != 0,
+            masquerade: run.mark & self.masquerade_mark != 0,
         }
     }
 }
