@@ -50,7 +50,7 @@ pub enum LogFormat {
     Json,
 }
 
-pub use crate::node::NodePortAddresses;
+pub use crate::node::{DetectLocal, NodePortAddresses};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -61,6 +61,9 @@ pub struct Config {
     /// The Node's name: `--hostname-override`, `hostnameOverride`, or the host name.
     pub node_name: String,
     pub cluster_cidrs: Vec<IpNet>,
+    /// `--detect-local-mode` and what it needs (`--cluster-cidr`, `--pod-bridge-interface`,
+    /// `--pod-interface-name-prefix` and the file's `detectLocal`).
+    pub detect_local: DetectLocal,
     pub nodeport_addresses: NodePortAddresses,
     pub masquerade_all: bool,
     pub min_sync_period: Duration,
@@ -110,7 +113,6 @@ impl Config {
     /// What the backend needs from the configuration.
     pub fn backend_config(&self) -> BackendConfig {
         BackendConfig {
-            cluster_cidrs: self.cluster_cidrs.clone(),
             masquerade_all: self.masquerade_all,
             nft_transport: self.nft_transport,
             localhost_nodeports: self.localhost_nodeports,
@@ -315,6 +317,11 @@ fn resolve(
         None => file.nodeport_addresses.clone().unwrap_or_default(),
     };
 
+    let cluster_cidrs = flag(m, "cluster-cidr", values::parse_cluster_cidrs)?
+        .or(file.cluster_cidrs.clone())
+        .unwrap_or_default();
+    let detect_local = detect_local(m, &file, &cluster_cidrs)?;
+
     Ok(Config {
         mode,
         kubeconfig: flags::explicit(m, "kubeconfig")
@@ -324,9 +331,8 @@ fn resolve(
             .filter(|s| !s.is_empty())
             .map(str::to_owned),
         node_name: node_name(m, file.hostname_override.as_deref(), hostname)?,
-        cluster_cidrs: flag(m, "cluster-cidr", values::parse_cluster_cidrs)?
-            .or(file.cluster_cidrs.clone())
-            .unwrap_or_default(),
+        cluster_cidrs,
+        detect_local,
         nodeport_addresses,
         masquerade_all: bool_flag(m, "masquerade-all")?
             .or(masquerade_section.masquerade_all)
@@ -432,4 +438,50 @@ fn node_name(
         return Err(ConfigError::NodeName("the host name is empty".to_owned()));
     }
     Ok(name)
+}
+
+/// `--detect-local-mode` (or `detectLocalMode`; ClusterCIDR when both are unset or empty, as
+/// upstream) with the interface its interface modes need, which must not be empty.
+fn detect_local(
+    m: &clap::ArgMatches,
+    file: &file::FileConfig,
+    cluster_cidrs: &[IpNet],
+) -> Result<DetectLocal, ConfigError> {
+    let invalid = |flag: &str, message: String| ConfigError::Invalid {
+        flag: flag.to_owned(),
+        message,
+    };
+    let mode = match flags::explicit(m, "detect-local-mode") {
+        Some(v) => values::parse_detect_local_mode(v)
+            .map_err(|e| invalid("--detect-local-mode", e))?,
+        None => file.detect_local_mode.clone().unwrap_or_default(),
+    };
+    let text = |flag: &str, field: &Option<String>| {
+        flags::explicit(m, flag)
+            .map(str::to_owned)
+            .or(field.clone())
+            .filter(|s| !s.is_empty())
+    };
+    let interface = |flag: &str, field: &str, value: Option<String>| {
+        value.ok_or_else(|| {
+            invalid(
+                "--detect-local-mode",
+                format!("{mode} needs an interface: set --{flag} (or {field} in the config file)"),
+            )
+        })
+    };
+    Ok(match mode.as_str() {
+        "NodeCIDR" => DetectLocal::NodeCidr,
+        "BridgeInterface" => DetectLocal::BridgeInterface(interface(
+            "pod-bridge-interface",
+            "detectLocal.bridgeInterface",
+            text("pod-bridge-interface", &file.bridge_interface),
+        )?),
+        "InterfaceNamePrefix" => DetectLocal::InterfaceNamePrefix(interface(
+            "pod-interface-name-prefix",
+            "detectLocal.interfaceNamePrefix",
+            text("pod-interface-name-prefix", &file.interface_name_prefix),
+        )?),
+        _ => DetectLocal::ClusterCidr(cluster_cidrs.to_vec()),
+    })
 }

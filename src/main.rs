@@ -141,6 +141,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut base_node = NodeFacts::new(&cfg.node_name);
     base_node.nodeport_addresses = cfg.nodeport_addresses.clone();
+    base_node.detect_local = cfg.detect_local.clone();
     let shared = Arc::new(Shared {
         health: ProxyHealth::new(cfg.sync_period * 2),
         ..Shared::default()

@@ -10,6 +10,9 @@ use serde::Serialize;
 
 use crate::model::NodeInfo;
 
+mod local;
+pub use local::{DetectLocal, LocalTraffic};
+
 /// --nodeport-addresses: which host addresses NodePorts answer on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum NodePortAddresses {
@@ -38,6 +41,11 @@ pub struct NodeFacts {
     pub nodeport_addresses: NodePortAddresses,
     /// The addresses NodePorts answer on, resolved from `nodeport_addresses`.
     pub nodeport_ips: Vec<IpAddr>,
+    /// --detect-local-mode and what it needs.
+    #[serde(skip)]
+    pub detect_local: DetectLocal,
+    /// Which packets are this node's pods', resolved from `detect_local` (and podCIDRs).
+    pub local_traffic: LocalTraffic,
 }
 
 impl NodeFacts {
@@ -53,6 +61,7 @@ impl NodeFacts {
         self.zone = node.and_then(|n| n.zone.clone());
         self.internal_ips = node.map(|n| n.internal_ips.clone()).unwrap_or_default();
         self.pod_cidrs = node.map(|n| n.pod_cidrs.clone()).unwrap_or_default();
+        self.local_traffic = self.detect_local.resolve(&self.pod_cidrs);
         self.nodeport_ips = match &self.nodeport_addresses {
             NodePortAddresses::All => self.local_addresses.clone(),
             NodePortAddresses::Primary => {
@@ -68,6 +77,28 @@ impl NodeFacts {
                 .collect(),
         };
         self
+    }
+}
+
+/// Says once what local traffic is, when it is first known and whenever it changes.
+pub fn log_local_traffic(facts: &NodeFacts) {
+    let mode = facts.detect_local.name();
+    match (&facts.detect_local, &facts.local_traffic) {
+        (DetectLocal::NodeCidr, LocalTraffic::Undetected) => tracing::warn!(
+            "--detect-local-mode=NodeCIDR: Node {} has no podCIDRs (yet): no traffic is treated as its pods' until it has",
+            facts.name
+        ),
+        (_, LocalTraffic::Undetected) => {
+            tracing::info!("--detect-local-mode={mode} without --cluster-cidr: no traffic is treated as pods'")
+        }
+        (_, LocalTraffic::Cidrs(cidrs)) => {
+            let cidrs: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+            tracing::info!("local traffic ({mode}): sources in {}", cidrs.join(", "))
+        }
+        (_, LocalTraffic::Interface { name, prefix }) => {
+            let star = if *prefix { "*" } else { "" };
+            tracing::info!("local traffic ({mode}): in through interface {name}{star}")
+        }
     }
 }
 

@@ -208,7 +208,11 @@ impl Syncer {
             .base_node
             .clone()
             .with_node(self.tracker.model().node());
-        *self.shared.node.write().expect("node lock") = facts;
+        let mut node = self.shared.node.write().expect("node lock");
+        if node.local_traffic != facts.local_traffic || node.name.is_empty() {
+            crate::node::log_local_traffic(&facts);
+        }
+        *node = facts;
     }
 
     /// Phase 2: plan the changed service ports (every port on a full sync), and those that won

@@ -34,10 +34,19 @@ pub(crate) fn ep(addr: &str, port: u16, node: &str) -> Endpoint {
     }
 }
 
+/// `node-a` at 192.168.0.2 and fd00::2, whose pods are 10.0.0.0/16 (--cluster-cidr).
 pub(crate) fn node() -> NodeFacts {
+    node_with_pods(&["10.0.0.0/16"])
+}
+
+/// `node()` with pods (the ClusterCIDR mode's CIDRs) in `cidrs`.
+pub(crate) fn node_with_pods(cidrs: &[&str]) -> NodeFacts {
     let mut n = NodeFacts::new("node-a");
     n.local_addresses = vec![ip("192.168.0.2"), ip("fd00::2")];
     n.nodeport_ips = n.local_addresses.clone();
+    let cidrs = cidrs.iter().map(|c| c.parse().expect("a CIDR")).collect();
+    n.detect_local = crate::node::DetectLocal::ClusterCidr(cidrs);
+    n.local_traffic = n.detect_local.resolve(&[]);
     n
 }
 
@@ -157,7 +166,6 @@ pub(crate) fn services(n: u32) -> Plans {
 
 pub(crate) fn config() -> BackendConfig {
     BackendConfig {
-        cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
         masquerade_all: false,
         nft_transport: Default::default(),
         localhost_nodeports: false,

@@ -40,7 +40,6 @@ pub type Plans = BTreeMap<ServicePortName, Arc<Planned>>;
 /// What a backend is asked to program, besides the plans.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackendConfig {
-    pub cluster_cidrs: Vec<ipnet::IpNet>,
     pub masquerade_all: bool,
     /// `--nftables-transport`: how nftables mode (and IPVS mode's companion table) reaches
     /// the kernel.

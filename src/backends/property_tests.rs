@@ -32,7 +32,7 @@ use crate::backends::{BackendConfig, Plans};
 use crate::conntrack::Noop;
 use crate::health::service::ServiceHealthServers;
 use crate::metrics::Metrics;
-use crate::node::{NodeFacts, NodePortAddresses};
+use crate::node::{DetectLocal, NodeFacts, NodePortAddresses};
 use crate::state::Shared;
 use crate::sync::Syncer;
 use crate::watch::{Change, Kind};
@@ -55,13 +55,7 @@ struct Pipeline {
 }
 
 fn backend_config(setup: &Setup) -> BackendConfig {
-    let cidrs = ["10.0.0.0/16", "fd10::/64"].map(|c| c.parse().expect("a CIDR"));
     BackendConfig {
-        cluster_cidrs: if setup.cluster_cidrs {
-            cidrs.into()
-        } else {
-            Vec::new()
-        },
         masquerade_all: setup.masquerade_all,
         localhost_nodeports: setup.localhost_nodeports,
         ..crate::testing::config()
@@ -72,6 +66,12 @@ fn backend_config(setup: &Setup) -> BackendConfig {
 fn base_node(setup: &Setup) -> NodeFacts {
     let mut node = NodeFacts::new(NODE);
     node.local_addresses = crate::testing::node().local_addresses;
+    let cidrs = ["10.0.0.0/16", "fd10::/64"].map(|c| c.parse().expect("a CIDR"));
+    node.detect_local = DetectLocal::ClusterCidr(if setup.cluster_cidrs {
+        cidrs.into()
+    } else {
+        Vec::new()
+    });
     node.nodeport_addresses = match setup.nodeport_addresses {
         0 => NodePortAddresses::All,
         1 => NodePortAddresses::Primary,

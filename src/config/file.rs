@@ -17,7 +17,7 @@ use serde_yaml_ng::Value;
 
 use super::duration::parse_go_duration;
 use super::values::{
-    parse_bind_address, parse_cluster_cidrs, parse_ip, parse_log_format, parse_mode,
+    parse_bind_address, parse_cluster_cidrs, parse_detect_local_mode, parse_ip, parse_log_format, parse_mode,
     parse_nodeport_addresses,
 };
 use super::{
@@ -157,6 +157,11 @@ pub struct FileConfig {
     pub hostname_override: Option<String>,
     pub bind_address: Option<IpAddr>,
     pub cluster_cidrs: Option<Vec<IpNet>>,
+    /// `detectLocalMode` (checked; `None` when unset or empty).
+    pub detect_local_mode: Option<String>,
+    /// `detectLocal.bridgeInterface`, `detectLocal.interfaceNamePrefix`.
+    pub bridge_interface: Option<String>,
+    pub interface_name_prefix: Option<String>,
     pub nodeport_addresses: Option<NodePortAddresses>,
     pub metrics_bind_address: Option<SocketAddr>,
     pub healthz_bind_address: Option<SocketAddr>,
@@ -210,12 +215,6 @@ pub fn decode(text: &str) -> Result<FileConfig, String> {
             .map(|s| parse_bind_address(&s, port).map_err(|e| format!("{field}: {e}")))
             .transpose()
     };
-    let detect_local = string(&doc, "detectLocalMode")?.unwrap_or_default();
-    if !detect_local.is_empty() && detect_local != "ClusterCIDR" {
-        warnings.push(format!(
-            "detectLocalMode: {detect_local:?} is not supported and ignored (kproxy uses the cluster CIDR)"
-        ));
-    }
     Ok(FileConfig {
         mode: parsed(&doc, "mode", parse_mode)?.flatten(),
         kubeconfig: string(&doc, "clientConnection.kubeconfig")?
@@ -227,6 +226,11 @@ pub fn decode(text: &str) -> Result<FileConfig, String> {
             .map(|s| parse_ip(&s).map_err(|e| format!("bindAddress: {e}")))
             .transpose()?,
         cluster_cidrs: parsed(&doc, "clusterCIDR", parse_cluster_cidrs)?,
+        detect_local_mode: parsed(&doc, "detectLocalMode", parse_detect_local_mode)?
+            .filter(|m| !m.is_empty()),
+        bridge_interface: string(&doc, "detectLocal.bridgeInterface")?.filter(|s| !s.is_empty()),
+        interface_name_prefix: string(&doc, "detectLocal.interfaceNamePrefix")?
+            .filter(|s| !s.is_empty()),
         nodeport_addresses: strings(&doc, "nodePortAddresses")?
             .map(|list| {
                 parse_nodeport_addresses(&list).map_err(|e| format!("nodePortAddresses: {e}"))

@@ -48,7 +48,6 @@ pub const IGNORED: &[(&str, Kind)] = &[
     ("conntrack-tcp-timeout-established", Kind::Duration),
     ("conntrack-udp-timeout", Kind::Duration),
     ("conntrack-udp-timeout-stream", Kind::Duration),
-    ("detect-local-mode", Kind::Text),
     ("feature-gates", Kind::List),
     ("healthz-port", Kind::Int),
     ("ipvs-exclude-cidrs", Kind::List),
@@ -61,8 +60,6 @@ pub const IGNORED: &[(&str, Kind)] = &[
     ("log-text-info-buffer-size", Kind::Text),
     ("log-text-split-stream", Kind::Bool),
     ("metrics-port", Kind::Int),
-    ("pod-bridge-interface", Kind::Text),
-    ("pod-interface-name-prefix", Kind::Text),
     ("profiling", Kind::Bool),
     ("show-hidden-metrics-for-version", Kind::Text),
     ("vmodule", Kind::Text),
@@ -122,6 +119,21 @@ pub fn command() -> Command {
             "cluster-cidr",
             "CIDRS",
             "the pods' CIDRs, comma-separated, at most one per family",
+        ))
+        .arg(value(
+            "detect-local-mode",
+            "MODE",
+            "how pods' traffic is told apart: ClusterCIDR (default), NodeCIDR (the Node's podCIDRs), BridgeInterface or InterfaceNamePrefix",
+        ))
+        .arg(value(
+            "pod-bridge-interface",
+            "NAME",
+            "the bridge pods' traffic comes in through (--detect-local-mode=BridgeInterface)",
+        ))
+        .arg(value(
+            "pod-interface-name-prefix",
+            "PREFIX",
+            "the name prefix of pods' interfaces (--detect-local-mode=InterfaceNamePrefix)",
         ))
         .arg(list(
             "nodeport-addresses",

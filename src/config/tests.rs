@@ -470,7 +470,6 @@ fn the_backend_config_carries_cidrs_and_masquerading() {
     assert_eq!(
         c.backend_config(),
         BackendConfig {
-            cluster_cidrs: vec![net("10.244.0.0/16")],
             masquerade_all: true,
             nft_transport: Default::default(),
             localhost_nodeports: true,

@@ -174,3 +174,19 @@ pub fn parse_nodeport_addresses<S: AsRef<str>>(items: &[S]) -> Result<NodePortAd
         .collect::<Result<Vec<_>, _>>()?;
     Ok(NodePortAddresses::Cidrs(cidrs))
 }
+
+/// Upstream's `--detect-local-mode` names; empty means ClusterCIDR, as upstream defaults it.
+pub const DETECT_LOCAL_MODES: &[&str] =
+    &["ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix"];
+
+/// Checks a `--detect-local-mode` / `detectLocalMode` value (exact case, as upstream).
+pub fn parse_detect_local_mode(s: &str) -> Result<String, String> {
+    if s.is_empty() || DETECT_LOCAL_MODES.contains(&s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "unsupported value {s:?} (want one of {})",
+            DETECT_LOCAL_MODES.join(", ")
+        ))
+    }
+}

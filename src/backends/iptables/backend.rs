@@ -30,7 +30,7 @@ use crate::backends::error::Step;
 use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
 use crate::model::{IpFamily, ServicePortName};
 use crate::nftables::monitor::{Kind, LARGE, Monitor, Touch};
-use crate::node::NodeFacts;
+use crate::node::{LocalTraffic, NodeFacts};
 
 /// Full syncs in a row whose check found the kernel unlike the mirror, after which the
 /// iptables-nft baseline is measured instead (a foreign rule naming a `KPROXY-` chain in a
@@ -210,17 +210,18 @@ impl IptablesBackend {
         family: IpFamily,
         fixed: Fixed,
         plans: &Plans,
+        local: &LocalTraffic,
     ) -> Result<(usize, Mirror), BackendError> {
         let saved = self.save(family)?;
         // A copy (a few addresses), as `restore` takes the backend mutably.
         let config = self.config.clone();
-        let ports = load::compiled(plans, family, &config);
+        let ports = load::compiled(plans, family, &config, local);
         let load = Load::new(&fixed, &saved, &ports);
         drop(saved);
         let lines = self.restore(family, load.len(), &mut |w| load.write(w, &ports))?;
         let port_rules = load.port_rules().clone();
         drop(load);
-        Ok((lines, Mirror::loaded(fixed, plans, port_rules)))
+        Ok((lines, Mirror::loaded(fixed, plans, port_rules, local.clone())))
     }
 
     /// What `iptables-save` shows of kproxy in the nat and filter tables of `family`.
@@ -338,6 +339,10 @@ impl Backend for IptablesBackend {
             self.adopt = true;
         }
         self.repair.clear();
+        // A new local-traffic match (NodeCIDR mode: the Node's podCIDRs changed) changes rules
+        // of every port: load everything again, as after a restart.
+        let local = &node.local_traffic;
+        self.adopt |= self.mirrors.values().any(|m| m.local() != local);
         let adopting = self.adopt || self.drift_before_write();
         if adopting {
             self.adoptions += 1;
@@ -354,7 +359,7 @@ impl Backend for IptablesBackend {
         for family in families.collect::<Vec<_>>() {
             let fixed = compile_fixed(family, node, &self.config);
             if adopting {
-                let (lines, mirror) = self.load(family, fixed, plans)?;
+                let (lines, mirror) = self.load(family, fixed, plans, local)?;
                 report.operations += lines;
                 self.mirrors.insert(family, mirror);
                 continue;
@@ -458,7 +463,7 @@ impl Backend for IptablesBackend {
         );
         for family in IpFamily::ALL {
             let fixed = compile_fixed(family, node, &self.config);
-            let ports = load::compiled(plans, family, &self.config);
+            let ports = load::compiled(plans, family, &self.config, &node.local_traffic);
             let input = Load::new(&fixed, &BTreeMap::new(), &ports).text(&ports);
             let program = match family {
                 IpFamily::V4 => "iptables-restore",

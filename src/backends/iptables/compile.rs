@@ -1,8 +1,8 @@
 //! Compiles plans into kproxy's iptables ruleset, per family: the fixed chains and hooks
 //! (`compile_fixed`), and each service port's own chains and dispatch rules (`compile_port`).
 //!
-//! Invariants: pure (no I/O); a service port's rules depend only on its plan, the family and
-//! the configuration, never on other ports, so a partial sync can recompile just the changed
+//! Invariants: pure (no I/O); a service port's rules depend only on its plan, the family, the
+//! configuration and the node's local-traffic match, never on other ports, so a partial sync can recompile just the changed
 //! ports; rules are the arguments after `-A <chain>`, written in the order `iptables-save`
 //! prints them; every chain a rule jumps to is either fixed or one of the same port's chains.
 //! No chain per endpoint: DNAT rules sit in the port's own chain (README.md).
@@ -16,7 +16,7 @@ use super::names::{self, PortChain};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::{Planned, Target, Targets};
 use crate::model::{IpFamily, Protocol, ServicePortName};
-use crate::node::NodeFacts;
+use crate::node::{LocalTraffic, NodeFacts};
 
 /// The tables kproxy writes, in the order they are restored: nat first, so that traffic a
 /// change starts to DNAT is never caught by a filter rule that is about to go.
@@ -92,9 +92,10 @@ pub fn compile(
     IpFamily::ALL
         .into_iter()
         .map(|family| {
+            let local = &node.local_traffic;
             let ports = plans
                 .iter()
-                .map(|(name, planned)| (name.clone(), compile_port(planned, family, config)))
+                .map(|(name, p)| (name.clone(), compile_port(p, family, config, local)))
                 .filter(|(_, rules)| !rules.is_empty())
                 .collect();
             let fixed = compile_fixed(family, node, config);
@@ -111,9 +112,39 @@ pub(super) fn host(ip: &IpAddr) -> String {
     }
 }
 
+/// The local-traffic match of one family (--detect-local-mode), as iptables-save prints it.
+enum Local {
+    /// `-s <cidr>`: the CIDR modes.
+    Source(ipnet::IpNet),
+    /// `-i <name>` (`<prefix>+` for a prefix): the interface modes.
+    In(String),
+}
+
+impl Local {
+    fn is(&self) -> String {
+        match self {
+            Local::Source(cidr) => format!("-s {cidr}"),
+            Local::In(iface) => format!("-i {iface}"),
+        }
+    }
+}
+
+fn local_match(local: &LocalTraffic, family: IpFamily) -> Option<Local> {
+    match local {
+        LocalTraffic::Interface { name, prefix } if *prefix => Some(Local::In(format!("{name}+"))),
+        LocalTraffic::Interface { name, .. } => Some(Local::In(name.clone())),
+        _ => local.cidr(family).map(Local::Source),
+    }
+}
+
 /// One service port's chains and dispatch rules in one family (empty when the port has no
 /// address in the family).
-pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig) -> PortRules {
+pub fn compile_port(
+    planned: &Planned,
+    family: IpFamily,
+    config: &BackendConfig,
+    local: &LocalTraffic,
+) -> PortRules {
     let p = &planned.port;
     let name = &p.name;
     let pr = name.protocol.lower();
@@ -121,11 +152,7 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
         return PortRules::default();
     };
     let cluster_ips = &fp.cluster_ips;
-    let cidrs: Vec<_> = config
-        .cluster_cidrs
-        .iter()
-        .filter(|c| IpFamily::of(&c.addr()) == family)
-        .collect();
+    let local = local_match(local, family);
     let internal = &fp.internal;
     let external = fp.external.as_ref();
     let from_local = fp.external_from_local.as_ref();
@@ -148,13 +175,13 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
     let masq_head = cluster_ips
         .iter()
         .filter_map(|cip| {
-            let dst = format!("-d {} {}", host(cip), dport(p.port));
-            if config.masquerade_all {
-                Some(format!("{dst} -j {}", names::MARK_MASQ))
-            } else {
-                cidrs
-                    .first()
-                    .map(|cidr| format!("! -s {cidr} {dst} -j {}", names::MARK_MASQ))
+            let (dst, port) = (format!("-d {}", host(cip)), dport(p.port));
+            let masq = names::MARK_MASQ;
+            match &local {
+                _ if config.masquerade_all => Some(format!("{dst} {port} -j {masq}")),
+                Some(Local::Source(cidr)) => Some(format!("! -s {cidr} {dst} {port} -j {masq}")),
+                Some(Local::In(iface)) => Some(format!("{dst} ! -i {iface} {port} -j {masq}")),
+                None => None,
             }
         })
         .collect();
@@ -180,8 +207,8 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
         ));
     }
     if let Some(c) = &from_local_chain {
-        for cidr in &cidrs {
-            ext.push(format!("-s {cidr} -m comment --comment \"pod traffic for {name} external destinations\" -j {c}"));
+        if let Some(is) = local.as_ref().map(Local::is) {
+            ext.push(format!("{is} -m comment --comment \"pod traffic for {name} external destinations\" -j {c}"));
         }
         ext.push(format!("-m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {}", names::MARK_MASQ));
         ext.push(format!("-m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {c}"));
@@ -240,13 +267,13 @@ pub fn compile_port(planned: &Planned, family: IpFamily, config: &BackendConfig)
         .filter(|_| from_local_chain.is_none())
         .and_then(&reject);
     let ext_verdict = match (reject(external), from_local_verdict) {
-        (Some(ext), Some(local)) if ext != local => {
+        (Some(ext), Some(verdict)) if ext != verdict => {
             let chain = names::port_chain(PortChain::Ext, name);
-            let mut rules: Vec<String> = cidrs
+            let mut rules: Vec<String> = local
                 .iter()
-                .map(|c| format!("-s {c} -p {pr} {local}"))
+                .map(|l| format!("{} -p {pr} {verdict}", l.is()))
                 .collect();
-            rules.push(format!("-p {pr} -m addrtype --src-type LOCAL {local}"));
+            rules.push(format!("-p {pr} -m addrtype --src-type LOCAL {verdict}"));
             rules.push(ext);
             out.chains.insert((Table::Filter, chain.clone()), rules);
             Some(format!("-j {chain}"))

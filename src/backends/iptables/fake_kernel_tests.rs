@@ -371,13 +371,13 @@ fn a_pod_on_an_etp_local_node_port_without_endpoints_in_its_family_is_rejected()
         np,
         vec![crate::testing::ep("10.0.2.1", 80, "node-b")],
     );
-    let mut cfg = iptables_config();
-    cfg.cluster_cidrs.push("fd10::/64".parse().unwrap());
-    let fakes = fresh(&plans, &cfg);
+    let cfg = iptables_config();
+    let node = crate::testing::node_with_pods(&["10.0.0.0/16", "fd10::/64"]);
+    let fakes = fresh_on(&plans, &cfg, &node);
     let p = packet("fd10::99", "fd00::2", Protocol::Tcp, 30080);
     let rejected = filter("tcp-reset", "KPROXY-NODEPORT-REJECTS");
     assert_eq!(
-        expected(&plans, &cfg, &p),
+        expected(&plans, &cfg, &node.local_traffic, &p),
         BTreeMap::from([(rejected.clone(), 1.0)])
     );
     assert_fates(&fakes[&IpFamily::V6], &p, &[(rejected, 1.0)]);

@@ -20,6 +20,7 @@ use super::adopt::{self, Adjust, Saved};
 use super::compile::{FamilyRules, Fixed, PortRules, Table, compile_port};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::IpFamily;
+use crate::node::LocalTraffic;
 
 /// Hands every port's rules, in name order, to the function it is given.
 pub type Ports<'a> = dyn Fn(&mut dyn FnMut(&PortRules)) + 'a;
@@ -201,10 +202,11 @@ pub fn compiled<'a>(
     plans: &'a Plans,
     family: IpFamily,
     config: &'a BackendConfig,
+    local: &'a LocalTraffic,
 ) -> impl Fn(&mut dyn FnMut(&PortRules)) + 'a {
     move |f| {
         for planned in plans.values() {
-            f(&compile_port(planned, family, config));
+            f(&compile_port(planned, family, config, local));
         }
     }
 }
@@ -233,7 +235,8 @@ mod tests {
         plans.extend(external());
         let config = config();
         let fixed = super::super::compile::compile_fixed(IpFamily::V4, &node(), &config);
-        let ports = compiled(&plans, IpFamily::V4, &config);
+        let local = node().local_traffic;
+        let ports = compiled(&plans, IpFamily::V4, &config, &local);
         let load = Load::new(&fixed, &BTreeMap::new(), &ports);
         let text = load.text(&ports);
         let headers = text

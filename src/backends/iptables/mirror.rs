@@ -3,8 +3,8 @@
 //!
 //! Invariants: the mirror holds no rule text. Per service port it keeps the plan the port was
 //! compiled from, shared with the sync loop (ports that compile to nothing in this family
-//! too): compiling it again with the backend's configuration gives exactly the rules the port
-//! owns, since `compile_port` is pure and depends on nothing else. Besides, the fixed chains as
+//! too): compiling it again with the backend's configuration and the mirror's local-traffic
+//! match (which changes only by a new load) gives exactly the rules the port owns, since `compile_port` is pure and depends on nothing else. Besides, the fixed chains as
 //! compiled and the number of rules the ports own per table. A diff compiles only the ports
 //! whose plan changed (the old rules from the mirror's plan, the new from the sync's), so a
 //! partial diff costs O(changed) whatever the number of Services, and a full diff with nothing
@@ -19,6 +19,7 @@ use super::restore::{Restore, diff_fixed, diff_port};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::Planned;
 use crate::model::{IpFamily, ServicePortName};
+use crate::node::LocalTraffic;
 
 /// What was last restored successfully in one family.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub struct Mirror {
     ports: BTreeMap<ServicePortName, Arc<Planned>>,
     /// Rules the ports own per table: their chains' rules and their dispatch rules.
     port_rules: BTreeMap<Table, usize>,
+    /// The local-traffic match the ports were compiled with.
+    local: LocalTraffic,
 }
 
 /// What a diff covers.
@@ -65,12 +68,23 @@ fn rules_of(port: &PortRules) -> BTreeMap<Table, usize> {
 impl Mirror {
     /// The mirror after a load of `plans` on top of the fixed chains `fixed`, whose ports own
     /// `port_rules` rules per table.
-    pub fn loaded(fixed: Fixed, plans: &Plans, port_rules: BTreeMap<Table, usize>) -> Mirror {
+    pub fn loaded(
+        fixed: Fixed,
+        plans: &Plans,
+        port_rules: BTreeMap<Table, usize>,
+        local: LocalTraffic,
+    ) -> Mirror {
         Mirror {
             fixed: Some(fixed),
             ports: plans.clone(),
             port_rules,
+            local,
         }
+    }
+
+    /// The local-traffic match the ports were compiled with.
+    pub fn local(&self) -> &LocalTraffic {
+        &self.local
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -106,7 +120,7 @@ impl Mirror {
             .map(|(key, _)| key.clone())
             .collect();
         for planned in self.ports.values() {
-            let port = compile_port(planned, family, config);
+            let port = compile_port(planned, family, config, &self.local);
             for (table, chain, args) in &port.dispatch {
                 let key = (*table, chain.to_string());
                 if fixed_chains.contains(&key)
@@ -196,7 +210,7 @@ impl Mirror {
             _ => {}
         }
         let compile = |p: Option<&Arc<Planned>>| {
-            p.map(|p| compile_port(p, family, config))
+            p.map(|p| compile_port(p, family, config, &self.local))
                 .unwrap_or_default()
         };
         let (before, after) = (compile(old), compile(new));

@@ -52,10 +52,11 @@ fn external_traffic_compiles_to_the_golden_restore_input() {
 /// The v4 mirror after a load of `plans`.
 fn loaded(plans: &Plans, config: &BackendConfig) -> Mirror {
     let fixed = compile_fixed(IpFamily::V4, &node(), config);
-    let ports = load::compiled(plans, IpFamily::V4, config);
+    let local = node().local_traffic;
+    let ports = load::compiled(plans, IpFamily::V4, config, &local);
     let load = load::Load::new(&fixed, &Default::default(), &ports);
     let port_rules = load.port_rules().clone();
-    Mirror::loaded(fixed, plans, port_rules)
+    Mirror::loaded(fixed, plans, port_rules, local.clone())
 }
 
 /// The restore input of a partial sync that changes one Service's endpoints and adds another.

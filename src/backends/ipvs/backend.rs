@@ -112,6 +112,14 @@ fn elements_script<'a>(
     script
 }
 
+/// The companion table of `family` made sure of, deleted, and created again without elements.
+fn replace_table(family: IpFamily, settings: &IpvsSettings) -> String {
+    let f = family_name(family);
+    let mut script = format!("table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\n");
+    script.push_str(&compile::table(family, settings));
+    script
+}
+
 impl IpvsBackend {
     pub fn new(config: &BackendConfig, kernel: Box<dyn Kernel>) -> IpvsBackend {
         let families = crate::backends::host_families();
@@ -199,17 +207,19 @@ impl IpvsBackend {
     /// What replaces the companion table of `family` in one transaction, before its elements:
     /// the table made sure of, deleted, and created again without elements.
     fn companion_table(&self, family: IpFamily) -> String {
-        let f = family_name(family);
-        let mut script = format!("table {f} {TABLE} {{}}\ndelete table {f} {TABLE}\n");
-        script.push_str(&compile::table(family, &self.settings));
-        script
+        replace_table(family, &self.settings)
     }
 
-    /// The whole companion ruleset with `elements`, replacing what is there in one transaction.
-    fn companion_script<'a>(&self, elements: impl Iterator<Item = &'a Element> + Clone) -> String {
+    /// The whole companion ruleset with `elements` under `settings`, replacing what is there in
+    /// one transaction.
+    fn companion_script<'a>(
+        &self,
+        settings: &IpvsSettings,
+        elements: impl Iterator<Item = &'a Element> + Clone,
+    ) -> String {
         let mut script = String::new();
         for fam in &self.families {
-            script.push_str(&self.companion_table(*fam));
+            script.push_str(&replace_table(*fam, settings));
             for e in elements.clone().filter(|e| e.family == *fam) {
                 script.push_str(&element_line("add", e));
             }
@@ -293,6 +303,11 @@ impl Backend for IpvsBackend {
     }
 
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
+        if self.settings.local != node.local_traffic {
+            // Its companion rules match local traffic: they are written again.
+            self.settings.local = node.local_traffic.clone();
+            self.companion = true;
+        }
         let in_place = !self.rewrite
             && (self.companion || !self.repair.is_empty())
             && self.repair.len() <= between::REPAIR_IN_PLACE_MAX;
@@ -349,7 +364,11 @@ impl Backend for IpvsBackend {
             .iter()
             .flat_map(|s| s.elements.iter().cloned())
             .collect();
-        render::render(&states, &self.companion_script(elements.iter()))
+        let settings = IpvsSettings {
+            local: node.local_traffic.clone(),
+            ..self.settings.clone()
+        };
+        render::render(&states, &self.companion_script(&settings, elements.iter()))
     }
 }
 

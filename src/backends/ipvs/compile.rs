@@ -21,7 +21,7 @@ use super::netlink::{DestKey, ServiceKey, VirtualServer};
 use crate::backends::BackendConfig;
 use crate::model::IpFamily;
 use crate::model::plan::{Planned, Targets};
-use crate::node::NodeFacts;
+use crate::node::{LocalTraffic, NodeFacts};
 
 /// The companion table's name (in the `ip` and `ip6` families).
 pub const TABLE: &str = "kproxy-ipvs";
@@ -31,7 +31,9 @@ pub const TABLE: &str = "kproxy-ipvs";
 pub struct IpvsSettings {
     pub scheduler: String,
     pub masquerade_all: bool,
-    pub cluster_cidrs: Vec<ipnet::IpNet>,
+    /// The node's local-traffic match (--detect-local-mode), taken from the node facts by
+    /// every full sync; `Undetected` until the first.
+    pub local: LocalTraffic,
     pub masq_mark: u32,
 }
 
@@ -44,7 +46,7 @@ impl IpvsSettings {
                 config.ipvs_scheduler.clone()
             },
             masquerade_all: config.masquerade_all,
-            cluster_cidrs: config.cluster_cidrs.clone(),
+            local: LocalTraffic::Undetected,
             masq_mark: 1u32 << config.masquerade_bit.unwrap_or(14).min(31),
         }
     }
@@ -189,12 +191,6 @@ pub fn table(family: IpFamily, settings: &IpvsSettings) -> String {
     let mark = format!("{:#010x}", settings.masq_mark);
     let triple = format!("{addr} . inet_proto . inet_service");
     let key = format!("{ip} daddr . meta l4proto . th dport");
-    let cidrs: Vec<String> = settings
-        .cluster_cidrs
-        .iter()
-        .filter(|c| IpFamily::of(&c.addr()) == family)
-        .map(|c| c.trunc().to_string())
-        .collect();
     let mut out = format!("table {fam} {TABLE} {{\n");
     out.push_str("\tcomment \"kproxy IPVS mode: what IPVS cannot do itself\"\n");
     for set in [
@@ -232,11 +228,11 @@ pub fn table(family: IpFamily, settings: &IpvsSettings) -> String {
     ];
     if settings.masquerade_all {
         services.push(format!("{key} @cluster-ips {masq}"));
-    } else if !cidrs.is_empty() {
-        services.push(format!(
-            "{key} @cluster-ips {ip} saddr != {{ {} }} {masq}",
-            cidrs.join(", ")
-        ));
+    } else if let Some(cidr) = settings.local.cidr(family) {
+        services.push(format!("{key} @cluster-ips {ip} saddr != {{ {cidr} }} {masq}"));
+    } else if let LocalTraffic::Interface { name, prefix } = &settings.local {
+        let star = if *prefix { "*" } else { "" };
+        services.push(format!("{key} @cluster-ips iifname != \"{name}{star}\" {masq}"));
     } else {
         services.push(format!("{key} @cluster-ips fib saddr type local {masq}"));
     }

@@ -13,7 +13,7 @@ use super::skeleton;
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::{FamilyPlan, Planned, Targets};
 use crate::model::{IpFamily, Protocol};
-use crate::node::NodeFacts;
+use crate::node::{LocalTraffic, NodeFacts};
 
 pub use super::render::render;
 
@@ -40,6 +40,9 @@ pub struct Desired {
     pub masquerade_all: bool,
     /// `nftables.masqueradeBit` (`None`: upstream's 14).
     pub masquerade_bit: Option<u8>,
+    /// Which packets are this node's pods' (--detect-local-mode): the CIDR modes put their
+    /// CIDRs in `cluster-cidrs`, the interface modes match `iifname` in the fixed rules.
+    pub local: LocalTraffic,
 }
 
 impl FamilyState {
@@ -300,15 +303,10 @@ fn nodeport_affinity(fam: &mut FamilyState, planned: &Planned, key: &str, target
 
 /// The desired state for `plans` on this node. Pure.
 pub fn compile(plans: &Plans, node: &NodeFacts, config: &BackendConfig) -> Desired {
-    let mut d = Desired {
-        masquerade_all: config.masquerade_all,
-        masquerade_bit: config.masquerade_bit,
-        ..Desired::default()
-    };
+    let mut d = compile_node(node, config);
     for planned in plans.values() {
         compile_port(&mut d, planned, node);
     }
-    node_elements(&mut d, node, config);
     d
 }
 
@@ -320,52 +318,87 @@ pub fn compile_one(planned: &Planned, node: &NodeFacts) -> Desired {
 }
 
 /// The elements owned by the node and the configuration rather than by a service port
-/// (`nodeport-ips` without loopback, `cluster-cidrs`), and the --masquerade-all switch. Pure.
+/// (`nodeport-ips` without loopback, `cluster-cidrs`), the --masquerade-all switch and the
+/// local-traffic match. Pure.
 pub fn compile_node(node: &NodeFacts, config: &BackendConfig) -> Desired {
     let mut d = Desired {
         masquerade_all: config.masquerade_all,
         masquerade_bit: config.masquerade_bit,
+        local: node.local_traffic.clone(),
         ..Desired::default()
     };
-    node_elements(&mut d, node, config);
+    node_elements(&mut d, node);
     d
 }
 
-fn node_elements(d: &mut Desired, node: &NodeFacts, config: &BackendConfig) {
+fn node_elements(d: &mut Desired, node: &NodeFacts) {
     // Loopback is left out, as upstream's nftables mode does: a packet from 127.0.0.1 DNATed
     // to a pod is a martian without route_localnet, so localhost NodePorts would only hang.
     for ip in node.nodeport_ips.iter().filter(|ip| !ip.is_loopback()) {
         d.family_mut(IpFamily::of(ip))
             .add("nodeport-ips", ip.to_string(), String::new());
     }
-    for cidr in &config.cluster_cidrs {
-        d.family_mut(IpFamily::of(&cidr.addr())).add(
-            "cluster-cidrs",
-            cidr.trunc().to_string(),
-            String::new(),
-        );
+    for family in IpFamily::ALL {
+        if let Some(cidr) = node.local_traffic.cidr(family) {
+            d.family_mut(family)
+                .add("cluster-cidrs", cidr.to_string(), String::new());
+        }
     }
 }
 
-/// Whether this family's `cluster-cidrs` set has elements (selects the cluster-CIDR rule).
-pub fn has_cluster_cidrs(fam: &FamilyState) -> bool {
-    fam.sets.get("cluster-cidrs").is_some_and(|s| !s.is_empty())
+/// The local-traffic match of `family`: what `{local}` and `{not_local}` stand for in the fixed
+/// rules, `None` when nothing tells local traffic apart. The CIDR modes match `cluster-cidrs`;
+/// the interface modes `iifname` (by name, as upstream since k/k#134024: `iif` is an index,
+/// fixed when the rule is loaded, and pods' interfaces come and go).
+pub fn local_match(local: &LocalTraffic, family: IpFamily) -> Option<(String, String)> {
+    if !local.detects(family) {
+        return None;
+    }
+    Some(match local {
+        LocalTraffic::Interface { name, prefix } => {
+            let name = if *prefix {
+                format!("\"{name}*\"")
+            } else {
+                format!("\"{name}\"")
+            };
+            (format!("iifname {name}"), format!("iifname != {name}"))
+        }
+        _ => (
+            "{ip} saddr @cluster-cidrs".to_string(),
+            "{ip} saddr != @cluster-cidrs".to_string(),
+        ),
+    })
 }
 
-/// The rule templates of a fixed chain (their `{mark}` filled in); `services` depends only on
-/// the configuration.
-pub fn static_rules(c: &skeleton::Chain, node: &Desired, cluster_cidrs: bool) -> Vec<String> {
+/// The rule templates of a fixed chain in `family` (their `{mark}`, `{local}` and `{not_local}`
+/// filled in); they depend only on the configuration and the local-traffic match.
+pub fn static_rules(c: &skeleton::Chain, node: &Desired, family: IpFamily) -> Vec<String> {
+    let local = local_match(&node.local, family);
     let mut rules: Vec<String> = Vec::new();
     if c.name == "services" {
         if node.masquerade_all {
             rules.push(skeleton::MASQUERADE_ALL_RULE.to_string());
-        } else if cluster_cidrs {
+        } else if local.is_some() {
             rules.push(skeleton::OUTSIDE_CLUSTER_CIDR_RULE.to_string());
         }
     }
+    // Without a match the local rules stay, matching the empty `cluster-cidrs`: nothing.
+    let (is, not) = local.unwrap_or_else(|| {
+        (
+            "{ip} saddr @cluster-cidrs".to_string(),
+            "{ip} saddr != @cluster-cidrs".to_string(),
+        )
+    });
     let mark = skeleton::mark(node.masquerade_bit);
-    rules.extend(c.rules.iter().map(|r| r.replace("{mark}", &mark)));
+    rules.extend(c.rules.iter().map(|r| r.to_string()));
     rules
+        .iter()
+        .map(|r| {
+            r.replace("{mark}", &mark)
+                .replace("{not_local}", &not)
+                .replace("{local}", &is)
+        })
+        .collect()
 }
 
 /// The rule templates of `<prefix>-<n>`.

@@ -168,9 +168,8 @@ impl Mirror {
     /// in use. Chains without rules are absent. O(chains), independent of the Services.
     pub fn expected_rule_counts(&self, family: IpFamily) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
-        let cidrs = compile::has_cluster_cidrs(self.node.family(family));
         for c in super::skeleton::CHAINS {
-            let n = compile::static_rules(c, &self.node, cidrs).len();
+            let n = compile::static_rules(c, &self.node, family).len();
             counts.insert(c.name.to_string(), n);
         }
         for b in super::skeleton::BASE_CHAINS {
@@ -443,6 +442,18 @@ pub fn into_diff(mirror: &Mirror, desired: Parts, scope: Scope<'_>) -> Diff {
     if !mirror.loaded {
         tx.extend(super::transaction::skeleton(&desired.node));
         update.loaded = true;
+    } else if node_changed {
+        // A fixed chain whose rules follow the node (the local-traffic match of NodeCIDR mode
+        // once the Node has podCIDRs) is loaded again.
+        for family in IpFamily::ALL {
+            for c in super::skeleton::CHAINS {
+                let (was, now) = (&mirror.node, &desired.node);
+                if compile::static_rules(c, was, family) != compile::static_rules(c, now, family) {
+                    let ops = super::transaction::reload_fixed(family, c.name, now);
+                    tx.extend(ops.expect("a fixed chain"));
+                }
+            }
+        }
     }
     if node_changed {
         update.node = Some(desired.node);

@@ -25,12 +25,16 @@ use crate::backends::{Backend, BackendConfig, Plans};
 use crate::model::plan::{FamilyPlan, Targets};
 use crate::model::{IpFamily, Protocol, ServicePort, ServiceType, TrafficPolicy};
 use crate::node::NodeFacts;
-use crate::testing::{add, cluster_ips, ep, external, ip, name, node};
+use crate::testing::{add, cluster_ips, ep, external, ip, name};
 
-/// Cluster CIDRs in both families, so pod traffic is recognised in both.
+/// `testing::node()` with pods in both families, so pod traffic is recognised in both.
+pub(crate) fn node() -> NodeFacts {
+    crate::testing::node_with_pods(&["10.0.0.0/16", "fd10::/64"])
+}
+
+/// The configuration of these tests.
 pub(super) fn config() -> BackendConfig {
     BackendConfig {
-        cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap(), "fd10::/64".parse().unwrap()],
         masquerade_all: false,
         nft_transport: Default::default(),
         localhost_nodeports: false,
@@ -72,12 +76,7 @@ fn outcome(targets: &Targets, family: IpFamily) -> Outcome {
 /// What the plans say happens to `p` (README "The path of a packet"), from the plans alone.
 pub(crate) fn expected(plans: &Plans, cfg: &BackendConfig, node: &NodeFacts, p: &Packet) -> Trace {
     let family = IpFamily::of(&p.daddr);
-    let cidrs: Vec<_> = cfg
-        .cluster_cidrs
-        .iter()
-        .filter(|c| IpFamily::of(&c.addr()) == family)
-        .collect();
-    let from_pod = cidrs.iter().any(|c| c.contains(&p.saddr));
+    let from_pod = node.local_traffic.matches(&p.saddr, "");
     let done = |outcome, masquerade| Trace {
         outcome,
         masquerade,
@@ -96,7 +95,7 @@ pub(crate) fn expected(plans: &Plans, cfg: &BackendConfig, node: &NodeFacts, p: 
             continue;
         }
         if fp.cluster_ips.contains(&p.daddr) {
-            let mark = cfg.masquerade_all || (!cidrs.is_empty() && !from_pod);
+            let mark = cfg.masquerade_all || (node.local_traffic.detects(family) && !from_pod);
             return done(outcome(&fp.internal, family), mark);
         }
         let Some(ext) = &fp.external else { continue };

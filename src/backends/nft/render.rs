@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::compile::{Desired, affinity_rules, has_cluster_cidrs, lb_rules, static_rules};
+use super::compile::{Desired, affinity_rules, lb_rules, static_rules};
 use super::skeleton::{self, fill};
 use super::transaction::element;
 use crate::model::IpFamily;
@@ -51,7 +51,7 @@ fn render_family(out: &mut String, d: &Desired, family: IpFamily) {
         let _ = writeln!(out, "\t}}");
     }
     for c in skeleton::CHAINS {
-        let rules = static_rules(c, d, has_cluster_cidrs(fam));
+        let rules = static_rules(c, d, family);
         chain(out, c.name, None, &rules, family);
     }
     for (prefix, n) in &fam.lb_chains {

@@ -279,7 +279,7 @@ pub const CHAINS: &[Chain] = &[
         rules: &[
             "{ip} daddr . meta l4proto . th dport @firewall-ports {ip} daddr . meta l4proto . th dport . {ip} saddr != @firewall-allow drop",
             "{ip} daddr . meta l4proto . th dport @external-masq jump mark-for-masquerade",
-            "{ip} daddr . meta l4proto . th dport @external-local {ip} saddr @cluster-cidrs {ip} daddr . meta l4proto . th dport vmap @services-from-local",
+            "{ip} daddr . meta l4proto . th dport @external-local {local} {ip} daddr . meta l4proto . th dport vmap @services-from-local",
             "{ip} daddr . meta l4proto . th dport @external-local fib saddr type local meta mark set meta mark | {mark} {ip} daddr . meta l4proto . th dport vmap @services-from-local",
             "{ip} daddr . meta l4proto . th dport vmap @services",
             "{ip} daddr @nodeport-ips jump nodeports",
@@ -289,7 +289,7 @@ pub const CHAINS: &[Chain] = &[
         name: "nodeports",
         rules: &[
             "meta l4proto . th dport @nodeport-masq jump mark-for-masquerade",
-            "meta l4proto . th dport @nodeport-local {ip} saddr @cluster-cidrs meta l4proto . th dport vmap @nodeports-from-local",
+            "meta l4proto . th dport @nodeport-local {local} meta l4proto . th dport vmap @nodeports-from-local",
             "meta l4proto . th dport @nodeport-local fib saddr type local meta mark set meta mark | {mark} meta l4proto . th dport vmap @nodeports-from-local",
             "meta l4proto . th dport vmap @nodeports",
         ],
@@ -312,11 +312,12 @@ pub const CHAINS: &[Chain] = &[
     },
 ];
 
-/// Rules that exist only under some --masquerade-all / --cluster-cidr setting (prepended to
-/// `services`): still independent of the Services.
+/// Rules that exist only under some --masquerade-all / --detect-local-mode setting (prepended to
+/// `services`): still independent of the Services. `{local}` and `{not_local}` are the
+/// local-traffic match (`compile::local_match`).
 pub const MASQUERADE_ALL_RULE: &str =
     "{ip} daddr . meta l4proto . th dport @cluster-ports jump mark-for-masquerade";
-pub const OUTSIDE_CLUSTER_CIDR_RULE: &str = "{ip} daddr . meta l4proto . th dport @cluster-ports {ip} saddr != @cluster-cidrs jump mark-for-masquerade";
+pub const OUTSIDE_CLUSTER_CIDR_RULE: &str = "{ip} daddr . meta l4proto . th dport @cluster-ports {not_local} jump mark-for-masquerade";
 
 /// The per-count chain families: prefix, and the DNAT rules of `<prefix>-N`. `{n}` is N.
 /// Affinity comes first: a hit on @affinity with a known target port wins; else numgen.

@@ -16,7 +16,7 @@ use super::transport_tests::Netns;
 use crate::backends::{Backend, BackendConfig, Plans};
 use crate::model::{Protocol, ServicePort};
 use crate::nftables::transport::NftCli;
-use crate::testing::{add, ep, ip, name, node};
+use crate::testing::{add, ep, ip, name, node_with_pods};
 
 const SERVER: &str = r#"
 import socket, sys, threading
@@ -274,7 +274,6 @@ fn live_traffic_reaches_the_cluster_ip_endpoints() {
     }
 
     let config = BackendConfig {
-        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         masquerade_all: false,
         nft_transport: Default::default(),
         localhost_nodeports: false,
@@ -284,7 +283,7 @@ fn live_traffic_reaches_the_cluster_ip_endpoints() {
     };
     let mut b = NftBackend::new(config, NftCli::in_netns(n));
     let both = ["10.244.1.2", "10.244.2.2"];
-    b.sync_full(&plans(&both), &node()).unwrap();
+    b.sync_full(&plans(&both), &node_with_pods(&["10.244.0.0/16"])).unwrap();
 
     // TCP from the node and from the client pod: every connection answered, both pods reached.
     for (from, ns) in [("node", &node_ns), ("client pod", &pod_c)] {
@@ -313,7 +312,7 @@ fn live_traffic_reaches_the_cluster_ip_endpoints() {
     // A partial sync drops pod-b from the TCP port: new connections all reach pod-a.
     let changed: BTreeSet<_> = [name("web", "http", Protocol::Tcp)].into_iter().collect();
     let report = b
-        .sync_partial(&plans(&["10.244.1.2"]), &changed, &node())
+        .sync_partial(&plans(&["10.244.1.2"]), &changed, &node_with_pods(&["10.244.0.0/16"]))
         .unwrap();
     eprintln!("partial sync removing pod-b: {} ops", report.operations);
     for (from, ns) in [("node", &node_ns), ("client pod", &pod_c)] {

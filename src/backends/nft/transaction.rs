@@ -162,9 +162,8 @@ pub fn skeleton(node: &Desired) -> Vec<Op> {
             );
             ops.push(Op::AddChain(family, b.name.to_string(), Some(head)));
         }
-        let cidrs = compile::has_cluster_cidrs(node.family(family));
         for c in skeleton::CHAINS {
-            for r in compile::static_rules(c, node, cidrs) {
+            for r in compile::static_rules(c, node, family) {
                 ops.push(Op::AddRule(family, c.name.to_string(), fill(&r, family)));
             }
         }
@@ -181,8 +180,7 @@ pub fn skeleton(node: &Desired) -> Vec<Op> {
 /// that is not a fixed chain).
 pub fn reload_fixed(family: IpFamily, name: &str, node: &Desired) -> Option<Vec<Op>> {
     let rules: Vec<String> = if let Some(c) = skeleton::CHAINS.iter().find(|c| c.name == name) {
-        let cidrs = compile::has_cluster_cidrs(node.family(family));
-        compile::static_rules(c, node, cidrs)
+        compile::static_rules(c, node, family)
             .iter()
             .map(|r| fill(r, family))
             .collect()

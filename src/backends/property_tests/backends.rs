@@ -211,7 +211,7 @@ pub(super) fn nftables(p: &Pipeline, tally: &Tally) -> Result<(), TestCaseError>
 /// restores on a host without kproxy's chains).
 pub(super) fn iptables_load(p: &Pipeline, family: IpFamily) -> String {
     let fixed = compile_fixed(family, &p.node, &p.config);
-    let ports = load::compiled(&p.plans, family, &p.config);
+    let ports = load::compiled(&p.plans, family, &p.config, &p.node.local_traffic);
     Load::new(&fixed, &BTreeMap::new(), &ports).text(&ports)
 }
 
@@ -267,7 +267,7 @@ pub(super) fn iptables(p: &Pipeline) -> Result<(), TestCaseError> {
     if ordinary(p) {
         let packets = ipt_oracle::probes(p.plans.values().map(|pl| &pl.port));
         for packet in &packets {
-            let want = ipt_oracle::expected(&p.plans, &p.config, packet);
+            let want = ipt_oracle::expected(&p.plans, &p.config, &p.node.local_traffic, packet);
             let out = fakes[&IpFamily::of(&packet.dst)].trace(packet);
             if !ipt_oracle::same_fates(&out.fates(), want.iter()) {
                 let what = format!("{packet:?} takes\n{out}  but the plans say {want:?}");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{addr, error, net, run};
 use crate::backends::ProxyMode;
-use crate::config::NodePortAddresses;
+use crate::config::{DetectLocal, NodePortAddresses};
 
 /// What `kubeadm init` writes into the kube-proxy ConfigMap (v1.31), with a dual-stack pod CIDR.
 const KUBEADM: &str = r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -350,12 +350,43 @@ fn an_ipv6_bind_address_in_the_file_makes_the_server_defaults_ipv6() {
 }
 
 #[test]
-fn an_unsupported_detect_local_mode_in_the_file_is_a_warning() {
-    let (_f, flag) = config_file(&kubeadm_with(
-        "detectLocalMode: \"\"",
-        "detectLocalMode: InterfaceNamePrefix",
-    ));
-    assert_eq!(run(&[&flag]).warnings.len(), 1);
+fn the_detect_local_mode_and_its_interface_come_from_the_file_and_flags_win() {
+    let text = kubeadm_with("detectLocalMode: \"\"", "detectLocalMode: InterfaceNamePrefix")
+        .replacen("  interfaceNamePrefix: \"\"", "  interfaceNamePrefix: veth", 1);
+    let (_f, flag) = config_file(&text);
+    let c = run(&[&flag]);
+    assert_eq!(c.detect_local, DetectLocal::InterfaceNamePrefix("veth".into()));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let c = run(&[&flag, "--detect-local-mode=BridgeInterface", "--pod-bridge-interface=cbr0"]);
+    assert_eq!(c.detect_local, DetectLocal::BridgeInterface("cbr0".into()));
+    let c = run(&[&flag, "--detect-local-mode", "NodeCIDR"]);
+    assert_eq!(c.detect_local, DetectLocal::NodeCidr);
+}
+
+#[test]
+fn the_detect_local_mode_defaults_to_the_cluster_cidr_as_upstream() {
+    let c = run(&["--cluster-cidr=10.244.0.0/16"]);
+    let want = DetectLocal::ClusterCidr(vec![net("10.244.0.0/16")]);
+    assert_eq!(c.detect_local, want);
+    let (_f, flag) = config_file(KUBEADM);
+    let cidrs = vec![net("10.244.0.0/16"), net("fd00:10:244::/56")];
+    assert_eq!(run(&[&flag]).detect_local, DetectLocal::ClusterCidr(cidrs));
+}
+
+#[test]
+fn an_interface_mode_without_its_interface_or_an_unknown_mode_is_refused() {
+    let e = error(&["--detect-local-mode=BridgeInterface"]);
+    assert!(e.contains("--pod-bridge-interface"), "{e}");
+    let text = kubeadm_with("detectLocalMode: \"\"", "detectLocalMode: InterfaceNamePrefix");
+    let (_f, flag) = config_file(&text);
+    let e = error(&[&flag]);
+    assert!(e.contains("detectLocal.interfaceNamePrefix"), "{e}");
+    let e = error(&["--detect-local-mode=nodecidr"]);
+    assert!(e.contains("--detect-local-mode") && e.contains("NodeCIDR"), "{e}");
+    let text = kubeadm_with("detectLocalMode: \"\"", "detectLocalMode: Bogus");
+    let (_f, flag) = config_file(&text);
+    let e = error(&[&flag]);
+    assert!(e.contains("detectLocalMode"), "{e}");
 }
 
 #[test]

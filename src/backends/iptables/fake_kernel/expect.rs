@@ -8,6 +8,7 @@
 
 use super::*;
 use crate::model::plan::FamilyPlan;
+use crate::node::{LocalTraffic, NodeFacts};
 
 /// The golden files' configuration.
 pub(super) fn iptables_config() -> BackendConfig {
@@ -45,7 +46,16 @@ pub(super) fn golden(text: &str, family: IpFamily) -> FakeIptables {
 /// Both families' fakes after a fresh load of `plans` (what `adopt_and_load` restores on a
 /// host without kproxy's chains).
 pub(super) fn fresh(plans: &Plans, cfg: &BackendConfig) -> BTreeMap<IpFamily, FakeIptables> {
-    let rules = compile(plans, &node(), cfg);
+    fresh_on(plans, cfg, &node())
+}
+
+/// `fresh` on another node than `testing::node()`.
+pub(super) fn fresh_on(
+    plans: &Plans,
+    cfg: &BackendConfig,
+    node: &NodeFacts,
+) -> BTreeMap<IpFamily, FakeIptables> {
+    let rules = compile(plans, node, cfg);
     rules
         .iter()
         .map(|(f, r)| {
@@ -116,16 +126,16 @@ pub(super) fn assert_fates(fake: &FakeIptables, p: &Packet, want: &[(Fate, f64)]
 /// destinations to the external targets, or for pods and the node under eTP=Local to the
 /// cluster-wide ones; firewalled LoadBalancer IPs drop other sources; a pod reaching itself is
 /// masqueraded; without usable endpoints the verdict is rejected or dropped in filter.
-pub(crate) fn expected(plans: &Plans, cfg: &BackendConfig, p: &Packet) -> BTreeMap<Fate, f64> {
+pub(crate) fn expected(
+    plans: &Plans,
+    cfg: &BackendConfig,
+    local: &LocalTraffic,
+    p: &Packet,
+) -> BTreeMap<Fate, f64> {
     let family = IpFamily::of(&p.dst);
     let own = |a: &IpAddr| IpFamily::of(a) == family && !a.is_loopback();
     let node_addr = *p.local.iter().find(|a| own(a)).expect("a node address");
-    let cidrs: Vec<_> = cfg
-        .cluster_cidrs
-        .iter()
-        .filter(|c| IpFamily::of(&c.addr()) == family)
-        .collect();
-    let from_pod = cidrs.iter().any(|c| c.contains(&p.src));
+    let from_pod = local.matches(&p.src, "");
     let src_local = p.src.is_loopback() || p.local.contains(&p.src);
     let one = |fate: Fate| BTreeMap::from([(fate, 1.0)]);
     let reject = |chain: &str| match (p.proto, family) {
@@ -174,7 +184,7 @@ pub(crate) fn expected(plans: &Plans, cfg: &BackendConfig, p: &Packet) -> BTreeM
             continue;
         }
         if fp.cluster_ips.contains(&p.dst) {
-            let masq = cfg.masquerade_all || cidrs.first().is_some_and(|c| !c.contains(&p.src));
+            let masq = cfg.masquerade_all || (local.detects(family) && !from_pod);
             return go(&fp.internal, masq, "KPROXY-REJECTS");
         }
         let Some(ext) = &fp.external else { continue };
@@ -270,7 +280,7 @@ pub(super) fn assert_probes_match_plans(
     context: &str,
 ) {
     for p in probes {
-        let want = expected(plans, cfg, p);
+        let want = expected(plans, cfg, &node().local_traffic, p);
         let want: Vec<(Fate, f64)> = want.into_iter().collect();
         let fake = &fakes[&IpFamily::of(&p.dst)];
         let out = fake.trace(p);

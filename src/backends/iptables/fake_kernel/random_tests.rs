@@ -32,7 +32,11 @@ use crate::backends::nft::transport_tests::Netns;
 use crate::backends::process::run_piped;
 use crate::backends::{BackendConfig, Plans};
 use crate::model::{IpFamily, ServicePort, ServicePortName};
-use crate::testing::node;
+
+/// `testing::node()` with pods in both families, so pod traffic is recognised in both.
+fn node() -> crate::node::NodeFacts {
+    crate::testing::node_with_pods(&["10.0.0.0/16", "fd10::/64"])
+}
 
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 const STEPS: usize = 300;
@@ -44,10 +48,9 @@ const DISPATCH: [&str; 4] = [
     "KPROXY-NODEPORT-REJECTS",
 ];
 
-/// Pod CIDRs in both families, so pod traffic is recognised in both; localhost NodePorts on.
+/// Localhost NodePorts on.
 fn random_config() -> BackendConfig {
     BackendConfig {
-        cluster_cidrs: vec!["10.0.0.0/16".parse().unwrap(), "fd10::/64".parse().unwrap()],
         localhost_nodeports: true,
         ..crate::testing::config()
     }
@@ -71,7 +74,8 @@ fn load(plans: &Plans, cfg: &BackendConfig) -> Driven {
     for family in IpFamily::ALL {
         let mut fake = FakeIptables::new(family);
         let fixed = compile_fixed(family, &node(), cfg);
-        let ports = load::compiled(plans, family, cfg);
+        let local = node().local_traffic;
+        let ports = load::compiled(plans, family, cfg, &local);
         let planned = Load::new(&fixed, &Default::default(), &ports);
         let input = planned.text(&ports);
         if let Err(e) = fake.restore(&input) {
@@ -81,7 +85,7 @@ fn load(plans: &Plans, cfg: &BackendConfig) -> Driven {
         d.log.push((family, input));
         let port_rules = planned.port_rules().clone();
         d.mirrors
-            .insert(family, Mirror::loaded(fixed, plans, port_rules));
+            .insert(family, Mirror::loaded(fixed, plans, port_rules, local.clone()));
     }
     d
 }
@@ -196,7 +200,7 @@ fn assert_probes(got: &Driven, fresh: &Driven, plans: &Plans, probes: &[Packet],
     for p in probes {
         let family = IpFamily::of(&p.dst);
         let (out, again) = (got.fakes[&family].trace(p), fresh.fakes[&family].trace(p));
-        let want = expected(plans, &cfg, p);
+        let want = expected(plans, &cfg, &node().local_traffic, p);
         let got_fates = out.fates();
         assert!(
             same_fates(&got_fates, want.iter()),

@@ -11,12 +11,12 @@ use crate::backends::nft::NftBackend;
 use crate::backends::nft::diff_tests::many;
 use crate::backends::nft::fake_kernel::{ApplyError, FakeKernel, Outcome, Packet};
 use crate::backends::nft::fake_kernel_tests::{
-    assert_same_state, assert_traces_match_plans, config, loaded, packets,
+    assert_same_state, assert_traces_match_plans, config, loaded, node, packets,
 };
 use crate::backends::nft::reconcile::parse_listing;
 use crate::backends::{Backend, Plans};
 use crate::model::{IpFamily, Protocol, ServicePort, ServiceType};
-use crate::testing::{add, claimed, cluster_ips, ep, external, ip, name, node};
+use crate::testing::{add, claimed, cluster_ips, ep, external, ip, name};
 
 const BASE: &str = "add table ip kproxy
 add map ip kproxy services { type ipv4_addr . inet_proto . inet_service : verdict; }

@@ -15,13 +15,12 @@ use crate::backends::Backend;
 use crate::backends::nft::NftBackend;
 use crate::backends::nft::fake_kernel::{FakeKernel, Outcome};
 use crate::backends::nft::fake_kernel_tests::{
-    assert_same_state, config, expected, loaded, min_ops, packets_of_all,
+    assert_same_state, config, expected, loaded, min_ops, node, packets_of_all,
 };
 use crate::backends::nft::reconcile::parse_listing;
 use crate::backends::nft::transport_tests::Netns;
 use crate::model::IpFamily;
 use crate::nftables::transport::{NftCli, Transport};
-use crate::testing::node;
 
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 const STEPS: usize = 300;
