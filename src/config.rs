@@ -452,8 +452,9 @@ fn detect_local(
         message,
     };
     let mode = match flags::explicit(m, "detect-local-mode") {
-        Some(v) => values::parse_detect_local_mode(v)
-            .map_err(|e| invalid("--detect-local-mode", e))?,
+        Some(v) => {
+            values::parse_detect_local_mode(v).map_err(|e| invalid("--detect-local-mode", e))?
+        }
         None => file.detect_local_mode.clone().unwrap_or_default(),
     };
     let text = |flag: &str, field: &Option<String>| {

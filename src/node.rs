@@ -89,7 +89,9 @@ pub fn log_local_traffic(facts: &NodeFacts) {
             facts.name
         ),
         (_, LocalTraffic::Undetected) => {
-            tracing::info!("--detect-local-mode={mode} without --cluster-cidr: no traffic is treated as pods'")
+            tracing::info!(
+                "--detect-local-mode={mode} without --cluster-cidr: no traffic is treated as pods'"
+            )
         }
         (_, LocalTraffic::Cidrs(cidrs)) => {
             let cidrs: Vec<String> = cidrs.iter().map(ToString::to_string).collect();

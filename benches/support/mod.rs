@@ -154,6 +154,9 @@ pub fn syncer(
 ) -> (kproxy::sync::Syncer, std::sync::Arc<kproxy::sync::Shared>) {
     let shared = std::sync::Arc::new(kproxy::sync::Shared::default());
     let mut node = kproxy::node::NodeFacts::new(NODE);
+    // A cluster CIDR, as every bench had: its rules are in what is measured.
+    let cidr = "10.96.0.0/12".parse().expect("static CIDR");
+    node.detect_local = kproxy::node::DetectLocal::ClusterCidr(vec![cidr]);
     node.local_addresses = vec!["192.168.0.2".parse().expect("static address")];
     let mut syncer = kproxy::sync::Syncer::new(
         backend,
@@ -170,10 +173,9 @@ pub fn syncer(
     (syncer, shared)
 }
 
-/// The backend configuration of every bench (a cluster CIDR, no --masquerade-all).
+/// The backend configuration of every bench (no --masquerade-all).
 pub fn config() -> BackendConfig {
     BackendConfig {
-        cluster_cidrs: vec!["10.96.0.0/12".parse().expect("static CIDR")],
         masquerade_all: false,
         nft_transport: Default::default(),
         localhost_nodeports: true,

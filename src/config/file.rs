@@ -17,8 +17,8 @@ use serde_yaml_ng::Value;
 
 use super::duration::parse_go_duration;
 use super::values::{
-    parse_bind_address, parse_cluster_cidrs, parse_detect_local_mode, parse_ip, parse_log_format, parse_mode,
-    parse_nodeport_addresses,
+    parse_bind_address, parse_cluster_cidrs, parse_detect_local_mode, parse_ip, parse_log_format,
+    parse_mode, parse_nodeport_addresses,
 };
 use super::{
     ConfigError, DEFAULT_HEALTHZ_PORT, DEFAULT_METRICS_PORT, LogFormat, NodePortAddresses,

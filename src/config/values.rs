@@ -176,8 +176,12 @@ pub fn parse_nodeport_addresses<S: AsRef<str>>(items: &[S]) -> Result<NodePortAd
 }
 
 /// Upstream's `--detect-local-mode` names; empty means ClusterCIDR, as upstream defaults it.
-pub const DETECT_LOCAL_MODES: &[&str] =
-    &["ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix"];
+pub const DETECT_LOCAL_MODES: &[&str] = &[
+    "ClusterCIDR",
+    "NodeCIDR",
+    "BridgeInterface",
+    "InterfaceNamePrefix",
+];
 
 /// Checks a `--detect-local-mode` / `detectLocalMode` value (exact case, as upstream).
 pub fn parse_detect_local_mode(s: &str) -> Result<String, String> {

@@ -47,7 +47,10 @@ impl DetectLocal {
             let mut out: Vec<IpNet> = Vec::new();
             for c in all {
                 let c = c.trunc();
-                if !out.iter().any(|o| IpFamily::of(&o.addr()) == IpFamily::of(&c.addr())) {
+                if !out
+                    .iter()
+                    .any(|o| IpFamily::of(&o.addr()) == IpFamily::of(&c.addr()))
+                {
                     out.push(c);
                 }
             }
@@ -116,7 +119,10 @@ impl LocalTraffic {
                 .cidr(IpFamily::of(src))
                 .is_some_and(|c| c.contains(src)),
             LocalTraffic::Interface { name, prefix: true } => iif.starts_with(name.as_str()),
-            LocalTraffic::Interface { name, prefix: false } => iif == name,
+            LocalTraffic::Interface {
+                name,
+                prefix: false,
+            } => iif == name,
         }
     }
 }
@@ -131,8 +137,12 @@ mod tests {
 
     #[test]
     fn node_cidr_mode_resolves_to_the_nodes_pod_cidrs_one_per_family() {
-        let got = DetectLocal::NodeCidr.resolve(&nets(&["10.244.1.7/24", "fd00::/64", "10.9.0.0/16"]));
-        assert_eq!(got, LocalTraffic::Cidrs(nets(&["10.244.1.0/24", "fd00::/64"])));
+        let got =
+            DetectLocal::NodeCidr.resolve(&nets(&["10.244.1.7/24", "fd00::/64", "10.9.0.0/16"]));
+        assert_eq!(
+            got,
+            LocalTraffic::Cidrs(nets(&["10.244.1.0/24", "fd00::/64"]))
+        );
         assert_eq!(got.cidr(IpFamily::V6), Some("fd00::/64".parse().unwrap()));
         assert!(got.matches(&"10.244.1.9".parse().unwrap(), "eth0"));
         assert!(!got.matches(&"10.9.0.1".parse().unwrap(), ""));

@@ -25,6 +25,7 @@ mod scenarios_iptables;
 mod scenarios_ipvs;
 mod scenarios_ipvs_repair;
 mod scenarios_lifecycle;
+mod scenarios_local;
 mod scenarios_policy;
 mod scenarios_quarantine;
 mod topology;
@@ -100,6 +101,8 @@ macro_rules! scenarios {
             scenarios_families::nested_source_ranges_admit_clients_in_one_service_and_across_two_sharing_an_lb_ip,
             scenarios_families::an_ipv4_only_node_port_is_not_served_on_the_nodes_ipv6_address,
             scenarios_families::a_dual_stack_service_with_ipv4_endpoints_refuses_tcp_on_its_ipv6_cluster_ip,
+            scenarios_local::detect_local_by_interface_keeps_the_source_of_pods_behind_it_and_masquerades_the_rest,
+            scenarios_local::detect_local_by_node_cidr_follows_the_nodes_pod_cidrs_as_they_change,
         );
     };
     (@tests $mode:literal; $($module:ident :: $name:ident),* $(,)?) => {

@@ -316,12 +316,17 @@ pub fn endpoints(name: &str, hosts: &[Host], port: u16) -> Value {
 
 /// This node's Node (`node1`), with both InternalIPs.
 pub fn this_node() -> Value {
+    this_node_with_pod_cidrs(&["10.244.0.0/16", "fd00:244::/32"])
+}
+
+/// `this_node()` with other `spec.podCIDRs`.
+pub fn this_node_with_pod_cidrs(cidrs: &[&str]) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": "node1", "labels": {"kubernetes.io/hostname": "node1",
             "topology.kubernetes.io/zone": "zone-a"}},
-        "spec": {"podCIDR": "10.244.0.0/16", "podCIDRs": ["10.244.0.0/16", "fd00:244::/32"]},
+        "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
         "status": {"addresses": [
             {"type": "InternalIP", "address": Node.v4()},
             {"type": "InternalIP", "address": Node.v6()},

@@ -221,7 +221,10 @@ impl IptablesBackend {
         let lines = self.restore(family, load.len(), &mut |w| load.write(w, &ports))?;
         let port_rules = load.port_rules().clone();
         drop(load);
-        Ok((lines, Mirror::loaded(fixed, plans, port_rules, local.clone())))
+        Ok((
+            lines,
+            Mirror::loaded(fixed, plans, port_rules, local.clone()),
+        ))
     }
 
     /// What `iptables-save` shows of kproxy in the nat and filter tables of `family`.

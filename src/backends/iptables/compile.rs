@@ -208,7 +208,9 @@ pub fn compile_port(
     }
     if let Some(c) = &from_local_chain {
         if let Some(is) = local.as_ref().map(Local::is) {
-            ext.push(format!("{is} -m comment --comment \"pod traffic for {name} external destinations\" -j {c}"));
+            ext.push(format!(
+                "{is} -m comment --comment \"pod traffic for {name} external destinations\" -j {c}"
+            ));
         }
         ext.push(format!("-m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {}", names::MARK_MASQ));
         ext.push(format!("-m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {c}"));

@@ -229,10 +229,14 @@ pub fn table(family: IpFamily, settings: &IpvsSettings) -> String {
     if settings.masquerade_all {
         services.push(format!("{key} @cluster-ips {masq}"));
     } else if let Some(cidr) = settings.local.cidr(family) {
-        services.push(format!("{key} @cluster-ips {ip} saddr != {{ {cidr} }} {masq}"));
+        services.push(format!(
+            "{key} @cluster-ips {ip} saddr != {{ {cidr} }} {masq}"
+        ));
     } else if let LocalTraffic::Interface { name, prefix } = &settings.local {
         let star = if *prefix { "*" } else { "" };
-        services.push(format!("{key} @cluster-ips iifname != \"{name}{star}\" {masq}"));
+        services.push(format!(
+            "{key} @cluster-ips iifname != \"{name}{star}\" {masq}"
+        ));
     } else {
         services.push(format!("{key} @cluster-ips fib saddr type local {masq}"));
     }

@@ -187,10 +187,19 @@ pub(super) fn packets_of_all(all: &[&Plans], node: &NodeFacts) -> Vec<Packet> {
 
 /// Every packet of `packets` reaches in `kernel` what the plans say.
 pub(super) fn assert_traces_match_plans(kernel: &FakeKernel, plans: &Plans, cfg: &BackendConfig) {
-    let node = node();
-    let probes = packets(plans, &node);
+    assert_traces_on(kernel, plans, cfg, &node());
+}
+
+/// `assert_traces_match_plans` on another node.
+pub(super) fn assert_traces_on(
+    kernel: &FakeKernel,
+    plans: &Plans,
+    cfg: &BackendConfig,
+    node: &NodeFacts,
+) {
+    let probes = packets(plans, node);
     for (p, got) in probes.iter().zip(kernel.trace_all(&probes)) {
-        let want = expected(plans, cfg, &node, p);
+        let want = expected(plans, cfg, node, p);
         assert!(
             got == want,
             "{p:?}\n  reaches {got:?}\n  but the plans say {want:?}\n{}",

@@ -46,9 +46,10 @@ struct Seen {
 }
 
 impl Found {
-    /// Records an element of `set` found in the kernel; ignored for a set kproxy does not write.
+    /// Records an element of `set` found in the kernel; ignored for a set kproxy does not write
+    /// and for `REFILLED`.
     pub fn element(&mut self, set: &str, key: &str, value: &str) {
-        if writes(set) {
+        if writes(set) && set != REFILLED {
             let seen = Seen {
                 value: value_hash(value),
                 wanted: false,
@@ -57,6 +58,12 @@ impl Found {
         }
     }
 }
+
+/// The interval set of the node's pod CIDRs: emptied and filled again in the first transaction,
+/// never element by element, since its new elements may overlap the old (the kernel refuses
+/// 10.244.9.0/24 beside 10.244.0.0/16 when --detect-local-mode or the Node's podCIDRs changed
+/// across a restart). It holds one element per family.
+const REFILLED: &str = "cluster-cidrs";
 
 /// Whether kproxy writes `set`'s elements (declared, and not one the packet path fills).
 pub fn writes(set: &str) -> bool {
@@ -137,6 +144,9 @@ pub fn load<S: Sink>(
     for (family, f) in families(&l.found) {
         for chain in &f.chains {
             l.tx.push(Op::FlushChain(family, chain.clone()));
+        }
+        if f.sets.contains_key(REFILLED) {
+            l.tx.push(Op::FlushSet(family, SetKind::Set, REFILLED.to_string()));
         }
     }
     l.tx.extend(skeleton_ops(&desired.node));

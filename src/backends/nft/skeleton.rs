@@ -317,7 +317,8 @@ pub const CHAINS: &[Chain] = &[
 /// local-traffic match (`compile::local_match`).
 pub const MASQUERADE_ALL_RULE: &str =
     "{ip} daddr . meta l4proto . th dport @cluster-ports jump mark-for-masquerade";
-pub const OUTSIDE_CLUSTER_CIDR_RULE: &str = "{ip} daddr . meta l4proto . th dport @cluster-ports {not_local} jump mark-for-masquerade";
+pub const OUTSIDE_CLUSTER_CIDR_RULE: &str =
+    "{ip} daddr . meta l4proto . th dport @cluster-ports {not_local} jump mark-for-masquerade";
 
 /// The per-count chain families: prefix, and the DNAT rules of `<prefix>-N`. `{n}` is N.
 /// Affinity comes first: a hit on @affinity with a known target port wins; else numgen.

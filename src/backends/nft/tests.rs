@@ -80,3 +80,66 @@ fn nft_accepts_the_rendered_ruleset() {
         [cluster_ips(), external()].map(|plans| render(&compile(&plans, &node(), &config())));
     nft_accepts(&texts);
 }
+
+/// `node()` with `mode` for --detect-local-mode, its Node listing `pod_cidrs`.
+fn node_detecting(mode: crate::node::DetectLocal, pod_cidrs: &[&str]) -> crate::node::NodeFacts {
+    let mut n = node();
+    n.detect_local = mode;
+    let cidrs: Vec<ipnet::IpNet> = pod_cidrs.iter().map(|c| c.parse().unwrap()).collect();
+    n.local_traffic = n.detect_local.resolve(&cidrs);
+    n
+}
+
+#[test]
+fn the_interface_modes_match_iifname_in_the_fixed_rules_and_nft_accepts_them() {
+    use crate::node::DetectLocal::{BridgeInterface, InterfaceNamePrefix};
+    let mut texts = Vec::new();
+    for (mode, want) in [
+        (BridgeInterface("cbr0".into()), "iifname \"cbr0\""),
+        (InterfaceNamePrefix("veth".into()), "iifname \"veth*\""),
+    ] {
+        let text = render(&compile(&external(), &node_detecting(mode, &[]), &config()));
+        assert!(
+            text.contains(&format!(
+                "{want} ip daddr . meta l4proto . th dport vmap @services-from-local"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "@cluster-ports {} jump mark-for-masquerade",
+                want.replace("iifname", "iifname !=")
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("saddr @cluster-cidrs"), "{text}");
+        texts.push(text);
+    }
+    nft_accepts(&texts);
+}
+
+#[test]
+fn node_cidr_mode_puts_the_nodes_pod_cidrs_in_cluster_cidrs_and_masquerades_from_outside_them() {
+    use crate::node::DetectLocal::NodeCidr;
+    let d = compile(
+        &cluster_ips(),
+        &node_detecting(NodeCidr, &["10.244.1.0/24"]),
+        &config(),
+    );
+    let keys: Vec<&String> = d.v4.sets["cluster-cidrs"].keys().collect();
+    assert_eq!(keys, ["10.244.1.0/24"]);
+    assert!(!d.v6.sets.contains_key("cluster-cidrs"));
+    let text = render(&d);
+    assert!(
+        text.contains("ip saddr != @cluster-cidrs jump mark-for-masquerade"),
+        "{text}"
+    );
+    assert!(!text.contains("ip6 saddr != @cluster-cidrs"), "{text}");
+    // Before the Node has podCIDRs nothing is local, and nothing is masqueraded for it.
+    let text = render(&compile(
+        &cluster_ips(),
+        &node_detecting(NodeCidr, &[]),
+        &config(),
+    ));
+    assert!(!text.contains("saddr != @cluster-cidrs"), "{text}");
+}

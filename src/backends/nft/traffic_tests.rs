@@ -283,7 +283,8 @@ fn live_traffic_reaches_the_cluster_ip_endpoints() {
     };
     let mut b = NftBackend::new(config, NftCli::in_netns(n));
     let both = ["10.244.1.2", "10.244.2.2"];
-    b.sync_full(&plans(&both), &node_with_pods(&["10.244.0.0/16"])).unwrap();
+    b.sync_full(&plans(&both), &node_with_pods(&["10.244.0.0/16"]))
+        .unwrap();
 
     // TCP from the node and from the client pod: every connection answered, both pods reached.
     for (from, ns) in [("node", &node_ns), ("client pod", &pod_c)] {
@@ -312,7 +313,11 @@ fn live_traffic_reaches_the_cluster_ip_endpoints() {
     // A partial sync drops pod-b from the TCP port: new connections all reach pod-a.
     let changed: BTreeSet<_> = [name("web", "http", Protocol::Tcp)].into_iter().collect();
     let report = b
-        .sync_partial(&plans(&["10.244.1.2"]), &changed, &node_with_pods(&["10.244.0.0/16"]))
+        .sync_partial(
+            &plans(&["10.244.1.2"]),
+            &changed,
+            &node_with_pods(&["10.244.0.0/16"]),
+        )
         .unwrap();
     eprintln!("partial sync removing pod-b: {} ops", report.operations);
     for (from, ns) in [("node", &node_ns), ("client pod", &pod_c)] {

@@ -351,13 +351,27 @@ fn an_ipv6_bind_address_in_the_file_makes_the_server_defaults_ipv6() {
 
 #[test]
 fn the_detect_local_mode_and_its_interface_come_from_the_file_and_flags_win() {
-    let text = kubeadm_with("detectLocalMode: \"\"", "detectLocalMode: InterfaceNamePrefix")
-        .replacen("  interfaceNamePrefix: \"\"", "  interfaceNamePrefix: veth", 1);
+    let text = kubeadm_with(
+        "detectLocalMode: \"\"",
+        "detectLocalMode: InterfaceNamePrefix",
+    )
+    .replacen(
+        "  interfaceNamePrefix: \"\"",
+        "  interfaceNamePrefix: veth",
+        1,
+    );
     let (_f, flag) = config_file(&text);
     let c = run(&[&flag]);
-    assert_eq!(c.detect_local, DetectLocal::InterfaceNamePrefix("veth".into()));
+    assert_eq!(
+        c.detect_local,
+        DetectLocal::InterfaceNamePrefix("veth".into())
+    );
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-    let c = run(&[&flag, "--detect-local-mode=BridgeInterface", "--pod-bridge-interface=cbr0"]);
+    let c = run(&[
+        &flag,
+        "--detect-local-mode=BridgeInterface",
+        "--pod-bridge-interface=cbr0",
+    ]);
     assert_eq!(c.detect_local, DetectLocal::BridgeInterface("cbr0".into()));
     let c = run(&[&flag, "--detect-local-mode", "NodeCIDR"]);
     assert_eq!(c.detect_local, DetectLocal::NodeCidr);
@@ -377,12 +391,18 @@ fn the_detect_local_mode_defaults_to_the_cluster_cidr_as_upstream() {
 fn an_interface_mode_without_its_interface_or_an_unknown_mode_is_refused() {
     let e = error(&["--detect-local-mode=BridgeInterface"]);
     assert!(e.contains("--pod-bridge-interface"), "{e}");
-    let text = kubeadm_with("detectLocalMode: \"\"", "detectLocalMode: InterfaceNamePrefix");
+    let text = kubeadm_with(
+        "detectLocalMode: \"\"",
+        "detectLocalMode: InterfaceNamePrefix",
+    );
     let (_f, flag) = config_file(&text);
     let e = error(&[&flag]);
     assert!(e.contains("detectLocal.interfaceNamePrefix"), "{e}");
     let e = error(&["--detect-local-mode=nodecidr"]);
-    assert!(e.contains("--detect-local-mode") && e.contains("NodeCIDR"), "{e}");
+    assert!(
+        e.contains("--detect-local-mode") && e.contains("NodeCIDR"),
+        "{e}"
+    );
     let text = kubeadm_with("detectLocalMode: \"\"", "detectLocalMode: Bogus");
     let (_f, flag) = config_file(&text);
     let e = error(&[&flag]);

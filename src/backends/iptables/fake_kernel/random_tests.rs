@@ -84,8 +84,10 @@ fn load(plans: &Plans, cfg: &BackendConfig) -> Driven {
         d.fakes.insert(family, fake);
         d.log.push((family, input));
         let port_rules = planned.port_rules().clone();
-        d.mirrors
-            .insert(family, Mirror::loaded(fixed, plans, port_rules, local.clone()));
+        d.mirrors.insert(
+            family,
+            Mirror::loaded(fixed, plans, port_rules, local.clone()),
+        );
     }
     d
 }

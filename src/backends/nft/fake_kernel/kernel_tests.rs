@@ -11,7 +11,7 @@ use crate::backends::nft::NftBackend;
 use crate::backends::nft::diff_tests::many;
 use crate::backends::nft::fake_kernel::{ApplyError, FakeKernel, Outcome, Packet};
 use crate::backends::nft::fake_kernel_tests::{
-    assert_same_state, assert_traces_match_plans, config, loaded, node, packets,
+    assert_same_state, assert_traces_match_plans, assert_traces_on, config, loaded, node, packets,
 };
 use crate::backends::nft::reconcile::parse_listing;
 use crate::backends::{Backend, Plans};
@@ -414,4 +414,72 @@ fn a_chunked_adoption_never_sends_a_packet_where_nothing_waits() {
     }
     let (_, fresh) = loaded(&new, &config());
     assert_same_state(&kernel, &fresh, "after a chunked adoption");
+}
+
+/// `node()` under --detect-local-mode=NodeCIDR, its Node listing `pod_cidrs`.
+fn node_cidr(pod_cidrs: &[&str]) -> crate::node::NodeFacts {
+    let mut n = node();
+    n.detect_local = crate::node::DetectLocal::NodeCidr;
+    let cidrs: Vec<ipnet::IpNet> = pod_cidrs.iter().map(|c| c.parse().unwrap()).collect();
+    n.local_traffic = n.detect_local.resolve(&cidrs);
+    n
+}
+
+fn services_chain(k: &FakeKernel) -> Vec<String> {
+    k.tables().v4.expect("the ip table").chains["services"]
+        .rules
+        .clone()
+}
+
+fn pod_cidrs_in_kernel(k: &FakeKernel) -> Vec<String> {
+    let t = k.tables().v4.expect("the ip table");
+    t.sets["cluster-cidrs"].elements.keys().cloned().collect()
+}
+
+#[test]
+fn node_cidr_mode_follows_the_nodes_pod_cidrs_in_full_syncs_and_in_its_masquerade_rule() {
+    let k = FakeKernel::new();
+    let mut b = NftBackend::new(config(), k.clone());
+    let plans = cluster_ips();
+    b.sync_full(&plans, &node_cidr(&[])).unwrap();
+    let outside = |k: &FakeKernel| {
+        services_chain(k)
+            .iter()
+            .any(|r| r.contains("saddr != @cluster-cidrs"))
+    };
+    assert!(
+        !outside(&k),
+        "no pod CIDR yet, no masquerade rule: {:?}",
+        services_chain(&k)
+    );
+    for cidrs in [
+        &["10.244.0.0/16"][..],
+        &["10.244.9.0/24"],
+        &["10.244.0.0/16", "fd00::/64"],
+    ] {
+        let n = node_cidr(cidrs);
+        b.sync_full(&plans, &n).unwrap();
+        assert_eq!(pod_cidrs_in_kernel(&k), [cidrs[0]]);
+        assert!(outside(&k), "{:?}", services_chain(&k));
+        // A pod outside the Node's CIDR is masqueraded on its way to a ClusterIP.
+        assert_traces_on(&k, &plans, &config(), &n);
+    }
+    b.sync_full(&plans, &node_cidr(&[])).unwrap();
+    assert!(!outside(&k), "{:?}", services_chain(&k));
+    assert!(pod_cidrs_in_kernel(&k).is_empty());
+}
+
+/// Was a bug: a restart after the Node's podCIDRs changed added the new pod CIDR beside the old
+/// one during adoption, which the kernel refuses (the intervals overlap), every sync.
+#[test]
+fn a_restart_adopts_a_table_whose_pod_cidr_overlaps_the_new_one() {
+    let k = FakeKernel::new();
+    let plans = cluster_ips();
+    let mut b = NftBackend::new(config(), k.clone());
+    b.sync_full(&plans, &node_cidr(&["10.244.0.0/16"])).unwrap();
+    let mut restarted = NftBackend::new(config(), k.clone());
+    restarted
+        .sync_full(&plans, &node_cidr(&["10.244.9.0/24"]))
+        .unwrap();
+    assert_eq!(pod_cidrs_in_kernel(&k), ["10.244.9.0/24"]);
 }
