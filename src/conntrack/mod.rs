@@ -11,6 +11,7 @@
 
 pub mod ctnetlink;
 pub mod stale;
+pub mod tuning;
 
 use std::sync::Arc;
 use std::time::Instant;
