@@ -5,8 +5,9 @@
 # (same glibc).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Cargo.toml names the benches, so cargo wants them present even for the binary alone.
-COPY Cargo.toml Cargo.lock ./
+# Cargo.toml names the benches, so cargo wants them present even for the binary alone; build.rs
+# records the compiler version for /statusz.
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
 # The cache mounts keep the registry and the target directory between builds (BuildKit); the

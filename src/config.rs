@@ -20,7 +20,9 @@
 mod duration;
 mod file;
 mod flags;
+mod flagz;
 mod values;
+mod write;
 
 #[cfg(test)]
 mod tests;
@@ -34,8 +36,12 @@ use ipnet::IpNet;
 
 use crate::backends::{BackendConfig, ProxyMode};
 
-pub use duration::{DurationError, parse_go_duration};
+pub use duration::{DurationError, format_go_duration, parse_go_duration};
 pub use flags::{IGNORED as IGNORED_FLAGS, Kind as FlagKind};
+pub use write::{
+    CONFIGZ_GROUP, KubeProxyConfiguration, WriteConfigError, configz_json, document,
+    write_config_file,
+};
 
 const DEFAULT_METRICS_PORT: u16 = 10249;
 const DEFAULT_HEALTHZ_PORT: u16 = 10256;
@@ -107,6 +113,16 @@ pub struct Config {
     /// Things the operator should know but that do not stop kproxy (ignored flags, unknown file
     /// fields); log each once logging is set up.
     pub warnings: Vec<String>,
+    /// `--bind-address` / `bindAddress` (default 0.0.0.0): only its family matters to kproxy
+    /// (the servers' default addresses); kept for `/configz` and `--write-config-to`.
+    pub bind_address: IpAddr,
+    /// `--hostname-override` / `hostnameOverride` as given (trimmed, lower-case); `None` when
+    /// `node_name` is the host name, so a written configuration does not pin it.
+    pub hostname_override: Option<String>,
+    /// `--write-config-to`: write the configuration there as a KubeProxyConfiguration and exit.
+    pub write_config_to: Option<PathBuf>,
+    /// Every flag with its value, given or default, sorted by name (`/flagz`).
+    pub flagz: Vec<(String, String)>,
 }
 
 impl Config {
@@ -396,6 +412,15 @@ fn resolve(
             .or(file.log_format)
             .unwrap_or_default(),
         warnings,
+        bind_address: bind_address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        hostname_override: flags::explicit(m, "hostname-override")
+            .filter(|v| !v.is_empty())
+            .or(file.hostname_override.as_deref())
+            .map(|v| v.trim().to_lowercase()),
+        write_config_to: flags::explicit(m, "write-config-to")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
+        flagz: flagz::list(m),
     })
 }
 

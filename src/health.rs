@@ -1,5 +1,6 @@
 //! HTTP endpoints: `/healthz` and `/livez` on --healthz-bind-address (upstream's semantics), and
-//! `/metrics`, `/debug/state`, `/proxyMode` on --metrics-bind-address.
+//! `/metrics`, `/debug/state`, `/proxyMode`, `/healthz` and the z-pages (`/configz`, `/flagz`,
+//! `/statusz`: health/zpages.rs) on --metrics-bind-address.
 //!
 //! Invariants: handlers only read `Shared`; they never block on the sync loop for longer than a
 //! lock held during one plan update. Unhealthy means an update was queued and not applied within
@@ -7,6 +8,7 @@
 
 pub mod proxy;
 pub mod service;
+pub mod zpages;
 
 pub use proxy::ProxyHealth;
 
@@ -19,7 +21,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use serde_json::json;
 
 use crate::backends::ProxyMode;
@@ -203,18 +205,32 @@ pub async fn serve(
     shared: Arc<Shared>,
     metrics_reg: Arc<Metrics>,
     mode: ProxyMode,
+    zpages: zpages::Zpages,
 ) -> Result<(), HealthError> {
     let state = AppState {
         shared,
         metrics: metrics_reg,
         mode,
     };
-    let metrics_app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/debug/state", get(debug_state))
-        .route("/proxyMode", get(proxy_mode))
-        .route("/healthz", get(healthz))
-        .with_state(state.clone());
+    // One table, so /statusz lists exactly what is served.
+    let routes: [(&str, MethodRouter<AppState>); 4] = [
+        ("/metrics", get(metrics)),
+        ("/debug/state", get(debug_state)),
+        ("/proxyMode", get(proxy_mode)),
+        ("/healthz", get(healthz)),
+    ];
+    let paths: Vec<&str> = routes
+        .iter()
+        .map(|(path, _)| *path)
+        .chain(zpages::PATHS)
+        .collect();
+    let metrics_app = routes
+        .into_iter()
+        .fold(Router::new(), |app, (path, handler)| {
+            app.route(path, handler)
+        })
+        .with_state(state.clone())
+        .merge(zpages::router(zpages, &paths));
     let health_app = Router::new()
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))

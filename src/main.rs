@@ -1,5 +1,6 @@
 //! The kproxy binary: parse flags, start a source, the HTTP endpoints and the sync loop; or
-//! clean up, or print the ruleset once (--dry-run).
+//! clean up, or print the ruleset once (--dry-run), or write the configuration
+//! (--write-config-to).
 //!
 //! Exit codes: 0 on success and on SIGTERM/SIGINT (rules left in place; SIGHUP is logged and
 //! ignored), 2 on bad flags or configuration (one line on stderr), 1 on any other failure, such
@@ -23,6 +24,7 @@ use kproxy::sync::{self, Shared, Syncer, Timing};
 use kproxy::watch::{self, ChangeTx};
 
 fn main() -> ExitCode {
+    let started = std::time::SystemTime::now();
     kproxy::alloc::configure();
     let cfg = match config::parse(std::env::args_os()) {
         Ok(Parsed::Run(cfg)) => cfg,
@@ -39,6 +41,19 @@ fn main() -> ExitCode {
     for warning in &cfg.warnings {
         tracing::warn!("{warning}");
     }
+    // As upstream: write the configuration and exit, before touching the kernel or the API.
+    if let Some(path) = &cfg.write_config_to {
+        return match config::write_config_file(&cfg, path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "Wrote configuration");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kproxy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -49,7 +64,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cfg));
+    let result = runtime.block_on(run(cfg, started));
     // A sync still running on its blocking thread (SIGTERM during a long iptables-restore) is
     // not waited for: the kernel applies it atomically or not at all.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -108,7 +123,7 @@ fn set_oom_score_adj(value: i32) {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> {
     let mut backend_config = cfg.backend_config();
     if cfg.dry_run {
         // --dry-run touches nothing, not even the iptables tools that `auto` would run; the
@@ -183,6 +198,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         shared,
         metrics,
         cfg.mode,
+        health::zpages::Zpages {
+            configz: config::configz_json(&cfg),
+            flagz: cfg.flagz.clone(),
+            started,
+        },
     )
     .await?;
     tracing::info!(mode = %cfg.mode, node = %cfg.node_name, "kproxy started");

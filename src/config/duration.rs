@@ -121,3 +121,43 @@ fn unit_nanos(unit: &str) -> Option<u128> {
         _ => return None,
     })
 }
+
+/// Formats `d` as Go's `time.Duration.String` does (`0s`, `250ms`, `1.5s`, `1m30s`, `24h0m0s`),
+/// which is how upstream writes durations in a KubeProxyConfiguration; `parse_go_duration` reads
+/// every result back to `d` (durations above Go's ~292 years are not representable there).
+pub fn format_go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    if nanos < 1_000_000_000 {
+        // Below a second Go switches to the largest unit that keeps an integer part.
+        let (unit, digits) = match nanos {
+            n if n < 1_000 => ("ns", 0),
+            n if n < 1_000_000 => ("\u{b5}s", 3),
+            _ => ("ms", 6),
+        };
+        return format!("{}{unit}", fixed_point(nanos, digits));
+    }
+    let secs = nanos / 1_000_000_000;
+    let frac = fixed_point(nanos % 1_000_000_000, 9);
+    // `fixed_point` of the sub-second part is "0" or "0.xxx": keep only the fraction.
+    let frac = frac.strip_prefix('0').unwrap_or(&frac);
+    let (hours, minutes, seconds) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (hours, secs / 60) {
+        (0, 0) => format!("{seconds}{frac}s"),
+        (0, _) => format!("{minutes}m{seconds}{frac}s"),
+        _ => format!("{hours}h{minutes}m{seconds}{frac}s"),
+    }
+}
+
+/// `value / 10^digits` in decimal, without trailing zeros or a bare point (Go's `fmtFrac`).
+fn fixed_point(value: u128, digits: u32) -> String {
+    let scale = 10u128.pow(digits);
+    let (int, frac) = (value / scale, value % scale);
+    if frac == 0 {
+        return int.to_string();
+    }
+    let frac = format!("{frac:0width$}", width = digits as usize);
+    format!("{int}.{}", frac.trim_end_matches('0'))
+}

@@ -36,9 +36,9 @@ pub enum Kind {
 /// deprecated `--healthz-port` and `--metrics-port` are here too: upstream uses them only to
 /// disable a server (port 0), which kproxy does not support.
 ///
-/// Not accepted, because ignoring them would change what the process does: `--init-only` and
-/// `--write-config-to` (both exit early upstream). Flags removed from upstream before 1.26
-/// (`--resource-container`, `--udp-timeout`, the klog `--logtostderr` family) are unknown.
+/// Not accepted, because ignoring it would change what the process does: `--init-only` (which
+/// exits early upstream). Flags removed from upstream before 1.26 (`--resource-container`,
+/// `--udp-timeout`, the klog `--logtostderr` family) are unknown.
 pub const IGNORED: &[(&str, Kind)] = &[
     ("config-sync-period", Kind::Duration),
     ("conntrack-max-per-core", Kind::Int),
@@ -67,14 +67,11 @@ pub const IGNORED: &[(&str, Kind)] = &[
 
 /// Upstream flags kproxy rejects with a reason rather than as unknown (`--init-only=false` is
 /// harmless and accepted).
-pub const UNSUPPORTED: &[(&str, Kind, &str)] = &[
-    (
-        "init-only",
-        Kind::Bool,
-        "not supported (kproxy needs no privileged init step)",
-    ),
-    ("write-config-to", Kind::Text, "not supported"),
-];
+pub const UNSUPPORTED: &[(&str, Kind, &str)] = &[(
+    "init-only",
+    Kind::Bool,
+    "not supported (kproxy needs no privileged init step)",
+)];
 
 const UPSTREAM: &str = "Flags (as kube-proxy)";
 const OWN: &str = "kproxy's own flags";
@@ -205,6 +202,11 @@ pub fn command() -> Command {
             "cleanup",
             "remove every rule kproxy created in this mode, then exit",
         ))
+        .arg(value(
+            "write-config-to",
+            "FILE",
+            "write the effective configuration as a KubeProxyConfiguration that --config reads back, then exit",
+        ))
         .arg(
             value("v", "LEVEL", "log verbosity (klog level)")
                 .short('v')
@@ -326,6 +328,11 @@ fn value(name: &'static str, value_name: &'static str, help: &'static str) -> Ar
 /// A list flag: comma-separated, and repeating it appends, as a pflag string slice.
 fn list(name: &'static str, value_name: &'static str, help: &'static str) -> Arg {
     value(name, value_name, help).action(ArgAction::Append)
+}
+
+/// Whether `arg` was made by [`boolean`].
+pub fn is_boolean(arg: &Arg) -> bool {
+    arg.get_value_names() == Some(&["BOOL".into()])
 }
 
 /// A pflag-style boolean: `--name` means true, `--name=false` false; no separate value word.

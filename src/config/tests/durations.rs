@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::{DurationError, parse_go_duration};
+use crate::config::{DurationError, format_go_duration, parse_go_duration};
 
 #[test]
 fn go_durations_parse_as_go_parses_them() {
@@ -80,4 +80,34 @@ fn malformed_go_durations_are_errors_quoting_the_input() {
         parse_go_duration("abc").unwrap_err().to_string(),
         "invalid duration \"abc\""
     );
+}
+
+/// What Go's `time.Duration.String` prints for these durations.
+#[test]
+fn durations_format_as_go_formats_them_and_parse_back() {
+    let table: &[(Duration, &str)] = &[
+        (Duration::ZERO, "0s"),
+        (Duration::from_nanos(1), "1ns"),
+        (Duration::from_nanos(999), "999ns"),
+        (Duration::from_nanos(1_500), "1.5\u{b5}s"),
+        (Duration::from_micros(300), "300\u{b5}s"),
+        (Duration::from_millis(250), "250ms"),
+        (Duration::from_nanos(1_000_001), "1.000001ms"),
+        (Duration::from_secs(1), "1s"),
+        (Duration::from_millis(1500), "1.5s"),
+        (Duration::from_nanos(1_000_000_001), "1.000000001s"),
+        (Duration::from_secs(30), "30s"),
+        (Duration::from_secs(60), "1m0s"),
+        (Duration::from_secs(90), "1m30s"),
+        (Duration::from_millis(90_500), "1m30.5s"),
+        (Duration::from_secs(15 * 60), "15m0s"),
+        (Duration::from_secs(3600), "1h0m0s"),
+        (Duration::from_secs(5400), "1h30m0s"),
+        (Duration::from_secs(24 * 3600), "24h0m0s"),
+        (Duration::from_secs(100 * 3600 + 61), "100h1m1s"),
+    ];
+    for (d, want) in table {
+        assert_eq!(format_go_duration(*d), *want, "{d:?}");
+        assert_eq!(parse_go_duration(want).as_ref(), Ok(d), "{want}");
+    }
 }
