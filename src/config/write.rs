@@ -235,11 +235,17 @@ pub fn document(cfg: &Config) -> KubeProxyConfiguration {
             udp_timeout: zero(),
         },
         detect_local: DetectLocal {
-            bridge_interface: String::new(),
-            interface_name_prefix: String::new(),
+            bridge_interface: match &cfg.detect_local {
+                super::DetectLocal::BridgeInterface(name) => name.clone(),
+                _ => String::new(),
+            },
+            interface_name_prefix: match &cfg.detect_local {
+                super::DetectLocal::InterfaceNamePrefix(prefix) => prefix.clone(),
+                _ => String::new(),
+            },
         },
-        // What upstream's platform defaulting makes of an empty mode, and what kproxy does.
-        detect_local_mode: "ClusterCIDR".to_owned(),
+        // Never empty: what upstream's platform defaulting makes of an empty mode, too.
+        detect_local_mode: cfg.detect_local.name().to_owned(),
         enable_profiling: false,
         healthz_bind_address: cfg.healthz_bind_address.to_string(),
         hostname_override: cfg.hostname_override.clone().unwrap_or_default(),

@@ -57,6 +57,8 @@ fn the_written_configuration_reads_back_to_the_same_configuration() {
             "--nodeport-addresses=192.168.0.0/16,fd00::/64",
             "--iptables-masquerade-bit=5",
             "--iptables-localhost-nodeports=false",
+            "--detect-local-mode=InterfaceNamePrefix",
+            "--pod-interface-name-prefix=veth",
             "--hostname-override=Worker-3",
             "--kubeconfig=/var/lib/kube-proxy/kubeconfig.conf",
             "--oom-score-adj=100",
@@ -69,6 +71,8 @@ fn the_written_configuration_reads_back_to_the_same_configuration() {
         &[
             "--proxy-mode=ipvs",
             "--ipvs-scheduler=mh",
+            "--detect-local-mode=BridgeInterface",
+            "--pod-bridge-interface=cbr0",
             "--ipvs-strict-arp",
             "--ipvs-tcp-timeout=15m",
             "--ipvs-tcpfin-timeout=2m",
