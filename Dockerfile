@@ -6,10 +6,16 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Cargo.toml names the benches, so cargo wants them present even for the binary alone; build.rs
-# records the compiler version for /statusz.
+# records the compiler version and git facts for /statusz and kubernetes_build_info.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
+# kubernetes_build_info's git_commit and git_tree_state (build.rs asks git, but the context has
+# no .git): `--build-arg KPROXY_GIT_COMMIT=$(git rev-parse HEAD)`, and KPROXY_GIT_TREE_STATE
+# (clean or dirty); SOURCE_DATE_EPOCH fixes its build_date. Unset, they read unknown.
+ARG KPROXY_GIT_COMMIT=""
+ARG KPROXY_GIT_TREE_STATE=""
+ARG SOURCE_DATE_EPOCH
 # The cache mounts keep the registry and the target directory between builds (BuildKit); the
 # binary is copied out of the cached target in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

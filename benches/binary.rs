@@ -218,7 +218,11 @@ impl Kproxy {
             return false;
         };
         body.lines()
-            .filter_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_last_timestamp_seconds "))
+            .filter_map(|l| {
+                l.strip_prefix(
+                    "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} ",
+                )
+            })
             .any(|v| v.trim().parse::<f64>().is_ok_and(|v| v > 0.0))
     }
 

@@ -86,7 +86,9 @@ fn main() {
         if get(metrics, "/metrics").is_ok_and(|m| {
             m.lines()
                 .filter_map(|l| {
-                    l.strip_prefix("kubeproxy_sync_proxy_rules_last_timestamp_seconds ")
+                    l.strip_prefix(
+                        "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} ",
+                    )
                 })
                 .any(|v| v.trim().parse::<f64>().is_ok_and(|v| v > 0.0))
         }) {

@@ -150,7 +150,7 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
         set_oom_score_adj(cfg.oom_score_adj);
     }
     let signals = Signals::install();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_mode(cfg.mode, &backends::host_families()));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     start_source(&cfg, tx, metrics.clone()).await?;
 

@@ -1,38 +1,72 @@
 //! Prometheus metrics under upstream kube-proxy's names (so dashboards keep working), plus
 //! kproxy's own `kproxy_*` counters, rendered in the text exposition format.
 //!
+//! Registration follows upstream's `metrics.RegisterMetrics(mode)`: the metrics every mode
+//! has, then the running mode's own (`iptables_*` only in iptables mode, `nftables_*` only in
+//! nftables mode, full/partial sync durations in the two modes that sync partially upstream).
+//! Every metric object exists in every mode, so callers never ask which mode runs: what is not
+//! registered is simply not exposed. Beside them, as component-base exposes them,
+//! `kubernetes_build_info` (`build_info.rs`) and `process_*` (`process.rs`).
+//!
+//! IP families: upstream runs one proxier per family, each observing its own series with an
+//! `ip_family` label ("IPv4", "IPv6"; k/k#129173). kproxy syncs both families in one sync, so
+//! the per-sync series (durations, timestamps) are recorded once for every family the node
+//! serves (`families`), each with that sync's values; what is known per family is recorded per
+//! family: network-programming latency (the EndpointSlice's address type), no-local-endpoint
+//! counts (the family's plan), iptables rule counts, and iptables-restore failures (the
+//! family whose restore failed; nftables applies both families in one transaction, so its
+//! failures count for both). Series of every served family exist from the start, so
+//! `sum by (ip_family)` sees each one before the first sync. IPVS mode's
+//! `…_iptables_restore_failures_total` counts failures of its companion nftables table, the
+//! part upstream programs with iptables-restore (`sync::apply`).
+//!
 //! Invariants: one `Metrics` per process, created before any source or backend starts; names,
-//! types and histogram buckets match upstream's pkg/proxy/metrics.
+//! types, help texts, labels and histogram buckets match upstream's pkg/proxy/metrics.
 
+mod build_info;
+mod process;
+
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::backends::ProxyMode;
+use crate::model::IpFamily;
 use crate::model::validate::RejectReason;
 
 pub struct Metrics {
     pub registry: Registry,
-    pub sync_duration: Histogram,
-    pub sync_full_duration: Histogram,
-    pub sync_partial_duration: Histogram,
-    pub last_sync_timestamp: Gauge,
-    pub last_queued_timestamp: Gauge,
-    pub network_programming_duration: Histogram,
+    mode: ProxyMode,
+    families: Vec<IpFamily>,
+    /// Per `ip_family`: every sync, full syncs, partial syncs.
+    pub sync_duration: HistogramVec,
+    pub sync_full_duration: HistogramVec,
+    pub sync_partial_duration: HistogramVec,
+    /// Per `ip_family`, Unix seconds.
+    pub last_sync_timestamp: GaugeVec,
+    pub last_queued_timestamp: GaugeVec,
+    /// Per `ip_family` (the EndpointSlice's address type).
+    pub network_programming_duration: HistogramVec,
     pub service_changes_pending: IntGauge,
     pub service_changes_total: IntCounter,
     pub endpoint_changes_pending: IntGauge,
     pub endpoint_changes_total: IntCounter,
+    /// Per `traffic_policy` ("internal", "external") and `ip_family`.
     pub no_local_endpoints: GaugeVec,
     pub healthz_total: IntCounterVec,
     pub livez_total: IntCounterVec,
     pub sync_failures: IntCounter,
-    pub nftables_sync_failures: IntCounter,
-    pub nftables_cleanup_failures: IntCounter,
-    pub iptables_restore_failures: IntCounter,
-    pub iptables_partial_restore_failures: IntCounter,
-    /// Per `table`: rules kproxy owns in iptables mode.
+    /// Per `ip_family`.
+    pub nftables_sync_failures: IntCounterVec,
+    pub nftables_cleanup_failures: IntCounterVec,
+    pub iptables_restore_failures: IntCounterVec,
+    pub iptables_partial_restore_failures: IntCounterVec,
+    /// Per `table` and `ip_family`: rules kproxy owns in iptables mode, and rules the last
+    /// sync wrote.
     pub iptables_rules_total: IntGaugeVec,
+    pub iptables_rules_last: IntGaugeVec,
     /// Full resyncs forced because kproxy's rules were changed by someone else.
     pub drift_repairs: IntCounter,
     /// (service port, claim) pairs lost to an older Service that claims the same address, port
@@ -60,195 +94,318 @@ fn programming_buckets() -> Vec<f64> {
     b
 }
 
+const IP_FAMILY: &str = "ip_family";
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid histogram")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge")
+}
+
+fn int_gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge")
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter")
+}
+
 impl Metrics {
+    /// kproxy's default mode (nftables) on a dual-stack node: what tests and benches use.
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let hist = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                .expect("valid histogram");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-        let sync_duration = hist(
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds",
-            sync_buckets(),
-        );
-        let sync_full_duration = hist(
-            "kubeproxy_sync_full_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for full resyncs",
-            sync_buckets(),
-        );
-        let sync_partial_duration = hist(
-            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for partial resyncs",
-            sync_buckets(),
-        );
-        let network_programming_duration = hist(
-            "kubeproxy_network_programming_duration_seconds",
-            "In Cluster Network Programming Latency in seconds",
-            programming_buckets(),
-        );
-        let gauge = |name: &str, help: &str| {
-            let g = Gauge::new(name, help).expect("valid gauge");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let last_sync_timestamp = gauge(
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-        );
-        let last_queued_timestamp = gauge(
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            "The last time a sync of proxy rules was queued",
-        );
-        let int_gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid gauge");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let counter_vec = |name: &str, help: &str, label: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let iptables_rules_total = IntGaugeVec::new(
-            Opts::new(
-                "kubeproxy_sync_proxy_rules_iptables_total",
-                "Total number of iptables rules owned by kube-proxy",
+        Metrics::for_mode(ProxyMode::Nftables, &IpFamily::ALL)
+    }
+
+    /// Every metric, with those upstream's `RegisterMetrics(mode)` registers for `mode`
+    /// exposed, and a series of each `ip_family` metric for every one of `families`.
+    pub fn for_mode(mode: ProxyMode, families: &[IpFamily]) -> Metrics {
+        let f = &[IP_FAMILY];
+        let m = Metrics {
+            registry: Registry::new(),
+            mode,
+            families: families.to_vec(),
+            sync_duration: histogram(
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds",
+                sync_buckets(),
+                f,
             ),
-            &["table"],
-        )
-        .expect("valid gauge");
-        registry
-            .register(Box::new(iptables_rules_total.clone()))
-            .expect("unique metric");
-        let no_local_endpoints = GaugeVec::new(
-            Opts::new(
-                "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
-                "Number of services with a Local traffic policy and no endpoints",
+            sync_full_duration: histogram(
+                "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for full resyncs",
+                sync_buckets(),
+                f,
             ),
-            &["traffic_policy"],
-        )
-        .expect("valid gauge");
-        registry
-            .register(Box::new(no_local_endpoints.clone()))
-            .expect("unique metric");
-        let rejected_objects = counter_vec(
-            "kproxy_rejected_objects_total",
-            "Objects skipped because the API server would have rejected them, by reason",
-            "reason",
-        );
-        for reason in RejectReason::ALL {
-            rejected_objects.with_label_values(&[reason.as_str()]);
-        }
-        let conntrack_reconcile_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "kubeproxy_conntrack_reconciler_sync_duration_seconds",
-                "ReconcileConntrackFlowsLatency latency in seconds",
-            )
-            .buckets(sync_buckets()),
-            &["ip_family"],
-        )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(conntrack_reconcile_duration.clone()))
-            .expect("unique metric");
-        let conntrack_deleted_entries = counter_vec(
-            "kubeproxy_conntrack_reconciler_deleted_entries_total",
-            "Cumulative conntrack flows deleted by conntrack reconciler",
-            "ip_family",
-        );
-        for family in crate::model::IpFamily::ALL {
-            conntrack_reconcile_duration.with_label_values(&[family.as_str()]);
-            conntrack_deleted_entries.with_label_values(&[family.as_str()]);
-        }
-        Metrics {
-            sync_duration,
-            sync_full_duration,
-            sync_partial_duration,
-            last_sync_timestamp,
-            last_queued_timestamp,
-            network_programming_duration,
-            service_changes_pending: int_gauge(
+            sync_partial_duration: histogram(
+                "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for partial resyncs",
+                sync_buckets(),
+                f,
+            ),
+            last_sync_timestamp: gauge(
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "The last time proxy rules were successfully synced",
+                f,
+            ),
+            last_queued_timestamp: gauge(
+                "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                "The last time a sync of proxy rules was queued",
+                f,
+            ),
+            network_programming_duration: histogram(
+                "kubeproxy_network_programming_duration_seconds",
+                "In Cluster Network Programming Latency in seconds",
+                programming_buckets(),
+                f,
+            ),
+            service_changes_pending: IntGauge::new(
                 "kubeproxy_sync_proxy_rules_service_changes_pending",
                 "Pending proxy rules Service changes",
-            ),
-            service_changes_total: counter(
+            )
+            .expect("valid gauge"),
+            service_changes_total: IntCounter::new(
                 "kubeproxy_sync_proxy_rules_service_changes_total",
                 "Cumulative proxy rules Service changes",
-            ),
-            endpoint_changes_pending: int_gauge(
+            )
+            .expect("valid counter"),
+            endpoint_changes_pending: IntGauge::new(
                 "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
                 "Pending proxy rules Endpoint changes",
-            ),
-            endpoint_changes_total: counter(
+            )
+            .expect("valid gauge"),
+            endpoint_changes_total: IntCounter::new(
                 "kubeproxy_sync_proxy_rules_endpoint_changes_total",
                 "Cumulative proxy rules Endpoint changes",
+            )
+            .expect("valid counter"),
+            no_local_endpoints: gauge(
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+                "Number of services with a Local traffic policy and no endpoints",
+                &["traffic_policy", IP_FAMILY],
             ),
-            no_local_endpoints,
-            healthz_total: counter_vec(
+            healthz_total: counter(
                 "kubeproxy_proxy_healthz_total",
                 "Cumulative proxy healthz HTTP status",
-                "code",
+                &["code"],
             ),
-            livez_total: counter_vec(
+            livez_total: counter(
                 "kubeproxy_proxy_livez_total",
                 "Cumulative proxy livez HTTP status",
-                "code",
+                &["code"],
             ),
-            sync_failures: counter(
+            sync_failures: IntCounter::new(
                 "kproxy_sync_failures_total",
                 "Backend syncs that failed and were retried as full resyncs",
-            ),
+            )
+            .expect("valid counter"),
             nftables_sync_failures: counter(
                 "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
                 "Cumulative proxy nftables sync failures",
+                f,
             ),
             nftables_cleanup_failures: counter(
                 "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
                 "Cumulative proxy nftables cleanup failures",
+                f,
             ),
             iptables_restore_failures: counter(
                 "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
                 "Cumulative proxy iptables restore failures",
+                f,
             ),
             iptables_partial_restore_failures: counter(
                 "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
                 "Cumulative proxy iptables partial restore failures",
+                f,
             ),
-            iptables_rules_total,
-            drift_repairs: counter(
+            iptables_rules_total: int_gauge(
+                "kubeproxy_sync_proxy_rules_iptables_total",
+                "Total number of iptables rules owned by kube-proxy",
+                &["table", IP_FAMILY],
+            ),
+            iptables_rules_last: int_gauge(
+                "kubeproxy_sync_proxy_rules_iptables_last",
+                "Number of iptables rules written by kube-proxy in last sync",
+                &["table", IP_FAMILY],
+            ),
+            drift_repairs: IntCounter::new(
                 "kproxy_rules_drift_repairs_total",
                 "Full resyncs forced because kproxy's rules in the kernel were changed by someone else",
-            ),
-            quarantined_service_ports: int_gauge(
+            )
+            .expect("valid counter"),
+            quarantined_service_ports: IntGauge::new(
                 "kproxy_quarantined_service_ports",
                 "Service ports (per IP family) the kernel refused, kept out of it until they change",
-            ),
-            service_port_conflicts: int_gauge(
+            )
+            .expect("valid gauge"),
+            service_port_conflicts: IntGauge::new(
                 "kproxy_service_port_conflicts",
                 "Addresses, NodePorts and healthCheckNodePorts a service port claims but an older Service has",
+            )
+            .expect("valid gauge"),
+            rejected_objects: counter(
+                "kproxy_rejected_objects_total",
+                "Objects skipped because the API server would have rejected them, by reason",
+                &["reason"],
             ),
-            rejected_objects,
-            conntrack_reconcile_duration,
-            conntrack_deleted_entries,
-            registry,
+            conntrack_reconcile_duration: histogram(
+                "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+                "ReconcileConntrackFlowsLatency latency in seconds",
+                sync_buckets(),
+                f,
+            ),
+            conntrack_deleted_entries: counter(
+                "kubeproxy_conntrack_reconciler_deleted_entries_total",
+                "Cumulative conntrack flows deleted by conntrack reconciler",
+                f,
+            ),
+        };
+        m.register();
+        m.create_series();
+        m
+    }
+
+    /// Upstream's `RegisterMetrics(mode)`, plus kproxy's own metrics, `kubernetes_build_info`
+    /// and `process_*`.
+    fn register(&self) {
+        let everywhere: Vec<Box<dyn Collector>> = vec![
+            // Upstream's core metrics for all backends.
+            Box::new(self.sync_duration.clone()),
+            Box::new(self.last_queued_timestamp.clone()),
+            Box::new(self.last_sync_timestamp.clone()),
+            Box::new(self.endpoint_changes_pending.clone()),
+            Box::new(self.endpoint_changes_total.clone()),
+            Box::new(self.service_changes_pending.clone()),
+            Box::new(self.service_changes_total.clone()),
+            Box::new(self.healthz_total.clone()),
+            Box::new(self.livez_total.clone()),
+            Box::new(self.network_programming_duration.clone()),
+            Box::new(self.no_local_endpoints.clone()),
+            // The conntrack reconciler runs in every Linux mode.
+            Box::new(self.conntrack_reconcile_duration.clone()),
+            Box::new(self.conntrack_deleted_entries.clone()),
+            // component-base's.
+            Box::new(build_info::build_info()),
+            Box::new(process::ProcessCollector::new()),
+            // kproxy's own.
+            Box::new(self.sync_failures.clone()),
+            Box::new(self.drift_repairs.clone()),
+            Box::new(self.quarantined_service_ports.clone()),
+            Box::new(self.service_port_conflicts.clone()),
+            Box::new(self.rejected_objects.clone()),
+        ];
+        let own: Vec<Box<dyn Collector>> = match self.mode {
+            ProxyMode::Iptables => vec![
+                Box::new(self.sync_full_duration.clone()),
+                Box::new(self.sync_partial_duration.clone()),
+                Box::new(self.iptables_restore_failures.clone()),
+                Box::new(self.iptables_partial_restore_failures.clone()),
+                Box::new(self.iptables_rules_total.clone()),
+                Box::new(self.iptables_rules_last.clone()),
+            ],
+            ProxyMode::Ipvs => vec![Box::new(self.iptables_restore_failures.clone())],
+            ProxyMode::Nftables => vec![
+                Box::new(self.sync_full_duration.clone()),
+                Box::new(self.sync_partial_duration.clone()),
+                Box::new(self.nftables_sync_failures.clone()),
+                Box::new(self.nftables_cleanup_failures.clone()),
+            ],
+        };
+        for c in everywhere.into_iter().chain(own) {
+            self.registry.register(c).expect("unique metric");
+        }
+    }
+
+    /// The series that exist before anything happens: every reject reason, and every
+    /// `ip_family` metric for each served family.
+    fn create_series(&self) {
+        for reason in RejectReason::ALL {
+            self.rejected_objects.with_label_values(&[reason.as_str()]);
+        }
+        for family in IpFamily::ALL {
+            let f = &[family.as_str()];
+            // The reconciler looks at both families whatever the node serves.
+            self.conntrack_reconcile_duration.with_label_values(f);
+            self.conntrack_deleted_entries.with_label_values(f);
+        }
+        for family in &self.families {
+            let f = &[family.as_str()];
+            for h in [
+                &self.sync_duration,
+                &self.sync_full_duration,
+                &self.sync_partial_duration,
+                &self.network_programming_duration,
+            ] {
+                h.with_label_values(f);
+            }
+            for c in [
+                &self.nftables_sync_failures,
+                &self.nftables_cleanup_failures,
+                &self.iptables_restore_failures,
+                &self.iptables_partial_restore_failures,
+            ] {
+                c.with_label_values(f);
+            }
+            for policy in ["internal", "external"] {
+                self.no_local_endpoints
+                    .with_label_values(&[policy, family.as_str()]);
+            }
+        }
+    }
+
+    /// The proxy mode whose metrics are registered.
+    pub fn mode(&self) -> ProxyMode {
+        self.mode
+    }
+
+    /// The IP families this node serves: each gets its own series of the per-sync metrics.
+    pub fn families(&self) -> &[IpFamily] {
+        &self.families
+    }
+
+    /// One sync (of every served family) took `seconds`: observed for each family, as
+    /// upstream's proxier of each family observes its own sync.
+    pub fn observe_sync(&self, full: bool, seconds: f64) {
+        let kind = if full {
+            &self.sync_full_duration
+        } else {
+            &self.sync_partial_duration
+        };
+        for family in &self.families {
+            let f = &[family.as_str()];
+            self.sync_duration.with_label_values(f).observe(seconds);
+            kind.with_label_values(f).observe(seconds);
+        }
+    }
+
+    /// Every served family was synced successfully at `unix_seconds`.
+    pub fn synced_at(&self, unix_seconds: f64) {
+        for family in &self.families {
+            self.last_sync_timestamp
+                .with_label_values(&[family.as_str()])
+                .set(unix_seconds);
+        }
+    }
+
+    /// A sync of every served family was queued at `unix_seconds`.
+    pub fn queued_at(&self, unix_seconds: f64) {
+        for family in &self.families {
+            self.last_queued_timestamp
+                .with_label_values(&[family.as_str()])
+                .set(unix_seconds);
+        }
+    }
+
+    /// Service ports whose plan in `family` drops internal (external) traffic: Local policy and
+    /// no local endpoint, while the family has endpoints elsewhere.
+    pub fn set_no_local_endpoints(&self, family: IpFamily, internal: usize, external: usize) {
+        for (policy, n) in [("internal", internal), ("external", external)] {
+            self.no_local_endpoints
+                .with_label_values(&[policy, family.as_str()])
+                .set(n as f64);
         }
     }
 
@@ -276,36 +433,4 @@ impl Default for Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upstream_names_and_buckets_are_exposed() {
-        let m = Metrics::new();
-        m.sync_duration.observe(0.002);
-        m.network_programming_duration.observe(1.0);
-        m.no_local_endpoints
-            .with_label_values(&["internal"])
-            .set(0.0);
-        let text = m.render();
-        for name in [
-            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\"}",
-            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"16.384\"}",
-            "kubeproxy_network_programming_duration_seconds_bucket{le=\"300\"}",
-            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
-            "kubeproxy_sync_proxy_rules_service_changes_pending",
-            "kproxy_rejected_objects_total{reason=\"bad_ip\"} 0",
-        ] {
-            assert!(text.contains(name), "missing {name} in\n{text}");
-        }
-    }
-
-    #[test]
-    fn programming_buckets_match_upstream_count() {
-        // 2 + 59 + 12 + 7 buckets, strictly increasing, ending at five minutes.
-        let b = programming_buckets();
-        assert_eq!(b.len(), 80);
-        assert!(b.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(*b.last().unwrap(), 300.0);
-    }
-}
+mod tests;

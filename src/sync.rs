@@ -23,9 +23,9 @@ use crate::conntrack::Reconciler;
 use crate::health::service::ServiceHealthServers;
 use crate::metrics::Metrics;
 use crate::model::plan::claims::Claims;
-use crate::model::plan::{Planned, local_ready, plan_claimed};
+use crate::model::plan::{Planned, Targets, local_ready, plan_claimed};
 use crate::model::tracker::ChangeTracker;
-use crate::model::{NamespacedName, Protocol, ServicePortName};
+use crate::model::{IpFamily, NamespacedName, Protocol, ServicePortName};
 use crate::node::NodeFacts;
 pub use crate::state::Shared;
 use crate::watch::{Change, ChangeRx, Kind};
@@ -46,10 +46,11 @@ pub struct Syncer {
     listed: HashSet<Kind>,
     /// Trigger times older than this were set before kproxy started: not our latency.
     started: SystemTime,
-    /// Trigger times of changes not yet applied successfully.
-    trigger_times: Vec<SystemTime>,
-    /// Per-port contribution to the no-local-endpoints gauges: (internal, external).
-    no_local: BTreeMap<ServicePortName, (bool, bool)>,
+    /// Trigger times of changes not yet applied successfully, with the slice's family.
+    trigger_times: Vec<(IpFamily, SystemTime)>,
+    /// Per-port contribution to the no-local-endpoints gauges: (internal, external) for IPv4
+    /// and IPv6 (`family_index`); ports that contribute nothing are absent.
+    no_local: BTreeMap<ServicePortName, [(bool, bool); 2]>,
     /// List the host's addresses on full syncs (off in tests that fix them).
     gather_addresses: bool,
     /// The drift probe failed last time (its error is logged once, not every period).
@@ -187,7 +188,7 @@ impl Syncer {
             checkout
                 .trigger_times
                 .into_iter()
-                .filter(|t| *t >= self.started),
+                .filter(|(_, t)| *t >= self.started),
         );
         self.metrics.service_changes_pending.set(0);
         self.metrics.endpoint_changes_pending.set(0);
@@ -259,15 +260,22 @@ impl Syncer {
                     plan,
                 })
             });
-            let no_local = planned
-                .as_ref()
-                .map(|p| (p.plan.drops_internal(), p.plan.drops_external()));
+            let no_local = planned.as_ref().map(|p| {
+                let mut n = [(false, false); 2];
+                for f in &p.plan.families {
+                    n[family_index(f.family)] = (
+                        f.internal == Targets::Drop,
+                        f.external == Some(Targets::Drop),
+                    );
+                }
+                n
+            });
             match planned {
                 Some(p) => plans.insert(name.clone(), p),
                 None => plans.remove(name),
             };
             match no_local {
-                Some(n) if n != (false, false) => self.no_local.insert(name.clone(), n),
+                Some(n) if n != [(false, false); 2] => self.no_local.insert(name.clone(), n),
                 _ => self.no_local.remove(name),
             };
         }
@@ -300,16 +308,15 @@ impl Syncer {
         }
     }
 
-    /// Phase 4: durations, timestamps, latency, no-local-endpoint gauges, health.
+    /// Phase 4: durations, timestamps, latency, no-local-endpoint gauges, health. One sync
+    /// programs every family the node serves, so the duration and timestamps of each family's
+    /// series are this sync's (`metrics` says why); latency and no-local counts are per family.
     fn record_metrics(&mut self, full: bool, ok: bool, took: Duration) {
         let m = &self.metrics;
-        let secs = took.as_secs_f64();
-        m.sync_duration.observe(secs);
+        m.observe_sync(full, took.as_secs_f64());
         if full {
-            m.sync_full_duration.observe(secs);
             self.shared.full_syncs.fetch_add(1, Ordering::Relaxed);
         } else {
-            m.sync_partial_duration.observe(secs);
             self.shared.partial_syncs.fetch_add(1, Ordering::Relaxed);
         }
         if !ok {
@@ -317,21 +324,24 @@ impl Syncer {
             return;
         }
         let now = SystemTime::now();
-        m.last_sync_timestamp.set(unix_seconds(now));
-        for t in self.trigger_times.drain(..) {
+        m.synced_at(unix_seconds(now));
+        for (family, t) in self.trigger_times.drain(..) {
+            // A slice of a family the node does not serve has no proxier upstream.
+            if !m.families().contains(&family) {
+                continue;
+            }
             if let Ok(latency) = now.duration_since(t) {
                 m.network_programming_duration
+                    .with_label_values(&[family.as_str()])
                     .observe(latency.as_secs_f64());
             }
         }
-        let internal = self.no_local.values().filter(|n| n.0).count();
-        let external = self.no_local.values().filter(|n| n.1).count();
-        m.no_local_endpoints
-            .with_label_values(&["internal"])
-            .set(internal as f64);
-        m.no_local_endpoints
-            .with_label_values(&["external"])
-            .set(external as f64);
+        for family in m.families() {
+            let i = family_index(*family);
+            let internal = self.no_local.values().filter(|n| n[i].0).count();
+            let external = self.no_local.values().filter(|n| n[i].1).count();
+            m.set_no_local_endpoints(*family, internal, external);
+        }
         self.shared.health.updated();
     }
 
@@ -403,6 +413,14 @@ impl Syncer {
     }
 }
 
+/// The slot of `family` in per-family arrays.
+fn family_index(family: IpFamily) -> usize {
+    match family {
+        IpFamily::V4 => 0,
+        IpFamily::V6 => 1,
+    }
+}
+
 fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -427,10 +445,7 @@ pub async fn run(
     let mut runner = Runner::new(timing.min_sync_period, timing.sync_period, Instant::now());
     let mut sources_open = true;
     syncer.shared.health.queued();
-    syncer
-        .metrics
-        .last_queued_timestamp
-        .set(unix_seconds(SystemTime::now()));
+    syncer.metrics.queued_at(unix_seconds(SystemTime::now()));
     runner.request_full();
     let mut drift_check = tokio::time::interval(DRIFT_CHECK_PERIOD);
     drift_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -451,7 +466,7 @@ pub async fn run(
                     }
                     if any && runner.request() {
                         syncer.shared.health.queued();
-                        syncer.metrics.last_queued_timestamp.set(unix_seconds(SystemTime::now()));
+                        syncer.metrics.queued_at(unix_seconds(SystemTime::now()));
                     }
                 }
                 None => {
@@ -503,5 +518,7 @@ mod conflict_tests;
 mod isolation_tests;
 #[cfg(test)]
 mod loop_tests;
+#[cfg(test)]
+mod metrics_tests;
 #[cfg(test)]
 mod tests;

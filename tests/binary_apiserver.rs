@@ -16,7 +16,8 @@ use support::{Kproxy, endpoint_ips, eventually, expect_eq, http_get_in, service_
 const WAIT: Duration = Duration::from_secs(20);
 const SERVICE_CHANGES: &str = "kubeproxy_sync_proxy_rules_service_changes_total";
 const ENDPOINT_CHANGES: &str = "kubeproxy_sync_proxy_rules_endpoint_changes_total";
-const FULL_SYNCS: &str = "kubeproxy_sync_full_proxy_rules_duration_seconds_count";
+const FULL_SYNCS: &str =
+    "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}";
 
 fn port(name: &str) -> String {
     format!("default/{name}:http/TCP")

@@ -18,7 +18,7 @@ async fn synced(k: &mut Kproxy) {
     let start = Instant::now();
     loop {
         let last = match k
-            .metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds")
+            .metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}")
             .await
         {
             Ok(t) if t > 0.0 => return,

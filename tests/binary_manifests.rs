@@ -189,7 +189,7 @@ async fn binary_serves_a_manifests_directory_through_changes_breakage_and_delete
     );
     let full = support::metric(
         &metrics,
-        "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
     );
     assert!(
         full.is_some_and(|n| n >= 1.0),
@@ -221,8 +221,11 @@ async fn binary_waits_for_a_manifests_directory_that_does_not_exist_yet_and_serv
     node_and_web(&d);
     let took = until(&mut kproxy, "web served and synced", |s, m| {
         ports_are(s, &["web"])?;
-        let synced =
-            support::metric(m, "kubeproxy_sync_proxy_rules_last_timestamp_seconds").unwrap_or(0.0);
+        let synced = support::metric(
+            m,
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}",
+        )
+        .unwrap_or(0.0);
         (synced > 0.0)
             .then_some(())
             .ok_or_else(|| "no sync yet".to_string())

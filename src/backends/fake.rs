@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, BackendError, Plans, ProxyMode, SyncReport};
-use crate::model::ServicePortName;
+use super::{Backend, BackendError, Plans, ProxyMode, SyncReport, TableRules};
 use crate::model::plan::Planned;
+use crate::model::{IpFamily, ServicePortName};
 use crate::node::NodeFacts;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,8 +30,10 @@ pub struct Recorded {
     pub drift: Option<String>,
     /// The mode the fake claims (nftables when unset).
     pub mode: Option<ProxyMode>,
-    /// What `rules_per_table` reports.
-    pub rules: BTreeMap<&'static str, usize>,
+    /// What `table_rules` reports.
+    pub rules: Vec<TableRules>,
+    /// What `failed_family` reports.
+    pub failed_family: Option<IpFamily>,
 }
 
 /// Cloneable handle: the test keeps one, the sync loop owns the other.
@@ -66,8 +68,12 @@ impl Backend for FakeBackend {
             .unwrap_or(ProxyMode::Nftables)
     }
 
-    fn rules_per_table(&self) -> BTreeMap<&'static str, usize> {
+    fn table_rules(&self) -> Vec<TableRules> {
         self.recorded.lock().unwrap().rules.clone()
+    }
+
+    fn failed_family(&self) -> Option<IpFamily> {
+        self.recorded.lock().unwrap().failed_family
     }
 
     fn sync_full(&mut self, plans: &Plans, _node: &NodeFacts) -> Result<SyncReport, BackendError> {

@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 pub use error::BackendError;
 
-use crate::model::ServicePortName;
 use crate::model::plan::Planned;
+use crate::model::{IpFamily, ServicePortName};
 use crate::node::NodeFacts;
 
 /// The plans of every service port, as the sync loop holds them.
@@ -94,6 +94,15 @@ impl FromStr for ProxyMode {
     }
 }
 
+/// Rules kproxy owns in one table of one family, and how many the last sync wrote there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRules {
+    pub family: IpFamily,
+    pub table: &'static str,
+    pub total: usize,
+    pub last_sync: usize,
+}
+
 /// What one sync did, for logs and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -118,10 +127,17 @@ pub trait Backend: Send {
     fn drift(&mut self) -> Result<Option<String>, BackendError> {
         Ok(None)
     }
-    /// Rules kproxy owns per table, for backends that count them (iptables mode's
-    /// `kubeproxy_sync_proxy_rules_iptables_total{table}`).
-    fn rules_per_table(&self) -> BTreeMap<&'static str, usize> {
-        BTreeMap::new()
+    /// Rules kproxy owns per (family, table), and how many the last sync wrote there, for
+    /// backends that count them (iptables mode's `kubeproxy_sync_proxy_rules_iptables_total`
+    /// and `…_iptables_last`).
+    fn table_rules(&self) -> Vec<TableRules> {
+        Vec::new()
+    }
+    /// The family whose kernel step failed in the last sync, for backends that apply the
+    /// families one after the other (iptables mode); None when a failure concerns every family
+    /// (one transaction for both).
+    fn failed_family(&self) -> Option<IpFamily> {
+        None
     }
     /// Remove everything kproxy created in this mode.
     fn cleanup(&mut self) -> Result<(), BackendError>;

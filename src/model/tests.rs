@@ -219,13 +219,20 @@ fn deleting_a_service_reports_its_ports_and_removes_them() {
 }
 
 #[test]
-fn slice_trigger_times_are_collected_until_checkout() {
+fn slice_trigger_times_are_collected_with_the_slice_family_until_checkout() {
     let mut t = ChangeTracker::default();
     let mut s = slice("web", &[("", 80)], vec![endpoint("10.0.0.1", true)]);
     let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
     s.trigger_time = Some(when);
+    let mut v6 = s.clone();
+    v6.family = IpFamily::V6;
+    v6.endpoints.clear();
     t.update_slice(&nn("web-a"), Some(s.into()));
-    assert_eq!(t.checkout().trigger_times, vec![when]);
+    t.update_slice(&nn("web-b"), Some(v6.into()));
+    assert_eq!(
+        t.checkout().trigger_times,
+        vec![(IpFamily::V4, when), (IpFamily::V6, when)]
+    );
     assert!(t.checkout().trigger_times.is_empty());
 }
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{
-    Endpoint, Model, NamespacedName, NodeInfo, Service, ServicePort, ServicePortName, Slice,
+    Endpoint, IpFamily, Model, NamespacedName, NodeInfo, Service, ServicePort, ServicePortName,
+    Slice,
 };
 
 /// A Service's derived view: its service ports and their endpoints.
@@ -23,8 +24,8 @@ pub struct Checkout {
     pub changed: BTreeSet<ServicePortName>,
     /// The Node object (zone, addresses) changed: plans of every port may differ.
     pub node_changed: bool,
-    /// EndpointSlice last-change-trigger-times of the updates taken.
-    pub trigger_times: Vec<SystemTime>,
+    /// EndpointSlice last-change-trigger-times of the updates taken, with the slice's family.
+    pub trigger_times: Vec<(IpFamily, SystemTime)>,
 }
 
 #[derive(Debug, Default)]
@@ -34,7 +35,7 @@ pub struct ChangeTracker {
     pending_services: HashSet<NamespacedName>,
     pending_endpoints: HashSet<NamespacedName>,
     node_changed: bool,
-    trigger_times: Vec<SystemTime>,
+    trigger_times: Vec<(IpFamily, SystemTime)>,
 }
 
 fn derive(model: &Model, service: &NamespacedName) -> Derived {
@@ -95,8 +96,10 @@ impl ChangeTracker {
         for owner in &owners {
             self.remember(owner);
         }
-        if let Some(t) = slice.as_ref().and_then(|s| s.trigger_time) {
-            self.trigger_times.push(t);
+        if let Some(s) = &slice
+            && let Some(t) = s.trigger_time
+        {
+            self.trigger_times.push((s.family, t));
         }
         self.model.set_slice(key, slice);
         self.pending_endpoints.extend(owners);

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use super::quarantine::{self, Quarantine, Quarantined, Unit};
 use super::{Shared, Syncer};
-use crate::backends::error::{Class, Step};
+use crate::backends::error::{Cause, Class, Step};
+use crate::backends::ipvs::kernel::KernelError;
 use crate::backends::{Backend, BackendError, Plans, ProxyMode, SyncReport};
 use crate::metrics::Metrics;
 use crate::model::ServicePortName;
@@ -160,12 +161,16 @@ impl Job {
         };
         let outcome = match result {
             Ok(()) => {
-                for (table, n) in backend.rules_per_table() {
-                    let gauge = self
-                        .metrics
-                        .iptables_rules_total
-                        .with_label_values(&[table]);
-                    gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+                for r in backend.table_rules() {
+                    let labels = &[r.table, r.family.as_str()];
+                    let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                    let m = &self.metrics;
+                    m.iptables_rules_total
+                        .with_label_values(labels)
+                        .set(gauge(r.total));
+                    m.iptables_rules_last
+                        .with_label_values(labels)
+                        .set(gauge(r.last_sync));
                 }
                 Outcome::Applied
             }
@@ -201,16 +206,35 @@ impl Job {
         }
     }
 
+    /// Upstream's failure counters, per `ip_family`: the family whose restore failed
+    /// (iptables), or every family the node serves when one transaction held them all
+    /// (nftables; IPVS mode's companion table, counted where upstream counts IPVS mode's
+    /// iptables-restore failures).
     fn count_failure(&self, backend: &dyn Backend, e: &BackendError) {
-        match backend.mode() {
-            ProxyMode::Nftables => self.metrics.nftables_sync_failures.inc(),
-            ProxyMode::Iptables if e.step() == Step::Apply => {
-                self.metrics.iptables_restore_failures.inc();
-                if !self.full {
-                    self.metrics.iptables_partial_restore_failures.inc();
+        let m = &self.metrics;
+        let families = match backend.failed_family() {
+            Some(f) => vec![f],
+            None => m.families().to_vec(),
+        };
+        let apply = e.step() == Step::Apply;
+        let companion = matches!(e.cause(), Cause::Ipvs(KernelError::Nft(_)));
+        for family in families {
+            let f = &[family.as_str()];
+            match backend.mode() {
+                ProxyMode::Nftables => m.nftables_sync_failures.with_label_values(f).inc(),
+                ProxyMode::Iptables if apply => {
+                    m.iptables_restore_failures.with_label_values(f).inc();
+                    if !self.full {
+                        m.iptables_partial_restore_failures
+                            .with_label_values(f)
+                            .inc();
+                    }
                 }
+                ProxyMode::Ipvs if apply && companion => {
+                    m.iptables_restore_failures.with_label_values(f).inc();
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
 

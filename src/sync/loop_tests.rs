@@ -23,7 +23,7 @@ pub(super) fn spn(name: &str) -> ServicePortName {
     ServicePortName::new(nn(name), "http", Protocol::Tcp)
 }
 
-fn service(name: &str, port: u16) -> Change {
+pub(super) fn service(name: &str, port: u16) -> Change {
     let sp = ServicePort::cluster_ip(spn(name), "10.96.0.10".parse().unwrap(), port);
     service_with(name, sp)
 }
@@ -54,12 +54,23 @@ pub(super) struct Harness {
 }
 
 pub(super) fn start(min_sync: Duration) -> Harness {
-    start_with(min_sync, Box::new(crate::conntrack::Noop))
+    start_with(min_sync, Box::new(crate::conntrack::Noop), Metrics::new())
 }
 
-fn start_with(min_sync: Duration, conntrack: Box<dyn crate::conntrack::Reconciler>) -> Harness {
+/// A loop whose metrics are `metrics` (a proxy mode, served families); the fake backend
+/// claims that mode.
+pub(super) fn start_metrics(min_sync: Duration, metrics: Metrics) -> Harness {
+    start_with(min_sync, Box::new(crate::conntrack::Noop), metrics)
+}
+
+fn start_with(
+    min_sync: Duration,
+    conntrack: Box<dyn crate::conntrack::Reconciler>,
+    metrics: Metrics,
+) -> Harness {
     let fake = FakeBackend::default();
-    let metrics = Arc::new(Metrics::new());
+    fake.recorded.lock().unwrap().mode = Some(metrics.mode());
+    let metrics = Arc::new(metrics);
     let shared = Arc::new(Shared::default());
     let syncer = Syncer::new(
         Box::new(fake.clone()),
@@ -181,44 +192,15 @@ async fn after_a_failed_sync_the_retry_is_a_full_resync_with_every_port() {
         5433
     );
     assert_eq!(h.metrics.sync_failures.get(), 1);
-    assert_eq!(
-        h.metrics.nftables_sync_failures.get(),
-        1,
-        "the fake is an nftables backend"
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn iptables_restore_failures_are_counted_as_upstream_and_partial_ones_twice() {
-    let h = start(Duration::ZERO);
-    {
-        let mut r = h.fake.recorded.lock().unwrap();
-        r.mode = Some(crate::backends::ProxyMode::Iptables);
-        r.rules = [("nat", 12), ("filter", 5)].into();
+    for family in ["IPv4", "IPv6"] {
+        assert_eq!(
+            (h.metrics.nftables_sync_failures)
+                .with_label_values(&[family])
+                .get(),
+            1,
+            "the fake is an nftables backend applying both families at once"
+        );
     }
-    h.tx.send(service("web", 80)).unwrap();
-    h.listed();
-    h.settle().await;
-    h.fake.recorded.lock().unwrap().fail_next = 2;
-    h.tx.send(service("web", 81)).unwrap();
-    h.settle().await;
-    tokio::time::advance(Duration::from_secs(1)).await;
-    h.settle().await;
-    tokio::time::advance(Duration::from_secs(2)).await;
-    h.settle().await;
-    let calls = h.fake.calls();
-    assert!(
-        matches!(calls[1], Call::Partial { .. }) && matches!(calls[2], Call::Full { .. }),
-        "{calls:?}"
-    );
-    assert_eq!(h.metrics.iptables_restore_failures.get(), 2, "{calls:?}");
-    assert_eq!(h.metrics.iptables_partial_restore_failures.get(), 1);
-    assert_eq!(h.metrics.nftables_sync_failures.get(), 0);
-    let text = h.metrics.render();
-    assert!(
-        text.contains("kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"} 12"),
-        "{text}"
-    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -352,33 +334,6 @@ async fn a_local_policy_service_gets_a_health_check_server_that_follows_its_loca
 }
 
 #[tokio::test(start_paused = true)]
-async fn network_programming_latency_counts_only_trigger_times_after_start() {
-    let h = start(Duration::ZERO);
-    let slice = |name: &str, trigger: std::time::SystemTime| {
-        let s = Slice {
-            service: nn("web"),
-            family: IpFamily::V4,
-            ports: vec![],
-            endpoints: vec![],
-            trigger_time: Some(trigger),
-        };
-        Change::Slice(nn(name), Some(s.into()))
-    };
-    let before_start = std::time::SystemTime::now() - Duration::from_secs(3600);
-    h.tx.send(service("web", 80)).unwrap();
-    h.tx.send(slice("old", before_start)).unwrap();
-    h.listed();
-    h.settle().await;
-    assert_eq!(h.metrics.network_programming_duration.get_sample_count(), 0);
-    h.tx.send(slice("new", std::time::SystemTime::now()))
-        .unwrap();
-    h.settle().await;
-    assert_eq!(h.fake.calls().len(), 2, "{:?}", h.fake.calls());
-    assert_eq!(h.metrics.network_programming_duration.get_sample_count(), 1);
-    assert_eq!(h.metrics.endpoint_changes_total.get(), 2);
-}
-
-#[tokio::test(start_paused = true)]
 async fn drift_reported_by_the_backend_is_counted_and_repaired_by_a_full_resync() {
     let h = start(Duration::ZERO);
     h.tx.send(service("web", 80)).unwrap();
@@ -418,7 +373,11 @@ impl crate::conntrack::Reconciler for Counting {
 #[tokio::test(start_paused = true)]
 async fn conntrack_is_reconciled_after_full_syncs_and_udp_changes_but_not_tcp_only_ones() {
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let h = start_with(Duration::ZERO, Box::new(Counting(count.clone())));
+    let h = start_with(
+        Duration::ZERO,
+        Box::new(Counting(count.clone())),
+        Metrics::new(),
+    );
     let reconciled = || count.load(std::sync::atomic::Ordering::Relaxed);
     h.tx.send(service("web", 80)).unwrap();
     h.listed();

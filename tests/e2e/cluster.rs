@@ -47,7 +47,9 @@ impl Cluster {
         };
         c.start_kproxy();
         // Scenarios measure changes, not kproxy's start-up: wait for its first sync.
-        let took = c.until_metric_positive("kubeproxy_sync_proxy_rules_last_timestamp_seconds");
+        let took = c.until_metric_positive(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}",
+        );
         println!("kproxy started -> first sync: {took:?}");
         c
     }

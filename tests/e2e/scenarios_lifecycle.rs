@@ -118,7 +118,9 @@ pub fn restarting_kproxy_fails_no_connection(c: &mut Cluster) {
     client.wait_for(50, "connections while kproxy is stopped");
     let starting = Instant::now();
     c.start_kproxy();
-    let took = c.until_metric_positive("kubeproxy_sync_proxy_rules_last_timestamp_seconds");
+    let took = c.until_metric_positive(
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}",
+    );
     println!(
         "kproxy started -> first sync done: {took:?} ({:?} since start)",
         starting.elapsed()

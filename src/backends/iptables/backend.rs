@@ -27,7 +27,9 @@ use super::restore_error::RestoreError;
 use super::tools;
 use super::variant::Variant;
 use crate::backends::error::Step;
-use crate::backends::{Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport};
+use crate::backends::{
+    Backend, BackendConfig, BackendError, Plans, ProxyMode, SyncReport, TableRules,
+};
 use crate::model::{IpFamily, ServicePortName};
 use crate::nftables::monitor::{Kind, LARGE, Monitor, Touch};
 use crate::node::{LocalTraffic, NodeFacts};
@@ -58,8 +60,13 @@ pub struct IptablesBackend {
     /// Full syncs in a row after which the iptables-nft probe differed from the mirror.
     mismatches: u8,
     last_probe: Option<Instant>,
-    /// Lines of the last restore input per table (`…_iptables_last`).
+    /// Lines of input the last sync restored.
     last_lines: usize,
+    /// Rules (`-A` and `-I` lines) the last sync wrote per family and table
+    /// (`kubeproxy_sync_proxy_rules_iptables_last`).
+    last_rules: BTreeMap<(IpFamily, Table), usize>,
+    /// The family whose restore failed in the last sync.
+    failed: Option<IpFamily>,
     /// iptables-nft: the kernel's notifications of who changed kproxy's chains (and the hooks
     /// into them); `None` for legacy, or when it cannot be opened.
     monitor: Option<Monitor>,
@@ -99,6 +106,8 @@ impl IptablesBackend {
             mismatches: 0,
             last_probe: None,
             last_lines: 0,
+            last_rules: BTreeMap::new(),
+            failed: None,
             monitor: (variant == Variant::Nft)
                 .then(|| {
                     Monitor::open(None, kproxy_chains)
@@ -188,6 +197,7 @@ impl IptablesBackend {
         };
         if let Err(error) = result {
             self.adopt = true;
+            self.failed = Some(family);
             tracing::warn!(program, %error, lines, "iptables-restore failed");
             return Err(BackendError::at(Step::Apply, error));
         }
@@ -200,7 +210,20 @@ impl IptablesBackend {
         if input.is_empty() {
             return Ok(0);
         }
-        self.restore(family, input.len(), &mut |w| write!(w, "{input}"))
+        let lines = self.restore(family, input.len(), &mut |w| write!(w, "{input}"))?;
+        for (table, ops) in &input.tables {
+            *self.last_rules.entry((family, *table)).or_default() += ops.rules_written();
+        }
+        Ok(lines)
+    }
+
+    /// Before a sync: nothing written yet, in any family and table, and nothing failed.
+    fn begin_sync(&mut self) {
+        self.last_lines = 0;
+        self.failed = None;
+        self.last_rules = (self.families.iter())
+            .flat_map(|f| Table::ALL.map(|t| ((*f, t), 0)))
+            .collect();
     }
 
     /// Adopts in one family: reads what the kernel holds, then loads `fixed` and every port of
@@ -219,6 +242,9 @@ impl IptablesBackend {
         let load = Load::new(&fixed, &saved, &ports);
         drop(saved);
         let lines = self.restore(family, load.len(), &mut |w| load.write(w, &ports))?;
+        for (table, n) in load.rules_written() {
+            *self.last_rules.entry((family, table)).or_default() += n;
+        }
         let port_rules = load.port_rules().clone();
         drop(load);
         Ok((
@@ -337,7 +363,7 @@ impl Backend for IptablesBackend {
     }
 
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
-        self.last_lines = 0;
+        self.begin_sync();
         if !self.adopt && !self.repair.is_empty() && !self.repair_chains()? {
             self.adopt = true;
         }
@@ -383,10 +409,10 @@ impl Backend for IptablesBackend {
         changed: &BTreeSet<ServicePortName>,
         _node: &NodeFacts,
     ) -> Result<SyncReport, BackendError> {
+        self.begin_sync();
         if self.adopt || self.mirrors.values().any(|m| !m.is_loaded()) || self.mirrors.is_empty() {
             return Err(BackendError::not_loaded());
         }
-        self.last_lines = 0;
         self.drift_before_write();
         let mut report = SyncReport::default();
         for family in self.families.clone() {
@@ -439,14 +465,24 @@ impl Backend for IptablesBackend {
         Ok(Some(self.describe(before, &now)))
     }
 
-    fn rules_per_table(&self) -> BTreeMap<&'static str, usize> {
-        let mut out = BTreeMap::new();
-        for m in self.mirrors.values() {
-            for (table, n) in m.rules_per_table() {
-                *out.entry(table.as_str()).or_default() += n;
-            }
-        }
-        out
+    fn table_rules(&self) -> Vec<TableRules> {
+        let mirrors = self.mirrors.iter();
+        mirrors
+            .flat_map(|(family, m)| {
+                m.rules_per_table()
+                    .into_iter()
+                    .map(|(table, total)| TableRules {
+                        family: *family,
+                        table: table.as_str(),
+                        total,
+                        last_sync: self.last_rules.get(&(*family, table)).copied().unwrap_or(0),
+                    })
+            })
+            .collect()
+    }
+
+    fn failed_family(&self) -> Option<IpFamily> {
+        self.failed
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {

@@ -88,6 +88,12 @@ fn live(variant: Variant) {
         let mut b = IptablesBackend::new(iptables_config(), variant);
         let report = b.sync_full(&plans(), &node()).expect("the first load");
         assert!(report.operations > 50, "{report:?}");
+        let rules = b.table_rules();
+        assert_eq!(rules.len(), 4, "two families, two tables: {rules:?}");
+        assert!(
+            rules.iter().all(|r| r.total > 0 && r.last_sync == r.total),
+            "a fresh load writes every rule it owns: {rules:?}"
+        );
     })
     .unwrap();
     let v4 = save(&ns, variant, IpFamily::V4);
@@ -125,6 +131,11 @@ fn live(variant: Variant) {
         let changed = BTreeSet::from([web]);
         let r = b.sync_partial(&fewer, &changed, &node()).expect("partial");
         assert!(r.operations > 0 && r.operations < 10, "{r:?}");
+        let rules = b.table_rules();
+        assert!(
+            rules.iter().all(|r| r.last_sync == 0),
+            "removing a Service deletes rules and writes none: {rules:?}"
+        );
         assert_no_drift(&mut b, "kproxy's own partial restore");
         let t = Instant::now();
         let rounds = 20;

@@ -119,6 +119,13 @@ impl<'a> Load<'a> {
         self.parts.values().all(Part::is_empty)
     }
 
+    /// Rules the load writes per table (`-A` and `-I` lines, as `TableOps::rules_written`).
+    pub fn rules_written(&self) -> impl Iterator<Item = (Table, usize)> + '_ {
+        (self.parts.iter())
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(t, p)| (*t, p.rules + p.adjust.inserts.len() + p.appends))
+    }
+
     /// Rules the ports own per table once loaded (for the mirror).
     pub fn port_rules(&self) -> &BTreeMap<Table, usize> {
         &self.port_rules

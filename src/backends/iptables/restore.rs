@@ -49,6 +49,12 @@ impl TableOps {
             + self.remove.len()
     }
 
+    /// Rules this part writes (`-A` and `-I` lines), as upstream's `…_iptables_last` counts
+    /// them; deletions and chain declarations are not rules.
+    pub fn rules_written(&self) -> usize {
+        self.rules.len() + self.inserts.len() + self.appends.len()
+    }
+
     /// Declares `chain` and fills it with `rules`.
     pub fn write_chain(&mut self, chain: &str, rules: &[String]) {
         self.declare.insert(chain.to_string());

@@ -61,6 +61,10 @@ fn loaded(plans: &Plans, config: &BackendConfig) -> Mirror {
 
 /// The restore input of a partial sync that changes one Service's endpoints and adds another.
 fn partial_input(n: u32) -> String {
+    partial_input_restore(n).to_string()
+}
+
+fn partial_input_restore(n: u32) -> super::restore::Restore {
     let config = iptables_config();
     let mut plans = services(n);
     let mirror = loaded(&plans, &config);
@@ -78,8 +82,7 @@ fn partial_input(n: u32) -> String {
     );
     let changed = BTreeSet::from([changed_name, added]);
     let scope = Scope::Ports(&changed);
-    let diff = mirror.diff(&plans, scope, IpFamily::V4, &config);
-    diff.restore.to_string()
+    mirror.diff(&plans, scope, IpFamily::V4, &config).restore
 }
 
 #[test]
@@ -145,4 +148,45 @@ fn the_masquerade_bit_sets_the_mark_everywhere_it_is_used() {
     let marks = text.iter().filter(|r| r.contains("0x8000")).count();
     assert_eq!(marks, 3, "mark, check, clear: {text:?}");
     assert!(!text.iter().any(|r| r.contains("0x4000")), "{text:?}");
+}
+
+/// `-A` and `-I` lines per table of a restore input.
+fn added_rules(text: &str) -> Vec<(Table, usize)> {
+    let mut out: Vec<(Table, usize)> = Vec::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            let table = Table::ALL.into_iter().find(|x| x.as_str() == t).unwrap();
+            out.push((table, 0));
+        } else if line.starts_with("-A ") || line.starts_with("-I ") {
+            out.last_mut().expect("a rule inside a table").1 += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn rules_written_are_the_added_rules_of_each_table_as_upstreams_iptables_last_counts() {
+    let config = iptables_config();
+    let mut plans = cluster_ips();
+    plans.extend(external());
+    let fixed = compile_fixed(IpFamily::V4, &node(), &config);
+    let ports = load::compiled(&plans, IpFamily::V4, &config);
+    let fresh = load::Load::new(&fixed, &Default::default(), &ports);
+    let text = fresh.text(&ports);
+    let written: Vec<(Table, usize)> = fresh.rules_written().collect();
+    assert_eq!(written, added_rules(&text), "{text}");
+    assert!(written.iter().all(|(_, n)| *n > 0), "{written:?}");
+
+    let partial = partial_input_restore(10);
+    let written: Vec<(Table, usize)> = (partial.tables.iter())
+        .filter(|(_, ops)| !ops.is_empty())
+        .map(|(t, ops)| (*t, ops.rules_written()))
+        .collect();
+    let text = partial.to_string();
+    assert_eq!(written, added_rules(&text), "{text}");
+    let rules: usize = written.iter().map(|(_, n)| n).sum();
+    assert!(
+        rules > 0 && rules < partial.len(),
+        "chain declarations are input but no rules: {text}"
+    );
 }
