@@ -53,9 +53,20 @@ impl Default for Tuning {
 /// One value written, or found as wanted, or refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Set { name: String, from: u64, to: u64 },
-    Kept { name: String, value: u64 },
-    Refused { name: String, value: u64, error: String },
+    Set {
+        name: String,
+        from: u64,
+        to: u64,
+    },
+    Kept {
+        name: String,
+        value: u64,
+    },
+    Refused {
+        name: String,
+        value: u64,
+        error: String,
+    },
 }
 
 impl Tuning {
@@ -78,8 +89,14 @@ impl Tuning {
             out.push(("nf_conntrack_max", max, true));
         }
         let timeouts = [
-            ("nf_conntrack_tcp_timeout_established", secs(self.tcp_established)),
-            ("nf_conntrack_tcp_timeout_close_wait", secs(self.tcp_close_wait)),
+            (
+                "nf_conntrack_tcp_timeout_established",
+                secs(self.tcp_established),
+            ),
+            (
+                "nf_conntrack_tcp_timeout_close_wait",
+                secs(self.tcp_close_wait),
+            ),
             ("nf_conntrack_udp_timeout", secs(self.udp)),
             ("nf_conntrack_udp_timeout_stream", secs(self.udp_stream)),
         ];
@@ -107,7 +124,9 @@ impl Tuning {
         }
         for o in &out {
             match o {
-                Outcome::Set { name, from, to } => tracing::info!("set {name} to {to} (was {from})"),
+                Outcome::Set { name, from, to } => {
+                    tracing::info!("set {name} to {to} (was {from})")
+                }
                 Outcome::Kept { .. } => {}
                 Outcome::Refused { name, value, error } => tracing::warn!(
                     "cannot set {name} to {value} ({error}); set it on the node, or run `kproxy --init-only` with the privileges it needs (see README)"
@@ -215,9 +234,19 @@ mod tests {
         assert_eq!(t.conntrack_max(2), Some(131_072), "the floor");
         assert_eq!(t.conntrack_max(8), Some(262_144));
         assert_eq!(t.conntrack_max(64), Some(1_048_576), "capped");
-        let big_min = Tuning { min: 2_000_000, ..Tuning::default() };
-        assert_eq!(big_min.conntrack_max(64), Some(2_000_000), "an explicit floor beats the cap");
-        let off = Tuning { max_per_core: 0, ..Tuning::default() };
+        let big_min = Tuning {
+            min: 2_000_000,
+            ..Tuning::default()
+        };
+        assert_eq!(
+            big_min.conntrack_max(64),
+            Some(2_000_000),
+            "an explicit floor beats the cap"
+        );
+        let off = Tuning {
+            max_per_core: 0,
+            ..Tuning::default()
+        };
         assert_eq!(off.conntrack_max(64), None);
     }
 
@@ -235,9 +264,23 @@ mod tests {
         assert_eq!(read(&dir.path().join(HASHSIZE)), Some(65_536));
         assert_eq!(value(&dir, "nf_conntrack_tcp_timeout_established"), 86_400);
         assert_eq!(value(&dir, "nf_conntrack_tcp_timeout_close_wait"), 3_600);
-        assert_eq!(value(&dir, "nf_conntrack_udp_timeout"), 30, "unset: left alone");
-        assert!(!dir.path().join(NETFILTER).join("nf_conntrack_tcp_be_liberal").exists());
-        assert_eq!(out.iter().filter(|o| matches!(o, Outcome::Set { .. })).count(), 4);
+        assert_eq!(
+            value(&dir, "nf_conntrack_udp_timeout"),
+            30,
+            "unset: left alone"
+        );
+        assert!(
+            !dir.path()
+                .join(NETFILTER)
+                .join("nf_conntrack_tcp_be_liberal")
+                .exists()
+        );
+        assert_eq!(
+            out.iter()
+                .filter(|o| matches!(o, Outcome::Set { .. }))
+                .count(),
+            4
+        );
     }
 
     #[test]
@@ -250,7 +293,10 @@ mod tests {
         ]);
         let out = Tuning::default().apply(dir.path(), 8);
         assert_eq!(value(&dir, "nf_conntrack_max"), 4_000_000);
-        assert!(out.iter().all(|o| matches!(o, Outcome::Kept { .. })), "{out:?}");
+        assert!(
+            out.iter().all(|o| matches!(o, Outcome::Kept { .. })),
+            "{out:?}"
+        );
     }
 
     #[test]

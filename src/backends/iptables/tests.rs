@@ -170,7 +170,8 @@ fn rules_written_are_the_added_rules_of_each_table_as_upstreams_iptables_last_co
     let mut plans = cluster_ips();
     plans.extend(external());
     let fixed = compile_fixed(IpFamily::V4, &node(), &config);
-    let ports = load::compiled(&plans, IpFamily::V4, &config);
+    let local = node().local_traffic;
+    let ports = load::compiled(&plans, IpFamily::V4, &config, &local);
     let fresh = load::Load::new(&fixed, &Default::default(), &ports);
     let text = fresh.text(&ports);
     let written: Vec<(Table, usize)> = fresh.rules_written().collect();
