@@ -67,6 +67,9 @@ pub struct Config {
     /// The Node's name: `--hostname-override`, `hostnameOverride`, or the host name.
     pub node_name: String,
     pub cluster_cidrs: Vec<IpNet>,
+    /// `--conntrack-*` / `conntrack.*`: the conntrack tuning done at start (and by
+    /// `--init-only`).
+    pub conntrack: crate::conntrack::tuning::Tuning,
     /// `--detect-local-mode` and what it needs (`--cluster-cidr`, `--pod-bridge-interface`,
     /// `--pod-interface-name-prefix` and the file's `detectLocal`).
     pub detect_local: DetectLocal,
@@ -81,6 +84,8 @@ pub struct Config {
     pub bind_address_hard_fail: bool,
     pub config_file: Option<PathBuf>,
     pub cleanup: bool,
+    /// `--init-only`: the privileged node setup, then exit.
+    pub init_only: bool,
     /// `--cleanup-kube-proxy`: remove upstream kube-proxy's leftovers and exit.
     pub cleanup_kube_proxy: bool,
     /// The klog level (`-v`).
@@ -129,6 +134,7 @@ impl Config {
     /// What the backend needs from the configuration.
     pub fn backend_config(&self) -> BackendConfig {
         BackendConfig {
+            conntrack_tcp_be_liberal: self.conntrack.tcp_be_liberal,
             masquerade_all: self.masquerade_all,
             nft_transport: self.nft_transport,
             localhost_nodeports: self.localhost_nodeports,
@@ -337,6 +343,7 @@ fn resolve(
         .or(file.cluster_cidrs.clone())
         .unwrap_or_default();
     let detect_local = detect_local(m, &file, &cluster_cidrs)?;
+    let conntrack = conntrack(m, &file.conntrack)?;
 
     Ok(Config {
         mode,
@@ -348,6 +355,7 @@ fn resolve(
             .map(str::to_owned),
         node_name: node_name(m, file.hostname_override.as_deref(), hostname)?,
         cluster_cidrs,
+        conntrack,
         detect_local,
         nodeport_addresses,
         masquerade_all: bool_flag(m, "masquerade-all")?
@@ -362,6 +370,7 @@ fn resolve(
             .unwrap_or(false),
         config_file,
         cleanup: bool_flag(m, "cleanup")?.unwrap_or(false),
+        init_only: bool_flag(m, "init-only")?.unwrap_or(false),
         cleanup_kube_proxy: bool_flag(m, "cleanup-kube-proxy")?.unwrap_or(false),
         verbosity: flag(m, "v", values::parse_verbosity)?
             .or(file.verbosity)
@@ -509,5 +518,32 @@ fn detect_local(
             text("pod-interface-name-prefix", &file.interface_name_prefix),
         )?),
         _ => DetectLocal::ClusterCidr(cluster_cidrs.to_vec()),
+    })
+}
+
+/// The conntrack tuning: each flag, else the file's field, else upstream's default.
+fn conntrack(
+    m: &clap::ArgMatches,
+    file: &file::ConntrackSection,
+) -> Result<crate::conntrack::tuning::Tuning, ConfigError> {
+    use crate::conntrack::tuning::{self, Tuning};
+    Ok(Tuning {
+        max_per_core: flag(m, "conntrack-max-per-core", values::parse_count)?
+            .or(file.max_per_core)
+            .unwrap_or(tuning::DEFAULT_MAX_PER_CORE),
+        min: flag(m, "conntrack-min", values::parse_count)?
+            .or(file.min)
+            .unwrap_or(tuning::DEFAULT_MIN),
+        tcp_established: duration_flag(m, "conntrack-tcp-timeout-established")?
+            .or(file.tcp_established)
+            .or(Some(tuning::DEFAULT_TCP_ESTABLISHED)),
+        tcp_close_wait: duration_flag(m, "conntrack-tcp-timeout-close-wait")?
+            .or(file.tcp_close_wait)
+            .or(Some(tuning::DEFAULT_TCP_CLOSE_WAIT)),
+        tcp_be_liberal: bool_flag(m, "conntrack-tcp-be-liberal")?
+            .or(file.tcp_be_liberal)
+            .unwrap_or(false),
+        udp: duration_flag(m, "conntrack-udp-timeout")?.or(file.udp),
+        udp_stream: duration_flag(m, "conntrack-udp-timeout-stream")?.or(file.udp_stream),
     })
 }

@@ -106,23 +106,6 @@ fn init_tracing(format: LogFormat, verbosity: u8) {
     }
 }
 
-/// `--oom-score-adj`, as upstream: the OOM killer should pick kproxy last, since a node without
-/// it loses Service updates. Lowering it needs CAP_SYS_RESOURCE, which neither deploy/'s
-/// container (its kubelet gives a system-node-critical pod -997) nor its systemd unit (which
-/// sets -999 itself) keeps: then one info line, as upstream logs it only at -v=2.
-fn set_oom_score_adj(value: i32) {
-    const PATH: &str = "/proc/self/oom_score_adj";
-    let now = std::fs::read_to_string(PATH).unwrap_or_default();
-    // Already so (systemd's OOMScoreAdjust= in deploy/kproxy.service): nothing to write.
-    if now.trim() == value.to_string() {
-        return;
-    }
-    if let Err(e) = std::fs::write(PATH, value.to_string()) {
-        tracing::info!(value, current = now.trim(), error = %e,
-            "cannot set /proc/self/oom_score_adj (--oom-score-adj; lowering it needs CAP_SYS_RESOURCE)");
-    }
-}
-
 async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> {
     let mut backend_config = cfg.backend_config();
     if cfg.dry_run {
@@ -140,15 +123,23 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
         tracing::info!("upstream kube-proxy's rules removed");
         return Ok(());
     }
+    if !cfg.dry_run {
+        kproxy::node::setup::oom_score_adj(cfg.oom_score_adj);
+        backend_config.conntrack_tcp_be_liberal = kproxy::node::setup::conntrack(&cfg.conntrack);
+    }
+    if cfg.init_only {
+        backends::for_mode(cfg.mode, backend_config)
+            .prepare_host()
+            .context("--init-only")?;
+        tracing::info!(mode = %cfg.mode.as_str(), "--init-only: the node is set up; exiting");
+        return Ok(());
+    }
     // The daemon: one per network namespace, and signals handled from here on.
     let _lock = if cfg.dry_run {
         None
     } else {
         Some(kproxy::instance::take()?)
     };
-    if !cfg.dry_run {
-        set_oom_score_adj(cfg.oom_score_adj);
-    }
     let signals = Signals::install();
     let metrics = Arc::new(Metrics::for_mode(cfg.mode, &backends::host_families()));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

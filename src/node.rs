@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::model::NodeInfo;
 
 mod local;
+pub mod setup;
 pub use local::{DetectLocal, LocalTraffic};
 
 /// --nodeport-addresses: which host addresses NodePorts answer on.

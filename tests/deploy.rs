@@ -262,6 +262,33 @@ fn the_pod_spec_is_what_a_node_proxy_needs() {
     );
     let requests = c.resources.unwrap().requests.unwrap();
     assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
+
+    // The init container: the same image and configuration with --init-only, privileged, with
+    // the modules to load.
+    let init = pod.init_containers.clone().unwrap_or_default();
+    let init = init
+        .iter()
+        .find(|i| i.args.iter().flatten().any(|a| a == "--init-only"))
+        .expect("an init container running kproxy --init-only");
+    assert_eq!(init.image, c.image);
+    assert_eq!(init.command, c.command);
+    let mut args = init.args.clone().unwrap_or_default();
+    args.retain(|a| a != "--init-only");
+    assert_eq!(Some(args), c.args, "the daemon's configuration");
+    assert_eq!(
+        init.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true)
+    );
+    let mounts: Vec<&str> = init
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert!(
+        mounts.contains(&"/lib/modules") && mounts.contains(&"/var/lib/kproxy"),
+        "{mounts:?}"
+    );
 }
 
 /// The ```yaml blocks of deploy/README.md.

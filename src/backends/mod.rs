@@ -40,6 +40,9 @@ pub type Plans = BTreeMap<ServicePortName, Arc<Planned>>;
 /// What a backend is asked to program, besides the plans.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackendConfig {
+    /// The kernel tracks TCP liberally (`nf_conntrack_tcp_be_liberal` read at start): iptables
+    /// mode then drops no INVALID packet, as upstream.
+    pub conntrack_tcp_be_liberal: bool,
     pub masquerade_all: bool,
     /// `--nftables-transport`: how nftables mode (and IPVS mode's companion table) reaches
     /// the kernel.
@@ -112,6 +115,13 @@ pub struct SyncReport {
 
 pub trait Backend: Send {
     fn mode(&self) -> ProxyMode;
+    /// What the mode needs of the kernel before its first sync and that needs more than
+    /// NET_ADMIN (IPVS: its modules and sysctls; iptables: `route_localnet` for localhost
+    /// NodePorts): done by the first sync anyway, and alone by `--init-only`. A value that
+    /// cannot be set is a warning; an error means the mode cannot work here.
+    fn prepare_host(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Reconcile everything with `plans`, adopting what is already programmed.
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError>;
     /// Apply only the service ports in `changed` (present in `plans`, or removed if absent).

@@ -149,6 +149,18 @@ pub struct ModeSection {
     pub udp_timeout: Option<Duration>,
 }
 
+/// The file's `conntrack` section; `None` where unset or null.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackSection {
+    pub max_per_core: Option<u32>,
+    pub min: Option<u32>,
+    pub tcp_established: Option<Duration>,
+    pub tcp_close_wait: Option<Duration>,
+    pub tcp_be_liberal: Option<bool>,
+    pub udp: Option<Duration>,
+    pub udp_stream: Option<Duration>,
+}
+
 /// What kproxy takes from the file; `None` where the file leaves the default.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileConfig {
@@ -157,6 +169,8 @@ pub struct FileConfig {
     pub hostname_override: Option<String>,
     pub bind_address: Option<IpAddr>,
     pub cluster_cidrs: Option<Vec<IpNet>>,
+    /// `conntrack.*`; `None` where unset (or null).
+    pub conntrack: ConntrackSection,
     /// `detectLocalMode` (checked; `None` when unset or empty).
     pub detect_local_mode: Option<String>,
     /// `detectLocal.bridgeInterface`, `detectLocal.interfaceNamePrefix`.
@@ -226,6 +240,7 @@ pub fn decode(text: &str) -> Result<FileConfig, String> {
             .map(|s| parse_ip(&s).map_err(|e| format!("bindAddress: {e}")))
             .transpose()?,
         cluster_cidrs: parsed(&doc, "clusterCIDR", parse_cluster_cidrs)?,
+        conntrack: conntrack(&doc)?,
         detect_local_mode: parsed(&doc, "detectLocalMode", parse_detect_local_mode)?
             .filter(|m| !m.is_empty()),
         bridge_interface: string(&doc, "detectLocal.bridgeInterface")?.filter(|s| !s.is_empty()),
@@ -343,6 +358,26 @@ fn parsed<T>(
     string(doc, path)?
         .map(|s| parse(&s).map_err(|e| format!("{path}: {e}")))
         .transpose()
+}
+
+fn conntrack(doc: &Value) -> Result<ConntrackSection, String> {
+    let duration = |field: &str| -> Result<Option<Duration>, String> {
+        parsed(doc, &format!("conntrack.{field}"), |s| {
+            parse_go_duration(s).map_err(|e| e.to_string())
+        })
+    };
+    let count = |field: &str| -> Result<Option<u32>, String> {
+        Ok(integer(doc, &format!("conntrack.{field}"), 0, i32::MAX as i64)?.map(|n| n as u32))
+    };
+    Ok(ConntrackSection {
+        max_per_core: count("maxPerCore")?,
+        min: count("min")?,
+        tcp_established: duration("tcpEstablishedTimeout")?,
+        tcp_close_wait: duration("tcpCloseWaitTimeout")?,
+        tcp_be_liberal: boolean(doc, "conntrack.tcpBeLiberal")?,
+        udp: duration("udpTimeout")?,
+        udp_stream: duration("udpStreamTimeout")?,
+    })
 }
 
 fn section(doc: &Value, name: &str) -> Result<ModeSection, String> {

@@ -36,18 +36,10 @@ pub enum Kind {
 /// deprecated `--healthz-port` and `--metrics-port` are here too: upstream uses them only to
 /// disable a server (port 0), which kproxy does not support.
 ///
-/// Not accepted, because ignoring it would change what the process does: `--init-only` (which
-/// exits early upstream). Flags removed from upstream before 1.26 (`--resource-container`,
-/// `--udp-timeout`, the klog `--logtostderr` family) are unknown.
+/// Flags removed from upstream before 1.26 (`--resource-container`, `--udp-timeout`, the klog
+/// `--logtostderr` family) are unknown.
 pub const IGNORED: &[(&str, Kind)] = &[
     ("config-sync-period", Kind::Duration),
-    ("conntrack-max-per-core", Kind::Int),
-    ("conntrack-min", Kind::Int),
-    ("conntrack-tcp-be-liberal", Kind::Bool),
-    ("conntrack-tcp-timeout-close-wait", Kind::Duration),
-    ("conntrack-tcp-timeout-established", Kind::Duration),
-    ("conntrack-udp-timeout", Kind::Duration),
-    ("conntrack-udp-timeout-stream", Kind::Duration),
     ("feature-gates", Kind::List),
     ("healthz-port", Kind::Int),
     ("ipvs-exclude-cidrs", Kind::List),
@@ -64,14 +56,6 @@ pub const IGNORED: &[(&str, Kind)] = &[
     ("show-hidden-metrics-for-version", Kind::Text),
     ("vmodule", Kind::Text),
 ];
-
-/// Upstream flags kproxy rejects with a reason rather than as unknown (`--init-only=false` is
-/// harmless and accepted).
-pub const UNSUPPORTED: &[(&str, Kind, &str)] = &[(
-    "init-only",
-    Kind::Bool,
-    "not supported (kproxy needs no privileged init step)",
-)];
 
 const UPSTREAM: &str = "Flags (as kube-proxy)";
 const OWN: &str = "kproxy's own flags";
@@ -116,6 +100,40 @@ pub fn command() -> Command {
             "cluster-cidr",
             "CIDRS",
             "the pods' CIDRs, comma-separated, at most one per family",
+        ))
+        .arg(value(
+            "conntrack-max-per-core",
+            "N",
+            "nf_conntrack_max per CPU (default 32768; 0 leaves nf_conntrack_max and --conntrack-min alone); only ever raised",
+        ))
+        .arg(value(
+            "conntrack-min",
+            "N",
+            "the smallest nf_conntrack_max to set (default 131072)",
+        ))
+        .arg(value(
+            "conntrack-tcp-timeout-established",
+            "DURATION",
+            "idle timeout of established TCP connections (default 24h; 0 leaves the kernel's)",
+        ))
+        .arg(value(
+            "conntrack-tcp-timeout-close-wait",
+            "DURATION",
+            "timeout of TCP connections in CLOSE_WAIT (default 1h; 0 leaves the kernel's)",
+        ))
+        .arg(boolean(
+            "conntrack-tcp-be-liberal",
+            "track TCP liberally (nf_conntrack_tcp_be_liberal=1): out-of-window packets are not INVALID; iptables mode then drops no INVALID packet",
+        ))
+        .arg(value(
+            "conntrack-udp-timeout",
+            "DURATION",
+            "idle timeout of UDP flows (0, the default, leaves the kernel's)",
+        ))
+        .arg(value(
+            "conntrack-udp-timeout-stream",
+            "DURATION",
+            "idle timeout of UDP streams (0, the default, leaves the kernel's)",
         ))
         .arg(value(
             "detect-local-mode",
@@ -201,6 +219,10 @@ pub fn command() -> Command {
         .arg(boolean(
             "cleanup",
             "remove every rule kproxy created in this mode, then exit",
+        ))
+        .arg(boolean(
+            "init-only",
+            "do the privileged node setup (OOM score, conntrack tuning, the mode's kernel modules and sysctls) and exit 0, so the long-running container needs only NET_ADMIN",
         ))
         .arg(value(
             "write-config-to",
@@ -303,13 +325,6 @@ pub fn command() -> Command {
             _ => value(name, "VALUE", "ignored"),
         };
         cmd = cmd.arg(arg);
-    }
-    for (name, kind, _) in UNSUPPORTED {
-        let arg = match kind {
-            Kind::Bool => boolean(name, "not supported"),
-            _ => value(name, "VALUE", "not supported"),
-        };
-        cmd = cmd.arg(arg.hide(true));
     }
     cmd
 }
@@ -419,25 +434,6 @@ pub fn ignored_flags(m: &ArgMatches) -> Result<Vec<String>, ConfigError> {
             "--{name}={} is accepted for kube-proxy compatibility and ignored",
             values.join(",")
         ));
-    }
-    for (name, kind, reason) in UNSUPPORTED {
-        let Some(v) = explicit(m, name) else {
-            continue;
-        };
-        let flag = format!("--{name}");
-        if *kind == Kind::Bool {
-            let on = parse_bool(v).map_err(|message| ConfigError::Invalid {
-                flag: flag.clone(),
-                message,
-            })?;
-            if !on {
-                continue;
-            }
-        }
-        return Err(ConfigError::Invalid {
-            flag,
-            message: (*reason).to_owned(),
-        });
     }
     Ok(warnings)
 }

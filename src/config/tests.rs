@@ -284,10 +284,6 @@ fn each_kind_of_bad_value_is_a_one_line_error_naming_the_flag() {
             &["--conntrack-tcp-timeout-established=1y"],
             "--conntrack-tcp-timeout-established: unknown unit \"y\" in duration \"1y\" (want ns, us, ms, s, m or h)",
         ),
-        (
-            &["--init-only"],
-            "--init-only: not supported (kproxy needs no privileged init step)",
-        ),
     ];
     for (args, want) in cases {
         assert_eq!(error(args), *want, "{args:?}");
@@ -328,7 +324,7 @@ fn help_and_version_are_returned_not_printed() {
         Ok(Parsed::Help(text)) => {
             assert!(text.contains("--proxy-mode"), "{text}");
             assert!(text.contains("--conntrack-max-per-core"), "{text}");
-            assert!(!text.contains("--init-only"), "{text}");
+            assert!(text.contains("--init-only"), "{text}");
         }
         other => panic!("{other:?}"),
     }
@@ -470,6 +466,7 @@ fn the_backend_config_carries_cidrs_and_masquerading() {
     assert_eq!(
         c.backend_config(),
         BackendConfig {
+            conntrack_tcp_be_liberal: false,
             masquerade_all: true,
             nft_transport: Default::default(),
             localhost_nodeports: true,

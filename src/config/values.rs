@@ -63,6 +63,20 @@ pub fn parse_masquerade_bit(s: &str) -> Result<u8, String> {
         .ok_or_else(|| format!("invalid bit {s:?} (want 0 to 31)"))
 }
 
+/// `--conntrack-max-per-core`, `--conntrack-min`: upstream's int32, not negative.
+pub fn parse_count(s: &str) -> Result<u32, String> {
+    s.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n <= i32::MAX as u32)
+        .ok_or_else(|| {
+            format!(
+                "invalid value {s:?} (want an integer from 0 to {})",
+                i32::MAX
+            )
+        })
+}
+
 /// `--oom-score-adj`: what the kernel accepts in `/proc/PID/oom_score_adj`.
 pub fn parse_oom_score_adj(s: &str) -> Result<i32, String> {
     s.parse::<i32>()

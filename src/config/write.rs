@@ -3,8 +3,8 @@
 //!
 //! Invariants: every field of upstream's v1alpha1 type is written (the YAML with its keys sorted,
 //! as upstream's encoder writes them), so the file is complete for kproxy and for upstream
-//! kube-proxy alike. What kproxy does not implement carries upstream's default (`conntrack`,
-//! `clientConnection.qps`, `winkernel`, ...), which `--config` reads without a warning. Like
+//! kube-proxy alike. What kproxy does not implement carries upstream's default
+//! (`clientConnection.qps`, `winkernel`, ...), which `--config` reads without a warning. Like
 //! upstream's conversion, the sync periods and `masqueradeAll` go into the section of the mode
 //! (`masqueradeAll` of ipvs mode into `iptables`) and the other sections' sync periods are `0s`;
 //! `masqueradeBit` goes into `nftables` in nftables mode and into `iptables` otherwise (the other
@@ -226,13 +226,13 @@ pub fn document(cfg: &Config) -> KubeProxyConfiguration {
             .join(","),
         config_sync_period: d(std::time::Duration::from_secs(15 * 60)),
         conntrack: Conntrack {
-            max_per_core: 32 * 1024,
-            min: 128 * 1024,
-            tcp_be_liberal: false,
-            tcp_close_wait_timeout: d(std::time::Duration::from_secs(3600)),
-            tcp_established_timeout: d(std::time::Duration::from_secs(24 * 3600)),
-            udp_stream_timeout: zero(),
-            udp_timeout: zero(),
+            max_per_core: cfg.conntrack.max_per_core as i32,
+            min: cfg.conntrack.min as i32,
+            tcp_be_liberal: cfg.conntrack.tcp_be_liberal,
+            tcp_close_wait_timeout: timeout(cfg.conntrack.tcp_close_wait),
+            tcp_established_timeout: timeout(cfg.conntrack.tcp_established),
+            udp_stream_timeout: timeout(cfg.conntrack.udp_stream),
+            udp_timeout: timeout(cfg.conntrack.udp),
         },
         detect_local: DetectLocal {
             bridge_interface: match &cfg.detect_local {

@@ -16,6 +16,7 @@ mod client;
 mod cluster;
 mod manifests;
 mod mode;
+mod node_setup;
 mod scenarios_changes;
 mod scenarios_clusterip;
 mod scenarios_conntrack;
@@ -177,6 +178,12 @@ mod iptables_legacy {
 /// IPVS mode. The host kernel of this project's machines has no IP_VS, so these are ignored
 /// here and run inside the VM that `tests/vm/run.sh` boots (`test.sh` does that).
 mod ipvs {
+    #[test]
+    #[ignore = "changes the host's conntrack table size and loads IP_VS: runs inside the VM (tests/vm)"]
+    fn init_only_in_the_hosts_namespace_raises_the_conntrack_table_and_loads_ipvs() {
+        crate::node_setup::init_only_in_the_hosts_namespace_raises_the_conntrack_table_and_loads_ipvs();
+    }
+
     scenarios!("ipvs", #[ignore = "needs IP_VS: runs inside the VM (tests/vm)"]);
     scenarios!(@tests "ipvs", #[ignore = "needs IP_VS: runs inside the VM (tests/vm)"];
         scenarios_ipvs::client_ip_affinity_is_persistence_per_port_with_the_services_timeout,

@@ -362,6 +362,11 @@ impl Backend for IptablesBackend {
         ProxyMode::Iptables
     }
 
+    fn prepare_host(&mut self) -> Result<(), BackendError> {
+        self.set_route_localnet();
+        Ok(())
+    }
+
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
         self.begin_sync();
         if !self.adopt && !self.repair.is_empty() && !self.repair_chains()? {

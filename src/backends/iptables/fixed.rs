@@ -3,7 +3,7 @@
 //! the built-in chains.
 //!
 //! Invariants: pure; depends only on the family, the node's NodePort addresses and the
-//! configuration (localhost NodePorts, masquerade bit); the dispatch chains start empty, their
+//! configuration (localhost NodePorts, masquerade bit, liberal TCP tracking); the dispatch chains start empty, their
 //! rules belong to the service ports (`compile.rs`).
 
 use super::compile::{Fixed, Table, host};
@@ -72,6 +72,7 @@ pub fn compile_fixed(family: IpFamily, node: &NodeFacts, config: &BackendConfig)
         ),
         (Nat, names::CANARY, vec!["-j RETURN".to_string()]),
         (Filter, names::FILTER, filter),
+        (Filter, names::FORWARD, forward(config)),
         (Filter, names::REJECTS, vec![]),
         (Filter, names::NODEPORT_REJECTS, vec![]),
         (Filter, names::CANARY, vec!["-j RETURN".to_string()]),
@@ -96,10 +97,31 @@ pub fn compile_fixed(family: IpFamily, node: &NodeFacts, config: &BackendConfig)
             ),
         ),
         (Filter, "INPUT", filter_hook.clone()),
-        (Filter, "FORWARD", filter_hook.clone()),
+        (
+            Filter,
+            "FORWARD",
+            format!(
+                "-m comment --comment \"kproxy forwarding rules\" -j {}",
+                names::FORWARD
+            ),
+        ),
         (Filter, "OUTPUT", filter_hook),
     ];
     Fixed { chains, hooks }
+}
+
+/// `KPROXY-FORWARD`: as upstream, packets conntrack calls INVALID are dropped when forwarded,
+/// unless the kernel tracks TCP liberally (`nf_conntrack_tcp_be_liberal`): conntrack cannot
+/// un-NAT them, so they would reach the pod with the Service address and be answered with a
+/// reset that kills the connection (k/k#117924).
+/// Then the filter rules, as from INPUT and OUTPUT.
+fn forward(config: &BackendConfig) -> Vec<String> {
+    let mut rules = Vec::new();
+    if !config.conntrack_tcp_be_liberal {
+        rules.push("-m conntrack --ctstate INVALID -m comment --comment \"drop packets conntrack calls INVALID\" -j DROP".to_string());
+    }
+    rules.push(format!("-j {}", names::FILTER));
+    rules
 }
 
 /// The destination matches under which a packet is for a NodePort. With every local address

@@ -23,8 +23,11 @@ pub const NODEPORTS: &str = "KPROXY-NODEPORTS";
 pub const MARK_MASQ: &str = "KPROXY-MARK-MASQ";
 pub const POSTROUTING: &str = "KPROXY-POSTROUTING";
 // filter table
-/// Entry from INPUT, FORWARD and OUTPUT (fixed rules).
+/// Entry from INPUT and OUTPUT, and from FORWARD through `FORWARD` (fixed rules).
 pub const FILTER: &str = "KPROXY-FILTER";
+/// Entry from FORWARD: drops packets conntrack calls INVALID unless the kernel tracks TCP
+/// liberally (upstream: KUBE-FORWARD's INVALID rule), then `FILTER`.
+pub const FORWARD: &str = "KPROXY-FORWARD";
 /// One rule per rejected, dropped or firewalled (service IP, protocol, port).
 pub const REJECTS: &str = "KPROXY-REJECTS";
 /// One rule per rejected or dropped (protocol, NodePort).

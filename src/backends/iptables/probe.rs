@@ -52,7 +52,14 @@ const CHAINS: &[(Table, &[&str])] = &[
     ),
     (
         Table::Filter,
-        &["INPUT", "FORWARD", "OUTPUT", names::FILTER, names::CANARY],
+        &[
+            "INPUT",
+            "FORWARD",
+            "OUTPUT",
+            names::FILTER,
+            names::FORWARD,
+            names::CANARY,
+        ],
     ),
 ];
 

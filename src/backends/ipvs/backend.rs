@@ -302,6 +302,10 @@ impl Backend for IpvsBackend {
         ProxyMode::Ipvs
     }
 
+    fn prepare_host(&mut self) -> Result<(), BackendError> {
+        self.prepare()
+    }
+
     fn sync_full(&mut self, plans: &Plans, node: &NodeFacts) -> Result<SyncReport, BackendError> {
         if self.settings.local != node.local_traffic {
             // Its companion rules match local traffic: they are written again.
