@@ -336,8 +336,16 @@ fn resolve(
                 message,
             })?
         }
-        None => file.nodeport_addresses.clone().unwrap_or_default(),
-    };
+        None => file.nodeport_addresses.clone(),
+    }
+    // Unset: `primary` in nftables mode, every address in the others, as upstream.
+    .unwrap_or_else(|| match mode {
+        ProxyMode::Nftables => NodePortAddresses::primary(),
+        _ => NodePortAddresses::all(),
+    });
+    if nodeport_addresses.localhost && mode == ProxyMode::Ipvs {
+        warnings.push("--nodeport-addresses localhost: IPVS mode serves no NodePort on loopback, as upstream".to_owned());
+    }
 
     let cluster_cidrs = flag(m, "cluster-cidr", values::parse_cluster_cidrs)?
         .or(file.cluster_cidrs.clone())
@@ -534,16 +542,23 @@ fn conntrack(
         min: flag(m, "conntrack-min", values::parse_count)?
             .or(file.min)
             .unwrap_or(tuning::DEFAULT_MIN),
-        tcp_established: duration_flag(m, "conntrack-tcp-timeout-established")?
-            .or(file.tcp_established)
-            .or(Some(tuning::DEFAULT_TCP_ESTABLISHED)),
-        tcp_close_wait: duration_flag(m, "conntrack-tcp-timeout-close-wait")?
-            .or(file.tcp_close_wait)
-            .or(Some(tuning::DEFAULT_TCP_CLOSE_WAIT)),
+        tcp_established: tcp_timeout(
+            duration_flag(m, "conntrack-tcp-timeout-established")?.or(file.tcp_established),
+            tuning::DEFAULT_TCP_ESTABLISHED,
+        ),
+        tcp_close_wait: tcp_timeout(
+            duration_flag(m, "conntrack-tcp-timeout-close-wait")?.or(file.tcp_close_wait),
+            tuning::DEFAULT_TCP_CLOSE_WAIT,
+        ),
         tcp_be_liberal: bool_flag(m, "conntrack-tcp-be-liberal")?
             .or(file.tcp_be_liberal)
             .unwrap_or(false),
-        udp: duration_flag(m, "conntrack-udp-timeout")?.or(file.udp),
-        udp_stream: duration_flag(m, "conntrack-udp-timeout-stream")?.or(file.udp_stream),
+        udp: nonzero(duration_flag(m, "conntrack-udp-timeout")?.or(file.udp)),
+        udp_stream: nonzero(duration_flag(m, "conntrack-udp-timeout-stream")?.or(file.udp_stream)),
     })
+}
+
+/// A TCP timeout: unset is upstream's default; zero leaves the kernel's (`None`).
+fn tcp_timeout(given: Option<Duration>, default: Duration) -> Option<Duration> {
+    nonzero(Some(given.unwrap_or(default)))
 }

@@ -14,16 +14,70 @@ mod local;
 pub mod setup;
 pub use local::{DetectLocal, LocalTraffic};
 
-/// --nodeport-addresses: which host addresses NodePorts answer on.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum NodePortAddresses {
-    /// Unset: every local address.
-    #[default]
-    All,
+/// --nodeport-addresses: which host addresses NodePorts answer on; the keywords and CIDRs
+/// combine (upstream 1.37). The default is `all`; nftables mode's configuration defaults to
+/// `primary`, as upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePortAddresses {
+    /// `all`: every local address (the loopback ones as the mode allows).
+    pub all: bool,
     /// `primary`: the Node object's primary address of each family (its first InternalIP).
-    Primary,
+    pub primary: bool,
+    /// `localhost`: 127.0.0.1 and ::1 (nftables mode: through the localhost relay; iptables
+    /// mode: 127.0.0.1 with route_localnet; IPVS mode: none, as upstream).
+    pub localhost: bool,
     /// Local addresses inside these CIDRs.
-    Cidrs(Vec<IpNet>),
+    pub cidrs: Vec<IpNet>,
+}
+
+impl Default for NodePortAddresses {
+    fn default() -> Self {
+        NodePortAddresses::all()
+    }
+}
+
+impl NodePortAddresses {
+    pub fn all() -> Self {
+        NodePortAddresses {
+            all: true,
+            ..NodePortAddresses::none()
+        }
+    }
+
+    pub fn primary() -> Self {
+        NodePortAddresses {
+            primary: true,
+            ..NodePortAddresses::none()
+        }
+    }
+
+    pub fn cidrs(cidrs: Vec<IpNet>) -> Self {
+        NodePortAddresses {
+            cidrs,
+            ..NodePortAddresses::none()
+        }
+    }
+
+    fn none() -> Self {
+        NodePortAddresses {
+            all: false,
+            primary: false,
+            localhost: false,
+            cidrs: Vec::new(),
+        }
+    }
+
+    /// The words `--nodeport-addresses` takes for this (`all`, `primary`, `localhost`, CIDRs).
+    pub fn words(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (on, word) in [(self.all, "all"), (self.primary, "primary"), (self.localhost, "localhost")] {
+            if on {
+                out.push(word.to_string());
+            }
+        }
+        out.extend(self.cidrs.iter().map(ToString::to_string));
+        out
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -63,20 +117,24 @@ impl NodeFacts {
         self.internal_ips = node.map(|n| n.internal_ips.clone()).unwrap_or_default();
         self.pod_cidrs = node.map(|n| n.pod_cidrs.clone()).unwrap_or_default();
         self.local_traffic = self.detect_local.resolve(&self.pod_cidrs);
-        self.nodeport_ips = match &self.nodeport_addresses {
-            NodePortAddresses::All => self.local_addresses.clone(),
-            NodePortAddresses::Primary => {
-                let v4 = self.internal_ips.iter().find(|ip| ip.is_ipv4());
-                let v6 = self.internal_ips.iter().find(|ip| ip.is_ipv6());
-                v4.into_iter().chain(v6).copied().collect()
-            }
-            NodePortAddresses::Cidrs(cidrs) => self
-                .local_addresses
-                .iter()
-                .filter(|ip| cidrs.iter().any(|c| c.contains(*ip)))
-                .copied()
-                .collect(),
-        };
+        let want = &self.nodeport_addresses;
+        let mut ips: Vec<IpAddr> = self
+            .local_addresses
+            .iter()
+            .filter(|ip| want.all || want.cidrs.iter().any(|c| c.contains(*ip)))
+            .copied()
+            .collect();
+        if want.primary {
+            let v4 = self.internal_ips.iter().find(|ip| ip.is_ipv4());
+            let v6 = self.internal_ips.iter().find(|ip| ip.is_ipv6());
+            ips.extend(v4.into_iter().chain(v6));
+        }
+        if want.localhost {
+            ips.extend([IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]);
+        }
+        ips.sort();
+        ips.dedup();
+        self.nodeport_ips = ips;
         self
     }
 }

@@ -73,9 +73,9 @@ fn base_node(setup: &Setup) -> NodeFacts {
         Vec::new()
     });
     node.nodeport_addresses = match setup.nodeport_addresses {
-        0 => NodePortAddresses::All,
-        1 => NodePortAddresses::Primary,
-        _ => NodePortAddresses::Cidrs(vec!["192.168.0.0/16".parse().expect("a CIDR")]),
+        0 => NodePortAddresses::all(),
+        1 => NodePortAddresses::primary(),
+        _ => NodePortAddresses::cidrs(vec!["192.168.0.0/16".parse().expect("a CIDR")]),
     };
     node
 }

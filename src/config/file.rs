@@ -250,7 +250,8 @@ pub fn decode(text: &str) -> Result<FileConfig, String> {
             .map(|list| {
                 parse_nodeport_addresses(&list).map_err(|e| format!("nodePortAddresses: {e}"))
             })
-            .transpose()?,
+            .transpose()?
+            .flatten(),
         metrics_bind_address: addr("metricsBindAddress", DEFAULT_METRICS_PORT)?,
         healthz_bind_address: addr("healthzBindAddress", DEFAULT_HEALTHZ_PORT)?,
         iptables: section(&doc, "iptables")?,

@@ -52,7 +52,8 @@ fn defaults_match_upstream() {
     assert_eq!(c.master, None);
     assert_eq!(c.node_name, "node-1.example");
     assert!(c.cluster_cidrs.is_empty());
-    assert_eq!(c.nodeport_addresses, NodePortAddresses::All);
+    // nftables mode's default, as upstream's; the other modes' is every address.
+    assert_eq!(c.nodeport_addresses, NodePortAddresses::primary());
     assert!(!c.masquerade_all);
     assert_eq!(c.min_sync_period, Duration::from_secs(1));
     assert_eq!(c.sync_period, Duration::from_secs(30));
@@ -100,7 +101,7 @@ fn check_all_flags(c: &Config) {
     );
     assert_eq!(
         c.nodeport_addresses,
-        NodePortAddresses::Cidrs(vec![net("192.168.0.0/16")])
+        NodePortAddresses::cidrs(vec![net("192.168.0.0/16")])
     );
     assert!(c.masquerade_all);
     assert_eq!(c.sync_period, Duration::from_secs(90));
@@ -256,12 +257,8 @@ fn each_kind_of_bad_value_is_a_one_line_error_naming_the_flag() {
             "--cluster-cidr: \"10.0.0.0/8,fd00::/8,11.0.0.0/8\" holds more than two CIDRs (want at most one IPv4 and one IPv6)",
         ),
         (
-            &["--nodeport-addresses=primary,10.0.0.0/8"],
-            "--nodeport-addresses: \"primary\" cannot be combined with CIDRs",
-        ),
-        (
             &["--nodeport-addresses=10.0.0.1"],
-            "--nodeport-addresses: invalid CIDR \"10.0.0.1\"",
+            "--nodeport-addresses: invalid CIDR \"10.0.0.1\" (want CIDRs, or the keywords primary, localhost, all)",
         ),
         (&["-v=high"], "--v: invalid level \"high\" (want 0 to 255)"),
         (
@@ -339,15 +336,13 @@ fn help_and_version_are_returned_not_printed() {
 fn ignored_upstream_flags_are_accepted_with_a_warning() {
     let c = run(&[
         "--healthz-port=10256",
-        "--conntrack-max-per-core",
-        "0",
         "--feature-gates=A=true",
         "--feature-gates=B=false",
         "--profiling",
         "--kube-api-qps=5.5",
         "--ipvs-exclude-cidrs=10.0.0.0/8",
     ]);
-    assert_eq!(c.warnings.len(), 6, "{:?}", c.warnings);
+    assert_eq!(c.warnings.len(), 5, "{:?}", c.warnings);
     assert!(c.warnings.contains(
         &"--healthz-port=10256 is accepted for kube-proxy compatibility and ignored".to_owned()
     ));
@@ -386,7 +381,7 @@ fn a_repeated_flag_keeps_its_last_value_and_a_list_flag_accumulates() {
     ]);
     assert_eq!(
         c.nodeport_addresses,
-        NodePortAddresses::Cidrs(vec![
+        NodePortAddresses::cidrs(vec![
             net("10.0.0.0/8"),
             net("fd00::/8"),
             net("192.168.1.0/24")
@@ -395,19 +390,35 @@ fn a_repeated_flag_keeps_its_last_value_and_a_list_flag_accumulates() {
 }
 
 #[test]
-fn nodeport_addresses_take_primary_all_or_cidrs() {
+fn nodeport_addresses_take_keywords_and_cidrs_in_any_combination_and_default_by_mode() {
     assert_eq!(
         run(&["--nodeport-addresses=primary"]).nodeport_addresses,
-        NodePortAddresses::Primary
+        NodePortAddresses::primary()
     );
-    assert_eq!(
-        run(&["--nodeport-addresses=all"]).nodeport_addresses,
-        NodePortAddresses::All
-    );
+    let ipt = |extra: &str| run(&["--proxy-mode=iptables", extra]).nodeport_addresses;
+    assert_eq!(ipt("--nodeport-addresses=all"), NodePortAddresses::all());
+    // Empty is unset: the mode's default.
+    assert_eq!(ipt("--nodeport-addresses="), NodePortAddresses::all());
     assert_eq!(
         run(&["--nodeport-addresses="]).nodeport_addresses,
-        NodePortAddresses::All
+        NodePortAddresses::primary()
     );
+    assert_eq!(
+        run(&["--proxy-mode=ipvs"]).nodeport_addresses,
+        NodePortAddresses::all()
+    );
+    let mixed = run(&["--nodeport-addresses=primary,localhost", "--nodeport-addresses=10.0.0.0/8"]);
+    let want = NodePortAddresses {
+        primary: true,
+        localhost: true,
+        ..NodePortAddresses::cidrs(vec![net("10.0.0.0/8")])
+    };
+    assert_eq!(mixed.nodeport_addresses, want);
+    assert!(mixed.warnings.is_empty(), "{:?}", mixed.warnings);
+    let ipvs = run(&["--proxy-mode=ipvs", "--nodeport-addresses=localhost"]);
+    assert_eq!(ipvs.warnings.len(), 1, "IPVS has no localhost NodePorts: {:?}", ipvs.warnings);
+    let e = error(&["--nodeport-addresses=primary,lo"]);
+    assert!(e.contains("--nodeport-addresses") && e.contains("\"lo\"") && e.contains("localhost"), "{e}");
 }
 
 #[test]

@@ -161,32 +161,34 @@ pub fn parse_cluster_cidrs(s: &str) -> Result<Vec<IpNet>, String> {
     }
 }
 
-/// Upstream's NodePort addresses: a list of CIDRs, or `primary` alone; `all` (or nothing) means
-/// every local address. Each item may itself be comma-separated, as a pflag string slice is.
-pub fn parse_nodeport_addresses<S: AsRef<str>>(items: &[S]) -> Result<NodePortAddresses, String> {
+/// Upstream's NodePort addresses (1.37): CIDRs and the keywords `primary` (the Node's primary
+/// IPs), `localhost` (127.0.0.1 and ::1) and `all` (every local address), in any combination;
+/// `None` for an empty list (the mode's default). Each item may itself be comma-separated, as
+/// a pflag string slice is.
+pub fn parse_nodeport_addresses<S: AsRef<str>>(
+    items: &[S],
+) -> Result<Option<NodePortAddresses>, String> {
     let words: Vec<&str> = items
         .iter()
         .flat_map(|item| item.as_ref().split(','))
         .map(str::trim)
         .filter(|w| !w.is_empty())
         .collect();
-    if words.is_empty() || words.contains(&"all") {
-        return Ok(NodePortAddresses::All);
+    if words.is_empty() {
+        return Ok(None);
     }
-    if words.contains(&"primary") {
-        return match words.as_slice() {
-            ["primary"] => Ok(NodePortAddresses::Primary),
-            _ => Err("\"primary\" cannot be combined with CIDRs".to_owned()),
-        };
+    let mut out = NodePortAddresses::cidrs(Vec::new());
+    for word in words {
+        match word {
+            "all" => out.all = true,
+            "primary" => out.primary = true,
+            "localhost" => out.localhost = true,
+            cidr => out.cidrs.push(parse_cidr(cidr).map_err(|e| {
+                format!("{e} (want CIDRs, or the keywords primary, localhost, all)")
+            })?),
+        }
     }
-    if words.contains(&"localhost") {
-        return Err("\"localhost\" is not supported (NodePorts are not served on loopback)".into());
-    }
-    let cidrs = words
-        .into_iter()
-        .map(parse_cidr)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(NodePortAddresses::Cidrs(cidrs))
+    Ok(Some(out))
 }
 
 /// Upstream's `--detect-local-mode` names; empty means ClusterCIDR, as upstream defaults it.

@@ -75,7 +75,7 @@ pub struct KubeProxyConfiguration {
     pub metrics_bind_address: String,
     pub mode: &'static str,
     pub nftables: NftablesSection,
-    /// `null` (unset) for every local address, as upstream writes it.
+    /// `null` (unset) for the mode's default, as upstream writes it.
     pub node_port_addresses: Option<Vec<String>>,
     pub oom_score_adj: i32,
     pub port_range: String,
@@ -291,12 +291,13 @@ pub fn document(cfg: &Config) -> KubeProxyConfiguration {
             min_sync_period: nft_min,
             sync_period: nft_sync,
         },
-        node_port_addresses: match &cfg.nodeport_addresses {
-            NodePortAddresses::All => None,
-            NodePortAddresses::Primary => Some(vec!["primary".to_owned()]),
-            NodePortAddresses::Cidrs(cidrs) => {
-                Some(cidrs.iter().map(ToString::to_string).collect())
-            }
+        // Unset (`null`) when it is the mode's default, as upstream writes it.
+        node_port_addresses: {
+            let default = match cfg.mode {
+                ProxyMode::Nftables => NodePortAddresses::primary(),
+                _ => NodePortAddresses::all(),
+            };
+            (cfg.nodeport_addresses != default).then(|| cfg.nodeport_addresses.words())
         },
         oom_score_adj: cfg.oom_score_adj,
         port_range: String::new(),

@@ -10,7 +10,7 @@ use super::compile::{Fixed, Table, host};
 use super::names;
 use crate::backends::BackendConfig;
 use crate::model::IpFamily;
-use crate::node::{NodeFacts, NodePortAddresses};
+use crate::node::NodeFacts;
 
 /// The masquerade mark: `--iptables-masquerade-bit`, upstream's 14 (0x4000) by default.
 pub fn masq_mark(config: &BackendConfig) -> String {
@@ -128,17 +128,16 @@ fn forward(config: &BackendConfig) -> Vec<String> {
 /// (the default), upstream's `addrtype LOCAL` (so addresses added later count at once); the
 /// loopback range only for IPv4 with localhost NodePorts on. Otherwise one match per address.
 fn nodeport_matches(family: IpFamily, node: &NodeFacts, localhost: bool) -> Vec<String> {
-    match &node.nodeport_addresses {
-        NodePortAddresses::All => vec![match (family, localhost) {
+    if node.nodeport_addresses.all {
+        return vec![match (family, localhost) {
             (IpFamily::V4, true) => "-m addrtype --dst-type LOCAL".to_string(),
             (IpFamily::V4, false) => "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL".to_string(),
             (IpFamily::V6, _) => "! -d ::1/128 -m addrtype --dst-type LOCAL".to_string(),
-        }],
-        _ => node
-            .nodeport_ips
-            .iter()
-            .filter(|ip| IpFamily::of(ip) == family && (localhost || !ip.is_loopback()))
-            .map(|ip| format!("-d {}", host(ip)))
-            .collect(),
+        }];
     }
+    node.nodeport_ips
+        .iter()
+        .filter(|ip| IpFamily::of(ip) == family && (localhost || !ip.is_loopback()))
+        .map(|ip| format!("-d {}", host(ip)))
+        .collect()
 }

@@ -68,7 +68,7 @@ fn ordinary(p: &Pipeline) -> bool {
     let vips = vips(p);
     let vip_ok = |ip: &IpAddr| within(SERVICE_RANGES, ip) || within(EXTERNAL_RANGES, ip);
     let endpoints = p.plans.values().flat_map(|pl| &pl.endpoints);
-    p.node.nodeport_addresses == NodePortAddresses::All
+    p.node.nodeport_addresses == NodePortAddresses::all()
         && vips.iter().all(vip_ok)
         && endpoints
             .into_iter()

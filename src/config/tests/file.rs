@@ -106,7 +106,8 @@ fn a_kubeadm_generated_config_file_loads() {
         c.cluster_cidrs,
         vec![net("10.244.0.0/16"), net("fd00:10:244::/56")]
     );
-    assert_eq!(c.nodeport_addresses, NodePortAddresses::All);
+    // Unset, in kproxy's default mode (nftables): `primary`, as upstream's nftables mode.
+    assert_eq!(c.nodeport_addresses, NodePortAddresses::primary());
     assert!(!c.masquerade_all);
     // Zero durations and empty addresses are unset, so upstream's defaults apply.
     assert_eq!(c.sync_period, Duration::from_secs(30));
@@ -138,7 +139,7 @@ fn the_file_sets_what_kproxy_implements() {
     assert_eq!(c.node_name, "node-7");
     assert_eq!(c.metrics_bind_address, addr("0.0.0.0:10249"));
     assert_eq!(c.healthz_bind_address, addr("10.0.0.5:8080"));
-    assert_eq!(c.nodeport_addresses, NodePortAddresses::Primary);
+    assert_eq!(c.nodeport_addresses, NodePortAddresses::primary());
     assert!(c.masquerade_all);
     assert_eq!(c.sync_period, Duration::from_secs(60));
     assert_eq!(c.min_sync_period, Duration::from_secs(10));
@@ -216,7 +217,7 @@ fn explicit_flags_override_the_file() {
         Some(std::path::Path::new("/other.conf"))
     );
     assert_eq!(c.cluster_cidrs, vec![net("10.0.0.0/8")]);
-    assert_eq!(c.nodeport_addresses, NodePortAddresses::Primary);
+    assert_eq!(c.nodeport_addresses, NodePortAddresses::primary());
     assert!(!c.masquerade_all);
     assert_eq!(c.sync_period, Duration::from_secs(5));
     assert_eq!(c.min_sync_period, Duration::from_millis(11));
