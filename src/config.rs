@@ -344,7 +344,10 @@ fn resolve(
         _ => NodePortAddresses::all(),
     });
     if nodeport_addresses.localhost && mode == ProxyMode::Ipvs {
-        warnings.push("--nodeport-addresses localhost: IPVS mode serves no NodePort on loopback, as upstream".to_owned());
+        warnings.push(
+            "--nodeport-addresses localhost: IPVS mode serves no NodePort on loopback, as upstream"
+                .to_owned(),
+        );
     }
 
     let cluster_cidrs = flag(m, "cluster-cidr", values::parse_cluster_cidrs)?

@@ -14,6 +14,7 @@ pub mod nfnetlink;
 pub mod nftables;
 pub mod node;
 pub mod own;
+pub mod relay;
 pub mod state;
 pub mod sync;
 #[cfg(test)]

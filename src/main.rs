@@ -169,6 +169,9 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
         shared.clone(),
         ServiceHealthServers::default(),
     );
+    if cfg.mode == ProxyMode::Nftables && cfg.nodeport_addresses.localhost && !cfg.dry_run {
+        syncer = syncer.with_localhost_relay();
+    }
 
     if cfg.dry_run {
         while !syncer.ready() {

@@ -70,7 +70,11 @@ impl NodePortAddresses {
     /// The words `--nodeport-addresses` takes for this (`all`, `primary`, `localhost`, CIDRs).
     pub fn words(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for (on, word) in [(self.all, "all"), (self.primary, "primary"), (self.localhost, "localhost")] {
+        for (on, word) in [
+            (self.all, "all"),
+            (self.primary, "primary"),
+            (self.localhost, "localhost"),
+        ] {
             if on {
                 out.push(word.to_string());
             }
@@ -130,7 +134,10 @@ impl NodeFacts {
             ips.extend(v4.into_iter().chain(v6));
         }
         if want.localhost {
-            ips.extend([IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]);
+            ips.extend([
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ]);
         }
         ips.sort();
         ips.dedup();

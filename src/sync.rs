@@ -59,6 +59,8 @@ pub struct Syncer {
     claims: Claims,
     /// What the kernel refused, kept out of it.
     quarantine: quarantine::Quarantine,
+    /// nftables mode's localhost NodePorts (`--nodeport-addresses` with `localhost`).
+    relay: Option<crate::relay::LocalhostRelay>,
 }
 
 impl Syncer {
@@ -87,7 +89,14 @@ impl Syncer {
             gather_addresses: true,
             claims: Claims::default(),
             quarantine: quarantine::Quarantine::default(),
+            relay: None,
         }
+    }
+
+    /// Serves localhost NodePorts through the userspace relay (nftables mode, KEP-6032).
+    pub fn with_localhost_relay(mut self) -> Syncer {
+        self.relay = Some(crate::relay::LocalhostRelay::default());
+        self
     }
 
     /// Uses `base_node.local_addresses` as given instead of listing the host's (for tests).
@@ -167,6 +176,10 @@ impl Syncer {
         self.record_metrics(full, ok, t_backend);
         if ok {
             self.update_health_checks(full, &changed).await;
+            if let Some(relay) = &mut self.relay {
+                let plans = self.shared.plans.read().expect("plans lock");
+                relay.update(&plans, (!full).then_some(&changed));
+            }
             self.reconcile_conntrack(full, &changed).await;
         }
         tracing::debug!(

@@ -407,7 +407,10 @@ fn nodeport_addresses_take_keywords_and_cidrs_in_any_combination_and_default_by_
         run(&["--proxy-mode=ipvs"]).nodeport_addresses,
         NodePortAddresses::all()
     );
-    let mixed = run(&["--nodeport-addresses=primary,localhost", "--nodeport-addresses=10.0.0.0/8"]);
+    let mixed = run(&[
+        "--nodeport-addresses=primary,localhost",
+        "--nodeport-addresses=10.0.0.0/8",
+    ]);
     let want = NodePortAddresses {
         primary: true,
         localhost: true,
@@ -416,9 +419,17 @@ fn nodeport_addresses_take_keywords_and_cidrs_in_any_combination_and_default_by_
     assert_eq!(mixed.nodeport_addresses, want);
     assert!(mixed.warnings.is_empty(), "{:?}", mixed.warnings);
     let ipvs = run(&["--proxy-mode=ipvs", "--nodeport-addresses=localhost"]);
-    assert_eq!(ipvs.warnings.len(), 1, "IPVS has no localhost NodePorts: {:?}", ipvs.warnings);
+    assert_eq!(
+        ipvs.warnings.len(),
+        1,
+        "IPVS has no localhost NodePorts: {:?}",
+        ipvs.warnings
+    );
     let e = error(&["--nodeport-addresses=primary,lo"]);
-    assert!(e.contains("--nodeport-addresses") && e.contains("\"lo\"") && e.contains("localhost"), "{e}");
+    assert!(
+        e.contains("--nodeport-addresses") && e.contains("\"lo\"") && e.contains("localhost"),
+        "{e}"
+    );
 }
 
 #[test]

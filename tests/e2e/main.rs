@@ -27,6 +27,7 @@ mod scenarios_ipvs;
 mod scenarios_ipvs_repair;
 mod scenarios_lifecycle;
 mod scenarios_local;
+mod scenarios_nftables;
 mod scenarios_policy;
 mod scenarios_quarantine;
 mod topology;
@@ -154,6 +155,9 @@ macro_rules! quarantine {
 mod nftables {
     scenarios!("nftables");
     affinity_across_ports!("nftables");
+    scenarios!(@tests "nftables";
+        scenarios_nftables::localhost_node_ports_are_relayed_on_both_loopbacks_with_the_keyword_only,
+    );
 }
 /// nftables through the `nft` command (`--nftables-transport command`) instead of libnftables.
 mod nftables_command {
