@@ -105,6 +105,9 @@ pub struct NodeFacts {
     pub detect_local: DetectLocal,
     /// Which packets are this node's pods', resolved from `detect_local` (and podCIDRs).
     pub local_traffic: LocalTraffic,
+    /// The cluster's ServiceCIDRs (every one's ranges, sorted): nftables mode drops traffic to
+    /// an address in them that no Service has.
+    pub service_cidrs: Vec<IpNet>,
 }
 
 impl NodeFacts {

@@ -132,6 +132,7 @@ impl Syncer {
                 self.shared.health.node_seen(node.as_ref(), known);
                 self.tracker.update_node(node)
             }
+            Change::ServiceCidr(name, cidrs) => self.tracker.update_service_cidr(name, cidrs),
             Change::Listed(kind) => {
                 self.listed.insert(kind);
                 false
@@ -218,10 +219,11 @@ impl Syncer {
                 }
             }
         }
-        let facts = self
+        let mut facts = self
             .base_node
             .clone()
             .with_node(self.tracker.model().node());
+        facts.service_cidrs = self.tracker.model().service_cidrs();
         let mut node = self.shared.node.write().expect("node lock");
         if node.local_traffic != facts.local_traffic || node.name.is_empty() {
             crate::node::log_local_traffic(&facts);

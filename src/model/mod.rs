@@ -10,7 +10,7 @@ pub mod tracker;
 pub mod types;
 pub mod validate;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 pub use types::*;
@@ -62,9 +62,27 @@ pub struct Model {
     /// Slice key (its own namespace/name) -> the Service it belongs to.
     slice_owner: HashMap<NamespacedName, NamespacedName>,
     node: Option<NodeInfo>,
+    /// ServiceCIDR name -> its `spec.cidrs`.
+    service_cidrs: BTreeMap<String, Vec<ipnet::IpNet>>,
 }
 
 impl Model {
+    /// The ranges ClusterIPs are allocated from: every ServiceCIDR's, each once, sorted.
+    pub fn service_cidrs(&self) -> Vec<ipnet::IpNet> {
+        let all: BTreeSet<ipnet::IpNet> = self.service_cidrs.values().flatten().copied().collect();
+        all.into_iter().collect()
+    }
+
+    /// Sets (or forgets) one ServiceCIDR; whether the union of ranges changed.
+    pub fn set_service_cidr(&mut self, name: String, cidrs: Option<Vec<ipnet::IpNet>>) -> bool {
+        let before = self.service_cidrs();
+        match cidrs {
+            Some(c) => self.service_cidrs.insert(name, c),
+            None => self.service_cidrs.remove(&name),
+        };
+        self.service_cidrs() != before
+    }
+
     pub fn service(&self, name: &NamespacedName) -> Option<&Service> {
         self.services.get(name).map(|s| &**s)
     }

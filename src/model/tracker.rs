@@ -126,6 +126,14 @@ impl ChangeTracker {
         true
     }
 
+    /// Sets (or forgets) one ServiceCIDR; a change of the ranges makes the next sync full (the
+    /// node's elements hold them), false when the ranges are the same.
+    pub fn update_service_cidr(&mut self, name: String, cidrs: Option<Vec<ipnet::IpNet>>) -> bool {
+        let changed = self.model.set_service_cidr(name, cidrs);
+        self.node_changed |= changed;
+        changed
+    }
+
     /// Takes every pending change: the service ports that differ from the previous checkout.
     pub fn checkout(&mut self) -> Checkout {
         let mut changed = BTreeSet::new();

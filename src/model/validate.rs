@@ -319,6 +319,19 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Result<Option<(NamespacedName, S
 /// `healthcheck.ToBeDeletedTaint`).
 pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
 
+/// A ServiceCIDR (`networking.k8s.io/v1`): its name and `spec.cidrs`, truncated to their
+/// networks (the API server allows at most one per family; kproxy takes what it is given).
+pub fn service_cidr(
+    cidr: &k8s_openapi::api::networking::v1::ServiceCIDR,
+) -> Result<(String, Vec<ipnet::IpNet>), Rejection> {
+    let name = match cidr.metadata.name.as_deref() {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => return Err(missing_name("metadata.name: Required value")),
+    };
+    let cidrs = cidr.spec.as_ref().and_then(|s| s.cidrs.as_deref());
+    Ok((name, parse_all(cidrs, "spec.cidrs", parse_cidr)?))
+}
+
 /// This node's Node object.
 pub fn node(node: &Node) -> Result<NodeInfo, Rejection> {
     let name = match node.metadata.name.as_deref() {

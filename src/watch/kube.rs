@@ -1,5 +1,6 @@
-//! The Kubernetes API source: kube-rs watchers for Services, EndpointSlices and this node's Node,
-//! each object passed through `model::validate`, relists turned into differences (`relist`).
+//! The Kubernetes API source: kube-rs watchers for Services, EndpointSlices, this node's Node and
+//! the ServiceCIDRs, each object passed through `model::validate`, relists turned into
+//! differences (`relist`).
 //!
 //! Invariants: only validated objects are sent. A rejected object is treated as absent: if it
 //! was valid before, a delete is sent, so the model is always what a freshly started kproxy would
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service as K8sService};
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::runtime::watcher::{self, Event};
@@ -123,7 +125,8 @@ pub async fn run(client: Client, node_name: String, tx: ChangeTx, metrics: Arc<M
             &metrics
         ),
         watch::<EndpointSlice>(Api::all(client.clone()), labels, &tx, &metrics),
-        watch::<Node>(Api::all(client), node, &tx, &metrics),
+        watch::<Node>(Api::all(client.clone()), node, &tx, &metrics),
+        watch::<ServiceCIDR>(Api::all(client), watcher::Config::default(), &tx, &metrics),
     );
 }
 
@@ -179,6 +182,21 @@ impl Watched for EndpointSlice {
     }
 }
 
+impl Watched for ServiceCIDR {
+    type Key = String;
+    type Value = Vec<ipnet::IpNet>;
+    const KIND: Kind = Kind::ServiceCidrs;
+    fn key(&self) -> String {
+        self.name_any()
+    }
+    fn convert(&self) -> Seen<Vec<ipnet::IpNet>> {
+        seen(validate::service_cidr(self).map(|(_, cidrs)| Some(cidrs)))
+    }
+    fn change(name: String, value: Option<Vec<ipnet::IpNet>>) -> Change {
+        Change::ServiceCidr(name, value)
+    }
+}
+
 impl Watched for Node {
     type Key = String;
     type Value = NodeInfo;
@@ -217,7 +235,10 @@ async fn watch<K: Watched>(api: Api<K>, config: watcher::Config, tx: &ChangeTx, 
                 let class = Class::of(&error);
                 report::<K>(&mut streak, class, &error);
                 // The watcher is lazy: not polling it is the wait.
-                let wait = backoff.after(class, std::time::Instant::now(), backoff::draw());
+                let wait = match class {
+                    Class::NotServed => trouble::NOT_SERVED_RETRY,
+                    _ => backoff.after(class, std::time::Instant::now(), backoff::draw()),
+                };
                 tokio::time::sleep(wait).await;
                 continue;
             }
@@ -256,9 +277,10 @@ fn report<K: Watched>(streak: &mut Streak, class: Class, error: &watcher::Error)
     match streak.failed(class, std::time::Instant::now()) {
         Report::Routine => info!(kind = ?K::KIND, %error, "{meaning}"),
         Report::First => warn!(kind = ?K::KIND, %error, "watch failed: {meaning}"),
-        Report::Repeat { failures, since } => {
+        Report::Repeat { failures, since } if class != Class::NotServed => {
             warn!(kind = ?K::KIND, %error, failures, since = ?since, "watch still failing: {meaning}")
         }
+        Report::Repeat { .. } => debug!(kind = ?K::KIND, %error, "still not served"),
         Report::Quiet => debug!(kind = ?K::KIND, %error, "watch failed again"),
     }
 }

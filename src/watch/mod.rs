@@ -20,6 +20,7 @@ pub enum Kind {
     Services,
     EndpointSlices,
     Nodes,
+    ServiceCidrs,
 }
 
 /// One change to the model, as a source saw it.
@@ -32,6 +33,8 @@ pub enum Change {
     Slice(NamespacedName, Option<Arc<Slice>>),
     /// This node's Node object.
     Node(Option<NodeInfo>),
+    /// A ServiceCIDR (by name) and its ranges, or its deletion.
+    ServiceCidr(String, Option<Vec<ipnet::IpNet>>),
     /// The initial list of this kind is complete.
     Listed(Kind),
 }

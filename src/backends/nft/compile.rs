@@ -179,6 +179,7 @@ fn compile_vips(fam: &mut FamilyState, planned: &Planned, fp: &FamilyPlan, node:
         }
     };
     for vip in &fp.cluster_ips {
+        fam.add("cluster-ips", vip.to_string(), String::new());
         let key = format!("{vip} . {pr} . {}", p.port);
         route(
             fam,
@@ -343,6 +344,10 @@ fn node_elements(d: &mut Desired, node: &NodeFacts) {
             d.family_mut(family)
                 .add("cluster-cidrs", cidr.to_string(), String::new());
         }
+    }
+    for cidr in &node.service_cidrs {
+        d.family_mut(IpFamily::of(&cidr.addr()))
+            .add("service-cidrs", cidr.to_string(), String::new());
     }
 }
 

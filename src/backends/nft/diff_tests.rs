@@ -128,8 +128,8 @@ fn a_removed_service_deletes_its_elements_and_then_its_last_chain() {
     let last = position(&tx, |op| matches!(op, Op::DeleteElement(_, "services", _)));
     let chain = position(&tx, |op| matches!(op, Op::DeleteChain(_, c) if c == "lb-3"));
     assert!(last.is_some() && last < chain, "{tx}");
-    // services, 3 endpoint slots, cluster-ports, 3 hairpin elements, and the chain.
-    assert_eq!(tx.len(), 9, "{tx}");
+    // services, 3 endpoint slots, cluster-ports, cluster-ips, 3 hairpin elements, the chain.
+    assert_eq!(tx.len(), 10, "{tx}");
     assert!(
         !tx.ops()
             .iter()

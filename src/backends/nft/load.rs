@@ -49,7 +49,7 @@ impl Found {
     /// Records an element of `set` found in the kernel; ignored for a set kproxy does not write
     /// and for `REFILLED`.
     pub fn element(&mut self, set: &str, key: &str, value: &str) {
-        if writes(set) && set != REFILLED {
+        if writes(set) && !REFILLED.contains(&set) {
             let seen = Seen {
                 value: value_hash(value),
                 wanted: false,
@@ -59,11 +59,11 @@ impl Found {
     }
 }
 
-/// The interval set of the node's pod CIDRs: emptied and filled again in the first transaction,
-/// never element by element, since its new elements may overlap the old (the kernel refuses
-/// 10.244.9.0/24 beside 10.244.0.0/16 when --detect-local-mode or the Node's podCIDRs changed
-/// across a restart). It holds one element per family.
-const REFILLED: &str = "cluster-cidrs";
+/// The node's interval sets (pod CIDRs, ServiceCIDRs): emptied and filled again in the first
+/// transaction, never element by element, since their new elements may overlap the old (the
+/// kernel refuses 10.244.9.0/24 beside 10.244.0.0/16 when --detect-local-mode or the Node's
+/// podCIDRs changed across a restart). They hold a few elements per family.
+const REFILLED: &[&str] = &["cluster-cidrs", "service-cidrs"];
 
 /// Whether kproxy writes `set`'s elements (declared, and not one the packet path fills).
 pub fn writes(set: &str) -> bool {
@@ -145,8 +145,8 @@ pub fn load<S: Sink>(
         for chain in &f.chains {
             l.tx.push(Op::FlushChain(family, chain.clone()));
         }
-        if f.sets.contains_key(REFILLED) {
-            l.tx.push(Op::FlushSet(family, SetKind::Set, REFILLED.to_string()));
+        for set in REFILLED.iter().filter(|s| f.sets.contains_key(**s)) {
+            l.tx.push(Op::FlushSet(family, SetKind::Set, set.to_string()));
         }
     }
     l.tx.extend(skeleton_ops(&desired.node));

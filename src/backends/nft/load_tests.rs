@@ -187,12 +187,16 @@ fn adopting_keeps_what_is_right_replaces_what_changed_and_deletes_leftovers_last
     let ops = r.sent[0].ops();
     let text = r.sent[0].to_string();
     assert!(text.starts_with("flush chain ip kproxy "), "{text}");
-    // Only the pod CIDRs' interval set is emptied and filled again (`REFILLED`).
+    // Only the node's interval sets are emptied and filled again (`REFILLED`).
     let flushed: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("flush set") || l.starts_with("flush map"))
         .collect();
-    assert_eq!(flushed, ["flush set ip kproxy cluster-cidrs"], "{text}");
+    let want = [
+        "flush set ip kproxy cluster-cidrs",
+        "flush set ip kproxy service-cidrs",
+    ];
+    assert_eq!(flushed, want, "{text}");
     assert!(
         text.contains("add element ip kproxy cluster-cidrs { 10.0.0.0/16 }"),
         "{text}"

@@ -117,6 +117,17 @@ pub const SETS: &[SetDecl] = &[
         name: "cluster-cidrs",
         decl: "type {addr}; flags interval;",
     },
+    // Every ClusterIP (a packet still addressed to one after DNAT is for a port its Service
+    // does not have: rejected) and the ServiceCIDRs (an address in them that no Service has:
+    // dropped), as upstream's `cluster-ips-check`.
+    SetDecl {
+        name: "cluster-ips",
+        decl: "type {addr};",
+    },
+    SetDecl {
+        name: "service-cidrs",
+        decl: "type {addr}; flags interval;",
+    },
     // External VIP ports under eTP=Cluster (masquerade) and eTP=Local (short-circuit).
     SetDecl {
         name: "external-masq",
@@ -188,11 +199,19 @@ pub const SETS: &[SetDecl] = &[
 
 /// The sets whose keys several owners can want at once: the endpoint-address pairs (`hairpin`:
 /// every port an endpoint serves; `affinity-live`: every affinity port of one ClusterIP) and
-/// the node's own (`nodeport-ips`, `cluster-cidrs`). All are plain sets (no value), so owners
+/// the ClusterIPs (`cluster-ips`: every port of a Service has them) and the node's own
+/// (`nodeport-ips`, `cluster-cidrs`, `service-cidrs`). All are plain sets (no value), so owners
 /// can only agree. Every other set kproxy writes is keyed by a claimed address and port, or a
 /// claimed NodePort (its key starts with one): the plan's claims give each such key one owner
 /// at a time, so the mirror keeps no record of it (`diff.rs`).
-pub const SHARED_SETS: &[&str] = &["hairpin", "affinity-live", "nodeport-ips", "cluster-cidrs"];
+pub const SHARED_SETS: &[&str] = &[
+    "hairpin",
+    "affinity-live",
+    "nodeport-ips",
+    "cluster-cidrs",
+    "cluster-ips",
+    "service-cidrs",
+];
 
 /// Whether several owners can want one key of `set` (see `SHARED_SETS`).
 pub fn shared(set: &str) -> bool {
@@ -242,7 +261,18 @@ pub const BASE_CHAINS: &[BaseChain] = &[
         hook: "output",
         priority: -90,
         comment: "dstnat + 10",
-        rules: &["ct state new ct status dnat jump affinity-remember"],
+        rules: &[
+            "ct state new ct status dnat jump affinity-remember",
+            "ct state new jump cluster-ips-check",
+        ],
+    },
+    BaseChain {
+        name: "filter-forward",
+        kind: "filter",
+        hook: "forward",
+        priority: -110,
+        comment: "dstnat - 10",
+        rules: &["ct state new jump cluster-ips-check"],
     },
     BaseChain {
         name: "nat-postrouting",
@@ -292,6 +322,15 @@ pub const CHAINS: &[Chain] = &[
             "meta l4proto . th dport @nodeport-local {local} meta l4proto . th dport vmap @nodeports-from-local",
             "meta l4proto . th dport @nodeport-local fib saddr type local meta mark set meta mark | {mark} meta l4proto . th dport vmap @nodeports-from-local",
             "meta l4proto . th dport vmap @nodeports",
+        ],
+    },
+    // After DNAT: what is still addressed to a ClusterIP went to a port its Service does not
+    // define; what is addressed to a ServiceCIDR has no Service at all.
+    Chain {
+        name: "cluster-ips-check",
+        rules: &[
+            "{ip} daddr @cluster-ips goto reject-chain",
+            "{ip} daddr @service-cidrs drop",
         ],
     },
     Chain {

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::watcher;
 
+/// How often a kind the API server does not serve is asked for again.
+pub const NOT_SERVED_RETRY: Duration = Duration::from_secs(300);
+
 /// Repeats of one streak are logged at most this often.
 pub const REPEAT_EVERY: Duration = Duration::from_secs(60);
 
@@ -20,6 +23,9 @@ pub enum Class {
     Expired,
     /// 401/403: credentials or RBAC; nothing changes until an administrator acts.
     Forbidden,
+    /// 404: the API server does not serve the kind (ServiceCIDRs before Kubernetes 1.33, or
+    /// 1.31-1.32 without the beta API); checked again every `NOT_SERVED_RETRY`.
+    NotServed,
     /// Anything else: the API server is unreachable, slow or failing; retried with backoff.
     Failing,
 }
@@ -39,6 +45,7 @@ impl Class {
         match code {
             Some(410) => Class::Expired,
             Some(401 | 403) => Class::Forbidden,
+            Some(404) => Class::NotServed,
             _ => Class::Failing,
         }
     }
@@ -50,6 +57,11 @@ impl Class {
             Class::Forbidden => {
                 "refused by the API server: check kproxy's credentials and RBAC (list and watch, \
                  deploy/daemonset.yaml); the rules stay as last seen meanwhile"
+            }
+            Class::NotServed => {
+                "this API server does not serve it (ServiceCIDRs need Kubernetes 1.33, or the \
+                 beta API of 1.31-1.32): nothing is dropped for unallocated ClusterIPs; asking \
+                 again every 5 minutes"
             }
             Class::Failing => {
                 "the API server is unreachable or failing; the rules stay as last seen, retrying \

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::borrow::Cow;
 
@@ -32,6 +33,8 @@ pub(super) enum Key {
     Endpoints(NamespacedName),
     /// This node's Node (other Nodes are not kept).
     Node,
+    /// A ServiceCIDR, by name.
+    ServiceCidr(String),
 }
 
 impl fmt::Display for Key {
@@ -41,6 +44,7 @@ impl fmt::Display for Key {
             Key::Slice(n) => write!(f, "EndpointSlice {n}"),
             Key::Endpoints(n) => write!(f, "Endpoints {n}"),
             Key::Node => f.write_str("this node's Node"),
+            Key::ServiceCidr(n) => write!(f, "ServiceCIDR {n}"),
         }
     }
 }
@@ -59,6 +63,7 @@ pub(super) enum Object {
     // Boxed: an object is one of 10,000s in the merged state, these two are rare and large.
     Endpoints(Box<Mirror>),
     Node(Box<NodeInfo>),
+    ServiceCidr(Vec<ipnet::IpNet>),
 }
 
 /// A document (or one item of a List document) that was refused.
@@ -221,6 +226,9 @@ impl Parser<'_> {
             }
             ("v1", "Endpoints") => self.typed_json(raw, at, |p, ep: Endpoints| p.endpoints(ep)),
             ("v1", "Node") => self.typed_json(raw, at, |p, node: Node| p.node(node)),
+            ("networking.k8s.io/v1" | "networking.k8s.io/v1beta1", "ServiceCIDR") => {
+                self.typed_json(raw, at, |p, c: ServiceCIDR| p.service_cidr(c))
+            }
             (_, list) if list.ends_with("List") => match &head.items {
                 Some(items) if items.iter().all(|i| has_kind(i)) => {
                     for (i, raw) in items.iter().enumerate() {
@@ -275,6 +283,9 @@ impl Parser<'_> {
             }
             ("v1", "Endpoints") => self.typed(value, |p, ep: Endpoints| p.endpoints(ep)),
             ("v1", "Node") => self.typed(value, |p, node: Node| p.node(node)),
+            ("networking.k8s.io/v1" | "networking.k8s.io/v1beta1", "ServiceCIDR") => {
+                self.typed(value, |p, c: ServiceCIDR| p.service_cidr(c))
+            }
             (_, list) if list.ends_with("List") => {
                 return self.list(value, &api_version, &kind, document, item);
             }
@@ -378,6 +389,14 @@ impl Parser<'_> {
         self.parsed
             .objects
             .push((Key::Endpoints(key), Object::Endpoints(Box::new(mirror))));
+        Ok(())
+    }
+
+    fn service_cidr(&mut self, cidr: ServiceCIDR) -> Result<(), Rejection> {
+        let (name, cidrs) = validate::service_cidr(&cidr)?;
+        self.parsed
+            .objects
+            .push((Key::ServiceCidr(name), Object::ServiceCidr(cidrs)));
         Ok(())
     }
 

@@ -26,6 +26,7 @@ enum Out {
     Service(NamespacedName),
     Slice(NamespacedName),
     Node,
+    ServiceCidr(String),
 }
 
 /// The definitions of one object, by defining file, sorted by file name (the last one wins).
@@ -91,6 +92,7 @@ pub(super) struct State {
     sent_services: HashMap<NamespacedName, Arc<Service>>,
     sent_slices: HashMap<NamespacedName, Arc<Slice>>,
     sent_node: Option<NodeInfo>,
+    sent_service_cidrs: HashMap<String, Vec<ipnet::IpNet>>,
     /// Keys whose definitions changed since the last `changes()`.
     touched: BTreeSet<Key>,
 }
@@ -156,6 +158,9 @@ impl State {
                 }
                 Key::Node => {
                     out.insert(Out::Node);
+                }
+                Key::ServiceCidr(n) => {
+                    out.insert(Out::ServiceCidr(n.clone()));
                 }
             }
         }
@@ -246,6 +251,20 @@ impl State {
                 }
                 self.sent_node = want.cloned();
                 Some(Change::Node(want.cloned()))
+            }
+            Out::ServiceCidr(name) => {
+                let want = match winner(&self.claims, &Key::ServiceCidr(name.clone())) {
+                    Some(Object::ServiceCidr(cidrs)) => Some(cidrs.clone()),
+                    _ => None,
+                };
+                if self.sent_service_cidrs.get(&name) == want.as_ref() {
+                    return None;
+                }
+                match &want {
+                    Some(c) => self.sent_service_cidrs.insert(name.clone(), c.clone()),
+                    None => self.sent_service_cidrs.remove(&name),
+                };
+                Some(Change::ServiceCidr(name, want))
             }
         }
     }
