@@ -106,8 +106,8 @@ async fn add_modify_and_delete_arrive_as_changes() {
     let mut source = Source::start(&server).await;
     assert_eq!(
         source.until_listed(&ALL).await.len(),
-        3,
-        "empty lists: only Listed x3"
+        ALL.len(),
+        "empty lists: only one Listed per kind"
     );
     wait_for_watch(&server, Kind::Services).await;
     wait_for_watch(&server, Kind::EndpointSlices).await;
@@ -267,8 +267,12 @@ async fn selectors_and_bookmarks_are_sent_as_upstream() {
     }
 
     let expected = |kind| match kind {
-        Kind::Services | Kind::EndpointSlices => ("labelSelector", LABEL_SELECTOR.to_string()),
-        Kind::Nodes => ("fieldSelector", "metadata.name=node1".to_string()),
+        Kind::Services | Kind::EndpointSlices => {
+            ("labelSelector", Some(LABEL_SELECTOR.to_string()))
+        }
+        Kind::Nodes => ("fieldSelector", Some("metadata.name=node1".to_string())),
+        // Every ServiceCIDR: no selector at all.
+        Kind::ServiceCidrs => ("labelSelector", None),
     };
     for r in server.requests_for(Kind::Services) {
         assert_eq!(
@@ -287,11 +291,7 @@ async fn selectors_and_bookmarks_are_sent_as_upstream() {
         let (param, value) = expected(kind);
         for r in &requests {
             assert_eq!(r.method, "GET");
-            assert_eq!(
-                r.param(param).as_deref(),
-                Some(value.as_str()),
-                "{kind:?}: {r:?}"
-            );
+            assert_eq!(r.param(param), value, "{kind:?}: {r:?}");
         }
         let watch = requests
             .iter()
@@ -299,7 +299,11 @@ async fn selectors_and_bookmarks_are_sent_as_upstream() {
             .expect("a watch request");
         assert_eq!(watch.param("allowWatchBookmarks").as_deref(), Some("true"));
     }
-    assert_eq!(server.requests().len(), 6, "no discovery or other requests");
+    assert_eq!(
+        server.requests().len(),
+        2 * ALL.len(),
+        "no discovery or other requests"
+    );
 
     // A bookmark moves the resourceVersion a re-watch starts from.
     server.apply(node("node2", "192.168.0.2"));

@@ -7,7 +7,7 @@ mod support;
 use std::time::Instant;
 
 use kproxy::watch::{Change, Kind};
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::apiserver::ApiServer;
 use support::eventually;
 use support::objects::{node, service, slice};
@@ -287,4 +287,50 @@ async fn lists_are_paged_and_an_expired_continue_token_restarts_the_list_deletin
     // First list: 3 requests; the broken one: 2 (the second got 410); the full one: 3.
     assert_eq!(server.lists(Kind::Services).len(), 8);
     assert_eq!(server.continued_lists(Kind::Services), 5);
+}
+
+#[tokio::test]
+async fn service_cidrs_arrive_as_changes_and_an_api_server_without_them_stops_nothing() {
+    let server = ApiServer::start().await;
+    server.apply(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"},
+        "spec": {"cidrs": ["10.96.0.0/16", "fd00:96::/108"]},
+    }));
+    let mut source = Source::start(&server).await;
+    let changes = source.until_listed(&ALL).await;
+    let want = Change::ServiceCidr(
+        "kubernetes".into(),
+        Some(vec![
+            "10.96.0.0/16".parse().unwrap(),
+            "fd00:96::/108".parse().unwrap(),
+        ]),
+    );
+    assert!(changes.contains(&want), "{changes:?}");
+    wait_for_watch(&server, Kind::ServiceCidrs).await;
+    server.delete(Kind::ServiceCidrs, "", "kubernetes");
+    assert_eq!(
+        source.next().await,
+        Change::ServiceCidr("kubernetes".into(), None)
+    );
+
+    // An API server that does not serve them (before 1.33): the other kinds list and watch.
+    let old = ApiServer::start().await;
+    old.serve_kind(Kind::ServiceCidrs, false);
+    old.apply(service("default", "web", "10.96.0.20", 80));
+    let mut source = Source::start(&old).await;
+    let served = [Kind::Services, Kind::EndpointSlices, Kind::Nodes];
+    let changes = source.until_listed(&served).await;
+    assert!(
+        changes.iter().any(|c| matches!(c, Change::Service(..))),
+        "{changes:?}"
+    );
+    // The window in which a failing kind would have been asked again (0.8 s, then 1.6 s).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let asked = old
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/servicecidrs"))
+        .count();
+    assert_eq!(asked, 1, "asked once, and not again within 5 minutes");
 }

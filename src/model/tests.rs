@@ -267,3 +267,22 @@ fn a_node_that_only_starts_draining_is_kept_but_replans_nothing() {
     assert!(t.node().is_some_and(|n| n.draining), "but it is kept");
     assert!(!t.checkout().node_changed);
 }
+
+#[test]
+fn service_cidrs_are_the_union_of_every_servicecidr_and_only_real_changes_count() {
+    let mut m = Model::default();
+    let net = |s: &str| -> ipnet::IpNet { s.parse().unwrap() };
+    assert!(m.set_service_cidr("a".into(), Some(vec![net("10.96.0.0/16")])));
+    assert!(m.set_service_cidr(
+        "b".into(),
+        Some(vec![net("10.100.0.0/16"), net("10.96.0.0/16")])
+    ));
+    assert_eq!(
+        m.service_cidrs(),
+        [net("10.96.0.0/16"), net("10.100.0.0/16")]
+    );
+    // `a`'s range is still `b`'s: nothing changes.
+    assert!(!m.set_service_cidr("a".into(), None));
+    assert!(m.set_service_cidr("b".into(), None));
+    assert!(m.service_cidrs().is_empty());
+}

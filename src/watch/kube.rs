@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service as K8sService};
-use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config, Resource, ResourceExt};

@@ -157,6 +157,7 @@ mod nftables {
     affinity_across_ports!("nftables");
     scenarios!(@tests "nftables";
         scenarios_nftables::localhost_node_ports_are_relayed_on_both_loopbacks_with_the_keyword_only,
+        scenarios_nftables::service_cidrs_drop_unallocated_addresses_and_undefined_cluster_ip_ports_are_rejected,
     );
 }
 /// nftables through the `nft` command (`--nftables-transport command`) instead of libnftables.

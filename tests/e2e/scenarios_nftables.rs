@@ -1,14 +1,15 @@
 //! Scenarios only nftables mode has: localhost NodePorts through the userspace relay
 //! (`--nodeport-addresses` with `localhost`, KEP-6032), on 127.0.0.1 and ::1, TCP only; without
-//! the keyword (the default, `primary`) loopback serves no NodePort, as upstream.
+//! the keyword (the default, `primary`) loopback serves no NodePort, as upstream. ServiceCIDRs:
+//! an address in one that no Service has is dropped, a ClusterIP's undefined port rejected.
 //!
 //! Invariants: traffic is from the node itself to its loopback; nothing in the node namespace
 //! listens on the NodePorts but the relay, so without it a connection is refused.
 
-use crate::client::{Proto::*, at, masqueraded, seen, served_by};
+use crate::client::{Proto::*, all_failed, at, masqueraded, seen, served_by};
 use crate::cluster::Cluster;
 use crate::manifests::{Slice, Svc};
-use crate::topology::{A, B, C, HTTP, Node};
+use crate::topology::{A, B, C, Client, Ext, HTTP, Node};
 
 fn services(c: &mut Cluster) {
     let svc = Svc::new("lnp", "10.96.0.92")
@@ -68,4 +69,47 @@ pub fn localhost_node_ports_are_relayed_on_both_loopbacks_with_the_keyword_only(
     c.delete("lnp");
     let took = c.until_fails(Node, Tcp, at("127.0.0.1", 30092), "refused");
     println!("service deleted -> 127.0.0.1 NodePort refused: {took:?}");
+}
+
+/// A ServiceCIDR (`networking.k8s.io/v1`) as the API server keeps one.
+fn service_cidr(name: &str, cidrs: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": name}, "spec": {"cidrs": cidrs},
+    })
+}
+
+pub fn service_cidrs_drop_unallocated_addresses_and_undefined_cluster_ip_ports_are_rejected(
+    c: &mut Cluster,
+) {
+    let vip = "10.96.0.94";
+    let svc = Svc::new("sc", vip).tcp("http", 80, HTTP);
+    let slice = Slice::v4("sc").tcp("http", HTTP).ready(&[A, B, C]);
+    c.apply("sc", vec![svc.into(), slice.into()]);
+    c.until_served(Client, Tcp, at(vip, 80), &[A, B, C]);
+    // A port the Service does not define is rejected by kproxy (ext would answer on HTTP).
+    c.until_fails(Client, Tcp, at(vip, HTTP), "refused");
+    // Without a ServiceCIDR, an address no Service has is not kproxy's: ext answers it.
+    let unallocated = at("10.96.0.250", HTTP);
+    c.until_served(Client, Tcp, unallocated, &[Ext]);
+
+    c.apply(
+        "cidr",
+        vec![service_cidr(
+            "kubernetes",
+            &["10.96.0.0/16", "fd00:96::/108"],
+        )],
+    );
+    let took = c.until_fails(Client, Tcp, unallocated, "timeout");
+    println!("ServiceCIDR written -> unallocated ClusterIP dropped: {took:?}");
+    let r = c.tcp_n(Client, at(vip, 80), 10);
+    served_by(&r, &[A, B, C]).unwrap();
+    let r = c.probe(Client, Tcp, at(vip, HTTP), 3, crate::client::DROP_TIMEOUT);
+    all_failed(&r, "refused").unwrap();
+    // Outside the ServiceCIDR: untouched.
+    c.until_served(Client, Tcp, at("10.97.0.250", HTTP), &[Ext]);
+
+    c.delete("cidr");
+    let took = c.until_served(Client, Tcp, unallocated, &[Ext]);
+    println!("ServiceCIDR deleted -> unallocated address not dropped: {took:?}");
 }

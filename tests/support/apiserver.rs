@@ -109,10 +109,21 @@ fn info(kind: Kind) -> KindInfo {
             api_version: "v1",
             namespaced: false,
         },
+        Kind::ServiceCidrs => KindInfo {
+            path: "/apis/networking.k8s.io/v1/servicecidrs",
+            kind: "ServiceCIDR",
+            api_version: "networking.k8s.io/v1",
+            namespaced: false,
+        },
     }
 }
 
-const KINDS: [Kind; 3] = [Kind::Services, Kind::EndpointSlices, Kind::Nodes];
+const KINDS: [Kind; 4] = [
+    Kind::Services,
+    Kind::EndpointSlices,
+    Kind::Nodes,
+    Kind::ServiceCidrs,
+];
 
 fn kind_of_object(obj: &Value) -> Kind {
     let k = obj["kind"].as_str().unwrap_or_default();

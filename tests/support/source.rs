@@ -81,7 +81,12 @@ impl Source {
     }
 }
 
-pub const ALL: [Kind; 3] = [Kind::Services, Kind::EndpointSlices, Kind::Nodes];
+pub const ALL: [Kind; 4] = [
+    Kind::Services,
+    Kind::EndpointSlices,
+    Kind::Nodes,
+    Kind::ServiceCidrs,
+];
 
 pub fn nn(name: &str) -> NamespacedName {
     NamespacedName::new("default", name)

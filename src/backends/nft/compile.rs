@@ -346,8 +346,11 @@ fn node_elements(d: &mut Desired, node: &NodeFacts) {
         }
     }
     for cidr in &node.service_cidrs {
-        d.family_mut(IpFamily::of(&cidr.addr()))
-            .add("service-cidrs", cidr.to_string(), String::new());
+        d.family_mut(IpFamily::of(&cidr.addr())).add(
+            "service-cidrs",
+            cidr.to_string(),
+            String::new(),
+        );
     }
 }
 

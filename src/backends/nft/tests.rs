@@ -143,3 +143,41 @@ fn node_cidr_mode_puts_the_nodes_pod_cidrs_in_cluster_cidrs_and_masquerades_from
     ));
     assert!(!text.contains("saddr != @cluster-cidrs"), "{text}");
 }
+
+#[test]
+fn service_cidrs_and_cluster_ips_become_elements_of_the_check_after_dnat() {
+    let mut n = node();
+    n.service_cidrs = vec![
+        "10.96.0.0/16".parse().unwrap(),
+        "fd00:96::/108".parse().unwrap(),
+    ];
+    let d = compile(&cluster_ips(), &n, &config());
+    let keys = |f: &FamilyState, set: &str| f.sets[set].keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&d.v4, "service-cidrs"), ["10.96.0.0/16"]);
+    assert_eq!(keys(&d.v6, "service-cidrs"), ["fd00:96::/108"]);
+    // One element per ClusterIP, however many ports share it.
+    let vips: std::collections::BTreeSet<String> = cluster_ips()
+        .values()
+        .flat_map(|p| {
+            p.port
+                .cluster_ips
+                .iter()
+                .filter(|ip| ip.is_ipv4())
+                .map(|ip| ip.to_string())
+        })
+        .collect();
+    assert_eq!(
+        keys(&d.v4, "cluster-ips"),
+        vips.into_iter().collect::<Vec<_>>()
+    );
+    let text = render(&d);
+    assert!(
+        text.contains("ip daddr @cluster-ips goto reject-chain"),
+        "{text}"
+    );
+    assert!(
+        text.contains("type filter hook forward priority -110"),
+        "{text}"
+    );
+    nft_accepts(&[text]);
+}

@@ -15,6 +15,8 @@ use kproxy::watch::Kind;
 #[derive(Default)]
 pub(super) struct Faults {
     pub forbidden: HashSet<Kind>,
+    /// Kinds this server does not serve (404, as an API server without the resource).
+    pub not_served: HashSet<Kind>,
     pub delay: HashMap<Kind, Duration>,
     /// The next this many watch requests of the kind get an ERROR 410 event at once.
     pub gone_watches: HashMap<Kind, usize>,
@@ -69,6 +71,17 @@ impl super::ApiServer {
                 };
             } else {
                 s.faults.forbidden.remove(&kind);
+            }
+        });
+    }
+
+    /// Whether `kind` is served at all: an API server older than the resource answers 404.
+    pub fn serve_kind(&self, kind: Kind, served: bool) {
+        self.shared.mutate(|s| {
+            if served {
+                s.faults.not_served.remove(&kind);
+            } else {
+                s.faults.not_served.insert(kind);
             }
         });
     }

@@ -55,6 +55,7 @@ pub(super) async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         };
         shared.lock().requests.push(req.clone());
         let kind = KINDS.into_iter().find(|&k| info(k).path == req.path);
+        let kind = kind.filter(|k| !shared.lock().faults.not_served.contains(k));
         let (delay, forbidden) = match kind {
             Some(kind) => {
                 let s = shared.lock();
