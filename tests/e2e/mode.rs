@@ -46,6 +46,13 @@ impl Mode {
         self.name == "ipvs"
     }
 
+    /// Whether a ClusterIP's ports that its Service does not define are refused: IPVS's own
+    /// answer, or nftables mode's `cluster-ips-check` (upstream's). iptables mode leaves them
+    /// to their route.
+    pub fn undefined_cluster_ip_ports_refuse(&self) -> bool {
+        self.service_ips_are_local() || self.name == "nftables"
+    }
+
     /// `iptables-nft-save`, `ip6tables-legacy`, ... for this iptables variant.
     fn tool(&self, v6: bool, suffix: &str) -> String {
         let base = if v6 { "ip6tables" } else { "iptables" };

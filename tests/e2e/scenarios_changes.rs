@@ -61,7 +61,7 @@ pub fn a_changed_service_port_moves_traffic_to_the_new_port(c: &mut Cluster) {
     c.apply("web", service(8082));
     let took = c.until_served(Client, Tcp, at(WEB, 8082), &[A, B, C]);
     println!("port changed -> traffic on the new port: {took:?}");
-    let took = if c.mode.service_ips_are_local() {
+    let took = if c.mode.undefined_cluster_ip_ports_refuse() {
         c.until_fails(Client, Tcp, at(WEB, ALT), "refused")
     } else {
         c.until_served(Client, Tcp, at(WEB, ALT), &[Ext])
