@@ -75,7 +75,7 @@ pub struct KubeProxyConfiguration {
     pub metrics_bind_address: String,
     pub mode: &'static str,
     pub nftables: NftablesSection,
-    /// `null` (unset) for the mode's default, as upstream writes it.
+    /// `null` (unset) for every local address outside nftables mode, as upstream writes it.
     pub node_port_addresses: Option<Vec<String>>,
     pub oom_score_adj: i32,
     pub port_range: String,
@@ -291,14 +291,11 @@ pub fn document(cfg: &Config) -> KubeProxyConfiguration {
             min_sync_period: nft_min,
             sync_period: nft_sync,
         },
-        // Unset (`null`) when it is the mode's default, as upstream writes it.
-        node_port_addresses: {
-            let default = match cfg.mode {
-                ProxyMode::Nftables => NodePortAddresses::primary(),
-                _ => NodePortAddresses::all(),
-            };
-            (cfg.nodeport_addresses != default).then(|| cfg.nodeport_addresses.words())
-        },
+        // Every address, the default outside nftables mode: unset (`null`), as upstream writes
+        // it; nftables mode's default shows as upstream's defaulting leaves it, `["primary"]`.
+        node_port_addresses: (cfg.mode == ProxyMode::Nftables
+            || cfg.nodeport_addresses != NodePortAddresses::all())
+        .then(|| cfg.nodeport_addresses.words()),
         oom_score_adj: cfg.oom_score_adj,
         port_range: String::new(),
         show_hidden_metrics_for_version: String::new(),

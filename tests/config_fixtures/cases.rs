@@ -14,23 +14,6 @@ pub struct Pending {
 
 pub const PENDING: &[Pending] = &[
     Pending {
-        why: "upstream defaults nodePortAddresses to `primary` in nftables mode, kproxy to every \
-              local address until the lead's --nodeport-addresses work lands; these files leave \
-              the mode empty, so kproxy runs nftables mode",
-        checks: &["nodePortAddresses"],
-        files: &[
-            "kubeadm/v1.33.yaml",
-            "kubeadm/v1.34.yaml",
-            "kubeadm/v1.35.yaml",
-            "kubeadm/v1.36.yaml",
-            "upstream/scheme-before-v1alpha1.yaml",
-            "upstream/scheme-after-v1alpha1.cb6ff2d8.yaml",
-            "upstream/scheme-roundtrip-default-v1alpha1.15b08666.yaml",
-            "upstream/scheme-roundtrip-default-v1alpha1.2ae05731.yaml",
-            "upstream/options-complete-logging-config.yaml",
-        ],
-    },
-    Pending {
         why: "clientConnection.qps, burst and contentType are ignored (/configz shows upstream's \
               defaults) until the --kube-api-* work lands",
         checks: &[
