@@ -28,6 +28,7 @@ mod scenarios_ipvs_repair;
 mod scenarios_lifecycle;
 mod scenarios_local;
 mod scenarios_nftables;
+mod scenarios_node;
 mod scenarios_policy;
 mod scenarios_quarantine;
 mod topology;
@@ -105,6 +106,9 @@ macro_rules! scenarios {
             scenarios_families::a_dual_stack_service_with_ipv4_endpoints_refuses_tcp_on_its_ipv6_cluster_ip,
             scenarios_local::detect_local_by_interface_keeps_the_source_of_pods_behind_it_and_masquerades_the_rest,
             scenarios_local::detect_local_by_node_cidr_follows_the_nodes_pod_cidrs_as_they_change,
+            scenarios_node::a_draining_node_fails_healthz_keeps_livez_and_keeps_serving,
+            scenarios_node::node_ports_answer_on_the_primary_ip_in_nftables_mode_and_on_every_address_elsewhere,
+            scenarios_node::another_masquerade_bit_still_masquerades,
         );
     };
     (@tests $mode:literal; $($module:ident :: $name:ident),* $(,)?) => {

@@ -335,6 +335,15 @@ pub fn this_node_with_pod_cidrs(cidrs: &[&str]) -> Value {
     })
 }
 
+/// `this_node()` tainted `ToBeDeletedByClusterAutoscaler` (the autoscaler is about to remove
+/// it: KEP-3836 draining).
+pub fn this_node_draining() -> Value {
+    let mut node = this_node();
+    node["spec"]["taints"] = json!([{"key": "ToBeDeletedByClusterAutoscaler",
+        "value": "1733500000", "effect": "NoSchedule"}]);
+    node
+}
+
 /// `objects` as one `kind: List` JSON document.
 pub fn list(objects: Vec<Value>) -> String {
     json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string()

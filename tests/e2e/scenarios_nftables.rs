@@ -45,13 +45,13 @@ pub fn localhost_node_ports_are_relayed_on_both_loopbacks_with_the_keyword_only(
     c.start_kproxy_with(&["--nodeport-addresses=primary,localhost"]);
     let took = c.until_served(Node, Tcp, at("127.0.0.1", 30092), &[A, B, C]);
     println!("restart with localhost -> 127.0.0.1 NodePort served: {took:?}");
-    let r = c.tcp_n(Node, at("127.0.0.1", 30092), 20);
+    let r = c.tcp_n(Node, at("127.0.0.1", 30092), 30);
     served_by(&r, &[A, B, C]).unwrap();
     // The pods see the node (the relay connects from it), never a loopback address.
     masqueraded(&r).unwrap();
     let took = c.until_served(Node, Tcp, at("::1", 30092), &[A, B, C]);
     println!("-> [::1] NodePort served: {took:?}");
-    let r = c.tcp_n(Node, at("::1", 30092), 12);
+    let r = c.tcp_n(Node, at("::1", 30092), 30);
     served_by(&r, &[A, B, C]).unwrap();
     assert!(
         seen(&r).iter().all(|s| s.starts_with("fd00:244:")),
@@ -62,7 +62,7 @@ pub fn localhost_node_ports_are_relayed_on_both_loopbacks_with_the_keyword_only(
     let r = c.tcp_n(Node, at("127.0.0.1", 30093), 10);
     served_by(&r, &[A]).unwrap();
     // The primary address still serves through the rules.
-    let r = c.tcp_n(Node, at(&Node.v4(), 30092), 10);
+    let r = c.tcp_n(Node, at(&Node.v4(), 30092), 30);
     served_by(&r, &[A, B, C]).unwrap();
 
     // A Service gone: its localhost NodePort refuses again.
@@ -102,7 +102,7 @@ pub fn service_cidrs_drop_unallocated_addresses_and_undefined_cluster_ip_ports_a
     );
     let took = c.until_fails(Client, Tcp, unallocated, "timeout");
     println!("ServiceCIDR written -> unallocated ClusterIP dropped: {took:?}");
-    let r = c.tcp_n(Client, at(vip, 80), 10);
+    let r = c.tcp_n(Client, at(vip, 80), 30);
     served_by(&r, &[A, B, C]).unwrap();
     let r = c.probe(Client, Tcp, at(vip, HTTP), 3, crate::client::DROP_TIMEOUT);
     all_failed(&r, "refused").unwrap();
