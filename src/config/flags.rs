@@ -153,7 +153,7 @@ pub fn command() -> Command {
         .arg(list(
             "nodeport-addresses",
             "CIDRS",
-            "serve NodePorts only on these CIDRs, or 'primary' (default: all)",
+            "where NodePorts answer: CIDRs and the keywords primary, all, localhost, combined (default: primary in nftables mode, all otherwise)",
         ))
         .arg(boolean(
             "masquerade-all",
