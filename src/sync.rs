@@ -59,6 +59,8 @@ pub struct Syncer {
     claims: Claims,
     /// What the kernel refused, kept out of it.
     quarantine: quarantine::Quarantine,
+    /// Services' `externalIPs` are served (the AllowServiceExternalIPs feature gate).
+    external_ips: bool,
 }
 
 impl Syncer {
@@ -87,7 +89,15 @@ impl Syncer {
             gather_addresses: true,
             claims: Claims::default(),
             quarantine: quarantine::Quarantine::default(),
+            external_ips: true,
         }
+    }
+
+    /// Ignores Services' `externalIPs`, as upstream with the AllowServiceExternalIPs feature
+    /// gate off (KEP-5707): no rules, no claims, as if the field were empty.
+    pub fn without_external_ips(mut self) -> Syncer {
+        self.external_ips = false;
+        self
     }
 
     /// Uses `base_node.local_addresses` as given instead of listing the host's (for tests).
@@ -105,6 +115,10 @@ impl Syncer {
     pub fn apply(&mut self, change: Change) -> bool {
         let changed = match change {
             Change::Service(name, svc) => {
+                let svc = match svc {
+                    Some(svc) if !self.external_ips => Some(without_external_ips(svc)),
+                    other => other,
+                };
                 let c = self.tracker.update_service(&name, svc);
                 if c {
                     self.metrics.service_changes_total.inc();
@@ -411,6 +425,18 @@ impl Syncer {
         })
         .await;
     }
+}
+
+/// `svc` with no `externalIPs` (shared as it is when it has none).
+fn without_external_ips(svc: Arc<crate::model::Service>) -> Arc<crate::model::Service> {
+    if svc.ports.iter().all(|p| p.external_ips.is_empty()) {
+        return svc;
+    }
+    let mut svc = (*svc).clone();
+    for port in &mut svc.ports {
+        port.external_ips.clear();
+    }
+    Arc::new(svc)
 }
 
 /// The slot of `family` in per-family arrays.
