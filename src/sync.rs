@@ -5,6 +5,8 @@
 //! Invariants: `Shared::plans` always holds the desired plan of every service port (also after a
 //! failed apply); the backend holds what was last applied; any failure makes the next sync full.
 //! No sync runs before Services and EndpointSlices have both finished their initial list.
+//! A deleted Node leaves its last facts in force (only `/healthz` changes); a Node's changed
+//! facts make the next sync full.
 
 mod apply;
 pub mod quarantine;
@@ -135,7 +137,13 @@ impl Syncer {
             Change::Node(node) => {
                 let known = self.tracker.node().is_some();
                 self.shared.health.node_seen(node.as_ref(), known);
-                self.tracker.update_node(node)
+                match node {
+                    // Deleted (or now invalid): upstream exits to start over (k/k#138183);
+                    // kproxy keeps serving on the Node's last facts (InternalIPs, zone,
+                    // podCIDRs) while /healthz says the node is not eligible.
+                    None if known => false,
+                    node => self.tracker.update_node(node),
+                }
             }
             Change::Listed(kind) => {
                 self.listed.insert(kind);
@@ -546,5 +554,7 @@ mod isolation_tests;
 mod loop_tests;
 #[cfg(test)]
 mod metrics_tests;
+#[cfg(test)]
+mod node_tests;
 #[cfg(test)]
 mod tests;

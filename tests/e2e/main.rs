@@ -27,6 +27,7 @@ mod scenarios_ipvs;
 mod scenarios_ipvs_repair;
 mod scenarios_lifecycle;
 mod scenarios_local;
+mod scenarios_node;
 mod scenarios_policy;
 mod scenarios_quarantine;
 mod topology;
@@ -104,6 +105,7 @@ macro_rules! scenarios {
             scenarios_families::a_dual_stack_service_with_ipv4_endpoints_refuses_tcp_on_its_ipv6_cluster_ip,
             scenarios_local::detect_local_by_interface_keeps_the_source_of_pods_behind_it_and_masquerades_the_rest,
             scenarios_local::detect_local_by_node_cidr_follows_the_nodes_pod_cidrs_as_they_change,
+            scenarios_node::a_primary_node_port_follows_the_nodes_internal_ip_and_outlives_the_node,
         );
     };
     (@tests $mode:literal; $($module:ident :: $name:ident),* $(,)?) => {
