@@ -17,7 +17,9 @@
 //! CIDR per family. Parsing touches the file system only to read `--config` and, without
 //! `--hostname-override`, the host name.
 
+mod client;
 mod duration;
+mod features;
 mod file;
 mod flags;
 mod flagz;
@@ -36,7 +38,9 @@ use ipnet::IpNet;
 
 use crate::backends::{BackendConfig, ProxyMode};
 
+pub use client::ClientConnection;
 pub use duration::{DurationError, format_go_duration, parse_go_duration};
+pub use features::{Feature, FeatureGates, GATES as FEATURE_GATES, Gate, Stage};
 pub use flags::{IGNORED as IGNORED_FLAGS, Kind as FlagKind};
 pub use write::{
     CONFIGZ_GROUP, KubeProxyConfiguration, WriteConfigError, configz_json, document,
@@ -128,6 +132,11 @@ pub struct Config {
     pub write_config_to: Option<PathBuf>,
     /// Every flag with its value, given or default, sorted by name (`/flagz`).
     pub flagz: Vec<(String, String)>,
+    /// `--kube-api-qps`, `--kube-api-burst` / `clientConnection.*`: the API client's rate limit
+    /// (content types are checked and warned about; kproxy speaks JSON).
+    pub client: ClientConnection,
+    /// `--feature-gates` / `featureGates`.
+    pub feature_gates: FeatureGates,
 }
 
 impl Config {
@@ -355,6 +364,19 @@ fn resolve(
         .unwrap_or_default();
     let detect_local = detect_local(m, &file, &cluster_cidrs)?;
     let conntrack = conntrack(m, &file.conntrack)?;
+    let client = client::from_matches(m, &file.client, &mut warnings)?;
+    let feature_gates = features::from_matches(m, &file.feature_gates, &mut warnings)?;
+    if mode == ProxyMode::Ipvs && !feature_gates.enabled(Feature::KubeProxyIpvs) {
+        return Err(ConfigError::Invalid {
+            flag: if flag_mode.is_some() {
+                "--proxy-mode"
+            } else {
+                "mode"
+            }
+            .to_owned(),
+            message: "ipvs mode is disabled by the KubeProxyIPVS feature gate".to_owned(),
+        });
+    }
 
     Ok(Config {
         mode,
@@ -441,6 +463,8 @@ fn resolve(
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
         flagz: flagz::list(m),
+        client,
+        feature_gates,
     })
 }
 

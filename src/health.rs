@@ -222,7 +222,7 @@ pub async fn serve(
     let paths: Vec<&str> = routes
         .iter()
         .map(|(path, _)| *path)
-        .chain(zpages::PATHS)
+        .chain(zpages.paths())
         .collect();
     let metrics_app = routes
         .into_iter()

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use kproxy::backends::{self, BackendConfig, ProxyMode};
-use kproxy::config::{self, Config, LogFormat, Parsed};
+use kproxy::config::{self, Config, Feature, LogFormat, Parsed};
 use kproxy::health::{self, ProxyHealth, service::ServiceHealthServers};
 use kproxy::metrics::Metrics;
 use kproxy::node::NodeFacts;
@@ -169,8 +169,21 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
         shared.clone(),
         ServiceHealthServers::default(),
     );
+    let relay_off = cfg
+        .feature_gates
+        .given()
+        .get("KubeProxyNFTablesLocalhostNodePorts")
+        == Some(&false);
     if cfg.mode == ProxyMode::Nftables && cfg.nodeport_addresses.localhost && !cfg.dry_run {
-        syncer = syncer.with_localhost_relay();
+        if relay_off {
+            tracing::info!("KubeProxyNFTablesLocalhostNodePorts=false: no localhost NodePorts");
+        } else {
+            syncer = syncer.with_localhost_relay();
+        }
+    }
+    if !cfg.feature_gates.enabled(Feature::AllowServiceExternalIPs) {
+        tracing::info!("AllowServiceExternalIPs is off: Services' externalIPs are not served");
+        syncer = syncer.without_external_ips();
     }
 
     if cfg.dry_run {
@@ -196,6 +209,8 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
             configz: config::configz_json(&cfg),
             flagz: cfg.flagz.clone(),
             started,
+            serve_flagz: cfg.feature_gates.enabled(Feature::ComponentFlagz),
+            serve_statusz: cfg.feature_gates.enabled(Feature::ComponentStatusz),
         },
     )
     .await?;
@@ -254,9 +269,13 @@ async fn start_source(cfg: &Config, tx: ChangeTx, metrics: Arc<Metrics>) -> anyh
             cfg.manifests_max_file_size,
         ));
     } else {
-        let client = watch::kube::client(cfg.kubeconfig.as_deref(), cfg.master.as_deref())
-            .await
-            .context("connecting to the Kubernetes API")?;
+        let client = watch::kube::client_with(
+            cfg.kubeconfig.as_deref(),
+            cfg.master.as_deref(),
+            cfg.client.rate_limit(),
+        )
+        .await
+        .context("connecting to the Kubernetes API")?;
         tokio::spawn(watch::kube::run(client, node, tx, metrics));
     }
     Ok(())

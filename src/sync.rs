@@ -5,6 +5,8 @@
 //! Invariants: `Shared::plans` always holds the desired plan of every service port (also after a
 //! failed apply); the backend holds what was last applied; any failure makes the next sync full.
 //! No sync runs before Services and EndpointSlices have both finished their initial list.
+//! A deleted Node leaves its last facts in force (only `/healthz` changes); a Node's changed
+//! facts make the next sync full.
 
 mod apply;
 pub mod quarantine;
@@ -61,6 +63,8 @@ pub struct Syncer {
     quarantine: quarantine::Quarantine,
     /// nftables mode's localhost NodePorts (`--nodeport-addresses` with `localhost`).
     relay: Option<crate::relay::LocalhostRelay>,
+    /// Services' `externalIPs` are served (the AllowServiceExternalIPs feature gate).
+    external_ips: bool,
 }
 
 impl Syncer {
@@ -90,7 +94,15 @@ impl Syncer {
             claims: Claims::default(),
             quarantine: quarantine::Quarantine::default(),
             relay: None,
+            external_ips: true,
         }
+    }
+
+    /// Ignores Services' `externalIPs`, as upstream with the AllowServiceExternalIPs feature
+    /// gate off (KEP-5707): no rules, no claims, as if the field were empty.
+    pub fn without_external_ips(mut self) -> Syncer {
+        self.external_ips = false;
+        self
     }
 
     /// Serves localhost NodePorts through the userspace relay (nftables mode, KEP-6032).
@@ -114,6 +126,10 @@ impl Syncer {
     pub fn apply(&mut self, change: Change) -> bool {
         let changed = match change {
             Change::Service(name, svc) => {
+                let svc = match svc {
+                    Some(svc) if !self.external_ips => Some(without_external_ips(svc)),
+                    other => other,
+                };
                 let c = self.tracker.update_service(&name, svc);
                 if c {
                     self.metrics.service_changes_total.inc();
@@ -130,7 +146,13 @@ impl Syncer {
             Change::Node(node) => {
                 let known = self.tracker.node().is_some();
                 self.shared.health.node_seen(node.as_ref(), known);
-                self.tracker.update_node(node)
+                match node {
+                    // Deleted (or now invalid): upstream exits to start over (k/k#138183);
+                    // kproxy keeps serving on the Node's last facts (InternalIPs, zone,
+                    // podCIDRs) while /healthz says the node is not eligible.
+                    None if known => false,
+                    node => self.tracker.update_node(node),
+                }
             }
             Change::ServiceCidr(name, cidrs) => self.tracker.update_service_cidr(name, cidrs),
             Change::Listed(kind) => {
@@ -428,6 +450,18 @@ impl Syncer {
     }
 }
 
+/// `svc` with no `externalIPs` (shared as it is when it has none).
+fn without_external_ips(svc: Arc<crate::model::Service>) -> Arc<crate::model::Service> {
+    if svc.ports.iter().all(|p| p.external_ips.is_empty()) {
+        return svc;
+    }
+    let mut svc = (*svc).clone();
+    for port in &mut svc.ports {
+        port.external_ips.clear();
+    }
+    Arc::new(svc)
+}
+
 /// The slot of `family` in per-family arrays.
 fn family_index(family: IpFamily) -> usize {
     match family {
@@ -535,5 +569,7 @@ mod isolation_tests;
 mod loop_tests;
 #[cfg(test)]
 mod metrics_tests;
+#[cfg(test)]
+mod node_tests;
 #[cfg(test)]
 mod tests;

@@ -188,6 +188,10 @@ pub struct FileConfig {
     pub oom_score_adj: Option<i32>,
     /// `bindAddressHardFail`.
     pub bind_address_hard_fail: Option<bool>,
+    /// `clientConnection.{qps,burst,contentType,acceptContentTypes}`.
+    pub client: super::client::FileClient,
+    /// `featureGates`, as given (checked by `features::FeatureGates::resolve`).
+    pub feature_gates: std::collections::BTreeMap<String, bool>,
     /// Start-up warnings: unknown fields, settings kproxy does not honour.
     pub warnings: Vec<String>,
 }
@@ -261,8 +265,54 @@ pub fn decode(text: &str) -> Result<FileConfig, String> {
         log_format: parsed(&doc, "logging.format", parse_log_format)?.flatten(),
         bind_address_hard_fail: boolean(&doc, "bindAddressHardFail")?,
         oom_score_adj: integer(&doc, "oomScoreAdj", -1000, 1000)?.map(|n| n as i32),
+        client: client(&doc)?,
+        feature_gates: feature_gates(&doc)?,
         warnings,
     })
+}
+
+fn client(doc: &Value) -> Result<super::client::FileClient, String> {
+    let qps = lookup(doc, "clientConnection.qps")
+        .map(|v| {
+            v.as_f64()
+                .filter(|q| q.is_finite() && q.abs() <= f64::from(f32::MAX))
+                .map(|q| q as f32)
+                .ok_or_else(|| "clientConnection.qps: want a number".to_owned())
+        })
+        .transpose()?;
+    Ok(super::client::FileClient {
+        qps,
+        burst: integer(
+            doc,
+            "clientConnection.burst",
+            i32::MIN.into(),
+            i32::MAX.into(),
+        )?
+        .map(|n| n as i32),
+        content_type: string(doc, "clientConnection.contentType")?,
+        accept_content_types: string(doc, "clientConnection.acceptContentTypes")?,
+    })
+}
+
+/// `featureGates`: a map of gate names to booleans.
+fn feature_gates(doc: &Value) -> Result<std::collections::BTreeMap<String, bool>, String> {
+    let Some(value) = lookup(doc, "featureGates") else {
+        return Ok(Default::default());
+    };
+    let map = value
+        .as_mapping()
+        .ok_or_else(|| "featureGates: want a map of gate names to true or false".to_owned())?;
+    map.iter()
+        .map(|(k, v)| {
+            let name = k
+                .as_str()
+                .ok_or_else(|| format!("featureGates: {k:?} is not a gate name"))?;
+            let on = v
+                .as_bool()
+                .ok_or_else(|| format!("featureGates.{name}: want true or false"))?;
+            Ok((name.to_owned(), on))
+        })
+        .collect()
 }
 
 /// Walks `value` against `schema`, warning about each unknown field by its dotted path.

@@ -30,9 +30,9 @@ pub enum Kind {
 
 /// Upstream flags kproxy accepts, checks for type, and ignores with a start-up warning.
 ///
-/// Their effects are outside kproxy's scope (conntrack sysctls, profiling, client
-/// tuning, IPVS scheduling, Windows) or not implemented yet (local-traffic detection other than
-/// the cluster CIDR, feature gates, logging knobs beyond `-v` and `--logging-format`). The
+/// Their effects are outside kproxy's scope (profiling, IPVS exclusions, Windows, the config
+/// file's reload period) or not implemented (logging knobs beyond `-v` and `--logging-format`,
+/// hidden metrics). The
 /// deprecated `--healthz-port` and `--metrics-port` are here too: upstream uses them only to
 /// disable a server (port 0), which kproxy does not support.
 ///
@@ -40,12 +40,8 @@ pub enum Kind {
 /// `--logtostderr` family) are unknown.
 pub const IGNORED: &[(&str, Kind)] = &[
     ("config-sync-period", Kind::Duration),
-    ("feature-gates", Kind::List),
     ("healthz-port", Kind::Int),
     ("ipvs-exclude-cidrs", Kind::List),
-    ("kube-api-burst", Kind::Int),
-    ("kube-api-content-type", Kind::Text),
-    ("kube-api-qps", Kind::Float),
     ("log-flush-frequency", Kind::Duration),
     ("log-json-info-buffer-size", Kind::Text),
     ("log-json-split-stream", Kind::Bool),
@@ -228,6 +224,26 @@ pub fn command() -> Command {
             "write-config-to",
             "FILE",
             "write the effective configuration as a KubeProxyConfiguration that --config reads back, then exit",
+        ))
+        .arg(list(
+            "feature-gates",
+            "GATES",
+            "Name=true|false pairs, comma-separated (repeatable); kproxy acts on the gates that concern kube-proxy and warns about others",
+        ))
+        .arg(value(
+            "kube-api-qps",
+            "QPS",
+            "requests a second to the API server (token bucket); default 5, negative: no limit",
+        ))
+        .arg(value(
+            "kube-api-burst",
+            "N",
+            "requests the API client may make at once before --kube-api-qps paces them; default 10",
+        ))
+        .arg(value(
+            "kube-api-content-type",
+            "TYPE",
+            "application/json (what kproxy speaks) or application/vnd.kubernetes.protobuf (answered with JSON, with a warning)",
         ))
         .arg(
             value("v", "LEVEL", "log verbosity (klog level)")

@@ -4,7 +4,8 @@
 //! Invariants: every field of upstream's v1alpha1 type is written (the YAML with its keys sorted,
 //! as upstream's encoder writes them), so the file is complete for kproxy and for upstream
 //! kube-proxy alike. What kproxy does not implement carries upstream's default
-//! (`clientConnection.qps`, `winkernel`, ...), which `--config` reads without a warning. Like
+//! (`configSyncPeriod`, `winkernel`, ...), which `--config` reads without a warning;
+//! `clientConnection.contentType` is what kproxy speaks, `application/json`. Like
 //! upstream's conversion, the sync periods and `masqueradeAll` go into the section of the mode
 //! (`masqueradeAll` of ipvs mode into `iptables`) and the other sections' sync periods are `0s`;
 //! `masqueradeBit` goes into `nftables` in nftables mode and into `iptables` otherwise (the other
@@ -18,6 +19,7 @@
 //! zero means "the default, 1s" (upstream's defaulting, which kproxy follows). `/configz` shows
 //! `0s`, the value in effect.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -32,7 +34,6 @@ pub const CONFIGZ_GROUP: &str = "kubeproxy.config.k8s.io";
 
 /// Upstream's v1alpha1 defaults for what kproxy does not implement.
 const DEFAULT_MASQUERADE_BIT: u8 = 14;
-const DEFAULT_CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
 
 /// Why `--write-config-to` failed; `Display` is one line naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,7 @@ pub enum WriteConfigError {
 }
 
 /// Upstream's `KubeProxyConfiguration` (k8s.io/kube-proxy config/v1alpha1/types.go), fields in
-/// the order upstream's YAML encoder sorts them. `featureGates` (empty) and
+/// the order upstream's YAML encoder sorts them. `featureGates` (when empty) and
 /// `windowsRunAsService` (false) are `omitempty` upstream and so absent here too.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -66,6 +67,9 @@ pub struct KubeProxyConfiguration {
     pub detect_local: DetectLocal,
     pub detect_local_mode: String,
     pub enable_profiling: bool,
+    /// Every gate given, known to kproxy or not, as upstream writes its map.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub feature_gates: BTreeMap<String, bool>,
     pub healthz_bind_address: String,
     pub hostname_override: String,
     pub iptables: IptablesSection,
@@ -90,7 +94,22 @@ pub struct ClientConnection {
     pub burst: i32,
     pub content_type: String,
     pub kubeconfig: String,
-    pub qps: i32,
+    pub qps: Qps,
+}
+
+/// A float32 as Go's encoder writes it: `5`, not `5.0`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Qps(pub f32);
+
+impl Serialize for Qps {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let q = self.0;
+        if q.fract() == 0.0 && q.abs() < 1e15 {
+            s.serialize_i64(q as i64)
+        } else {
+            s.serialize_f64(f64::from(q))
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -209,14 +228,15 @@ pub fn document(cfg: &Config) -> KubeProxyConfiguration {
         bind_address_hard_fail: cfg.bind_address_hard_fail,
         client_connection: ClientConnection {
             accept_content_types: String::new(),
-            burst: 10,
-            content_type: DEFAULT_CONTENT_TYPE.to_owned(),
+            burst: cfg.client.burst,
+            // What kproxy speaks, whatever was asked for (`config::client`).
+            content_type: super::client::JSON.to_owned(),
             kubeconfig: cfg
                 .kubeconfig
                 .as_deref()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            qps: 5,
+            qps: Qps(cfg.client.qps),
         },
         cluster_cidr: cfg
             .cluster_cidrs
@@ -247,6 +267,7 @@ pub fn document(cfg: &Config) -> KubeProxyConfiguration {
         // Never empty: what upstream's platform defaulting makes of an empty mode, too.
         detect_local_mode: cfg.detect_local.name().to_owned(),
         enable_profiling: false,
+        feature_gates: cfg.feature_gates.given().clone(),
         healthz_bind_address: cfg.healthz_bind_address.to_string(),
         hostname_override: cfg.hostname_override.clone().unwrap_or_default(),
         iptables: IptablesSection {

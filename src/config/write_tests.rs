@@ -92,7 +92,14 @@ fn the_written_configuration_reads_back_to_the_same_configuration() {
             "--cluster-cidr=fd00:10:244::/56",
         ],
         // Ignored upstream flags change nothing that is written.
-        &["--conntrack-min=5", "--feature-gates=A=true", "--profiling"],
+        &["--conntrack-min=5", "--profiling"],
+        // The API client and the feature gates are written.
+        &[
+            "--kube-api-qps=2.5",
+            "--kube-api-burst=3",
+            "--kube-api-content-type=application/json",
+            "--feature-gates=ComponentStatusz=false,ContextualLogging=false",
+        ],
     ];
     for args in cases {
         let (first, second) = written_and_read(args, &[]);
@@ -288,6 +295,14 @@ fn the_written_defaults_are_upstreams_fields_and_values_but_for_known_difference
         ("nftables.syncPeriod", (s("0s"), s("30s"))),
         // Upstream's "" means rr; kproxy writes what it uses.
         ("ipvs.scheduler", (s("rr"), s(""))),
+        // kube-rs speaks JSON only; kproxy writes what it speaks.
+        (
+            "clientConnection.contentType",
+            (
+                s("application/json"),
+                s("application/vnd.kubernetes.protobuf"),
+            ),
+        ),
     ]);
     for (path, value) in &mine {
         let expected = match known.get(path.as_str()) {
@@ -299,6 +314,35 @@ fn the_written_defaults_are_upstreams_fields_and_values_but_for_known_difference
         };
         assert_eq!(value, expected, "{path}");
     }
+}
+
+#[test]
+fn feature_gates_and_the_client_settings_are_written_as_given_and_read_back() {
+    let args = [
+        "--kube-api-qps=0.5",
+        "--kube-api-burst=2",
+        "--kube-api-content-type=application/vnd.kubernetes.protobuf",
+        "--feature-gates=AllowServiceExternalIPs=false",
+        "--feature-gates=NoSuchGate=true",
+    ];
+    let first = parse(&args);
+    let yaml = to_yaml(&first).unwrap();
+    let doc: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    assert_eq!(doc["clientConnection"]["qps"], Value::from(0.5));
+    assert_eq!(doc["clientConnection"]["burst"], Value::from(2));
+    assert_eq!(doc["clientConnection"]["contentType"], "application/json");
+    assert_eq!(doc["featureGates"]["AllowServiceExternalIPs"], false);
+    assert_eq!(doc["featureGates"]["NoSuchGate"], true);
+    assert!(yaml.contains("\nfeatureGates:\n"), "{yaml}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kube-proxy.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let second = parse(&["--config", path.to_str().unwrap()]);
+    // Reading back says again what the first run said of the gates, and nothing of protobuf.
+    assert_eq!(second.warnings.len(), 2, "{:?}", second.warnings);
+    assert_eq!(comparable(first), comparable(second));
+    // Integral rates are written as upstream's encoder writes a float32: `5`, not `5.0`.
+    assert!(to_yaml(&parse(&[])).unwrap().contains("  qps: 5\n"));
 }
 
 #[test]

@@ -13,6 +13,9 @@
 //! `Go version` (structured: `goVersion` is empty, the compiler is in `rustVersion`) and prints
 //! no emulation version (kproxy emulates no Kubernetes release's feature set).
 //!
+//! `/flagz` and `/statusz` are served only while their feature gates (ComponentFlagz,
+//! ComponentStatusz; on by default since 1.36) are on, as upstream; `/configz` always.
+//!
 //! Invariants: the bodies are built from values fixed at start-up (`Zpages`), except the uptime;
 //! handlers never touch the sync loop's state.
 
@@ -47,19 +50,40 @@ pub struct Zpages {
     pub flagz: Vec<(String, String)>,
     /// When the process started.
     pub started: SystemTime,
+    /// `/flagz` and `/statusz` are served: the ComponentFlagz and ComponentStatusz feature
+    /// gates, as upstream installs each page only when its gate is on.
+    pub serve_flagz: bool,
+    pub serve_statusz: bool,
 }
 
-/// The three pages, listing `paths` (the metrics server's, these included) in `/statusz`.
+impl Zpages {
+    /// The paths served (`/configz` always).
+    pub fn paths(&self) -> Vec<&'static str> {
+        let on = [true, self.serve_flagz, self.serve_statusz];
+        PATHS
+            .iter()
+            .zip(on)
+            .filter(|(_, on)| *on)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+/// The pages, listing `paths` (the metrics server's, these included) in `/statusz`.
 pub fn router(zpages: Zpages, paths: &[&str]) -> Router {
+    let served = zpages.paths();
     let state = Arc::new(Page {
         zpages,
         paths: top_level(paths),
     });
-    Router::new()
-        .route(PATHS[0], get(configz))
-        .route(PATHS[1], get(flagz))
-        .route(PATHS[2], get(statusz))
-        .with_state(state)
+    let mut router = Router::new().route(PATHS[0], get(configz));
+    if served.contains(&PATHS[1]) {
+        router = router.route(PATHS[1], get(flagz));
+    }
+    if served.contains(&PATHS[2]) {
+        router = router.route(PATHS[2], get(statusz));
+    }
+    router.with_state(state)
 }
 
 struct Page {

@@ -88,6 +88,8 @@ fn page() -> Arc<Page> {
                 ("proxy-mode".to_owned(), "iptables".to_owned()),
             ],
             started: SystemTime::now() - Duration::from_secs(3725),
+            serve_flagz: true,
+            serve_statusz: true,
         },
         paths: top_level(&[
             "/metrics",

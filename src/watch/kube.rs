@@ -12,8 +12,11 @@
 //! not contain (`relist`): never a flush, and no second copy of the cluster while it runs.
 //! Lists use kube's default `MostRecent` semantic (a consistent read), so a relist after a 410
 //! cannot briefly resurrect deleted objects from a stale watch cache.
+//! Every request (list page, watch) first takes a token of the client-side rate limit
+//! (`--kube-api-qps`, `--kube-api-burst`; `ratelimit`), as client-go's requests do.
 
 mod backoff;
+pub mod ratelimit;
 mod relist;
 #[cfg(test)]
 mod tests;
@@ -74,8 +77,29 @@ pub enum KubeError {
 
 /// The API client, as upstream's `BuildConfigFromFlags`: `--kubeconfig` (its server replaced
 /// by `--master` when both are given), `--master` alone (that URL, no credentials), or the
-/// in-cluster config when neither is given.
+/// in-cluster config when neither is given. No rate limit (`client_with` sets one).
 pub async fn client(kubeconfig: Option<&Path>, master: Option<&str>) -> Result<Client, KubeError> {
+    client_with(kubeconfig, master, None).await
+}
+
+/// `client`, with every request first taking a token from a bucket of `burst` tokens refilled
+/// at `qps` a second, when `rate_limit` is `Some((qps, burst))` (`ratelimit`).
+pub async fn client_with(
+    kubeconfig: Option<&Path>,
+    master: Option<&str>,
+    rate_limit: Option<(f64, u32)>,
+) -> Result<Client, KubeError> {
+    let config = config(kubeconfig, master).await?;
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(KubeError::BuildClient)?;
+    Ok(match rate_limit {
+        Some((qps, burst)) => builder
+            .with_layer(&ratelimit::RateLimitLayer::new(qps, burst))
+            .build(),
+        None => builder.build(),
+    })
+}
+
+async fn config(kubeconfig: Option<&Path>, master: Option<&str>) -> Result<Config, KubeError> {
     let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::ReadKubeconfig {
@@ -97,7 +121,7 @@ pub async fn client(kubeconfig: Option<&Path>, master: Option<&str>) -> Result<C
     if let (Some(_), Some(url)) = (kubeconfig, master) {
         config.cluster_url = parse_master(url)?;
     }
-    Client::try_from(config).map_err(KubeError::BuildClient)
+    Ok(config)
 }
 
 /// Parses `--master` into whatever URI type the kube config wants (generic so that kproxy need

@@ -29,6 +29,7 @@ mod scenarios_lifecycle;
 mod scenarios_local;
 mod scenarios_nftables;
 mod scenarios_node;
+mod scenarios_node_changes;
 mod scenarios_policy;
 mod scenarios_quarantine;
 mod topology;
@@ -109,6 +110,7 @@ macro_rules! scenarios {
             scenarios_node::a_draining_node_fails_healthz_keeps_livez_and_keeps_serving,
             scenarios_node::node_ports_answer_on_the_primary_ip_in_nftables_mode_and_on_every_address_elsewhere,
             scenarios_node::another_masquerade_bit_still_masquerades,
+            scenarios_node_changes::a_primary_node_port_follows_the_nodes_internal_ip_and_outlives_the_node,
         );
     };
     (@tests $mode:literal; $($module:ident :: $name:ident),* $(,)?) => {
