@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{Desired, Mirror, Owner, Parts, Table, chains_of, shared, value_hash};
+use super::{Desired, FamilyMirror, Mirror, Owner, Parts, chains_of, shared, value_hash};
 use crate::backends::nft::elements::ElemId;
 use crate::backends::nft::skeleton;
 use crate::backends::nft::transaction::{
@@ -128,8 +128,10 @@ pub fn load<S: Sink>(
         loaded: true,
         ..Mirror::default()
     };
-    for (family, n) in estimate(desired.plans) {
-        mirror.family_mut(family).elements.reserve(n);
+    for (family, (records, vips)) in estimate(desired.plans) {
+        let fm = mirror.family_mut(family);
+        fm.elements.reserve(records);
+        fm.vips.reserve(vips);
     }
     let mut l = Loader {
         mirror,
@@ -212,15 +214,19 @@ fn families(found: &[Option<Found>; 2]) -> impl Iterator<Item = (IpFamily, &Foun
 }
 
 /// About how many shared elements (the only ones with a record) `plans` give per family: a
-/// hairpin pair per endpoint, and a live pair per endpoint of an affinity port; reserved up
-/// front, the element table never grows by doubling during a load, which held the old and the
-/// new table at once.
-fn estimate(plans: &crate::backends::Plans) -> [(IpFamily, usize); 2] {
-    let (mut v4, mut v6) = (0, 0);
+/// hairpin pair per endpoint, and a live pair per endpoint of an affinity port; and apart, the
+/// ClusterIPs. Reserved up front, the tables never grow by doubling during a load, which held
+/// the old and the new table at once.
+fn estimate(plans: &crate::backends::Plans) -> [(IpFamily, (usize, usize)); 2] {
+    let (mut v4, mut v6) = ((0, 0), (0, 0));
     for planned in plans.values() {
         let per = 1 + usize::from(planned.port.affinity_timeout_seconds.is_some());
         for e in &planned.endpoints {
-            *if e.ip.is_ipv4() { &mut v4 } else { &mut v6 } += per;
+            if e.ip.is_ipv4() { &mut v4 } else { &mut v6 }.0 += per;
+        }
+        // `cluster-ips`: one record per ClusterIP (counted once per port: a little over).
+        for ip in &planned.port.cluster_ips {
+            if ip.is_ipv4() { &mut v4 } else { &mut v6 }.1 += 1;
         }
     }
     [(IpFamily::V4, v4), (IpFamily::V6, v6)]
@@ -286,12 +292,12 @@ impl Loader {
         let Desired { v4, v6, .. } = d;
         let [found_v4, found_v6] = &mut self.found;
         for (family, fam, found) in [(IpFamily::V4, v4, found_v4), (IpFamily::V6, v6, found_v6)] {
-            let table = &mut self.mirror.family_mut(family).elements;
+            let fm = self.mirror.family_mut(family);
             let mut found = found.as_mut();
             for (set, elements) in fam.sets {
                 for (key, value) in elements {
                     let e = (family, set, key, value);
-                    add_element(table, found.as_deref_mut(), &mut self.tx, e);
+                    add_element(fm, found.as_deref_mut(), &mut self.tx, e);
                 }
             }
         }
@@ -368,14 +374,14 @@ fn grouped(mut ops: Vec<Op>) -> Transaction {
 /// One owner's element: sent unless adoption found it with its value; a shared one only for
 /// its first owner.
 fn add_element(
-    table: &mut Table,
+    fm: &mut FamilyMirror,
     found: Option<&mut Found>,
     tx: &mut Transaction,
     (family, set, key, value): (IpFamily, &'static str, String, String),
 ) {
     let id = if shared(set) {
         let id = ElemId::of(&[set, &key]);
-        let refs = table.entry(id).or_insert(0);
+        let refs = fm.records_mut(set).entry(id).or_insert(0);
         *refs += 1;
         if *refs > 1 {
             return;
