@@ -260,7 +260,10 @@ mod tests {
     fn an_unknown_content_type_warns_on_the_command_line_and_loads_silently_from_the_file() {
         let (_, w) = resolve(None, None, Some("text/plain"), &FileClient::default()).unwrap();
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].starts_with("--kube-api-content-type=text/plain"), "{w:?}");
+        assert!(
+            w[0].starts_with("--kube-api-content-type=text/plain"),
+            "{w:?}"
+        );
         // Upstream's own config tests carry this placeholder, and upstream loads them.
         let placeholder = FileClient {
             content_type: Some("content-type".into()),

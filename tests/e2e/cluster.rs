@@ -138,6 +138,14 @@ impl Cluster {
         self.rt.block_on(k.metric(sample))
     }
 
+    /// kproxy's `/metrics` text; panics when it does not answer.
+    pub fn metrics_text(&mut self) -> String {
+        let k = self.kproxy.as_mut().expect("kproxy is running");
+        self.rt
+            .block_on(k.metrics_text())
+            .expect("/metrics answers")
+    }
+
     /// The manifests directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -27,6 +27,7 @@ mod scenarios_ipvs;
 mod scenarios_ipvs_repair;
 mod scenarios_lifecycle;
 mod scenarios_local;
+mod scenarios_metrics;
 mod scenarios_nftables;
 mod scenarios_node;
 mod scenarios_node_changes;
@@ -110,6 +111,7 @@ macro_rules! scenarios {
             scenarios_node::a_draining_node_fails_healthz_keeps_livez_and_keeps_serving,
             scenarios_node::node_ports_answer_on_the_primary_ip_in_nftables_mode_and_on_every_address_elsewhere,
             scenarios_node::another_masquerade_bit_still_masquerades,
+            scenarios_metrics::metrics_carry_upstreams_names_per_mode_and_ip_family,
             scenarios_node_changes::a_primary_node_port_follows_the_nodes_internal_ip_and_outlives_the_node,
         );
     };

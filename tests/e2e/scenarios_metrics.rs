@@ -12,7 +12,9 @@ use crate::topology::{A, B, C, Client, HTTP};
 pub fn metrics_carry_upstreams_names_per_mode_and_ip_family(c: &mut Cluster) {
     c.apply("web", web(&[A, B, C]));
     c.until_served(Client, Tcp, at(WEB, HTTP), &[A, B, C]);
-    c.until_metric_positive("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}");
+    c.until_metric_positive(
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}",
+    );
     let text = c.metrics_text();
     for family in ["IPv4", "IPv6"] {
         for series in [

@@ -39,7 +39,10 @@ fn bad_client_values_exit_naming_the_flag_or_field() {
     assert!(error(&["--kube-api-qps=lots"]).starts_with("--kube-api-qps: "));
     assert!(error(&["--kube-api-burst=0"]).starts_with("--kube-api-burst: "));
     // A content type is never refused, as upstream: kproxy speaks JSON whatever is asked.
-    assert_eq!(run(&["--kube-api-content-type=text/plain"]).warnings.len(), 1);
+    assert_eq!(
+        run(&["--kube-api-content-type=text/plain"]).warnings.len(),
+        1
+    );
     let (_f, flag) = config_file("clientConnection:\n  contentType: application/yaml\n");
     assert!(run(&[&flag]).warnings.is_empty());
     let (_f, flag) = config_file("clientConnection:\n  qps: fast\n");
