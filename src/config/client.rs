@@ -21,7 +21,6 @@ use super::{ConfigError, flag, flags};
 pub const DEFAULT_QPS: f32 = 5.0;
 pub const DEFAULT_BURST: i32 = 10;
 pub const JSON: &str = "application/json";
-pub const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 const CBOR: &str = "application/cbor";
 
 /// The file's `clientConnection` fields kproxy reads; `None` where unset.
@@ -193,6 +192,9 @@ fn content_type(flag: &str, value: &str, explicit: bool) -> Result<Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Upstream's default content type, and kubeadm's.
+    const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 
     fn file(qps: Option<f32>, burst: Option<i32>) -> FileClient {
         FileClient {
