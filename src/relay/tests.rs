@@ -11,9 +11,25 @@ use crate::backends::Plans;
 use crate::model::{Protocol, ServicePort, ServiceType, TrafficPolicy};
 use crate::testing::{add, ep, ip, name};
 
+/// A port below the kernel's ephemeral range that nothing on 127.0.0.1 holds: other tests pick
+/// theirs with `bind(0)` from that range, so the two never meet.
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 5_000) as u16;
+    loop {
+        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 5_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A server on 127.0.0.1 that answers every connection with its name.
 async fn server(name: &'static str) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
+        .await
+        .unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
@@ -21,12 +37,6 @@ async fn server(name: &'static str) -> SocketAddr {
         }
     });
     addr
-}
-
-/// A NodePort nobody listens on (bound, then released).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// What a connection to 127.0.0.1:`port` reads: a server's name, or the error's kind.
