@@ -9,6 +9,7 @@
 //! facts make the next sync full.
 
 mod apply;
+mod listeners;
 pub mod quarantine;
 pub mod runner;
 
@@ -25,9 +26,9 @@ use crate::conntrack::Reconciler;
 use crate::health::service::ServiceHealthServers;
 use crate::metrics::Metrics;
 use crate::model::plan::claims::Claims;
-use crate::model::plan::{Planned, Targets, local_ready, plan_claimed};
+use crate::model::plan::{Planned, Targets, plan_claimed};
 use crate::model::tracker::ChangeTracker;
-use crate::model::{IpFamily, NamespacedName, Protocol, ServicePortName};
+use crate::model::{IpFamily, Protocol, ServicePortName};
 use crate::node::NodeFacts;
 pub use crate::state::Shared;
 use crate::watch::{Change, ChangeRx, Kind};
@@ -199,10 +200,7 @@ impl Syncer {
         self.record_metrics(full, ok, t_backend);
         if ok {
             self.update_health_checks(full, &changed).await;
-            if let Some(relay) = &mut self.relay {
-                let plans = self.shared.plans.read().expect("plans lock");
-                relay.update(&plans, (!full).then_some(&changed));
-            }
+            self.update_relay(full, &changed);
             self.reconcile_conntrack(full, &changed).await;
         }
         tracing::debug!(
@@ -380,50 +378,6 @@ impl Syncer {
             m.set_no_local_endpoints(*family, internal, external);
         }
         self.shared.health.updated();
-    }
-
-    /// Phase 5: healthCheckNodePort servers of the Services whose ports changed.
-    async fn update_health_checks(&mut self, full: bool, changed: &BTreeSet<ServicePortName>) {
-        let wanted: Vec<(NamespacedName, Option<(u16, usize)>)> = {
-            let plans = self.shared.plans.read().expect("plans lock");
-            let services: BTreeSet<&NamespacedName> = if full {
-                plans.keys().map(|n| &n.service).collect()
-            } else {
-                changed.iter().map(|n| &n.service).collect()
-            };
-            let model = self.tracker.model();
-            services
-                .into_iter()
-                .map(|svc| {
-                    let hc = model.service(svc).and_then(|s| {
-                        let port = s.ports.iter().find_map(|p| {
-                            let lost = plans
-                                .get(&p.name)
-                                .is_some_and(|p| p.plan.lost_health_check());
-                            p.health_check_node_port
-                                .filter(|_| p.external_policy_local() && !lost)
-                        })?;
-                        let endpoints = s
-                            .ports
-                            .iter()
-                            .filter_map(|p| plans.get(&p.name))
-                            .flat_map(|p| p.endpoints.iter());
-                        Some((port, local_ready(endpoints, &self.base_node.name).len()))
-                    });
-                    (svc.clone(), hc)
-                })
-                .collect()
-        };
-        if full {
-            self.health_checks
-                .retain_only(wanted.iter().filter(|w| w.1.is_some()).map(|w| &w.0))
-                .await;
-        }
-        // Stops first: a port given up by one Service may be taken by another in this sync.
-        let (stops, starts): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|w| w.1.is_none());
-        for (svc, hc) in stops.into_iter().chain(starts) {
-            self.health_checks.set(&svc, hc).await;
-        }
     }
 
     /// Phase 6: delete conntrack flows that point at endpoints no longer serving. Stale flows
