@@ -227,3 +227,18 @@ pub(crate) fn nft_accepts(texts: &[String]) {
         );
     }
 }
+
+/// A TCP port below the kernel's ephemeral range (32768-60999 by default) that nothing holds
+/// right now: tests that serve on a port they chose take it from here, so another test's
+/// `bind(0)` can never be handed the same port between choosing and binding it.
+pub(crate) fn low_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 6_000) as u16;
+    loop {
+        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 6_000;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+}

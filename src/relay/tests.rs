@@ -9,21 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::LocalhostRelay;
 use crate::backends::Plans;
 use crate::model::{Protocol, ServicePort, ServiceType, TrafficPolicy};
-use crate::testing::{add, ep, ip, name};
-
-/// A port below the kernel's ephemeral range that nothing on 127.0.0.1 holds: other tests pick
-/// theirs with `bind(0)` from that range, so the two never meet.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = 20_000 + (std::process::id() % 5_000) as u16;
-    loop {
-        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 5_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+use crate::testing::{add, ep, ip, low_port as free_port, name};
 
 /// A server on 127.0.0.1 that answers every connection with its name.
 async fn server(name: &'static str) -> SocketAddr {

@@ -74,11 +74,7 @@ async fn a_shared_load_balancer_ip_goes_to_the_older_service_and_moves_when_it_i
 
 #[tokio::test]
 async fn a_shared_health_check_node_port_answers_for_the_other_service_once_the_owner_is_gone() {
-    let hc_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let hc_port = crate::testing::low_port();
     let h = start(Duration::ZERO);
     let local = |sp: &mut ServicePort| {
         sp.external_traffic_policy = TrafficPolicy::Local;

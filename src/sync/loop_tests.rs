@@ -265,11 +265,7 @@ pub(super) async fn hc_get(port: u16) -> Option<(String, serde_json::Value)> {
 
 #[tokio::test]
 async fn a_local_policy_service_gets_a_health_check_server_that_follows_its_local_endpoints() {
-    let hc_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let hc_port = crate::testing::low_port();
     let h = start(Duration::ZERO);
     let mut sp = ServicePort::cluster_ip(spn("web"), "10.96.0.20".parse().unwrap(), 80);
     sp.service_type = ServiceType::LoadBalancer;
