@@ -83,19 +83,26 @@ async fn a_shared_health_check_node_port_answers_for_the_other_service_once_the_
     h.tx.send(lb("owner", "10.96.0.1", 10, local)).unwrap();
     h.tx.send(lb("other", "10.96.0.2", 20, local)).unwrap();
     h.listed();
-    let answered_for = |want: &'static str| async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some((_, body)) = hc_get(hc_port).await
-                && body["service"]["name"] == want
-            {
-                return;
+    let fake = h.fake.clone();
+    let answered_for = |want: &'static str| {
+        let fake = fake.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let got = hc_get(hc_port).await;
+                if let Some((_, body)) = &got
+                    && body["service"]["name"] == want
+                {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the health check port {hc_port} never answered for {want}; last answer \
+                 {got:?}; backend calls {:?}",
+                    fake.calls()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the health check port never answered for {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
     answered_for("owner").await;
