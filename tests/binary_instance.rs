@@ -13,26 +13,6 @@ use support::netns::{self, Netns};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster");
 
-/// Waits (up to 30 s, polling) until kproxy answers /metrics after its first sync.
-async fn synced(k: &mut Kproxy) {
-    let start = Instant::now();
-    loop {
-        let last = match k
-            .metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}")
-            .await
-        {
-            Ok(t) if t > 0.0 => return,
-            other => format!("{other:?}"),
-        };
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no first sync within 30 s: {last}; log:\n{}",
-            k.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_kproxy_in_one_network_namespace_exits_at_once_naming_the_first() {
     if !netns::can_run("a_second_kproxy_in_one_network_namespace_exits") {
@@ -40,7 +20,7 @@ async fn a_second_kproxy_in_one_network_namespace_exits_at_once_naming_the_first
     }
     let (ns, other) = (Netns::new("one"), Netns::new("other"));
     let mut first = Kproxy::spawn(&ns, &["--manifests", EXAMPLE]);
-    synced(&mut first).await;
+    first.until_synced().await;
     // Other ports than the first's, so only the lock can stop it.
     let started = Instant::now();
     let mut second = ns
@@ -76,7 +56,7 @@ async fn a_second_kproxy_in_one_network_namespace_exits_at_once_naming_the_first
     first.assert_running();
     // The lock is the namespace's: a kproxy in another one runs beside the first.
     let mut beside = Kproxy::spawn(&other, &["--manifests", EXAMPLE]);
-    synced(&mut beside).await;
+    beside.until_synced().await;
     assert!(first.stop().success());
     assert!(beside.stop().success());
 }
@@ -88,7 +68,7 @@ async fn sighup_is_logged_once_and_ignored_and_sigterm_still_stops_kproxy() {
     }
     let ns = Netns::new("hup");
     let mut k = Kproxy::spawn(&ns, &["--manifests", EXAMPLE]);
-    synced(&mut k).await;
+    k.until_synced().await;
     // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
     let rc = unsafe { libc::kill(k.pid() as i32, libc::SIGHUP) };
     assert_eq!(rc, 0, "SIGHUP: {}", std::io::Error::last_os_error());
@@ -104,7 +84,7 @@ async fn sighup_is_logged_once_and_ignored_and_sigterm_still_stops_kproxy() {
     })
     .await;
     // Still serving: it answers and syncs again.
-    synced(&mut k).await;
+    k.until_synced().await;
     k.assert_running();
     let status = k.stop();
     assert!(status.success(), "SIGTERM after SIGHUP: {status}");
@@ -201,7 +181,7 @@ async fn the_daemon_sets_its_oom_score_adjustment_to_upstreams_default_or_the_fl
         let mut all = vec!["--manifests", EXAMPLE];
         all.extend_from_slice(args);
         let mut k = Kproxy::spawn(&ns, &all);
-        synced(&mut k).await;
+        k.until_synced().await;
         let (got, log) = (oom_score_adj(k.pid()), k.log());
         let refused = "cannot set /proc/self/oom_score_adj";
         if want.starts_with('-') && !may_lower_oom_score(k.pid()) {
@@ -226,7 +206,7 @@ async fn a_busy_health_port_is_retried_every_5_s_unless_bind_address_hard_fail()
     let ns = Netns::new("busy");
     let holder = ns.run(|| std::net::TcpListener::bind("127.0.0.1:10256").expect("hold 10256"));
     let mut k = Kproxy::spawn(&ns, &["--manifests", EXAMPLE]);
-    synced(&mut k).await;
+    k.until_synced().await;
     let refused = "cannot bind; retrying every 5 s";
     assert_eq!(k.log().matches(refused).count(), 1, "{}", k.log());
     let freed = Instant::now();
@@ -275,7 +255,7 @@ async fn nftables_mode_programs_the_masquerade_bit_of_its_config_section() {
     let ns = Netns::new("mbit");
     let config = config.display().to_string();
     let mut k = Kproxy::spawn(&ns, &["--manifests", EXAMPLE, "--config", &config]);
-    synced(&mut k).await;
+    k.until_synced().await;
     for (chain, want) in [
         (
             "mark-for-masquerade",

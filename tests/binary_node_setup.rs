@@ -8,7 +8,7 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use support::Kproxy;
 use support::netns::{self, Netns};
@@ -21,26 +21,6 @@ fn sysctl(ns: &Netns, name: &str) -> u64 {
     v.trim().parse().unwrap_or_else(|_| panic!("{name}: {v:?}"))
 }
 
-/// Waits (up to 30 s, polling) until kproxy answers /metrics after its first sync.
-async fn synced(k: &mut Kproxy) {
-    let start = Instant::now();
-    loop {
-        let last = match k
-            .metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}")
-            .await
-        {
-            Ok(t) if t > 0.0 => return,
-            other => format!("{other:?}"),
-        };
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no first sync within 30 s: {last}; log:\n{}",
-            k.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conntrack_flags_set_the_namespaces_timeouts_and_a_read_only_table_size_is_one_warning() {
     if !netns::can_run("conntrack_flags_set_the_namespaces_timeouts") {
@@ -50,7 +30,7 @@ async fn conntrack_flags_set_the_namespaces_timeouts_and_a_read_only_table_size_
     let ns = Netns::new("ctdef");
     let udp = sysctl(&ns, "nf_conntrack_udp_timeout");
     let mut k = Kproxy::spawn(&ns, &["--manifests", EXAMPLE]);
-    synced(&mut k).await;
+    k.until_synced().await;
     assert_eq!(sysctl(&ns, "nf_conntrack_tcp_timeout_established"), 86_400);
     assert_eq!(sysctl(&ns, "nf_conntrack_tcp_timeout_close_wait"), 3_600);
     assert_eq!(sysctl(&ns, "nf_conntrack_udp_timeout"), udp);
@@ -72,7 +52,7 @@ async fn conntrack_flags_set_the_namespaces_timeouts_and_a_read_only_table_size_
         &min,
     ];
     let mut k = Kproxy::spawn(&ns, &args);
-    synced(&mut k).await;
+    k.until_synced().await;
     for (name, want) in [
         ("nf_conntrack_tcp_timeout_established", 7_200),
         ("nf_conntrack_tcp_timeout_close_wait", 90),
@@ -109,7 +89,7 @@ async fn iptables_mode_drops_invalid_forwarded_packets_unless_tcp_is_tracked_lib
             args.push("--conntrack-tcp-be-liberal");
         }
         let mut k = Kproxy::spawn(&ns, &args);
-        synced(&mut k).await;
+        k.until_synced().await;
         for save in ["iptables-save", "ip6tables-save"] {
             let saved = ns.exec(save, &["-t", "filter"]);
             let forward: Vec<&str> = saved

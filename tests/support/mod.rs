@@ -298,6 +298,26 @@ impl Kproxy {
         }
     }
 
+    /// Waits (up to 30 s, polling) until kproxy answers /metrics after its first sync.
+    pub async fn until_synced(&mut self) {
+        let start = Instant::now();
+        loop {
+            let last = match self
+                .metric("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}")
+                .await
+            {
+                Ok(t) if t > 0.0 => return,
+                other => format!("{other:?}"),
+            };
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no first sync within 30 s: {last}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A metric sample's value (0 when absent is the caller's call: this returns an error).
     pub async fn metric(&mut self, sample: &str) -> Result<f64, String> {
         let text = self.metrics_text().await?;
