@@ -354,51 +354,40 @@ fn node_elements(d: &mut Desired, node: &NodeFacts) {
     }
 }
 
-/// The local-traffic match of `family`: what `{local}` and `{not_local}` stand for in the fixed
-/// rules, `None` when nothing tells local traffic apart. The CIDR modes match `cluster-cidrs`;
+/// What `{local}` and `{not_local}` stand for in the fixed rules. The CIDR modes match
+/// `cluster-cidrs` (so does nothing detected: the family's set is empty and matches nothing);
 /// the interface modes `iifname` (by name, as upstream since k/k#134024: `iif` is an index,
 /// fixed when the rule is loaded, and pods' interfaces come and go).
-pub fn local_match(local: &LocalTraffic, family: IpFamily) -> Option<(String, String)> {
-    if !local.detects(family) {
-        return None;
-    }
-    Some(match local {
+pub fn local_match(local: &LocalTraffic) -> (String, String) {
+    match local {
         LocalTraffic::Interface { name, prefix } => {
-            let name = if *prefix {
-                format!("\"{name}*\"")
-            } else {
-                format!("\"{name}\"")
-            };
-            (format!("iifname {name}"), format!("iifname != {name}"))
+            let star = if *prefix { "*" } else { "" };
+            (
+                format!("iifname \"{name}{star}\""),
+                format!("iifname != \"{name}{star}\""),
+            )
         }
         _ => (
             "{ip} saddr @cluster-cidrs".to_string(),
             "{ip} saddr != @cluster-cidrs".to_string(),
         ),
-    })
+    }
 }
 
 /// The rule templates of a fixed chain in `family` (their `{mark}`, `{local}` and `{not_local}`
 /// filled in); they depend only on the configuration and the local-traffic match.
 pub fn static_rules(c: &skeleton::Chain, node: &Desired, family: IpFamily) -> Vec<String> {
-    let local = local_match(&node.local, family);
-    let mut rules: Vec<String> = Vec::new();
+    let mut rules: Vec<&str> = Vec::new();
     if c.name == "services" {
         if node.masquerade_all {
-            rules.push(skeleton::MASQUERADE_ALL_RULE.to_string());
-        } else if local.is_some() {
-            rules.push(skeleton::OUTSIDE_CLUSTER_CIDR_RULE.to_string());
+            rules.push(skeleton::MASQUERADE_ALL_RULE);
+        } else if node.local.detects(family) {
+            rules.push(skeleton::OUTSIDE_CLUSTER_CIDR_RULE);
         }
     }
-    // Without a match the local rules stay, matching the empty `cluster-cidrs`: nothing.
-    let (is, not) = local.unwrap_or_else(|| {
-        (
-            "{ip} saddr @cluster-cidrs".to_string(),
-            "{ip} saddr != @cluster-cidrs".to_string(),
-        )
-    });
+    rules.extend(c.rules.iter().copied());
+    let (is, not) = local_match(&node.local);
     let mark = skeleton::mark(node.masquerade_bit);
-    rules.extend(c.rules.iter().map(|r| r.to_string()));
     rules
         .iter()
         .map(|r| {
