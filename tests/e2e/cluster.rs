@@ -138,6 +138,15 @@ impl Cluster {
         self.rt.block_on(k.metric(sample))
     }
 
+    /// kproxy's `path` on its health port (127.0.0.1:10256 in the node, `support::Kproxy`):
+    /// the status and the JSON body.
+    pub fn health(&self, path: &str) -> Result<(u16, serde_json::Value), String> {
+        let to = crate::client::at("127.0.0.1", 10256);
+        let (code, body) = self.http_get(crate::topology::Node, to, path)?;
+        let v = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        Ok((code, v))
+    }
+
     /// kproxy's `/metrics` text; panics when it does not answer.
     pub fn metrics_text(&mut self) -> String {
         let k = self.kproxy.as_mut().expect("kproxy is running");

@@ -17,8 +17,8 @@ use crate::topology::{A, B, C, Client, Ext, HTTP, Node};
 /// /healthz's status and whether its body says the node is eligible (the e2e kproxy serves it
 /// on the node's 127.0.0.1:10256).
 fn healthz(c: &Cluster, path: &str) -> Result<(u16, bool), String> {
-    let (code, body) = c.http_get(Node, at("127.0.0.1", 10256), path)?;
-    Ok((code, !body.contains("\"nodeEligible\":false")))
+    let (code, body) = c.health(path)?;
+    Ok((code, body["nodeEligible"] != false))
 }
 
 fn until_health(c: &Cluster, path: &str, want: u16) -> Duration {

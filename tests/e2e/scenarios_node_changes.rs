@@ -25,9 +25,8 @@ fn node_at(ip: &str) -> Value {
 
 /// kproxy's `/healthz` from inside the node: (status, `nodeEligible`).
 fn healthz(c: &Cluster) -> Result<(u16, Value), String> {
-    let (code, body) = c.http_get(Node, at("127.0.0.1", 10256), "/healthz")?;
-    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-    Ok((code, v["nodeEligible"].clone()))
+    let (code, body) = c.health("/healthz")?;
+    Ok((code, body["nodeEligible"].clone()))
 }
 
 pub fn a_primary_node_port_follows_the_nodes_internal_ip_and_outlives_the_node(c: &mut Cluster) {
