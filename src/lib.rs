@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod backends;
 pub mod config;
 pub mod conntrack;
+pub mod explain;
 pub mod health;
 pub mod instance;
 pub mod metrics;
