@@ -9,8 +9,10 @@
 //! from pods and the node to local endpoints too). Chances are equal shares: every backend
 //! load-balances evenly over the plan's endpoints.
 
+pub mod args;
 pub mod packet;
 pub mod text;
+pub mod trace;
 
 use std::net::SocketAddr;
 
@@ -153,10 +155,11 @@ enum Source {
 }
 
 fn source(p: &Packet, node: &NodeFacts) -> Source {
-    if p.src.is_loopback() || node.local_addresses.contains(&p.src) {
-        Source::Node
-    } else if node.local_traffic.matches(&p.src, "") {
+    // By address, as the rules match: a node address inside the pods' CIDR counts as a pod.
+    if node.local_traffic.matches(&p.src, "") {
         Source::Pod
+    } else if p.src.is_loopback() || node.local_addresses.contains(&p.src) {
+        Source::Node
     } else {
         Source::Other
     }

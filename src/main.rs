@@ -17,6 +17,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use kproxy::backends::{self, BackendConfig, ProxyMode};
 use kproxy::config::{self, Config, Feature, LogFormat, Parsed};
+use kproxy::explain::{self, args as explain_args};
 use kproxy::health::{self, ProxyHealth, service::ServiceHealthServers};
 use kproxy::metrics::Metrics;
 use kproxy::node::NodeFacts;
@@ -26,7 +27,23 @@ use kproxy::watch::{self, ChangeTx};
 fn main() -> ExitCode {
     let started = std::time::SystemTime::now();
     kproxy::alloc::configure();
-    let cfg = match config::parse(std::env::args_os()) {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let explain = match kproxy::explain::args::split(&args) {
+        None => None,
+        Some(Ok(explain_args::Asked::Help)) => {
+            print!("{}", explain_args::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Some(Ok(explain_args::Asked::Explain(asked, rest))) => {
+            args = rest;
+            Some(asked)
+        }
+        Some(Err(e)) => {
+            eprintln!("kproxy explain: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = match config::parse(args) {
         Ok(Parsed::Run(cfg)) => cfg,
         Ok(Parsed::Help(text)) | Ok(Parsed::Version(text)) => {
             print!("{text}");
@@ -37,7 +54,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(cfg.log_format, cfg.verbosity);
+    // explain prints its answer on stdout; its logs are warnings only, unless -v asks more.
+    let verbosity = match &explain {
+        Some(_) => cfg.verbosity.saturating_sub(2),
+        None => cfg.verbosity,
+    };
+    init_tracing(cfg.log_format, verbosity, explain.is_some());
     for warning in &cfg.warnings {
         tracing::warn!("{warning}");
     }
@@ -64,6 +86,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(asked) = explain {
+        let result = runtime.block_on(run_explain(cfg, asked));
+        runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+        return match result {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("kproxy explain: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = runtime.block_on(run(cfg, started));
     // A sync still running on its blocking thread (SIGTERM during a long iptables-restore) is
     // not waited for: the kernel applies it atomically or not at all.
@@ -78,8 +111,9 @@ fn main() -> ExitCode {
 }
 
 /// klog-style verbosity: 0-2 info, 3-4 debug, 5+ trace; RUST_LOG overrides.
-fn init_tracing(format: LogFormat, verbosity: u8) {
+fn init_tracing(format: LogFormat, verbosity: u8, quiet: bool) {
     let level = match verbosity {
+        0..=2 if quiet => "warn",
         0..=2 => "info",
         3..=4 => "debug",
         _ => "trace",
@@ -142,12 +176,6 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
     };
     let signals = Signals::install();
     let metrics = Arc::new(Metrics::for_mode(cfg.mode, &backends::host_families()));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    start_source(&cfg, tx, metrics.clone()).await?;
-
-    let mut base_node = NodeFacts::new(&cfg.node_name);
-    base_node.nodeport_addresses = cfg.nodeport_addresses.clone();
-    base_node.detect_local = cfg.detect_local.clone();
     let shared = Arc::new(Shared {
         health: ProxyHealth::new(cfg.sync_period * 2),
         ..Shared::default()
@@ -155,45 +183,11 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
     if !cfg.dry_run {
         backends::remove_other_modes_leftovers(cfg.mode);
     }
-    let backend = backends::for_mode(cfg.mode, backend_config);
-    let conntrack: Box<dyn kproxy::conntrack::Reconciler> = if cfg.dry_run {
-        Box::new(kproxy::conntrack::Noop)
-    } else {
-        Box::new(kproxy::conntrack::CtReconciler::new(metrics.clone()))
-    };
-    let mut syncer = Syncer::new(
-        backend,
-        conntrack,
-        base_node,
-        metrics.clone(),
-        shared.clone(),
-        ServiceHealthServers::default(),
-    );
-    let relay_off = cfg
-        .feature_gates
-        .given()
-        .get("KubeProxyNFTablesLocalhostNodePorts")
-        == Some(&false);
-    if cfg.mode == ProxyMode::Nftables && cfg.nodeport_addresses.localhost && !cfg.dry_run {
-        if relay_off {
-            tracing::info!("KubeProxyNFTablesLocalhostNodePorts=false: no localhost NodePorts");
-        } else {
-            syncer = syncer.with_localhost_relay();
-        }
-    }
-    if !cfg.feature_gates.enabled(Feature::AllowServiceExternalIPs) {
-        tracing::info!("AllowServiceExternalIPs is off: Services' externalIPs are not served");
-        syncer = syncer.without_external_ips();
-    }
+    let (mut syncer, mut rx) =
+        start_syncer(&cfg, backend_config, metrics.clone(), shared.clone()).await?;
 
     if cfg.dry_run {
-        while !syncer.ready() {
-            let change = rx
-                .recv()
-                .await
-                .context("the source stopped before its initial list")?;
-            syncer.apply(change);
-        }
+        first_list(&mut syncer, &mut rx).await?;
         print!("{}", syncer.render().await);
         return Ok(());
     }
@@ -221,6 +215,118 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
     };
     sync::run(syncer, rx, timing, signals.shutdown()).await;
     Ok(())
+}
+
+/// The sync loop's `Syncer` for `cfg`, fed by a started source.
+async fn start_syncer(
+    cfg: &Config,
+    backend_config: BackendConfig,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<(Syncer, tokio::sync::mpsc::UnboundedReceiver<watch::Change>)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    start_source(cfg, tx, metrics.clone()).await?;
+
+    let mut base_node = NodeFacts::new(&cfg.node_name);
+    base_node.nodeport_addresses = cfg.nodeport_addresses.clone();
+    base_node.detect_local = cfg.detect_local.clone();
+    let backend = backends::for_mode(cfg.mode, backend_config);
+    let conntrack: Box<dyn kproxy::conntrack::Reconciler> = if cfg.dry_run {
+        Box::new(kproxy::conntrack::Noop)
+    } else {
+        Box::new(kproxy::conntrack::CtReconciler::new(metrics.clone()))
+    };
+    let mut syncer = Syncer::new(
+        backend,
+        conntrack,
+        base_node,
+        metrics,
+        shared,
+        ServiceHealthServers::default(),
+    );
+    let relay_off = cfg
+        .feature_gates
+        .given()
+        .get("KubeProxyNFTablesLocalhostNodePorts")
+        == Some(&false);
+    if cfg.mode == ProxyMode::Nftables && cfg.nodeport_addresses.localhost && !cfg.dry_run {
+        if relay_off {
+            tracing::info!("KubeProxyNFTablesLocalhostNodePorts=false: no localhost NodePorts");
+        } else {
+            syncer = syncer.with_localhost_relay();
+        }
+    }
+    if !cfg.feature_gates.enabled(Feature::AllowServiceExternalIPs) {
+        tracing::info!("AllowServiceExternalIPs is off: Services' externalIPs are not served");
+        syncer = syncer.without_external_ips();
+    }
+    Ok((syncer, rx))
+}
+
+/// Reads the source until its first full list, as --dry-run does.
+async fn first_list(
+    syncer: &mut Syncer,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<watch::Change>,
+) -> anyhow::Result<()> {
+    while !syncer.ready() {
+        let change = rx
+            .recv()
+            .await
+            .context("the source stopped before its initial list")?;
+        syncer.apply(change);
+    }
+    Ok(())
+}
+
+/// `kproxy explain`: plans from the source, compiles, explains, traces; exit 1 when the
+/// kernel (--live) differs from the plan.
+async fn run_explain(
+    mut cfg: Config,
+    asked: explain_args::ExplainArgs,
+) -> anyhow::Result<ExitCode> {
+    cfg.dry_run = true;
+    let mut backend_config = cfg.backend_config();
+    backend_config.iptables_variant =
+        backends::iptables::VariantChoice::Fixed(backends::iptables::Variant::Nft);
+    let metrics = Arc::new(Metrics::for_mode(cfg.mode, &backends::host_families()));
+    let shared = Arc::new(Shared::default());
+    let (mut syncer, mut rx) =
+        start_syncer(&cfg, backend_config.clone(), metrics, shared.clone()).await?;
+    first_list(&mut syncer, &mut rx).await?;
+    let rules = syncer.render().await;
+    let plans = shared.plans.read().expect("plans lock").clone();
+    let node = shared.node.read().expect("node lock").clone();
+    let facts = explain::Facts {
+        mode: cfg.mode,
+        node: &node,
+        masquerade_all: cfg.masquerade_all,
+        localhost_nodeports: cfg.localhost_nodeports,
+        ipvs_scheduler: &cfg.ipvs_scheduler,
+    };
+    let mut answer = explain::explain(&plans, &facts, &asked.packet);
+    answer.rules = Some(explain::trace::compiled(
+        &facts,
+        &backend_config,
+        &rules,
+        &asked.packet,
+        &answer,
+    ));
+    if asked.live {
+        let live = explain::trace::live(&facts, &backend_config, &asked.packet, &answer)
+            .context("--live")?;
+        answer.kernel = Some(live);
+    }
+    if asked.json {
+        println!("{}", serde_json::to_string(&answer).expect("serialisable"));
+    } else {
+        print!("{}", explain::text::render(&answer));
+    }
+    let differs = answer.kernel.as_deref().is_some_and(|k| k != "agrees");
+    Ok(if differs {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// --cleanup: remove what kproxy created, in every mode.

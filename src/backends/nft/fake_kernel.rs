@@ -13,99 +13,17 @@
 //! bytes (two IPv6 addresses) aborts nft, so the whole script fails. Only kproxy's table name
 //! is accepted. Elements are stored as canonical text, which is the text kproxy
 //! writes. `FakeKernel` is a cheap handle (`Arc<Mutex<…>>`): clones share one kernel, so a test
-//! keeps one to inspect or tamper with what the backend applied.
-
-mod apply;
-mod script;
-mod trace;
-mod types;
+//! keeps one to inspect or tamper with what the backend applied. The tables, the script
+//! syntax, the kernel's checks and the tracer are `ruleset`'s (shipped: `kproxy explain` uses
+//! them); only this handle, its bookkeeping and its injected failures are test-only.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use trace::{Outcome, Packet, Trace};
-
-use super::skeleton::TABLE;
-use super::transaction::SetKind;
+use super::ruleset::{self, trace};
+pub use super::ruleset::{ApplyError, Outcome, Packet, Table, Tables, Trace};
 use crate::model::IpFamily;
 use crate::nftables::transport::{NftError, Transport};
-
-/// Why the fake kernel refused a script; the message reads like nft's.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ApplyError {
-    #[error("/dev/stdin:{line}: Error: syntax error: {msg}")]
-    Syntax { line: usize, msg: String },
-    #[error("/dev/stdin:{line}: Error: Could not process rule: No such file or directory ({what})")]
-    NoSuch { line: usize, what: String },
-    #[error("/dev/stdin:{line}: Error: Could not process rule: File exists ({what})")]
-    Exists { line: usize, what: String },
-    #[error("/dev/stdin:{line}: Error: Could not process rule: Device or resource busy ({what})")]
-    Busy { line: usize, what: String },
-    #[error("/dev/stdin:{line}: Error: Could not process rule: Operation not supported ({what})")]
-    NotSupported { line: usize, what: String },
-    #[error("/dev/stdin:{line}: Error: conflicting intervals specified ({what})")]
-    ConflictingIntervals { line: usize, what: String },
-    #[error("/dev/stdin:{line}: Error: {what}")]
-    Invalid { line: usize, what: String },
-    #[error("/dev/stdin:{line}: Error: the fake kernel holds only kproxy's tables, not {table}")]
-    ForeignTable { line: usize, table: String },
-    /// nft itself crashed (exit 134), so nothing was sent to the kernel.
-    #[error(
-        "nft: netlink_linearize.c:799: netlink_gen_expr: Assertion `dreg < ctx->reg_low' failed (line {line}: {what})"
-    )]
-    Aborted { line: usize, what: String },
-    #[error("injected failure")]
-    Injected,
-}
-
-/// One set or map.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Set {
-    pub kind: SetKind,
-    /// The declaration, normalised (`type …; flags …`).
-    pub decl: String,
-    pub ty: types::SetType,
-    /// Canonical key text -> canonical value text ("" for a plain set).
-    pub elements: BTreeMap<String, String>,
-}
-
-/// One chain: its base-chain head, if any, and its rules in order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Chain {
-    pub head: Option<String>,
-    pub rules: Vec<String>,
-}
-
-/// kproxy's table in one family.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Table {
-    pub sets: BTreeMap<String, Set>,
-    pub chains: BTreeMap<String, Chain>,
-}
-
-/// Both families' tables (`None`: the table does not exist).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Tables {
-    pub v4: Option<Table>,
-    pub v6: Option<Table>,
-}
-
-impl Tables {
-    pub fn get(&self, family: IpFamily) -> Option<&Table> {
-        match family {
-            IpFamily::V4 => self.v4.as_ref(),
-            IpFamily::V6 => self.v6.as_ref(),
-        }
-    }
-
-    pub fn get_mut(&mut self, family: IpFamily) -> &mut Option<Table> {
-        match family {
-            IpFamily::V4 => &mut self.v4,
-            IpFamily::V6 => &mut self.v6,
-        }
-    }
-}
 
 /// Everything the fake kernel holds and saw.
 #[derive(Debug, Default)]
@@ -167,15 +85,8 @@ impl FakeKernel {
         } else if let Some(e) = poisoned {
             Err(e)
         } else {
-            script::parse(script)
-                .map_err(|e| ApplyError::Syntax {
-                    line: e.line,
-                    msg: e.msg,
-                })
-                .and_then(|cmds| {
-                    let mut next = s.tables.clone();
-                    apply::apply(&mut next, &cmds).map(|()| next)
-                })
+            let mut next = s.tables.clone();
+            ruleset::apply_script(&mut next, script).map(|()| next)
         };
         match result {
             Ok(next) => {
@@ -192,7 +103,10 @@ impl FakeKernel {
 
     /// kproxy's table of `family` as `nft list table` prints it, `None` when it does not exist.
     pub fn listing(&self, family: IpFamily) -> Option<String> {
-        self.lock().tables.get(family).map(|t| listing(t, family))
+        self.lock()
+            .tables
+            .get(family)
+            .map(|t| ruleset::listing(t, family))
     }
 
     /// Rules per chain of kproxy's table in `family`; chains without rules are absent, as in a
@@ -235,43 +149,6 @@ impl FakeKernel {
             })
             .collect()
     }
-}
-
-/// nft's listing: sets and maps first, then chains, one `set|map|chain NAME {` line each.
-fn listing(t: &Table, family: IpFamily) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "table {} {TABLE} {{", apply::family_word(family));
-    let mut first = true;
-    for (name, set) in &t.sets {
-        if !std::mem::take(&mut first) {
-            out.push('\n');
-        }
-        let kind = match set.kind {
-            SetKind::Set => "set",
-            SetKind::Map => "map",
-        };
-        let _ = writeln!(out, "\t{kind} {name} {{");
-        for clause in set.decl.split("; ") {
-            let _ = writeln!(out, "\t\t{clause}");
-        }
-        super::render::write_elements(&mut out, &set.elements);
-        let _ = writeln!(out, "\t}}");
-    }
-    for (name, chain) in &t.chains {
-        if !std::mem::take(&mut first) {
-            out.push('\n');
-        }
-        let _ = writeln!(out, "\tchain {name} {{");
-        if let Some(head) = &chain.head {
-            let _ = writeln!(out, "\t\t{head};");
-        }
-        for rule in &chain.rules {
-            let _ = writeln!(out, "\t\t{rule}");
-        }
-        let _ = writeln!(out, "\t}}");
-    }
-    out.push_str("}\n");
-    out
 }
 
 impl Transport for FakeKernel {

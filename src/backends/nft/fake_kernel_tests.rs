@@ -22,7 +22,6 @@ use std::net::{IpAddr, SocketAddr};
 use super::NftBackend;
 use super::fake_kernel::{FakeKernel, Outcome, Packet, Table, Tables, Trace};
 use crate::backends::{Backend, BackendConfig, Plans};
-use crate::model::plan::{FamilyPlan, Targets};
 use crate::model::{IpFamily, Protocol, ServicePort, ServiceType, TrafficPolicy};
 use crate::node::NodeFacts;
 use crate::testing::{add, cluster_ips, ep, external, ip, name};
@@ -54,74 +53,34 @@ pub(super) fn loaded(plans: &Plans, cfg: &BackendConfig) -> (NftBackend<FakeKern
     (b, kernel)
 }
 
-fn outcome(targets: &Targets, family: IpFamily) -> Outcome {
-    match targets {
-        Targets::Reject => Outcome::Reject,
-        Targets::Drop => Outcome::Drop,
-        Targets::Endpoints(eps) => {
-            let eps: Vec<SocketAddr> = eps
-                .iter()
-                .filter(|e| IpFamily::of(&e.ip) == family)
-                .map(|e| SocketAddr::new(e.ip, e.port))
-                .collect();
-            if eps.is_empty() {
-                Outcome::Reject
-            } else {
-                Outcome::Dnat(eps)
-            }
-        }
-    }
-}
-
-/// What the plans say happens to `p` (README "The path of a packet"), from the plans alone.
+/// What the plans say happens to `p` (README "The path of a packet"): `kproxy explain`'s
+/// answer in nftables mode, which reads the plans alone.
 pub(crate) fn expected(plans: &Plans, cfg: &BackendConfig, node: &NodeFacts, p: &Packet) -> Trace {
-    let family = IpFamily::of(&p.daddr);
-    let from_pod = node.local_traffic.matches(&p.saddr, "");
-    let done = |outcome, masquerade| Trace {
+    use crate::explain::{self, Verdict};
+    let facts = explain::Facts {
+        mode: crate::backends::ProxyMode::Nftables,
+        node,
+        masquerade_all: cfg.masquerade_all,
+        localhost_nodeports: false,
+        ipvs_scheduler: "",
+    };
+    let packet = explain::Packet {
+        proto: p.proto,
+        src: p.saddr,
+        dst: p.daddr,
+        dport: p.dport,
+    };
+    let e = explain::explain(plans, &facts, &packet);
+    let outcome = match e.verdict {
+        Verdict::Dnat => Outcome::Dnat(e.endpoints.iter().map(|a| a.parse().unwrap()).collect()),
+        Verdict::Reject => Outcome::Reject,
+        Verdict::Drop => Outcome::Drop,
+        Verdict::NotAService => Outcome::NotAService,
+    };
+    Trace {
         outcome,
-        masquerade,
-    };
-    let external = |fp: &FamilyPlan, ext: &Targets| match &fp.external_from_local {
-        Some(local) if from_pod => done(outcome(local, family), fp.masquerade_external),
-        Some(local) if p.from_local => done(outcome(local, family), true),
-        _ => done(outcome(ext, family), fp.masquerade_external),
-    };
-    for planned in plans.values() {
-        let port = &planned.port;
-        let Some(fp) = planned.plan.family(family) else {
-            continue;
-        };
-        if port.name.protocol != p.proto || port.port != p.dport {
-            continue;
-        }
-        if fp.cluster_ips.contains(&p.daddr) {
-            let mark = cfg.masquerade_all || (node.local_traffic.detects(family) && !from_pod);
-            return done(outcome(&fp.internal, family), mark);
-        }
-        let Some(ext) = &fp.external else { continue };
-        let lb = fp.load_balancer_ips.contains(&p.daddr);
-        if !lb && !fp.external_ips.contains(&p.daddr) {
-            continue;
-        }
-        let admitted = |ranges: &Vec<ipnet::IpNet>| ranges.iter().any(|r| r.contains(&p.saddr));
-        if lb && fp.source_ranges.as_ref().is_some_and(|r| !admitted(r)) {
-            return done(Outcome::Drop, false);
-        }
-        return external(fp, ext);
+        masquerade: e.masquerade,
     }
-    if node.nodeport_ips.contains(&p.daddr) {
-        for planned in plans.values() {
-            let port = &planned.port;
-            if let Some(fp) = planned.plan.family(family)
-                && fp.node_port == Some(p.dport)
-                && port.name.protocol == p.proto
-                && let Some(ext) = &fp.external
-            {
-                return external(fp, ext);
-            }
-        }
-    }
-    done(Outcome::NotAService, false)
 }
 
 /// Sources per family: an allowed external client, a disallowed one, a pod, the node.
@@ -508,7 +467,8 @@ fn drift_is_reported_breaks_traffic_and_is_repaired_by_the_next_full_sync() {
         dport: 9000,
         from_local: false,
     };
-    assert_eq!(kernel.trace(IpFamily::V4, &p).outcome, Outcome::NotAService);
+    // Nothing DNATs it any more, so `cluster-ips-check` rejects it as a ClusterIP's unknown port.
+    assert_eq!(kernel.trace(IpFamily::V4, &p).outcome, Outcome::Reject);
     let what = b.drift().unwrap().expect("a flushed chain is drift");
     assert!(what.contains("chain services has 0 rules"), "{what}");
     b.sync_full(&plans, &node()).unwrap();
@@ -532,7 +492,8 @@ fn drift_is_reported_breaks_traffic_and_is_repaired_by_the_next_full_sync() {
     };
     assert_eq!(
         kernel.trace(IpFamily::V4, &to_lb2).outcome,
-        Outcome::NotAService
+        Outcome::Reject,
+        "an empty lb-2 returns it undnatted, to be rejected as a ClusterIP's unknown port"
     );
     assert!(
         b.drift()

@@ -1,6 +1,7 @@
-//! The packet tracer: runs the first packet of a connection through the fake kernel's nat
-//! chain at prerouting (or output, for node-originated packets) by interpreting kproxy's rule
-//! texts against the in-memory sets and maps, and says where it ends up.
+//! The packet tracer: runs the first packet of a connection through kproxy's nat chain at
+//! prerouting (or output, for node-originated packets), then, when nat left it alone, through
+//! `cluster-ips-check` as the filter hooks after DNAT do, by interpreting kproxy's rule texts
+//! against the sets and maps, and says where it ends up.
 //!
 //! Invariants: the tracer reads only the table; every constant that decides the path (the `mod
 //! N` of `numgen`, the map a `dnat` reads, the set a match names) comes from the rule text, so
@@ -17,6 +18,9 @@ use super::Table;
 use super::types::{self, Atom, Verdict};
 use crate::backends::nft::skeleton::{self, LB_FAMILIES};
 use crate::model::{IpFamily, Protocol};
+
+/// The chain the filter hooks jump to for new connections after DNAT.
+const CHECK: &str = "cluster-ips-check";
 
 /// The first packet of a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,10 +130,13 @@ impl<'a> Program<'a> {
             depth: 0,
             texts,
         };
-        let outcome = run.base().unwrap_or_else(Outcome::Broken);
+        let outcome = run.base().and_then(|o| run.after_dnat(o));
+        let outcome = outcome.unwrap_or_else(Outcome::Broken);
+        // A rejected or dropped packet goes nowhere: its mark is moot.
+        let gone = matches!(outcome, Outcome::Reject | Outcome::Drop);
         Trace {
             outcome,
-            masquerade: run.mark & self.masquerade_mark != 0,
+            masquerade: !gone && run.mark & self.masquerade_mark != 0,
         }
     }
 }
@@ -210,6 +217,17 @@ impl Run<'_> {
             None if policy_drop => Outcome::Drop,
             None => Outcome::NotAService,
         })
+    }
+
+    /// A new connection the nat chains left alone meets the filter hooks after DNAT, whose
+    /// `cluster-ips-check` (when the table has it) rejects a ClusterIP's undefined port and
+    /// drops an unallocated ServiceCIDR address.
+    fn after_dnat(&mut self, nat: Outcome) -> Result<Outcome, String> {
+        if nat != Outcome::NotAService || !self.prog.rules.contains_key(CHECK) {
+            return Ok(nat);
+        }
+        self.depth = 0;
+        Ok(self.chain(CHECK)?.unwrap_or(Outcome::NotAService))
     }
 
     /// Runs a chain: `Some(outcome)` when a verdict ends the packet's path, `None` when the

@@ -1,0 +1,154 @@
+//! kproxy's nftables tables as data: sets and maps with their elements, chains with their rule
+//! texts, built by applying `nft -f` scripts (`script.rs` parses the one-line commands kproxy
+//! sends and the block form `nft list table` and --dry-run print; `apply.rs` applies them with
+//! the kernel's checks) and read by the packet tracer (`trace.rs`). The fake kernel of the tests
+//! holds its state in these; `kproxy explain` builds them from the compiled ruleset and, with
+//! --live, from the kernel's listing.
+//!
+//! Invariants: a script applies atomically (parsed whole, applied to a copy that replaces the
+//! tables only when every command succeeded); elements are stored as canonical text, which is
+//! the text kproxy writes; the checks are the kernel's as observed on nft 1.0.6 / kernel 6.18
+//! (ENOENT for a missing table, set, chain or element; EEXIST for an element that exists with
+//! another value, a set redeclared with another type, or a concatenated interval whose first or
+//! last point falls inside another; EBUSY for a chain still jumped to or a set still used by a
+//! rule), plus one crash of nft 1.0.6 itself (`ApplyError::Aborted`). Only kproxy's table name
+//! is accepted.
+
+pub mod apply;
+pub mod script;
+pub mod trace;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+pub use trace::{Outcome, Packet, Trace};
+
+use super::skeleton::TABLE;
+use super::transaction::SetKind;
+use crate::model::IpFamily;
+
+/// Why a script does not apply to the tables; the message reads like nft's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("/dev/stdin:{line}: Error: syntax error: {msg}")]
+    Syntax { line: usize, msg: String },
+    #[error("/dev/stdin:{line}: Error: Could not process rule: No such file or directory ({what})")]
+    NoSuch { line: usize, what: String },
+    #[error("/dev/stdin:{line}: Error: Could not process rule: File exists ({what})")]
+    Exists { line: usize, what: String },
+    #[error("/dev/stdin:{line}: Error: Could not process rule: Device or resource busy ({what})")]
+    Busy { line: usize, what: String },
+    #[error("/dev/stdin:{line}: Error: Could not process rule: Operation not supported ({what})")]
+    NotSupported { line: usize, what: String },
+    #[error("/dev/stdin:{line}: Error: conflicting intervals specified ({what})")]
+    ConflictingIntervals { line: usize, what: String },
+    #[error("/dev/stdin:{line}: Error: {what}")]
+    Invalid { line: usize, what: String },
+    #[error("/dev/stdin:{line}: Error: the fake kernel holds only kproxy's tables, not {table}")]
+    ForeignTable { line: usize, table: String },
+    /// nft itself crashed (exit 134), so nothing was sent to the kernel.
+    #[error(
+        "nft: netlink_linearize.c:799: netlink_gen_expr: Assertion `dreg < ctx->reg_low' failed (line {line}: {what})"
+    )]
+    Aborted { line: usize, what: String },
+    #[error("injected failure")]
+    Injected,
+}
+
+/// One set or map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Set {
+    pub kind: SetKind,
+    /// The declaration, normalised (`type …; flags …`).
+    pub decl: String,
+    pub ty: types::SetType,
+    /// Canonical key text -> canonical value text ("" for a plain set).
+    pub elements: BTreeMap<String, String>,
+}
+
+/// One chain: its base-chain head, if any, and its rules in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    pub head: Option<String>,
+    pub rules: Vec<String>,
+}
+
+/// kproxy's table in one family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    pub sets: BTreeMap<String, Set>,
+    pub chains: BTreeMap<String, Chain>,
+}
+
+/// Both families' tables (`None`: the table does not exist).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tables {
+    pub v4: Option<Table>,
+    pub v6: Option<Table>,
+}
+
+impl Tables {
+    pub fn get(&self, family: IpFamily) -> Option<&Table> {
+        match family {
+            IpFamily::V4 => self.v4.as_ref(),
+            IpFamily::V6 => self.v6.as_ref(),
+        }
+    }
+
+    pub fn get_mut(&mut self, family: IpFamily) -> &mut Option<Table> {
+        match family {
+            IpFamily::V4 => &mut self.v4,
+            IpFamily::V6 => &mut self.v6,
+        }
+    }
+}
+
+/// Applies an `nft -f` script to `tables`, all of it or (on an error) nothing.
+pub fn apply_script(tables: &mut Tables, script: &str) -> Result<(), ApplyError> {
+    let cmds = script::parse(script).map_err(|e| ApplyError::Syntax {
+        line: e.line,
+        msg: e.msg,
+    })?;
+    let mut next = tables.clone();
+    apply::apply(&mut next, &cmds)?;
+    *tables = next;
+    Ok(())
+}
+
+/// nft's listing: sets and maps first, then chains, one `set|map|chain NAME {` line each.
+pub fn listing(t: &Table, family: IpFamily) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "table {} {TABLE} {{", apply::family_word(family));
+    let mut first = true;
+    for (name, set) in &t.sets {
+        if !std::mem::take(&mut first) {
+            out.push('\n');
+        }
+        let kind = match set.kind {
+            SetKind::Set => "set",
+            SetKind::Map => "map",
+        };
+        let _ = writeln!(out, "\t{kind} {name} {{");
+        for clause in set.decl.split("; ") {
+            let _ = writeln!(out, "\t\t{clause}");
+        }
+        super::render::write_elements(&mut out, &set.elements);
+        let _ = writeln!(out, "\t}}");
+    }
+    for (name, chain) in &t.chains {
+        if !std::mem::take(&mut first) {
+            out.push('\n');
+        }
+        let _ = writeln!(out, "\tchain {name} {{");
+        if let Some(head) = &chain.head {
+            let _ = writeln!(out, "\t\t{head};");
+        }
+        for rule in &chain.rules {
+            let _ = writeln!(out, "\t\t{rule}");
+        }
+        let _ = writeln!(out, "\t}}");
+    }
+    out.push_str("}\n");
+    out
+}
