@@ -115,7 +115,7 @@ struct StateQuery {
 }
 
 /// An error answer: one line of JSON, `{"error": …}`.
-fn json_error(code: StatusCode, error: &str) -> Response {
+fn json_error((code, error): (StatusCode, String)) -> Response {
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
@@ -125,20 +125,20 @@ fn json_error(code: StatusCode, error: &str) -> Response {
 }
 
 /// The plans `/debug/state` shows and the Service they are limited to (`None`: every service
-/// port's), copied out of the plans lock; or the answer to a malformed query (400) or a
-/// Service kproxy plans nothing for (404).
+/// port's), copied out of the plans lock; or the code and message for a malformed query (400)
+/// or a Service kproxy plans nothing for (404).
 fn state_plans(
     shared: &Shared,
     query: Result<Query<StateQuery>, QueryRejection>,
-) -> Result<(PlansSnapshot, Option<NamespacedName>), Response> {
-    let Query(query) = query.map_err(|e| json_error(StatusCode::BAD_REQUEST, &e.body_text()))?;
+) -> Result<(PlansSnapshot, Option<NamespacedName>), (StatusCode, String)> {
+    let Query(query) = query.map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()))?;
     let Some(text) = query.service else {
         return Ok((shared.plans_snapshot(), None));
     };
     let service = validate::service_key(&text).map_err(|r| {
-        json_error(
+        (
             StatusCode::BAD_REQUEST,
-            &format!("service={text:?}: {}", r.detail),
+            format!("service={text:?}: {}", r.detail),
         )
     })?;
     let plans = shared.service_plans(&service);
@@ -146,7 +146,7 @@ fn state_plans(
         let why = format!(
             "no Service {service} in kproxy's plans (unknown, or one kproxy does not proxy: ExternalName, headless, another proxy's)"
         );
-        return Err(json_error(StatusCode::NOT_FOUND, &why));
+        return Err((StatusCode::NOT_FOUND, why));
     }
     Ok((plans, Some(service)))
 }
@@ -160,7 +160,7 @@ async fn debug_state(
 ) -> Response {
     let (plans, service) = match state_plans(&s.shared, query) {
         Ok(found) => found,
-        Err(answer) => return answer,
+        Err(error) => return json_error(error),
     };
     let of_service = |name: &ServicePortName| service.as_ref().is_none_or(|s| name.service == *s);
     let quarantined: Vec<(ServicePortName, IpFamily, Quarantined)> = s
