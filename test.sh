@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 need=()
-for pair in cc:gcc nft:nftables iptables:iptables conntrack:conntrack ip:iproute2 ipset:ipset python3:python3 strace:strace systemd-analyze:systemd setpriv:util-linux; do
+# promtool (tests/dashboards.rs) ships only in Debian's prometheus package.
+for pair in cc:gcc nft:nftables iptables:iptables conntrack:conntrack ip:iproute2 ipset:ipset python3:python3 strace:strace systemd-analyze:systemd setpriv:util-linux promtool:prometheus; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then

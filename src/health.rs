@@ -18,7 +18,8 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
@@ -26,7 +27,9 @@ use serde_json::json;
 
 use crate::backends::ProxyMode;
 use crate::metrics::Metrics;
-use crate::state::Shared;
+use crate::model::{IpFamily, NamespacedName, ServicePortName, validate};
+use crate::state::{PlansSnapshot, Shared};
+use crate::sync::quarantine::Quarantined;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -105,11 +108,72 @@ async fn proxy_mode(State(s): State<AppState>) -> String {
     s.mode.to_string()
 }
 
-/// The model as kproxy sees it: node facts, every service port with its endpoints and plan.
-async fn debug_state(State(s): State<AppState>) -> Response {
+/// `/debug/state`'s query: `?service=namespace/name` keeps that Service's ports only.
+#[derive(serde::Deserialize)]
+struct StateQuery {
+    service: Option<String>,
+}
+
+/// An error answer: one line of JSON, `{"error": …}`.
+fn json_error((code, error): (StatusCode, String)) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "error": error }).to_string(),
+    )
+        .into_response()
+}
+
+/// The plans `/debug/state` shows and the Service they are limited to (`None`: every service
+/// port's), copied out of the plans lock; or the code and message for a malformed query (400)
+/// or a Service kproxy plans nothing for (404).
+fn state_plans(
+    shared: &Shared,
+    query: Result<Query<StateQuery>, QueryRejection>,
+) -> Result<(PlansSnapshot, Option<NamespacedName>), (StatusCode, String)> {
+    let Query(query) = query.map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Some(text) = query.service else {
+        return Ok((shared.plans_snapshot(), None));
+    };
+    let service = validate::service_key(&text).map_err(|r| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("service={text:?}: {}", r.detail),
+        )
+    })?;
+    let plans = shared.service_plans(&service);
+    if plans.is_empty() {
+        let why = format!(
+            "no Service {service} in kproxy's plans (unknown, or one kproxy does not proxy: ExternalName, headless, another proxy's)"
+        );
+        return Err((StatusCode::NOT_FOUND, why));
+    }
+    Ok((plans, Some(service)))
+}
+
+/// The model as kproxy sees it: node facts, every service port with its endpoints and plan
+/// (with `?service=namespace/name`, that Service's ports and quarantined ports only). Everything
+/// is copied out of its lock first and serialised after.
+async fn debug_state(
+    State(s): State<AppState>,
+    query: Result<Query<StateQuery>, QueryRejection>,
+) -> Response {
+    let (plans, service) = match state_plans(&s.shared, query) {
+        Ok(found) => found,
+        Err(error) => return json_error(error),
+    };
+    let of_service = |name: &ServicePortName| service.as_ref().is_none_or(|s| name.service == *s);
+    let quarantined: Vec<(ServicePortName, IpFamily, Quarantined)> = s
+        .shared
+        .quarantined
+        .read()
+        .expect("quarantine lock")
+        .iter()
+        .filter(|((name, _), _)| of_service(name))
+        .map(|((name, family), why)| (name.clone(), *family, why.clone()))
+        .collect();
+    let node = s.shared.node.read().expect("node lock").clone();
     let body = {
-        let plans = s.shared.plans.read().expect("plans lock");
-        let node = s.shared.node.read().expect("node lock");
         let ports: serde_json::Map<String, serde_json::Value> = plans
             .iter()
             .map(|(name, p)| {
@@ -119,13 +183,9 @@ async fn debug_state(State(s): State<AppState>) -> Response {
                 )
             })
             .collect();
-        let quarantined: Vec<serde_json::Value> = s
-            .shared
-            .quarantined
-            .read()
-            .expect("quarantine lock")
+        let quarantined: Vec<serde_json::Value> = quarantined
             .iter()
-            .map(|((name, family), why)| {
+            .map(|(name, family, why)| {
                 json!({
                     "servicePort": name.to_string(),
                     "family": family.as_str(),
@@ -135,7 +195,7 @@ async fn debug_state(State(s): State<AppState>) -> Response {
             })
             .collect();
         json!({
-            "node": &*node,
+            "node": &node,
             "servicePorts": ports,
             "quarantined": quarantined,
             "syncs": {
@@ -271,6 +331,102 @@ mod tests {
             body.get("nodeEligible").is_none(),
             "and says nothing of it: {body}"
         );
+    }
+
+    /// `/debug/state` answering `uri` (its query parsed as axum parses it): code and JSON.
+    async fn state_answer(shared: Arc<Shared>, uri: &str) -> (u16, serde_json::Value) {
+        let state = AppState {
+            shared,
+            metrics: Arc::new(Metrics::new()),
+            mode: ProxyMode::Nftables,
+        };
+        let query = Query::try_from_uri(&uri.parse().unwrap());
+        let r = debug_state(State(state), query).await;
+        let code = r.status().as_u16();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        assert_eq!(text.lines().count(), 1, "one line: {text}");
+        (code, serde_json::from_str(text).unwrap())
+    }
+
+    #[tokio::test]
+    async fn debug_state_of_one_service_is_its_ports_and_a_bad_or_unknown_service_is_a_json_error()
+    {
+        let mut plans = crate::testing::cluster_ips();
+        plans.extend(crate::testing::external());
+        let shared = Arc::new(Shared {
+            plans: std::sync::RwLock::new(plans),
+            ..Shared::default()
+        });
+        let sticky_a = crate::testing::name("sticky", "a", crate::model::Protocol::Tcp);
+        shared.quarantined.write().unwrap().insert(
+            (sticky_a, IpFamily::V4),
+            Quarantined {
+                error: "refused".into(),
+                origin: None,
+            },
+        );
+        let ports = |body: &serde_json::Value| -> Vec<String> {
+            body["servicePorts"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect()
+        };
+        let (code, all) = state_answer(shared.clone(), "/debug/state").await;
+        let every = shared.plans.read().unwrap().len();
+        assert_eq!((code, ports(&all).len()), (200, every), "{all}");
+        assert_eq!(all["quarantined"].as_array().unwrap().len(), 1);
+        let (code, sticky) =
+            state_answer(shared.clone(), "/debug/state?service=default%2Fsticky").await;
+        assert_eq!(code, 200, "{sticky}");
+        assert_eq!(
+            ports(&sticky),
+            ["default/sticky:a/TCP", "default/sticky:b/TCP"]
+        );
+        assert_eq!(
+            sticky["quarantined"][0]["servicePort"],
+            "default/sticky:a/TCP"
+        );
+        assert_eq!(
+            sticky["servicePorts"],
+            json!({
+                "default/sticky:a/TCP": all["servicePorts"]["default/sticky:a/TCP"],
+                "default/sticky:b/TCP": all["servicePorts"]["default/sticky:b/TCP"],
+            }),
+            "the same plans as the whole answer's"
+        );
+        assert!(sticky["node"].is_object() && sticky["syncs"].is_object());
+        let (code, web) = state_answer(shared.clone(), "/debug/state?service=default/web").await;
+        assert_eq!(
+            (code, ports(&web)),
+            (200, vec!["default/web:http/TCP".to_string()])
+        );
+        assert_eq!(
+            web["quarantined"],
+            json!([]),
+            "sticky's quarantine is not web's"
+        );
+        let (code, unknown) =
+            state_answer(shared.clone(), "/debug/state?service=default/nope").await;
+        assert_eq!(code, 404, "{unknown}");
+        assert!(
+            unknown["error"].as_str().unwrap().contains("default/nope"),
+            "{unknown}"
+        );
+        for bad in [
+            "?service=web",
+            "?service=default/Web",
+            "?service=a/b&service=c/d",
+        ] {
+            let (code, answer) = state_answer(shared.clone(), &format!("/debug/state{bad}")).await;
+            assert_eq!(code, 400, "{bad}: {answer}");
+            assert!(
+                answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{answer}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

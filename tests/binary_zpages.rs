@@ -139,6 +139,35 @@ async fn configz_flagz_and_statusz_show_the_flags_kproxy_runs_with() {
         let (code, _) = k.get(path).await.unwrap();
         assert_eq!(code, 200, "{path}");
     }
+    // /debug/state of one Service: its three ports once synced; unknown 404, malformed 400.
+    let one = "/debug/state?service=kube-system/kube-dns";
+    let started = Instant::now();
+    let dns: Value = loop {
+        let (code, body) = k.get(one).await.unwrap();
+        if code == 200 {
+            break serde_json::from_str(&body).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{one}: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ports = support::service_ports(&dns);
+    assert_eq!(ports.len(), 3, "{ports:?}");
+    assert!(
+        ports.iter().all(|p| p.starts_with("kube-system/kube-dns:")),
+        "{ports:?}"
+    );
+    for (query, want) in [("default/nope", 404), ("nope", 400)] {
+        let (code, body) = k
+            .get(&format!("/debug/state?service={query}"))
+            .await
+            .unwrap();
+        assert_eq!(code, want, "{query}: {body}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        assert!(error["error"].is_string(), "{body}");
+    }
     // The structured form, on request.
     let accept = "application/json;v=v1beta1;g=config.k8s.io;as=Flagz";
     let object: Value = serde_json::from_str(&get_accepting(&k, "/flagz", accept)).unwrap();

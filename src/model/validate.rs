@@ -378,6 +378,23 @@ pub fn object_key(meta: &ObjectMeta) -> Result<NamespacedName, Rejection> {
     namespaced_name(meta, is_dns1123_subdomain)
 }
 
+/// A Service's `namespace/name` as an operator writes it (`/debug/state?service=`), checked as
+/// the API server checks a Service's metadata, or why it names no Service.
+pub fn service_key(text: &str) -> Result<NamespacedName, Rejection> {
+    let Some((namespace, name)) = text.split_once('/') else {
+        return Err(Rejection::new(
+            RejectReason::MissingName,
+            format!("{text:?} is not namespace/name"),
+        ));
+    };
+    let meta = ObjectMeta {
+        namespace: Some(namespace.to_string()),
+        name: Some(name.to_string()),
+        ..ObjectMeta::default()
+    };
+    namespaced_name(&meta, is_dns1035_label)
+}
+
 /// `spec.clusterIPs` (or `spec.clusterIP`); `None` for headless or unallocated Services.
 fn cluster_ips(spec: &ServiceSpec) -> Result<Option<Vec<IpAddr>>, Rejection> {
     let listed = spec.cluster_ips.as_deref().unwrap_or_default();

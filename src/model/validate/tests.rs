@@ -515,3 +515,27 @@ fn a_node_falls_back_to_pod_cidr_and_rejects_a_missing_name_or_bad_ip() {
     .unwrap();
     assert_eq!(node(&bad).map_err(|r| r.reason), Err(RejectReason::BadIp));
 }
+
+#[test]
+fn a_service_key_is_namespace_slash_name_valid_as_the_api_server_checks_a_service() {
+    let key = service_key("kube-system/kube-dns").unwrap();
+    assert_eq!(
+        (key.namespace.as_str(), key.name.as_str()),
+        ("kube-system", "kube-dns")
+    );
+    for bad in [
+        "",
+        "web",
+        "/web",
+        "default/",
+        "default/web/x",
+        "Default/web",
+        "default/9web",
+    ] {
+        assert_eq!(
+            service_key(bad).map_err(|r| r.reason),
+            Err(RejectReason::MissingName),
+            "{bad:?}"
+        );
+    }
+}
