@@ -79,6 +79,7 @@ pub fn nft_kernel(transport: &mut impl Transport) -> Result<Tables, LiveError> {
     let mut tables = Tables::default();
     for family in [IpFamily::V4, IpFamily::V6] {
         if let Some(text) = transport.list_table(family, TABLE)? {
+            let text = nft::normalize_listing(&text, family);
             nft::apply_script(&mut tables, &text).map_err(|e| LiveError::Listing(e.to_string()))?;
         }
     }

@@ -152,3 +152,54 @@ pub fn listing(t: &Table, family: IpFamily) -> String {
     out.push_str("}\n");
     out
 }
+
+/// `nft list table` text of `family` in the words kproxy writes, so the tracer reads the
+/// kernel's rules as it reads compiled ones: nft lists `dnat to … map @affinity:ip daddr …`
+/// for kproxy's `dnat ip to … map @affinity : ip daddr …`. Other listing differences (a
+/// protocol match folded into `tcp dport`, timeouts in other units, elements several to a
+/// line) the parser and the tracer take as they are.
+pub fn normalize_listing(text: &str, family: IpFamily) -> String {
+    let dnat = format!("dnat {} to ", apply::family_word(family));
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        let mut line = line.replace("dnat to ", &dnat);
+        while let Some(at) = glued_map_colon(&line) {
+            line.replace_range(at..at + 1, " : ");
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The byte offset of a `:` glued to a `@name` (`@affinity:ip`), if any.
+fn glued_map_colon(line: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = line[from..].find('@') {
+        let start = from + i + 1;
+        let end = line[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .map_or(line.len(), |e| start + e);
+        if line[end..].starts_with(':') {
+            return Some(end);
+        }
+        from = end;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listed_affinity_dnat_reads_as_kproxy_writes_it() {
+        let listed = "\t\tmeta l4proto { tcp, udp, sctp } dnat to ip6 saddr . ip6 daddr map @affinity:ip6 daddr . meta l4proto . th dport map @affinity-ports\n";
+        assert_eq!(
+            normalize_listing(listed, IpFamily::V6),
+            "\t\tmeta l4proto { tcp, udp, sctp } dnat ip6 to ip6 saddr . ip6 daddr map @affinity : ip6 daddr . meta l4proto . th dport map @affinity-ports\n"
+        );
+        let plain = "\t\tdnat ip to ip daddr . meta l4proto . tcp dport . numgen random mod 2 map @endpoints-tcp\n\t\t10.0.0.1 . tcp . 80 : goto lb-1,\n";
+        assert_eq!(normalize_listing(plain, IpFamily::V4), plain);
+    }
+}
