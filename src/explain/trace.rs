@@ -10,6 +10,11 @@
 use std::net::SocketAddr;
 
 use super::{Explanation, Facts, Packet, Traced, Verdict, compare};
+use crate::backends::iptables::compile::Table;
+use crate::backends::iptables::restore_error::RestoreError;
+use crate::backends::iptables::ruleset::{self as ipt, Ruleset};
+use crate::backends::iptables::tools;
+use crate::backends::leftovers::PREFIX;
 use crate::backends::nft::ruleset::{self as nft, Tables};
 use crate::backends::nft::skeleton::TABLE;
 use crate::backends::{BackendConfig, ProxyMode};
@@ -25,6 +30,12 @@ pub enum LiveError {
     /// The listing is not what kproxy reads: a newer or foreign ruleset.
     #[error("reading kproxy's nftables table as listed: {0}")]
     Listing(String),
+    /// iptables-save failed: run as root in the node's network namespace.
+    #[error("listing kproxy's iptables chains: {0}")]
+    Save(#[from] RestoreError),
+    /// kproxy's chains as iptables-save prints them do not load into the tracer's model.
+    #[error("reading kproxy's iptables chains as saved ({family:?}): {message}")]
+    Saved { family: IpFamily, message: String },
 }
 
 /// The packet through the rules kproxy compiles (`rules`: what --dry-run prints).
@@ -44,7 +55,11 @@ pub fn compiled(
                 Err(e) => Err(format!("the compiled ruleset does not load: {e}")),
             }
         }
-        ProxyMode::Iptables | ProxyMode::Ipvs => return "not traced in this mode".to_string(),
+        ProxyMode::Iptables => match ipt_compiled(rules) {
+            Ok(sets) => ipt_trace(&sets, f, p),
+            Err(e) => Err(format!("the compiled ruleset does not load: {e}")),
+        },
+        ProxyMode::Ipvs => return "not traced in this mode".to_string(),
     };
     judge(plan, traced)
 }
@@ -56,13 +71,19 @@ pub fn live(
     p: &Packet,
     plan: &Explanation,
 ) -> Result<String, LiveError> {
-    let _ = cfg;
     let traced = match f.mode {
         ProxyMode::Nftables => {
             let tables = nft_kernel(&mut NftCli::default())?;
             nft_trace(&tables, f, p)
         }
-        ProxyMode::Iptables | ProxyMode::Ipvs => return Ok("not traced in this mode".into()),
+        ProxyMode::Iptables => {
+            let variant = cfg.iptables_variant.resolve();
+            let sets = ipt_kernel(|family, table, line| {
+                tools::save(&variant.save(family), table, line)
+            })?;
+            ipt_trace(&sets, f, p)
+        }
+        ProxyMode::Ipvs => return Ok("not traced in this mode".into()),
     };
     Ok(judge(plan, traced))
 }
@@ -109,5 +130,104 @@ fn nft_trace(tables: &Tables, f: &Facts, p: &Packet) -> Result<Traced, String> {
         verdict,
         endpoints: endpoints.into_iter().collect::<Vec<SocketAddr>>(),
         masquerade: Some(t.masquerade),
+    })
+}
+
+/// Both families' iptables as `--dry-run` prints their restore input.
+fn ipt_compiled(rules: &str) -> Result<[Ruleset; 2], String> {
+    let mut sets = [Ruleset::new(IpFamily::V4), Ruleset::new(IpFamily::V6)];
+    let v6_at = rules.find("# ip6tables-restore").unwrap_or(rules.len());
+    let (v4, v6) = rules.split_at(v6_at);
+    sets[0].restore(v4)?;
+    sets[1].restore(v6)?;
+    Ok(sets)
+}
+
+/// kproxy's part of `iptables-save` of both families' nat and filter tables: the built-in
+/// chains' policies, the `KPROXY-*` chains and their rules, and the jumps into them; other
+/// components' rules are left out (the model refuses rules it does not know).
+pub fn ipt_kernel(
+    mut save: impl FnMut(IpFamily, &str, &mut dyn FnMut(&str)) -> Result<(), RestoreError>,
+) -> Result<[Ruleset; 2], LiveError> {
+    let mut sets = [Ruleset::new(IpFamily::V4), Ruleset::new(IpFamily::V6)];
+    for (i, family) in [IpFamily::V4, IpFamily::V6].into_iter().enumerate() {
+        let mut input = String::new();
+        for table in [Table::Nat, Table::Filter] {
+            input.push_str(&format!("*{}\n", table.as_str()));
+            save(family, table.as_str(), &mut |line: &str| {
+                if ours(table, line) {
+                    input.push_str(line);
+                    input.push('\n');
+                }
+            })?;
+            input.push_str("COMMIT\n");
+        }
+        sets[i].restore(&input).map_err(|message| LiveError::Saved { family, message })?;
+    }
+    Ok(sets)
+}
+
+/// Whether a line of `iptables-save -t table` belongs to kproxy's part.
+fn ours(table: Table, line: &str) -> bool {
+    if let Some(decl) = line.strip_prefix(':') {
+        let name = decl.split_whitespace().next().unwrap_or_default();
+        return name.starts_with(PREFIX) || ipt::builtins(table).contains(&name);
+    }
+    let Some(rule) = line.strip_prefix("-A ") else {
+        return false;
+    };
+    let (chain, args) = rule.split_once(' ').unwrap_or((rule, ""));
+    let words: Vec<&str> = args.split_whitespace().collect();
+    chain.starts_with(PREFIX)
+        || words
+            .windows(2)
+            .any(|w| matches!(w[0], "-j" | "-g") && w[1].starts_with(PREFIX))
+}
+
+fn ipt_trace(sets: &[Ruleset; 2], f: &Facts, p: &Packet) -> Result<Traced, String> {
+    let family = p.family();
+    let packet = ipt::Packet {
+        src: p.src,
+        dst: p.dst,
+        proto: p.proto,
+        dport: p.dport,
+        from_node: p.src.is_loopback() || f.node.local_addresses.contains(&p.src),
+        local: f.node.local_addresses.clone(),
+    };
+    let set = &sets[usize::from(family == IpFamily::V6)];
+    let out = set.trace(&packet);
+    let mut kinds = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut masquerade = false;
+    for path in &out.paths {
+        let kind = match &path.fate {
+            ipt::Fate::Delivered { to, from } => {
+                if *to == SocketAddr::new(p.dst, p.dport) {
+                    Verdict::NotAService
+                } else {
+                    endpoints.push(*to);
+                    // The source rewritten to the node's (a pod reaching itself is masqueraded
+                    // whatever the plan says, so it does not count).
+                    masquerade |= *from != p.src && to.ip() != p.src;
+                    Verdict::Dnat
+                }
+            }
+            ipt::Fate::Rejected { .. } => Verdict::Reject,
+            ipt::Fate::Dropped { .. } => Verdict::Drop,
+            ipt::Fate::Broken(why) => return Err(format!("the rules are broken for it: {why}")),
+        };
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    let [verdict] = kinds[..] else {
+        return Err(format!("its paths end differently:\n{out}"));
+    };
+    endpoints.sort();
+    endpoints.dedup();
+    Ok(Traced {
+        verdict,
+        endpoints,
+        masquerade: Some(masquerade),
     })
 }

@@ -1,4 +1,4 @@
-//! The iptables backend's rules on a `FakeIptables`: the golden fresh loads traced packet by
+//! The iptables backend's rules on a `Ruleset`: the golden fresh loads traced packet by
 //! packet (load balancing, rejects, traffic policies, source ranges, hairpin, affinity across
 //! ports), adoption over a loaded fake, and the fake's own iptables-restore semantics. The
 //! long randomized sequence of partial syncs (and its replay through real iptables-nft and
@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::adopt;
 use super::compile::{Table, compile};
-use super::fake_kernel::{FakeIptables, Fate, Outcome, Packet};
+use super::ruleset::{Ruleset, Fate, Outcome, Packet};
 use super::load;
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::Targets;

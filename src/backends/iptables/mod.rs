@@ -19,6 +19,7 @@ pub mod names;
 pub mod probe;
 pub mod restore;
 pub mod restore_error;
+pub mod ruleset;
 pub mod tools;
 pub mod variant;
 
@@ -28,8 +29,6 @@ pub use variant::{Variant, VariantChoice};
 
 #[cfg(test)]
 mod backend_tests;
-#[cfg(test)]
-pub(crate) mod fake_kernel;
 #[cfg(test)]
 pub(crate) mod fake_kernel_tests;
 #[cfg(test)]

@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use proptest::test_runner::TestCaseError;
 
 use super::{Pipeline, Tally};
-use crate::backends::iptables::fake_kernel::{self as ipt, FakeIptables};
+use crate::backends::iptables::ruleset::{self as ipt, Ruleset};
 use crate::backends::iptables::fake_kernel_tests::expect as ipt_oracle;
 use crate::backends::iptables::fixed::compile_fixed;
 use crate::backends::iptables::load::{self, Load};
@@ -215,13 +215,13 @@ pub(super) fn iptables_load(p: &Pipeline, family: IpFamily) -> String {
     Load::new(&fixed, &BTreeMap::new(), &ports).text(&ports)
 }
 
-/// The iptables backend: each family's fresh load into a fresh `FakeIptables`, and the
+/// The iptables backend: each family's fresh load into a fresh `Ruleset`, and the
 /// packets (every path of one: the endpoints each with probability 1/n).
 pub(super) fn iptables(p: &Pipeline) -> Result<(), TestCaseError> {
     let mut fakes = BTreeMap::new();
     for family in IpFamily::ALL {
         let text = iptables_load(p, family);
-        let mut fake = FakeIptables::new(family);
+        let mut fake = Ruleset::new(family);
         fake.restore(&text).map_err(|e| {
             let f = family.as_str();
             fail(

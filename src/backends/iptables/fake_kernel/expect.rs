@@ -31,21 +31,21 @@ pub(super) fn golden_part(text: &str, family: IpFamily) -> &str {
 }
 
 /// A fake of `family` that restored `input`.
-pub(super) fn restored(family: IpFamily, input: &str) -> FakeIptables {
-    let mut fake = FakeIptables::new(family);
+pub(super) fn restored(family: IpFamily, input: &str) -> Ruleset {
+    let mut fake = Ruleset::new(family);
     if let Err(e) = fake.restore(input) {
         panic!("the fake refused the load: {e}\n{input}");
     }
     fake
 }
 
-pub(super) fn golden(text: &str, family: IpFamily) -> FakeIptables {
+pub(super) fn golden(text: &str, family: IpFamily) -> Ruleset {
     restored(family, golden_part(text, family))
 }
 
 /// Both families' fakes after a fresh load of `plans` (what `adopt_and_load` restores on a
 /// host without kproxy's chains).
-pub(super) fn fresh(plans: &Plans, cfg: &BackendConfig) -> BTreeMap<IpFamily, FakeIptables> {
+pub(super) fn fresh(plans: &Plans, cfg: &BackendConfig) -> BTreeMap<IpFamily, Ruleset> {
     fresh_on(plans, cfg, &node())
 }
 
@@ -54,7 +54,7 @@ pub(super) fn fresh_on(
     plans: &Plans,
     cfg: &BackendConfig,
     node: &NodeFacts,
-) -> BTreeMap<IpFamily, FakeIptables> {
+) -> BTreeMap<IpFamily, Ruleset> {
     let rules = compile(plans, node, cfg);
     rules
         .iter()
@@ -114,7 +114,7 @@ pub(crate) fn same_fates<'a>(
 
 /// The packet's fates are exactly `want`, with these probabilities.
 #[track_caller]
-pub(super) fn assert_fates(fake: &FakeIptables, p: &Packet, want: &[(Fate, f64)]) -> Outcome {
+pub(super) fn assert_fates(fake: &Ruleset, p: &Packet, want: &[(Fate, f64)]) -> Outcome {
     let out = fake.trace(p);
     let same = same_fates(&out.fates(), want.iter().map(|(f, pr)| (f, pr)));
     assert!(same, "{p:?}\n  takes\n{out}  but should {want:?}");
@@ -273,7 +273,7 @@ pub(crate) fn probes<'a>(plans: impl IntoIterator<Item = &'a ServicePort>) -> Ve
 /// Every probe of `plans` reaches in `fakes` what the plans say.
 #[track_caller]
 pub(super) fn assert_probes_match_plans(
-    fakes: &BTreeMap<IpFamily, FakeIptables>,
+    fakes: &BTreeMap<IpFamily, Ruleset>,
     plans: &Plans,
     cfg: &BackendConfig,
     probes: &[Packet],

@@ -1,5 +1,5 @@
 //! A long randomized (seeded, deterministic) sequence of Service and endpoint additions,
-//! changes and removals applied to `FakeIptables` (one per family) as the backend's partial
+//! changes and removals applied to `Ruleset` (one per family) as the backend's partial
 //! syncs apply them (`Mirror::diff` of the changed ports, committed as
 //! `IptablesBackend::sync_partial` does), and in parallel as full syncs (`Scope::Full`),
 //! checked after every step: every restore is accepted, both end where a fresh load of the
@@ -23,7 +23,7 @@ use std::process::Command;
 
 use super::super::adopt;
 use super::super::compile::{compile, compile_fixed};
-use super::super::fake_kernel::{FakeIptables, Fate, Packet};
+use super::super::ruleset::{Ruleset, Fate, Packet};
 use super::super::load::{self, Load};
 use super::super::mirror::{Mirror, Scope};
 use super::{expected, probes, same_fates};
@@ -58,7 +58,7 @@ fn random_config() -> BackendConfig {
 
 /// The fakes a backend drives and its mirrors.
 struct Driven {
-    fakes: BTreeMap<IpFamily, FakeIptables>,
+    fakes: BTreeMap<IpFamily, Ruleset>,
     mirrors: BTreeMap<IpFamily, Mirror>,
     /// Every restore input accepted, in order.
     log: Vec<(IpFamily, String)>,
@@ -72,7 +72,7 @@ fn load(plans: &Plans, cfg: &BackendConfig) -> Driven {
         log: Vec::new(),
     };
     for family in IpFamily::ALL {
-        let mut fake = FakeIptables::new(family);
+        let mut fake = Ruleset::new(family);
         let fixed = compile_fixed(family, &node(), cfg);
         let local = node().local_traffic;
         let ports = load::compiled(plans, family, cfg, &local);

@@ -63,7 +63,7 @@ fn a_chain_is_deleted_only_when_empty_unreferenced_and_not_built_in() {
 
 #[test]
 fn rules_into_or_jumping_to_missing_chains_and_unknown_extensions_are_refused() {
-    let mut fake = FakeIptables::new(IpFamily::V4);
+    let mut fake = Ruleset::new(IpFamily::V4);
     fake.restore("*nat\n:KPROXY-A - [0:0]\nCOMMIT\n*filter\n:KPROXY-F - [0:0]\nCOMMIT\n")
         .unwrap();
     let before = fake.save();
@@ -202,7 +202,7 @@ fn rules_into_or_jumping_to_missing_chains_and_unknown_extensions_are_refused() 
 
 #[test]
 fn jumps_to_empty_or_returning_chains_fall_through_and_a_goto_returns_past_its_caller() {
-    let mut fake = FakeIptables::new(IpFamily::V4);
+    let mut fake = Ruleset::new(IpFamily::V4);
     let input = "*filter\n:KPROXY-EMPTY - [0:0]\n:KPROXY-RET - [0:0]\n:KPROXY-GO - [0:0]\n\
         :KPROXY-CALLER - [0:0]\n-A KPROXY-RET -j RETURN\n-A KPROXY-RET -j DROP\n\
         -A KPROXY-CALLER -g KPROXY-GO\n-A KPROXY-CALLER -j DROP\n\
@@ -251,7 +251,7 @@ fn the_masquerade_bit_is_honoured_at_both_ends_of_its_range() {
 
 #[test]
 fn targets_reachable_from_hooks_they_do_not_serve_and_jump_loops_are_refused_at_commit() {
-    let mut fake = FakeIptables::new(IpFamily::V4);
+    let mut fake = Ruleset::new(IpFamily::V4);
     let refused = [
         (
             "-A POSTROUTING -j KPROXY-A\n-A KPROXY-A -p tcp -j DNAT --to-destination 10.0.0.1:80",
@@ -277,7 +277,7 @@ fn targets_reachable_from_hooks_they_do_not_serve_and_jump_loops_are_refused_at_
     let unreachable = "*nat\n:KPROXY-C - [0:0]\n:KPROXY-D - [0:0]\n-A KPROXY-C -j KPROXY-D\n\
         -A KPROXY-D -j KPROXY-C\nCOMMIT\n";
     fake.restore(unreachable).unwrap();
-    fake = FakeIptables::new(IpFamily::V4);
+    fake = Ruleset::new(IpFamily::V4);
     // The same rules where they belong are fine, and unreachable ones too.
     let input = "*nat\n:KPROXY-A - [0:0]\n:KPROXY-B - [0:0]\n-A OUTPUT -j KPROXY-A\n\
         -A KPROXY-A -p tcp -j DNAT --to-destination 10.0.0.1:80\n-A KPROXY-B -j MASQUERADE\n\
@@ -288,7 +288,7 @@ fn targets_reachable_from_hooks_they_do_not_serve_and_jump_loops_are_refused_at_
 
 #[test]
 fn declaring_a_chain_creates_or_flushes_it_and_spellings_the_kernel_stores_alike_are_one_rule() {
-    let mut fake = FakeIptables::new(IpFamily::V4);
+    let mut fake = Ruleset::new(IpFamily::V4);
     let input = "*nat\n:KPROXY-X - [0:0]\n-A KPROXY-X -d 10.0.0.1 -p tcp --dport 80 -j MARK --or-mark 0x4000\n\
         -A KPROXY-X -j MARK --xor-mark 0x4000\n-I KPROXY-X 2 -m comment --comment 'two words' -j RETURN\nCOMMIT\n";
     fake.restore(input).unwrap();

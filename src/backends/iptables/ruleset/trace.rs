@@ -7,7 +7,7 @@
 //! Invariants: the tracer reads only the fake's rules, lists and clock, never kproxy's plans;
 //! `-m statistic` is expanded into both branches, so an `Outcome` lists every path the packet
 //! can take with its probability (they sum to 1); a path's `-m recent` effects are returned,
-//! not applied (`FakeIptables::connect` applies the path a test picks). DNAT and MASQUERADE end
+//! not applied (`Ruleset::connect` applies the path a test picks). DNAT and MASQUERADE end
 //! their nat chain's traversal as in the kernel; a chain that ends or RETURNs falls through to
 //! the rule after the jump (the policy, in a built-in chain). What the tracer cannot follow (a
 //! chain that vanished, too deep a jump chain, too many paths, no address to masquerade to) is
@@ -18,7 +18,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::rule::{CT_DNAT, CT_NEW, Cond, Rule, Target};
-use super::{FakeIptables, bpf};
+use super::{Ruleset, bpf};
 use crate::backends::iptables::compile::Table;
 use crate::model::{IpFamily, Protocol};
 
@@ -183,12 +183,12 @@ const MAX_DEPTH: usize = 64;
 const MAX_SPLITS: usize = 4096;
 
 struct Run<'a> {
-    fake: &'a FakeIptables,
+    fake: &'a Ruleset,
     p: &'a Packet,
     splits: usize,
 }
 
-pub fn trace(fake: &FakeIptables, p: &Packet) -> Outcome {
+pub fn trace(fake: &Ruleset, p: &Packet) -> Outcome {
     let mut run = Run { fake, p, splits: 0 };
     let start = Flight {
         prob: 1.0,

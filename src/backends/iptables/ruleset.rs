@@ -1,8 +1,9 @@
-//! `FakeIptables`: one family's iptables (the nat and filter tables, their built-in chains and
+//! `Ruleset`: one family's iptables (the nat and filter tables, their built-in chains and
 //! user chains, each a list of parsed rules) that applies `iptables-restore --noflush` input
 //! with real iptables' semantics, prints an `iptables-save`-like listing, and traces a new
-//! connection's first packet through the hooks (`trace.rs`) to the endpoint it reaches. For
-//! unit tests of the iptables backend's compile, diff and adoption without root.
+//! connection's first packet through the hooks (`trace.rs`) to the endpoint it reaches. The
+//! fake kernel of the iptables backend's tests (compile, diff and adoption without root), and
+//! `kproxy explain`'s model of the rules it compiles and, with --live, of `iptables-save`.
 //!
 //! Invariants: each `*table` … `COMMIT` is applied to a copy that replaces the table only
 //! when every line succeeded and the commit checks pass (no jump loop a hook reaches; DNAT
@@ -54,7 +55,7 @@ type Chains = BTreeMap<String, Chain>;
 
 /// One family's nat and filter tables, the `-m recent` lists and the clock.
 #[derive(Clone, Debug)]
-pub struct FakeIptables {
+pub struct Ruleset {
     family: IpFamily,
     tables: BTreeMap<Table, Chains>,
     /// Seconds since the fake booted.
@@ -63,9 +64,9 @@ pub struct FakeIptables {
     recent: BTreeMap<String, BTreeMap<IpAddr, u64>>,
 }
 
-impl FakeIptables {
+impl Ruleset {
     /// Empty tables with their built-in chains (policy ACCEPT), as on a fresh host.
-    pub fn new(family: IpFamily) -> FakeIptables {
+    pub fn new(family: IpFamily) -> Ruleset {
         let tables = Table::ALL
             .into_iter()
             .map(|t| {
@@ -80,7 +81,7 @@ impl FakeIptables {
                 (t, chains.collect())
             })
             .collect();
-        FakeIptables {
+        Ruleset {
             family,
             tables,
             now: 0,
