@@ -13,6 +13,8 @@ pub mod args;
 pub mod packet;
 pub mod text;
 pub mod trace;
+#[cfg(test)]
+mod trace_tests;
 
 use std::net::SocketAddr;
 

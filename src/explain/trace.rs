@@ -225,9 +225,10 @@ fn ipt_trace(sets: &[Ruleset; 2], f: &Facts, p: &Packet) -> Result<Traced, Strin
     };
     endpoints.sort();
     endpoints.dedup();
+    // From the node, masquerading picks the address it already has: not observable.
     Ok(Traced {
         verdict,
         endpoints,
-        masquerade: Some(masquerade),
+        masquerade: (!packet.from_node).then_some(masquerade),
     })
 }
