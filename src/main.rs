@@ -312,7 +312,8 @@ async fn run_explain(
         &answer,
     ));
     if asked.live {
-        let live = explain::trace::live(&facts, &backend_config, &asked.packet, &answer)
+        // The kernel's rules are read with the tools of the variant the daemon uses.
+        let live = explain::trace::live(&facts, &cfg.backend_config(), &asked.packet, &answer)
             .context("--live")?;
         answer.kernel = Some(live);
     }
@@ -321,7 +322,10 @@ async fn run_explain(
     } else {
         print!("{}", explain::text::render(&answer));
     }
-    let differs = answer.kernel.as_deref().is_some_and(|k| k != "agrees");
+    let differs = answer
+        .kernel
+        .as_deref()
+        .is_some_and(|k| k.starts_with("differs"));
     Ok(if differs {
         ExitCode::FAILURE
     } else {

@@ -78,9 +78,8 @@ pub fn live(
         }
         ProxyMode::Iptables => {
             let variant = cfg.iptables_variant.resolve();
-            let sets = ipt_kernel(|family, table, line| {
-                tools::save(&variant.save(family), table, line)
-            })?;
+            let sets =
+                ipt_kernel(|family, table, line| tools::save(&variant.save(family), table, line))?;
             ipt_trace(&sets, f, p)
         }
         ProxyMode::Ipvs => return Ok("not traced in this mode".into()),
@@ -162,7 +161,9 @@ pub fn ipt_kernel(
             })?;
             input.push_str("COMMIT\n");
         }
-        sets[i].restore(&input).map_err(|message| LiveError::Saved { family, message })?;
+        sets[i]
+            .restore(&input)
+            .map_err(|message| LiveError::Saved { family, message })?;
     }
     Ok(sets)
 }

@@ -42,7 +42,10 @@ fn answers(mode: ProxyMode, plans: &Plans, rules: &str) -> Vec<(String, String)>
             };
             let e = explain(plans, &facts, &packet);
             let said = compiled(&facts, &cfg, rules, &packet, &e);
-            (format!("{packet}: {} ({})", e.verdict.as_str(), e.reason), said)
+            (
+                format!("{packet}: {} ({})", e.verdict.as_str(), e.reason),
+                said,
+            )
         })
         .collect()
 }
@@ -56,9 +59,22 @@ fn every_probe_of_the_example_plans_agrees_with_the_compiled_rules_in_nftables_a
         let text = rules(mode, &crate::testing::config(), &all, &node());
         let answers = answers(mode, &all, &text);
         assert!(answers.len() > 100, "{} probes", answers.len());
-        let verdicts: std::collections::BTreeSet<&str> =
-            answers.iter().map(|(p, _)| p.split(": ").nth(1).unwrap_or("").split(' ').next().unwrap_or("")).collect();
-        assert_eq!(verdicts.len(), 4, "{mode}: probes meet every verdict: {verdicts:?}");
+        let verdicts: std::collections::BTreeSet<&str> = answers
+            .iter()
+            .map(|(p, _)| {
+                p.split(": ")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+            })
+            .collect();
+        assert_eq!(
+            verdicts.len(),
+            4,
+            "{mode}: probes meet every verdict: {verdicts:?}"
+        );
         for (packet, said) in &answers {
             assert_eq!(said, "agrees", "{mode}: {packet}");
         }
@@ -84,11 +100,18 @@ fn a_compiled_ruleset_missing_a_services_dispatch_differs_for_that_service_only(
         };
         assert_ne!(cut, text);
         let answers = answers(mode, &plans, &cut);
-        let differ: Vec<&(String, String)> = answers.iter().filter(|(_, s)| s != "agrees").collect();
+        let differ: Vec<&(String, String)> =
+            answers.iter().filter(|(_, s)| s != "agrees").collect();
         assert!(!differ.is_empty(), "{mode}: nothing differs");
         for (packet, said) in differ {
-            assert!(packet.contains("-> 10.96.0.10:80"), "{mode}: {packet} {said}");
-            assert!(said.starts_with("differs: verdict "), "{mode}: {packet} {said}");
+            assert!(
+                packet.contains("-> 10.96.0.10:80"),
+                "{mode}: {packet} {said}"
+            );
+            assert!(
+                said.starts_with("differs: verdict "),
+                "{mode}: {packet} {said}"
+            );
         }
     }
 }

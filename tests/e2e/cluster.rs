@@ -95,6 +95,36 @@ impl Cluster {
         self.kproxy = None;
     }
 
+    /// Runs `kproxy explain --output json` with the daemon's flags in the node namespace
+    /// (`--live` when asked): the answer and whether it exited 0; panics when it prints no
+    /// JSON object.
+    pub fn explain(&self, packet: &str, live: bool) -> (Value, bool) {
+        let dir = self.dir.path().to_str().expect("UTF-8 path");
+        let mut cmd = self.topo.node.cmd(env!("CARGO_BIN_EXE_kproxy"));
+        cmd.args(["explain", "--packet", packet, "--output", "json"])
+            .args(["--proxy-mode", self.mode.name, "--manifests", dir])
+            .args(["--hostname-override", "node1"])
+            .args(["--cluster-cidr", "10.244.0.0/16,fd00:244::/32"])
+            .args(self.mode.args);
+        if live {
+            cmd.arg("--live");
+        }
+        let started = Instant::now();
+        let out = cmd.output().expect("run kproxy explain");
+        println!(
+            "kproxy explain {packet:?} (live: {live}): {:?}",
+            started.elapsed()
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let answer = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "kproxy explain printed no JSON ({e}): {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (answer, out.status.success())
+    }
+
     /// Runs `kproxy --cleanup` in this mode in the node namespace; panics when it fails.
     pub fn cleanup(&self) {
         let out = self

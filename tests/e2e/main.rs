@@ -20,6 +20,7 @@ mod node_setup;
 mod scenarios_changes;
 mod scenarios_clusterip;
 mod scenarios_conntrack;
+mod scenarios_explain;
 mod scenarios_external;
 mod scenarios_families;
 mod scenarios_iptables;
@@ -112,6 +113,7 @@ macro_rules! scenarios {
             scenarios_node::node_ports_answer_on_the_primary_ip_in_nftables_mode_and_on_every_address_elsewhere,
             scenarios_node::another_masquerade_bit_still_masquerades,
             scenarios_metrics::metrics_carry_upstreams_names_per_mode_and_ip_family,
+            scenarios_explain::explain_names_the_service_and_live_tells_a_rule_deleted_by_hand,
             scenarios_node_changes::a_primary_node_port_follows_the_nodes_internal_ip_and_outlives_the_node,
         );
     };

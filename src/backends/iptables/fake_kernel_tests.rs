@@ -22,8 +22,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::adopt;
 use super::compile::{Table, compile};
-use super::ruleset::{Ruleset, Fate, Outcome, Packet};
 use super::load;
+use super::ruleset::{Fate, Outcome, Packet, Ruleset};
 use crate::backends::{BackendConfig, Plans};
 use crate::model::plan::Targets;
 use crate::model::{IpFamily, Protocol, ServicePort, ServiceType};

@@ -21,10 +21,10 @@ use ipnet::IpNet;
 use proptest::test_runner::TestCaseError;
 
 use super::{Pipeline, Tally};
-use crate::backends::iptables::ruleset::{self as ipt, Ruleset};
 use crate::backends::iptables::fake_kernel_tests::expect as ipt_oracle;
 use crate::backends::iptables::fixed::compile_fixed;
 use crate::backends::iptables::load::{self, Load};
+use crate::backends::iptables::ruleset::{self as ipt, Ruleset};
 use crate::backends::ipvs::IpvsBackend;
 use crate::backends::ipvs::random_tests as ipvs_oracle;
 use crate::backends::nft::NftBackend;

@@ -23,9 +23,9 @@ use std::process::Command;
 
 use super::super::adopt;
 use super::super::compile::{compile, compile_fixed};
-use super::super::ruleset::{Ruleset, Fate, Packet};
 use super::super::load::{self, Load};
 use super::super::mirror::{Mirror, Scope};
+use super::super::ruleset::{Fate, Packet, Ruleset};
 use super::{expected, probes, same_fates};
 use crate::backends::iptables::variant::Variant;
 use crate::backends::nft::transport_tests::Netns;
