@@ -423,7 +423,7 @@ fn unmatched(plans: &Plans, f: &Facts, p: &Packet) -> Explanation {
                 f,
                 Verdict::NotAService,
                 format!(
-                    "{at}: the node answers it itself (ClusterIPs sit on kube-ipvs0), refusing it"
+                    "{at}: the node answers it itself (ClusterIPs sit on kproxy-ipvs0), refusing it"
                 ),
             ),
             ProxyMode::Iptables => Explanation::new(

@@ -14,11 +14,15 @@ use crate::backends::iptables::compile::Table;
 use crate::backends::iptables::restore_error::RestoreError;
 use crate::backends::iptables::ruleset::{self as ipt, Ruleset};
 use crate::backends::iptables::tools;
+use crate::backends::ipvs::netlink::{DestKey, DestState, ServiceKey};
+use crate::backends::ipvs::socket::{IpvsSocket, SocketError};
+use crate::backends::ipvs::trace::{self as ipvs, Elements};
 use crate::backends::leftovers::PREFIX;
+use crate::backends::nft::reconcile::parse_listing;
 use crate::backends::nft::ruleset::{self as nft, Tables};
 use crate::backends::nft::skeleton::TABLE;
 use crate::backends::{BackendConfig, ProxyMode};
-use crate::model::IpFamily;
+use crate::model::{IpFamily, Protocol};
 use crate::nftables::transport::{NftCli, NftError, Transport};
 
 /// Why the kernel's rules could not be read.
@@ -33,6 +37,9 @@ pub enum LiveError {
     /// iptables-save failed: run as root in the node's network namespace.
     #[error("listing kproxy's iptables chains: {0}")]
     Save(#[from] RestoreError),
+    /// IPVS's virtual servers could not be read: run as root, with ip_vs loaded.
+    #[error("reading IPVS's virtual servers: {0}")]
+    Ipvs(#[from] SocketError),
     /// kproxy's chains as iptables-save prints them do not load into the tracer's model.
     #[error("reading kproxy's iptables chains as saved ({family:?}): {message}")]
     Saved { family: IpFamily, message: String },
@@ -59,7 +66,10 @@ pub fn compiled(
             Ok(sets) => ipt_trace(&sets, f, p),
             Err(e) => Err(format!("the compiled ruleset does not load: {e}")),
         },
-        ProxyMode::Ipvs => return "not traced in this mode".to_string(),
+        ProxyMode::Ipvs => {
+            let (elements, servers) = ipvs_compiled(rules);
+            Ok(ipvs_trace(&elements, |k| servers.get(k).cloned(), p))
+        }
     };
     judge(plan, traced)
 }
@@ -82,7 +92,24 @@ pub fn live(
                 ipt_kernel(|family, table, line| tools::save(&variant.save(family), table, line))?;
             ipt_trace(&sets, f, p)
         }
-        ProxyMode::Ipvs => return Ok("not traced in this mode".into()),
+        ProxyMode::Ipvs => {
+            let elements = ipvs_companion(&mut NftCli::default(), p.family())?;
+            let mut socket = IpvsSocket::open()?;
+            let key = ServiceKey {
+                addr: p.dst,
+                protocol: p.proto,
+                port: p.dport,
+            };
+            let dests = match socket.service(&key)? {
+                Some(_) => Some(socket.dests(&key)?),
+                None => None,
+            };
+            Ok(ipvs_trace(
+                &elements,
+                |k| (*k == key).then(|| dests.clone()).flatten(),
+                p,
+            ))
+        }
     };
     Ok(judge(plan, traced))
 }
@@ -232,4 +259,143 @@ fn ipt_trace(sets: &[Ruleset; 2], f: &Facts, p: &Packet) -> Result<Traced, Strin
         endpoints,
         masquerade: (!packet.from_node).then_some(masquerade),
     })
+}
+
+/// The companion table's elements and the virtual servers with their destinations, as
+/// `--dry-run` prints them (`add element …` lines and ipvsadm-restore input).
+fn ipvs_compiled(
+    rules: &str,
+) -> (
+    Elements,
+    std::collections::BTreeMap<ServiceKey, Vec<DestState>>,
+) {
+    let mut elements = Elements::new();
+    let mut servers = std::collections::BTreeMap::<ServiceKey, Vec<DestState>>::new();
+    for line in rules.lines() {
+        if let Some(rest) = line.strip_prefix("add element ") {
+            let mut words = rest.splitn(4, ' ');
+            let (Some(fam), Some(_table), Some(set), Some(body)) =
+                (words.next(), words.next(), words.next(), words.next())
+            else {
+                continue;
+            };
+            let key = body
+                .trim()
+                .trim_start_matches('{')
+                .trim_end_matches('}')
+                .trim();
+            if let (Some(fam), Some(set)) = (static_family(fam), static_set(set)) {
+                elements.insert((fam, set, key.to_string()));
+            }
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let proto = |flag: &str| match flag {
+            "-t" => Some(Protocol::Tcp),
+            "-u" => Some(Protocol::Udp),
+            "--sctp-service" => Some(Protocol::Sctp),
+            _ => None,
+        };
+        match words.as_slice() {
+            ["-A", flag, vs, ..] => {
+                if let (Some(protocol), Ok(a)) = (proto(flag), vs.parse::<SocketAddr>()) {
+                    servers.entry(service_key(protocol, a)).or_default();
+                }
+            }
+            ["-a", flag, vs, "-r", dest, rest @ ..] => {
+                let weight = rest
+                    .windows(2)
+                    .find(|w| w[0] == "-w")
+                    .and_then(|w| w[1].parse().ok())
+                    .unwrap_or(1);
+                if let (Some(protocol), Ok(a), Ok(d)) = (
+                    proto(flag),
+                    vs.parse::<SocketAddr>(),
+                    dest.parse::<SocketAddr>(),
+                ) {
+                    servers
+                        .entry(service_key(protocol, a))
+                        .or_default()
+                        .push(DestState {
+                            key: DestKey {
+                                addr: d.ip(),
+                                port: d.port(),
+                            },
+                            weight,
+                            active: 0,
+                            inactive: 0,
+                        });
+                }
+            }
+            _ => {}
+        }
+    }
+    (elements, servers)
+}
+
+fn service_key(protocol: Protocol, a: SocketAddr) -> ServiceKey {
+    ServiceKey {
+        addr: a.ip(),
+        protocol,
+        port: a.port(),
+    }
+}
+
+fn static_family(word: &str) -> Option<&'static str> {
+    ["ip", "ip6"].into_iter().find(|f| *f == word)
+}
+
+fn static_set(name: &str) -> Option<&'static str> {
+    ipvs::SETS.into_iter().find(|s| *s == name)
+}
+
+/// The companion table's elements of `family` as the kernel lists them.
+fn ipvs_companion(transport: &mut impl Transport, family: IpFamily) -> Result<Elements, LiveError> {
+    let mut elements = Elements::new();
+    let fam = match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    };
+    let table = crate::backends::ipvs::compile::TABLE;
+    if let Some(text) = transport.list_table(family, table)? {
+        for (set, (_, listed)) in parse_listing(&text).sets {
+            let Some(set) = static_set(&set) else {
+                continue;
+            };
+            for key in listed.into_keys() {
+                elements.insert((fam, set, key));
+            }
+        }
+    }
+    Ok(elements)
+}
+
+fn ipvs_trace(
+    elements: &Elements,
+    server: impl Fn(&ServiceKey) -> Option<Vec<DestState>>,
+    p: &Packet,
+) -> Traced {
+    let packet = ipvs::Packet {
+        saddr: p.src,
+        daddr: p.dst,
+        proto: p.proto,
+        dport: p.dport,
+    };
+    let (verdict, endpoints) = match ipvs::trace(elements, server, &packet) {
+        ipvs::Fate::Dnat(live) => (
+            Verdict::Dnat,
+            live.into_iter()
+                .map(|(a, port)| SocketAddr::new(a, port))
+                .collect(),
+        ),
+        ipvs::Fate::Reject => (Verdict::Reject, vec![]),
+        ipvs::Fate::Drop => (Verdict::Drop, vec![]),
+        ipvs::Fate::NotAService => (Verdict::NotAService, vec![]),
+    };
+    // The companion table's masquerading is not followed.
+    Traced {
+        verdict,
+        endpoints,
+        masquerade: None,
+    }
 }

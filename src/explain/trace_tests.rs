@@ -1,7 +1,7 @@
 //! `explain` against the mode's tracer on the rules kproxy compiles: every probe packet of the
 //! shared example plans (each address and NodePort of every port and the port after it, from
-//! an admitted client, a refused one, a pod and the node) agrees, in nftables and iptables
-//! mode; a ruleset with a service's rule missing differs.
+//! an admitted client, a refused one, a pod and the node) agrees, in every mode; a ruleset
+//! with a service's rule missing differs for that service only.
 
 use super::*;
 use crate::backends::iptables::{IptablesBackend, variant::Variant};
@@ -17,7 +17,10 @@ fn rules(mode: ProxyMode, cfg: &BackendConfig, plans: &Plans, n: &NodeFacts) -> 
     match mode {
         ProxyMode::Nftables => NftBackend::new(cfg.clone(), FakeKernel::new()).render(plans, n),
         ProxyMode::Iptables => IptablesBackend::new(cfg.clone(), Variant::Nft).render(plans, n),
-        ProxyMode::Ipvs => unreachable!("IPVS mode is traced in the VM's e2e tests"),
+        ProxyMode::Ipvs => {
+            let kernel = Box::new(crate::backends::ipvs::fake_kernel::FakeKernel::default());
+            crate::backends::ipvs::IpvsBackend::new(cfg, kernel).render(plans, n)
+        }
     }
 }
 
@@ -51,11 +54,11 @@ fn answers(mode: ProxyMode, plans: &Plans, rules: &str) -> Vec<(String, String)>
 }
 
 #[test]
-fn every_probe_of_the_example_plans_agrees_with_the_compiled_rules_in_nftables_and_iptables_mode() {
+fn every_probe_of_the_example_plans_agrees_with_the_compiled_rules_in_every_mode() {
     let mut all = cluster_ips();
     all.extend(external());
     let all = claimed(&all);
-    for mode in [ProxyMode::Nftables, ProxyMode::Iptables] {
+    for mode in ProxyMode::ALL {
         let text = rules(mode, &crate::testing::config(), &all, &node());
         let answers = answers(mode, &all, &text);
         assert!(answers.len() > 100, "{} probes", answers.len());
@@ -84,7 +87,7 @@ fn every_probe_of_the_example_plans_agrees_with_the_compiled_rules_in_nftables_a
 #[test]
 fn a_compiled_ruleset_missing_a_services_dispatch_differs_for_that_service_only() {
     let plans = cluster_ips();
-    for mode in [ProxyMode::Nftables, ProxyMode::Iptables] {
+    for mode in ProxyMode::ALL {
         let text = rules(mode, &crate::testing::config(), &plans, &node());
         let cut = match mode {
             // As an operator would: `nft delete element` after the load.
@@ -92,7 +95,11 @@ fn a_compiled_ruleset_missing_a_services_dispatch_differs_for_that_service_only(
                 let del = "delete element ip kproxy services { 10.96.0.10 . tcp . 80 }\n";
                 format!("{text}{del}")
             }
-            _ => {
+            ProxyMode::Ipvs => {
+                let cut = text.lines().filter(|l| !l.contains("-t 10.96.0.10:80 "));
+                cut.map(|l| format!("{l}\n")).collect()
+            }
+            ProxyMode::Iptables => {
                 let needle = "-d 10.96.0.10/32 -p tcp";
                 let kept = text.lines().filter(|l| !l.contains(needle));
                 kept.map(|l| format!("{l}\n")).collect()

@@ -3,8 +3,7 @@
 //! with the kernel, and reports a difference (exit 1) once someone deletes web's rule by hand
 //! while kproxy is stopped, until kproxy is started again and repairs it.
 //!
-//! Invariants: explain runs in the node namespace with the daemon's own flags; IPVS mode's
-//! kernel is not traced yet, and the scenario says so rather than skipping it.
+//! Invariants: explain runs in the node namespace with the daemon's own flags.
 
 use serde_json::{Value, json};
 

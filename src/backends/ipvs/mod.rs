@@ -18,6 +18,7 @@ pub mod netlink;
 pub mod render;
 pub mod servers;
 pub mod socket;
+pub mod trace;
 
 #[cfg(test)]
 mod backend_tests;

@@ -18,31 +18,15 @@ use super::fake_kernel::{FakeKernel, FakeState};
 use super::netlink::ServiceKey;
 use crate::backends::random_world::World;
 use crate::backends::{Backend, Plans};
+use crate::model::IpFamily;
 use crate::model::plan::Targets;
-use crate::model::{IpFamily, Protocol};
 use crate::node::NodeFacts;
 use crate::testing::{config, ip, node};
 
 const SEED: u64 = 0x2545_f491_4f6c_dd1d;
 const STEPS: usize = 300;
 
-/// What happens to a packet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Fate {
-    /// Sent to one of these destinations.
-    Dnat(BTreeSet<(IpAddr, u16)>),
-    Reject,
-    Drop,
-    NotAService,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Packet {
-    pub(crate) saddr: IpAddr,
-    pub(crate) daddr: IpAddr,
-    pub(crate) proto: Protocol,
-    pub(crate) dport: u16,
-}
+pub(crate) use super::trace::{Fate, Packet};
 
 pub(crate) fn fate(t: &Targets) -> Fate {
     match t {
@@ -85,52 +69,14 @@ pub(crate) fn expected(plans: &Plans, node: &NodeFacts, p: &Packet) -> Fate {
     Fate::NotAService
 }
 
-/// What the fake kernel does with `p`: the companion sets first (hooked before IPVS), then the
-/// virtual server (none: not a service; no live destination: IPVS's own ICMP, a reject).
+/// What the fake kernel does with `p` (`trace::trace` over its companion sets and servers).
 pub(crate) fn trace(s: &FakeState, p: &Packet) -> Fate {
-    let family = if p.daddr.is_ipv4() { "ip" } else { "ip6" };
-    let triple = format!("{} . {} . {}", p.daddr, p.proto.lower(), p.dport);
-    let has = |set: &'static str| s.elements.contains(&(family, set, triple.clone()));
-    if has("firewall") {
-        let prefix = format!("{triple} . ");
-        let admitted = s.elements.iter().any(|(f, set, key)| {
-            *f == family
-                && *set == "firewall-allow"
-                && key
-                    .strip_prefix(&prefix)
-                    .and_then(|r| r.parse::<ipnet::IpNet>().ok())
-                    .is_some_and(|r| r.contains(&p.saddr))
-        });
-        if !admitted {
-            return Fate::Drop;
-        }
-    }
-    if has("dropped") {
-        return Fate::Drop;
-    }
-    if has("rejected") && p.proto == Protocol::Tcp {
-        return Fate::Reject;
-    }
-    let key = ServiceKey {
-        addr: p.daddr,
-        protocol: p.proto,
-        port: p.dport,
+    let server = |k: &ServiceKey| {
+        s.services
+            .get(k)
+            .map(|(_, d)| d.values().copied().collect())
     };
-    match s.services.get(&key) {
-        None => Fate::NotAService,
-        Some((_, dests)) => {
-            let live: BTreeSet<(IpAddr, u16)> = dests
-                .values()
-                .filter(|d| d.weight > 0)
-                .map(|d| (d.key.addr, d.key.port))
-                .collect();
-            if live.is_empty() {
-                Fate::Reject
-            } else {
-                Fate::Dnat(live)
-            }
-        }
-    }
+    super::trace::trace(&s.elements, server, p)
 }
 
 /// Every packet that can hit a service address of `plans`, from a few sources per family (in
