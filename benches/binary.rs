@@ -12,7 +12,8 @@
 //!   EndpointSlice file change until the traffic has moved (twice per repetition); they and the
 //!   iptables row then wreck the target's rules several ways as someone else would (a map or
 //!   chain flushed, its element deleted, the table deleted, `iptables -t nat -F`) and time each
-//!   until the target's traffic is repaired (issue 18).
+//!   until the target's traffic is repaired (issue 18). Every row times `kproxy explain --live`
+//!   on the target's ClusterIP once per repetition (issue 20).
 //! - **Peak RSS per transport**: each `--nftables-transport` at 1k and 10k Services × 10 (and 50k
 //!   with KPROXY_BENCH_LARGE=1), in a bare namespace, after the first sync.
 //!
@@ -483,6 +484,33 @@ fn run_row(row: &Row) {
                 println!("{move_name} (rep {rep}, move {i}): {took:.2?}");
             }
         }
+        // `kproxy explain --live` on the target, as an operator would run it on the node.
+        let explain_name = format!("row {label}: explain --live");
+        let start = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+            .arg("explain")
+            .args(row.mode.args())
+            .args([
+                "--hostname-override",
+                support::NODE,
+                "--live",
+                "--output",
+                "json",
+            ])
+            .args(["--packet", &format!("tcp 10.244.1.2 -> {vip}")])
+            .arg("--manifests")
+            .arg(&cluster)
+            .output()
+            .expect("run kproxy explain");
+        let took = start.elapsed();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.contains("\"kernel\":\"agrees\""),
+            "{explain_name}: {said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        timings::record(&explain_name, took);
+        println!("{explain_name} (rep {rep}): {took:.2?}");
         if row.drift {
             for (what, command) in sabotages(row.mode, vip) {
                 let name = format!("row {label}: {what} until traffic repaired");

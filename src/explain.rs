@@ -327,9 +327,10 @@ fn reachable(pl: &Planned, family: IpFamily, n: usize, why: &str, f: &Facts) -> 
         .filter(|e| IpFamily::of(&e.ip) == family)
         .collect();
     let ready = of_family.iter().filter(|e| e.ready).count();
+    let total = of_family.len();
+    let plural = if total == 1 { "" } else { "s" };
     let mut out = format!(
-        "{n} of the Service's {} {} endpoint(s) ({ready} ready)",
-        of_family.len(),
+        "{n} of its {total} {} endpoint{plural}, {ready} ready",
         family_word(family)
     );
     if ready == 0 {
@@ -370,7 +371,8 @@ fn no_endpoints(pl: &Planned, family: IpFamily) -> String {
         .count();
     match of_family {
         0 => format!("the Service has no {} endpoint", family_word(family)),
-        n => format!("none of the Service's {n} endpoint(s) is ready or serving"),
+        1 => "its one endpoint is neither ready nor serving".to_string(),
+        n => format!("none of its {n} endpoints is ready or serving"),
     }
 }
 

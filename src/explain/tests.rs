@@ -39,8 +39,7 @@ fn a_cluster_ip_packet_names_its_service_port_and_every_endpoint_with_an_equal_c
     assert!(e.chances.iter().all(|c| (c - 1.0 / 3.0).abs() < 1e-9));
     assert!(!e.masquerade, "a pod's packet is not masqueraded");
     assert!(
-        e.reason
-            .contains("3 of the Service's 3 IPv4 endpoint(s) (3 ready)"),
+        e.reason.contains("3 of its 3 IPv4 endpoints, 3 ready"),
         "{}",
         e.reason
     );
