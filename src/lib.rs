@@ -7,6 +7,7 @@ pub mod config;
 pub mod conntrack;
 pub mod health;
 pub mod instance;
+pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod netns;

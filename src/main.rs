@@ -71,13 +71,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kproxy: {e:#}");
+            eprintln!("kproxy: {}", kproxy::logs::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-/// klog-style verbosity: 0-2 info, 3-4 debug, 5+ trace; RUST_LOG overrides.
+/// klog-style verbosity: 0-2 info, 3-4 debug, 5+ trace; RUST_LOG overrides. Colour only on a
+/// terminal without `NO_COLOR` (`kproxy::logs::colour`).
 fn init_tracing(format: LogFormat, verbosity: u8) {
     let level = match verbosity {
         0..=2 => "info",
@@ -97,8 +98,14 @@ fn init_tracing(format: LogFormat, verbosity: u8) {
             filter = filter.add_directive(quiet.parse().expect("directive"));
         }
     }
+    use std::io::IsTerminal;
+    let colour = kproxy::logs::colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

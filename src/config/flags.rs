@@ -54,13 +54,16 @@ pub const IGNORED: &[(&str, Kind)] = &[
 ];
 
 const UPSTREAM: &str = "Flags (as kube-proxy)";
+
+/// `--version`'s text after the name: version, commit, build date, compiler.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(crate::metrics::version);
 const OWN: &str = "kproxy's own flags";
 const COMPAT: &str = "Accepted for kube-proxy compatibility and ignored";
 
 /// The whole command line.
 pub fn command() -> Command {
     let mut cmd = Command::new("kproxy")
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(VERSION.as_str())
         .about("kproxy: a kube-proxy dataplane (nftables, iptables or IPVS)")
         .color(ColorChoice::Never)
         .args_override_self(true)
