@@ -107,7 +107,7 @@ async fn proxy_mode(State(s): State<AppState>) -> String {
 
 /// The model as kproxy sees it: node facts, every service port with its endpoints and plan.
 async fn debug_state(State(s): State<AppState>) -> Response {
-    let body = {
+    let mut body = {
         let plans = s.shared.plans.read().expect("plans lock");
         let node = s.shared.node.read().expect("node lock");
         let ports: serde_json::Map<String, serde_json::Value> = plans
@@ -144,6 +144,7 @@ async fn debug_state(State(s): State<AppState>) -> Response {
             },
         })
     };
+    body["node"]["found"] = json!(s.shared.node_presence.found());
     (
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),

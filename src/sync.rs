@@ -147,6 +147,8 @@ impl Syncer {
             Change::Node(node) => {
                 let known = self.tracker.node().is_some();
                 self.shared.health.node_seen(node.as_ref(), known);
+                let name = &self.base_node.name;
+                self.shared.node_presence.seen(name, node.is_some());
                 match node {
                     // Deleted (or now invalid): upstream exits to start over (k/k#138183);
                     // kproxy keeps serving on the Node's last facts (InternalIPs, zone,
@@ -157,6 +159,9 @@ impl Syncer {
             }
             Change::ServiceCidr(name, cidrs) => self.tracker.update_service_cidr(name, cidrs),
             Change::Listed(kind) => {
+                if kind == Kind::Nodes {
+                    self.shared.node_presence.listed(&self.base_node.name);
+                }
                 self.listed.insert(kind);
                 false
             }
