@@ -122,9 +122,15 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
             backends::iptables::VariantChoice::Fixed(backends::iptables::Variant::Nft);
     }
     if cfg.cleanup {
-        return cleanup(&backend_config);
+        return cleanup(&backend_config, cfg.dry_run);
     }
     if cfg.cleanup_kube_proxy {
+        if cfg.dry_run {
+            let plan = backends::leftovers::plan_kube_proxy()
+                .context("reading upstream kube-proxy's leftovers")?;
+            print!("{}", cleanup_listing("--cleanup-kube-proxy", &plan));
+            return Ok(());
+        }
         backends::leftovers::remove_kube_proxy()
             .context("removing upstream kube-proxy's leftovers")?;
         tracing::info!("upstream kube-proxy's rules removed");
@@ -162,7 +168,10 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
     if !cfg.dry_run {
         backends::remove_other_modes_leftovers(cfg.mode);
     }
-    let backend = backends::for_mode(cfg.mode, backend_config);
+    let backend = match cfg.dry_run {
+        true => backends::for_dry_run(cfg.mode, backend_config),
+        false => backends::for_mode(cfg.mode, backend_config),
+    };
     let conntrack: Box<dyn kproxy::conntrack::Reconciler> = if cfg.dry_run {
         Box::new(kproxy::conntrack::Noop)
     } else {
@@ -230,8 +239,9 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// --cleanup: remove what kproxy created, in every mode.
-fn cleanup(config: &BackendConfig) -> anyhow::Result<()> {
+/// --cleanup: remove what kproxy created, in every mode; with --dry-run, print it instead and
+/// remove nothing.
+fn cleanup(config: &BackendConfig, dry_run: bool) -> anyhow::Result<()> {
     // iptables' cleanup covers both variants, so there is nothing to detect.
     let config = BackendConfig {
         iptables_variant: backends::iptables::VariantChoice::Fixed(
@@ -239,14 +249,43 @@ fn cleanup(config: &BackendConfig) -> anyhow::Result<()> {
         ),
         ..config.clone()
     };
+    let mut plan = Vec::new();
     for mode in ProxyMode::ALL {
-        backends::for_mode(mode, config.clone())
-            .cleanup()
-            .with_context(|| format!("cleaning up the {mode} backend"))?;
+        if dry_run {
+            let lines = backends::for_dry_run(mode, config.clone())
+                .cleanup_plan()
+                .with_context(|| format!("reading what the {mode} backend would clean up"))?;
+            plan.extend(lines);
+        } else {
+            backends::for_mode(mode, config.clone())
+                .cleanup()
+                .with_context(|| format!("cleaning up the {mode} backend"))?;
+        }
+    }
+    if dry_run {
+        plan.extend(backends::leftovers::plan_ipsets());
+        print!("{}", cleanup_listing("--cleanup", &plan));
+        return Ok(());
     }
     backends::leftovers::remove_ipsets().context("removing kproxy's ipsets")?;
     tracing::info!("cleanup done");
     Ok(())
+}
+
+/// What `flag --dry-run` prints: a header, then one line per object it would remove.
+fn cleanup_listing(flag: &str, plan: &[String]) -> String {
+    let mut out = match plan.is_empty() {
+        true => format!("# {flag} --dry-run: nothing to remove\n"),
+        false => format!(
+            "# {flag} --dry-run: would remove these {} objects (nothing was removed)\n",
+            plan.len()
+        ),
+    };
+    for line in plan {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 async fn start_source(cfg: &Config, tx: ChangeTx, metrics: Arc<Metrics>) -> anyhow::Result<()> {
