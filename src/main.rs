@@ -203,11 +203,18 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
     }
 
     if cfg.dry_run {
+        if cfg.manifests.is_some() {
+            syncer = syncer.with_addresses_from_node();
+        }
         while !syncer.ready() {
             let change = rx
                 .recv()
                 .await
                 .context("the source stopped before its initial list")?;
+            syncer.apply(change);
+        }
+        // What the source sent with its lists (the Node, the end of its list).
+        while let Ok(change) = rx.try_recv() {
             syncer.apply(change);
         }
         print!("{}", syncer.render().await);
