@@ -136,7 +136,10 @@ fn apply(
         .iter()
         .map(|key| IpvsMessage::service(Cmd::DelService, key.attrs()))
         .collect();
-    kernel.ipvs(deletes)?;
+    // Nothing to delete: IPVS is not touched (reading it could load ip_vs).
+    if !deletes.is_empty() {
+        kernel.ipvs(deletes)?;
+    }
     if removal.link.is_some() {
         kernel.delete_link()?;
     }
