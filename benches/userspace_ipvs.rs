@@ -201,6 +201,9 @@ impl Kernel for InKernel {
     fn nft(&mut self, script: &str) -> Result<(), KernelError> {
         heap::in_kernel(|| self.0.nft(script))
     }
+    fn table_present(&mut self, family: IpFamily, table: &str) -> Result<bool, KernelError> {
+        heap::in_kernel(|| self.0.table_present(family, table))
+    }
     fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError> {
         heap::in_kernel(|| self.0.companion_rules(family))
     }

@@ -17,6 +17,7 @@
 //! CIDR per family. Parsing touches the file system only to read `--config` and, without
 //! `--hostname-override`, the host name.
 
+mod checks;
 mod client;
 mod duration;
 mod features;
@@ -379,6 +380,9 @@ fn resolve(
         });
     }
 
+    warnings.extend(checks::manifests_ignore_the_api(m, &file));
+    let ipvs_scheduler = checks::ipvs_scheduler(m, &file, config_file.as_deref(), mode)?;
+
     Ok(Config {
         mode,
         kubeconfig: flags::explicit(m, "kubeconfig")
@@ -436,11 +440,7 @@ fn resolve(
         oom_score_adj: flag(m, "oom-score-adj", values::parse_oom_score_adj)?
             .or(file.oom_score_adj)
             .unwrap_or(-999),
-        ipvs_scheduler: flags::explicit(m, "ipvs-scheduler")
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .or(file.ipvs.scheduler.clone())
-            .unwrap_or_else(|| "rr".into()),
+        ipvs_scheduler,
         ipvs_strict_arp: bool_flag(m, "ipvs-strict-arp")?
             .or(file.ipvs.strict_arp)
             .unwrap_or(false),

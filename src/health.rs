@@ -173,7 +173,7 @@ async fn debug_state(
         .map(|((name, family), why)| (name.clone(), *family, why.clone()))
         .collect();
     let node = s.shared.node.read().expect("node lock").clone();
-    let body = {
+    let mut body = {
         let ports: serde_json::Map<String, serde_json::Value> = plans
             .iter()
             .map(|(name, p)| {
@@ -204,6 +204,7 @@ async fn debug_state(
             },
         })
     };
+    body["node"]["found"] = json!(s.shared.node_presence.found());
     (
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),

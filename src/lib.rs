@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod explain;
 pub mod health;
 pub mod instance;
+pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod netns;

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
         return match result {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("kproxy explain: {e:#}");
+                eprintln!("kproxy explain: {}", kproxy::logs::chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         };
@@ -104,13 +104,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kproxy: {e:#}");
+            eprintln!("kproxy: {}", kproxy::logs::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-/// klog-style verbosity: 0-2 info, 3-4 debug, 5+ trace; RUST_LOG overrides.
+/// klog-style verbosity: 0-2 info (warn for `quiet`), 3-4 debug, 5+ trace; RUST_LOG overrides.
+/// Colour only on a terminal without `NO_COLOR` (`kproxy::logs::colour`).
 fn init_tracing(format: LogFormat, verbosity: u8, quiet: bool) {
     let level = match verbosity {
         0..=2 if quiet => "warn",
@@ -124,15 +125,21 @@ fn init_tracing(format: LogFormat, verbosity: u8, quiet: bool) {
     // would add a warning, and its HTTP client an error, of their own for every retry. RUST_LOG
     // naming a kube crate wins.
     if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube_")) {
-        for quiet in [
+        for directive in [
             "kube_runtime::watcher=error",
             "kube_client::client::builder=off",
         ] {
-            filter = filter.add_directive(quiet.parse().expect("directive"));
+            filter = filter.add_directive(directive.parse().expect("directive"));
         }
     }
+    use std::io::IsTerminal;
+    let colour = kproxy::logs::colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -149,9 +156,15 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
             backends::iptables::VariantChoice::Fixed(backends::iptables::Variant::Nft);
     }
     if cfg.cleanup {
-        return cleanup(&backend_config);
+        return cleanup(&backend_config, cfg.dry_run);
     }
     if cfg.cleanup_kube_proxy {
+        if cfg.dry_run {
+            let plan = backends::leftovers::plan_kube_proxy()
+                .context("reading upstream kube-proxy's leftovers")?;
+            print!("{}", cleanup_listing("--cleanup-kube-proxy", &plan));
+            return Ok(());
+        }
         backends::leftovers::remove_kube_proxy()
             .context("removing upstream kube-proxy's leftovers")?;
         tracing::info!("upstream kube-proxy's rules removed");
@@ -187,6 +200,9 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
         start_syncer(&cfg, backend_config, metrics.clone(), shared.clone()).await?;
 
     if cfg.dry_run {
+        if cfg.manifests.is_some() {
+            syncer = syncer.with_addresses_from_node();
+        }
         first_list(&mut syncer, &mut rx).await?;
         print!("{}", syncer.render().await);
         return Ok(());
@@ -230,7 +246,10 @@ async fn start_syncer(
     let mut base_node = NodeFacts::new(&cfg.node_name);
     base_node.nodeport_addresses = cfg.nodeport_addresses.clone();
     base_node.detect_local = cfg.detect_local.clone();
-    let backend = backends::for_mode(cfg.mode, backend_config);
+    let backend = match cfg.dry_run {
+        true => backends::for_dry_run(cfg.mode, backend_config),
+        false => backends::for_mode(cfg.mode, backend_config),
+    };
     let conntrack: Box<dyn kproxy::conntrack::Reconciler> = if cfg.dry_run {
         Box::new(kproxy::conntrack::Noop)
     } else {
@@ -273,6 +292,10 @@ async fn first_list(
             .recv()
             .await
             .context("the source stopped before its initial list")?;
+        syncer.apply(change);
+    }
+    // What the source sent with its lists (the Node, the end of its list).
+    while let Ok(change) = rx.try_recv() {
         syncer.apply(change);
     }
     Ok(())
@@ -333,8 +356,9 @@ async fn run_explain(
     })
 }
 
-/// --cleanup: remove what kproxy created, in every mode.
-fn cleanup(config: &BackendConfig) -> anyhow::Result<()> {
+/// --cleanup: remove what kproxy created, in every mode; with --dry-run, print it instead and
+/// remove nothing.
+fn cleanup(config: &BackendConfig, dry_run: bool) -> anyhow::Result<()> {
     // iptables' cleanup covers both variants, so there is nothing to detect.
     let config = BackendConfig {
         iptables_variant: backends::iptables::VariantChoice::Fixed(
@@ -342,14 +366,43 @@ fn cleanup(config: &BackendConfig) -> anyhow::Result<()> {
         ),
         ..config.clone()
     };
+    let mut plan = Vec::new();
     for mode in ProxyMode::ALL {
-        backends::for_mode(mode, config.clone())
-            .cleanup()
-            .with_context(|| format!("cleaning up the {mode} backend"))?;
+        if dry_run {
+            let lines = backends::for_dry_run(mode, config.clone())
+                .cleanup_plan()
+                .with_context(|| format!("reading what the {mode} backend would clean up"))?;
+            plan.extend(lines);
+        } else {
+            backends::for_mode(mode, config.clone())
+                .cleanup()
+                .with_context(|| format!("cleaning up the {mode} backend"))?;
+        }
+    }
+    if dry_run {
+        plan.extend(backends::leftovers::plan_ipsets());
+        print!("{}", cleanup_listing("--cleanup", &plan));
+        return Ok(());
     }
     backends::leftovers::remove_ipsets().context("removing kproxy's ipsets")?;
     tracing::info!("cleanup done");
     Ok(())
+}
+
+/// What `flag --dry-run` prints: a header, then one line per object it would remove.
+fn cleanup_listing(flag: &str, plan: &[String]) -> String {
+    let mut out = match plan.is_empty() {
+        true => format!("# {flag} --dry-run: nothing to remove\n"),
+        false => format!(
+            "# {flag} --dry-run: would remove these {} objects (nothing was removed)\n",
+            plan.len()
+        ),
+    };
+    for line in plan {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 async fn start_source(cfg: &Config, tx: ChangeTx, metrics: Arc<Metrics>) -> anyhow::Result<()> {

@@ -24,6 +24,7 @@
 //! types, help texts, labels and histogram buckets match upstream's pkg/proxy/metrics.
 
 mod build_info;
+pub use build_info::version;
 mod process;
 
 use prometheus::core::Collector;

@@ -66,6 +66,9 @@ pub struct Syncer {
     relay: Option<crate::relay::LocalhostRelay>,
     /// Services' `externalIPs` are served (the AllowServiceExternalIPs feature gate).
     external_ips: bool,
+    /// The Node's InternalIPs, when it has a Node, stand for the host's addresses (a dry run
+    /// of manifests that describe another machine).
+    addresses_from_node: bool,
 }
 
 impl Syncer {
@@ -96,6 +99,7 @@ impl Syncer {
             quarantine: quarantine::Quarantine::default(),
             relay: None,
             external_ips: true,
+            addresses_from_node: false,
         }
     }
 
@@ -115,6 +119,14 @@ impl Syncer {
     /// Uses `base_node.local_addresses` as given instead of listing the host's (for tests).
     pub fn with_fixed_addresses(mut self) -> Syncer {
         self.gather_addresses = false;
+        self
+    }
+
+    /// Takes the Node's InternalIPs as this host's addresses once the source sent the Node
+    /// (`--dry-run --manifests`: the files describe a node, maybe not this machine); the
+    /// host's own until then, or without a Node.
+    pub fn with_addresses_from_node(mut self) -> Syncer {
+        self.addresses_from_node = true;
         self
     }
 
@@ -147,6 +159,8 @@ impl Syncer {
             Change::Node(node) => {
                 let known = self.tracker.node().is_some();
                 self.shared.health.node_seen(node.as_ref(), known);
+                let name = &self.base_node.name;
+                self.shared.node_presence.seen(name, node.is_some());
                 match node {
                     // Deleted (or now invalid): upstream exits to start over (k/k#138183);
                     // kproxy keeps serving on the Node's last facts (InternalIPs, zone,
@@ -157,6 +171,9 @@ impl Syncer {
             }
             Change::ServiceCidr(name, cidrs) => self.tracker.update_service_cidr(name, cidrs),
             Change::Listed(kind) => {
+                if kind == Kind::Nodes {
+                    self.shared.node_presence.listed(&self.base_node.name);
+                }
                 self.listed.insert(kind);
                 false
             }
@@ -231,7 +248,22 @@ impl Syncer {
 
     /// Node facts for this sync: the Node object's, plus the host's addresses (full syncs only).
     async fn refresh_node_facts(&mut self) {
-        if self.gather_addresses {
+        let from_node = self
+            .tracker
+            .model()
+            .node()
+            .filter(|_| self.addresses_from_node)
+            .map(|n| n.internal_ips.clone());
+        if let Some(addrs) = from_node {
+            if addrs != self.base_node.local_addresses {
+                let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                tracing::info!(
+                    "the Node's InternalIPs stand for this host's addresses: {}",
+                    list.join(", ")
+                );
+            }
+            self.base_node.local_addresses = addrs;
+        } else if self.gather_addresses {
             match crate::node::local_addresses().await {
                 Ok(addrs) => self.base_node.local_addresses = addrs,
                 Err(e) => {

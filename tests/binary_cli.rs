@@ -105,9 +105,10 @@ fn ipvs_dry_run_prints_the_virtual_servers_addresses_and_companion_rules() {
         // ClusterIPs, UDP and TCP, with their endpoints (ipvsadm-restore syntax).
         "-A -u 10.96.0.10:53 -s rr",
         "-a -u 10.96.0.10:53 -r 10.244.1.2:53 -m -w 1",
-        // ClientIP affinity as persistence, on the ClusterIP and the NodePort.
+        // ClientIP affinity as persistence, on the ClusterIP and the NodePort (on node1's
+        // InternalIPs from the manifests, not this host's addresses).
         "-A -t 10.96.10.30:80 -s rr -p 600",
-        "-A -t 192.0.2.2:30080 -s rr -p 600",
+        "-A -t 10.0.0.11:30080 -s rr -p 600",
         // An externalIP is bound to the dummy interface and masqueraded.
         "192.0.2.50/32",
         "add element ip kproxy-ipvs external-masq { 192.0.2.50 . tcp . 8000 }",
@@ -120,9 +121,9 @@ fn ipvs_dry_run_prints_the_virtual_servers_addresses_and_companion_rules() {
         );
     }
     // eTP=Local without an endpoint on node1: a server without destinations, and a drop.
-    assert!(stdout.lines().any(|l| l == "-A -t 192.0.2.2:30444 -s rr"));
-    assert!(!stdout.contains("-a -t 192.0.2.2:30444 "), "{stdout}");
-    assert!(stdout.contains("add element ip kproxy-ipvs dropped { 192.0.2.2 . tcp . 30444 }"));
+    assert!(stdout.lines().any(|l| l == "-A -t 10.0.0.11:30444 -s rr"));
+    assert!(!stdout.contains("-a -t 10.0.0.11:30444 "), "{stdout}");
+    assert!(stdout.contains("add element ip kproxy-ipvs dropped { 10.0.0.11 . tcp . 30444 }"));
 }
 
 #[test]
@@ -324,4 +325,93 @@ fn nftables_dry_run_output_is_accepted_by_nft_check() {
         "nft -c rejected the dry-run output: {}",
         String::from_utf8_lossy(&result.stderr)
     );
+}
+
+/// Logs written to a pipe carry no ANSI colour, whatever NO_COLOR says; an error prints each of
+/// its causes once (kube's kubeconfig error and kproxy's both include the file system's).
+#[test]
+fn an_error_names_each_cause_once_and_logs_to_a_pipe_have_no_colour() {
+    let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster");
+    let logged = kproxy()
+        .args(["--manifests", manifests, "--hostname-override", "node1"])
+        .args(["--dry-run", "-v", "4"])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&logged.stderr);
+    assert!(logged.status.success(), "{stderr}");
+    assert!(stderr.contains(" INFO "), "some log lines: {stderr}");
+    assert!(!stderr.contains('\x1b'), "no escape sequence: {stderr:?}");
+
+    // --dry-run: nothing on the node is touched before the kubeconfig is read.
+    let out = kproxy()
+        .args(["--dry-run", "--kubeconfig", "/nonexistent/kubeconfig"])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("kproxy: ") && last.contains("/nonexistent/kubeconfig"),
+        "{stderr}"
+    );
+    assert_eq!(
+        last.matches("No such file or directory").count(),
+        1,
+        "the cause once: {last}"
+    );
+}
+
+#[test]
+fn version_names_the_version_commit_build_date_and_compiler() {
+    let out = kproxy().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let prefix = concat!("kproxy ", env!("CARGO_PKG_VERSION"), " (commit ");
+    let rest = text
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{text}"));
+    let (commit, rest) = rest.split_once(", ").unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        commit == "unknown" || commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{text}"
+    );
+    let built = rest
+        .trim_start_matches("dirty, ")
+        .strip_prefix("built ")
+        .unwrap_or_else(|| panic!("{text}"));
+    // 2026-12-07T15:00:00Z, then the compiler.
+    assert_eq!(&built[4..5], "-", "{text}");
+    assert_eq!(&built[19..22], "Z, ", "{text}");
+    assert!(built[22..].starts_with("rustc "), "{text}");
+    assert!(text.ends_with(")\n"), "{text:?}");
+}
+
+/// Root-only (to drop to an unprivileged user): a dry run as nobody, in every mode, warns about
+/// nothing it never uses (libnftables, nf_tables change monitors).
+#[test]
+fn an_unprivileged_dry_run_warns_about_nothing_it_does_not_use() {
+    if !netns::can_run("an_unprivileged_dry_run_warns_about_nothing_it_does_not_use") {
+        return;
+    }
+    let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster");
+    for mode in ["nftables", "iptables", "ipvs"] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_kproxy"))
+            .args(["--proxy-mode", mode, "--manifests", manifests])
+            .args(["--hostname-override", "node1", "--dry-run"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {stderr}");
+        assert!(!out.stdout.is_empty(), "{mode}");
+        let warned: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains("libnftables"))
+            .collect();
+        assert!(warned.is_empty(), "{mode}: {warned:?}");
+    }
 }

@@ -1,7 +1,8 @@
 //! kproxy removes its other modes' leftovers and nothing else: at start-up in nftables mode
 //! (`KPROXY-*` iptables chains in iptables-nft and iptables-legacy, IPv4 and IPv6, `KPROXY-*`
-//! ipsets) and with --cleanup (also its nftables tables). Root only, inside a throwaway network
-//! namespace; upstream's `KUBE-*` chains and another table stay.
+//! ipsets) and with --cleanup (also its nftables tables); `--cleanup --dry-run` and
+//! `--cleanup-kube-proxy --dry-run` list what they would remove and remove nothing. Root only,
+//! inside a throwaway network namespace; upstream's `KUBE-*` chains and another table stay.
 
 mod support;
 
@@ -221,4 +222,96 @@ fn cleanup_kube_proxy_removes_upstreams_objects_and_leaves_the_kubelets_and_kpro
     assert!(!tables.contains("kube-proxy"), "{tables}");
     assert!(tables.contains("table ip other"), "{tables}");
     assert_eq!(ns.exec("ipset", &["list", "-n"]).trim(), "");
+}
+
+/// Runs `kproxy ARGS` in `ns` to completion; its stdout, or a panic with its stderr unless it
+/// exits 0.
+fn kproxy_stdout(ns: &Netns, args: &[&str]) -> String {
+    let out = ns
+        .cmd(env!("CARGO_BIN_EXE_kproxy"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn cleanup_dry_run_lists_every_mode_s_objects_and_removes_none() {
+    if !netns::can_run("cleanup_dry_run_lists_every_mode_s_objects_and_removes_none") {
+        return;
+    }
+    let ns = Netns::new("cleanup-dry");
+    plant(&ns);
+    ns.exec("nft", &["add", "table", "ip", "kproxy"]);
+    ns.exec("nft", &["add", "table", "ip", "other"]);
+    let before = (chains(&ns), ns.exec("nft", &["list", "tables"]));
+    let listed = kproxy_stdout(&ns, &["--cleanup", "--dry-run"]);
+    println!("{listed}");
+    for line in [
+        "nftables table ip kproxy (0 chains, 0 sets and maps)",
+        "iptables-nft nat: rule -A PREROUTING -j KPROXY-SERVICES",
+        "iptables-nft nat: chain KPROXY-SERVICES",
+        "iptables-legacy nat: chain KPROXY-SERVICES",
+        "ip6tables-nft filter: rule -A INPUT -j KPROXY-FIREWALL",
+        "ip6tables-nft filter: chain KPROXY-FIREWALL",
+        "ipset KPROXY-LB-SOURCES",
+    ] {
+        assert!(listed.lines().any(|l| l == line), "{line:?} in\n{listed}");
+    }
+    assert!(
+        !listed.contains("KUBE-") && !listed.contains("other"),
+        "{listed}"
+    );
+    assert_eq!((chains(&ns), ns.exec("nft", &["list", "tables"])), before);
+    assert!(
+        ns.exec("ipset", &["list", "-n"])
+            .contains("KPROXY-LB-SOURCES")
+    );
+    // The real thing removes what was listed; a second listing finds nothing.
+    run_kproxy(&ns, "--cleanup");
+    assert_only_upstream_left(&ns);
+    let again = kproxy_stdout(&ns, &["--cleanup", "--dry-run"]);
+    assert_eq!(again, "# --cleanup --dry-run: nothing to remove\n");
+}
+
+#[test]
+fn cleanup_kube_proxy_dry_run_lists_upstreams_objects_and_removes_none() {
+    if !netns::can_run("cleanup_kube_proxy_dry_run_lists_upstreams_objects_and_removes_none") {
+        return;
+    }
+    let ns = Netns::new("cleanup-kp-dry");
+    restore(&ns, "iptables-nft-restore", UPSTREAM);
+    ns.exec("nft", &["add", "table", "ip", "kube-proxy"]);
+    ns.exec("ipset", &["create", "KUBE-LOOP-BACK", "hash:ip,port,ip"]);
+    let before = ns.exec("iptables-nft-save", &[]);
+    let listed = kproxy_stdout(&ns, &["--cleanup-kube-proxy", "--dry-run"]);
+    println!("{listed}");
+    for line in [
+        "iptables-nft nat: rule -A PREROUTING -j KUBE-SERVICES",
+        "iptables-nft nat: chain KUBE-SVC-ABCDEFGHIJKLMNOP",
+        "iptables-nft filter: chain KUBE-FORWARD",
+        "nftables table ip kube-proxy",
+        "ipset KUBE-LOOP-BACK",
+    ] {
+        assert!(listed.lines().any(|l| l == line), "{line:?} in\n{listed}");
+    }
+    // Never the kubelet's or kproxy's.
+    assert!(!listed.contains("KUBE-KUBELET-CANARY"), "{listed}");
+    assert!(!listed.contains("filter: chain KUBE-FIREWALL"), "{listed}");
+    assert!(!listed.contains("KPROXY-"), "{listed}");
+    let after = ns.exec("iptables-nft-save", &[]);
+    let rules = |save: &str| -> Vec<String> {
+        save.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(rules(&after), rules(&before));
+    assert!(ns.exec("nft", &["list", "tables"]).contains("kube-proxy"));
+    assert_eq!(ns.exec("ipset", &["list", "-n"]).trim(), "KUBE-LOOP-BACK");
 }

@@ -1,7 +1,7 @@
 //! README's "Flags" tables against the binary and upstream: every flag `kproxy --help` knows
 //! has a row, every upstream kube-proxy flag and KubeProxyConfiguration (v1alpha1) field has a
 //! row saying what kproxy does with it, and the rows marked ignored are exactly the flags
-//! kproxy accepts and ignores (`IGNORED_FLAGS`).
+//! kproxy accepts and ignores (`IGNORED_FLAGS`); each row's default is the one `--help` shows.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -226,6 +226,137 @@ fn fields_in(cell: &str) -> Vec<String> {
         .filter(|word| !word.starts_with('-'))
         .map(str::to_owned)
         .collect()
+}
+
+/// What `kproxy --help` says of each flag (by every name it shows: long names, and `v`, `h`,
+/// `V` for the short ones): its description, and whether it is a boolean (`[=<BOOL>]`).
+fn help_entries() -> std::collections::BTreeMap<String, (String, bool)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let mut entries = std::collections::BTreeMap::new();
+    let mut current: Option<(Vec<String>, String, bool)> = None;
+    let mut finish = |c: Option<(Vec<String>, String, bool)>| {
+        if let Some((names, text, boolean)) = c {
+            for name in names {
+                entries.insert(name, (text.trim().to_owned(), boolean));
+            }
+        }
+    };
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('-') {
+            finish(current.take());
+            // `-v, --v <LEVEL>  text`, `--cleanup[=<BOOL>]`, or the text on the next lines.
+            let (spec, text) = match trimmed.find("  ") {
+                Some(i) => (&trimmed[..i], &trimmed[i..]),
+                None => (trimmed, ""),
+            };
+            let names = spec
+                .split([' ', ','])
+                .filter(|w| w.starts_with('-'))
+                .map(|w| {
+                    w.split('[')
+                        .next()
+                        .unwrap()
+                        .trim_start_matches('-')
+                        .to_owned()
+                })
+                .collect();
+            current = Some((names, text.to_owned(), spec.contains("[=<BOOL>]")));
+        } else if line.starts_with(' ') && !trimmed.is_empty() {
+            if let Some((_, text, _)) = &mut current {
+                text.push(' ');
+                text.push_str(trimmed);
+            }
+        } else {
+            finish(current.take()); // a heading or a blank line
+        }
+    }
+    finish(current);
+    entries
+}
+
+/// The default a description shows (`[default: X]`), if any.
+fn shown_default(text: &str) -> Option<&str> {
+    let start = text.find("[default: ")? + "[default: ".len();
+    Some(&text[start..text.rfind(']')?])
+}
+
+#[test]
+fn each_rows_default_is_the_one_help_shows() {
+    let t = tables();
+    let help = help_entries();
+    let mut checked = 0;
+    // (flag cell, default cell, the cell saying what kproxy does)
+    let rows = t
+        .upstream
+        .iter()
+        .map(|r| (&r[0], &r[2], &r[3]))
+        .chain(t.own.iter().map(|r| (&r[0], &r[1], &r[2])));
+    for (flags, default, says) in rows {
+        if says.starts_with("ignored") {
+            continue;
+        }
+        for flag in flags_in(flags) {
+            // An alias (`--logging-format`) has no entry of its own.
+            let Some((text, boolean)) = help.get(&flag) else {
+                continue;
+            };
+            let readme = default.replace('`', "");
+            let (readme, shown) = match (*boolean, shown_default(text)) {
+                (true, None) => (
+                    if readme.is_empty() {
+                        "false".into()
+                    } else {
+                        readme
+                    },
+                    "false",
+                ),
+                (_, shown) => (readme, shown.unwrap_or("")),
+            };
+            let differs_to_it = says.starts_with("differs") && says.contains(&format!("`{shown}`"));
+            assert!(
+                readme == shown || differs_to_it,
+                "--{flag}: README's default {readme:?}, --help's {shown:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "{checked} flags compared");
+}
+
+#[test]
+fn help_states_defaults_only_as_default_brackets() {
+    // So that the comparison above sees every default --help states.
+    for (flag, (text, _)) in help_entries() {
+        let rest = match text.find("[default: ") {
+            Some(i) => &text[..i],
+            None => &text,
+        };
+        assert!(
+            !rest.to_lowercase().contains("default"),
+            "--{flag}: a default outside [default: …]: {text}"
+        );
+    }
+}
+
+#[test]
+fn cleanup_help_agrees_with_readme_that_it_covers_every_mode() {
+    let help = help_entries();
+    let (cleanup, _) = &help["cleanup"];
+    let t = tables();
+    let row = t
+        .upstream
+        .iter()
+        .find(|r| flags_in(&r[0]) == ["cleanup"])
+        .unwrap();
+    assert!(row[3].contains("in every mode"), "{row:?}");
+    assert!(cleanup.contains("in every mode"), "{cleanup}");
+    assert!(!cleanup.contains("in this mode"), "{cleanup}");
 }
 
 /// Every flag `kproxy --help` shows (long names, and `v`, `h`, `V` for the short ones).

@@ -27,6 +27,8 @@ pub enum Step {
     Probe,
     /// Removing what kproxy created.
     Cleanup,
+    /// Reading what a cleanup would remove (`--cleanup --dry-run`).
+    CleanupPlan,
 }
 
 impl fmt::Display for Step {
@@ -36,6 +38,7 @@ impl fmt::Display for Step {
             Step::Adopt => "reading the kernel's current state",
             Step::Probe => "checking the kernel's rules for drift",
             Step::Cleanup => "cleaning up",
+            Step::CleanupPlan => "reading what cleanup would remove",
         })
     }
 }

@@ -119,6 +119,11 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
+    fn cleanup_plan(&mut self) -> Result<Vec<String>, BackendError> {
+        let r = self.recorded.lock().unwrap();
+        Ok(r.state.keys().map(ToString::to_string).collect())
+    }
+
     fn render(&self, plans: &Plans, _node: &NodeFacts) -> String {
         plans.keys().map(|k| format!("{k}\n")).collect()
     }

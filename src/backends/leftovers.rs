@@ -6,7 +6,9 @@
 //! Invariants: only objects whose names start with kproxy's prefixes are touched (never
 //! upstream's `KUBE-*`, never the kubelet's); a missing tool or an absent table is not an error;
 //! each iptables variant is edited with one `-restore --noflush` transaction per family, so
-//! the other rules of those tables are never rewritten. Planning is pure (`plan_iptables`).
+//! the other rules of those tables are never rewritten. Planning is pure (`plan_iptables`);
+//! the `plan_*` functions read what a removal would take without changing anything
+//! (`--cleanup --dry-run`), from the same listing the removal applies.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -158,26 +160,72 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Left
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// One `-restore --noflush` transaction: the program and its input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restore {
+    pub program: &'static str,
+    pub script: String,
+}
+
+impl Restore {
+    /// One line per chain and per rule the transaction deletes, named by variant, family and
+    /// table (`iptables-nft nat: chain KPROXY-SERVICES`, `iptables-nft nat: rule -A
+    /// PREROUTING -j KPROXY-SERVICES`), for `--cleanup --dry-run`.
+    pub fn describe(&self) -> Vec<String> {
+        let tool = self.program.trim_end_matches("-restore");
+        let mut table = "";
+        let mut out = Vec::new();
+        for line in self.script.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                table = t;
+            } else if let Some(rule) = line.strip_prefix("-D ") {
+                out.push(format!("{tool} {table}: rule -A {rule}"));
+            } else if let Some(chain) = line.strip_prefix("-X ") {
+                out.push(format!("{tool} {table}: chain {chain}"));
+            }
+        }
+        out
+    }
+}
+
+/// The transactions that would remove the chains `owned(table, chain)` says are to go (and the
+/// rules jumping to them), one per variant and family present that holds any. Reads only.
+pub fn iptables_removals(owned: impl Fn(&str, &str) -> bool) -> Vec<Restore> {
+    iptables_variants()
+        .into_iter()
+        .filter_map(|(save, restore)| {
+            let text = run(save, &[], None).ok()?;
+            let script = plan_iptables_owned(&text, &owned)?;
+            Some(Restore {
+                program: restore,
+                script,
+            })
+        })
+        .collect()
+}
+
 /// Removes kproxy's iptables chains in every variant and family present. Returns how many
 /// restore transactions were applied.
 pub fn remove_iptables() -> Result<usize, LeftoverError> {
     remove_iptables_owned(|_, chain| chain.starts_with(PREFIX))
 }
 
+/// What `remove_iptables` would remove, one line each (`Restore::describe`).
+pub fn plan_iptables_removal() -> Vec<String> {
+    iptables_removals(|_, chain| chain.starts_with(PREFIX))
+        .iter()
+        .flat_map(Restore::describe)
+        .collect()
+}
+
 /// Removes the chains `owned(table, chain)` says are to go (and the rules jumping to them), in
 /// every variant and family present.
 pub fn remove_iptables_owned(owned: impl Fn(&str, &str) -> bool) -> Result<usize, LeftoverError> {
-    let mut applied = 0;
-    for (save, restore) in iptables_variants() {
-        let Ok(text) = run(save, &[], None) else {
-            continue;
-        };
-        if let Some(script) = plan_iptables_owned(&text, &owned) {
-            run(restore, &["--noflush"], Some(&script))?;
-            applied += 1;
-        }
+    let removals = iptables_removals(owned);
+    for r in &removals {
+        run(r.program, &["--noflush"], Some(&r.script))?;
     }
-    Ok(applied)
+    Ok(removals.len())
 }
 
 /// Removes what IPVS mode leaves: its virtual servers, the dummy interface, the companion
@@ -193,12 +241,23 @@ pub fn remove_ipsets() -> Result<(), LeftoverError> {
     remove_ipsets_prefixed(PREFIX)
 }
 
+/// The ipsets whose names start with `prefix` (none when `ipset` cannot list them).
+pub fn ipsets_prefixed(prefix: &str) -> Vec<String> {
+    run("ipset", &["list", "-n"], None)
+        .map(|names| {
+            names
+                .lines()
+                .filter(|n| n.starts_with(prefix))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Destroys every ipset whose name starts with `prefix`.
 pub fn remove_ipsets_prefixed(prefix: &str) -> Result<(), LeftoverError> {
-    if let Ok(names) = run("ipset", &["list", "-n"], None) {
-        for name in names.lines().filter(|n| n.starts_with(prefix)) {
-            run("ipset", &["destroy", name], None)?;
-        }
+    for name in ipsets_prefixed(prefix) {
+        run("ipset", &["destroy", &name], None)?;
     }
     Ok(())
 }
@@ -213,6 +272,32 @@ pub fn remove_kube_proxy() -> Result<(), LeftoverError> {
     remove_iptables_owned(upstream_chain)?;
     super::ipvs::cleanup::remove_upstream().map_err(|e| LeftoverError::Ipvs(e.to_string()))?;
     remove_ipsets_prefixed("KUBE-")
+}
+
+/// What `remove_kube_proxy` would remove, one line each, in the order it removes them; reads
+/// only (`--cleanup-kube-proxy --dry-run`).
+pub fn plan_kube_proxy() -> Result<Vec<String>, LeftoverError> {
+    let mut out: Vec<String> = iptables_removals(upstream_chain)
+        .iter()
+        .flat_map(Restore::describe)
+        .collect();
+    let ipvs =
+        super::ipvs::cleanup::plan_upstream().map_err(|e| LeftoverError::Ipvs(e.to_string()))?;
+    out.extend(ipvs.describe());
+    out.extend(
+        ipsets_prefixed("KUBE-")
+            .iter()
+            .map(|n| format!("ipset {n}")),
+    );
+    Ok(out)
+}
+
+/// What `remove_ipsets` would remove, one line each.
+pub fn plan_ipsets() -> Vec<String> {
+    ipsets_prefixed(PREFIX)
+        .iter()
+        .map(|n| format!("ipset {n}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -272,6 +357,23 @@ COMMIT
         ] {
             assert!(!upstream_chain(table, chain), "{table} {chain}");
         }
+    }
+
+    #[test]
+    fn a_removal_is_described_as_the_chains_and_rules_it_deletes() {
+        let restore = Restore {
+            program: "iptables-nft-restore",
+            script: plan_iptables(SAVE).unwrap(),
+        };
+        assert_eq!(
+            restore.describe(),
+            [
+                "iptables-nft nat: rule -A PREROUTING -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES",
+                "iptables-nft nat: rule -A OUTPUT -j KPROXY-SERVICES",
+                "iptables-nft nat: chain KPROXY-SERVICES",
+                "iptables-nft nat: chain KPROXY-SVC-ABC",
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! before (never flushing rules that are still right); `sync_partial` touches only the changed
 //! service ports and never lists the kernel; on any error the caller follows with a full sync.
 //! `render` is pure and prints the whole ruleset the backend would program (for --dry-run).
-//! `cleanup` removes everything kproxy ever created in this mode.
+//! `cleanup` removes everything kproxy ever created in this mode; `cleanup_plan` names it
+//! without removing it.
 
 pub mod element_id;
 pub mod error;
@@ -151,6 +152,9 @@ pub trait Backend: Send {
     }
     /// Remove everything kproxy created in this mode.
     fn cleanup(&mut self) -> Result<(), BackendError>;
+    /// What `cleanup` would remove, one line per object (table, chain, rule, virtual server,
+    /// interface), read from the kernel without changing it (`--cleanup --dry-run`).
+    fn cleanup_plan(&mut self) -> Result<Vec<String>, BackendError>;
     /// The full ruleset this backend would program for `plans`, as text. Pure.
     fn render(&self, plans: &Plans, node: &NodeFacts) -> String;
 }
@@ -183,6 +187,24 @@ pub fn for_mode(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
             let nft = crate::nftables::Nft::open(config.nft_transport);
             let kernel = Box::new(ipvs::kernel::LiveKernel::new(nft));
             Box::new(ipvs::IpvsBackend::new(&config, kernel))
+        }
+    }
+}
+
+/// The backend for a mode, built without touching the kernel: no libnftables loaded, no change
+/// monitor opened, the `nft` command as transport (run only to list, by `cleanup_plan`). For
+/// `--dry-run`, which renders or lists and programs nothing, so it has nothing to warn about.
+pub fn for_dry_run(mode: ProxyMode, config: BackendConfig) -> Box<dyn Backend> {
+    let nft = || crate::nftables::Nft::open(crate::nftables::NftTransport::Command);
+    match mode {
+        ProxyMode::Nftables => Box::new(nft::NftBackend::new(config, nft())),
+        ProxyMode::Iptables => {
+            let variant = config.iptables_variant.resolve();
+            Box::new(iptables::IptablesBackend::unwatched(config, variant))
+        }
+        ProxyMode::Ipvs => {
+            let kernel = ipvs::kernel::LiveKernel::for_link(nft(), crate::node::IPVS_LINK);
+            Box::new(ipvs::IpvsBackend::new(&config, Box::new(kernel)))
         }
     }
 }

@@ -4,17 +4,16 @@
 //! names its flag in one line. Syntax follows pflag: `--flag=value` and `--flag value`; boolean
 //! flags take `--flag` or `--flag=false`, never a separate word; `-v 2`, `-v=2`, `-v2`, `--v=2`;
 //! `_` and `-` are interchangeable in flag names; a repeated flag keeps its last value, except
-//! list flags, which accumulate. Defaults set here only show in `--help`; `resolve` decides.
+//! list flags, which accumulate. Defaults set here only show in `--help` (each as `[default:
+//! …]`, which `tests/readme_flags.rs` compares with README's Flags tables); `resolve` decides.
+
+mod read;
 
 use std::ffi::OsString;
 
-use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::parser::ValueSource;
-use clap::{Arg, ArgAction, ArgMatches, ColorChoice, Command};
+use clap::{Arg, ArgAction, ColorChoice, Command};
 
-use super::duration::parse_signed;
-use super::values::parse_bool;
-use super::{ConfigError, Parsed};
+pub use read::{convert, explicit, explicit_list, ignored_flags};
 
 /// What an upstream flag's value must look like, so an ignored flag still rejects garbage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,13 +53,16 @@ pub const IGNORED: &[(&str, Kind)] = &[
 ];
 
 const UPSTREAM: &str = "Flags (as kube-proxy)";
+
+/// `--version`'s text after the name: version, commit, build date, compiler.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(crate::metrics::version);
 const OWN: &str = "kproxy's own flags";
 const COMPAT: &str = "Accepted for kube-proxy compatibility and ignored";
 
 /// The whole command line.
 pub fn command() -> Command {
     let mut cmd = Command::new("kproxy")
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(VERSION.as_str())
         .about("kproxy: a kube-proxy dataplane (nftables, iptables or IPVS)")
         .color(ColorChoice::Never)
         .args_override_self(true)
@@ -72,69 +74,91 @@ pub fn command() -> Command {
             "FILE",
             "a KubeProxyConfiguration (v1alpha1) file; explicit flags override it",
         ))
-        .arg(value(
-            "kubeconfig",
-            "FILE",
-            "kubeconfig for the API server (default: in-cluster)",
+        .arg(shows(
+            value("kubeconfig", "FILE", "kubeconfig for the API server"),
+            "in-cluster",
         ))
         .arg(value(
             "master",
             "URL",
             "the API server's address (overrides the kubeconfig)",
         ))
-        .arg(value(
-            "hostname-override",
-            "NAME",
-            "the Node's name (default: the host name)",
+        .arg(shows(
+            value("hostname-override", "NAME", "the Node's name"),
+            "the host name",
         ))
-        .arg(value(
-            "bind-address",
-            "IP",
-            "only its family matters: IPv6 makes the server defaults IPv6",
+        .arg(shows(
+            value(
+                "bind-address",
+                "IP",
+                "only its family matters: an IPv6 one puts the metrics and health servers on [::1] and [::]",
+            ),
+            "0.0.0.0",
         ))
         .arg(value(
             "cluster-cidr",
             "CIDRS",
             "the pods' CIDRs, comma-separated, at most one per family",
         ))
-        .arg(value(
-            "conntrack-max-per-core",
-            "N",
-            "nf_conntrack_max per CPU (default 32768; 0 leaves nf_conntrack_max and --conntrack-min alone); only ever raised",
+        .arg(shows(
+            value(
+                "conntrack-max-per-core",
+                "N",
+                "nf_conntrack_max per CPU (0 leaves nf_conntrack_max and --conntrack-min alone); only ever raised",
+            ),
+            "32768",
         ))
-        .arg(value(
-            "conntrack-min",
-            "N",
-            "the smallest nf_conntrack_max to set (default 131072)",
+        .arg(shows(
+            value(
+                "conntrack-min",
+                "N",
+                "the smallest nf_conntrack_max to set",
+            ),
+            "131072",
         ))
-        .arg(value(
-            "conntrack-tcp-timeout-established",
-            "DURATION",
-            "idle timeout of established TCP connections (default 24h; 0 leaves the kernel's)",
+        .arg(shows(
+            value(
+                "conntrack-tcp-timeout-established",
+                "DURATION",
+                "idle timeout of established TCP connections (0 leaves the kernel's)",
+            ),
+            "24h",
         ))
-        .arg(value(
-            "conntrack-tcp-timeout-close-wait",
-            "DURATION",
-            "timeout of TCP connections in CLOSE_WAIT (default 1h; 0 leaves the kernel's)",
+        .arg(shows(
+            value(
+                "conntrack-tcp-timeout-close-wait",
+                "DURATION",
+                "timeout of TCP connections in CLOSE_WAIT (0 leaves the kernel's)",
+            ),
+            "1h",
         ))
         .arg(boolean(
             "conntrack-tcp-be-liberal",
             "track TCP liberally (nf_conntrack_tcp_be_liberal=1): out-of-window packets are not INVALID; iptables mode then drops no INVALID packet",
         ))
-        .arg(value(
-            "conntrack-udp-timeout",
-            "DURATION",
-            "idle timeout of UDP flows (0, the default, leaves the kernel's)",
+        .arg(shows(
+            value(
+                "conntrack-udp-timeout",
+                "DURATION",
+                "idle timeout of UDP flows (0 leaves the kernel's)",
+            ),
+            KERNELS,
         ))
-        .arg(value(
-            "conntrack-udp-timeout-stream",
-            "DURATION",
-            "idle timeout of UDP streams (0, the default, leaves the kernel's)",
+        .arg(shows(
+            value(
+                "conntrack-udp-timeout-stream",
+                "DURATION",
+                "idle timeout of UDP streams (0 leaves the kernel's)",
+            ),
+            KERNELS,
         ))
-        .arg(value(
-            "detect-local-mode",
-            "MODE",
-            "how pods' traffic is told apart: ClusterCIDR (default), NodeCIDR (the Node's podCIDRs), BridgeInterface or InterfaceNamePrefix",
+        .arg(shows(
+            value(
+                "detect-local-mode",
+                "MODE",
+                "how pods' traffic is told apart: ClusterCIDR, NodeCIDR (the Node's podCIDRs), BridgeInterface or InterfaceNamePrefix",
+            ),
+            "ClusterCIDR",
         ))
         .arg(value(
             "pod-bridge-interface",
@@ -146,10 +170,13 @@ pub fn command() -> Command {
             "PREFIX",
             "the name prefix of pods' interfaces (--detect-local-mode=InterfaceNamePrefix)",
         ))
-        .arg(list(
-            "nodeport-addresses",
-            "CIDRS",
-            "where NodePorts answer: CIDRs and the keywords primary, all, localhost, combined (default: primary in nftables mode, all otherwise)",
+        .arg(shows(
+            list(
+                "nodeport-addresses",
+                "CIDRS",
+                "where NodePorts answer: CIDRs and the keywords primary, all, localhost, combined",
+            ),
+            "primary in nftables mode, all local addresses in the others",
         ))
         .arg(boolean(
             "masquerade-all",
@@ -205,16 +232,19 @@ pub fn command() -> Command {
         )
         .arg(boolean(
             "bind-address-hard-fail",
-            "exit when the health or metrics address cannot be bound (default: retry every 5 s, as upstream)",
+            "exit when the health or metrics address cannot be bound (without it: retry every 5 s, as upstream)",
         ))
-        .arg(value(
-            "oom-score-adj",
-            "N",
-            "written to /proc/self/oom_score_adj at start (-1000 to 1000); default -999, as upstream",
+        .arg(shows(
+            value(
+                "oom-score-adj",
+                "N",
+                "written to /proc/self/oom_score_adj at start (-1000 to 1000)",
+            ),
+            "-999",
         ))
         .arg(boolean(
             "cleanup",
-            "remove every rule kproxy created in this mode, then exit",
+            "remove everything kproxy created, in every mode (nftables tables, KPROXY-* chains and ipsets, IPVS servers, kproxy-ipvs0), then exit; with --dry-run, list it and remove nothing",
         ))
         .arg(boolean(
             "init-only",
@@ -230,36 +260,102 @@ pub fn command() -> Command {
             "GATES",
             "Name=true|false pairs, comma-separated (repeatable); kproxy acts on the gates that concern kube-proxy and warns about others",
         ))
-        .arg(value(
-            "kube-api-qps",
-            "QPS",
-            "requests a second to the API server (token bucket); default 5, negative: no limit",
+        .arg(shows(
+            value(
+                "kube-api-qps",
+                "QPS",
+                "requests a second to the API server (token bucket); 0 means 5, negative: no limit",
+            ),
+            "5",
         ))
-        .arg(value(
-            "kube-api-burst",
-            "N",
-            "requests the API client may make at once before --kube-api-qps paces them; default 10",
+        .arg(shows(
+            value(
+                "kube-api-burst",
+                "N",
+                "requests the API client may make at once before --kube-api-qps paces them",
+            ),
+            "10",
         ))
-        .arg(value(
-            "kube-api-content-type",
-            "TYPE",
-            "application/json (what kproxy speaks) or application/vnd.kubernetes.protobuf (answered with JSON, with a warning)",
+        .arg(shows(
+            value(
+                "kube-api-content-type",
+                "TYPE",
+                "application/json (what kproxy speaks) or application/vnd.kubernetes.protobuf (answered with JSON, with a warning)",
+            ),
+            "application/vnd.kubernetes.protobuf",
         ))
         .arg(
             value("v", "LEVEL", "log verbosity (klog level)")
                 .short('v')
                 .default_value("0"),
         )
-        .next_help_heading(OWN)
-        .arg(value(
-            "sync-period",
-            "DURATION",
-            "full-resync interval in any mode (overrides the upstream flags)",
+        .arg(shows(
+            value(
+                "iptables-masquerade-bit",
+                "BIT",
+                "iptables and ipvs modes: the packet-mark bit (0 to 31) that asks for masquerading (14: 0x4000)",
+            ),
+            "14",
         ))
-        .arg(value(
-            "min-sync-period",
-            "DURATION",
-            "minimum interval between syncs in any mode (0 allowed)",
+        .arg(shows(
+            boolean(
+                "iptables-localhost-nodeports",
+                "iptables mode: NodePorts also answer on 127.0.0.0/8 (IPv4; sets route_localnet)",
+            ),
+            "true",
+        ))
+        .arg(shows(
+            value(
+                "ipvs-scheduler",
+                "NAME",
+                "ipvs mode: the IPVS scheduler of every virtual server: rr, wrr, lc, wlc, lblc, lblcr, dh, sh, fo, ovf, sed, nq, mh or twos",
+            ),
+            "rr",
+        ))
+        .arg(shows(
+            value(
+                "ipvs-tcp-timeout",
+                "DURATION",
+                "ipvs mode: IPVS's idle timeout of established TCP connections (0 keeps the kernel's, 15m)",
+            ),
+            KERNELS,
+        ))
+        .arg(shows(
+            value(
+                "ipvs-tcpfin-timeout",
+                "DURATION",
+                "ipvs mode: IPVS's timeout of TCP connections after a FIN (0 keeps the kernel's, 2m)",
+            ),
+            KERNELS,
+        ))
+        .arg(shows(
+            value(
+                "ipvs-udp-timeout",
+                "DURATION",
+                "ipvs mode: IPVS's timeout of UDP flows (0 keeps the kernel's, 5m)",
+            ),
+            KERNELS,
+        ))
+        .arg(boolean(
+            "ipvs-strict-arp",
+            "ipvs mode: answer ARP only for addresses of the receiving interface (arp_ignore=1, arp_announce=2)",
+        ))
+        .next_help_heading(OWN)
+        .arg(shows(
+            value(
+                "sync-period",
+                "DURATION",
+                "full-resync interval in any mode (overrides the upstream flags and the file)",
+            ),
+            "30s",
+        ))
+        .arg(shows(
+            value(
+                "min-sync-period",
+                "DURATION",
+                "minimum interval between syncs in any mode, 0 allowed (overrides the upstream flags and the file)",
+            ),
+            "1s",
         ))
         .arg(
             value("log-format", "FORMAT", "text or json")
@@ -271,18 +367,21 @@ pub fn command() -> Command {
             "DIR",
             "read Services and EndpointSlices from YAML files in DIR, not the API",
         ))
-        .arg(value(
-            "manifests-max-file-size",
-            "SIZE",
-            "with --manifests: refuse files larger than SIZE bytes (or Ki, Mi, Gi) unread [default: 64Mi]",
+        .arg(shows(
+            value(
+                "manifests-max-file-size",
+                "SIZE",
+                "with --manifests: refuse files larger than SIZE bytes (or Ki, Mi, Gi) unread",
+            ),
+            "64Mi",
         ))
         .arg(boolean(
             "cleanup-kube-proxy",
-            "remove upstream kube-proxy's rules (KUBE-* chains and ipsets, its kube-proxy nftables tables, kube-ipvs0 and its IPVS servers), then exit",
+            "remove upstream kube-proxy's rules (KUBE-* chains and ipsets, its kube-proxy nftables tables, kube-ipvs0 and its IPVS servers), then exit; with --dry-run, list them and remove nothing",
         ))
         .arg(boolean(
             "dry-run",
-            "print the rules that would be programmed; change nothing",
+            "print the rules that would be programmed and change nothing; with --cleanup or --cleanup-kube-proxy, list what would be removed",
         ))
         .arg(
             value(
@@ -300,39 +399,6 @@ pub fn command() -> Command {
             )
             .default_value("auto"),
         )
-        .arg(value(
-            "iptables-masquerade-bit",
-            "BIT",
-            "iptables mode: the packet-mark bit (0 to 31) that asks for masquerading; default 14 (0x4000)",
-        ))
-        .arg(boolean(
-            "iptables-localhost-nodeports",
-            "iptables mode: NodePorts also answer on 127.0.0.0/8 (IPv4; sets route_localnet); default true",
-        ))
-        .arg(value(
-            "ipvs-scheduler",
-            "NAME",
-            "ipvs mode: the IPVS scheduler of every virtual server (rr, wrr, lc, sh, mh, ...); default rr",
-        ))
-        .arg(value(
-            "ipvs-tcp-timeout",
-            "DURATION",
-            "ipvs mode: IPVS's idle timeout of established TCP connections (0: keep the kernel's, 15m)",
-        ))
-        .arg(value(
-            "ipvs-tcpfin-timeout",
-            "DURATION",
-            "ipvs mode: IPVS's timeout of TCP connections after a FIN (0: keep the kernel's, 2m)",
-        ))
-        .arg(value(
-            "ipvs-udp-timeout",
-            "DURATION",
-            "ipvs mode: IPVS's timeout of UDP flows (0: keep the kernel's, 5m)",
-        ))
-        .arg(boolean(
-            "ipvs-strict-arp",
-            "ipvs mode: answer ARP only for addresses of the receiving interface (arp_ignore=1, arp_announce=2)",
-        ))
         .next_help_heading(COMPAT);
     for (name, kind) in IGNORED {
         let arg = match kind {
@@ -343,6 +409,17 @@ pub fn command() -> Command {
         cmd = cmd.arg(arg);
     }
     cmd
+}
+
+/// What the help says of a timeout whose 0 keeps the kernel's value.
+const KERNELS: &str = "0 (the kernel's)";
+
+/// `arg` with its default shown in the help as clap shows its own (`[default: …]`), for a
+/// default `resolve` applies (or words such as "the host name"): clap's own default would
+/// become the flag's value in `/flagz` (`flagz::DEFAULTS` has those).
+fn shows(arg: Arg, default: &str) -> Arg {
+    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+    arg.help(format!("{help} [default: {default}]"))
 }
 
 /// A flag taking one value (`--name=v` or `--name v`; the value may start with `-`).
@@ -389,84 +466,4 @@ pub fn normalize(arg: OsString) -> OsString {
     };
     let (name, rest) = flag.split_at(flag.find('=').unwrap_or(flag.len()));
     OsString::from(format!("--{}{rest}", name.replace('_', "-")))
-}
-
-/// Turns a clap outcome other than success into help text, version text or a one-line error.
-pub fn convert(err: clap::Error) -> Result<Parsed, ConfigError> {
-    match err.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            Ok(Parsed::Help(err.render().to_string()))
-        }
-        ErrorKind::DisplayVersion => Ok(Parsed::Version(err.render().to_string())),
-        ErrorKind::UnknownArgument => match err.get(ContextKind::InvalidArg) {
-            Some(ContextValue::String(arg)) if arg.starts_with('-') => {
-                let name = arg.split('=').next().unwrap_or(arg);
-                Err(ConfigError::UnknownFlag(name.to_owned()))
-            }
-            Some(ContextValue::String(arg)) => Err(ConfigError::UnexpectedArgument(arg.clone())),
-            _ => Err(ConfigError::Usage(first_line(&err))),
-        },
-        _ => Err(ConfigError::Usage(first_line(&err))),
-    }
-}
-
-/// Clap's message without its `error: ` prefix, usage and tips: the line naming the flag.
-fn first_line(err: &clap::Error) -> String {
-    let rendered = err.render().to_string();
-    let line = rendered.lines().next().unwrap_or_default();
-    line.strip_prefix("error: ").unwrap_or(line).to_owned()
-}
-
-/// The flag's value if it was given on the command line (not a help-only default).
-pub fn explicit<'a>(m: &'a ArgMatches, name: &str) -> Option<&'a str> {
-    if m.value_source(name) != Some(ValueSource::CommandLine) {
-        return None;
-    }
-    m.get_one::<String>(name).map(String::as_str)
-}
-
-/// Every value of a list flag given on the command line; `None` if it was not given.
-pub fn explicit_list<'a>(m: &'a ArgMatches, name: &str) -> Option<Vec<&'a str>> {
-    if m.value_source(name) != Some(ValueSource::CommandLine) {
-        return None;
-    }
-    Some(m.get_many::<String>(name)?.map(String::as_str).collect())
-}
-
-/// Warnings for the ignored flags that were given; an error if one's value is malformed.
-pub fn ignored_flags(m: &ArgMatches) -> Result<Vec<String>, ConfigError> {
-    let mut warnings = Vec::new();
-    for (name, kind) in IGNORED {
-        let Some(values) = explicit_list(m, name) else {
-            continue;
-        };
-        for v in &values {
-            check_kind(*kind, v).map_err(|message| ConfigError::Invalid {
-                flag: format!("--{name}"),
-                message,
-            })?;
-        }
-        warnings.push(format!(
-            "--{name}={} is accepted for kube-proxy compatibility and ignored",
-            values.join(",")
-        ));
-    }
-    Ok(warnings)
-}
-
-fn check_kind(kind: Kind, v: &str) -> Result<(), String> {
-    match kind {
-        Kind::Bool => parse_bool(v).map(drop),
-        Kind::Int => v
-            .parse::<i32>()
-            .map(drop)
-            .map_err(|_| format!("invalid integer {v:?}")),
-        Kind::Float => v
-            .parse::<f32>()
-            .map(drop)
-            .map_err(|_| format!("invalid number {v:?}")),
-        // Upstream accepts any sign here; only the syntax matters for an ignored flag.
-        Kind::Duration => parse_signed(v).map(drop).map_err(|e| e.to_string()),
-        Kind::Text | Kind::List => Ok(()),
-    }
 }

@@ -114,7 +114,13 @@ fn check_all_flags(c: &Config) {
     assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(c.manifests, Some(PathBuf::from("/etc/kproxy/manifests")));
     assert!(c.dry_run);
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // The one warning: --manifests makes --kubeconfig and --master pointless.
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].starts_with("--manifests "),
+        "{:?}",
+        c.warnings
+    );
 }
 
 #[test]
@@ -328,7 +334,11 @@ fn help_and_version_are_returned_not_printed() {
     }
     assert!(matches!(parse_args(&["-h"]), Ok(Parsed::Help(_))));
     match parse_args(&["--version"]) {
-        Ok(Parsed::Version(text)) => assert!(text.starts_with("kproxy "), "{text}"),
+        Ok(Parsed::Version(text)) => assert!(
+            text.starts_with(concat!("kproxy ", env!("CARGO_PKG_VERSION"), " (commit "))
+                && text.contains(", built "),
+            "{text}"
+        ),
         other => panic!("{other:?}"),
     }
 }

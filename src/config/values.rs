@@ -55,6 +55,24 @@ pub fn parse_nft_transport(s: &str) -> Result<crate::nftables::NftTransport, Str
     }
 }
 
+/// The schedulers the Linux kernel's IPVS has (net/netfilter/ipvs/Kconfig: one `ip_vs_NAME`
+/// module each). Upstream once listed ten of them in its validation; today it probes the kernel
+/// with a dummy virtual server at start, so every kernel scheduler is accepted.
+pub const IPVS_SCHEDULERS: [&str; 14] = [
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "fo", "ovf", "sed", "nq", "mh", "twos",
+];
+
+/// `--ipvs-scheduler` / `ipvs.scheduler`: one of the kernel's IPVS schedulers.
+pub fn parse_ipvs_scheduler(s: &str) -> Result<String, String> {
+    if IPVS_SCHEDULERS.contains(&s) {
+        return Ok(s.to_owned());
+    }
+    Err(format!(
+        "unknown IPVS scheduler {s:?} (want one of {})",
+        IPVS_SCHEDULERS.join(", ")
+    ))
+}
+
 /// `--iptables-masquerade-bit`: the bit of the packet mark that asks for masquerading, 0 to 31.
 pub fn parse_masquerade_bit(s: &str) -> Result<u8, String> {
     s.parse::<u8>()

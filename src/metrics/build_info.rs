@@ -52,6 +52,37 @@ pub fn labels() -> [(&'static str, String); 9] {
     ]
 }
 
+/// What `kproxy --version` prints after the name: the version, then the commit (with
+/// `, dirty` when the compiled files had uncommitted changes), the build date and the compiler,
+/// each as the metric's labels have it.
+pub fn version() -> String {
+    let labels = labels();
+    let label = |name: &str| {
+        labels
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    };
+    version_text(
+        env!("CARGO_PKG_VERSION"),
+        label("git_commit"),
+        label("git_tree_state"),
+        label("build_date"),
+        label("go_version"),
+    )
+}
+
+fn version_text(version: &str, commit: &str, tree: &str, date: &str, rustc: &str) -> String {
+    let dirty = if tree == "dirty" { ", dirty" } else { "" };
+    let rustc = if rustc.is_empty() {
+        "rustc unknown"
+    } else {
+        rustc
+    };
+    format!("{version} (commit {commit}{dirty}, built {date}, {rustc})")
+}
+
 /// The gauge, set to 1.
 pub fn build_info() -> Gauge {
     let mut opts = Opts::new("kubernetes_build_info", HELP);
@@ -97,6 +128,29 @@ mod tests {
         assert_eq!(build_date(Some("1700000000")), "2023-11-14T22:13:20Z");
         assert_eq!(build_date(None), "1970-01-01T00:00:00Z");
         assert_eq!(build_date(Some("not a number")), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn the_version_line_names_the_commit_its_state_the_build_date_and_the_compiler() {
+        assert_eq!(
+            version_text(
+                "0.1.0",
+                "2ccccdb",
+                "clean",
+                "2026-12-07T15:00:00Z",
+                "rustc 1.95.0 (abc 2026-01-01)"
+            ),
+            "0.1.0 (commit 2ccccdb, built 2026-12-07T15:00:00Z, rustc 1.95.0 (abc 2026-01-01))"
+        );
+        assert_eq!(
+            version_text("0.1.0", "unknown", "dirty", "1970-01-01T00:00:00Z", ""),
+            "0.1.0 (commit unknown, dirty, built 1970-01-01T00:00:00Z, rustc unknown)"
+        );
+        let built = version();
+        assert!(
+            built.starts_with(concat!(env!("CARGO_PKG_VERSION"), " (commit ")),
+            "{built}"
+        );
     }
 
     #[test]

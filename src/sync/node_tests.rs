@@ -114,6 +114,43 @@ async fn a_node_never_seen_is_no_fact_and_the_node_stays_eligible() {
     assert!(nodeport_ips(&shared).is_empty(), "primary without a Node");
 }
 
+#[tokio::test]
+async fn a_node_missing_from_the_sources_list_is_found_false_until_it_appears() {
+    let (mut s, shared, _) = syncer(|s| s);
+    assert_eq!(shared.node_presence.found(), None, "not listed yet");
+    s.apply(Change::Listed(Kind::Nodes));
+    assert_eq!(shared.node_presence.found(), Some(false));
+    s.apply(node("192.168.50.1", "zone-a"));
+    assert_eq!(shared.node_presence.found(), Some(true));
+    // A Node sent with the list (as both sources do) is found at once.
+    let (mut s, shared, _) = syncer(|s| s);
+    s.apply(node("192.168.50.1", "zone-a"));
+    s.apply(Change::Listed(Kind::Nodes));
+    assert_eq!(shared.node_presence.found(), Some(true));
+}
+
+#[tokio::test]
+async fn a_dry_run_of_manifests_takes_the_nodes_internal_ips_as_the_hosts_addresses() {
+    let all = |s: Syncer| {
+        let mut s = s.with_addresses_from_node();
+        s.base_node.nodeport_addresses = NodePortAddresses::all();
+        s.base_node.local_addresses = vec![ip("192.0.2.2")];
+        s
+    };
+    // Without a Node: the host's.
+    let (mut s, shared, _) = syncer(all);
+    s.sync(Due::Full).await;
+    assert_eq!(nodeport_ips(&shared), [ip("192.0.2.2")]);
+    // With one: its InternalIPs, not the host's.
+    s.apply(node("10.0.0.11", "zone-a"));
+    s.sync(Due::Full).await;
+    assert_eq!(nodeport_ips(&shared), [ip("10.0.0.11")]);
+    assert_eq!(
+        shared.node.read().unwrap().local_addresses,
+        [ip("10.0.0.11")]
+    );
+}
+
 fn external_ips(shared: &Shared) -> Vec<IpAddr> {
     let plans = shared.plans.read().unwrap();
     plans[&spn("web")].plan.families[0].external_ips.clone()

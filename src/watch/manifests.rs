@@ -9,6 +9,9 @@
 //!   with one warn line (file, 0-based document index, reason) and counted in
 //!   `kproxy_rejected_objects_total`; the rest of its file and every other file keep being
 //!   served, and fixing the file takes effect as soon as it is seen.
+//! - A manifest name that is not a regular file (a directory, FIFO, socket, device or symlink
+//!   loop) is skipped with one warn line, seen by a rescan or an event alike; again only after
+//!   it changed or went away.
 //! - The same object in two files: the lexically last file name wins (see `state`).
 //! - Each Service and slice is held once, as the `Arc` that is sent to the model (see `state`);
 //!   neither a file's bytes nor its parsed YAML are kept after parsing.
@@ -214,14 +217,33 @@ impl Scanner {
                 }
             });
             match meta {
-                Ok(m) if m.is_file() => self.load(name.into(), Stat::of(&m), now),
-                Ok(_) => self.forget(&name),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => self.forget(&name),
+                Ok(m) if m.is_file() => {
+                    self.skipped.remove(&name);
+                    self.load(name.into(), Stat::of(&m), now)
+                }
+                Ok(m) => self.skip(name, kind_of(&m)),
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    self.skip(name, "a symlink loop")
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.skipped.remove(&name);
+                    self.forget(&name)
+                }
                 // Keep serving what the file held; its next event or a rescan tries again.
                 Err(e) => debug!(file = name, error = %e, "cannot stat manifest"),
             }
         }
         Some(self.state.changes())
+    }
+
+    /// A manifest name that is `what`, not a regular file, seen through an event: logged unless
+    /// it was already logged as that, and what it held before (as a file) withdrawn.
+    fn skip(&mut self, name: String, what: &'static str) {
+        if self.skipped.get(&name) != Some(&what) {
+            warn_skipped(&name, what);
+        }
+        self.forget(&name);
+        self.skipped.insert(name, what);
     }
 
     /// Withdraws what a file that is gone defined.
@@ -309,10 +331,7 @@ impl Scanner {
         }
         for (name, what) in &skipped {
             if self.skipped.get(name) != Some(what) {
-                warn!(
-                    file = name,
-                    "skipping a manifest name that is {what}, not a file"
-                );
+                warn_skipped(name, what);
             }
         }
         self.skipped = skipped;
@@ -399,6 +418,15 @@ fn read_at_most(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
         .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+/// The one line a manifest name that is not a regular file gets (again only after it changed or
+/// went away).
+fn warn_skipped(name: &str, what: &str) {
+    warn!(
+        file = name,
+        "skipping a manifest name that is {what}, not a file"
+    );
 }
 
 /// What a manifest name that is not a regular file is, for the log.

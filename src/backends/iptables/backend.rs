@@ -91,6 +91,23 @@ pub fn kproxy_chains(t: &Touch<'_>) -> bool {
 
 impl IptablesBackend {
     pub fn new(config: BackendConfig, variant: Variant) -> Self {
+        let monitor = (variant == Variant::Nft)
+            .then(|| {
+                Monitor::open(None, kproxy_chains)
+                    .inspect_err(|error| tracing::warn!(%error, "cannot watch nf_tables changes; drift is noticed by counting rules only"))
+                    .ok()
+            })
+            .flatten();
+        IptablesBackend::with_monitor(config, variant, monitor)
+    }
+
+    /// Without a change monitor (drift is noticed by counting rules): for `--dry-run`, which
+    /// programs nothing and has nothing to watch.
+    pub fn unwatched(config: BackendConfig, variant: Variant) -> Self {
+        IptablesBackend::with_monitor(config, variant, None)
+    }
+
+    fn with_monitor(config: BackendConfig, variant: Variant, monitor: Option<Monitor>) -> Self {
         let families = crate::backends::host_families();
         if !families.contains(&IpFamily::V6) {
             tracing::warn!("IPv6 is disabled in this kernel: iptables mode programs IPv4 only");
@@ -108,13 +125,7 @@ impl IptablesBackend {
             last_lines: 0,
             last_rules: BTreeMap::new(),
             failed: None,
-            monitor: (variant == Variant::Nft)
-                .then(|| {
-                    Monitor::open(None, kproxy_chains)
-                        .inspect_err(|error| tracing::warn!(%error, "cannot watch nf_tables changes; drift is noticed by counting rules only"))
-                        .ok()
-                })
-                .flatten(),
+            monitor,
             repair: BTreeSet::new(),
             adoptions: 0,
         }
@@ -498,6 +509,10 @@ impl Backend for IptablesBackend {
         crate::backends::leftovers::remove_iptables()
             .map(|_| ())
             .map_err(|e| BackendError::at(Step::Cleanup, RestoreError::from(e)))
+    }
+
+    fn cleanup_plan(&mut self) -> Result<Vec<String>, BackendError> {
+        Ok(crate::backends::leftovers::plan_iptables_removal())
     }
 
     fn render(&self, plans: &Plans, node: &NodeFacts) -> String {

@@ -359,6 +359,12 @@ impl Backend for IpvsBackend {
             .map_err(|e| BackendError::at(Step::Cleanup, e))
     }
 
+    fn cleanup_plan(&mut self) -> Result<Vec<String>, BackendError> {
+        super::cleanup::plan(self.kernel.as_mut(), &self.families)
+            .map(|removal| removal.describe())
+            .map_err(|e| BackendError::at(Step::CleanupPlan, e))
+    }
+
     fn render(&self, plans: &Plans, node: &NodeFacts) -> String {
         let states: Vec<PortState> = plans
             .values()

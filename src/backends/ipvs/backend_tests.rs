@@ -366,11 +366,36 @@ fn cleanup_removes_kproxys_servers_link_and_tables_only() {
         };
         s.services.insert(foreign, (vs, Default::default()));
     }
+    // The plan names kproxy's servers, the interface and the tables, and changes nothing.
+    let servers = kernel.state().services.len();
+    let plan = b.cleanup_plan().unwrap();
+    assert_eq!(kernel.state().services.len(), servers);
+    assert!(kernel.state().link);
+    let listed: Vec<&String> = plan
+        .iter()
+        .filter(|l| l.starts_with("IPVS virtual server "))
+        .collect();
+    assert_eq!(listed.len(), servers - 1, "{plan:?}");
+    assert!(!plan.iter().any(|l| l.contains("172.16.0.1")), "{plan:?}");
+    assert!(
+        plan.iter()
+            .any(|l| l.starts_with("interface kproxy-ipvs0 (addresses ")),
+        "{plan:?}"
+    );
+    assert_eq!(
+        plan[plan.len() - 2..],
+        [
+            "nftables table ip kproxy-ipvs",
+            "nftables table ip6 kproxy-ipvs"
+        ]
+    );
     b.cleanup().unwrap();
     let s = kernel.state();
     assert_eq!(s.services.keys().collect::<Vec<_>>(), [&foreign]);
     assert!(!s.link && s.addresses.is_empty());
     assert!(s.tables.is_empty() && s.elements.is_empty());
+    drop(s);
+    assert_eq!(b.cleanup_plan().unwrap(), Vec::<String>::new());
 }
 
 #[test]

@@ -468,6 +468,11 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    fn table_present(&mut self, family: IpFamily, table: &str) -> Result<bool, KernelError> {
+        let name = crate::nftables::family_name(family);
+        Ok(table == super::compile::TABLE && self.state().tables.contains(name))
+    }
+
     fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError> {
         let name = crate::nftables::family_name(family);
         Ok(if self.state().tables.contains(name) {

@@ -80,6 +80,8 @@ pub trait Kernel: Send {
     fn is_local(&mut self, ip: IpAddr) -> Result<bool, KernelError>;
     /// Applies one nft script atomically.
     fn nft(&mut self, script: &str) -> Result<(), KernelError>;
+    /// Whether the nftables table `table` of `family` exists (read only).
+    fn table_present(&mut self, family: IpFamily, table: &str) -> Result<bool, KernelError>;
     /// Rules in the companion table's `services` chain of `family` (0 when the table is gone).
     fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError>;
     /// What someone else changed in the companion tables since the last call, in words;
@@ -240,6 +242,10 @@ impl Kernel for LiveKernel {
             }
             None => Ok(None),
         }
+    }
+
+    fn table_present(&mut self, family: IpFamily, table: &str) -> Result<bool, KernelError> {
+        Ok(self.nft.list_table(family, table)?.is_some())
     }
 
     fn companion_rules(&mut self, family: IpFamily) -> Result<usize, KernelError> {

@@ -287,14 +287,45 @@ impl<T: Transport> Backend for NftBackend<T> {
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
         // `add` first makes the delete succeed when a table is already gone.
-        let script = "add table ip kproxy\ndelete table ip kproxy\n\
-                      add table ip6 kproxy\ndelete table ip6 kproxy\n";
+        let script: String = IpFamily::ALL
+            .into_iter()
+            .map(|family| {
+                let f = crate::nftables::family_name(family);
+                let t = super::skeleton::TABLE;
+                format!("add table {f} {t}\ndelete table {f} {t}\n")
+            })
+            .collect();
         self.transport
-            .apply(script)
+            .apply(&script)
             .map_err(|e| BackendError::at(Step::Cleanup, e))?;
         self.mirror = Mirror::default();
         self.adopt = true;
         Ok(())
+    }
+
+    fn cleanup_plan(&mut self) -> Result<Vec<String>, BackendError> {
+        let mut out = Vec::new();
+        for family in IpFamily::ALL {
+            let table = super::skeleton::TABLE;
+            let listed = self
+                .transport
+                .list_table(family, table)
+                .map_err(|e| BackendError::at(Step::CleanupPlan, e))?;
+            if let Some(text) = listed {
+                let count = |word: &str| {
+                    text.lines()
+                        .filter(|l| l.trim_start().starts_with(word))
+                        .count()
+                };
+                out.push(format!(
+                    "nftables table {} {table} ({} chains, {} sets and maps)",
+                    crate::nftables::family_name(family),
+                    count("chain "),
+                    count("set ") + count("map ")
+                ));
+            }
+        }
+        Ok(out)
     }
 
     fn render(&self, plans: &Plans, node: &NodeFacts) -> String {

@@ -232,7 +232,24 @@ fn live_full_then_partial_sync_moves_the_endpoint_in_a_netns() {
     again.sync_full(&new, &node()).unwrap();
     assert_eq!(again.drift().unwrap(), None, "repaired");
 
+    // What cleanup would remove, read without removing it.
+    let plan = again.cleanup_plan().unwrap();
+    assert_eq!(plan.len(), 2, "{plan:?}");
+    assert!(
+        plan[0].starts_with("nftables table ip kproxy ("),
+        "{plan:?}"
+    );
+    assert!(
+        plan[1].starts_with("nftables table ip6 kproxy ("),
+        "{plan:?}"
+    );
+    assert!(!plan[0].contains("(0 chains"), "{plan:?}");
+    assert!(
+        ns.run(&["nft", "list", "tables"])
+            .contains("table ip kproxy")
+    );
     again.cleanup().unwrap();
     again.cleanup().unwrap();
     assert!(!ns.run(&["nft", "list", "ruleset"]).contains("kproxy"));
+    assert_eq!(again.cleanup_plan().unwrap(), Vec::<String>::new());
 }

@@ -482,3 +482,62 @@ fn nftables_mode_takes_its_masquerade_bit_from_its_own_section_as_upstream() {
         );
     }
 }
+
+#[test]
+fn an_ipvs_scheduler_ipvs_does_not_have_is_refused_in_ipvs_mode_naming_the_flag_or_field() {
+    for name in crate::config::values::IPVS_SCHEDULERS {
+        let c = run(&["--proxy-mode=ipvs", &format!("--ipvs-scheduler={name}")]);
+        assert_eq!(c.ipvs_scheduler, name);
+    }
+    let e = error(&["--proxy-mode=ipvs", "--ipvs-scheduler=bogus"]);
+    assert!(
+        e.starts_with("--ipvs-scheduler: ") && e.contains("\"bogus\"") && e.contains("mh"),
+        "{e}"
+    );
+    // Other modes never use it and, as upstream, leave it unchecked.
+    assert_eq!(run(&["--ipvs-scheduler=bogus"]).ipvs_scheduler, "bogus");
+    let (_file, flag) = config_file(&kubeadm_with("  scheduler: \"\"", "  scheduler: bogus"));
+    let e = error(&[&flag, "--proxy-mode=ipvs"]);
+    assert!(
+        e.starts_with("--config ") && e.contains("ipvs.scheduler: ") && e.contains("\"bogus\""),
+        "{e}"
+    );
+    // A valid flag replaces the file's value, which is then not looked at.
+    assert_eq!(
+        run(&[&flag, "--proxy-mode=ipvs", "--ipvs-scheduler=sh"]).ipvs_scheduler,
+        "sh"
+    );
+}
+
+#[test]
+fn manifests_with_api_settings_warns_once_naming_each() {
+    let warned = |args: &[&str]| -> Vec<String> {
+        run(args)
+            .warnings
+            .into_iter()
+            .filter(|w| w.starts_with("--manifests"))
+            .collect()
+    };
+    let w = warned(&[
+        "--manifests=/m",
+        "--kubeconfig=/k",
+        "--master=https://api:6443",
+    ]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("--kubeconfig and --master are ignored"),
+        "{w:?}"
+    );
+    let w = warned(&["--manifests=/m", "--master=https://api:6443"]);
+    assert!(w[0].ends_with("--master is ignored"), "{w:?}");
+    assert!(warned(&["--manifests=/m"]).is_empty());
+    assert!(warned(&["--kubeconfig=/k"]).is_empty());
+    // kubeadm's file names a kubeconfig.
+    let (_file, flag) = config_file(KUBEADM);
+    let w = warned(&[&flag, "--manifests=/m"]);
+    assert!(
+        w[0].contains("clientConnection.kubeconfig is ignored"),
+        "{w:?}"
+    );
+    assert!(warned(&[&flag]).is_empty());
+}

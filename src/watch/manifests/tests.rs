@@ -369,3 +369,75 @@ fn a_deeply_nested_file_is_refused_before_parsing_and_the_others_are_served() {
     assert_eq!(names, ["web"]);
     assert_eq!(rejections(&s.metrics, RejectReason::TooDeep), 2);
 }
+
+/// Runs `f` with kproxy's log lines captured; returns them.
+fn logged(f: impl FnOnce()) -> String {
+    use std::sync::Mutex;
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = lines.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn names_that_are_not_files_get_one_warn_line_each_from_a_rescan_or_an_event() {
+    let tmp = TempDir::new().unwrap();
+    let d = tmp.path();
+    let fifo = |name: &str| {
+        let path = std::ffi::CString::new(d.join(name).to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    };
+    write(d, "ok.yaml", &service("ok", true, 80));
+    fs::create_dir(d.join("dir.yaml")).unwrap();
+    fifo("fifo.yaml");
+    std::os::unix::fs::symlink("loop.yaml", d.join("loop.yaml")).unwrap();
+    let mut s = scanner(d);
+    let mut log = logged(|| {
+        let changes = s.apply(Work::Rescan).unwrap();
+        assert_eq!(services(&changes).len(), 1, "ok.yaml is served");
+        s.apply(Work::Rescan); // nothing changed: nothing logged again
+        // One created later and seen through an event, and an event on one already logged.
+        fifo("late.yaml");
+        let names = ["late.yaml", "fifo.yaml"].map(String::from).into();
+        s.apply(Work::Files {
+            names,
+            others: false,
+        });
+    });
+    assert!(log.contains("late.yaml"), "the event logs it:\n{log}");
+    log += &logged(|| {
+        s.apply(Work::Rescan);
+    });
+    for (name, what) in [
+        ("dir.yaml", "a directory"),
+        ("fifo.yaml", "a FIFO"),
+        ("loop.yaml", "a symlink loop"),
+        ("late.yaml", "a FIFO"),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(name)).collect();
+        assert_eq!(lines.len(), 1, "{name} once:\n{log}");
+        assert!(
+            lines[0].contains("WARN") && lines[0].contains(what),
+            "{name}: {}",
+            lines[0]
+        );
+    }
+}
