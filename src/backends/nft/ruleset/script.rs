@@ -124,12 +124,16 @@ pub fn parse(script: &str) -> Result<Vec<Located>, SyntaxError> {
             i = block(&lines, i, family(words[1], line)?, words[2], &mut out)?;
             continue;
         }
-        while depth(&text) > 0 && i < lines.len() {
+        // Depth counted line by line: a long element list stays linear.
+        let mut open = depth(&text);
+        while open > 0 && i < lines.len() {
+            let more = strip_comment(lines[i]);
+            open += depth(more);
             text.push(' ');
-            text.push_str(strip_comment(lines[i]));
+            text.push_str(more);
             i += 1;
         }
-        if depth(&text) != 0 {
+        if open != 0 {
             return err(line, "unbalanced braces");
         }
         out.push(command(&text, line)?);
@@ -267,9 +271,12 @@ fn block(
                     }
                     if let Some(rest) = t.strip_prefix("elements = ") {
                         let mut body = rest.to_string();
-                        while depth(&body) > 0 && i < lines.len() {
+                        let mut open = depth(&body);
+                        while open > 0 && i < lines.len() {
+                            let more = strip_comment(lines[i]);
+                            open += depth(more);
                             body.push(' ');
-                            body.push_str(strip_comment(lines[i]));
+                            body.push_str(more);
                             i += 1;
                         }
                         let Some((_, inner)) = braces(&body) else {
