@@ -18,6 +18,7 @@ use crate::backends::ipvs::netlink::{DestKey, DestState, ServiceKey};
 use crate::backends::ipvs::socket::{IpvsSocket, SocketError};
 use crate::backends::ipvs::trace::{self as ipvs, Elements};
 use crate::backends::leftovers::PREFIX;
+use crate::backends::nft::read;
 use crate::backends::nft::reconcile::parse_listing;
 use crate::backends::nft::ruleset::{self as nft, Tables};
 use crate::backends::nft::skeleton::TABLE;
@@ -83,13 +84,15 @@ pub fn live(
 ) -> Result<String, LiveError> {
     let traced = match f.mode {
         ProxyMode::Nftables => {
-            let tables = nft_kernel(&mut NftCli::default())?;
+            let mut transport = crate::nftables::Nft::open(cfg.nft_transport);
+            let tables = nft_kernel(&mut transport, p.family())?;
             nft_trace(&tables, f, p)
         }
         ProxyMode::Iptables => {
             let variant = cfg.iptables_variant.resolve();
-            let sets =
-                ipt_kernel(|family, table, line| tools::save(&variant.save(family), table, line))?;
+            let sets = ipt_kernel(p.family(), |family, table, line| {
+                tools::save(&variant.save(family), table, line)
+            })?;
             ipt_trace(&sets, f, p)
         }
         ProxyMode::Ipvs => {
@@ -121,14 +124,27 @@ fn judge(plan: &Explanation, traced: Result<Traced, String>) -> String {
     }
 }
 
-/// kproxy's tables as the kernel lists them.
-pub fn nft_kernel(transport: &mut impl Transport) -> Result<Tables, LiveError> {
+/// kproxy's table of `family` as it is in the kernel: chains, rules and set declarations from
+/// `nft -t list table` (no elements: the tracer reads kproxy's words, `normalize_listing`), the
+/// elements of the sets kproxy writes as adoption reads them (over netlink when `transport`
+/// can, decoded one by one; 220,000 elements at 10,000 Services), never the whole text.
+pub fn nft_kernel(transport: &mut impl Transport, family: IpFamily) -> Result<Tables, LiveError> {
+    let cli = NftCli::default();
     let mut tables = Tables::default();
-    for family in [IpFamily::V4, IpFamily::V6] {
-        if let Some(text) = transport.list_table(family, TABLE)? {
-            let text = nft::normalize_listing(&text, family);
-            nft::apply_script(&mut tables, &text).map_err(|e| LiveError::Listing(e.to_string()))?;
-        }
+    {
+        let Some(text) = cli.list_table_terse(family, TABLE)? else {
+            return Ok(tables);
+        };
+        let text = nft::normalize_listing(&text, family);
+        nft::apply_script(&mut tables, &text).map_err(|e| LiveError::Listing(e.to_string()))?;
+        let Some(table) = tables.get_mut(family).as_mut() else {
+            return Ok(tables);
+        };
+        read::read(transport, family, &mut |set, k, v| {
+            if let Some(s) = table.sets.get_mut(set) {
+                s.elements.insert(k, v);
+            }
+        })?;
     }
     Ok(tables)
 }
@@ -169,14 +185,17 @@ fn ipt_compiled(rules: &str) -> Result<[Ruleset; 2], String> {
     Ok(sets)
 }
 
-/// kproxy's part of `iptables-save` of both families' nat and filter tables: the built-in
+/// kproxy's part of `iptables-save` of `family`'s nat and filter tables (the other family's
+/// stays empty; a packet meets one family's rules): the built-in
 /// chains' policies, the `KPROXY-*` chains and their rules, and the jumps into them; other
 /// components' rules are left out (the model refuses rules it does not know).
 pub fn ipt_kernel(
+    family: IpFamily,
     mut save: impl FnMut(IpFamily, &str, &mut dyn FnMut(&str)) -> Result<(), RestoreError>,
 ) -> Result<[Ruleset; 2], LiveError> {
     let mut sets = [Ruleset::new(IpFamily::V4), Ruleset::new(IpFamily::V6)];
-    for (i, family) in [IpFamily::V4, IpFamily::V6].into_iter().enumerate() {
+    let i = usize::from(family == IpFamily::V6);
+    {
         let mut input = String::new();
         for table in [Table::Nat, Table::Filter] {
             input.push_str(&format!("*{}\n", table.as_str()));

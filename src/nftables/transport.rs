@@ -169,6 +169,16 @@ impl NftCli {
 }
 
 impl NftCli {
+    /// `nft -t list table` (terse: sets and maps without their elements); `None` when the
+    /// table does not exist.
+    pub fn list_table_terse(
+        &self,
+        family: IpFamily,
+        table: &str,
+    ) -> Result<Option<String>, NftError> {
+        self.list_with(&["-t"], family, &["table", table], table.to_string())
+    }
+
     /// `nft list <what…>` in `family` (`what`: `table NAME`, `set TABLE NAME`); `None` when it
     /// does not exist; `named` names it in an error.
     fn list(
@@ -177,9 +187,21 @@ impl NftCli {
         what: &[&str],
         named: String,
     ) -> Result<Option<String>, NftError> {
+        self.list_with(&[], family, what, named)
+    }
+
+    /// `list`, with nft's options `flags` first.
+    fn list_with(
+        &self,
+        flags: &[&str],
+        family: IpFamily,
+        what: &[&str],
+        named: String,
+    ) -> Result<Option<String>, NftError> {
         let fam = family_name(family);
         let (kind, rest) = what.split_first().expect("what to list");
-        let mut args = vec!["list", kind, fam];
+        let mut args = flags.to_vec();
+        args.extend(["list", kind, fam]);
         args.extend_from_slice(rest);
         let out = self.run(&args, None)?;
         if out.status.success() {
