@@ -25,7 +25,6 @@ use super::compile::{Table, compile};
 use super::load;
 use super::ruleset::{Fate, Outcome, Packet, Ruleset};
 use crate::backends::{BackendConfig, Plans};
-use crate::model::plan::Targets;
 use crate::model::{IpFamily, Protocol, ServicePort, ServiceType};
 use crate::testing::{add, cluster_ips, config, external, ip, name, node};
 

@@ -7,7 +7,6 @@
 //! `expected`, `probes` and `same_fates` also judge `backends::property_tests`' random cases.
 
 use super::*;
-use crate::model::plan::FamilyPlan;
 use crate::node::{LocalTraffic, NodeFacts};
 
 /// The golden files' configuration.
@@ -122,99 +121,69 @@ pub(super) fn assert_fates(fake: &Ruleset, p: &Packet, want: &[(Fate, f64)]) -> 
 }
 
 /// What the plans say happens to `p`, from the plans alone (README "The path of a packet"):
-/// ClusterIPs go to the internal targets, masqueraded from outside the cluster CIDR; external
-/// destinations to the external targets, or for pods and the node under eTP=Local to the
-/// cluster-wide ones; firewalled LoadBalancer IPs drop other sources; a pod reaching itself is
-/// masqueraded; without usable endpoints the verdict is rejected or dropped in filter.
+/// `kproxy explain`'s answer in iptables mode on a node whose addresses (and NodePort
+/// addresses) are `p.local`, as iptables' paths: every endpoint with its chance, from the
+/// node's address when masqueraded (or when a pod reaches itself); rejects and drops in
+/// filter's `KPROXY-REJECTS` (`KPROXY-NODEPORT-REJECTS` for a NodePort); a packet no Service
+/// takes is delivered as it was.
 pub(crate) fn expected(
     plans: &Plans,
     cfg: &BackendConfig,
     local: &LocalTraffic,
     p: &Packet,
 ) -> BTreeMap<Fate, f64> {
+    use crate::explain::{self, AddressKind, Verdict};
     let family = IpFamily::of(&p.dst);
     let own = |a: &IpAddr| IpFamily::of(a) == family && !a.is_loopback();
     let node_addr = *p.local.iter().find(|a| own(a)).expect("a node address");
-    let from_pod = local.matches(&p.src, "");
-    let src_local = p.src.is_loopback() || p.local.contains(&p.src);
-    let one = |fate: Fate| BTreeMap::from([(fate, 1.0)]);
-    let reject = |chain: &str| match (p.proto, family) {
-        (Protocol::Tcp, _) => filter("tcp-reset", chain),
-        (_, IpFamily::V4) => filter("icmp-port-unreachable", chain),
-        (_, IpFamily::V6) => filter("icmp6-port-unreachable", chain),
+    let mut node = NodeFacts::new("node-a");
+    node.local_addresses = p.local.clone();
+    node.nodeport_ips = p.local.clone();
+    node.local_traffic = local.clone();
+    let facts = explain::Facts {
+        mode: crate::backends::ProxyMode::Iptables,
+        node: &node,
+        masquerade_all: cfg.masquerade_all,
+        localhost_nodeports: cfg.localhost_nodeports,
+        ipvs_scheduler: "",
     };
-    let go = |targets: &Targets, masq: bool, chain: &str| match targets {
-        Targets::Endpoints(eps) => {
-            let eps: Vec<_> = eps
-                .iter()
-                .filter(|e| IpFamily::of(&e.ip) == family)
-                .collect();
-            if eps.is_empty() {
-                return one(reject(chain));
-            }
+    let packet = explain::Packet {
+        proto: p.proto,
+        src: p.src,
+        dst: p.dst,
+        dport: p.dport,
+    };
+    let e = explain::explain(plans, &facts, &packet);
+    let chain = match e.address_kind {
+        Some(AddressKind::NodePort) => "KPROXY-NODEPORT-REJECTS",
+        _ => "KPROXY-REJECTS",
+    };
+    let one = |fate: Fate| BTreeMap::from([(fate, 1.0)]);
+    match e.verdict {
+        Verdict::Dnat => {
             let mut out = BTreeMap::new();
-            for e in &eps {
-                let from = if masq || e.ip == p.src {
+            for (ep, chance) in e.endpoints.iter().zip(&e.chances) {
+                let to: SocketAddr = ep.parse().expect("ip:port");
+                let from = if e.masquerade || to.ip() == p.src {
                     node_addr
                 } else {
                     p.src
                 };
-                let fate = Fate::Delivered {
-                    to: SocketAddr::new(e.ip, e.port),
-                    from,
-                };
-                *out.entry(fate).or_insert(0.0) += 1.0 / eps.len() as f64;
+                *out.entry(Fate::Delivered { to, from }).or_insert(0.0) += chance;
             }
             out
         }
-        Targets::Reject => one(reject(chain)),
-        Targets::Drop => one(filter("drop", chain)),
-    };
-    let external = |fp: &FamilyPlan, ext: &Targets, chain: &str| match &fp.external_from_local {
-        Some(local) if from_pod => go(local, fp.masquerade_external, chain),
-        Some(local) if src_local => go(local, true, chain),
-        _ => go(ext, fp.masquerade_external, chain),
-    };
-    for planned in plans.values() {
-        let port = &planned.port;
-        let Some(fp) = planned.plan.family(family) else {
-            continue;
-        };
-        if port.name.protocol != p.proto || port.port != p.dport {
-            continue;
-        }
-        if fp.cluster_ips.contains(&p.dst) {
-            let masq = cfg.masquerade_all || (local.detects(family) && !from_pod);
-            return go(&fp.internal, masq, "KPROXY-REJECTS");
-        }
-        let Some(ext) = &fp.external else { continue };
-        let lb = fp.load_balancer_ips.contains(&p.dst);
-        if !lb && !fp.external_ips.contains(&p.dst) {
-            continue;
-        }
-        let admitted = |ranges: &Vec<ipnet::IpNet>| ranges.iter().any(|r| r.contains(&p.src));
-        if lb && fp.source_ranges.as_ref().is_some_and(|r| !admitted(r)) {
-            return one(filter("drop", "KPROXY-REJECTS"));
-        }
-        return external(fp, ext, "KPROXY-REJECTS");
+        Verdict::Reject => one(match (p.proto, family) {
+            (Protocol::Tcp, _) => filter("tcp-reset", chain),
+            (_, IpFamily::V4) => filter("icmp-port-unreachable", chain),
+            (_, IpFamily::V6) => filter("icmp6-port-unreachable", chain),
+        }),
+        Verdict::Drop => one(filter("drop", chain)),
+        Verdict::NotAService => one(Fate::Delivered {
+            to: SocketAddr::new(p.dst, p.dport),
+            from: p.src,
+        }),
     }
-    let localhost = family == IpFamily::V4 && cfg.localhost_nodeports && p.dst.is_loopback();
-    if p.local.contains(&p.dst) || localhost {
-        for planned in plans.values() {
-            let port = &planned.port;
-            if let Some(fp) = planned.plan.family(family)
-                && fp.node_port == Some(p.dport)
-                && port.name.protocol == p.proto
-                && let Some(ext) = &fp.external
-            {
-                return external(fp, ext, "KPROXY-NODEPORT-REJECTS");
-            }
-        }
-    }
-    one(Fate::Delivered {
-        to: SocketAddr::new(p.dst, p.dport),
-        from: p.src,
-    })
 }
 
 /// Sources per family: an allowed external client, a disallowed one, a pod, the node.
