@@ -193,7 +193,10 @@ pub fn explain(plans: &Plans, f: &Facts, p: &Packet) -> Explanation {
             && family == IpFamily::V4
             && f.localhost_nodeports
             && p.dst.is_loopback();
-        if !f.node.nodeport_ips.contains(&p.dst) && !localhost {
+        // IPVS mode serves no NodePort on loopback or IPv6 link-local addresses.
+        let ipvs_skips =
+            f.mode == ProxyMode::Ipvs && !crate::backends::ipvs::compile::serves_nodeports(&p.dst);
+        if (!f.node.nodeport_ips.contains(&p.dst) && !localhost) || ipvs_skips {
             return None;
         }
         plans.values().filter(matching).find_map(|pl| {

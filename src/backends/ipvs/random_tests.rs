@@ -5,7 +5,7 @@
 //! companion elements), and every packet to every service address, old and new, meets in the
 //! fake kernel (its virtual servers and companion sets, traced here) what the plans say.
 //!
-//! Invariants: the oracle (`expected`) reads only the plans and the node, never the backend's
+//! Invariants: the oracle (`expected`, `kproxy explain`'s answer) reads only the plans and the node, never the backend's
 //! compile; a failure replays from its step number. The oracle, the packets and the tracer
 //! also judge `backends::property_tests`' random cases.
 
@@ -13,13 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::IpvsBackend;
-use super::compile::serves_nodeports;
 use super::fake_kernel::{FakeKernel, FakeState};
 use super::netlink::ServiceKey;
 use crate::backends::random_world::World;
 use crate::backends::{Backend, Plans};
 use crate::model::IpFamily;
-use crate::model::plan::Targets;
 use crate::node::NodeFacts;
 use crate::testing::{config, ip, node};
 
@@ -28,45 +26,35 @@ const STEPS: usize = 300;
 
 pub(crate) use super::trace::{Fate, Packet};
 
-pub(crate) fn fate(t: &Targets) -> Fate {
-    match t {
-        Targets::Endpoints(eps) => Fate::Dnat(eps.iter().map(|e| (e.ip, e.port)).collect()),
-        Targets::Reject => Fate::Reject,
-        Targets::Drop => Fate::Drop,
-    }
-}
-
-/// What the plans say happens to `p` in IPVS mode (whose eTP=Local traffic from pods and the
-/// node uses the local endpoints too, as upstream's).
+/// What the plans say happens to `p` in IPVS mode: `kproxy explain`'s answer (whose eTP=Local
+/// traffic from pods and the node uses the local endpoints too, as upstream's IPVS mode).
 pub(crate) fn expected(plans: &Plans, node: &NodeFacts, p: &Packet) -> Fate {
-    for planned in plans.values() {
-        let port = &planned.port;
-        let Some(fp) = planned.plan.family(IpFamily::of(&p.daddr)) else {
-            continue;
-        };
-        if port.name.protocol != p.proto {
-            continue;
-        }
-        if port.port == p.dport && fp.cluster_ips.contains(&p.daddr) {
-            return fate(&fp.internal);
-        }
-        let Some(ext) = &fp.external else { continue };
-        let lb = fp.load_balancer_ips.contains(&p.daddr);
-        if port.port == p.dport && (lb || fp.external_ips.contains(&p.daddr)) {
-            let admitted = |r: &Vec<ipnet::IpNet>| r.iter().any(|r| r.contains(&p.saddr));
-            if lb && fp.source_ranges.as_ref().is_some_and(|r| !admitted(r)) {
-                return Fate::Drop;
-            }
-            return fate(ext);
-        }
-        if fp.node_port == Some(p.dport)
-            && node.nodeport_ips.contains(&p.daddr)
-            && serves_nodeports(&p.daddr)
-        {
-            return fate(ext);
-        }
+    use crate::explain::{self, Verdict};
+    let facts = explain::Facts {
+        mode: crate::backends::ProxyMode::Ipvs,
+        node,
+        masquerade_all: false,
+        localhost_nodeports: false,
+        ipvs_scheduler: "",
+    };
+    let packet = explain::Packet {
+        proto: p.proto,
+        src: p.saddr,
+        dst: p.daddr,
+        dport: p.dport,
+    };
+    let e = explain::explain(plans, &facts, &packet);
+    match e.verdict {
+        Verdict::Dnat => Fate::Dnat(
+            e.endpoint_addrs()
+                .iter()
+                .map(|a| (a.ip(), a.port()))
+                .collect(),
+        ),
+        Verdict::Reject => Fate::Reject,
+        Verdict::Drop => Fate::Drop,
+        Verdict::NotAService => Fate::NotAService,
     }
-    Fate::NotAService
 }
 
 /// What the fake kernel does with `p` (`trace::trace` over its companion sets and servers).
