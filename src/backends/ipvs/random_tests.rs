@@ -5,8 +5,8 @@
 //! companion elements), and every packet to every service address, old and new, meets in the
 //! fake kernel (its virtual servers and companion sets, traced here) what the plans say.
 //!
-//! Invariants: the oracle (`expected`, `kproxy explain`'s answer) reads only the plans and the node, never the backend's
-//! compile; a failure replays from its step number. The oracle, the packets and the tracer
+//! Invariants: the oracle (`expected`, `kproxy explain`'s answer) reads only the plans and the
+//! node, never the backend's compile; a failure replays from its step number. The oracle, the packets and the tracer
 //! also judge `backends::property_tests`' random cases.
 
 use std::collections::{BTreeMap, BTreeSet};
