@@ -131,11 +131,11 @@ fn nftables_dry_run_prints_the_ruleset_for_the_example_cluster() {
     for needle in [
         "table ip kproxy {",
         "table ip6 kproxy {",
-        // kube-dns: two ready endpoints, over UDP and TCP.
-        "10.96.0.10 . udp . 53 : goto lb-2",
+        // kube-dns: two ready endpoints, over UDP and TCP; the dispatch element names it.
+        "10.96.0.10 . udp . 53 comment \"kube-system/kube-dns:dns\" : goto lb-2",
         "10.96.0.10 . udp . 53 . 1 : 10.244.2.2 . 53",
         // The LoadBalancer with eTP=Local and no endpoint on node1: external traffic dropped.
-        "203.0.113.11 . tcp . 443 : drop",
+        "203.0.113.11 . tcp . 443 comment \"default/api:https\" : drop",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
     }

@@ -7,6 +7,7 @@
 //! `render` is pure and prints the whole ruleset the backend would program (for --dry-run).
 //! `cleanup` removes everything kproxy ever created in this mode.
 
+pub mod comment;
 pub mod element_id;
 pub mod error;
 #[cfg(any(test, feature = "fakes"))]

@@ -172,7 +172,7 @@ fn the_listing_parses_back_into_every_chain_set_and_element_and_rule_counts_skip
         assert_eq!(listed.sets.len(), t.sets.len());
         for (name, set) in &t.sets {
             assert_eq!(listed.sets[name].0, set.kind, "{name}");
-            assert_eq!(listed.sets[name].1, set.elements, "{name}");
+            assert_eq!(listed.sets[name].1, set.listed(), "{name}");
         }
         let counts = k.rule_counts_of(family);
         assert!(!counts.contains_key("affinity-remember") || counts["affinity-remember"] == 2);
