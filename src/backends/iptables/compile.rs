@@ -177,8 +177,9 @@ pub fn compile_port(
     };
 
     // Internal targets; the head marks ClusterIP traffic that must be masqueraded.
-    let dport =
-        |port: u16| format!("-p {pr} -m comment --comment \"{cn} cluster IP\" -m {pr} --dport {port}");
+    let dport = |port: u16| {
+        format!("-p {pr} -m comment --comment \"{cn} cluster IP\" -m {pr} --dport {port}")
+    };
     let masq_head = cluster_ips
         .iter()
         .filter_map(|cip| {

@@ -4,7 +4,8 @@
 //! Invariants: pure (no I/O); the skeleton never depends on the Services, so a change to one
 //! service port changes only elements (and, rarely, adds an `lb-N` / `affinity-T` chain when a
 //! count or timeout appears for the first time); `render` is deterministic (everything is kept in
-//! ordered maps) and its output is accepted by `nft -c -f`.
+//! ordered maps) and its output is accepted by `nft -c -f`. The dispatch elements and
+//! `firewall-ports` name their service port in a comment (README.md, "Comments").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -194,13 +195,7 @@ fn compile_vips(fam: &mut FamilyState, planned: &Planned, fp: &FamilyPlan, node:
     for vip in &fp.cluster_ips {
         fam.add("cluster-ips", vip.to_string(), String::new());
         let key = format!("{vip} . {pr} . {}", p.port);
-        route(
-            fam,
-            hashed(CLUSTER, "lb-hash"),
-            named,
-            &key,
-            &fp.internal,
-        );
+        route(fam, hashed(CLUSTER, "lb-hash"), named, &key, &fp.internal);
         fam.add("cluster-ports", key.clone(), String::new());
         affinity(fam, planned, vip, &key, &fp.internal);
     }
@@ -238,13 +233,7 @@ fn compile_vips(fam: &mut FamilyState, planned: &Planned, fp: &FamilyPlan, node:
         return;
     }
     let key = format!("{pr} . {node_port}");
-    route(
-        fam,
-        hashed(NODEPORT, "np-lb-hash"),
-        named,
-        &key,
-        ext,
-    );
+    route(fam, hashed(NODEPORT, "np-lb-hash"), named, &key, ext);
     if family == IpFamily::V4 {
         nodeport_affinity(fam, planned, &key, ext);
     }

@@ -156,9 +156,18 @@ fn an_elements_comment_goes_as_nfts_user_data_and_reads_back_into_the_same_value
     for (set_name, key, value) in [
         ("services", "10.96.0.10 . tcp . 80", &map),
         ("firewall-ports", "192.0.2.7 . tcp . 443", &set),
-        ("endpoints-tcp", "10.96.0.10 . tcp . 80 . 0", &"10.0.1.1 . 8080".to_string()),
+        (
+            "endpoints-tcp",
+            "10.96.0.10 . tcp . 80 . 0",
+            &"10.0.1.1 . 8080".to_string(),
+        ),
     ] {
-        tx.push(Op::AddElement(IpFamily::V4, set_name, key.into(), value.clone()));
+        tx.push(Op::AddElement(
+            IpFamily::V4,
+            set_name,
+            key.into(),
+            value.clone(),
+        ));
     }
     let bytes = batch(&tx).expect("encodable").into_bytes();
     // nft's own encoding of `comment "ab"` is `\x00\x03ab\x00` (`nft --debug=netlink`).
@@ -185,8 +194,7 @@ fn an_elements_comment_goes_as_nfts_user_data_and_reads_back_into_the_same_value
         .collect();
     assert_eq!(read, want);
     assert_eq!(
-        read[0].1,
-        "comment \"default/web:http\" : goto lb-3",
+        read[0].1, "comment \"default/web:http\" : goto lb-3",
         "the comment is part of the value adoption compares"
     );
     assert_eq!(read[2].1, "10.0.1.1 . 8080", "no comment, none read");
