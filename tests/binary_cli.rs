@@ -132,11 +132,11 @@ fn nftables_dry_run_prints_the_ruleset_for_the_example_cluster() {
     for needle in [
         "table ip kproxy {",
         "table ip6 kproxy {",
-        // kube-dns: two ready endpoints, over UDP and TCP.
-        "10.96.0.10 . udp . 53 : goto lb-2",
+        // kube-dns: two ready endpoints, over UDP and TCP; the dispatch element names it.
+        "10.96.0.10 . udp . 53 comment \"kube-system/kube-dns:dns\" : goto lb-2",
         "10.96.0.10 . udp . 53 . 1 : 10.244.2.2 . 53",
         // The LoadBalancer with eTP=Local and no endpoint on node1: external traffic dropped.
-        "203.0.113.11 . tcp . 443 : drop",
+        "203.0.113.11 . tcp . 443 comment \"default/api:https\" : drop",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
     }
@@ -248,11 +248,11 @@ fn iptables_dry_run_prints_the_restore_input_for_the_example_cluster() {
         "-restore\n*nat\n",
         ":KPROXY-PORTALS - [0:0]",
         "-I PREROUTING 1 -m comment --comment \"kproxy service portals\" -j KPROXY-SERVICES",
-        // kube-dns: two ready endpoints, over UDP.
-        "-d 10.96.0.10/32 -p udp -m comment --comment \"kube-system/kube-dns:dns/UDP cluster IP\" -m udp --dport 53 -j KPROXY-SVC-",
-        "-p udp -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 10.244.",
+        // kube-dns: two ready endpoints, over UDP; every rule names it.
+        "-d 10.96.0.10/32 -p udp -m comment --comment \"kube-system/kube-dns:dns cluster IP\" -m udp --dport 53 -j KPROXY-SVC-",
+        "-p udp -m comment --comment \"kube-system/kube-dns:dns\" -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 10.244.",
         // The LoadBalancer with eTP=Local and no endpoint on node1: external traffic dropped.
-        "-d 203.0.113.11/32 -p tcp -m comment --comment \"default/api:https/TCP loadbalancer IP\" -m tcp --dport 443 -j DROP",
+        "-d 203.0.113.11/32 -p tcp -m comment --comment \"default/api:https loadbalancer IP\" -m tcp --dport 443 -j DROP",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
     }

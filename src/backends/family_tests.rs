@@ -58,7 +58,7 @@ fn a_dual_stack_service_with_ipv4_endpoints_rejects_on_its_ipv6_cluster_ip_in_ev
     add(&mut plans, web, vec![ep("10.0.1.1", 8080, "node-b")]);
     let [nft, ipt, ipvs] = programmed(&plans, IpFamily::V6);
     assert!(
-        nft.contains("services: fd96::81 . tcp . 80 goto reject-chain"),
+        nft.contains("services: fd96::81 . tcp . 80 comment \"default/web\" : goto reject-chain"),
         "{nft}"
     );
     assert!(ipt.contains("REJECT --reject-with tcp-reset"), "{ipt}");

@@ -8,6 +8,7 @@
 //! `cleanup` removes everything kproxy ever created in this mode; `cleanup_plan` names it
 //! without removing it.
 
+pub mod comment;
 pub mod element_id;
 pub mod error;
 #[cfg(any(test, feature = "fakes"))]

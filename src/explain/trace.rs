@@ -22,6 +22,7 @@ use crate::backends::nft::read;
 use crate::backends::nft::reconcile::parse_listing;
 use crate::backends::nft::ruleset::{self as nft, Tables};
 use crate::backends::nft::skeleton::TABLE;
+use crate::backends::nft::transaction::split_comment;
 use crate::backends::{BackendConfig, ProxyMode};
 use crate::model::{IpFamily, Protocol};
 use crate::nftables::transport::{NftCli, NftError, Transport};
@@ -142,7 +143,9 @@ pub fn nft_kernel(transport: &mut impl Transport, family: IpFamily) -> Result<Ta
         };
         read::read(transport, family, &mut |set, k, v| {
             if let Some(s) = table.sets.get_mut(set) {
-                s.elements.insert(k, v);
+                // Adoption reads a comment as part of the value; the tracer wants the value.
+                let (_, bare) = split_comment(&v);
+                s.elements.insert(k, bare.to_string());
             }
         })?;
     }

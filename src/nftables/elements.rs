@@ -16,8 +16,8 @@ use super::uapi::{
     NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFT_MSG_DELSETELEM,
     NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM, NFTA_SET_ELEM_DATA,
     NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, NLA_F_NESTED, NLM_F_ACK,
-    NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_USERDATA, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
+    NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR,
 };
 use crate::model::IpFamily;
 use crate::nfnetlink;
@@ -103,6 +103,22 @@ impl ElementBatch {
         key_end: Option<&[u8]>,
         data: Option<Data>,
     ) {
+        self.push_commented(verb, family, set, key, key_end, data, None);
+    }
+
+    /// `push`, with the element's comment (`comment "…"` in nft's text): its user data, as
+    /// nft writes it (`comment_tlv`). At most 255 bytes; kproxy's are at most 128.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_commented(
+        &mut self,
+        verb: Verb,
+        family: IpFamily,
+        set: &str,
+        key: &[u8],
+        key_end: Option<&[u8]>,
+        data: Option<Data>,
+        comment: Option<&str>,
+    ) {
         let same = self.open.as_ref().is_some_and(|o| {
             o.verb == verb
                 && o.family == family
@@ -136,6 +152,9 @@ impl ElementBatch {
                 }
             }
             end_nest(&mut self.buf, d);
+        }
+        if let Some(tlv) = comment.and_then(comment_tlv) {
+            nfnetlink::attr(&mut self.buf, NFTA_SET_ELEM_USERDATA, &tlv);
         }
         end_nest(&mut self.buf, elem);
         self.elements += 1;
@@ -181,6 +200,12 @@ impl ElementBatch {
         }
     }
 
+    /// The finished batch's bytes, as the kernel would read them.
+    #[cfg(test)]
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.finish().0
+    }
+
     /// The finished batch's bytes and its element messages' sets (by sequence number - 2).
     fn finish(mut self) -> (Vec<u8>, Vec<String>) {
         self.close();
@@ -196,6 +221,35 @@ fn batch_marker(buf: &mut Vec<u8>, kind: u16, seq: u32) {
     m[18..20].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
     buf.extend_from_slice(&m);
 }
+
+/// libnftnl's user data TLV for an element comment, as nft writes it: type
+/// NFTNL_UDATA_SET_ELEM_COMMENT (0), a length byte, the text and its NUL (`nft --debug=netlink`
+/// shows `userdata = { \x00\x03ab\x00 }` for `comment "ab"`). `None` when it does not fit.
+pub fn comment_tlv(comment: &str) -> Option<Vec<u8>> {
+    let len = u8::try_from(comment.len() + 1).ok()?;
+    let mut tlv = Vec::with_capacity(comment.len() + 3);
+    tlv.extend_from_slice(&[NFTNL_UDATA_SET_ELEM_COMMENT, len]);
+    tlv.extend_from_slice(comment.as_bytes());
+    tlv.push(0);
+    Some(tlv)
+}
+
+/// The comment in an element's user data (`comment_tlv`'s inverse; other TLVs skipped);
+/// `None` without one or when the bytes do not parse.
+pub fn comment_of(mut userdata: &[u8]) -> Option<&str> {
+    while let [kind, len, rest @ ..] = userdata {
+        let value = rest.get(..usize::from(*len))?;
+        if *kind == NFTNL_UDATA_SET_ELEM_COMMENT {
+            let text = value.strip_suffix(&[0]).unwrap_or(value);
+            return std::str::from_utf8(text).ok();
+        }
+        userdata = &rest[usize::from(*len)..];
+    }
+    None
+}
+
+/// libnftnl's `NFTNL_UDATA_SET_ELEM_COMMENT` (udata.h).
+const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
 
 fn c_string(s: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(s.len() + 1);

@@ -13,8 +13,9 @@ use super::uapi::{
     NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_DATA_VALUE,
     NFTA_DATA_VERDICT, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY,
     NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_FLAGS, NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_VERDICT_CHAIN,
-    NFTA_VERDICT_CODE, NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_USERDATA, NFTA_SET_FLAGS, NFTA_SET_NAME,
+    NFTA_SET_TABLE, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, NLA_TYPE_MASK, NLM_F_DUMP,
+    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
 };
 use crate::model::IpFamily;
 use crate::nfnetlink;
@@ -52,6 +53,8 @@ pub struct Element<'a> {
     pub key_end: Option<&'a [u8]>,
     pub data: Option<DataRef<'a>>,
     pub flags: u32,
+    /// NFTA_SET_ELEM_USERDATA: nft keeps an element's comment there (`elements::comment_of`).
+    pub userdata: Option<&'a [u8]>,
 }
 
 /// The chains and named sets of `table` in `family` (both empty when it does not exist).
@@ -111,18 +114,36 @@ pub fn elements(
         NFT_MSG_GETSETELEM,
         NFT_MSG_NEWSETELEM,
         &a,
-        |attrs| {
-            for (kind, list) in attributes(attrs)? {
-                if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
-                    continue;
-                }
-                for (_, elem) in attributes(list)? {
-                    each(element(elem)?);
-                }
-            }
-            Ok(())
-        },
+        |attrs| list_elements(attrs, &mut each),
     )
+}
+
+/// The elements of one NEWSETELEM message's attributes, to `each`.
+fn list_elements(attrs: &[u8], each: &mut impl FnMut(Element<'_>)) -> Result<(), ListError> {
+    for (kind, list) in attributes(attrs)? {
+        if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
+            continue;
+        }
+        for (_, elem) in attributes(list)? {
+            each(element(elem)?);
+        }
+    }
+    Ok(())
+}
+
+/// Every element of the NEWSETELEM messages in `bytes` (an element batch as sent), read as a
+/// dump's are: what the kernel is told is what adoption would read back.
+#[cfg(test)]
+pub(crate) fn elements_of_batch(bytes: &[u8], mut each: impl FnMut(Element<'_>)) {
+    let want = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM;
+    let mut at = 0;
+    while at + 20 <= bytes.len() {
+        let len = u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if u16::from_ne_bytes([bytes[at + 4], bytes[at + 5]]) == want {
+            list_elements(&bytes[at + 20..at + len], &mut each).expect("well-formed");
+        }
+        at += len.div_ceil(4) * 4;
+    }
 }
 
 fn element(attrs: &[u8]) -> Result<Element<'_>, ListError> {
@@ -132,6 +153,7 @@ fn element(attrs: &[u8]) -> Result<Element<'_>, ListError> {
             NFTA_SET_ELEM_KEY => e.key = data_value(value)?.unwrap_or_default(),
             NFTA_SET_ELEM_KEY_END => e.key_end = data_value(value)?,
             NFTA_SET_ELEM_FLAGS => e.flags = be32(value).unwrap_or(0),
+            NFTA_SET_ELEM_USERDATA => e.userdata = Some(value),
             NFTA_SET_ELEM_DATA => {
                 for (k, v) in attributes(value)? {
                     match k {

@@ -31,6 +31,7 @@ pub const NFTA_LIST_ELEM: u16 = 1;
 pub const NFTA_SET_ELEM_KEY: u16 = 1;
 pub const NFTA_SET_ELEM_DATA: u16 = 2;
 pub const NFTA_SET_ELEM_FLAGS: u16 = 3;
+pub const NFTA_SET_ELEM_USERDATA: u16 = 6;
 pub const NFTA_SET_ELEM_KEY_END: u16 = 10;
 pub const NFTA_DATA_VALUE: u16 = 1;
 pub const NFTA_DATA_VERDICT: u16 = 2;

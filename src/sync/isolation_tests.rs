@@ -171,7 +171,8 @@ async fn nftables_programs_999_of_1000_when_the_kernel_refuses_one() {
     let l2 = listing.clone();
     one_refused_among_a_thousand(
         Box::new(backend),
-        move |ip| listing().contains(&format!("{ip} . tcp . 80 :")),
+        // The dispatch element, which names its Service port.
+        move |ip| listing().contains(&format!("{ip} . tcp . 80 comment ")),
         move |ip| l2().contains(&format!(": {ip} . 8080")),
     )
     .await;

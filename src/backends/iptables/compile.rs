@@ -5,7 +5,9 @@
 //! configuration and the node's local-traffic match, never on other ports, so a partial sync can recompile just the changed
 //! ports; rules are the arguments after `-A <chain>`, written in the order `iptables-save`
 //! prints them; every chain a rule jumps to is either fixed or one of the same port's chains.
-//! No chain per endpoint: DNAT rules sit in the port's own chain (README.md).
+//! No chain per endpoint: DNAT rules sit in the port's own chain (README.md). Every rule a
+//! port contributes carries `-m comment` naming it (`backends::comment`: at most 128 bytes, so
+//! the longest comment, the name in a sentence, stays under iptables' 255).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -13,7 +15,7 @@ use std::net::IpAddr;
 
 pub use super::fixed::{compile_fixed, masq_mark};
 use super::names::{self, PortChain};
-use crate::backends::{BackendConfig, Plans};
+use crate::backends::{BackendConfig, Plans, comment};
 use crate::model::plan::{Planned, Target, Targets};
 use crate::model::{IpFamily, Protocol, ServicePortName};
 use crate::node::{LocalTraffic, NodeFacts};
@@ -147,6 +149,10 @@ pub fn compile_port(
 ) -> PortRules {
     let p = &planned.port;
     let name = &p.name;
+    // Every rule of the port names it (`namespace/name:port`, upstream's comment), whether in
+    // its own chains, whose names are hashes, or in the shared ones.
+    let cn = comment::service_port(name);
+    let tag = format!("-m comment --comment \"{cn}\"");
     let pr = name.protocol.lower();
     let Some(fp) = planned.plan.family(family) else {
         return PortRules::default();
@@ -165,13 +171,15 @@ pub fn compile_port(
         };
         let chain = names::port_chain(kind, name);
         let mut rules = head;
-        rules.extend(lb_rules(planned, eps, affinity));
+        rules.extend(lb_rules(planned, eps, affinity, &tag));
         out.chains.insert((Table::Nat, chain.clone()), rules);
         Some(chain)
     };
 
     // Internal targets; the head marks ClusterIP traffic that must be masqueraded.
-    let dport = |port: u16| format!("-p {pr} -m {pr} --dport {port}");
+    let dport = |port: u16| {
+        format!("-p {pr} -m comment --comment \"{cn} cluster IP\" -m {pr} --dport {port}")
+    };
     let masq_head = cluster_ips
         .iter()
         .filter_map(|cip| {
@@ -202,21 +210,21 @@ pub fn compile_port(
     let mut ext = Vec::new();
     if fp.masquerade_external {
         ext.push(format!(
-            "-m comment --comment \"masquerade traffic for {name} external destinations\" -j {}",
+            "-m comment --comment \"masquerade traffic for {cn} external destinations\" -j {}",
             names::MARK_MASQ
         ));
     }
     if let Some(c) = &from_local_chain {
         if let Some(is) = local.as_ref().map(Local::is) {
             ext.push(format!(
-                "{is} -m comment --comment \"pod traffic for {name} external destinations\" -j {c}"
+                "{is} -m comment --comment \"pod traffic for {cn} external destinations\" -j {c}"
             ));
         }
-        ext.push(format!("-m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {}", names::MARK_MASQ));
-        ext.push(format!("-m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {c}"));
+        ext.push(format!("-m comment --comment \"masquerade LOCAL traffic for {cn} external destinations\" -m addrtype --src-type LOCAL -j {}", names::MARK_MASQ));
+        ext.push(format!("-m comment --comment \"route LOCAL traffic for {cn} external destinations\" -m addrtype --src-type LOCAL -j {c}"));
     }
     if let Some(c) = &external_chain {
-        ext.push(format!("-j {c}"));
+        ext.push(format!("{tag} -j {c}"));
     }
     let ext_chain = (from_local_chain.is_some() || external_chain.is_some()).then(|| {
         let chain = names::port_chain(PortChain::Ext, name);
@@ -237,7 +245,7 @@ pub fn compile_port(
     };
     let vip = |ip: &IpAddr, what: &str| {
         format!(
-            "-d {} -p {pr} -m comment --comment \"{name} {what}\" -m {pr} --dport {}",
+            "-d {} -p {pr} -m comment --comment \"{cn} {what}\" -m {pr} --dport {}",
             host(ip),
             p.port
         )
@@ -273,10 +281,12 @@ pub fn compile_port(
             let chain = names::port_chain(PortChain::Ext, name);
             let mut rules: Vec<String> = local
                 .iter()
-                .map(|l| format!("{} -p {pr} {verdict}", l.is()))
+                .map(|l| format!("{} -p {pr} {tag} {verdict}", l.is()))
                 .collect();
-            rules.push(format!("-p {pr} -m addrtype --src-type LOCAL {verdict}"));
-            rules.push(ext);
+            rules.push(format!(
+                "-p {pr} {tag} -m addrtype --src-type LOCAL {verdict}"
+            ));
+            rules.push(format!("{tag} {ext}"));
             out.chains.insert((Table::Filter, chain.clone()), rules);
             Some(format!("-j {chain}"))
         }
@@ -316,16 +326,19 @@ pub fn compile_port(
     if let Some(ranges) = &fp.source_ranges {
         let chain = names::port_chain(PortChain::Fw, name);
         if let Some(ext) = ext_chain.as_ref().filter(|_| !ranges.is_empty()) {
-            let rules = ranges.iter().map(|r| format!("-s {r} -j {ext}")).collect();
+            let rules = ranges
+                .iter()
+                .map(|r| format!("-s {r} {tag} -j {ext}"))
+                .collect();
             out.chains.insert((Table::Nat, chain.clone()), rules);
         }
         let verdict = match ext_verdict.as_deref() {
             Some(v) if v != "-j DROP" && !ranges.is_empty() => {
                 let mut rules: Vec<String> = ranges
                     .iter()
-                    .map(|r| format!("-s {r} -p {pr} {v}"))
+                    .map(|r| format!("-s {r} -p {pr} {tag} {v}"))
                     .collect();
-                rules.push("-j DROP".into());
+                rules.push(format!("{tag} -j DROP"));
                 out.chains.insert((Table::Filter, chain.clone()), rules);
                 format!("-j {chain}")
             }
@@ -344,7 +357,7 @@ pub fn compile_port(
     }
     // NodePorts.
     if let Some(node_port) = fp.node_port {
-        let m = format!("-p {pr} -m comment --comment \"{name}\" -m {pr} --dport {node_port}");
+        let m = format!("-p {pr} {tag} -m {pr} --dport {node_port}");
         external_dispatch(&mut out, &m, names::NODEPORTS, names::NODEPORT_REJECTS);
     }
     out
@@ -353,7 +366,7 @@ pub fn compile_port(
 /// DNAT over `eps`: with ClientIP affinity, first a rule per endpoint that sends a client seen
 /// within the timeout back to it (and refreshes it); then `-m statistic` picks uniformly: rule i
 /// of n matches with probability 1/(n-i), the last always, so each endpoint gets 1/n.
-fn lb_rules(planned: &Planned, eps: &[Target], affinity: Option<u32>) -> Vec<String> {
+fn lb_rules(planned: &Planned, eps: &[Target], affinity: Option<u32>, tag: &str) -> Vec<String> {
     let pr = planned.port.name.protocol.lower();
     let service = &planned.port.name.service;
     let dest = |e: &Target| match e.ip {
@@ -365,14 +378,14 @@ fn lb_rules(planned: &Planned, eps: &[Target], affinity: Option<u32>) -> Vec<Str
         for e in eps {
             let list = names::affinity_list(service, &e.ip);
             rules.push(format!(
-                "-p {pr} -m recent --update --seconds {timeout} --reap --name {list} --rsource -j DNAT --to-destination {}",
+                "-p {pr} {tag} -m recent --update --seconds {timeout} --reap --name {list} --rsource -j DNAT --to-destination {}",
                 dest(e)
             ));
         }
     }
     let n = eps.len();
     for (i, e) in eps.iter().enumerate() {
-        let mut r = format!("-p {pr}");
+        let mut r = format!("-p {pr} {tag}");
         if i + 1 < n {
             r.push_str(&format!(
                 " -m statistic --mode random --probability {:.10}",

@@ -191,3 +191,39 @@ fn rules_written_are_the_added_rules_of_each_table_as_upstreams_iptables_last_co
         "chain declarations are input but no rules: {text}"
     );
 }
+
+#[test]
+fn every_rule_of_a_service_port_names_it_in_a_comment() {
+    let mut plans = cluster_ips();
+    plans.extend(external());
+    // A name too long for nft's 128 bytes is cut there in iptables too, as upstream does.
+    let long = name(&"s".repeat(63), &"p".repeat(63), Protocol::Tcp);
+    add(
+        &mut plans,
+        ServicePort::cluster_ip(long.clone(), ip("10.96.7.7"), 80),
+        vec![ep("10.0.7.1", 80, "node-a")],
+    );
+    let mut seen = 0;
+    for rules in compile(&plans, &node(), &iptables_config()).values() {
+        for (port, rules) in &rules.ports {
+            let comment = crate::backends::comment::service_port(port);
+            assert!(comment.len() <= 128);
+            let texts = rules
+                .chains
+                .values()
+                .flatten()
+                .chain(rules.dispatch.iter().map(|(_, _, r)| r));
+            for rule in texts {
+                assert!(
+                    rule.contains(&format!("-m comment --comment \"{comment}"))
+                        || rule.contains(&format!(" for {comment} external destinations\"")),
+                    "{port}: {rule}"
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen > 30, "{seen} rules");
+    let cut = crate::backends::comment::service_port(&long);
+    assert_eq!(cut.len(), 128, "{cut}");
+}

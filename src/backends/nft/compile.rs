@@ -4,20 +4,23 @@
 //! Invariants: pure (no I/O); the skeleton never depends on the Services, so a change to one
 //! service port changes only elements (and, rarely, adds an `lb-N` / `affinity-T` chain when a
 //! count or timeout appears for the first time); `render` is deterministic (everything is kept in
-//! ordered maps) and its output is accepted by `nft -c -f`.
+//! ordered maps) and its output is accepted by `nft -c -f`. The dispatch elements and
+//! `firewall-ports` name their service port in a comment (README.md, "Comments").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::skeleton;
-use crate::backends::{BackendConfig, Plans};
+use super::transaction::commented;
+use crate::backends::{BackendConfig, Plans, comment};
 use crate::model::plan::{FamilyPlan, Planned, Targets};
 use crate::model::{IpFamily, Protocol};
 use crate::node::{LocalTraffic, NodeFacts};
 
 pub use super::render::render;
 
-/// Element text of one set or map: key -> value ("" for a plain set).
+/// Element text of one set or map: key -> value ("" for a plain set). The elements that name
+/// their service port carry its comment in front of the value (`transaction::commented`).
 pub type Elements = BTreeMap<String, String>;
 
 /// The desired state of one family's table.
@@ -109,8 +112,15 @@ const NODEPORT_FROM_LOCAL: Route = Route {
     chain_prefix: "np-lb-from-local",
 };
 
-/// Writes the dispatch element for `key` and, for endpoints, one endpoint element per slot.
-fn route(fam: &mut FamilyState, r: Route, protocol: Protocol, key: &str, targets: &Targets) {
+/// Writes the dispatch element for `key`, with the port's `comment`, and, for endpoints, one
+/// endpoint element per slot (without: the slot's key starts with the dispatch key).
+fn route(
+    fam: &mut FamilyState,
+    r: Route,
+    (protocol, comment): (Protocol, &str),
+    key: &str,
+    targets: &Targets,
+) {
     let endpoint_map = r.endpoints[match protocol {
         Protocol::Tcp => 0,
         Protocol::Udp => 1,
@@ -131,7 +141,7 @@ fn route(fam: &mut FamilyState, r: Route, protocol: Protocol, key: &str, targets
             format!("goto {}-{}", r.chain_prefix, eps.len())
         }
     };
-    fam.add(r.dispatch, key.to_string(), verdict);
+    fam.add(r.dispatch, key.to_string(), commented(comment, &verdict));
 }
 
 /// The single target port of `targets`, when every endpoint uses the same one.
@@ -166,6 +176,10 @@ fn compile_vips(fam: &mut FamilyState, planned: &Planned, fp: &FamilyPlan, node:
     let p = &planned.port;
     let pr = p.name.protocol.lower();
     let family = fp.family;
+    // The elements a reader looks a VIP port or NodePort up in (the dispatch maps and
+    // `firewall-ports`) name their Service port; the others share their keys.
+    let comment = comment::service_port(&p.name);
+    let named = (p.name.protocol, comment.as_str());
 
     // IPv6 affinity hashes the client to a slot (see `skeleton::LB_FAMILIES`).
     let hashed = |r: Route, prefix: &'static str| {
@@ -181,26 +195,20 @@ fn compile_vips(fam: &mut FamilyState, planned: &Planned, fp: &FamilyPlan, node:
     for vip in &fp.cluster_ips {
         fam.add("cluster-ips", vip.to_string(), String::new());
         let key = format!("{vip} . {pr} . {}", p.port);
-        route(
-            fam,
-            hashed(CLUSTER, "lb-hash"),
-            p.name.protocol,
-            &key,
-            &fp.internal,
-        );
+        route(fam, hashed(CLUSTER, "lb-hash"), named, &key, &fp.internal);
         fam.add("cluster-ports", key.clone(), String::new());
         affinity(fam, planned, vip, &key, &fp.internal);
     }
     let Some(ext) = &fp.external else { return };
     for vip in fp.external_ips.iter().chain(&fp.load_balancer_ips) {
         let key = format!("{vip} . {pr} . {}", p.port);
-        route(fam, hashed(CLUSTER, "lb-hash"), p.name.protocol, &key, ext);
+        route(fam, hashed(CLUSTER, "lb-hash"), named, &key, ext);
         affinity(fam, planned, vip, &key, ext);
         if fp.masquerade_external {
             fam.add("external-masq", key.clone(), String::new());
         }
         if let Some(local) = &fp.external_from_local {
-            route(fam, FROM_LOCAL, p.name.protocol, &key, local);
+            route(fam, FROM_LOCAL, named, &key, local);
             fam.add("external-local", key.clone(), String::new());
         }
         if let Some(ranges) = fp
@@ -208,7 +216,7 @@ fn compile_vips(fam: &mut FamilyState, planned: &Planned, fp: &FamilyPlan, node:
             .as_ref()
             .filter(|_| fp.load_balancer_ips.contains(vip))
         {
-            fam.add("firewall-ports", key.clone(), String::new());
+            fam.add("firewall-ports", key.clone(), commented(&comment, ""));
             for range in ranges {
                 fam.add("firewall-allow", format!("{key} . {range}"), String::new());
             }
@@ -225,13 +233,7 @@ fn compile_vips(fam: &mut FamilyState, planned: &Planned, fp: &FamilyPlan, node:
         return;
     }
     let key = format!("{pr} . {node_port}");
-    route(
-        fam,
-        hashed(NODEPORT, "np-lb-hash"),
-        p.name.protocol,
-        &key,
-        ext,
-    );
+    route(fam, hashed(NODEPORT, "np-lb-hash"), named, &key, ext);
     if family == IpFamily::V4 {
         nodeport_affinity(fam, planned, &key, ext);
     }
@@ -239,7 +241,7 @@ fn compile_vips(fam: &mut FamilyState, planned: &Planned, fp: &FamilyPlan, node:
         fam.add("nodeport-masq", key.clone(), String::new());
     }
     if let Some(local) = &fp.external_from_local {
-        route(fam, NODEPORT_FROM_LOCAL, p.name.protocol, &key, local);
+        route(fam, NODEPORT_FROM_LOCAL, named, &key, local);
         fam.add("nodeport-local", key.clone(), String::new());
     }
 }

@@ -106,7 +106,9 @@ fn an_added_service_creates_its_chain_before_its_elements() {
     );
     let tx = partial(&mirror, &plans, std::slice::from_ref(&new));
     let text = tx.to_string();
-    assert!(text.contains("add element ip kproxy services { 10.96.9.9 . tcp . 80 : goto lb-3 }"));
+    assert!(text.contains(
+        "add element ip kproxy services { 10.96.9.9 . tcp . 80 comment \"default/new:http\" : goto lb-3 }"
+    ));
     assert!(text.contains("10.96.9.9 . tcp . 80 . 2 : 10.9.0.3 . 80"));
     let chain = position(&tx, |op| matches!(op, Op::AddChain(_, c, _) if c == "lb-3"));
     let element = position(&tx, |op| matches!(op, Op::AddElement(_, "services", ..)));
@@ -147,7 +149,9 @@ fn a_changed_port_moves_the_service_elements_to_the_new_key() {
     add(&mut plans, port, eps);
     let text = partial(&mirror, &plans, &[svc(2)]).to_string();
     assert!(text.contains("delete element ip kproxy services { 10.96.0.3 . tcp . 80 }"));
-    assert!(text.contains("add element ip kproxy services { 10.96.0.3 . tcp . 8443 : goto lb-2 }"));
+    assert!(text.contains(
+        "add element ip kproxy services { 10.96.0.3 . tcp . 8443 comment \"default/s2:http\" : goto lb-2 }"
+    ));
     assert!(
         !text.contains("hairpin"),
         "endpoints did not change:\n{text}"

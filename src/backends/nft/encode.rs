@@ -5,7 +5,9 @@
 //! Invariants: a set's layout is read from its declaration in `skeleton::SETS`, the one source
 //! of truth; in a concatenation every field takes whole 4-byte registers (nft's padding), a
 //! single field its own length; addresses and ports in network order, `numgen` slots in host
-//! order; a range in a concatenation (`firewall-allow`) as a key and a key end. A transaction
+//! order; a range in a concatenation (`firewall-allow`) as a key and a key end; an element's
+//! comment as its user data, the TLV nft writes, and read back into the value text the same
+//! way (`transaction::commented`). A transaction
 //! holding anything this does not encode (a chain or rule, a one-field interval set or a
 //! dynamic set, text it does not parse) yields `None` and goes as text whole: never half a
 //! batch. The result is checked against the text path on the live kernel (`native_tests.rs`).
@@ -17,7 +19,7 @@ use ipnet::IpNet;
 use std::sync::OnceLock;
 
 use super::skeleton::{self, TABLE};
-use super::transaction::{Op, Transaction};
+use super::transaction::{Op, Transaction, commented, split_comment};
 use crate::model::IpFamily;
 use crate::nftables::elements::{self, Data, ElementBatch, Verb};
 use crate::nftables::listing::{DataRef, Element};
@@ -290,7 +292,11 @@ pub fn decode(set: &str, family: IpFamily, e: &Element) -> Option<(String, Strin
         }
         _ => return None,
     };
-    Some((key, value))
+    let comment = e.userdata.and_then(elements::comment_of);
+    match comment {
+        Some(c) => Some((key, commented(c, &value))),
+        None => Some((key, value)),
+    }
 }
 
 /// `tx` as one element batch, when it holds only element operations this encodes.
@@ -298,9 +304,12 @@ pub fn batch(tx: &Transaction) -> Option<ElementBatch> {
     let mut batch = ElementBatch::new(TABLE);
     let (mut key, mut end, mut value) = (Vec::new(), Vec::new(), Vec::new());
     for op in tx.ops() {
-        let (verb, family, set, k, v) = match op {
-            Op::AddElement(f, s, k, v) => (Verb::Add, *f, *s, k, Some(v)),
-            Op::DeleteElement(f, s, k) => (Verb::Delete, *f, *s, k, None),
+        let (verb, family, set, k, v, comment) = match op {
+            Op::AddElement(f, s, k, v) => {
+                let (comment, v) = split_comment(v);
+                (Verb::Add, *f, *s, k, Some(v), comment)
+            }
+            Op::DeleteElement(f, s, k) => (Verb::Delete, *f, *s, k, None, None),
             _ => return None,
         };
         let layout = layouts().get(set)?.as_ref()?;
@@ -329,7 +338,7 @@ pub fn batch(tx: &Transaction) -> Option<ElementBatch> {
                 Some(Data::Value(&value))
             }
         };
-        batch.push(verb, family, set, &key, key_end, data);
+        batch.push_commented(verb, family, set, &key, key_end, data, comment);
     }
     Some(batch)
 }

@@ -2,6 +2,7 @@
 //! kind, and which transactions stay text.
 
 use super::*;
+use crate::backends::nft::transaction::commented;
 
 fn bytes(fields: &[Field], family: IpFamily, text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
@@ -145,4 +146,56 @@ fn only_a_transaction_of_encodable_elements_becomes_a_batch() {
     let mut chain = tx.clone();
     chain.push(Op::AddChain(IpFamily::V4, "lb-4".into(), None));
     assert!(batch(&chain).is_none(), "chains go as text");
+}
+
+#[test]
+fn an_elements_comment_goes_as_nfts_user_data_and_reads_back_into_the_same_value() {
+    let map = commented("default/web:http", "goto lb-3");
+    let set = commented("default/lb:https", "");
+    let mut tx = Transaction::default();
+    for (set_name, key, value) in [
+        ("services", "10.96.0.10 . tcp . 80", &map),
+        ("firewall-ports", "192.0.2.7 . tcp . 443", &set),
+        (
+            "endpoints-tcp",
+            "10.96.0.10 . tcp . 80 . 0",
+            &"10.0.1.1 . 8080".to_string(),
+        ),
+    ] {
+        tx.push(Op::AddElement(
+            IpFamily::V4,
+            set_name,
+            key.into(),
+            value.clone(),
+        ));
+    }
+    let bytes = batch(&tx).expect("encodable").into_bytes();
+    // nft's own encoding of `comment "ab"` is `\x00\x03ab\x00` (`nft --debug=netlink`).
+    assert_eq!(
+        elements::comment_tlv("ab"),
+        Some(b"\x00\x03ab\x00".to_vec())
+    );
+    let tlv = elements::comment_tlv("default/web:http").unwrap();
+    assert!(bytes.windows(tlv.len()).any(|w| w == tlv.as_slice()));
+
+    let mut read = Vec::new();
+    let sets = ["services", "firewall-ports", "endpoints-tcp"];
+    crate::nftables::listing::elements_of_batch(&bytes, |e| {
+        let set = sets[read.len()];
+        read.push(decode(set, IpFamily::V4, &e).expect("decodes"));
+    });
+    let want: Vec<(String, String)> = tx
+        .ops()
+        .iter()
+        .map(|op| match op {
+            Op::AddElement(_, _, k, v) => (k.clone(), v.clone()),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(read, want);
+    assert_eq!(
+        read[0].1, "comment \"default/web:http\" : goto lb-3",
+        "the comment is part of the value adoption compares"
+    );
+    assert_eq!(read[2].1, "10.0.1.1 . 8080", "no comment, none read");
 }

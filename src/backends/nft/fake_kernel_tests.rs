@@ -450,6 +450,21 @@ fn a_restart_adopts_a_table_an_older_kproxy_wrote_with_leftover_chains_sets_and_
     let (_, fresh) = loaded(&cluster_ips(), &config());
     assert_same_state(&kernel, &fresh, "after adopting an older kproxy's table");
     assert_traces_match_plans(&kernel, &cluster_ips(), &config());
+    // Its elements had no comments: they were written again with them, once. The next
+    // restart finds every element right, as over a table this kproxy loaded fresh.
+    let listed = kernel.listing(IpFamily::V4).unwrap();
+    assert!(
+        listed.contains("10.96.0.10 . tcp . 80 comment \"default/web:http\" : goto lb-3"),
+        "{listed}"
+    );
+    let again = NftBackend::new(config(), kernel.clone())
+        .sync_full(&cluster_ips(), &node())
+        .unwrap();
+    let over_fresh = NftBackend::new(config(), fresh.clone())
+        .sync_full(&cluster_ips(), &node())
+        .unwrap();
+    assert_eq!(again.operations, over_fresh.operations);
+    assert_same_state(&kernel, &fresh, "after a second restart");
 }
 
 #[test]

@@ -70,6 +70,12 @@ fn a_batch_leaves_exactly_what_the_same_elements_as_nft_text_leave() {
             "{}",
             listing(&native)
         );
+        // The comments went as user data, and nft lists them as it lists its own.
+        assert!(
+            listing(&native).contains(" comment \"default/"),
+            "{}",
+            listing(&native)
+        );
 
         let deletes = tx_of(elements.iter().filter_map(|op| match op {
             Op::AddElement(f, s, k, _) => Some(Op::DeleteElement(*f, s, k.clone())),

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::transaction::SetKind;
+use super::transaction::{SetKind, commented};
 
 /// The most operations one transaction carries (elements; the first and last carry the rules
 /// and deletions, which are few). 10,000 element operations commit in about 0.1 s here.
@@ -75,10 +75,19 @@ pub fn parse_listing(text: &str) -> Listed {
     listed
 }
 
-/// Adds the elements of `a : x, b : y }` (the text after `elements = {`) to `into`.
+/// Adds the elements of `a : x, b : y }` (the text after `elements = {`) to `into`; an
+/// element's comment (`a comment "c" : x`) stays with its value, as compile writes it
+/// (`transaction::commented`).
 fn collect(text: &str, into: &mut BTreeMap<String, String>) {
     let body = text.trim().trim_end_matches('}');
     for item in body.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some((k, rest)) = item.split_once(" comment \"")
+            && let Some((comment, tail)) = rest.split_once('"')
+        {
+            let value = tail.trim().strip_prefix(':').unwrap_or("").trim();
+            into.insert(k.trim().to_string(), commented(comment, value));
+            continue;
+        }
         match item.split_once(" : ") {
             Some((k, v)) => into.insert(k.trim().to_string(), v.trim().to_string()),
             None => into.insert(item.to_string(), String::new()),

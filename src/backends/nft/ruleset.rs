@@ -65,6 +65,23 @@ pub struct Set {
     pub ty: types::SetType,
     /// Canonical key text -> canonical value text ("" for a plain set).
     pub elements: BTreeMap<String, String>,
+    /// Canonical key text -> the element's comment, for the elements that have one. Kept, and
+    /// listed, as the kernel keeps an element's user data; the tracer never reads it.
+    pub comments: BTreeMap<String, String>,
+}
+
+impl Set {
+    /// The elements as a listing shows them: a comment in front of its value
+    /// (`transaction::commented`), as adoption reads them.
+    pub fn listed(&self) -> BTreeMap<String, String> {
+        self.elements
+            .iter()
+            .map(|(k, v)| match self.comments.get(k) {
+                Some(c) => (k.clone(), super::transaction::commented(c, v)),
+                None => (k.clone(), v.clone()),
+            })
+            .collect()
+    }
 }
 
 /// One chain: its base-chain head, if any, and its rules in order.
@@ -133,7 +150,7 @@ pub fn listing(t: &Table, family: IpFamily) -> String {
         for clause in set.decl.split("; ") {
             let _ = writeln!(out, "\t\t{clause}");
         }
-        super::render::write_elements(&mut out, &set.elements);
+        super::render::write_elements(&mut out, &set.listed());
         let _ = writeln!(out, "\t}}");
     }
     for (name, chain) in &t.chains {

@@ -181,3 +181,38 @@ fn service_cidrs_and_cluster_ips_become_elements_of_the_check_after_dnat() {
     );
     nft_accepts(&[text]);
 }
+
+#[test]
+fn the_dispatch_elements_name_their_service_port_cut_to_nfts_128_bytes_and_nft_accepts_them() {
+    use crate::model::{NamespacedName, Protocol, ServicePort, ServicePortName};
+    use crate::testing::{add, ep};
+    // 62 + 1 + 63 + ":http": 131 bytes, which nft refuses (k/k#139515).
+    let (ns, svc) = ("n".repeat(62), "s".repeat(63));
+    let long = ServicePortName::new(NamespacedName::new(&ns, &svc), "http", Protocol::Tcp);
+    let mut plans = external();
+    add(
+        &mut plans,
+        ServicePort::cluster_ip(long, ip("10.96.7.7"), 80),
+        vec![ep("10.0.7.1", 80, "node-a")],
+    );
+    let d = compile(&plans, &node(), &config());
+    let cut = &format!("{ns}/{svc}:http")[..128];
+    assert_eq!(
+        d.v4.sets["services"]["10.96.7.7 . tcp . 80"],
+        format!("comment \"{cut}\" : goto lb-1")
+    );
+    for (set, elements) in &d.v4.sets {
+        let named = matches!(
+            *set,
+            "services" | "services-from-local" | "nodeports" | "nodeports-from-local"
+        ) || *set == "firewall-ports";
+        for value in elements.values() {
+            assert_eq!(
+                value.starts_with("comment \"default/") || value.starts_with("comment \"n"),
+                named,
+                "{set}: {value}"
+            );
+        }
+    }
+    nft_accepts(&[render(&d)]);
+}

@@ -205,12 +205,42 @@ pub fn static_chain_names() -> BTreeSet<&'static str> {
         .collect()
 }
 
-/// An element as nft writes it: `key`, or `key : value` for a map.
+/// An element as nft writes it: `key`, or `key : value` for a map; a value that carries a
+/// comment (`commented`) follows the key as it is: `key comment "…"`, `key comment "…" : value`.
 pub fn element(key: &str, value: &str) -> String {
     if value.is_empty() {
         key.to_string()
+    } else if value.starts_with(COMMENT) {
+        format!("{key} {value}")
     } else {
         format!("{key} : {value}")
+    }
+}
+
+const COMMENT: &str = "comment \"";
+
+/// The value text of an element with a comment, in the form nft lists it after the key:
+/// `comment "C"` for a plain set, `comment "C" : V` for a map. The comment is part of the
+/// value everywhere values are compared (the mirror's value hashes, adoption, repair), so an
+/// element whose comment differs, or that has none (written by a kproxy before comments), is
+/// deleted and added again like any element with another value; nothing else reads it.
+/// `comment` holds no `"` (`backends::comment`).
+pub fn commented(comment: &str, value: &str) -> String {
+    if value.is_empty() {
+        format!("{COMMENT}{comment}\"")
+    } else {
+        format!("{COMMENT}{comment}\" : {value}")
+    }
+}
+
+/// An element value's comment, if it has one, and its bare value (`commented`'s inverse).
+pub fn split_comment(value: &str) -> (Option<&str>, &str) {
+    let Some(rest) = value.strip_prefix(COMMENT) else {
+        return (None, value);
+    };
+    match rest.split_once('"') {
+        Some((comment, tail)) => (Some(comment), tail.strip_prefix(" : ").unwrap_or(tail)),
+        None => (None, value),
     }
 }
 

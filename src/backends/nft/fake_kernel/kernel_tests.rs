@@ -60,6 +60,38 @@ fn an_element_that_exists_with_another_value_is_refused_and_nothing_changes() {
 }
 
 #[test]
+fn an_elements_comment_is_kept_and_listed_as_nft_does_and_a_longer_one_than_nfts_is_refused() {
+    let k = base();
+    k.apply_script(
+        "add element ip kproxy services { 10.96.0.2 . tcp . 80 comment \"ns/a:p\" : goto lb-1 }\n",
+    )
+    .unwrap();
+    // As the kernel: adding it again, with another comment, keeps the first one.
+    k.apply_script(
+        "add element ip kproxy services { 10.96.0.2 . tcp . 80 comment \"x\" : goto lb-1 }\n",
+    )
+    .unwrap();
+    let listing = k.listing(IpFamily::V4).unwrap();
+    assert!(
+        listing.contains("10.96.0.2 . tcp . 80 comment \"ns/a:p\" : goto lb-1"),
+        "{listing}"
+    );
+    let tables = k.tables();
+    let t = &tables.v4.as_ref().unwrap().sets["services"];
+    assert_eq!(
+        t.elements["10.96.0.2 . tcp . 80"], "goto lb-1",
+        "the tracer's view"
+    );
+    let long = "c".repeat(129);
+    refused(
+        &k,
+        &format!(
+            "add element ip kproxy services {{ 10.96.0.3 . tcp . 80 comment \"{long}\" : drop }}\n"
+        ),
+    );
+}
+
+#[test]
 fn deleting_a_missing_table_set_chain_or_element_is_refused() {
     let k = base();
     for script in [
@@ -172,7 +204,7 @@ fn the_listing_parses_back_into_every_chain_set_and_element_and_rule_counts_skip
         assert_eq!(listed.sets.len(), t.sets.len());
         for (name, set) in &t.sets {
             assert_eq!(listed.sets[name].0, set.kind, "{name}");
-            assert_eq!(listed.sets[name].1, set.elements, "{name}");
+            assert_eq!(listed.sets[name].1, set.listed(), "{name}");
         }
         let counts = k.rule_counts_of(family);
         assert!(!counts.contains_key("affinity-remember") || counts["affinity-remember"] == 2);

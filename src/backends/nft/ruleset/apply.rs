@@ -177,13 +177,17 @@ fn one(tables: &mut Tables, c: &Located) -> Result<(), ApplyError> {
                         decl: normalize(decl),
                         ty,
                         elements: Default::default(),
+                        comments: Default::default(),
                     };
                     t.sets.insert(name.clone(), set);
                 }
             }
         }
         Cmd::FlushSet(kind, name) => match t.sets.get_mut(name) {
-            Some(s) if s.kind == *kind => s.elements.clear(),
+            Some(s) if s.kind == *kind => {
+                s.elements.clear();
+                s.comments.clear();
+            }
             _ => return Err(no_such(format!("{} {name}", kind_name(*kind)))),
         },
         Cmd::DeleteSet(kind, name) => {
@@ -253,8 +257,8 @@ fn one(tables: &mut Tables, c: &Located) -> Result<(), ApplyError> {
             }
         }
         Cmd::AddElements(set, items) => {
-            for (key, value) in items {
-                add_element(t, line, set, key, value.as_deref())?;
+            for (key, value, comment) in items {
+                add_element(t, line, set, key, value.as_deref(), comment.as_deref())?;
             }
         }
         Cmd::DeleteElements(set, keys) => {
@@ -264,9 +268,11 @@ fn one(tables: &mut Tables, c: &Located) -> Result<(), ApplyError> {
             for key in keys {
                 let atoms = types::atoms(&s.ty.key, key, s.ty.interval)
                     .map_err(|what| ApplyError::Invalid { line, what })?;
-                if s.elements.remove(&types::text(&atoms)).is_none() {
+                let canonical = types::text(&atoms);
+                if s.elements.remove(&canonical).is_none() {
                     return Err(no_such(format!("element {key} of {set}")));
                 }
+                s.comments.remove(&canonical);
             }
         }
     }
@@ -279,6 +285,7 @@ fn add_element(
     set: &str,
     key: &str,
     value: Option<&str>,
+    comment: Option<&str>,
 ) -> Result<(), ApplyError> {
     let invalid = |what: String| ApplyError::Invalid { line, what };
     let Some(s) = t.sets.get(set) else {
@@ -314,7 +321,13 @@ fn add_element(
         });
     }
     let canonical = types::text(&atoms);
+    if comment.is_some_and(|c| c.len() > 128) {
+        return Err(invalid(format!(
+            "comment too long, 128 characters maximum allowed: {key} of {set}"
+        )));
+    }
     match s.elements.get(&canonical) {
+        // As the kernel: the same element again is fine, and keeps its old comment.
         Some(old) if *old == value => return Ok(()),
         Some(old) => {
             let what = format!("element {canonical} of {set} holds {old:?}, not {value:?}");
@@ -338,6 +351,9 @@ fn add_element(
         }
     }
     if let Some(s) = t.sets.get_mut(set) {
+        if let Some(c) = comment {
+            s.comments.insert(canonical.clone(), c.to_string());
+        }
         s.elements.insert(canonical, value);
     }
     Ok(())

@@ -25,8 +25,8 @@ pub enum Cmd {
     FlushChain(String),
     DeleteChain(String),
     AddRule(String, String),
-    /// Set, elements as (key, value text if any).
-    AddElements(String, Vec<(String, Option<String>)>),
+    /// Set, elements.
+    AddElements(String, Vec<Item>),
     DeleteElements(String, Vec<String>),
 }
 
@@ -85,14 +85,26 @@ fn braces(text: &str) -> Option<(&str, &str)> {
     (close > open).then(|| (text[..open].trim(), text[open + 1..close].trim()))
 }
 
-/// `a : x, b : y` -> [(a, Some(x)), (b, Some(y))].
-pub fn elements(body: &str) -> Vec<(String, Option<String>)> {
+/// One element of a script: key, value text if any, comment if any.
+pub type Item = (String, Option<String>, Option<String>);
+
+/// `a : x, b comment "c" : y` -> [(a, Some(x), None), (b, Some(y), Some(c))].
+pub fn elements(body: &str) -> Vec<Item> {
     body.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|item| match item.split_once(" : ") {
-            Some((k, v)) => (collapse(k), Some(collapse(v))),
-            None => (collapse(item), None),
+        .map(|item| {
+            let (item, comment) = match item.split_once(" comment \"") {
+                Some((k, rest)) => match rest.split_once('"') {
+                    Some((c, tail)) => (format!("{k}{tail}"), Some(c.to_string())),
+                    None => (item.to_string(), None),
+                },
+                None => (item.to_string(), None),
+            };
+            match item.split_once(" : ") {
+                Some((k, v)) => (collapse(k), Some(collapse(v)), comment),
+                None => (collapse(&item), None, comment),
+            }
         })
         .collect()
 }
@@ -212,7 +224,7 @@ fn command(text: &str, line: usize) -> Result<Located, SyntaxError> {
             let Some(body) = body else {
                 return err(line, format!("elements need braces: {text:?}"));
             };
-            let keys = elements(body).into_iter().map(|(k, _)| k).collect();
+            let keys = elements(body).into_iter().map(|(k, ..)| k).collect();
             Cmd::DeleteElements(need_name()?, keys)
         }
         _ => return err(line, format!("the fake kernel does not parse {text:?}")),
