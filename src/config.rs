@@ -380,7 +380,7 @@ fn resolve(
         });
     }
 
-    warnings.extend(checks::manifests_ignore_the_api(m, &file));
+    warnings.extend(checks::manifests_ignore_the_api(m));
     let ipvs_scheduler = checks::ipvs_scheduler(m, &file, config_file.as_deref(), mode)?;
 
     Ok(Config {

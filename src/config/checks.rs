@@ -41,12 +41,13 @@ pub fn ipvs_scheduler(
     Ok("rr".into())
 }
 
-/// With `--manifests`, the API settings that were given anyway (`--kubeconfig`, `--master`,
-/// the file's `clientConnection.kubeconfig`), in one warning; `None` without `--manifests` or
-/// when none was given.
-pub fn manifests_ignore_the_api(m: &ArgMatches, file: &FileConfig) -> Option<String> {
+/// With `--manifests`, the API flags that were given anyway (`--kubeconfig`, `--master`), in
+/// one warning; `None` without `--manifests` or when none was given. The `--config` file's
+/// `clientConnection.kubeconfig` is not warned about: one file serving both sources is the
+/// documented setup (deploy/etc-kproxy), and kubeadm's ConfigMaps all name one.
+pub fn manifests_ignore_the_api(m: &ArgMatches) -> Option<String> {
     let dir = flags::explicit(m, "manifests").filter(|d| !d.is_empty())?;
-    let mut given: Vec<&str> = ["kubeconfig", "master"]
+    let given: Vec<&str> = ["kubeconfig", "master"]
         .into_iter()
         .filter(|name| flags::explicit(m, name).is_some_and(|v| !v.is_empty()))
         .map(|name| match name {
@@ -54,10 +55,6 @@ pub fn manifests_ignore_the_api(m: &ArgMatches, file: &FileConfig) -> Option<Str
             _ => "--master",
         })
         .collect();
-    // An explicit `--kubeconfig` (even empty) replaces the file's.
-    if file.kubeconfig.is_some() && flags::explicit(m, "kubeconfig").is_none() {
-        given.push("the --config file's clientConnection.kubeconfig");
-    }
     let verb = match given.as_slice() {
         [] => return None,
         [_] => "is",
