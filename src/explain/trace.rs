@@ -87,13 +87,33 @@ pub fn live(
         ProxyMode::Nftables => {
             let mut transport = crate::nftables::Nft::open(cfg.nft_transport);
             let tables = nft_kernel(&mut transport, p.family())?;
+            if tables.get(p.family()).is_none() {
+                return Ok(absent(
+                    &format!("table {} {TABLE}", family_word(p.family())),
+                    f,
+                ));
+            }
             nft_trace(&tables, f, p)
         }
         ProxyMode::Iptables => {
             let variant = cfg.iptables_variant.resolve();
+            let program = variant.save(p.family());
             let sets = ipt_kernel(p.family(), |family, table, line| {
                 tools::save(&variant.save(family), table, line)
             })?;
+            let set = &sets[usize::from(p.family() == IpFamily::V6)];
+            if set
+                .rules(Table::Nat, crate::backends::iptables::names::SERVICES)
+                .is_none()
+            {
+                return Ok(absent(
+                    &format!(
+                        "{program}'s chain {}",
+                        crate::backends::iptables::names::SERVICES
+                    ),
+                    f,
+                ));
+            }
             ipt_trace(&sets, f, p)
         }
         ProxyMode::Ipvs => {
@@ -116,6 +136,21 @@ pub fn live(
         }
     };
     Ok(judge(plan, traced))
+}
+
+/// The answer when kproxy's rules of the mode are not in the kernel at all.
+fn absent(what: &str, f: &Facts) -> String {
+    format!(
+        "differs: the kernel has no {what} (is kproxy running in {} mode, in this network namespace?)",
+        f.mode
+    )
+}
+
+fn family_word(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    }
 }
 
 fn judge(plan: &Explanation, traced: Result<Traced, String>) -> String {
