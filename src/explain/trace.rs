@@ -106,13 +106,8 @@ pub fn live(
                 .rules(Table::Nat, crate::backends::iptables::names::SERVICES)
                 .is_none()
             {
-                return Ok(absent(
-                    &format!(
-                        "{program}'s chain {}",
-                        crate::backends::iptables::names::SERVICES
-                    ),
-                    f,
-                ));
+                let chain = crate::backends::iptables::names::SERVICES;
+                return Ok(absent(&format!("chain {chain} ({program})"), f));
             }
             ipt_trace(&sets, f, p)
         }
