@@ -11,11 +11,12 @@
 mod apply;
 mod listeners;
 pub mod quarantine;
+mod record;
 pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
-use std::sync::atomic::Ordering;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::model::plan::claims::Claims;
 use crate::model::plan::{Planned, Targets, plan_claimed};
 use crate::model::tracker::ChangeTracker;
-use crate::model::{IpFamily, Protocol, ServicePortName};
+use crate::model::{IpFamily, ServicePortName};
 use crate::node::NodeFacts;
 pub use crate::state::Shared;
 use crate::watch::{Change, ChangeRx, Kind};
@@ -373,66 +374,6 @@ impl Syncer {
                 false
             }
         }
-    }
-
-    /// Phase 4: durations, timestamps, latency, no-local-endpoint gauges, health. One sync
-    /// programs every family the node serves, so the duration and timestamps of each family's
-    /// series are this sync's (`metrics` says why); latency and no-local counts are per family.
-    fn record_metrics(&mut self, full: bool, ok: bool, took: Duration) {
-        let m = &self.metrics;
-        m.observe_sync(full, took.as_secs_f64());
-        if full {
-            self.shared.full_syncs.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.shared.partial_syncs.fetch_add(1, Ordering::Relaxed);
-        }
-        if !ok {
-            m.sync_failures.inc();
-            return;
-        }
-        let now = SystemTime::now();
-        m.synced_at(unix_seconds(now));
-        for (family, t) in self.trigger_times.drain(..) {
-            // A slice of a family the node does not serve has no proxier upstream.
-            if !m.families().contains(&family) {
-                continue;
-            }
-            if let Ok(latency) = now.duration_since(t) {
-                m.network_programming_duration
-                    .with_label_values(&[family.as_str()])
-                    .observe(latency.as_secs_f64());
-            }
-        }
-        for family in m.families() {
-            let i = family_index(*family);
-            let internal = self.no_local.values().filter(|n| n[i].0).count();
-            let external = self.no_local.values().filter(|n| n[i].1).count();
-            m.set_no_local_endpoints(*family, internal, external);
-        }
-        self.shared.health.updated();
-    }
-
-    /// Phase 6: delete conntrack flows that point at endpoints no longer serving. Stale flows
-    /// arise only where a UDP or SCTP port changed (an endpoint left, a Service appeared), or
-    /// before kproxy's rules existed (the first, full sync), so a partial sync that touched only
-    /// TCP ports skips the dump (which costs ~0.25 s with 100,000 UDP flows).
-    async fn reconcile_conntrack(&mut self, full: bool, changed: &BTreeSet<ServicePortName>) {
-        if !full && changed.iter().all(|p| p.protocol == Protocol::Tcp) {
-            return;
-        }
-        let (shared, conntrack) = (self.shared.clone(), self.conntrack.clone());
-        apply::blocking(move || {
-            let plans = shared.plans.read().expect("plans lock");
-            let node = shared.node.read().expect("node lock");
-            let result = conntrack
-                .lock()
-                .expect("conntrack lock")
-                .reconcile(&plans, &node);
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "conntrack reconcile failed");
-            }
-        })
-        .await;
     }
 }
 
