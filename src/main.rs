@@ -170,11 +170,8 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
         tracing::info!("upstream kube-proxy's rules removed");
         return Ok(());
     }
-    if !cfg.dry_run {
-        kproxy::node::setup::oom_score_adj(cfg.oom_score_adj);
-        backend_config.conntrack_tcp_be_liberal = kproxy::node::setup::conntrack(&cfg.conntrack);
-    }
     if cfg.init_only {
+        set_up_host(&cfg, &mut backend_config);
         backends::for_mode(cfg.mode, backend_config)
             .prepare_host()
             .context("--init-only")?;
@@ -193,11 +190,14 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
         health: ProxyHealth::new(cfg.sync_period * 2),
         ..Shared::default()
     });
+    // The source first: a bad kubeconfig fails here, before the host is touched (as upstream,
+    // whose client comes before its conntrack setup).
+    let mut rx = start_source(&cfg, metrics.clone()).await?;
     if !cfg.dry_run {
+        set_up_host(&cfg, &mut backend_config);
         backends::remove_other_modes_leftovers(cfg.mode);
     }
-    let (mut syncer, mut rx) =
-        start_syncer(&cfg, backend_config, metrics.clone(), shared.clone()).await?;
+    let mut syncer = syncer_for(&cfg, backend_config, metrics.clone(), shared.clone());
 
     if cfg.dry_run {
         if cfg.manifests.is_some() {
@@ -233,16 +233,19 @@ async fn run(cfg: Config, started: std::time::SystemTime) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The sync loop's `Syncer` for `cfg`, fed by a started source.
-async fn start_syncer(
+/// The OOM score and conntrack tuning (the daemon and --init-only; never a dry run).
+fn set_up_host(cfg: &Config, backend_config: &mut BackendConfig) {
+    kproxy::node::setup::oom_score_adj(cfg.oom_score_adj);
+    backend_config.conntrack_tcp_be_liberal = kproxy::node::setup::conntrack(&cfg.conntrack);
+}
+
+/// The sync loop's `Syncer` for `cfg` (its source started apart, `start_source`).
+fn syncer_for(
     cfg: &Config,
     backend_config: BackendConfig,
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
-) -> anyhow::Result<(Syncer, tokio::sync::mpsc::UnboundedReceiver<watch::Change>)> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    start_source(cfg, tx, metrics.clone()).await?;
-
+) -> Syncer {
     let mut base_node = NodeFacts::new(&cfg.node_name);
     base_node.nodeport_addresses = cfg.nodeport_addresses.clone();
     base_node.detect_local = cfg.detect_local.clone();
@@ -279,7 +282,7 @@ async fn start_syncer(
         tracing::info!("AllowServiceExternalIPs is off: Services' externalIPs are not served");
         syncer = syncer.without_external_ips();
     }
-    Ok((syncer, rx))
+    syncer
 }
 
 /// Reads the source until its first full list, as --dry-run does.
@@ -313,8 +316,8 @@ async fn run_explain(
         backends::iptables::VariantChoice::Fixed(backends::iptables::Variant::Nft);
     let metrics = Arc::new(Metrics::for_mode(cfg.mode, &backends::host_families()));
     let shared = Arc::new(Shared::default());
-    let (mut syncer, mut rx) =
-        start_syncer(&cfg, backend_config.clone(), metrics, shared.clone()).await?;
+    let mut rx = start_source(&cfg, metrics.clone()).await?;
+    let mut syncer = syncer_for(&cfg, backend_config.clone(), metrics, shared.clone());
     first_list(&mut syncer, &mut rx).await?;
     let rules = syncer.render().await;
     let plans = shared.plans.read().expect("plans lock").clone();
@@ -405,7 +408,12 @@ fn cleanup_listing(flag: &str, plan: &[String]) -> String {
     out
 }
 
-async fn start_source(cfg: &Config, tx: ChangeTx, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// Starts the source (`--manifests` or the API server); its changes arrive on the receiver.
+async fn start_source(
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<watch::Change>> {
+    let (tx, rx): (ChangeTx, _) = tokio::sync::mpsc::unbounded_channel();
     let node = cfg.node_name.clone();
     if let Some(dir) = cfg.manifests.clone() {
         if cfg.dry_run {
@@ -441,7 +449,7 @@ async fn start_source(cfg: &Config, tx: ChangeTx, metrics: Arc<Metrics>) -> anyh
         .context("connecting to the Kubernetes API")?;
         tokio::spawn(watch::kube::run(client, node, tx, metrics));
     }
-    Ok(())
+    Ok(rx)
 }
 
 /// SIGTERM and SIGINT stop kproxy (rules left in place); SIGHUP is logged and ignored (kproxy

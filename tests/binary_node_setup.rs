@@ -1,6 +1,7 @@
 //! The privileged node setup: conntrack tuning (`--conntrack-*`) in the namespace kproxy runs
 //! in, iptables mode's INVALID rule following liberal TCP tracking, and `--init-only` (the setup
-//! alone, then exit 0 with no rule programmed). Root only, inside throwaway network namespaces,
+//! alone, then exit 0 with no rule programmed), and none of it before the source is reached (a
+//! kubeconfig that cannot be read fails first). Root only, inside throwaway network namespaces,
 //! whose conntrack timeouts are their own; `nf_conntrack_max` is the host's and read-only
 //! there, which shows the warning path. The table size and IPVS's modules are set up for real
 //! only in the throwaway VM (tests/e2e's `ipvs::init_only_…`), never on the host.
@@ -161,4 +162,28 @@ fn init_only_sets_up_the_node_programs_nothing_and_exits_zero() {
     );
     let tables = ns.exec("nft", &["list", "tables"]);
     assert!(!tables.contains("kproxy"), "{tables}");
+}
+
+#[test]
+fn a_kubeconfig_that_cannot_be_read_fails_before_the_host_is_touched() {
+    if !netns::can_run("a_kubeconfig_that_cannot_be_read_fails") {
+        return;
+    }
+    let ns = Netns::new("badkcfg");
+    let before = sysctl(&ns, "nf_conntrack_tcp_timeout_established");
+    let out = ns
+        .cmd(env!("CARGO_BIN_EXE_kproxy"))
+        .args(["--kubeconfig", "/nonexistent/kubeconfig"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kproxy");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("/nonexistent/kubeconfig"), "{log}");
+    assert_eq!(
+        sysctl(&ns, "nf_conntrack_tcp_timeout_established"),
+        before,
+        "conntrack was tuned before the kubeconfig was read:\n{log}"
+    );
+    assert!(!log.contains("nf_conntrack"), "{log}");
 }
