@@ -1,6 +1,9 @@
-//! The kproxy binary: parse flags, start a source, the HTTP endpoints and the sync loop; or
-//! clean up, or print the ruleset once (--dry-run), or write the configuration
-//! (--write-config-to).
+//! The kproxy binary: parse flags, start a source, then set up the host, the HTTP endpoints
+//! and the sync loop; or clean up, or print the ruleset once (--dry-run), or write the
+//! configuration (--write-config-to), or answer `kproxy explain` (`kproxy::explain`).
+//!
+//! Exit codes of `kproxy explain`: 0 with an answer, 1 when `--live` finds the kernel differing
+//! from the plan (or cannot read it), 2 on bad flags.
 //!
 //! Exit codes: 0 on success and on SIGTERM/SIGINT (rules left in place; SIGHUP is logged and
 //! ignored), 2 on bad flags or configuration (one line on stderr), 1 on any other failure, such
