@@ -45,16 +45,7 @@ fn restore(ns: &Netns, program: &str, input: &str) {
 
 /// Runs `kproxy FLAG` in `ns` to completion; panics with its stderr unless it exits 0.
 fn run_kproxy(ns: &Netns, flag: &str) {
-    let out = ns
-        .cmd(env!("CARGO_BIN_EXE_kproxy"))
-        .arg(flag)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    kproxy_stdout(ns, &[flag]);
 }
 
 /// Plants kproxy leftovers of every kind, plus upstream's chain, in `ns`.
