@@ -17,11 +17,11 @@ pub mod trace;
 #[cfg(test)]
 mod trace_tests;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use crate::backends::{Plans, ProxyMode};
+use crate::backends::{BackendConfig, Plans, ProxyMode};
 use crate::model::IpFamily;
 use crate::model::plan::{FamilyPlan, Planned, Targets};
 use crate::node::NodeFacts;
@@ -33,11 +33,10 @@ use reasons::{lost_to, no_endpoints, policy_words, reachable, unmatched, words};
 pub struct Facts<'a> {
     pub mode: ProxyMode,
     pub node: &'a NodeFacts,
-    pub masquerade_all: bool,
-    /// iptables mode: NodePorts answer on 127.0.0.1 too.
-    pub localhost_nodeports: bool,
-    /// IPVS mode's scheduler (empty: rr).
-    pub ipvs_scheduler: &'a str,
+    /// What the backend is asked to program besides the plans: `--masquerade-all`, iptables
+    /// mode's localhost NodePorts, IPVS mode's scheduler; with --live, the iptables variant and
+    /// nftables transport that read the kernel.
+    pub config: &'a BackendConfig,
 }
 
 /// Which of a Service's addresses the packet hit.
@@ -158,11 +157,17 @@ enum Source {
     Other,
 }
 
+/// Whether `src` is this node's own: loopback or one of its addresses (the tracers' "sent by
+/// the node", too).
+pub(crate) fn from_node(src: &IpAddr, node: &NodeFacts) -> bool {
+    src.is_loopback() || node.local_addresses.contains(src)
+}
+
 fn source(p: &Packet, node: &NodeFacts) -> Source {
     // By address, as the rules match: a node address inside the pods' CIDR counts as a pod.
     if node.local_traffic.matches(&p.src, "") {
         Source::Pod
-    } else if p.src.is_loopback() || node.local_addresses.contains(&p.src) {
+    } else if from_node(&p.src, node) {
         Source::Node
     } else {
         Source::Other
@@ -193,7 +198,7 @@ pub fn explain(plans: &Plans, f: &Facts, p: &Packet) -> Explanation {
     let on_node_port = || {
         let localhost = f.mode == ProxyMode::Iptables
             && family == IpFamily::V4
-            && f.localhost_nodeports
+            && f.config.localhost_nodeports
             && p.dst.is_loopback();
         // IPVS mode serves no NodePort on loopback or IPv6 link-local addresses.
         let ipvs_skips =
@@ -240,8 +245,8 @@ fn of_service(
     });
     let (targets, masquerade, why) = match (kind, &fp.external) {
         (AddressKind::ClusterIp, _) | (_, None) => {
-            let masq =
-                f.masquerade_all || (f.node.local_traffic.detects(fp.family) && src != Source::Pod);
+            let masq = f.config.masquerade_all
+                || (f.node.local_traffic.detects(fp.family) && src != Source::Pod);
             let policy = port.internal_traffic_policy;
             (
                 &fp.internal,

@@ -320,30 +320,28 @@ async fn run_explain(
     let metrics = Arc::new(Metrics::for_mode(cfg.mode, &backends::host_families()));
     let shared = Arc::new(Shared::default());
     let mut rx = start_source(&cfg, metrics.clone()).await?;
-    let mut syncer = syncer_for(&cfg, backend_config.clone(), metrics, shared.clone());
+    let mut syncer = syncer_for(&cfg, backend_config, metrics, shared.clone());
     first_list(&mut syncer, &mut rx).await?;
     let rules = syncer.render().await;
     let plans = shared.plans.read().expect("plans lock").clone();
     let node = shared.node.read().expect("node lock").clone();
+    // The daemon's own configuration: --live reads the kernel with the iptables variant and
+    // nftables transport the daemon uses (the syncer's renders either variant's text alike).
+    let config = cfg.backend_config();
     let facts = explain::Facts {
         mode: cfg.mode,
         node: &node,
-        masquerade_all: cfg.masquerade_all,
-        localhost_nodeports: cfg.localhost_nodeports,
-        ipvs_scheduler: &cfg.ipvs_scheduler,
+        config: &config,
     };
     let mut answer = explain::explain(&plans, &facts, &asked.packet);
     answer.rules = Some(explain::trace::compiled(
         &facts,
-        &backend_config,
         &rules,
         &asked.packet,
         &answer,
     ));
     if asked.live {
-        // The kernel's rules are read with the tools of the variant the daemon uses.
-        let live = explain::trace::live(&facts, &cfg.backend_config(), &asked.packet, &answer)
-            .context("--live")?;
+        let live = explain::trace::live(&facts, &asked.packet, &answer).context("--live")?;
         answer.kernel = Some(live);
     }
     if asked.json {

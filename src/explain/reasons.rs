@@ -49,10 +49,11 @@ pub(super) fn reachable(pl: &Planned, family: IpFamily, n: usize, why: &str, f: 
             .unwrap_or_else(|| "topology hints".to_string());
         out.push_str(&format!("; {by} narrow them"));
     }
-    if f.mode == ProxyMode::Ipvs && !matches!(f.ipvs_scheduler, "" | "rr" | "wrr") {
+    let scheduler = f.config.ipvs_scheduler.as_str();
+    if f.mode == ProxyMode::Ipvs && !matches!(scheduler, "" | "rr" | "wrr") {
         out.push_str(&format!(
             "; IPVS scheduler {} picks by its own rule, not evenly",
-            f.ipvs_scheduler
+            scheduler
         ));
     }
     out

@@ -6,13 +6,15 @@ use crate::model::plan::claims::{Claim, Conflict};
 use crate::model::{NamespacedName, Protocol, ServicePort, TrafficPolicy};
 use crate::testing::{add, cluster_ips, ep, external, ip, name, node};
 
+/// The backend configuration of these tests: every default.
+static NO_CONFIG: std::sync::LazyLock<BackendConfig> =
+    std::sync::LazyLock::new(BackendConfig::default);
+
 fn facts(mode: ProxyMode, node: &NodeFacts) -> Facts<'_> {
     Facts {
         mode,
         node,
-        masquerade_all: false,
-        localhost_nodeports: false,
-        ipvs_scheduler: "",
+        config: &NO_CONFIG,
     }
 }
 

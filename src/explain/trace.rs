@@ -10,6 +10,8 @@
 use std::net::SocketAddr;
 
 use super::{Explanation, Facts, Packet, Traced, Verdict, compare};
+use crate::backends::ProxyMode;
+use crate::backends::iptables::adopt::jumps_to_kproxy;
 use crate::backends::iptables::compile::Table;
 use crate::backends::iptables::restore_error::RestoreError;
 use crate::backends::iptables::ruleset::{self as ipt, Ruleset};
@@ -20,10 +22,10 @@ use crate::backends::ipvs::trace::{self as ipvs, Elements};
 use crate::backends::leftovers::PREFIX;
 use crate::backends::nft::read;
 use crate::backends::nft::reconcile::parse_listing;
+use crate::backends::nft::ruleset::apply::family_word;
 use crate::backends::nft::ruleset::{self as nft, Tables};
 use crate::backends::nft::skeleton::TABLE;
 use crate::backends::nft::transaction::split_comment;
-use crate::backends::{BackendConfig, ProxyMode};
 use crate::model::{IpFamily, Protocol};
 use crate::nftables::transport::{NftCli, NftError, Transport};
 
@@ -48,14 +50,7 @@ pub enum LiveError {
 }
 
 /// The packet through the rules kproxy compiles (`rules`: what --dry-run prints).
-pub fn compiled(
-    f: &Facts,
-    cfg: &BackendConfig,
-    rules: &str,
-    p: &Packet,
-    plan: &Explanation,
-) -> String {
-    let _ = cfg;
+pub fn compiled(f: &Facts, rules: &str, p: &Packet, plan: &Explanation) -> String {
     let traced = match f.mode {
         ProxyMode::Nftables => {
             let mut tables = Tables::default();
@@ -64,8 +59,8 @@ pub fn compiled(
                 Err(e) => Err(format!("the compiled ruleset does not load: {e}")),
             }
         }
-        ProxyMode::Iptables => match ipt_compiled(rules) {
-            Ok(sets) => ipt_trace(&sets, f, p),
+        ProxyMode::Iptables => match ipt_compiled(rules, p.family()) {
+            Ok(set) => ipt_trace(&set, f, p),
             Err(e) => Err(format!("the compiled ruleset does not load: {e}")),
         },
         ProxyMode::Ipvs => {
@@ -77,15 +72,10 @@ pub fn compiled(
 }
 
 /// The packet through the rules in this node's kernel.
-pub fn live(
-    f: &Facts,
-    cfg: &BackendConfig,
-    p: &Packet,
-    plan: &Explanation,
-) -> Result<String, LiveError> {
+pub fn live(f: &Facts, p: &Packet, plan: &Explanation) -> Result<String, LiveError> {
     let traced = match f.mode {
         ProxyMode::Nftables => {
-            let mut transport = crate::nftables::Nft::open(cfg.nft_transport);
+            let mut transport = crate::nftables::Nft::open(f.config.nft_transport);
             let tables = nft_kernel(&mut transport, p.family())?;
             if tables.get(p.family()).is_none() {
                 return Ok(absent(
@@ -96,12 +86,8 @@ pub fn live(
             nft_trace(&tables, f, p)
         }
         ProxyMode::Iptables => {
-            let variant = cfg.iptables_variant.resolve();
-            let program = variant.save(p.family());
-            let sets = ipt_kernel(p.family(), |family, table, line| {
-                tools::save(&variant.save(family), table, line)
-            })?;
-            let set = &sets[usize::from(p.family() == IpFamily::V6)];
+            let program = f.config.iptables_variant.resolve().save(p.family());
+            let set = ipt_kernel(p.family(), |table, line| tools::save(&program, table, line))?;
             if set
                 .rules(Table::Nat, crate::backends::iptables::names::SERVICES)
                 .is_none()
@@ -109,7 +95,7 @@ pub fn live(
                 let chain = crate::backends::iptables::names::SERVICES;
                 return Ok(absent(&format!("chain {chain} ({program})"), f));
             }
-            ipt_trace(&sets, f, p)
+            ipt_trace(&set, f, p)
         }
         ProxyMode::Ipvs => {
             let elements = ipvs_companion(&mut NftCli::default(), p.family())?;
@@ -141,13 +127,6 @@ fn absent(what: &str, f: &Facts) -> String {
     )
 }
 
-fn family_word(family: IpFamily) -> &'static str {
-    match family {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
-    }
-}
-
 fn judge(plan: &Explanation, traced: Result<Traced, String>) -> String {
     match traced {
         Ok(t) => compare(plan, &t),
@@ -160,25 +139,22 @@ fn judge(plan: &Explanation, traced: Result<Traced, String>) -> String {
 /// elements of the sets kproxy writes as adoption reads them (over netlink when `transport`
 /// can, decoded one by one; 220,000 elements at 10,000 Services), never the whole text.
 pub fn nft_kernel(transport: &mut impl Transport, family: IpFamily) -> Result<Tables, LiveError> {
-    let cli = NftCli::default();
     let mut tables = Tables::default();
-    {
-        let Some(text) = cli.list_table_terse(family, TABLE)? else {
-            return Ok(tables);
-        };
-        let text = nft::normalize_listing(&text, family);
-        nft::apply_script(&mut tables, &text).map_err(|e| LiveError::Listing(e.to_string()))?;
-        let Some(table) = tables.get_mut(family).as_mut() else {
-            return Ok(tables);
-        };
-        read::read(transport, family, &mut |set, k, v| {
-            if let Some(s) = table.sets.get_mut(set) {
-                // Adoption reads a comment as part of the value; the tracer wants the value.
-                let (_, bare) = split_comment(&v);
-                s.elements.insert(k, bare.to_string());
-            }
-        })?;
-    }
+    let Some(text) = NftCli::default().list_table_terse(family, TABLE)? else {
+        return Ok(tables);
+    };
+    let text = nft::normalize_listing(&text, family);
+    nft::apply_script(&mut tables, &text).map_err(|e| LiveError::Listing(e.to_string()))?;
+    let Some(table) = tables.get_mut(family).as_mut() else {
+        return Ok(tables);
+    };
+    read::read(transport, family, &mut |set, k, v| {
+        if let Some(s) = table.sets.get_mut(set) {
+            // Adoption reads a comment as part of the value; the tracer wants the value.
+            let (_, bare) = split_comment(&v);
+            s.elements.insert(k, bare.to_string());
+        }
+    })?;
     Ok(tables)
 }
 
@@ -189,7 +165,7 @@ fn nft_trace(tables: &Tables, f: &Facts, p: &Packet) -> Result<Traced, String> {
         daddr: p.dst,
         proto: p.proto,
         dport: p.dport,
-        from_local: p.src.is_loopback() || f.node.local_addresses.contains(&p.src),
+        from_local: super::from_node(&p.src, f.node),
     };
     let t = nft::trace::trace(tables.get(family), family, &packet);
     let (verdict, mut endpoints) = match t.outcome {
@@ -208,43 +184,38 @@ fn nft_trace(tables: &Tables, f: &Facts, p: &Packet) -> Result<Traced, String> {
     })
 }
 
-/// Both families' iptables as `--dry-run` prints their restore input.
-fn ipt_compiled(rules: &str) -> Result<[Ruleset; 2], String> {
-    let mut sets = [Ruleset::new(IpFamily::V4), Ruleset::new(IpFamily::V6)];
+/// `family`'s iptables as `--dry-run` prints its restore input.
+fn ipt_compiled(rules: &str, family: IpFamily) -> Result<Ruleset, String> {
     let v6_at = rules.find("# ip6tables-restore").unwrap_or(rules.len());
     let (v4, v6) = rules.split_at(v6_at);
-    sets[0].restore(v4)?;
-    sets[1].restore(v6)?;
-    Ok(sets)
+    let mut set = Ruleset::new(family);
+    set.restore(if family == IpFamily::V4 { v4 } else { v6 })?;
+    Ok(set)
 }
 
-/// kproxy's part of `iptables-save` of `family`'s nat and filter tables (the other family's
-/// stays empty; a packet meets one family's rules): the built-in
-/// chains' policies, the `KPROXY-*` chains and their rules, and the jumps into them; other
-/// components' rules are left out (the model refuses rules it does not know).
+/// kproxy's part of `family`'s nat and filter tables as `save` (`iptables-save -t TABLE`)
+/// lists them (a packet meets one family's rules): the built-in chains' policies, the
+/// `KPROXY-*` chains and their rules, and the jumps into them; other components' rules are
+/// left out (the model refuses rules it does not know).
 pub fn ipt_kernel(
     family: IpFamily,
-    mut save: impl FnMut(IpFamily, &str, &mut dyn FnMut(&str)) -> Result<(), RestoreError>,
-) -> Result<[Ruleset; 2], LiveError> {
-    let mut sets = [Ruleset::new(IpFamily::V4), Ruleset::new(IpFamily::V6)];
-    let i = usize::from(family == IpFamily::V6);
-    {
-        let mut input = String::new();
-        for table in [Table::Nat, Table::Filter] {
-            input.push_str(&format!("*{}\n", table.as_str()));
-            save(family, table.as_str(), &mut |line: &str| {
-                if ours(table, line) {
-                    input.push_str(line);
-                    input.push('\n');
-                }
-            })?;
-            input.push_str("COMMIT\n");
-        }
-        sets[i]
-            .restore(&input)
-            .map_err(|message| LiveError::Saved { family, message })?;
+    mut save: impl FnMut(&str, &mut dyn FnMut(&str)) -> Result<(), RestoreError>,
+) -> Result<Ruleset, LiveError> {
+    let mut input = String::new();
+    for table in [Table::Nat, Table::Filter] {
+        input.push_str(&format!("*{}\n", table.as_str()));
+        save(table.as_str(), &mut |line: &str| {
+            if ours(table, line) {
+                input.push_str(line);
+                input.push('\n');
+            }
+        })?;
+        input.push_str("COMMIT\n");
     }
-    Ok(sets)
+    let mut set = Ruleset::new(family);
+    set.restore(&input)
+        .map_err(|message| LiveError::Saved { family, message })?;
+    Ok(set)
 }
 
 /// Whether a line of `iptables-save -t table` belongs to kproxy's part.
@@ -257,24 +228,18 @@ fn ours(table: Table, line: &str) -> bool {
         return false;
     };
     let (chain, args) = rule.split_once(' ').unwrap_or((rule, ""));
-    let words: Vec<&str> = args.split_whitespace().collect();
-    chain.starts_with(PREFIX)
-        || words
-            .windows(2)
-            .any(|w| matches!(w[0], "-j" | "-g") && w[1].starts_with(PREFIX))
+    chain.starts_with(PREFIX) || jumps_to_kproxy(args)
 }
 
-fn ipt_trace(sets: &[Ruleset; 2], f: &Facts, p: &Packet) -> Result<Traced, String> {
-    let family = p.family();
+fn ipt_trace(set: &Ruleset, f: &Facts, p: &Packet) -> Result<Traced, String> {
     let packet = ipt::Packet {
         src: p.src,
         dst: p.dst,
         proto: p.proto,
         dport: p.dport,
-        from_node: p.src.is_loopback() || f.node.local_addresses.contains(&p.src),
+        from_node: super::from_node(&p.src, f.node),
         local: f.node.local_addresses.clone(),
     };
-    let set = &sets[usize::from(family == IpFamily::V6)];
     let out = set.trace(&packet);
     let mut kinds = Vec::new();
     let mut endpoints = Vec::new();
@@ -404,10 +369,7 @@ fn static_set(name: &str) -> Option<&'static str> {
 /// The companion table's elements of `family` as the kernel lists them.
 fn ipvs_companion(transport: &mut impl Transport, family: IpFamily) -> Result<Elements, LiveError> {
     let mut elements = Elements::new();
-    let fam = match family {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
-    };
+    let fam = family_word(family);
     let table = crate::backends::ipvs::compile::TABLE;
     if let Some(text) = transport.list_table(family, table)? {
         for (set, (_, listed)) in parse_listing(&text).sets {

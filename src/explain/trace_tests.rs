@@ -30,9 +30,7 @@ fn answers(mode: ProxyMode, plans: &Plans, rules: &str) -> Vec<(String, String)>
     let facts = Facts {
         mode,
         node: &n,
-        masquerade_all: false,
-        localhost_nodeports: false,
-        ipvs_scheduler: "",
+        config: &cfg,
     };
     packets(plans, &n)
         .iter()
@@ -44,7 +42,7 @@ fn answers(mode: ProxyMode, plans: &Plans, rules: &str) -> Vec<(String, String)>
                 dport: p.dport,
             };
             let e = explain(plans, &facts, &packet);
-            let said = compiled(&facts, &cfg, rules, &packet, &e);
+            let said = compiled(&facts, rules, &packet, &e);
             (
                 format!("{packet}: {} ({})", e.verdict.as_str(), e.reason),
                 said,

@@ -51,11 +51,7 @@ impl SaveParser {
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let (chain, args) = rule.split_once(' ').unwrap_or((rule, ""));
-            let words: Vec<&str> = args.split_whitespace().collect();
-            let ours = words
-                .windows(2)
-                .any(|w| matches!(w[0], "-j" | "-g") && w[1].starts_with(PREFIX));
-            if !chain.starts_with(PREFIX) && ours {
+            if !chain.starts_with(PREFIX) && jumps_to_kproxy(args) {
                 saved.jumps.push((chain.to_string(), args.to_string()));
             }
         }
@@ -64,6 +60,14 @@ impl SaveParser {
     pub fn finish(self) -> BTreeMap<Table, Saved> {
         self.out
     }
+}
+
+/// Whether a rule's arguments (`-A CHAIN` cut off) jump or go to a `KPROXY-*` chain.
+pub fn jumps_to_kproxy(args: &str) -> bool {
+    let words: Vec<&str> = args.split_whitespace().collect();
+    words
+        .windows(2)
+        .any(|w| matches!(w[0], "-j" | "-g") && w[1].starts_with(PREFIX))
 }
 
 /// Parses `iptables-save` output (any tables) into what kproxy owns per table.

@@ -33,9 +33,7 @@ pub(crate) fn expected(plans: &Plans, node: &NodeFacts, p: &Packet) -> Fate {
     let facts = explain::Facts {
         mode: crate::backends::ProxyMode::Ipvs,
         node,
-        masquerade_all: false,
-        localhost_nodeports: false,
-        ipvs_scheduler: "",
+        config: &Default::default(),
     };
     let packet = explain::Packet {
         proto: p.proto,

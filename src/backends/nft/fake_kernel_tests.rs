@@ -60,9 +60,7 @@ pub(crate) fn expected(plans: &Plans, cfg: &BackendConfig, node: &NodeFacts, p: 
     let facts = explain::Facts {
         mode: crate::backends::ProxyMode::Nftables,
         node,
-        masquerade_all: cfg.masquerade_all,
-        localhost_nodeports: false,
-        ipvs_scheduler: "",
+        config: cfg,
     };
     let packet = explain::Packet {
         proto: p.proto,

@@ -143,9 +143,7 @@ pub(crate) fn expected(
     let facts = explain::Facts {
         mode: crate::backends::ProxyMode::Iptables,
         node: &node,
-        masquerade_all: cfg.masquerade_all,
-        localhost_nodeports: cfg.localhost_nodeports,
-        ipvs_scheduler: "",
+        config: cfg,
     };
     let packet = explain::Packet {
         proto: p.proto,
