@@ -100,8 +100,8 @@ pub struct Explanation {
     pub port: Option<String>,
     pub address_kind: Option<AddressKind>,
     pub verdict: Verdict,
-    /// `ip:port` of every endpoint the packet can reach.
-    pub endpoints: Vec<String>,
+    /// Every endpoint the packet can reach, sorted (`ip:port` strings in JSON).
+    pub endpoints: Vec<SocketAddr>,
     /// Each endpoint's chance, in the order of `endpoints`.
     pub chances: Vec<f64>,
     pub masquerade: bool,
@@ -133,17 +133,6 @@ impl Explanation {
             rules: None,
             kernel: None,
         }
-    }
-
-    /// The endpoints as socket addresses, sorted.
-    pub fn endpoint_addrs(&self) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = self
-            .endpoints
-            .iter()
-            .filter_map(|e| e.parse().ok())
-            .collect();
-        out.sort();
-        out
     }
 }
 
@@ -287,10 +276,7 @@ fn of_service(
             out.verdict = Verdict::Dnat;
             out.masquerade = masquerade;
             let share = 1.0 / eps.len() as f64;
-            out.endpoints = eps
-                .iter()
-                .map(|e| SocketAddr::new(e.ip, e.port).to_string())
-                .collect();
+            out.endpoints = eps.iter().map(|e| SocketAddr::new(e.ip, e.port)).collect();
             out.chances = vec![share; eps.len()];
             out.reason = reachable(pl, fp.family, eps.len(), &why, f);
         }
@@ -335,8 +321,8 @@ pub fn compare(e: &Explanation, t: &Traced) -> String {
             t.verdict.as_str(),
             e.verdict.as_str()
         ));
-    } else if t.endpoints != e.endpoint_addrs() {
-        let want = e.endpoint_addrs();
+    } else if t.endpoints != e.endpoints {
+        let want = &e.endpoints;
         let missing: Vec<_> = want.iter().filter(|a| !t.endpoints.contains(a)).collect();
         let extra: Vec<_> = t.endpoints.iter().filter(|a| !want.contains(a)).collect();
         diffs.push(format!(

@@ -43,12 +43,7 @@ pub(crate) fn expected(plans: &Plans, node: &NodeFacts, p: &Packet) -> Fate {
     };
     let e = explain::explain(plans, &facts, &packet);
     match e.verdict {
-        Verdict::Dnat => Fate::Dnat(
-            e.endpoint_addrs()
-                .iter()
-                .map(|a| (a.ip(), a.port()))
-                .collect(),
-        ),
+        Verdict::Dnat => Fate::Dnat(e.endpoints.iter().map(|a| (a.ip(), a.port())).collect()),
         Verdict::Reject => Fate::Reject,
         Verdict::Drop => Fate::Drop,
         Verdict::NotAService => Fate::NotAService,

@@ -70,7 +70,7 @@ pub(crate) fn expected(plans: &Plans, cfg: &BackendConfig, node: &NodeFacts, p: 
     };
     let e = explain::explain(plans, &facts, &packet);
     let outcome = match e.verdict {
-        Verdict::Dnat => Outcome::Dnat(e.endpoints.iter().map(|a| a.parse().unwrap()).collect()),
+        Verdict::Dnat => Outcome::Dnat(e.endpoints.clone()),
         Verdict::Reject => Outcome::Reject,
         Verdict::Drop => Outcome::Drop,
         Verdict::NotAService => Outcome::NotAService,

@@ -160,8 +160,7 @@ pub(crate) fn expected(
     match e.verdict {
         Verdict::Dnat => {
             let mut out = BTreeMap::new();
-            for (ep, chance) in e.endpoints.iter().zip(&e.chances) {
-                let to: SocketAddr = ep.parse().expect("ip:port");
+            for (&to, chance) in e.endpoints.iter().zip(&e.chances) {
                 let from = if e.masquerade || to.ip() == p.src {
                     node_addr
                 } else {
