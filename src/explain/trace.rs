@@ -7,6 +7,7 @@
 //! with text or kernel state and never with the plans; `live` only reads the kernel. A ruleset
 //! the tracer cannot follow for this packet is a difference, never an agreement.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::{Explanation, Facts, Packet, Traced, Verdict, compare};
@@ -280,14 +281,9 @@ fn ipt_trace(set: &Ruleset, f: &Facts, p: &Packet) -> Result<Traced, String> {
 
 /// The companion table's elements and the virtual servers with their destinations, as
 /// `--dry-run` prints them (`add element …` lines and ipvsadm-restore input).
-fn ipvs_compiled(
-    rules: &str,
-) -> (
-    Elements,
-    std::collections::BTreeMap<ServiceKey, Vec<DestState>>,
-) {
+fn ipvs_compiled(rules: &str) -> (Elements, BTreeMap<ServiceKey, Vec<DestState>>) {
     let mut elements = Elements::new();
-    let mut servers = std::collections::BTreeMap::<ServiceKey, Vec<DestState>>::new();
+    let mut servers = BTreeMap::<ServiceKey, Vec<DestState>>::new();
     for line in rules.lines() {
         if let Some(rest) = line.strip_prefix("add element ") {
             let mut words = rest.splitn(4, ' ');
