@@ -210,6 +210,20 @@ pub fn explain(plans: &Plans, f: &Facts, p: &Packet) -> Explanation {
     }
 }
 
+/// Whether a service port's rules can touch the packet, in any mode: one of its addresses of
+/// the packet's family is the destination (whatever its port and protocol: the rules of a
+/// ClusterIP also refuse its undefined ports), or its NodePort is the packet's port. The rules
+/// compiled for the other ports are keyed by addresses or NodePorts the packet does not carry,
+/// so `explain` compiles and traces only these: at 10,000 Services it costs what one costs.
+pub fn concerns(planned: &Planned, p: &Packet) -> bool {
+    planned.plan.family(p.family()).is_some_and(|fp| {
+        fp.node_port == Some(p.dport)
+            || [&fp.cluster_ips, &fp.external_ips, &fp.load_balancer_ips]
+                .iter()
+                .any(|addrs| addrs.contains(&p.dst))
+    })
+}
+
 fn of_service(
     plans: &Plans,
     pl: &Planned,

@@ -322,7 +322,8 @@ async fn run_explain(
     let mut rx = start_source(&cfg, metrics.clone()).await?;
     let mut syncer = syncer_for(&cfg, backend_config, metrics, shared.clone());
     first_list(&mut syncer, &mut rx).await?;
-    let rules = syncer.render().await;
+    let concerns = |p: &_| explain::concerns(p, &asked.packet);
+    let rules = syncer.render_where(Some(&concerns)).await;
     let plans = shared.plans.read().expect("plans lock").clone();
     let node = shared.node.read().expect("node lock").clone();
     // The daemon's own configuration: --live reads the kernel with the iptables variant and

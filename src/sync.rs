@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::backends::Backend;
+use crate::backends::{Backend, Plans};
 use crate::conntrack::Reconciler;
 use crate::health::service::ServiceHealthServers;
 use crate::metrics::Metrics;
@@ -191,15 +191,25 @@ impl Syncer {
     /// --dry-run: plans every service port from what the sources sent and returns the ruleset
     /// the backend would program. Touches nothing.
     pub async fn render(&mut self) -> String {
+        self.render_where(None).await
+    }
+
+    /// `render`, of only the service ports `keep` chooses (all of them without it).
+    pub async fn render_where(&mut self, keep: Option<&dyn Fn(&Planned) -> bool>) -> String {
         let (_, changed) = self.take_changes(Due::Full);
         self.refresh_node_facts().await;
         self.plan(true, changed);
         let plans = self.shared.plans.read().expect("plans lock");
         let node = self.shared.node.read().expect("node lock");
-        self.backend
-            .lock()
-            .expect("backend lock")
-            .render(&plans, &node)
+        let backend = self.backend.lock().expect("backend lock");
+        match keep {
+            None => backend.render(&plans, &node),
+            Some(keep) => {
+                let kept = plans.iter().filter(|(_, p)| keep(p));
+                let kept: Plans = kept.map(|(k, p)| (k.clone(), p.clone())).collect();
+                backend.render(&kept, &node)
+            }
+        }
     }
 
     /// One sync, as a list of phases. Returns whether the backend applied it.

@@ -1,7 +1,8 @@
 //! `explain` against the mode's tracer on the rules kproxy compiles: every probe packet of the
 //! shared example plans (each address and NodePort of every port and the port after it, from
 //! an admitted client, a refused one, a pod and the node) agrees, in every mode; a ruleset
-//! with a service's rule missing differs for that service only.
+//! with a service's rule missing differs for that service only; the rules of only the ports
+//! that concern a packet (what `kproxy explain` compiles) answer as the whole ruleset does.
 
 use super::*;
 use crate::backends::iptables::{IptablesBackend, variant::Variant};
@@ -118,5 +119,47 @@ fn a_compiled_ruleset_missing_a_services_dispatch_differs_for_that_service_only(
                 "{mode}: {packet} {said}"
             );
         }
+    }
+}
+
+#[test]
+fn the_rules_of_only_the_ports_that_concern_a_packet_answer_as_the_whole_ruleset_does() {
+    let mut all = cluster_ips();
+    all.extend(external());
+    let all = claimed(&all);
+    let n = node();
+    let cfg = crate::testing::config();
+    for mode in ProxyMode::ALL {
+        let facts = Facts {
+            mode,
+            node: &n,
+            config: &cfg,
+        };
+        let whole = rules(mode, &cfg, &all, &n);
+        let mut fewer = 0;
+        for p in packets(&all, &n) {
+            let packet = Packet {
+                proto: p.proto,
+                src: p.saddr,
+                dst: p.daddr,
+                dport: p.dport,
+            };
+            let kept: Plans = all
+                .iter()
+                .filter(|(_, pl)| crate::explain::concerns(pl, &packet))
+                .map(|(k, pl)| (k.clone(), pl.clone()))
+                .collect();
+            fewer += usize::from(kept.len() < all.len());
+            let e = explain(&all, &facts, &packet);
+            let part = rules(mode, &cfg, &kept, &n);
+            assert_eq!(
+                compiled(&facts, &part, &packet, &e),
+                compiled(&facts, &whole, &packet, &e),
+                "{mode}: {packet} ({} of {} ports)",
+                kept.len(),
+                all.len()
+            );
+        }
+        assert!(fewer > 100, "{mode}: only {fewer} probes left ports out");
     }
 }
