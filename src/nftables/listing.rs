@@ -198,16 +198,16 @@ fn strings(attrs: &[(u16, &str)]) -> Vec<u8> {
     out
 }
 
-fn be32(v: &[u8]) -> Option<u32> {
+pub(crate) fn be32(v: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
 }
 
-fn c_str(v: &[u8]) -> Option<&str> {
+pub(crate) fn c_str(v: &[u8]) -> Option<&str> {
     std::str::from_utf8(v.split(|&b| b == 0).next()?).ok()
 }
 
 /// The attributes of one level: (type without flags, payload).
-fn attributes(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>, ListError> {
+pub(crate) fn attributes(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>, ListError> {
     let mut out = Vec::new();
     let mut at = 0;
     while buf.len() >= 4 {

@@ -2,7 +2,8 @@
 //! (`transport`: the `nft` command; `libnft`: libnftables in-process), set elements as netlink
 //! batches (`elements`) and reading a table over netlink (`listing`), which the `mixed`
 //! (`nft` command + netlink) and libnftables transports do, counting a table's rules per chain
-//! over netlink (`netlink`, the old drift probe), and who changed a table (`monitor`: the
+//! over netlink (`netlink`, the old drift probe), reading a table's rules as expressions
+//! (`rules`, for `kproxy explain --live`), and who changed a table (`monitor`: the
 //! kernel's change notifications; `watched`: a transport whose writes the monitor knows as
 //! kproxy's). `--nftables-transport` picks one (`NftTransport`).
 //!
@@ -15,6 +16,7 @@ pub mod listing;
 pub mod mixed;
 pub mod monitor;
 pub mod netlink;
+pub mod rules;
 pub mod transport;
 pub mod uapi;
 pub mod watched;

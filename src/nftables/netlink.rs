@@ -64,7 +64,7 @@ pub fn chain_rules(
 
 /// One `NFT_MSG_GETRULE` dump filtered by table (and chain) in the kernel; `each` gets every
 /// rule's chain and attributes.
-fn dump(
+pub(crate) fn dump(
     family: IpFamily,
     table: &str,
     chain: Option<&str>,

@@ -15,6 +15,7 @@ pub mod read;
 pub mod reconcile;
 pub mod render;
 pub mod repair;
+pub mod rule_text;
 pub mod ruleset;
 pub mod skeleton;
 pub mod transaction;
