@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use super::{Explanation, Facts, Packet, Traced, Verdict, compare};
+use super::{Explanation, Facts, Packet, Traced, Verdict, compare, live_nft};
 use crate::backends::ProxyMode;
 use crate::backends::iptables::adopt::jumps_to_kproxy;
 use crate::backends::iptables::compile::Table;
@@ -21,12 +21,10 @@ use crate::backends::ipvs::netlink::{DestKey, DestState, ServiceKey};
 use crate::backends::ipvs::socket::{IpvsSocket, SocketError};
 use crate::backends::ipvs::trace::{self as ipvs, Elements};
 use crate::backends::leftovers::PREFIX;
-use crate::backends::nft::read;
 use crate::backends::nft::reconcile::parse_listing;
 use crate::backends::nft::ruleset::apply::family_word;
 use crate::backends::nft::ruleset::{self as nft, Tables};
 use crate::backends::nft::skeleton::TABLE;
-use crate::backends::nft::transaction::split_comment;
 use crate::model::{IpFamily, Protocol};
 use crate::nftables::transport::{NftCli, NftError, Transport};
 
@@ -36,6 +34,9 @@ pub enum LiveError {
     /// nft could not list kproxy's table: run as root in the node's network namespace.
     #[error("listing kproxy's nftables table: {0}")]
     Nft(#[from] NftError),
+    /// kproxy's rules could not be read over netlink: run as root in the node's namespace.
+    #[error("reading kproxy's nftables rules over netlink: {0}")]
+    Rules(crate::nftables::netlink::ProbeError),
     /// The listing is not what kproxy reads: a newer or foreign ruleset.
     #[error("reading kproxy's nftables table as listed: {0}")]
     Listing(String),
@@ -76,15 +77,14 @@ pub fn compiled(f: &Facts, rules: &str, p: &Packet, plan: &Explanation) -> Strin
 pub fn live(f: &Facts, p: &Packet, plan: &Explanation) -> Result<String, LiveError> {
     let traced = match f.mode {
         ProxyMode::Nftables => {
-            let mut transport = crate::nftables::Nft::open(f.config.nft_transport);
-            let tables = nft_kernel(&mut transport, p.family())?;
-            if tables.get(p.family()).is_none() {
-                return Ok(absent(
-                    &format!("table {} {TABLE}", family_word(p.family())),
-                    f,
-                ));
-            }
-            nft_trace(&tables, f, p)
+            let family = p.family();
+            let Some(mut tables) = live_nft::skeleton(&mut NftCli::default(), family)? else {
+                let table = format!("table {} {TABLE}", family_word(family));
+                return Ok(absent(&table, f));
+            };
+            let mut elements = live_nft::Dumped::new(family);
+            let t = live_nft::trace(&mut tables, family, &nft_packet(f, p), &mut elements)?;
+            nft_traced(t)
         }
         ProxyMode::Iptables => {
             let program = f.config.iptables_variant.resolve().save(p.family());
@@ -135,40 +135,25 @@ fn judge(plan: &Explanation, traced: Result<Traced, String>) -> String {
     }
 }
 
-/// kproxy's table of `family` as it is in the kernel: chains, rules and set declarations from
-/// `nft -t list table` (no elements: the tracer reads kproxy's words, `normalize_listing`), the
-/// elements of the sets kproxy writes as adoption reads them (over netlink when `transport`
-/// can, decoded one by one; 220,000 elements at 10,000 Services), never the whole text.
-pub fn nft_kernel(transport: &mut impl Transport, family: IpFamily) -> Result<Tables, LiveError> {
-    let mut tables = Tables::default();
-    let Some(text) = NftCli::default().list_table_terse(family, TABLE)? else {
-        return Ok(tables);
-    };
-    let text = nft::normalize_listing(&text, family);
-    nft::apply_script(&mut tables, &text).map_err(|e| LiveError::Listing(e.to_string()))?;
-    let Some(table) = tables.get_mut(family).as_mut() else {
-        return Ok(tables);
-    };
-    read::read(transport, family, &mut |set, k, v| {
-        if let Some(s) = table.sets.get_mut(set) {
-            // Adoption reads a comment as part of the value; the tracer wants the value.
-            let (_, bare) = split_comment(&v);
-            s.elements.insert(k, bare.to_string());
-        }
-    })?;
-    Ok(tables)
+fn nft_trace(tables: &Tables, f: &Facts, p: &Packet) -> Result<Traced, String> {
+    nft_traced(nft::trace::trace(
+        tables.get(p.family()),
+        p.family(),
+        &nft_packet(f, p),
+    ))
 }
 
-fn nft_trace(tables: &Tables, f: &Facts, p: &Packet) -> Result<Traced, String> {
-    let family = p.family();
-    let packet = nft::Packet {
+fn nft_packet(f: &Facts, p: &Packet) -> nft::Packet {
+    nft::Packet {
         saddr: p.src,
         daddr: p.dst,
         proto: p.proto,
         dport: p.dport,
         from_local: super::from_node(&p.src, f.node),
-    };
-    let t = nft::trace::trace(tables.get(family), family, &packet);
+    }
+}
+
+fn nft_traced(t: nft::Trace) -> Result<Traced, String> {
     let (verdict, mut endpoints) = match t.outcome {
         nft::Outcome::Dnat(eps) => (Verdict::Dnat, eps),
         nft::Outcome::Reject => (Verdict::Reject, vec![]),

@@ -169,14 +169,39 @@ impl NftCli {
 }
 
 impl NftCli {
-    /// `nft -t list table` (terse: sets and maps without their elements); `None` when the
-    /// table does not exist.
-    pub fn list_table_terse(
-        &self,
-        family: IpFamily,
-        table: &str,
-    ) -> Result<Option<String>, NftError> {
-        self.list_with(&["-t"], family, &["table", table], table.to_string())
+    /// A table's sets and maps (declarations, no elements) and chains (heads, no rules), as
+    /// `nft -t list sets`, `list maps` and `list chains` print them; `None` when the table does
+    /// not exist. Unlike `list table` (even terse) these leave set elements out of nft's cache:
+    /// 0.01 s instead of 1.6 s at 10,000 Services.
+    pub fn list_skeleton(&self, family: IpFamily, table: &str) -> Result<Option<String>, NftError> {
+        let fam = family_name(family);
+        // nft lists maps and chains of a whole family only; the other tables' blocks go.
+        let script = format!("list sets table {fam} {table}; list maps {fam}; list chains {fam}");
+        let out = self.run(&["-t", &script], None)?;
+        if !out.status.success() {
+            let stderr = stderr_of(&out);
+            if stderr.contains("No such file or directory") {
+                return Ok(None);
+            }
+            return Err(NftError::ListFailed {
+                family: fam,
+                table: table.to_string(),
+                status: out.status.to_string(),
+                stderr,
+            });
+        }
+        let header = format!("table {fam} {table} {{");
+        let mut kept = String::new();
+        let mut inside = false;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            inside |= line == header;
+            if inside {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            inside &= line != "}";
+        }
+        Ok(Some(kept))
     }
 
     /// `nft list <what…>` in `family` (`what`: `table NAME`, `set TABLE NAME`); `None` when it

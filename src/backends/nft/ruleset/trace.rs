@@ -11,6 +11,7 @@
 //! slot at or beyond N left behind, a statement the tracer does not understand. `numgen` is
 //! expanded to every slot, so `Dnat` lists every endpoint the packet can reach, in slot order.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -115,6 +116,12 @@ impl<'a> Program<'a> {
 
     /// Traces `p` through this table (kproxy's table of `family`).
     pub fn trace(&self, family: IpFamily, p: &Packet) -> Trace {
+        self.trace_asking(family, p).0
+    }
+
+    /// `trace`, and every (set, key) it looked up in a set without intervals, in order: what a
+    /// caller that fetches elements on demand must fetch before it traces again.
+    pub fn trace_asking(&self, family: IpFamily, p: &Packet) -> (Trace, Vec<(String, String)>) {
         let texts = [
             p.saddr.to_string(),
             p.daddr.to_string(),
@@ -129,15 +136,17 @@ impl<'a> Program<'a> {
             mark: 0,
             depth: 0,
             texts,
+            asked: RefCell::new(Vec::new()),
         };
         let outcome = run.base().and_then(|o| run.after_dnat(o));
         let outcome = outcome.unwrap_or_else(Outcome::Broken);
         // A rejected or dropped packet goes nowhere: its mark is moot.
         let gone = matches!(outcome, Outcome::Reject | Outcome::Drop);
-        Trace {
+        let trace = Trace {
             outcome,
             masquerade: !gone && run.mark & self.masquerade_mark != 0,
-        }
+        };
+        (trace, run.asked.into_inner())
     }
 }
 
@@ -150,6 +159,8 @@ struct Run<'a> {
     depth: usize,
     /// The canonical texts of saddr, daddr, l4proto and dport, built once per packet.
     texts: [String; 4],
+    /// (set, key) of every lookup in a set without intervals.
+    asked: RefCell<Vec<(String, String)>>,
 }
 
 fn proto_number(p: Protocol) -> u8 {
@@ -448,7 +459,10 @@ impl Run<'_> {
     fn member(&self, set: &str, vals: &[Val]) -> Result<bool, String> {
         let s = self.set(set)?;
         if !s.ty.interval {
-            return Ok(s.elements.contains_key(&self.text(vals)?));
+            let key = self.text(vals)?;
+            let found = s.elements.contains_key(&key);
+            self.asked.borrow_mut().push((set.to_string(), key));
+            return Ok(found);
         }
         let key = atoms(vals)?;
         let point = types::point(&key);
@@ -466,7 +480,10 @@ impl Run<'_> {
         if s.ty.value.is_none() {
             return Err(format!("{map} is a set, not a map"));
         }
-        Ok(s.elements.get(&self.text(vals)?).cloned())
+        let key = self.text(vals)?;
+        let found = s.elements.get(&key).cloned();
+        self.asked.borrow_mut().push((map.to_string(), key));
+        Ok(found)
     }
 
     fn endpoint(&self, map: &str, value: &str) -> Result<SocketAddr, String> {
@@ -522,6 +539,9 @@ impl Run<'_> {
         };
         self.check_modulus(chain, modulus)?;
         let head = format!("{} . ", self.text(&key[..key.len() - 1])?);
+        // Every slot, and the first beyond them (where a shrunk ruleset leaves one behind).
+        let asked = (0..=modulus).map(|slot| (map.to_string(), format!("{head}{slot}")));
+        self.asked.borrow_mut().extend(asked);
         let mut eps = Vec::new();
         for slot in 0..modulus {
             let k = format!("{head}{slot}");
