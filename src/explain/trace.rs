@@ -347,19 +347,19 @@ fn static_set(name: &str) -> Option<&'static str> {
     ipvs::SETS.into_iter().find(|s| *s == name)
 }
 
-/// The companion table's elements of `family` as the kernel lists them.
+/// The companion table's elements of `family` the tracer reads, as the kernel lists them: its
+/// four sets one by one (`nft list set` leaves the other sets' elements out of nft's cache;
+/// `cluster-ips` and `hairpin` hold 110,000 at 10,000 Services).
 fn ipvs_companion(transport: &mut impl Transport, family: IpFamily) -> Result<Elements, LiveError> {
     let mut elements = Elements::new();
     let fam = family_word(family);
     let table = crate::backends::ipvs::compile::TABLE;
-    if let Some(text) = transport.list_table(family, table)? {
-        for (set, (_, listed)) in parse_listing(&text).sets {
-            let Some(set) = static_set(&set) else {
-                continue;
-            };
-            for key in listed.into_keys() {
-                elements.insert((fam, set, key));
-            }
+    for set in ipvs::SETS {
+        let Some(text) = transport.list_set(family, table, set)? else {
+            continue;
+        };
+        if let Some((_, listed)) = parse_listing(&text).sets.remove(set) {
+            elements.extend(listed.into_keys().map(|key| (fam, set, key)));
         }
     }
     Ok(elements)
