@@ -119,7 +119,10 @@ pub fn elements(
 }
 
 /// The elements of one NEWSETELEM message's attributes, to `each`.
-fn list_elements(attrs: &[u8], each: &mut impl FnMut(Element<'_>)) -> Result<(), ListError> {
+pub(super) fn list_elements(
+    attrs: &[u8],
+    each: &mut impl FnMut(Element<'_>),
+) -> Result<(), ListError> {
     for (kind, list) in attributes(attrs)? {
         if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
             continue;
@@ -207,7 +210,7 @@ fn c_str(v: &[u8]) -> Option<&str> {
 }
 
 /// The attributes of one level: (type without flags, payload).
-fn attributes(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>, ListError> {
+pub(super) fn attributes(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>, ListError> {
     let mut out = Vec::new();
     let mut at = 0;
     while buf.len() >= 4 {
