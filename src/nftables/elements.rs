@@ -251,7 +251,7 @@ pub fn comment_of(mut userdata: &[u8]) -> Option<&str> {
 /// libnftnl's `NFTNL_UDATA_SET_ELEM_COMMENT` (udata.h).
 const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
 
-fn c_string(s: &str) -> Vec<u8> {
+pub(super) fn c_string(s: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(s.len() + 1);
     v.extend_from_slice(s.as_bytes());
     v.push(0);
@@ -259,14 +259,14 @@ fn c_string(s: &str) -> Vec<u8> {
 }
 
 /// Starts a nested attribute; returns where its header is, for `end_nest`.
-fn begin_nest(buf: &mut Vec<u8>, kind: u16) -> usize {
+pub(super) fn begin_nest(buf: &mut Vec<u8>, kind: u16) -> usize {
     let at = buf.len();
     buf.extend_from_slice(&0u16.to_ne_bytes());
     buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
     at
 }
 
-fn end_nest(buf: &mut [u8], at: usize) {
+pub(super) fn end_nest(buf: &mut [u8], at: usize) {
     let len = (buf.len() - at) as u16;
     buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
 }
@@ -317,7 +317,7 @@ impl ElementSocket {
         elements: usize,
     ) -> Result<(), ElementsError> {
         if self.socket.is_none() {
-            self.socket = Some(open().map_err(ElementsError::Socket)?);
+            self.socket = Some(open(ANSWER_TIMEOUT_SECS).map_err(ElementsError::Socket)?);
         }
         let socket = self.socket.as_ref().expect("opened above");
         grow_send_buffer(socket, bytes.len())
@@ -334,12 +334,14 @@ impl ElementSocket {
     }
 }
 
-fn open() -> std::io::Result<netlink_sys::Socket> {
+/// A NETLINK_NETFILTER socket whose errors echo only the failing message's header, and whose
+/// receives give up after `timeout_secs`.
+pub(super) fn open(timeout_secs: libc::time_t) -> std::io::Result<netlink_sys::Socket> {
     let socket = nfnetlink::socket()?;
     // Errors carry only the failing message's header, not its up to 32 KiB of elements.
     socket.set_cap_ack(true)?;
     let timeout = libc::timeval {
-        tv_sec: ANSWER_TIMEOUT_SECS,
+        tv_sec: timeout_secs,
         tv_usec: 0,
     };
     setsockopt(

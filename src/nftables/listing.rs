@@ -119,7 +119,10 @@ pub fn elements(
 }
 
 /// The elements of one NEWSETELEM message's attributes, to `each`.
-fn list_elements(attrs: &[u8], each: &mut impl FnMut(Element<'_>)) -> Result<(), ListError> {
+pub(super) fn list_elements(
+    attrs: &[u8],
+    each: &mut impl FnMut(Element<'_>),
+) -> Result<(), ListError> {
     for (kind, list) in attributes(attrs)? {
         if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
             continue;

@@ -1,7 +1,8 @@
 //! The nftables machinery the nftables and IPVS backends share: applying a script atomically
 //! (`transport`: the `nft` command; `libnft`: libnftables in-process), set elements as netlink
 //! batches (`elements`) and reading a table over netlink (`listing`), which the `mixed`
-//! (`nft` command + netlink) and libnftables transports do, counting a table's rules per chain
+//! (`nft` command + netlink) and libnftables transports do, one element read by its key
+//! (`getelem`, for tracing a packet through the live sets), counting a table's rules per chain
 //! over netlink (`netlink`, the old drift probe), reading a table's rules as expressions
 //! (`rules`, for `kproxy explain --live`), and who changed a table (`monitor`: the
 //! kernel's change notifications; `watched`: a transport whose writes the monitor knows as
@@ -11,6 +12,7 @@
 //! applied whole or not at all.
 
 pub mod elements;
+pub mod getelem;
 pub mod libnft;
 pub mod listing;
 pub mod mixed;

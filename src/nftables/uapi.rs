@@ -44,5 +44,11 @@ pub const NLM_F_REQUEST: u16 = 1;
 pub const NLM_F_ACK: u16 = 4;
 pub const NLM_F_CREATE: u16 = 0x400;
 pub const NLM_F_DUMP: u16 = 0x300;
+/// Flags of an NLMSG_ERROR: the request echoed as its header only (`NETLINK_CAP_ACK`), and
+/// extended-ack attributes follow.
+pub const NLM_F_CAPPED: u16 = 0x100;
+pub const NLM_F_ACK_TLVS: u16 = 0x200;
+/// The extended-ack attribute holding the failing attribute's offset in the request.
+pub const NLMSGERR_ATTR_OFFS: u16 = 2;
 pub const NLA_F_NESTED: u16 = 0x8000;
 pub const NLA_TYPE_MASK: u16 = 0x3fff;

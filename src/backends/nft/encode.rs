@@ -299,6 +299,22 @@ pub fn decode(set: &str, family: IpFamily, e: &Element) -> Option<(String, Strin
     }
 }
 
+/// The key bytes of an element of `set` written as compile writes its key (`10.96.0.10 . tcp .
+/// 80`), the bytes an element batch sends (`nftables::getelem` looks elements up by them); for
+/// a concatenation with a range (`firewall-allow`) the range's first address, so an address
+/// alone (`… . 10.0.1.5`) is a point the kernel finds inside whichever range holds it. `None`
+/// for a set this does not encode and for text that does not fit its layout.
+pub fn key(set: &str, family: IpFamily, text: &str) -> Option<Vec<u8>> {
+    let layout = layouts().get(set)?.as_ref()?;
+    let mut key = Vec::new();
+    let encoded = if layout.interval {
+        encode_range(&mut key, &mut Vec::new(), &layout.key, family, text)
+    } else {
+        encode(&mut key, &layout.key, family, text)
+    };
+    encoded.then_some(key)
+}
+
 /// `tx` as one element batch, when it holds only element operations this encodes.
 pub fn batch(tx: &Transaction) -> Option<ElementBatch> {
     let mut batch = ElementBatch::new(TABLE);

@@ -199,3 +199,101 @@ fn an_elements_comment_goes_as_nfts_user_data_and_reads_back_into_the_same_value
     );
     assert_eq!(read[2].1, "10.0.1.1 . 8080", "no comment, none read");
 }
+
+#[test]
+fn a_key_is_the_bytes_the_batch_sends_for_the_same_element_in_either_family() {
+    let elements = [
+        (
+            IpFamily::V4,
+            "services",
+            "10.96.0.10 . tcp . 80",
+            "goto lb-3",
+        ),
+        (
+            IpFamily::V4,
+            "endpoints-tcp",
+            "10.96.0.10 . tcp . 80 . 3",
+            "10.0.1.1 . 8080",
+        ),
+        (IpFamily::V4, "hairpin", "10.0.1.1 . 10.0.1.1", ""),
+        (IpFamily::V4, "cluster-ips", "10.96.0.53", ""),
+        (IpFamily::V4, "nodeports", "udp . 30053", "goto lb-4"),
+        (
+            IpFamily::V4,
+            "firewall-allow",
+            "198.51.100.7 . tcp . 443 . 203.0.113.0/24",
+            "",
+        ),
+        (
+            IpFamily::V6,
+            "services",
+            "fd96::10 . sctp . 9000",
+            "goto reject-chain",
+        ),
+        (
+            IpFamily::V6,
+            "endpoints-udp",
+            "fd96::10 . udp . 53 . 0",
+            "fd10::1 . 53",
+        ),
+        (
+            IpFamily::V6,
+            "nodeport-endpoints-tcp",
+            "tcp . 30080 . 1",
+            "fd10::2 . 8080",
+        ),
+        (
+            IpFamily::V6,
+            "affinity-ports",
+            "fd96::10 . tcp . 80",
+            "8080",
+        ),
+        (IpFamily::V6, "hairpin", "fd10::1 . fd10::1", ""),
+    ];
+    let mut tx = Transaction::default();
+    for (family, set, key, value) in elements {
+        tx.push(Op::AddElement(family, set, key.into(), value.into()));
+    }
+    let mut sent = Vec::new();
+    crate::nftables::listing::elements_of_batch(&batch(&tx).unwrap().into_bytes(), |e| {
+        sent.push(e.key.to_vec())
+    });
+    assert_eq!(sent.len(), elements.len());
+    for ((family, set, text, _), sent) in elements.iter().zip(&sent) {
+        assert_eq!(
+            key(set, *family, text).as_ref(),
+            Some(sent),
+            "{set}: {text}"
+        );
+    }
+    // A source address alone is the range of one address starting there.
+    let point = key(
+        "firewall-allow",
+        IpFamily::V4,
+        "198.51.100.7 . tcp . 443 . 203.0.113.0",
+    );
+    assert_eq!(point.as_ref(), Some(&sent[5]));
+}
+
+#[test]
+fn no_key_for_a_set_without_a_layout_or_text_that_does_not_fit_it() {
+    let v4 = IpFamily::V4;
+    assert_eq!(
+        key("cluster-cidrs", v4, "10.0.0.0"),
+        None,
+        "one-field interval"
+    );
+    assert_eq!(
+        key("affinity", v4, "10.0.0.1 . 10.96.0.10"),
+        None,
+        "dynamic"
+    );
+    assert_eq!(key("no-such-set", v4, "10.0.0.1"), None);
+    assert_eq!(
+        key("services", v4, "10.96.0.10 . tcp"),
+        None,
+        "too few fields"
+    );
+    assert_eq!(key("services", IpFamily::V6, "10.96.0.10 . tcp . 80"), None);
+    assert_eq!(key("endpoints-tcp", v4, "10.96.0.10 . tcp . 80 . x"), None);
+}

@@ -30,6 +30,8 @@ pub(crate) mod fake_kernel;
 #[cfg(test)]
 pub(crate) mod fake_kernel_tests;
 #[cfg(test)]
+mod get_tests;
+#[cfg(test)]
 mod libnft_tests;
 #[cfg(test)]
 mod load_tests;
