@@ -20,6 +20,7 @@ use crate::backends::nft::ruleset::{self as nft, Tables, trace::Program};
 use crate::backends::nft::skeleton::TABLE;
 use crate::backends::nft::transaction::split_comment;
 use crate::model::IpFamily;
+use crate::nftables::getelem::ElementReader;
 use crate::nftables::listing::{self, Element};
 use crate::nftables::rules;
 use crate::nftables::transport::{NftCli, Transport};
@@ -105,6 +106,37 @@ pub fn trace(
                 s.elements.insert(key, value);
             }
         }
+    }
+}
+
+/// The kernel's elements, one `GETSETELEM` per key (4 µs); a set whose keys `encode::key`
+/// cannot write (a dynamic set) is dumped whole once instead.
+pub struct Fetched {
+    family: IpFamily,
+    reader: ElementReader,
+    dumped: Dumped,
+}
+
+impl Fetched {
+    pub fn new(family: IpFamily) -> Fetched {
+        Fetched {
+            family,
+            reader: ElementReader::default(),
+            dumped: Dumped::new(family),
+        }
+    }
+}
+
+impl Elements for Fetched {
+    fn get(&mut self, set: &str, key: &str) -> Result<Option<String>, LiveError> {
+        let Some(bytes) = encode::key(set, self.family, key) else {
+            return self.dumped.get(set, key);
+        };
+        let found = self.reader.get(self.family, TABLE, set, &bytes)?;
+        Ok(found.and_then(|e| {
+            let (_, value) = encode::decode(set, self.family, &e.as_element())?;
+            Some(split_comment(&value).1.to_string())
+        }))
     }
 }
 

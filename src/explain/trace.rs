@@ -37,6 +37,9 @@ pub enum LiveError {
     /// kproxy's rules could not be read over netlink: run as root in the node's namespace.
     #[error("reading kproxy's nftables rules over netlink: {0}")]
     Rules(crate::nftables::netlink::ProbeError),
+    /// An element of kproxy's sets could not be read: run as root in the node's namespace.
+    #[error("reading an element of kproxy's nftables sets: {0}")]
+    Element(#[from] crate::nftables::getelem::GetError),
     /// The listing is not what kproxy reads: a newer or foreign ruleset.
     #[error("reading kproxy's nftables table as listed: {0}")]
     Listing(String),
@@ -82,7 +85,7 @@ pub fn live(f: &Facts, p: &Packet, plan: &Explanation) -> Result<String, LiveErr
                 let table = format!("table {} {TABLE}", family_word(family));
                 return Ok(absent(&table, f));
             };
-            let mut elements = live_nft::Dumped::new(family);
+            let mut elements = live_nft::Fetched::new(family);
             let t = live_nft::trace(&mut tables, family, &nft_packet(f, p), &mut elements)?;
             nft_traced(t)
         }
