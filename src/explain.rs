@@ -10,6 +10,7 @@
 //! load-balances evenly over the plan's endpoints.
 
 pub mod args;
+mod live_iptables;
 pub mod live_nft;
 pub mod packet;
 mod reasons;

@@ -10,17 +10,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use super::{Explanation, Facts, Packet, Traced, Verdict, compare, live_nft};
+use super::{Explanation, Facts, Packet, Traced, Verdict, compare, live_iptables, live_nft};
 use crate::backends::ProxyMode;
-use crate::backends::iptables::adopt::jumps_to_kproxy;
-use crate::backends::iptables::compile::Table;
 use crate::backends::iptables::restore_error::RestoreError;
 use crate::backends::iptables::ruleset::{self as ipt, Ruleset};
-use crate::backends::iptables::tools;
 use crate::backends::ipvs::netlink::{DestKey, DestState, ServiceKey};
 use crate::backends::ipvs::socket::{IpvsSocket, SocketError};
 use crate::backends::ipvs::trace::{self as ipvs, Elements};
-use crate::backends::leftovers::PREFIX;
 use crate::backends::nft::reconcile::parse_listing;
 use crate::backends::nft::ruleset::apply::family_word;
 use crate::backends::nft::ruleset::{self as nft, Tables};
@@ -43,7 +39,7 @@ pub enum LiveError {
     /// The listing is not what kproxy reads: a newer or foreign ruleset.
     #[error("reading kproxy's nftables table as listed: {0}")]
     Listing(String),
-    /// iptables-save failed: run as root in the node's network namespace.
+    /// iptables-save or `iptables -S` failed: run as root in the node's network namespace.
     #[error("listing kproxy's iptables chains: {0}")]
     Save(#[from] RestoreError),
     /// IPVS's virtual servers could not be read: run as root, with ip_vs loaded.
@@ -89,18 +85,11 @@ pub fn live(f: &Facts, p: &Packet, plan: &Explanation) -> Result<String, LiveErr
             let t = live_nft::trace(&mut tables, family, &nft_packet(f, p), &mut elements)?;
             nft_traced(t)
         }
-        ProxyMode::Iptables => {
-            let program = f.config.iptables_variant.resolve().save(p.family());
-            let set = ipt_kernel(p.family(), |table, line| tools::save(&program, table, line))?;
-            if set
-                .rules(Table::Nat, crate::backends::iptables::names::SERVICES)
-                .is_none()
-            {
-                let chain = crate::backends::iptables::names::SERVICES;
-                return Ok(absent(&format!("chain {chain} ({program})"), f));
-            }
-            ipt_trace(&set, f, p)
-        }
+        ProxyMode::Iptables => match live_iptables::kernel(f, p)? {
+            live_iptables::Kernel::Rules(set) => ipt_trace(&set, f, p),
+            live_iptables::Kernel::Absent(what) => return Ok(absent(&what, f)),
+            live_iptables::Kernel::Unfollowable(why) => Err(why),
+        },
         ProxyMode::Ipvs => {
             let elements = ipvs_companion(&mut NftCli::default(), p.family())?;
             let mut socket = IpvsSocket::open()?;
@@ -182,53 +171,8 @@ fn ipt_compiled(rules: &str, family: IpFamily) -> Result<Ruleset, String> {
     Ok(set)
 }
 
-/// kproxy's part of `family`'s nat and filter tables as `save` (`iptables-save -t TABLE`)
-/// lists them (a packet meets one family's rules): the built-in chains' policies, the
-/// `KPROXY-*` chains and their rules, and the jumps into them; other components' rules are
-/// left out (the model refuses rules it does not know).
-pub fn ipt_kernel(
-    family: IpFamily,
-    mut save: impl FnMut(&str, &mut dyn FnMut(&str)) -> Result<(), RestoreError>,
-) -> Result<Ruleset, LiveError> {
-    let mut input = String::new();
-    for table in [Table::Nat, Table::Filter] {
-        input.push_str(&format!("*{}\n", table.as_str()));
-        save(table.as_str(), &mut |line: &str| {
-            if ours(table, line) {
-                input.push_str(line);
-                input.push('\n');
-            }
-        })?;
-        input.push_str("COMMIT\n");
-    }
-    let mut set = Ruleset::new(family);
-    set.restore(&input)
-        .map_err(|message| LiveError::Saved { family, message })?;
-    Ok(set)
-}
-
-/// Whether a line of `iptables-save -t table` belongs to kproxy's part.
-fn ours(table: Table, line: &str) -> bool {
-    if let Some(decl) = line.strip_prefix(':') {
-        let name = decl.split_whitespace().next().unwrap_or_default();
-        return name.starts_with(PREFIX) || ipt::builtins(table).contains(&name);
-    }
-    let Some(rule) = line.strip_prefix("-A ") else {
-        return false;
-    };
-    let (chain, args) = rule.split_once(' ').unwrap_or((rule, ""));
-    chain.starts_with(PREFIX) || jumps_to_kproxy(args)
-}
-
 fn ipt_trace(set: &Ruleset, f: &Facts, p: &Packet) -> Result<Traced, String> {
-    let packet = ipt::Packet {
-        src: p.src,
-        dst: p.dst,
-        proto: p.proto,
-        dport: p.dport,
-        from_node: super::from_node(&p.src, f.node),
-        local: f.node.local_addresses.clone(),
-    };
+    let packet = live_iptables::packet(f, p);
     let out = set.trace(&packet);
     let mut kinds = Vec::new();
     let mut endpoints = Vec::new();

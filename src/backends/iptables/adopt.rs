@@ -64,10 +64,17 @@ impl SaveParser {
 
 /// Whether a rule's arguments (`-A CHAIN` cut off) jump or go to a `KPROXY-*` chain.
 pub fn jumps_to_kproxy(args: &str) -> bool {
+    !kproxy_targets(args).is_empty()
+}
+
+/// The `KPROXY-*` chains a rule (its arguments, or its whole `-A CHAIN …` line) jumps or goes to.
+pub fn kproxy_targets(args: &str) -> Vec<&str> {
     let words: Vec<&str> = args.split_whitespace().collect();
-    words
-        .windows(2)
-        .any(|w| matches!(w[0], "-j" | "-g") && w[1].starts_with(PREFIX))
+    let jumps = words.windows(2).filter(|w| matches!(w[0], "-j" | "-g"));
+    jumps
+        .map(|w| w[1])
+        .filter(|t| t.starts_with(PREFIX))
+        .collect()
 }
 
 /// Parses `iptables-save` output (any tables) into what kproxy owns per table.

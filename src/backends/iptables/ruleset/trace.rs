@@ -11,9 +11,10 @@
 //! their nat chain's traversal as in the kernel; a chain that ends or RETURNs falls through to
 //! the rule after the jump (the policy, in a built-in chain). What the tracer cannot follow (a
 //! chain that vanished, too deep a jump chain, too many paths, no address to masquerade to) is
-//! `Fate::Broken`, never a silent answer.
+//! `Fate::Broken`, never a silent answer. `Outcome::visited` names every chain any path entered,
+//! so a caller holding only some chains' rules knows which ones the answer depended on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -74,6 +75,8 @@ pub struct Path {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
     pub paths: Vec<Path>,
+    /// Every chain a path entered (the built-in chains of the hooks included).
+    pub visited: BTreeSet<(Table, String)>,
 }
 
 impl Outcome {
@@ -186,10 +189,16 @@ struct Run<'a> {
     fake: &'a Ruleset,
     p: &'a Packet,
     splits: usize,
+    visited: BTreeSet<(Table, String)>,
 }
 
 pub fn trace(fake: &Ruleset, p: &Packet) -> Outcome {
-    let mut run = Run { fake, p, splits: 0 };
+    let mut run = Run {
+        fake,
+        p,
+        splits: 0,
+        visited: BTreeSet::new(),
+    };
     let start = Flight {
         prob: 1.0,
         src: p.src,
@@ -253,7 +262,10 @@ pub fn trace(fake: &Ruleset, p: &Packet) -> Outcome {
         }
         work.extend(next.into_iter().rev());
     }
-    Outcome { paths }
+    Outcome {
+        paths,
+        visited: run.visited,
+    }
 }
 
 impl Run<'_> {
@@ -308,6 +320,7 @@ impl Run<'_> {
             return vec![(f, End::Broken(why))];
         }
         f.via.push(format!("{table} {name}"));
+        self.visited.insert((table, name.to_string()));
         let mut out = Vec::new();
         let mut stack = vec![(f, 0usize)];
         while let Some((f, i)) = stack.pop() {
