@@ -11,16 +11,20 @@
 //! (the initial pid namespace, whose pids the kernel reports); otherwise (a container without
 //! hostPID) a commit is kproxy's own when it arrived during one of kproxy's writes (`writing`).
 //! Notifications the kernel dropped (a full receive buffer) outside kproxy's writes count as
-//! foreign: the caller must then compare everything. Large writes run unsubscribed.
+//! foreign: the caller must then compare everything. Large writes run unsubscribed; when one
+//! says how many commits it makes, the ruleset generation (NFT_MSG_GETGEN) read before and
+//! after it tells whether anyone else committed meanwhile, which also counts as lost.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::uapi::{NFNL_SUBSYS_NFTABLES, NLA_TYPE_MASK, NLMSG_ERROR};
+use super::uapi::{NFNL_SUBSYS_NFTABLES, NLA_TYPE_MASK, NLM_F_REQUEST, NLMSG_ERROR};
 
 /// NFNLGRP_NFTABLES (nfnetlink.h): the nf_tables notification group.
 const NFNLGRP_NFTABLES: u32 = 7;
 const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
 const NFTA_GEN_PROC_PID: u16 = 2;
 const NFTA_GEN_PROC_NAME: u16 = 3;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -160,6 +164,8 @@ fn family_label(family: u8) -> &'static str {
 /// A subscribed socket and what it has seen.
 pub struct Monitor {
     socket: netlink_sys::Socket,
+    /// Asks for the ruleset generation (a request socket: the subscribed one gets notifications).
+    generation: netlink_sys::Socket,
     reader: Reader,
     buf: Vec<u8>,
 }
@@ -179,9 +185,10 @@ pub(crate) struct Reader {
 impl Monitor {
     /// Subscribes in this thread's network namespace, or in `netns` (a named one, for tests).
     pub fn open(netns: Option<&str>, interest: Interest) -> Result<Monitor, MonitorError> {
-        let socket = match netns {
-            None => subscribe().map_err(MonitorError::Open)?,
-            Some(ns) => crate::netns::run_in(ns, subscribe)
+        let both = || Ok::<_, std::io::Error>((subscribe()?, generation_socket()?));
+        let (socket, generation) = match netns {
+            None => both().map_err(MonitorError::Open)?,
+            Some(ns) => crate::netns::run_in(ns, both)
                 .map_err(|e| MonitorError::Netns(ns.to_string(), e))?
                 .map_err(MonitorError::Open)?,
         };
@@ -189,6 +196,7 @@ impl Monitor {
             std::fs::read_link("/proc/self/ns/pid").is_ok_and(|p| p.as_os_str() == INIT_PID_NS);
         Ok(Monitor {
             socket,
+            generation,
             reader: Reader::new(interest, pids_global),
             buf: vec![0; 64 << 10],
         })
@@ -198,19 +206,47 @@ impl Monitor {
     /// during it is kproxy's (by pid where pids tell). A `large` write (more operations than
     /// `LARGE`) runs unsubscribed: its notifications would cost the kernel more than the
     /// write itself and overflow any buffer (a 10,000-Service load took 1.05 s instead of
-    /// 0.67 s); someone else's commit during it goes unseen.
-    pub fn writing<R>(&mut self, large: bool, write: impl FnOnce() -> R) -> R {
+    /// 0.67 s); someone else's commit during it goes unseen, unless the write says how many
+    /// `commits` it makes: then more generations than that between its start and its end mean
+    /// someone else committed, and the caller is told to compare everything (`lost`).
+    pub fn writing<R>(
+        &mut self,
+        large: bool,
+        commits: Option<u32>,
+        write: impl FnOnce() -> R,
+    ) -> R {
         // A receive error here is met again by the next `foreign`.
         let _ = self.drain();
         self.reader.writing = true;
         let quiet = large && self.socket.drop_membership(NFNLGRP_NFTABLES).is_ok();
+        let before = quiet.then(|| self.generation()).flatten();
         let out = write();
-        if quiet && self.socket.add_membership(NFNLGRP_NFTABLES).is_err() {
-            self.reader.lost();
+        if quiet {
+            let after = self.generation();
+            let others = match (commits, before, after) {
+                (Some(ours), Some(b), Some(a)) => a.wrapping_sub(b) > ours,
+                // Unknown: as before, unseen.
+                (None, ..) => false,
+                // The generation could not be read: anything may have happened.
+                _ => true,
+            };
+            if others || self.socket.add_membership(NFNLGRP_NFTABLES).is_err() {
+                self.reader.lost();
+            }
         }
         let _ = self.drain();
         self.reader.writing = false;
         out
+    }
+
+    /// The ruleset generation, which every commit in this namespace moves on by one.
+    fn generation(&mut self) -> Option<u32> {
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
+        let request = crate::nfnetlink::request(kind, NLM_F_REQUEST, 0, 0, &[]);
+        self.generation.send(&request, 0).ok()?;
+        let mut buf = vec![0u8; 4096];
+        let n = self.generation.recv(&mut &mut buf[..], 0).ok()?;
+        generation_of(&buf[..n])
     }
 
     /// What foreign commits did since the last call (and forgets it).
@@ -362,6 +398,52 @@ fn is_ours(pid: u32) -> bool {
 
 /// A non-blocking NETLINK_NETFILTER socket in the nf_tables group, with room for a large
 /// transaction's notifications.
+/// A request socket whose answers come within a second (the kernel answers at once).
+fn generation_socket() -> std::io::Result<netlink_sys::Socket> {
+    let socket = crate::nfnetlink::socket()?;
+    let timeout = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt with a valid fd and a pointer to a timeval of the given length.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+/// NFTA_GEN_ID of the NEWGEN message in an answer to GETGEN.
+pub(crate) fn generation_of(buf: &[u8]) -> Option<u32> {
+    let len = u32_at(buf, 0)? as usize;
+    let kind = u16::from_ne_bytes([*buf.get(4)?, *buf.get(5)?]);
+    if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN || len > buf.len() {
+        return None;
+    }
+    let mut attrs = buf.get(20..len)?;
+    while attrs.len() >= 4 {
+        let alen = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let t = u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK;
+        if alen < 4 || alen > attrs.len() {
+            return None;
+        }
+        if t == NFTA_GEN_ID {
+            return Some(u32::from_be_bytes(attrs.get(4..8)?.try_into().ok()?));
+        }
+        attrs = &attrs[(alen.div_ceil(4) * 4).min(attrs.len())..];
+    }
+    None
+}
+
 fn subscribe() -> std::io::Result<netlink_sys::Socket> {
     let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
     socket.bind_auto()?;

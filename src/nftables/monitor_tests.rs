@@ -154,7 +154,9 @@ fn live_someone_elses_flush_is_foreign_and_kproxys_own_write_is_not() {
     };
     let mut monitor = Monitor::open(Some(&ns.name), kproxy).unwrap();
     let mut cli = NftCli::in_netns(&ns.name);
-    monitor.writing(false, || cli.apply(TABLE)).unwrap();
+    monitor
+        .writing(false, Some(1), || cli.apply(TABLE))
+        .unwrap();
     assert!(monitor.foreign().unwrap().is_empty(), "kproxy's own write");
     stranger_nft(&ns, "add element ip cni pods { 10.1.0.1 }");
     assert!(monitor.foreign().unwrap().is_empty(), "another table");
@@ -193,9 +195,47 @@ fn live_without_global_pids_kproxys_write_outside_its_window_is_foreign() {
     let mut monitor = Monitor::open(Some(&ns.name), kproxy).unwrap();
     monitor.without_pids();
     let mut cli = NftCli::in_netns(&ns.name);
-    monitor.writing(false, || cli.apply(TABLE)).unwrap();
+    monitor
+        .writing(false, Some(1), || cli.apply(TABLE))
+        .unwrap();
     assert!(monitor.foreign().unwrap().is_empty());
     cli.apply("add element ip kproxy services { 10.0.0.3 : drop }")
         .unwrap();
     assert_eq!(monitor.foreign().unwrap().commits.len(), 1);
+}
+
+#[test]
+fn live_someone_elses_commit_during_a_large_unsubscribed_write_counts_as_lost() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    let mut monitor = Monitor::open(Some(&ns.name), kproxy).unwrap();
+    let mut cli = NftCli::in_netns(&ns.name);
+    monitor.writing(true, Some(1), || cli.apply(TABLE)).unwrap();
+    let f = monitor.foreign().unwrap();
+    assert!(f.is_empty(), "kproxy's own large write alone: {f}");
+    monitor
+        .writing(true, Some(1), || {
+            cli.apply("add element ip kproxy services { 10.0.0.3 : drop }")?;
+            // Someone else, while the write's notifications are off.
+            stranger_nft(&ns, "delete element ip kproxy services { 10.0.0.1 }");
+            Ok::<(), crate::nftables::NftError>(())
+        })
+        .unwrap();
+    let f = monitor.foreign().unwrap();
+    assert!(f.lost, "a commit unseen during the write: {f}");
+    // A write that does not say how many commits it makes stays as blind as before.
+    monitor.writing(true, None, || {
+        stranger_nft(&ns, "add element ip cni pods { 10.1.0.2 }")
+    });
+    assert!(monitor.foreign().unwrap().is_empty());
+}
+
+#[test]
+fn the_generation_is_read_from_a_newgen_answer_only() {
+    let answer = message(NFT_MSG_NEWGEN, 0, &[(NFTA_GEN_ID, &77u32.to_be_bytes())]);
+    assert_eq!(generation_of(&answer), Some(77));
+    let other = message(NFT_MSG_GETGEN, 0, &[(NFTA_GEN_ID, &77u32.to_be_bytes())]);
+    assert_eq!(generation_of(&other), None, "not a NEWGEN");
+    assert_eq!(generation_of(&answer[..10]), None, "cut short");
 }

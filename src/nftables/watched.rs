@@ -44,7 +44,10 @@ impl<T: Transport> Transport for Watched<T> {
     fn apply(&mut self, script: &str) -> Result<(), NftError> {
         match &mut self.monitor {
             // ~40 bytes per operation in nft's syntax.
-            Some(m) => m.writing(script.len() > LARGE * 40, || self.inner.apply(script)),
+            // One script is one transaction: one commit.
+            Some(m) => m.writing(script.len() > LARGE * 40, Some(1), || {
+                self.inner.apply(script)
+            }),
             None => self.inner.apply(script),
         }
     }
@@ -55,7 +58,10 @@ impl<T: Transport> Transport for Watched<T> {
 
     fn apply_elements(&mut self, batch: ElementBatch) -> Result<(), NftError> {
         match &mut self.monitor {
-            Some(m) => m.writing(batch.len() > LARGE, || self.inner.apply_elements(batch)),
+            // One batch is one transaction: one commit.
+            Some(m) => m.writing(batch.len() > LARGE, Some(1), || {
+                self.inner.apply_elements(batch)
+            }),
             None => self.inner.apply_elements(batch),
         }
     }

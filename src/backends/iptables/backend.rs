@@ -203,7 +203,9 @@ impl IptablesBackend {
     ) -> Result<usize, BackendError> {
         let program = self.variant.restore(family);
         let result = match &mut self.monitor {
-            Some(m) => m.writing(lines > LARGE, || tools::restore(&program, input)),
+            // iptables-nft-restore commits each table of its input on its own: the count is
+            // the input's, not known here.
+            Some(m) => m.writing(lines > LARGE, None, || tools::restore(&program, input)),
             None => tools::restore(&program, input),
         };
         if let Err(error) = result {
