@@ -91,11 +91,14 @@ pub struct Foreign {
     pub more: usize,
     /// The kernel dropped notifications: anything may have changed.
     pub lost: bool,
+    /// Someone else committed during one of kproxy's large writes, whose notifications were
+    /// off: anything may have changed.
+    pub unseen: bool,
 }
 
 impl Foreign {
     pub fn is_empty(&self) -> bool {
-        self.commits.is_empty() && self.more == 0 && !self.lost
+        self.commits.is_empty() && self.more == 0 && !self.lost && !self.unseen
     }
 }
 
@@ -104,6 +107,9 @@ impl fmt::Display for Foreign {
         let mut parts = Vec::new();
         if self.lost {
             parts.push("the kernel dropped nf_tables change notifications (receive buffer full), so anything may have changed".to_string());
+        }
+        if self.unseen {
+            parts.push("another process committed to nf_tables during one of kproxy's large writes (notifications off), so anything may have changed".to_string());
         }
         for (pid, process, touched) in &self.commits {
             let what: Vec<String> = touched
@@ -208,7 +214,7 @@ impl Monitor {
     /// write itself and overflow any buffer (a 10,000-Service load took 1.05 s instead of
     /// 0.67 s); someone else's commit during it goes unseen, unless the write says how many
     /// `commits` it makes: then more generations than that between its start and its end mean
-    /// someone else committed, and the caller is told to compare everything (`lost`).
+    /// someone else committed, and the caller is told to compare everything (`unseen`).
     pub fn writing<R>(
         &mut self,
         large: bool,
@@ -230,8 +236,11 @@ impl Monitor {
                 // The generation could not be read: anything may have happened.
                 _ => true,
             };
-            if others || self.socket.add_membership(NFNLGRP_NFTABLES).is_err() {
+            if self.socket.add_membership(NFNLGRP_NFTABLES).is_err() {
                 self.reader.lost();
+            }
+            if others {
+                self.reader.foreign.unseen = true;
             }
         }
         let _ = self.drain();

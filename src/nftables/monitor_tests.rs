@@ -223,7 +223,11 @@ fn live_someone_elses_commit_during_a_large_unsubscribed_write_counts_as_lost() 
         })
         .unwrap();
     let f = monitor.foreign().unwrap();
-    assert!(f.lost, "a commit unseen during the write: {f}");
+    assert!(f.unseen && !f.lost, "a commit unseen during the write: {f}");
+    // Subscribed again after it.
+    stranger_nft(&ns, "flush map ip kproxy services");
+    let f = monitor.foreign().unwrap();
+    assert_eq!(f.commits.len(), 1, "a flush after the write: {f}");
     // A write that does not say how many commits it makes stays as blind as before.
     monitor.writing(true, None, || {
         stranger_nft(&ns, "add element ip cni pods { 10.1.0.2 }")
