@@ -140,7 +140,7 @@ impl IptablesBackend {
     /// whose rules changed, adopt for anything else (chains or tables created or deleted, the
     /// hooks in the built-in chains, notifications lost).
     fn plan_repair(&mut self, foreign: &crate::nftables::monitor::Foreign) {
-        if foreign.lost || foreign.more > 0 {
+        if foreign.lost || foreign.unseen || foreign.more > 0 {
             self.adopt = true;
         }
         for (kind, _, family, table, chain) in foreign.commits.iter().flat_map(|c| c.2.keys()) {

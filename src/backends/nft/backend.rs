@@ -157,7 +157,7 @@ impl<T: Transport> NftBackend<T> {
                 _ => self.adopt = true,
             }
         }
-        if foreign.lost || foreign.more > 0 {
+        if foreign.lost || foreign.unseen || foreign.more > 0 {
             self.adopt = true;
         }
     }

@@ -2,7 +2,8 @@
 //! kind of change someone else makes to kproxy's table is reported by the next drift check
 //! (naming the process and what it changed), and the next full sync puts the table back exactly
 //! as it was: in place (sets read back, chains reloaded) when only elements or rules changed,
-//! by adoption otherwise. kproxy's own syncs are never drift, on every transport.
+//! by adoption otherwise. kproxy's own syncs are never drift, on every transport, and a change
+//! made while one of kproxy's large writes runs unsubscribed is drift too.
 //!
 //! Invariants: root only (skip without, failure under CI=true); nothing outside the
 //! namespaces is touched.
@@ -10,9 +11,10 @@
 use crate::backends::Backend;
 use crate::backends::nft::transport_tests::Netns;
 use crate::backends::nft::{NftBackend, kproxy_tables};
+use crate::model::IpFamily;
 use crate::nftables::transport::{NftCli, Transport};
 use crate::nftables::{NftLib, NftNetlink, Watched};
-use crate::testing::{cluster_ips, config, external, node};
+use crate::testing::{cluster_ips, config, external, node, services};
 
 fn listing(ns: &Netns) -> String {
     let v4 = ns.run(&["nft", "list", "table", "ip", "kproxy"]);
@@ -135,4 +137,82 @@ fn live_every_foreign_change_is_reported_and_repaired_through_libnftables() {
 #[test]
 fn live_every_foreign_change_is_reported_and_repaired_through_netlink() {
     every_foreign_change_is_reported_and_repaired(|ns| NftNetlink::in_netns(&ns.name));
+}
+
+/// The `nft` command, and someone else deleting an element of `services` right after kproxy's
+/// first large script went in: inside kproxy's write, while its notifications are off.
+struct Meddling {
+    cli: NftCli,
+    ns: String,
+    done: bool,
+}
+
+impl Transport for Meddling {
+    fn apply(&mut self, script: &str) -> Result<(), crate::nftables::NftError> {
+        self.cli.apply(script)?;
+        if !self.done && script.len() > crate::nftables::monitor::LARGE * 40 {
+            self.done = true;
+            let del = "delete element ip kproxy services { 10.96.0.1 . tcp . 80 }";
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &self.ns, "nft", del])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        Ok(())
+    }
+
+    fn list_table(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+    ) -> Result<Option<String>, crate::nftables::NftError> {
+        self.cli.list_table(family, table)
+    }
+
+    fn list_set(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        set: &str,
+    ) -> Result<Option<String>, crate::nftables::NftError> {
+        self.cli.list_set(family, table, set)
+    }
+
+    fn rule_counts(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+    ) -> Result<std::collections::BTreeMap<String, usize>, crate::nftables::NftError> {
+        self.cli.rule_counts(family, table)
+    }
+}
+
+#[test]
+fn live_a_change_during_kproxys_large_unsubscribed_write_is_drift_and_repaired() {
+    let Some(ns) = Netns::new() else { return };
+    let meddling = Meddling {
+        cli: NftCli::in_netns(&ns.name),
+        ns: ns.name.clone(),
+        done: false,
+    };
+    let mut b = watched(&ns, meddling);
+    let plans = services(500);
+    b.sync_full(&plans, &node()).unwrap();
+    let dispatch = || {
+        let get = "get element ip kproxy services { 10.96.0.1 . tcp . 80 }";
+        ns.run(&["nft", get]).contains("goto")
+    };
+    assert!(!dispatch(), "the meddler deleted it");
+    let what = b
+        .drift()
+        .unwrap()
+        .expect("a change during the write is drift");
+    assert!(
+        what.contains("during one of kproxy's large writes"),
+        "{what}"
+    );
+    b.sync_full(&plans, &node()).unwrap();
+    assert!(dispatch(), "repaired");
+    assert_eq!(b.drift().unwrap(), None, "the repair is kproxy's own");
 }
