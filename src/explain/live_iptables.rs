@@ -26,7 +26,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 
-use super::trace::LiveError;
 use super::{Facts, Packet};
 use crate::backends::iptables::adopt::{jumps_to_kproxy, kproxy_targets};
 use crate::backends::iptables::compile::Table;
@@ -37,6 +36,17 @@ use crate::backends::iptables::{Variant, VariantChoice, tools};
 use crate::backends::leftovers::PREFIX;
 use crate::backends::process::{RunError, spawn};
 use crate::model::IpFamily;
+
+/// Why kproxy's chains could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// iptables-save or `iptables -S` failed: run as root in the node's network namespace.
+    #[error("listing kproxy's iptables chains: {0}")]
+    Save(#[from] RestoreError),
+    /// kproxy's chains as iptables lists them do not load into the tracer's model.
+    #[error("reading kproxy's iptables chains as saved ({family:?}): {message}")]
+    Saved { family: IpFamily, message: String },
+}
 
 /// kproxy's rules in the kernel, as far as the tracer can take them.
 #[derive(Debug)]
@@ -71,7 +81,7 @@ pub(super) fn packet(f: &Facts, p: &Packet) -> ipt::Packet {
 /// one given, or under `auto` the one whose nat table holds kproxy's entry chain (the one the
 /// daemon chose); only when both or neither do, the host's detection (`resolve`, which reads
 /// every rule of both variants: seconds at 10,000 Services).
-pub fn kernel(f: &Facts, p: &Packet) -> Result<Kernel, LiveError> {
+pub fn kernel(f: &Facts, p: &Packet) -> Result<Kernel, ReadError> {
     let family = p.family();
     let packet = packet(f, p);
     let nft = || {
@@ -115,7 +125,7 @@ pub fn read_on_demand(
     packet: &ipt::Packet,
     program: &str,
     mut list: impl FnMut(&[(Table, String)]) -> Result<Vec<Listed>, RestoreError>,
-) -> Result<Kernel, LiveError> {
+) -> Result<Kernel, ReadError> {
     let mut again = true;
     loop {
         match on_demand(family, packet, &mut list)? {
@@ -159,7 +169,7 @@ fn on_demand(
     family: IpFamily,
     packet: &ipt::Packet,
     list: &mut impl FnMut(&[(Table, String)]) -> Result<Vec<Listed>, RestoreError>,
-) -> Result<Found, LiveError> {
+) -> Result<Found, ReadError> {
     let mut set = Ruleset::new(family);
     let builtins = Table::ALL
         .into_iter()
@@ -209,7 +219,7 @@ fn on_demand(
             }
         }
         set.restore(&round.input())
-            .map_err(|message| LiveError::Saved { family, message })?;
+            .map_err(|message| ReadError::Saved { family, message })?;
     }
 }
 
@@ -324,7 +334,7 @@ fn no_such_chain(stderr: &str) -> bool {
 pub struct Saved(BTreeMap<(Table, String), Vec<String>>);
 
 impl Saved {
-    fn read(family: IpFamily) -> Result<Saved, LiveError> {
+    fn read(family: IpFamily) -> Result<Saved, ReadError> {
         let program = Variant::Legacy.save(family);
         let names = match family {
             IpFamily::V4 => "/proc/net/ip_tables_names",

@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::trace::LiveError;
 use crate::backends::nft::encode;
 use crate::backends::nft::reconcile::parse_listing;
 use crate::backends::nft::rule_text;
@@ -20,30 +19,49 @@ use crate::backends::nft::ruleset::{self as nft, Tables, trace::Program};
 use crate::backends::nft::skeleton::TABLE;
 use crate::backends::nft::transaction::split_comment;
 use crate::model::IpFamily;
-use crate::nftables::getelem::ElementReader;
+use crate::nftables::getelem::{ElementReader, GetError};
 use crate::nftables::listing::{self, Element};
+use crate::nftables::netlink::ProbeError;
 use crate::nftables::rules;
+use crate::nftables::transport::NftError;
 use crate::nftables::transport::{NftCli, Transport};
+
+/// Why kproxy's table could not be read; run as root in the node's network namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// nft could not list the table's sets and chains.
+    #[error("listing kproxy's nftables table: {0}")]
+    Nft(#[from] NftError),
+    /// kproxy's rules could not be read over netlink.
+    #[error("reading kproxy's nftables rules over netlink: {0}")]
+    Rules(ProbeError),
+    /// An element of kproxy's sets could not be read.
+    #[error("reading an element of kproxy's nftables sets: {0}")]
+    Element(#[from] GetError),
+    /// The listing is not what kproxy reads: a newer or foreign ruleset.
+    #[error("reading kproxy's nftables table as listed: {0}")]
+    Listing(String),
+}
 
 /// A set's element by key (kproxy's key text): its value text (a set's element: empty), or
 /// `None` when the kernel has no such element.
 pub trait Elements {
-    fn get(&mut self, set: &str, key: &str) -> Result<Option<String>, LiveError>;
+    fn get(&mut self, set: &str, key: &str) -> Result<Option<String>, ReadError>;
 }
 
 /// kproxy's table of `family` without the elements of its sets without intervals; `None`
 /// when the kernel has no such table.
-pub fn skeleton(cli: &mut NftCli, family: IpFamily) -> Result<Option<Tables>, LiveError> {
+pub fn skeleton(cli: &mut NftCli, family: IpFamily) -> Result<Option<Tables>, ReadError> {
     let Some(text) = cli.list_skeleton(family, TABLE)? else {
         return Ok(None);
     };
     let mut tables = Tables::default();
     let text = nft::normalize_listing(&text, family);
-    nft::apply_script(&mut tables, &text).map_err(|e| LiveError::Listing(e.to_string()))?;
+    nft::apply_script(&mut tables, &text).map_err(|e| ReadError::Listing(e.to_string()))?;
     let Some(table) = tables.get_mut(family).as_mut() else {
         return Ok(None);
     };
-    let read = rules::rules(family, TABLE).map_err(LiveError::Rules)?;
+    let read = rules::rules(family, TABLE).map_err(ReadError::Rules)?;
     let failed = std::cell::RefCell::new(None);
     let anon = |set: &str| {
         let mut keys = Vec::new();
@@ -57,7 +75,7 @@ pub fn skeleton(cli: &mut NftCli, family: IpFamily) -> Result<Option<Tables>, Li
         table.chains.entry(rule.chain).or_default().rules.push(text);
     }
     if let Some(e) = failed.into_inner() {
-        return Err(LiveError::Rules(e));
+        return Err(ReadError::Rules(e));
     }
     let intervals: Vec<String> = table
         .sets
@@ -84,7 +102,7 @@ pub fn trace(
     family: IpFamily,
     packet: &nft::Packet,
     elements: &mut dyn Elements,
-) -> Result<nft::Trace, LiveError> {
+) -> Result<nft::Trace, ReadError> {
     let mut fetched: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
         let Some(table) = tables.get(family) else {
@@ -128,7 +146,7 @@ impl Fetched {
 }
 
 impl Elements for Fetched {
-    fn get(&mut self, set: &str, key: &str) -> Result<Option<String>, LiveError> {
+    fn get(&mut self, set: &str, key: &str) -> Result<Option<String>, ReadError> {
         let Some(bytes) = encode::key(set, self.family, key) else {
             return self.dumped.get(set, key);
         };
@@ -157,7 +175,7 @@ impl Dumped {
 }
 
 impl Elements for Dumped {
-    fn get(&mut self, set: &str, key: &str) -> Result<Option<String>, LiveError> {
+    fn get(&mut self, set: &str, key: &str) -> Result<Option<String>, ReadError> {
         if !self.sets.contains_key(set) {
             let mut read = BTreeMap::new();
             let family = self.family;
@@ -166,7 +184,7 @@ impl Elements for Dumped {
                     read.insert(k, split_comment(&v).1.to_string());
                 }
             })
-            .map_err(LiveError::Rules)?;
+            .map_err(ReadError::Rules)?;
             self.sets.insert(set.to_string(), read);
         }
         Ok(self.sets[set].get(key).cloned())
@@ -190,7 +208,7 @@ mod tests {
     }
 
     impl Elements for Kernel<'_> {
-        fn get(&mut self, set: &str, key: &str) -> Result<Option<String>, LiveError> {
+        fn get(&mut self, set: &str, key: &str) -> Result<Option<String>, ReadError> {
             self.asked += 1;
             let table = self.full.get(self.family).expect("table");
             Ok(table.sets[set].elements.get(key).cloned())

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 
 use super::{Explanation, Facts, Packet, Traced, Verdict, compare, live_iptables, live_nft};
 use crate::backends::ProxyMode;
-use crate::backends::iptables::restore_error::RestoreError;
 use crate::backends::iptables::ruleset::{self as ipt, Ruleset};
 use crate::backends::ipvs::netlink::{DestKey, DestState, ServiceKey};
 use crate::backends::ipvs::socket::{IpvsSocket, SocketError};
@@ -27,27 +26,18 @@ use crate::nftables::transport::{NftCli, NftError, Transport};
 /// Why the kernel's rules could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
-    /// nft could not list kproxy's table: run as root in the node's network namespace.
-    #[error("listing kproxy's nftables table: {0}")]
-    Nft(#[from] NftError),
-    /// kproxy's rules could not be read over netlink: run as root in the node's namespace.
-    #[error("reading kproxy's nftables rules over netlink: {0}")]
-    Rules(crate::nftables::netlink::ProbeError),
-    /// An element of kproxy's sets could not be read: run as root in the node's namespace.
-    #[error("reading an element of kproxy's nftables sets: {0}")]
-    Element(#[from] crate::nftables::getelem::GetError),
-    /// The listing is not what kproxy reads: a newer or foreign ruleset.
-    #[error("reading kproxy's nftables table as listed: {0}")]
-    Listing(String),
-    /// iptables-save or `iptables -S` failed: run as root in the node's network namespace.
-    #[error("listing kproxy's iptables chains: {0}")]
-    Save(#[from] RestoreError),
+    /// kproxy's nftables table could not be read: see the cause.
+    #[error(transparent)]
+    Nft(#[from] live_nft::ReadError),
+    /// kproxy's iptables chains could not be read: see the cause.
+    #[error(transparent)]
+    Iptables(#[from] live_iptables::ReadError),
+    /// IPVS mode's companion table could not be listed: run as root in the node's namespace.
+    #[error("listing IPVS mode's companion nftables table: {0}")]
+    Companion(#[from] NftError),
     /// IPVS's virtual servers could not be read: run as root, with ip_vs loaded.
     #[error("reading IPVS's virtual servers: {0}")]
     Ipvs(#[from] SocketError),
-    /// kproxy's chains as iptables-save prints them do not load into the tracer's model.
-    #[error("reading kproxy's iptables chains as saved ({family:?}): {message}")]
-    Saved { family: IpFamily, message: String },
 }
 
 /// The packet through the rules kproxy compiles (`rules`: what --dry-run prints).
