@@ -199,13 +199,14 @@ impl IptablesBackend {
         &mut self,
         family: IpFamily,
         lines: usize,
+        commits: u32,
         input: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<usize, BackendError> {
         let program = self.variant.restore(family);
         let result = match &mut self.monitor {
-            // iptables-nft-restore commits each table of its input on its own: the count is
-            // the input's, not known here.
-            Some(m) => m.writing(lines > LARGE, None, || tools::restore(&program, input)),
+            Some(m) => m.writing(lines > LARGE, Some(commits), || {
+                tools::restore(&program, input)
+            }),
             None => tools::restore(&program, input),
         };
         if let Err(error) = result {
@@ -223,7 +224,8 @@ impl IptablesBackend {
         if input.is_empty() {
             return Ok(0);
         }
-        let lines = self.restore(family, input.len(), &mut |w| write!(w, "{input}"))?;
+        let commits = input.commits();
+        let lines = self.restore(family, input.len(), commits, &mut |w| write!(w, "{input}"))?;
         for (table, ops) in &input.tables {
             *self.last_rules.entry((family, *table)).or_default() += ops.rules_written();
         }
@@ -254,7 +256,8 @@ impl IptablesBackend {
         let ports = load::compiled(plans, family, &config, local);
         let load = Load::new(&fixed, &saved, &ports);
         drop(saved);
-        let lines = self.restore(family, load.len(), &mut |w| load.write(w, &ports))?;
+        let commits = load.commits();
+        let lines = self.restore(family, load.len(), commits, &mut |w| load.write(w, &ports))?;
         for (table, n) in load.rules_written() {
             *self.last_rules.entry((family, table)).or_default() += n;
         }

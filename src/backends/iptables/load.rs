@@ -126,6 +126,11 @@ impl<'a> Load<'a> {
             .map(|(t, p)| (*t, p.rules + p.adjust.inserts.len() + p.appends))
     }
 
+    /// The transactions it makes: one per table it writes (`COMMIT`), as `Restore::commits`.
+    pub fn commits(&self) -> u32 {
+        self.parts.values().filter(|p| !p.is_empty()).count() as u32
+    }
+
     /// Rules the ports own per table once loaded (for the mirror).
     pub fn port_rules(&self) -> &BTreeMap<Table, usize> {
         &self.port_rules
@@ -252,5 +257,12 @@ mod tests {
             .count();
         assert_eq!(load.len(), text.lines().count() - headers, "{text}");
         assert!(!load.is_empty());
+        let commits = text.lines().filter(|l| *l == "COMMIT").count();
+        assert_eq!(
+            load.commits() as usize,
+            commits,
+            "one transaction per table"
+        );
+        assert_eq!(commits, 2, "nat and filter");
     }
 }

@@ -83,6 +83,12 @@ impl Restore {
         self.tables.values().all(TableOps::is_empty)
     }
 
+    /// The transactions it makes: iptables-nft-restore commits each table of its input on its
+    /// own (one `COMMIT` line each).
+    pub fn commits(&self) -> u32 {
+        self.tables.values().filter(|t| !t.is_empty()).count() as u32
+    }
+
     /// Lines of input, `*table` and `COMMIT` excluded: the size the benchmarks and the
     /// `…_iptables_last` metric report.
     pub fn len(&self) -> usize {
@@ -157,5 +163,32 @@ pub fn diff_fixed(out: &mut Restore, old: Option<&Fixed>, new: &Fixed) {
         if before != Some(rules) {
             out.table(*table).write_chain(chain, rules);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_makes_one_commit_per_table_it_writes() {
+        let mut r = Restore::default();
+        r.table(Table::Nat)
+            .appends
+            .push("-A KPROXY-PORTALS -j RETURN".into());
+        // A table without operations writes nothing, so commits nothing.
+        r.table(Table::Filter);
+        let text = r.to_string();
+        assert_eq!(
+            r.commits() as usize,
+            text.matches("COMMIT\n").count(),
+            "{text}"
+        );
+        assert_eq!(r.commits(), 1);
+        r.table(Table::Filter)
+            .declare
+            .insert("KPROXY-FILTER".into());
+        assert_eq!(r.commits(), 2);
+        assert_eq!(r.to_string().matches("COMMIT\n").count(), 2);
     }
 }
