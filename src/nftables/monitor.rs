@@ -13,7 +13,8 @@
 //! Notifications the kernel dropped (a full receive buffer) outside kproxy's writes count as
 //! foreign: the caller must then compare everything. Large writes run unsubscribed; when one
 //! says how many commits it makes, the ruleset generation (NFT_MSG_GETGEN) read before and
-//! after it tells whether anyone else committed meanwhile, which also counts as lost.
+//! after it tells whether anyone else committed meanwhile (`Foreign::unseen`: compare
+//! everything).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -191,7 +192,8 @@ pub(crate) struct Reader {
 impl Monitor {
     /// Subscribes in this thread's network namespace, or in `netns` (a named one, for tests).
     pub fn open(netns: Option<&str>, interest: Interest) -> Result<Monitor, MonitorError> {
-        let both = || Ok::<_, std::io::Error>((subscribe()?, generation_socket()?));
+        // The generation's answer comes at once: a second is plenty.
+        let both = || Ok::<_, std::io::Error>((subscribe()?, super::elements::open(1)?));
         let (socket, generation) = match netns {
             None => both().map_err(MonitorError::Open)?,
             Some(ns) => crate::netns::run_in(ns, both)
@@ -405,54 +407,19 @@ fn is_ours(pid: u32) -> bool {
     crate::own::is_own(pid)
 }
 
-/// A non-blocking NETLINK_NETFILTER socket in the nf_tables group, with room for a large
-/// transaction's notifications.
-/// A request socket whose answers come within a second (the kernel answers at once).
-fn generation_socket() -> std::io::Result<netlink_sys::Socket> {
-    let socket = crate::nfnetlink::socket()?;
-    let timeout = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt with a valid fd and a pointer to a timeval of the given length.
-    let set = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if set != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(socket)
-}
-
 /// NFTA_GEN_ID of the NEWGEN message in an answer to GETGEN.
 pub(crate) fn generation_of(buf: &[u8]) -> Option<u32> {
     let len = u32_at(buf, 0)? as usize;
-    let kind = u16::from_ne_bytes([*buf.get(4)?, *buf.get(5)?]);
+    let kind = u16_at(buf, 4)?;
     if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN || len > buf.len() {
         return None;
     }
-    let mut attrs = buf.get(20..len)?;
-    while attrs.len() >= 4 {
-        let alen = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let t = u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK;
-        if alen < 4 || alen > attrs.len() {
-            return None;
-        }
-        if t == NFTA_GEN_ID {
-            return Some(u32::from_be_bytes(attrs.get(4..8)?.try_into().ok()?));
-        }
-        attrs = &attrs[(alen.div_ceil(4) * 4).min(attrs.len())..];
-    }
-    None
+    let id = attr(buf.get(20..len)?, NFTA_GEN_ID)?;
+    Some(u32::from_be_bytes(id.get(..4)?.try_into().ok()?))
 }
 
+/// A non-blocking NETLINK_NETFILTER socket in the nf_tables group, with room for a large
+/// transaction's notifications.
 fn subscribe() -> std::io::Result<netlink_sys::Socket> {
     let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
     socket.bind_auto()?;
