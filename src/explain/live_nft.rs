@@ -23,8 +23,7 @@ use crate::nftables::getelem::{ElementReader, GetError};
 use crate::nftables::listing::{self, Element};
 use crate::nftables::netlink::ProbeError;
 use crate::nftables::rules;
-use crate::nftables::transport::NftError;
-use crate::nftables::transport::{NftCli, Transport};
+use crate::nftables::transport::{NftCli, NftError, Transport};
 
 /// Why kproxy's table could not be read; run as root in the node's network namespace.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +160,7 @@ impl Elements for Fetched {
 /// The kernel's elements, a set at a time: a set asked for is dumped once, decoded as adoption
 /// decodes it.
 pub struct Dumped {
-    pub family: IpFamily,
+    family: IpFamily,
     sets: BTreeMap<String, BTreeMap<String, String>>,
 }
 

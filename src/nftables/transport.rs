@@ -177,23 +177,13 @@ impl NftCli {
         let fam = family_name(family);
         // nft lists maps and chains of a whole family only; the other tables' blocks go.
         let script = format!("list sets table {fam} {table}; list maps {fam}; list chains {fam}");
-        let out = self.run(&["-t", &script], None)?;
-        if !out.status.success() {
-            let stderr = stderr_of(&out);
-            if stderr.contains("No such file or directory") {
-                return Ok(None);
-            }
-            return Err(NftError::ListFailed {
-                family: fam,
-                table: table.to_string(),
-                status: out.status.to_string(),
-                stderr,
-            });
-        }
+        let Some(listed) = self.listed(&["-t", &script], fam, table.to_string())? else {
+            return Ok(None);
+        };
         let header = format!("table {fam} {table} {{");
         let mut kept = String::new();
         let mut inside = false;
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for line in listed.lines() {
             inside |= line == header;
             if inside {
                 kept.push_str(line);
@@ -212,23 +202,21 @@ impl NftCli {
         what: &[&str],
         named: String,
     ) -> Result<Option<String>, NftError> {
-        self.list_with(&[], family, what, named)
-    }
-
-    /// `list`, with nft's options `flags` first.
-    fn list_with(
-        &self,
-        flags: &[&str],
-        family: IpFamily,
-        what: &[&str],
-        named: String,
-    ) -> Result<Option<String>, NftError> {
         let fam = family_name(family);
         let (kind, rest) = what.split_first().expect("what to list");
-        let mut args = flags.to_vec();
-        args.extend(["list", kind, fam]);
+        let mut args = vec!["list", kind, fam];
         args.extend_from_slice(rest);
-        let out = self.run(&args, None)?;
+        self.listed(&args, fam, named)
+    }
+
+    /// What `nft ARGS` printed; `None` when what it lists does not exist.
+    fn listed(
+        &self,
+        args: &[&str],
+        fam: &'static str,
+        named: String,
+    ) -> Result<Option<String>, NftError> {
+        let out = self.run(args, None)?;
         if out.status.success() {
             return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
         }
