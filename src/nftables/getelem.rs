@@ -122,6 +122,26 @@ struct Request {
     set_at: usize,
 }
 
+impl Request {
+    /// One nf_tables `kind` request (not a dump) that asks for an ack, with its attributes and
+    /// where the table and set attributes start in it (`at`).
+    fn new(kind: u16, family: IpFamily, attrs: &[u8], seq: u32, at: (usize, usize)) -> Request {
+        let bytes = nfnetlink::request(
+            (NFNL_SUBSYS_NFTABLES << 8) | kind,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            nfnetlink::nfproto(family),
+            attrs,
+        );
+        Request {
+            bytes,
+            seq,
+            table_at: at.0,
+            set_at: at.1,
+        }
+    }
+}
+
 /// How the kernel answered one request.
 #[derive(Debug, PartialEq, Eq)]
 enum Reply {
@@ -320,19 +340,7 @@ fn get_request(family: IpFamily, table: &str, set: &str, key: &[u8], seq: u32) -
     end_nest(&mut attrs, k);
     end_nest(&mut attrs, elem);
     end_nest(&mut attrs, list);
-    let bytes = nfnetlink::request(
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM,
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-        nfnetlink::nfproto(family),
-        &attrs,
-    );
-    Request {
-        bytes,
-        seq,
-        table_at,
-        set_at,
-    }
+    Request::new(NFT_MSG_GETSETELEM, family, &attrs, seq, (table_at, set_at))
 }
 
 /// `NFT_MSG_GETSET` for one set (not a dump): whether it exists.
@@ -342,19 +350,7 @@ fn set_request(family: IpFamily, table: &str, set: &str, seq: u32) -> Request {
     nfnetlink::attr(&mut attrs, NFTA_SET_TABLE, &c_string(table));
     let set_at = 20 + attrs.len();
     nfnetlink::attr(&mut attrs, NFTA_SET_NAME, &c_string(set));
-    let bytes = nfnetlink::request(
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET,
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-        nfnetlink::nfproto(family),
-        &attrs,
-    );
-    Request {
-        bytes,
-        seq,
-        table_at,
-        set_at,
-    }
+    Request::new(NFT_MSG_GETSET, family, &attrs, seq, (table_at, set_at))
 }
 
 fn no_table(family: IpFamily, table: &str) -> GetError {

@@ -1,7 +1,7 @@
 //! The IPVS mode packet tracer: what the companion table (hooked before IPVS) and then the
 //! virtual servers do with the first packet of a connection. The fake kernel's tests trace with
 //! it; `kproxy explain --live` feeds it the kernel's virtual servers and the companion sets as
-//! `nft list table` prints them.
+//! `nft list set` prints them.
 //!
 //! Invariants: reads only what it is given (elements, servers), never the plans; a firewalled
 //! port admits a source only through a `firewall-allow` element of its own (address, CIDR or

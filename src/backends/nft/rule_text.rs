@@ -320,16 +320,15 @@ impl Machine {
                 } else {
                     &[(0x10, "snat"), (0x20, "dnat")]
                 };
-                let named: Vec<&str> = names
-                    .iter()
-                    .filter(|(bit, _)| mask & bit != 0)
-                    .map(|(_, n)| *n)
-                    .collect();
+                let named = names.iter().filter(|(bit, _)| mask & bit != 0);
+                let named: Vec<&str> = named.map(|(_, n)| *n).collect();
+                let known: u32 = names.iter().map(|(bit, _)| bit).sum();
                 // `ct state new` is `& new != 0`; the opposite compares with 0.
                 let negated = if op.is_empty() { "!= " } else { "" };
-                match names.iter().map(|(b, _)| b).fold(0, |a, b| a | b) & mask == mask {
-                    true => format!("{} {negated}{}", reg.text, named.join(",")),
-                    false => format!("unknown-{}-{mask:#x}", reg.text),
+                if mask & !known != 0 {
+                    format!("unknown-{}-{mask:#x}", reg.text)
+                } else {
+                    format!("{} {negated}{}", reg.text, named.join(","))
                 }
             }
             (field, Some((mask, 0))) => {
