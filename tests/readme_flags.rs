@@ -228,15 +228,20 @@ fn fields_in(cell: &str) -> Vec<String> {
         .collect()
 }
 
-/// What `kproxy --help` says of each flag (by every name it shows: long names, and `v`, `h`,
-/// `V` for the short ones): its description, and whether it is a boolean (`[=<BOOL>]`).
-fn help_entries() -> std::collections::BTreeMap<String, (String, bool)> {
+/// What `kproxy --help` prints.
+fn help_text() -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_kproxy"))
         .arg("--help")
         .output()
         .unwrap();
     assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// What `kproxy --help` says of each flag (by every name it shows: long names, and `v`, `h`,
+/// `V` for the short ones): its description, and whether it is a boolean (`[=<BOOL>]`).
+fn help_entries() -> std::collections::BTreeMap<String, (String, bool)> {
+    let help = help_text();
     let mut entries = std::collections::BTreeMap::new();
     let mut current: Option<(Vec<String>, String, bool)> = None;
     let mut finish = |c: Option<(Vec<String>, String, bool)>| {
@@ -361,12 +366,7 @@ fn cleanup_help_agrees_with_readme_that_it_covers_every_mode() {
 
 /// Every flag `kproxy --help` shows (long names, and `v`, `h`, `V` for the short ones).
 fn help_flags() -> BTreeSet<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_kproxy"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
+    let help = help_text();
     let mut flags = BTreeSet::new();
     for line in help.lines() {
         let line = line.trim_start();
