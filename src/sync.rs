@@ -16,7 +16,6 @@ pub mod runner;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
