@@ -93,6 +93,11 @@ pub fn another_masquerade_bit_still_masquerades(c: &mut Cluster) {
     // The node's own connections and external ones to a NodePort (policy Cluster) masquerade.
     masqueraded(&c.tcp_n(Node, at("10.96.0.96", 80), 10)).unwrap();
     masqueraded(&c.tcp_n(Ext, at(&Node.v4(), 30096), 10)).unwrap();
+    // Traffic is served once the IPv4 rules are in; the IPv6 rules come in the same sync,
+    // whose end the timestamp marks.
+    c.until_metric_positive(
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\"}",
+    );
     let rules = c.mode.rules(&c.topo.node);
     // nft prints marks as 0x00000020, iptables-save as 0x20.
     let bit5 = rules.contains("0x00000020") || rules.contains("0x20/0x20");
